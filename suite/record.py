@@ -1,0 +1,70 @@
+"""The result record: one JSON object per finished cell repetition (L0: stdlib only).
+
+Field names are a contract that reports, the guard and users' own scripts rely on
+(DESIGN.md, "Names that other tools rely on").
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "skipped")
+
+# Metrics every record carries (null when not measured, e.g. for a skipped cell).
+REQUIRED_METRICS = (
+    "tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "peak_mem_bytes",
+    "mfu", "loss_curve", "val_loss", "time_to_target_s",
+)
+
+
+@dataclass
+class Record:
+    matrix: str
+    run_id: str
+    cell_id: str
+    repeat: int
+    config: dict[str, Any]
+    status: str
+    reason: str | None = None
+    label: str = ""  # human-readable axis values, e.g. "precision=bf16 train.micro_batch=4"
+    env: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    log: str | None = None  # path of the cell's log, relative to the run folder
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        for name in REQUIRED_METRICS:
+            self.metrics.setdefault(name, None)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.cell_id, self.repeat)
+
+    def to_json(self) -> str:
+        """One line of JSON; NaN/inf (a diverged loss) become null so the line stays valid JSON."""
+        return json.dumps(_finite(asdict(self)), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Record":
+        return cls.from_dict(json.loads(line))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
