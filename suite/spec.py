@@ -12,7 +12,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_PRESETS = ("tiny", "small", "gpt2-124m", "gpt2-350m", "gpt2-760m", "1.3b")
+# preset -> (n_layer, n_head, d_model); d_ff = 4 * d_model. GPT-2 / GPT-3 shapes; `tiny` and
+# `small` are sized to train in seconds on a laptop CPU.
+MODEL_PRESET_DIMS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 4, 128),
+    "small": (4, 4, 256),
+    "gpt2-124m": (12, 12, 768),
+    "gpt2-350m": (24, 16, 1024),
+    "gpt2-760m": (36, 20, 1280),
+    "1.3b": (24, 32, 2048),
+}
+MODEL_PRESETS = tuple(MODEL_PRESET_DIMS)
 NAMED_DATASETS = ("shakespeare", "bible", "python-stdlib", "copy", "reverse", "modadd", "markov")
 SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
 TOKENIZERS = ("byte", "bpe")
@@ -189,6 +199,13 @@ def field_type(dotted: str) -> Any:
         if f.name == leaf:
             return f.type
     return None
+
+
+def model_dims(m: ModelSpec) -> tuple[int, int, int, int]:
+    """(n_layer, n_head, d_model, d_ff): the preset's dims overridden by explicit ones."""
+    n_layer, n_head, d_model = MODEL_PRESET_DIMS[m.preset]
+    d_model = m.d_model or d_model
+    return (m.n_layer or n_layer, m.n_head or n_head, d_model, m.d_ff or 4 * d_model)
 
 
 def keys_of(family: str) -> list[str]:

@@ -1,0 +1,179 @@
+"""`txsuite` command line (L5): parses options, calls the lower levels, prints.
+
+Exit codes: 0 every cell ok or skipped; 1 a cell failed (or a guard found a regression);
+2 unusable input (printed as one paragraph, never a traceback).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from suite.matrix import Host, Matrix, MatrixError, load_matrix
+from suite.measure.env import gpus_from_nvidia_smi
+
+# a pipe or CI log is not 80 columns wide: do not wrap plan tables as if it were
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False)
+
+
+class UsageProblem(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # one paragraph, no "Error:" prefix noise
+        err_console.print(f"[bold red]txsuite:[/] {self.message}", soft_wrap=True)
+
+
+def _host(device: str | None) -> Host:
+    gpus = gpus_from_nvidia_smi()
+    return Host(has_cuda=bool(gpus), gpu_count=len(gpus))
+
+
+def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
+    try:
+        return load_matrix(Path(matrix_path), host=_host(device), device_override=device,
+                           max_cells=None if yes else 500)
+    except MatrixError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="txsuite")
+def main() -> None:
+    """txsuite: what does each training technique cost and buy, on this hardware?"""
+
+
+def _plan_table(matrix: Matrix) -> Table:
+    table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {matrix.repeats} repeats",
+                  title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("cell id")
+    table.add_column("cell")
+    table.add_column("tokens/step", justify="right")
+    table.add_column("status")
+    for i, cell in enumerate(matrix.cells):
+        status = f"[yellow]skipped: {cell.skip_reason}[/]" if cell.skip_reason else "[green]will run[/]"
+        table.add_row(str(i), cell.cell_id, cell.label, f"{cell.config.tokens_per_step:,}", status)
+    return table
+
+
+@main.command()
+@click.argument("matrix_path", metavar="MATRIX")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
+@click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
+@click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
+def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> None:
+    """Expand and validate MATRIX; print its cells; run nothing."""
+    from suite.runner import select
+
+    matrix = _load(matrix_path, device, yes)
+    matrix.cells = select(matrix.cells, only)
+    console.print(_plan_table(matrix))
+    for note in matrix.notes:
+        console.print(f"note: {note}")
+
+
+@main.command()
+@click.argument("matrix_path", metavar="MATRIX")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--reports-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run-id", help="Name of the run folder; an existing one is resumed.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
+@click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
+@click.option("--timeout", "timeout_s", type=float, help="Seconds per cell repetition (default: matrix timeout_s or 1800).")
+@click.option("--dry-run", is_flag=True, help="Plan and print the cells, run nothing.")
+@click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
+def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
+        only: str | None, timeout_s: float | None, dry_run: bool, yes: bool) -> None:
+    """Run every cell of MATRIX, write results/, render reports/."""
+    from suite.runner import choose_run_dir, run_matrix, select
+
+    matrix = _load(matrix_path, device, yes)
+    if dry_run:
+        matrix.cells = select(matrix.cells, only)
+        console.print(_plan_table(matrix))
+        return
+    if not select(matrix.cells, only):
+        raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
+    run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
+    console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
+    summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=_print_event)
+    if summary.resumed:
+        console.print(f"{summary.resumed} repetitions were already finished and kept")
+    report = _render(run_dir, Path(reports_dir) / matrix.name / f"{run_dir.name}.html")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
+    sys.exit(0 if summary.ok else 1)
+
+
+def _print_event(kind: str, info: dict) -> None:
+    if kind == "start":
+        console.print(f"{info['total']} cell repetitions, {info['done']} already finished")
+    elif kind == "cell_start":
+        console.print(f"[{info['index'] + 1}/{info['total']}] {info['label']} "
+                      f"(cell {info['cell_id']}, repeat {info['repeat']}) ...")
+    elif kind == "cell_end":
+        r = info["record"]
+        m = r.metrics
+        if r.status == "ok":
+            console.print(f"    [green]ok[/] {m['tokens_per_s']:,.0f} tokens/s, step p50 "
+                          f"{m['step_time_p50_s'] * 1e3:.1f} ms, peak mem {m['peak_mem_bytes'] / 2**20:,.0f} MiB, "
+                          f"MFU {m['mfu']:.1%}, val loss {m['val_loss']:.4f} ({r.duration_s:.1f} s)")
+        else:
+            color = "yellow" if r.status == "skipped" else "red"
+            console.print(f"    [{color}]{r.status}[/]: {r.reason}", soft_wrap=True)
+
+
+def _render(run_dir: Path, out: Path) -> Path | str:
+    try:
+        from suite.report import render_report
+        return render_report(run_dir, out)
+    except Exception as exc:  # noqa: BLE001 - a report problem must never lose the finished records
+        err_console.print(f"[yellow]report not rendered ({type(exc).__name__}: {exc}); "
+                          f"records are safe in {run_dir}; retry with `txsuite report {run_dir}`[/]")
+        return "(not rendered)"
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True, file_okay=False))
+@click.option("--reports-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--format", "fmt", type=click.Choice(["html", "csv", "parquet", "markdown"]), default="html",
+              show_default=True, help="html report, or the per-cell table as csv/parquet/markdown.")
+def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None:
+    """(Re)render the report of a run folder (results/<matrix>/<run id>)."""
+    from suite.report import export_table, render_report
+    from suite.store import find_runs
+
+    runs = find_runs(results)
+    if not runs:
+        raise UsageProblem(f"{results} holds no records.jsonl: give a run folder such as results/<matrix>/<run id>.")
+    for run_dir in runs:
+        meta_name = run_dir.parent.name
+        suffix = {"html": ".html", "csv": ".csv", "parquet": ".parquet", "markdown": ".md"}[fmt]
+        out = Path(output) if output and len(runs) == 1 else Path(reports_dir) / meta_name / f"{run_dir.name}{suffix}"
+        path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)
+        console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write.")
+def compare(run_a: str, run_b: str, output: str | None) -> None:
+    """Side-by-side report of two runs (same matrix on two machines or two commits)."""
+    from suite.report import render_compare
+
+    a, b = Path(run_a), Path(run_b)
+    for run in (a, b):
+        if not (run / "records.jsonl").exists():
+            raise UsageProblem(f"{run} is not a run folder (no records.jsonl in it).")
+    out = Path(output) if output else Path("reports") / "compare" / f"{a.name}_vs_{b.name}.html"
+    console.print(f"wrote {render_compare(a, b, out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Environment fingerprint: what a result depends on besides the config.
+
+Gathered without importing torch (the runner must not); the worker adds the device details that
+only torch can see (`device_fingerprint`).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "numpy", "deepspeed", "torchao", "transformers", "tokenizers", "triton",
+            "nvidia-ml-py")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The ISA extensions that decide CPU matmul speed (AVX-512, AMX for bf16/int8)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def gpus_from_nvidia_smi() -> list[dict]:
+    """GPU names and driver via nvidia-smi, or [] on a host without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        name, driver, mem = [p.strip() for p in line.split(",")]
+        gpus.append({"name": name, "driver": driver, "memory": mem})
+    return gpus
+
+
+def host_fingerprint() -> dict:
+    suite_root = Path(__file__).resolve().parents[2]
+    return {
+        "host": socket.gethostname(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpus": gpus_from_nvidia_smi(),
+        "packages": package_versions(),
+        "txsuite_commit": git_commit(suite_root),
+    }

@@ -1,0 +1,95 @@
+"""The host's matmul peak at a given precision, measured once and cached (never a table).
+
+MFU = achieved model FLOP/s / this peak. The peak is the best of several timed square matmuls
+large enough to saturate the device; it is cached per (device model, torch version, thread
+count, precision) under the txsuite cache folder, so every cell on a host shares one figure.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+# matmul dtype of each cell precision
+MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
+                "fp16": "float16", "fp8": "float8"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TXSUITE_CACHE", Path.home() / ".cache" / "txsuite"))
+
+
+def peak_flops(torch, device, precision: str, device_name: str) -> dict:
+    """-> {"peak_flops": FLOP/s, "peak_key": cache key, "peak_cached": bool}."""
+    kind = MATMUL_DTYPE[precision]
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    key = f"{device_name}|torch {torch.__version__}|threads {threads}|{kind}"
+    path = cache_dir() / "peaks.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one measurer at a time; others then read its result
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        if key in cache:
+            return {"peak_flops": cache[key]["flops"], "peak_key": key, "peak_cached": True}
+        flops = measure_matmul_flops(torch, device, kind)
+        cache[key] = {"flops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return {"peak_flops": flops, "peak_key": key, "peak_cached": False}
+
+
+def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> float:
+    """Best FLOP/s over `trials` timed bursts of n x n x n matmuls (2 n^3 FLOPs each).
+
+    n grows (CPU: 512 -> 2048, CUDA: 4096 -> 8192) while one matmul stays short, so a slow
+    precision (fp16 on a CPU without fp16 units runs at ~1 GFLOP/s) is still measured in about
+    a second, and a fast one gets a matrix large enough to saturate it."""
+    sizes = (4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
+    try:
+        for n in sizes:
+            mm = _matmul(torch, device, kind, n)
+            mm()
+            sync()
+            start = time.perf_counter()
+            mm()
+            sync()
+            if time.perf_counter() - start > 0.05:
+                break
+        best = 0.0
+        for _ in range(trials):
+            count, start = 0, time.perf_counter()
+            while True:
+                mm()
+                count += 1
+                # CUDA launches are asynchronous: synchronise only every few launches
+                if device.type != "cuda" or count % 8 == 0:
+                    sync()
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= seconds:
+                        break
+            best = max(best, 2 * n ** 3 * count / elapsed)
+        return best
+    finally:
+        if tf32_before is not None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+
+
+def _matmul(torch, device, kind: str, n: int):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    if kind == "float8":
+        # _scaled_mm wants the second operand column-major
+        a, b = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()
+        one = torch.tensor(1.0, device=device)
+        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    if kind == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        a, b = a.to(getattr(torch, kind)), b.to(getattr(torch, kind))
+    return lambda: a @ b

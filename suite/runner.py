@@ -1,0 +1,190 @@
+"""Cells -> isolated worker processes -> records (L4). Never imports torch.
+
+Each cell repetition runs in a fresh `python -m suite.worker` process in its own process
+group (optimum-benchmark's rule: a cell never shares a process with another, so one cell's
+allocator state, compiled kernels or crash cannot touch the next). The runner waits on the
+process with a timeout (no polling), kills the whole group when it expires, and appends exactly
+one record per repetition. Finished repetitions are skipped when a run is resumed.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from suite.matrix import Cell, Matrix
+from suite.measure.env import host_fingerprint
+from suite.record import Record
+from suite.store import RunStore
+
+DEFAULT_TIMEOUT_S = 1800.0
+KILL_GRACE_S = 5.0
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    resumed: int = 0  # repetitions found already finished
+
+    @property
+    def ok(self) -> bool:
+        return all(status in ("ok", "skipped") for status in self.counts) or not self.counts
+
+
+def select(cells: list[Cell], only: str | None) -> list[Cell]:
+    """--only PATTERN: a glob or substring matched against the cell label or id."""
+    if not only:
+        return cells
+    def hit(c: Cell) -> bool:
+        return any(fnmatch.fnmatch(s, only) or only in s for s in (c.label, c.cell_id))
+    return [c for c in cells if hit(c)]
+
+
+def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tuple[Path, bool]:
+    """An explicit run id is used as given (resuming it if it exists). Without one, the newest
+    run of the same matrix with the same cells is resumed if it is unfinished, so re-running
+    the same command after a crash finishes the sweep; otherwise a new timestamped run starts."""
+    matrix_dir = results_dir / matrix.name
+    if run_id:
+        return matrix_dir / run_id, (matrix_dir / run_id).exists()
+    if matrix_dir.exists():
+        runs = sorted((p for p in matrix_dir.iterdir() if (p / "matrix.json").exists()),
+                      key=lambda p: p.name, reverse=True)
+        for run in runs[:1]:
+            meta = RunStore(run).read_json("matrix.json") or {}
+            if meta.get("fingerprint") == matrix.fingerprint() and not meta.get("complete"):
+                return run, True
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return matrix_dir / stamp, False
+
+
+def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s: float | None = None,
+               on_event: Callable[[str, dict], None] | None = None,
+               worker_cmd: list[str] | None = None) -> RunSummary:
+    emit = on_event or (lambda kind, info: None)
+    store = RunStore(run_dir)
+    store.create()
+    meta = matrix.to_json()
+    meta["fingerprint"] = matrix.fingerprint()
+    meta["complete"] = False
+    store.write_json("matrix.json", meta)
+    host_env = host_fingerprint()
+    store.write_json("env.json", host_env)
+
+    cells = select(matrix.cells, only)
+    timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
+    finished = store.finished()
+    todo = [(c, r) for c in cells for r in range(matrix.repeats)]
+    summary = RunSummary(run_dir=run_dir)
+    emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
+        1 for c, r in todo if (c.cell_id, r) in finished)})
+    for index, (cell, repeat) in enumerate(todo):
+        if (cell.cell_id, repeat) in finished:
+            summary.resumed += 1
+            status = finished[(cell.cell_id, repeat)]
+            summary.counts[status] = summary.counts.get(status, 0) + 1
+            continue
+        emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
+                            "cell_id": cell.cell_id, "repeat": repeat})
+        record = run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd)
+        store.append(record)
+        summary.counts[record.status] = summary.counts.get(record.status, 0) + 1
+        emit("cell_end", {"index": index, "total": len(todo), "record": record})
+    if only is None:
+        meta["complete"] = True
+        store.write_json("matrix.json", meta)
+    return summary
+
+
+def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: dict, timeout: float,
+            worker_cmd: list[str] | None = None) -> Record:
+    base = dict(matrix=matrix.name, run_id=store.dir.name, cell_id=cell.cell_id, repeat=repeat,
+                config=cell.config.to_dict(), label=cell.label)
+    started = _now()
+    if cell.skip_reason:
+        return Record(**base, status="skipped", reason=cell.skip_reason, env=host_env,
+                      started_at=started, finished_at=started, duration_s=0.0)
+    cell_dir = store.cell_dir(cell.cell_id, repeat)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    cell_json, result_json, log_path = cell_dir / "cell.json", cell_dir / "result.json", cell_dir / "log.txt"
+    result_json.unlink(missing_ok=True)  # a stale result from a killed earlier attempt
+    cell_json.write_text(json.dumps({**base, "timeout_s": timeout}, indent=2))
+    cmd = (worker_cmd or [sys.executable, "-m", "suite.worker"]) + [str(cell_json), str(result_json)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            returncode, timed_out = proc.returncode, True
+        finally:
+            if proc.poll() is None:  # the runner itself is being interrupted: take the cell down too
+                _kill_group(proc)
+    duration = time.monotonic() - t0
+    rel_log = str(log_path.relative_to(store.dir))
+    finished = _now()
+    common = dict(**base, started_at=started, finished_at=finished, duration_s=round(duration, 3), log=rel_log)
+
+    if timed_out:
+        return Record(**common, status="timeout", env=host_env,
+                      reason=f"no result after {timeout:.0f} s; the cell's process group was killed")
+    if result_json.exists():
+        result = json.loads(result_json.read_text())
+        return Record(**common, status=result["status"], reason=result.get("reason"),
+                      env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
+    reason = _describe_exit(returncode) + _log_tail(log_path)
+    return Record(**common, status="failed", reason=reason, env=host_env)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's whole process group (it may have children: compile workers,
+    torchrun ranks), then SIGKILL whatever is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (possibly the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"the worker was killed by {name}{hint} before writing a result"
+    return f"the worker exited with code {returncode} before writing a result"
+
+
+def _log_tail(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    tail = [line for line in lines if line.strip()][-LOG_TAIL_LINES:]
+    return ("; last lines of its log:\n" + "\n".join(tail)) if tail else ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,111 @@
+"""One optimizer step, and the optimizer/schedule it uses (L2).
+
+Kept minimal on purpose: `bench/test_bench_overhead.py` holds this step to within 2% of a
+bare hand-written PyTorch loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from suite.model import lm_loss
+from suite.spec import TrainSpec
+from suite.techniques import TrainSetup
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms), as GPT-2/nanoGPT do."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.beta1)
+    # fused kernels exist for CUDA (and CPU in recent torch); foreach is the portable fast path
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                             fused=fused or None, foreach=None if fused else True)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear LR warm-up over lr_warmup_steps, then cosine/linear decay to min_lr_ratio * lr
+    (or constant) over the rest of the run (warm-up + measured steps)."""
+    total = train.warmup_steps + train.steps
+    warm = train.lr_warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if train.schedule == "constant" or total <= warm:
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if train.schedule == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return train.min_lr_ratio + (1.0 - train.min_lr_ratio) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    def __init__(self, setup: TrainSetup, optimizer: torch.optim.Optimizer,
+                 schedule: torch.optim.lr_scheduler.LRScheduler, grad_accum: int, grad_clip: float):
+        self.model = setup.model
+        self.device = setup.device
+        self.autocast = setup.autocast
+        self.scaler = setup.scaler
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.grad_accum = grad_accum
+        self.grad_clip = grad_clip
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.non_blocking = self.device.type == "cuda"
+
+    def step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Forward/backward over grad_accum micro-batches, then one optimizer step.
+        Returns the step's loss (mean over micro-batches) as a detached tensor: reading it is
+        left to the caller so no host sync happens here."""
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum):
+            x, y = next(batches)
+            x = x.to(self.device, non_blocking=self.non_blocking)  # [B, T]
+            y = y.to(self.device, non_blocking=self.non_blocking)  # [B, T]
+            with self.autocast():
+                loss = lm_loss(self.model(x), y) / self.grad_accum
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            total += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean loss over every scored token of the validation batches."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = 0
+        for x, y in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            n = int((y != -100).sum())
+            with self.autocast():
+                loss = lm_loss(self.model(x), y)
+            loss_sum += loss.double() * n
+            count += n
+        return float(loss_sum / max(count, 1))

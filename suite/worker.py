@@ -1,0 +1,193 @@
+"""Runs one cell repetition in its own process and writes its result (L3).
+
+    python -m suite.worker CELL_JSON RESULT_JSON
+
+CELL_JSON holds {"config": resolved cell config, ...}; RESULT_JSON receives
+{"status", "reason", "metrics", "env"} (written atomically). The runner turns that into the
+record. Anything this process cannot report (killed, hung, crashed before writing) the runner
+reports from the outside.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes
+from suite.measure.stats import summarize_steps
+from suite.spec import CellConfig
+from suite.store import write_atomic
+
+
+class Skip(Exception):
+    """The cell cannot run on this host: recorded as skipped with this reason."""
+
+
+class Diverged(Exception):
+    pass
+
+
+def run_cell(cell: CellConfig) -> dict:
+    import numpy as np
+    import torch
+
+    from suite.data import build_dataset
+    from suite.measure.peak import peak_flops
+    from suite.model import GPT, flops_per_token, resolve_model
+    from suite.techniques import TrainSetup, apply_all
+    from suite.trainer import Trainer, build_optimizer, build_schedule
+
+    device = torch.device(cell.device)
+    env = device_fingerprint(torch, device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Skip("device 'cuda' was asked for but torch sees no CUDA device on this host")
+    if cell.precision == "fp8":
+        raise Skip("fp8 training is not implemented in this version of txsuite")
+    if cell.precision == "tf32" and device.type != "cuda":
+        raise Skip("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
+
+    t = cell.train
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+    torch.manual_seed(t.seed)
+    rss_start = host_current_rss_bytes()
+
+    dataset = build_dataset(cell.data, seed=t.seed)
+    model_cfg = resolve_model(cell.model, dataset.vocab_size, cell.data.seq_len)
+    model = GPT(model_cfg).to(device)
+    n_params = model.num_params()
+    setup = apply_all(TrainSetup(model=model, device=device), cell)
+    optimizer = build_optimizer(setup.model, t, device)
+    trainer = Trainer(setup, optimizer, build_schedule(optimizer, t), t.grad_accum, t.grad_clip)
+    batches = dataset.train_batches(t.micro_batch, seed=t.seed)
+    val_batches = dataset.val_batches(t.micro_batch, t.eval_batches)
+    rss_before_train = host_current_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    loss_curve: list[list[float]] = []
+    evals: list[list[float]] = []
+    step_times: list[float] = []
+    target = t.target_loss
+    reached: tuple[int, float] | None = None
+    train_wall = 0.0  # training time only: evaluation pauses this clock
+    total_steps = t.warmup_steps + t.steps
+    for step in range(total_steps):
+        start = time.perf_counter()
+        loss_t = trainer.step(batches)
+        sync()  # the one host sync per step, needed to time it
+        elapsed = time.perf_counter() - start
+        train_wall += elapsed
+        loss = float(loss_t)
+        loss_curve.append([step + 1, round(train_wall, 6), loss])
+        if step >= t.warmup_steps:
+            step_times.append(elapsed)
+        if not math.isfinite(loss):
+            raise Diverged(f"training loss became {loss} at step {step + 1}")
+        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < total_steps:
+            evals.append([step + 1, round(train_wall, 6), trainer.evaluate(val_batches)])
+            if target is not None and reached is None and evals[-1][2] <= target:
+                reached = (step + 1, train_wall)
+        elif not t.eval_every and target is not None and reached is None and loss <= target:
+            reached = (step + 1, train_wall)
+
+    peak_rss = host_peak_rss_bytes()  # read before evaluation/peak measurement can add to it
+    metrics = summarize_steps(step_times, cell.tokens_per_step, cell.samples_per_step)
+    if device.type == "cuda":
+        from suite.measure.memory import cuda_memory
+        metrics.update(cuda_memory(torch, device))
+        metrics["peak_mem_bytes"] = metrics["cuda_max_reserved_bytes"]
+    else:
+        metrics["peak_mem_bytes"] = peak_rss
+    val_loss = trainer.evaluate(val_batches)
+    evals.append([total_steps, round(train_wall, 6), val_loss])
+    if t.eval_every and target is not None and reached is None and val_loss <= target:
+        reached = (total_steps, train_wall)
+
+    flops = flops_per_token(model_cfg, cell.data.seq_len, setup.facts.get("recompute_layers", 0))
+    peak = peak_flops(torch, device, cell.precision, env["device_name"])
+    achieved = metrics["tokens_per_s"] * flops["train"]
+    metrics.update({
+        "host_rss_peak_bytes": peak_rss,
+        "host_rss_start_bytes": rss_start,
+        "host_rss_before_train_bytes": rss_before_train,
+        "loss_curve": loss_curve,
+        "eval_curve": evals,
+        "step_times_s": [round(s, 6) for s in step_times],
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
+        "optimal_loss": dataset.optimal_loss,
+        "time_to_target_s": reached[1] if reached else None,
+        "steps_to_target": reached[0] if reached else None,
+        "target_metric": None if target is None else ("val_loss" if t.eval_every else "train_loss"),
+        "train_wall_s": train_wall,
+        "tokens_per_step": cell.tokens_per_step,
+        "samples_per_step": cell.samples_per_step,
+        "params": n_params,
+        "flops_per_token": flops["train"],
+        "achieved_flops": achieved,
+        "peak_flops": peak["peak_flops"],
+        "peak_flops_key": peak["peak_key"],
+        "mfu": achieved / peak["peak_flops"],
+        "hfu": metrics["tokens_per_s"] * flops["hardware"] / peak["peak_flops"],
+        "data": dataset.info,
+        **setup.facts,
+    })
+    return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
+
+
+def device_fingerprint(torch, device) -> dict:
+    env = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device.type,
+        "device_name": None,
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        env.update({
+            "device_name": props.name,
+            "cuda_capability": f"{props.major}.{props.minor}",
+            "cuda_runtime": torch.version.cuda,
+            "gpu_memory_bytes": props.total_memory,
+        })
+    else:
+        from suite.measure.env import cpu_model
+        env["device_name"] = cpu_model()
+        env["mkldnn"] = torch.backends.mkldnn.is_available()
+    return env
+
+
+def main(argv: list[str]) -> int:
+    cell_path, result_path = Path(argv[0]), Path(argv[1])
+    payload = json.loads(cell_path.read_text())
+    cell = CellConfig.from_dict(payload["config"])
+    print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
+          flush=True)
+    try:
+        result = run_cell(cell)
+    except Skip as exc:
+        result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
+    except Diverged as exc:
+        result = {"status": "diverged", "reason": str(exc), "metrics": {}, "env": {}}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record, with its traceback in the log
+        traceback.print_exc()
+        status = "oom" if _is_oom(exc) else "failed"
+        result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000], "metrics": {}, "env": {}}
+    write_atomic(result_path, json.dumps(result, allow_nan=True))
+    return 0
+
+
+def _is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
