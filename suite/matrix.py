@@ -133,6 +133,18 @@ class _Source:
         return MatrixError(file, line, key if key is not None else _dotted(path), problem, allowed)
 
 
+    def setting_error(self, where: tuple, dotted: str, problem: str, allowed: str | None = None):
+        """An error about a resolved setting: point at the line that set it (in the include
+        entry, the axis or `fixed`), or at the section if the value is a default."""
+        family, _, leaf = dotted.partition(".")
+        spellings = [(family, leaf), (dotted,), (family,)] if leaf else [(family,)]
+        for section in (where, ("axes",), ("fixed",)):
+            for spelling in spellings:
+                if section + spelling in self.where:
+                    return self.error(section + spelling, problem, allowed, key=dotted)
+        return self.error(where, problem, allowed, key=dotted)
+
+
 def _dotted(path: tuple) -> str:
     out = ""
     for p in path:
@@ -499,7 +511,7 @@ def _matches(config: CellConfig, entry: dict[str, Any]) -> bool:
 def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     """Combinations that can never work, on any host."""
     def fail(key: str, problem: str, allowed: str | None = None):
-        raise src.error(where, problem, allowed, key=key)
+        raise src.setting_error(where, key, problem, allowed)
 
     n_layer, n_head, d_model, _ = spec.model_dims(c.model)
     if d_model % n_head:

@@ -84,7 +84,9 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     cells = select(matrix.cells, only)
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
     finished = store.finished()
-    todo = [(c, r) for c in cells for r in range(matrix.repeats)]
+    # Repeat-major order (every cell once, then every cell again): slow drift of a shared
+    # machine then spreads over all cells instead of biasing whichever cell ran during it.
+    todo = [(c, r) for r in range(matrix.repeats) for c in cells]
     summary = RunSummary(run_dir=run_dir)
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
         1 for c, r in todo if (c.cell_id, r) in finished)})
