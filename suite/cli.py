@@ -5,6 +5,7 @@ Exit codes: 0 every cell ok or skipped; 1 a cell failed (or a guard found a regr
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         return
     if not select(matrix.cells, only):
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
+    # SIGTERM -> SystemExit, so the runner's cleanup kills the running cell's process group
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
     summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=_print_event)

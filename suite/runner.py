@@ -126,7 +126,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             returncode = proc.wait(timeout=timeout)
             timed_out = False
@@ -150,6 +150,18 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
                       env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
     reason = _describe_exit(returncode) + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it if the runner dies (even by kill -9),
+    so an interrupted sweep leaves no orphan cell competing with the resumed one."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the runner's own cleanup still handles SIGINT/SIGTERM
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
