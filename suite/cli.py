@@ -18,7 +18,7 @@ from suite.measure.env import gpus_from_nvidia_smi
 
 # a pipe or CI log is not 80 columns wide: do not wrap plan tables as if it were
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 class UsageProblem(click.ClickException):
@@ -34,9 +34,11 @@ def _host(device: str | None) -> Host:
 
 
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
+    from suite.data import validate_data_spec  # stdlib-only at import: keeps torch out of the runner
+
     try:
         return load_matrix(Path(matrix_path), host=_host(device), device_override=device,
-                           max_cells=None if yes else 500)
+                           max_cells=None if yes else 500, check_data=validate_data_spec)
     except MatrixError as exc:
         raise UsageProblem(str(exc)) from None
 

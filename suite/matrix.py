@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from suite import spec
 from suite.spec import CellConfig
@@ -324,7 +324,11 @@ def _show(choice: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def load_matrix(path: Path | str, host: Host | None = None, device_override: str | None = None,
-                max_cells: int | None = DEFAULT_MAX_CELLS) -> Matrix:
+                max_cells: int | None = DEFAULT_MAX_CELLS,
+                check_data: Callable[[Any], None] | None = None) -> Matrix:
+    """`check_data(DataSpec)` (optional, e.g. suite.data.validate_data_spec) raises for data that
+    cannot be found on this machine (a missing corpus package, a glob matching no file); the
+    error is reported against the matrix line that chose that dataset."""
     path = Path(path)
     if not path.exists():
         raise MatrixError(str(path), None, None, "the matrix file does not exist.")
@@ -373,6 +377,7 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     cells: list[Cell] = []
     seen: dict[str, Cell] = {}
     notes: list[str] = []
+    data_checked: set = set()
 
     # `device: auto` becomes the host's device here, so exclude entries and cell ids see the
     # device the cell will really run on.
@@ -381,6 +386,12 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     def add(flat: dict[str, Any], label: str, origin: str, where: tuple) -> None:
         config = _resolve(src, where, flat, host_device, device_override)
         _check_cell(src, where, config)
+        if check_data is not None and config.data not in data_checked:
+            try:
+                check_data(config.data)
+            except (ValueError, OSError, ImportError) as exc:
+                raise src.setting_error(where, "data.dataset", f"{exc}.".replace("..", ".")) from None
+            data_checked.add(config.data)
         cell = Cell(config, label, origin, _host_skip(config, host))
         if cell.cell_id in seen:
             notes.append(f"{origin} ({label}) is identical to cell {cell.cell_id} "

@@ -111,6 +111,7 @@ def test_bad_matrix_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "short.txt").write_text("far too little text to split")
     (tmp_path / "f.yaml").write_text(textwrap.dedent("""\
         name: failing
         fixed:
@@ -118,15 +119,22 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
           data: {seq_len: 32}
           train: {steps: 2, warmup_steps: 0, micro_batch: 2}
         axes:
-          data.dataset: [./no-such-dir/*.txt, markov]
+          data.dataset: [short.txt, markov]
         """))
     out = txsuite("run", "f.yaml", "--run-id", "x", cwd=tmp_path)
     assert out.returncode == 1
     recs = {r.config["data"]["dataset"]: r for r in RunStore(tmp_path / "results/failing/x").records()}
     assert recs["markov"].status == "ok"
-    assert recs["./no-such-dir/*.txt"].status == "failed"
-    assert "no-such-dir" in recs["./no-such-dir/*.txt"].reason
-    assert "Traceback" in (tmp_path / "results/failing/x" / recs["./no-such-dir/*.txt"].log).read_text()
+    assert recs["short.txt"].status == "failed"
+    assert "ValueError" in recs["short.txt"].reason and "seq_len" in recs["short.txt"].reason
+    assert "Traceback" in (tmp_path / "results/failing/x" / recs["short.txt"].log).read_text()
+
+
+def test_missing_data_is_a_plan_time_error_naming_the_line(tmp_path):
+    (tmp_path / "g.yaml").write_text("name: g\naxes:\n  data.dataset: [markov, ./nothing/*.txt]\n")
+    out = txsuite("plan", "g.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "g.yaml, line 3, key 'data.dataset'" in out.stderr and "./nothing/*.txt" in out.stderr
 
 
 def test_a_hung_cell_times_out_and_its_process_group_is_killed(tmp_path):
