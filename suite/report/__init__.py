@@ -1,0 +1,17 @@
+"""HTML reports of ablation runs (L2: pandas -> seaborn -> Jinja templates).
+
+    render_report(run_dir, out_path)          one self-contained HTML file per run
+    render_compare(run_a, run_b, out_path)    two runs side by side, per-cell ratios B/A
+    export_table(run_dir, out_path, fmt)      the per-cell table as csv, parquet or markdown
+
+Modules, one job each: rundata (read a run folder), frame (records -> per-cell table),
+pareto, summary (findings in words), encoding (colours/markers per axis), charts (seaborn ->
+figures), svg (figure -> inline SVG), formatting (units), tableview (tables as shown),
+environment (fingerprint rows and diffs), render (Jinja, autoescaped), and the three entry
+points run_report, compare and export.
+"""
+from suite.report.compare import render_compare
+from suite.report.export import export_table
+from suite.report.run_report import render_report
+
+__all__ = ["render_report", "render_compare", "export_table"]

@@ -1,0 +1,304 @@
+"""Records -> tidy tables: one row per repetition, then one row per cell.
+
+The per-cell table is the single source of every number in a report (summary sentences,
+charts, the sortable table and the csv/parquet/markdown export), so they cannot disagree.
+Which config keys matter is read from the records themselves: a key is an *axis* of this run
+when its value differs between cells, so the report adapts to any matrix.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from suite.record import Record
+from suite.report.pareto import pareto_optimal
+from suite.store import to_dataframe
+
+# Scalar metrics summarised per cell: (record metric, column title, formatting kind).
+METRICS: list[tuple[str, str, str]] = [
+    ("tokens_per_s", "tokens/s", "rate"),
+    ("samples_per_s", "samples/s", "rate"),
+    ("step_time_p50_s", "step p50", "seconds"),
+    ("step_time_p90_s", "step p90", "seconds"),
+    ("peak_mem_bytes", "peak memory", "bytes"),
+    ("mfu", "MFU", "fraction"),
+    ("val_loss", "val loss", "loss"),
+    ("val_ppl", "val ppl", "plain"),
+    ("time_to_target_s", "time to target", "seconds"),
+    ("energy_per_token_j", "energy/token", "energy"),
+]
+# Metrics whose spread over repeats is kept (min/max columns): the ones charts draw error bars for.
+SPREAD_METRICS = ("tokens_per_s", "peak_mem_bytes", "val_loss")
+CONFIG = "config."
+
+
+@dataclass
+class CellTable:
+    """The per-cell table plus what it was computed against."""
+    cells: pd.DataFrame  # one row per cell, in first-seen order
+    repeats: pd.DataFrame  # one row per record
+    axes: list[str]  # varying config keys, dotted, in matrix order
+    # The axes that vary among cells with measurements: a key that only an `include` cell
+    # skipped on this host changes (device=cuda) would otherwise crowd every chart label.
+    measured_axes: list[str]
+    fixed: dict[str, Any]  # config keys equal in every cell
+    baseline: str | None  # cell id, None when no cell has throughput
+    baseline_note: str | None = None  # why the baseline is not the one asked for
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.cells[self.cells["repeats_ok"] > 0]
+
+    def row(self, cell_id: str) -> pd.Series:
+        return self.cells.loc[self.cells["cell_id"] == cell_id].iloc[0]
+
+
+def repeats_frame(records: list[Record]) -> pd.DataFrame:
+    """One row per record with flattened config and numeric scalar metrics (NaN when absent)."""
+    if not records:
+        cols = ["cell_id", "repeat", "label", "status", "reason"] + [m for m, _, _ in METRICS]
+        return pd.DataFrame(columns=cols)
+    df = to_dataframe(records)
+    for name, _, _ in METRICS:
+        df[name] = pd.to_numeric(df[name], errors="coerce") if name in df else np.nan
+        df[name] = df[name].astype(float).replace([np.inf, -np.inf], np.nan)
+    # A failed repeat's leftover numbers (a partial result) must not count as a measurement.
+    df.loc[df["status"] != "ok", [m for m, _, _ in METRICS]] = np.nan
+    return df
+
+
+def varying_keys(repeats: pd.DataFrame, axes_order: list[str] | dict[str, Any] | None = None
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """(config keys whose value differs between cells, {key: value} of the keys that do not)."""
+    config_cols = [c for c in repeats.columns if c.startswith(CONFIG)]
+    per_cell = repeats.drop_duplicates("cell_id")
+    varying, fixed = [], {}
+    for col in config_cols:
+        values = per_cell[col].map(_hashable)
+        if values.nunique(dropna=False) > 1:
+            varying.append(col[len(CONFIG):])
+        else:
+            value = per_cell[col].iloc[0]
+            fixed[col[len(CONFIG):]] = value.item() if isinstance(value, np.generic) else value
+    labels = per_cell["label"].tolist() if "label" in per_cell else []
+    return _in_matrix_order(varying, axes_order or [], labels), fixed
+
+
+def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, Any] | None = None,
+                     baseline: Any = None) -> CellTable:
+    """`axes_order`: matrix.json's `axes` (or just their names), to order the varying keys."""
+    repeats = repeats_frame(records)
+    axes, fixed = varying_keys(repeats, axes_order)
+    rows = [_cell_row(cell_id, group, axes) for cell_id, group in repeats.groupby("cell_id", sort=False)]
+    columns = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *axes]
+    cells = pd.DataFrame(rows, columns=None if rows else columns)
+    if not rows:
+        return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=axes, fixed=fixed, baseline=None)
+    for key in axes:
+        cells[key] = _tidy_axis_column(cells[key])
+    measured = cells[cells["repeats_ok"] > 0]
+    measured_axes = [k for k in axes if measured[k].map(_hashable).nunique(dropna=False) > 1] \
+        if len(measured) > 1 else axes
+    cells["short_label"] = short_labels(cells, measured_axes)
+
+    base_id, note = choose_baseline(cells, baseline)
+    _add_ratios(cells, repeats, base_id)
+    cells["pareto"] = pareto_optimal(list(zip(cells["tokens_per_s"], cells["peak_mem_bytes"])), ("max", "min"))
+    cells["is_baseline"] = cells["cell_id"] == base_id
+    return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
+                     baseline=base_id, baseline_note=note)
+
+
+def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, Any]:
+    ok = group[group["status"] == "ok"]
+    bad = group[group["status"] != "ok"]
+    row: dict[str, Any] = {
+        "cell_id": cell_id,
+        "label": _first_text(group["label"]) or "",
+        # A cell with any good repeat has numbers to show; its bad repeats are listed as problems.
+        "status": "ok" if len(ok) else str(bad["status"].iloc[0]),
+        "reason": _first_text(bad["reason"]) if len(bad) else None,
+        "repeats": int(len(group)),
+        "repeats_ok": int(len(ok)),
+    }
+    first = group.iloc[0]
+    for key in axes:
+        row[key] = first.get(CONFIG + key)
+    for name, _, _ in METRICS:
+        values = ok[name].dropna()
+        row[name] = float(values.median()) if len(values) else np.nan
+        if name in SPREAD_METRICS:
+            row[f"{name}_min"] = float(values.min()) if len(values) else np.nan
+            row[f"{name}_max"] = float(values.max()) if len(values) else np.nan
+    med = row["tokens_per_s"]
+    row["tokens_per_s_spread_pct"] = (
+        (row["tokens_per_s_max"] - row["tokens_per_s_min"]) / med * 100 if med and not math.isnan(med) else np.nan)
+    return row
+
+
+def choose_baseline(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str | None]:
+    """The cell every ratio is taken against: matrix.json's `baseline` (a cell id, a label or a
+    mapping of axis values), else the first cell; it must have a throughput to divide by."""
+    usable = cells[cells["tokens_per_s"].notna()]
+    if usable.empty:
+        return None, "no cell has a throughput, so no ratios are shown"
+    if wanted in (None, "", {}):
+        return str(usable["cell_id"].iloc[0]), None
+    match = _match_cell(cells, wanted)
+    shown = json.dumps(wanted) if isinstance(wanted, dict) else str(wanted)
+    fallback = str(usable["cell_id"].iloc[0])
+    fallback_label = usable["label"].iloc[0] or fallback
+    if match is None:
+        return fallback, f"baseline {shown} matches no cell of this run; ratios use {fallback_label} instead"
+    if match not in set(usable["cell_id"]):
+        return fallback, (f"baseline {shown} has no throughput (it did not finish); "
+                          f"ratios use {fallback_label} instead")
+    return match, None
+
+
+def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
+    if isinstance(wanted, dict):
+        for _, row in cells.iterrows():
+            if all(_same(row.get(k), v) for k, v in wanted.items() if k in row.index):
+                return str(row["cell_id"])
+        return None
+    text = " ".join(str(wanted).split())
+    for column in ("cell_id", "label"):
+        hit = cells[cells[column].map(lambda v: " ".join(str(v).split())) == text]
+        if len(hit):
+            return str(hit["cell_id"].iloc[0])
+    return None
+
+
+def _add_ratios(cells: pd.DataFrame, repeats: pd.DataFrame, base_id: str | None) -> None:
+    """Speed-up (tokens/s) and memory ratio against the baseline cell's median. The error bar is
+    the range of the cell's own repeats divided by that same median."""
+    for col, metric in (("speedup", "tokens_per_s"), ("mem_ratio", "peak_mem_bytes")):
+        base = np.nan
+        if base_id is not None:
+            base = float(cells.loc[cells["cell_id"] == base_id, metric].iloc[0])
+        if not base or math.isnan(base):
+            cells[col] = cells[f"{col}_lo"] = cells[f"{col}_hi"] = np.nan
+            continue
+        cells[col] = cells[metric] / base
+        cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
+        cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
+
+
+def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:
+    """Compact labels for charts: 'precision=bf16 micro_batch=4' from the varying keys (the
+    last part of a dotted key is enough there), else the record's label, else the cell id."""
+    out = []
+    for _, row in cells.iterrows():
+        if axes:
+            text = " ".join(f"{k.rsplit('.', 1)[-1]}={_compact(row[k])}" for k in axes)
+        else:
+            text = row["label"] or row["cell_id"]
+        if row["label"] and str(row["label"]).startswith("+"):
+            text = row["label"]  # an `include` cell: its own label says what was added
+        out.append(text if len(text) <= limit else text[: limit - 1] + "…")
+    return _deduplicate(out)
+
+
+def export_frame(table: CellTable) -> pd.DataFrame:
+    """The per-cell table as exported: raw numbers, machine-friendly column names."""
+    keep = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *table.axes]
+    for name, _, _ in METRICS:
+        keep.append(name)
+        if name in SPREAD_METRICS:
+            keep += [f"{name}_min", f"{name}_max"]
+        if name == "tokens_per_s":
+            keep.append("tokens_per_s_spread_pct")
+    keep += ["speedup", "speedup_lo", "speedup_hi", "mem_ratio", "mem_ratio_lo", "mem_ratio_hi",
+             "pareto", "is_baseline"]
+    return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _in_matrix_order(keys: list[str], axes: list[str] | dict[str, list[Any]], labels: list[str] = ()
+                     ) -> list[str]:
+    """The order the matrix declares its axes in. matrix.json is written with sorted keys, so
+    the order is read from the cell labels first ('precision=bf16 train.micro_batch=4',
+    'train={micro_batch: 16, grad_accum: 1}' are written in declaration order), then from
+    matrix.json's axes (an axis `model` covers `model.preset`), then alphabetically."""
+    label = next((text for text in labels if text and not text.startswith("+")), "")
+    names = list(axes)
+
+    def in_label(key: str) -> float:
+        at = label.find(f"{key}=")
+        if at >= 0:
+            return at
+        family, _, tail = key.partition(".")
+        start = label.find(f"{family}=")
+        if tail and start >= 0:
+            inner = label.find(f"{tail}:", start)
+            if inner >= 0:
+                return inner
+        return math.inf
+
+    def in_meta(key: str) -> int:
+        for i, axis in enumerate(names):
+            if key == axis or key.startswith(axis + "."):
+                return i
+        return len(names)
+    return sorted(keys, key=lambda k: (in_label(k), in_meta(k), k))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _tidy_axis_column(column: pd.Series) -> pd.Series:
+    """Numbers stay numbers (sortable, heatmap-able); anything mixed becomes text so the table
+    exports cleanly to parquet."""
+    values = [v for v in column if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return pd.to_numeric(column)
+    if values and all(isinstance(v, bool) for v in values) and len(values) == len(column):
+        return column.astype(bool)
+    return column.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                      else (v if isinstance(v, str) else _compact(v))).astype(object)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _first_text(series: pd.Series) -> str | None:
+    for v in series:
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _deduplicate(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for text in labels:
+        n = seen.get(text, 0)
+        seen[text] = n + 1
+        out.append(text if n == 0 else f"{text} ({n + 1})")
+    return out

@@ -1,0 +1,54 @@
+"""render_report: one run folder -> one self-contained HTML file."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from suite.report import formatting as fmt
+from suite.report.charts import build_charts
+from suite.report.encoding import ordered_values
+from suite.report.environment import env_rows
+from suite.report.frame import CellTable, build_cell_table
+from suite.report.render import render_to_file
+from suite.report.rundata import RunData, load_run
+from suite.report.summary import summarize
+from suite.report.tableview import cell_table_view
+
+
+def render_report(run_dir: Path, out_path: Path) -> Path:
+    run = load_run(run_dir)
+    table = table_for(run)
+    return render_to_file(
+        "report.j2", out_path,
+        run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
+        summary=summarize(table), charts=build_charts(table), table=cell_table_view(table),
+        matrix=matrix_view(run, table), env=env_rows(run),
+    )
+
+
+def table_for(run: RunData) -> CellTable:
+    return build_cell_table(run.records, run.axes, run.meta.get("baseline"))
+
+
+def matrix_view(run: RunData, table: CellTable) -> dict[str, Any]:
+    """What was varied and what was held fixed, as text pairs. Axes come from matrix.json when
+    present (what the user declared), else from the records (what actually varied)."""
+    if run.axes:
+        axes = [(k, " · ".join(fmt.axis_value(v) for v in values)) for k, values in run.axes.items()]
+    else:
+        axes = [(k, " · ".join(fmt.plain(v) for v in ordered_values(table.cells[k]))) for k in table.axes]
+    baseline = table.row(table.baseline) if table.baseline else None
+    return {
+        "axes": axes,
+        "fixed": [(k, fmt.plain(v)) for k, v in sorted(table.fixed.items())],
+        "repeats": run.meta.get("repeats"),
+        "guard": [(k, str(v)) for k, v in (run.meta.get("guard") or {}).items()],
+        "baseline": (baseline["label"] or baseline["short_label"]) if baseline is not None else None,
+        "notes": [str(n) for n in run.meta.get("notes", []) or []],
+        "source": run.meta.get("source"),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

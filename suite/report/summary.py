@@ -1,0 +1,147 @@
+"""The report's opening in words: what is fastest, lightest, best-learning, what is on the
+Pareto front, and every cell that did not finish, with its reason.
+
+Sentences are returned as small structures (not HTML) so the template escapes every user
+string (labels, reasons) and decides the markup.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from suite.report import formatting as fmt
+from suite.report.frame import CellTable
+
+NOISY_SPREAD_PCT = 10.0  # tokens/s range over repeats above this share of the median: flag it
+MAX_LISTED = 20
+
+
+@dataclass
+class Finding:
+    what: str  # "Fastest"
+    cell: str  # the cell's label
+    detail: str  # numbers, already formatted
+
+
+@dataclass
+class Problem:
+    label: str
+    cell_id: str
+    status: str
+    repeats: str  # "2 of 3 repeats"
+    reason: str
+
+    @property
+    def headline(self) -> str:
+        """First line of the reason; the rest (a log tail) is shown folded."""
+        return self.reason.strip().splitlines()[0] if self.reason.strip() else "no reason recorded"
+
+    @property
+    def details(self) -> str:
+        lines = self.reason.strip().splitlines()
+        return "\n".join(lines[1:]) if len(lines) > 1 else ""
+
+
+@dataclass
+class Summary:
+    overview: str
+    findings: list[Finding] = field(default_factory=list)
+    pareto: list[str] = field(default_factory=list)
+    pareto_more: int = 0
+    noisy: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+
+def summarize(table: CellTable) -> Summary:
+    cells, reps = table.cells, table.repeats
+    counts = Counter(reps["status"]) if len(reps) else Counter()
+    summary = Summary(overview=_overview(table, counts), status_counts=dict(counts))
+    if cells.empty:
+        summary.notes.append("The run folder holds no records yet.")
+        return summary
+    base = table.row(table.baseline) if table.baseline else None
+
+    def vs_base(row: pd.Series) -> str:
+        if base is None or row["cell_id"] == base["cell_id"]:
+            return " (the baseline)" if base is not None else ""
+        return f", {fmt.ratio(row['speedup'])} the baseline's speed and {fmt.ratio(row['mem_ratio'])} its memory"
+
+    ok = table.ok
+    if ok["tokens_per_s"].notna().any():
+        row = ok.loc[ok["tokens_per_s"].idxmax()]
+        summary.findings.append(Finding("Fastest", row["label"] or row["short_label"],
+                                        f"{fmt.si(row['tokens_per_s'])} tokens/s, peak memory "
+                                        f"{fmt.bytes_(row['peak_mem_bytes'])}{vs_base(row)}"))
+    if ok["peak_mem_bytes"].notna().any():
+        row = ok.loc[ok["peak_mem_bytes"].idxmin()]
+        summary.findings.append(Finding("Least memory", row["label"] or row["short_label"],
+                                        f"{fmt.bytes_(row['peak_mem_bytes'])} peak, "
+                                        f"{fmt.si(row['tokens_per_s'])} tokens/s{vs_base(row)}"))
+    if ok["val_loss"].notna().any():
+        row = ok.loc[ok["val_loss"].idxmin()]
+        ppl = f" (perplexity {fmt.plain(row['val_ppl'], 4)})" if fmt.is_number(row["val_ppl"]) else ""
+        summary.findings.append(Finding("Best validation loss", row["label"] or row["short_label"],
+                                        f"{fmt.plain(row['val_loss'], 4)}{ppl} at "
+                                        f"{fmt.si(row['tokens_per_s'])} tokens/s"))
+    if ok["time_to_target_s"].notna().any():
+        row = ok.loc[ok["time_to_target_s"].idxmin()]
+        summary.findings.append(Finding("Soonest to the target loss", row["label"] or row["short_label"],
+                                        f"{fmt.seconds(row['time_to_target_s'])} of training"))
+    if ok["mfu"].notna().any():
+        row = ok.loc[ok["mfu"].idxmax()]
+        summary.findings.append(Finding("Highest MFU", row["label"] or row["short_label"],
+                                        fmt.percent(row["mfu"])))
+    if base is not None:
+        summary.findings.append(Finding("Baseline", base["label"] or base["short_label"],
+                                        f"{fmt.si(base['tokens_per_s'])} tokens/s, "
+                                        f"{fmt.bytes_(base['peak_mem_bytes'])} peak; every ratio is against it"))
+    if table.baseline_note:
+        summary.notes.append(table.baseline_note[0].upper() + table.baseline_note[1:] + ".")
+
+    front = ok[ok["pareto"]].sort_values("tokens_per_s", ascending=False)
+    labels = [r["label"] or r["short_label"] for _, r in front.iterrows()]
+    summary.pareto, summary.pareto_more = labels[:MAX_LISTED], max(0, len(labels) - MAX_LISTED)
+    noisy = ok[ok["tokens_per_s_spread_pct"] > NOISY_SPREAD_PCT]
+    summary.noisy = [f"{r['label'] or r['short_label']} (±{r['tokens_per_s_spread_pct'] / 2:.0f}%)"
+                     for _, r in noisy.iterrows()][:MAX_LISTED]
+    summary.problems = problems(table)
+    return summary
+
+
+def problems(table: CellTable) -> list[Problem]:
+    """Every cell repetition that is not ok, grouped per cell, status and reason."""
+    reps = table.repeats
+    bad = reps[reps["status"] != "ok"]
+    out = []
+    labels = dict(zip(table.cells["cell_id"], table.cells["label"]))
+    totals = dict(zip(table.cells["cell_id"], table.cells["repeats"]))
+    groups: dict[tuple, int] = {}
+    for _, rec in bad.iterrows():
+        key = (rec["cell_id"], rec["status"], rec["reason"] if isinstance(rec["reason"], str) else "")
+        groups[key] = groups.get(key, 0) + 1
+    for (cell_id, status, reason), n in groups.items():
+        total = totals.get(cell_id, n)
+        out.append(Problem(label=labels.get(cell_id) or cell_id, cell_id=cell_id, status=status,
+                           repeats="every repeat" if n == total else f"{n} of {total} repeats",
+                           reason=reason))
+    # Failures first (they need action), skips last (they are expected on this host).
+    order = {"failed": 0, "oom": 1, "diverged": 2, "timeout": 3, "skipped": 4}
+    return sorted(out, key=lambda p: order.get(p.status, 5))
+
+
+def _overview(table: CellTable, counts: Counter) -> str:
+    n_cells = len(table.cells)
+    n_records = sum(counts.values())
+    if not n_cells:
+        return "No cell has finished yet."
+    per = table.cells["repeats"]
+    repeats = f"{per.iloc[0]} repeat{'s' if per.iloc[0] != 1 else ''} each" if per.nunique() == 1 \
+        else f"{per.min()}–{per.max()} repeats each"
+    axes = (f" varying {', '.join(table.axes)}" if table.axes else "")
+    order = ["ok", "failed", "oom", "diverged", "timeout", "skipped"]
+    status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+    return f"{n_cells} cell{'s' if n_cells != 1 else ''}{axes}; {repeats}; {n_records} records: {status}."

@@ -1,0 +1,105 @@
+"""Tables as the HTML page shows them: formatted text for the eye, a raw sort key for the
+inline sorting script, and a CSS class for status / highlight."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from suite.report import formatting as fmt
+from suite.report.frame import METRICS, CellTable
+
+
+@dataclass
+class Column:
+    title: str
+    numeric: bool = False
+    hint: str = ""  # header tooltip
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: str = ""  # raw value for sorting; empty sorts last
+    cls: str = ""
+    sub: str = ""  # small secondary text (spread, cell id)
+
+
+@dataclass
+class TableView:
+    columns: list[Column]
+    rows: list[list[Cell]] = field(default_factory=list)
+    row_classes: list[str] = field(default_factory=list)
+
+
+def cell_table_view(table: CellTable) -> TableView:
+    cells = table.cells
+    columns = [Column("cell", hint="axis values of the cell; the cell id is below"),
+               Column("status"), Column("repeats", True, "ok repeats / repeats run")]
+    columns += [Column(key, _is_numeric(cells[key]), "varying axis") for key in table.axes]
+    shown_metrics = [(name, title, kind) for name, title, kind in METRICS
+                     if name in cells and cells[name].notna().any()]
+    for name, title, kind in shown_metrics:
+        columns.append(Column(title, True, _HINTS.get(name, "median over repeats")))
+        if name == "tokens_per_s" and cells["speedup"].notna().any():
+            columns.append(Column("speed-up", True, "tokens/s ÷ the baseline's"))
+        if name == "peak_mem_bytes" and cells["mem_ratio"].notna().any():
+            columns.append(Column("memory ratio", True, "peak memory ÷ the baseline's"))
+    columns.append(Column("Pareto", hint="no other cell is both faster and lighter"))
+    view = TableView(columns)
+
+    for _, row in cells.iterrows():
+        line = [Cell(row["label"] or row["short_label"], row["label"] or row["short_label"],
+                     "label", sub=row["cell_id"] + (" · baseline" if row["is_baseline"] else "")),
+                Cell(row["status"], row["status"], f"status status-{row['status']}"),
+                Cell(f"{row['repeats_ok']}/{row['repeats']}", sort_key(row["repeats_ok"]))]
+        for key in table.axes:
+            line.append(Cell(fmt.plain(row[key]), sort_key(row[key]) if _is_numeric(cells[key]) else fmt.plain(row[key])))
+        for name, _, kind in shown_metrics:
+            value = row[name]
+            sub = ""
+            if name == "tokens_per_s" and fmt.is_number(row.get("tokens_per_s_spread_pct")) and row["repeats_ok"] > 1:
+                sub = f"±{row['tokens_per_s_spread_pct'] / 2:.1f}%"
+            line.append(Cell(fmt.by_kind(value, kind), sort_key(value), "num", sub=sub))
+            if name == "tokens_per_s" and columns_has(columns, "speed-up"):
+                line.append(Cell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + ratio_class(row["speedup"], True)))
+            if name == "peak_mem_bytes" and columns_has(columns, "memory ratio"):
+                line.append(Cell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + ratio_class(row["mem_ratio"], False)))
+        line.append(Cell("✓" if row["pareto"] else "", "1" if row["pareto"] else "0", "flag"))
+        view.rows.append(line)
+        view.row_classes.append(" ".join(c for c in (
+            "baseline" if row["is_baseline"] else "", "pareto" if row["pareto"] else "",
+            "not-ok" if row["repeats_ok"] == 0 else "") if c))
+    return view
+
+
+def columns_has(columns: list[Column], title: str) -> bool:
+    return any(c.title == title for c in columns)
+
+
+_HINTS = {
+    "tokens_per_s": "median over repeats of each repeat's median per-step rate; ± is half the range over repeats",
+    "peak_mem_bytes": "device memory reserved on GPU, peak resident set on CPU",
+    "mfu": "model FLOPs utilisation against the peak measured on this host",
+    "time_to_target_s": "training wall time until the target loss was reached",
+}
+
+
+def sort_key(value: Any) -> str:
+    if not fmt.is_number(value):
+        return ""
+    return repr(float(value))
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def ratio_class(value: Any, higher_is_better: bool) -> str:
+    """Colour a ratio only when it is a real change (±3%): green for better, red for worse."""
+    if not fmt.is_number(value) or math.isclose(float(value), 1.0, abs_tol=0.03):
+        return ""
+    better = (float(value) > 1) == higher_is_better
+    return "better" if better else "worse"

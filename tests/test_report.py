@@ -1,0 +1,347 @@
+"""HTML report, compare report and table export, on hand-made run folders.
+
+The numbers are fabricated (the renderer is under test, not the trainer), chosen so every
+expected ratio and Pareto set can be worked out by hand.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from suite.record import Record
+from suite.report import export_table, render_compare, render_report
+from suite.report.charts import representative_curves
+from suite.report.compare import compare_tables
+from suite.report.frame import build_cell_table, export_frame
+from suite.report.pareto import pareto_optimal
+from suite.report.run_report import table_for
+from suite.report.rundata import load_run
+from suite.store import RunStore
+
+XSS = "<script>alert(1)</script>"
+GiB = 2**30
+
+
+def config(precision="fp32", micro_batch=4, grad_accum=1, lr=3e-4):
+    return {"model": {"preset": "tiny", "n_layer": None}, "data": {"dataset": "shakespeare", "seq_len": 64},
+            "train": {"steps": 20, "micro_batch": micro_batch, "grad_accum": grad_accum, "lr": lr},
+            "precision": precision, "device": "cpu"}
+
+
+def record(cell_id, label, cfg, repeat=0, status="ok", reason=None, run_id="r1", env=None, **metrics):
+    if status == "ok":
+        tok = metrics.get("tokens_per_s", 1000.0)
+        base = {"tokens_per_s": tok, "samples_per_s": tok / 64, "step_time_p50_s": 64 / tok,
+                "step_time_p90_s": 70 / tok, "peak_mem_bytes": 1 * GiB, "mfu": 0.1, "val_loss": 2.0,
+                "loss_curve": [[s, s * 0.05, 4.0 - 0.1 * s] for s in range(20)],
+                "step_times_s": [64 / tok] * 10}
+        base.update(metrics)
+        metrics = base
+    return Record(matrix="m", run_id=run_id, cell_id=cell_id, repeat=repeat, config=cfg, status=status,
+                  reason=reason, label=label, env=env or {"host": "box", "torch": "2.6.0"}, metrics=metrics)
+
+
+def write_run(run_dir: Path, records, meta=None, env=None) -> Path:
+    store = RunStore(run_dir)
+    for r in records:
+        store.append(r)
+    if meta is not None:
+        store.write_json("matrix.json", meta)
+    if env is not None:
+        store.write_json("env.json", env)
+    return run_dir
+
+
+def grid_run(run_dir: Path, axes=("precision", "micro_batch"), extra=(), meta=None, env=None) -> Path:
+    """A precision x micro-batch grid (or fewer/more axes), two repeats per cell."""
+    values = {"precision": ["fp32", "bf16"], "micro_batch": [2, 4], "grad_accum": [1, 2]}
+    combos = [{}]
+    for axis in axes:
+        combos = [dict(c, **{axis: v}) for c in combos for v in values[axis]]
+    records = []
+    for i, combo in enumerate(combos):
+        label = " ".join(f"{k}={v}" for k, v in combo.items())
+        speed = (2.0 if combo.get("precision") == "bf16" else 1.0) * combo.get("micro_batch", 4)
+        mem = (0.5 if combo.get("precision") == "bf16" else 1.0) * combo.get("micro_batch", 4) * GiB
+        for repeat in range(2):
+            records.append(record(f"c{i}", label, config(**combo), repeat=repeat,
+                                  tokens_per_s=1000 * speed * (1 + 0.02 * repeat), peak_mem_bytes=mem,
+                                  val_loss=2.0 + 0.01 * i))
+    return write_run(run_dir, [*records, *extra], meta=meta, env=env)
+
+
+def html_of(run_dir: Path, tmp_path: Path) -> str:
+    return render_report(run_dir, tmp_path / "report.html").read_text()
+
+
+def summary_part(html: str) -> str:
+    return html.split('id="summary"', 1)[1].split('id="charts"', 1)[0]
+
+
+# ---------------------------------------------------------------- Pareto
+
+def test_pareto_front_of_hand_made_points():
+    # (tokens/s: more is better, memory: less is better)
+    points = [(10, 5), (8, 3), (12, 9), (7, 3), (10, 6), (12, 9), (float("nan"), 1), (5, 1), (None, 0)]
+    assert pareto_optimal(points, ("max", "min")) == [True, True, True, False, False, True, False, True, False]
+
+
+def test_pareto_front_respects_senses_and_rejects_unknown_ones():
+    points = [(1.0, 1.0), (2.0, 2.0), (0.5, 3.0)]
+    assert pareto_optimal(points, ("min", "min")) == [True, False, True]
+    assert pareto_optimal(points, ("max", "max")) == [False, True, True]
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        pareto_optimal(points, ("up", "min"))
+
+
+# ---------------------------------------------------------------- run report
+
+def test_report_is_self_contained_escaped_and_has_charts(tmp_path):
+    extra = [
+        record("xss", XSS, config("fp16", 8), status="skipped", reason="fp16 needs <cuda> & a GPU"),
+        record("bad", "precision=fp32 micro_batch=64", config("fp32", 64), status="oom",
+               reason="CUDA out of memory. Tried to allocate 8.00 GiB\nTraceback (most recent call last):\n  boom"),
+    ]
+    meta = {"name": "prec<ision>", "description": f"desc {XSS}", "axes": {"precision": ["fp32", "bf16"]}}
+    run = grid_run(tmp_path / "run", extra=extra, meta=meta, env={"host": "box", "cpu": "Xeon"})
+    html = html_of(run, tmp_path)
+
+    assert html.count("<svg") >= 4
+    for attr in re.findall(r'(?:src|href)\s*=\s*["\']?([^"\'\s>]+)', html, flags=re.I):
+        assert not attr.lower().startswith(("http:", "https:", "//")), attr
+    assert "<link" not in html and not re.search(r"<script[^>]+src", html) and "@import" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert(1)" not in html
+    assert "prec&lt;ision&gt;" in html and "&lt;cuda&gt; &amp; a GPU" in html
+    for key in ("pareto", "ratios", "loss", "quality", "heatmap", "mfu"):
+        assert f'data-chart="{key}"' in html, key
+    assert 'data-chart-skipped="energy"' in html  # no energy measured: a note, no chart
+    assert 'class="data sortable"' in html and "data-tables-sortable" in html
+
+
+def test_summary_names_best_cells_pareto_set_and_every_problem(tmp_path):
+    extra = [
+        record("oom", "precision=fp32 micro_batch=64", config("fp32", 64), status="oom",
+               reason="CUDA out of memory <tried 8 GiB>\nlog line 1\nlog line 2"),
+        record("hang", "precision=fp32 micro_batch=32", config("fp32", 32), status="timeout",
+               reason="no result after 600 s; the cell's process group was killed"),
+        record("skip", "precision=fp8 micro_batch=4", config("fp8", 4), status="skipped",
+               reason="fp8 training is not implemented"),
+        record("c0", "precision=fp32 micro_batch=2", config("fp32", 2), repeat=2, status="failed",
+               reason="the worker exited with code 1 before writing a result"),
+    ]
+    run = grid_run(tmp_path / "run", extra=extra)
+    summary = summary_part(html_of(run, tmp_path))
+    assert "CUDA out of memory &lt;tried 8 GiB&gt;" in summary
+    assert "log line 2" in summary  # the log tail is there, folded
+    assert "no result after 600 s" in summary
+    assert "fp8 training is not implemented" in summary
+    assert "1 of 3 repeats" in summary and "the worker exited with code 1" in summary
+    # bf16 micro_batch=4 is fastest; bf16 micro_batch=2 lightest; both are the Pareto set.
+    table = table_for(load_run(run))
+    front = set(table.cells.loc[table.cells["pareto"], "label"])
+    assert front == {"precision=bf16 micro_batch=2", "precision=bf16 micro_batch=4"}
+    pareto_line = summary.split('id="pareto-cells"', 1)[1].split("</div>", 1)[0]
+    assert all(label in pareto_line for label in front)
+    assert "precision=fp32" not in pareto_line
+    fastest = summary.split("Fastest", 1)[1].split("</div></div>", 1)[0]
+    assert "precision=bf16 micro_batch=4" in fastest
+
+
+def test_speedup_and_memory_ratio_against_the_named_baseline(tmp_path):
+    records = []
+    for repeat, (tok_a, tok_b) in enumerate([(100, 50), (130, 55), (110, 60)]):
+        records.append(record("a", "precision=fp32", config("fp32"), repeat, tokens_per_s=tok_a, peak_mem_bytes=4 * GiB))
+        records.append(record("b", "precision=bf16", config("bf16"), repeat, tokens_per_s=tok_b, peak_mem_bytes=2 * GiB))
+    run = write_run(tmp_path / "run", records, meta={"name": "m", "baseline": "precision=bf16"})
+    cells = table_for(load_run(run)).cells.set_index("cell_id")
+    assert cells.loc["b", "is_baseline"] and not cells.loc["a", "is_baseline"]
+    assert cells.loc["a", "speedup"] == pytest.approx(110 / 55)
+    assert cells.loc["a", "speedup_lo"] == pytest.approx(100 / 55)
+    assert cells.loc["a", "speedup_hi"] == pytest.approx(130 / 55)
+    assert cells.loc["a", "mem_ratio"] == pytest.approx(2.0)
+    assert cells.loc["b", "speedup"] == pytest.approx(1.0)
+    html = html_of(run, tmp_path)
+    assert "2.00×" in html
+
+    # By cell id as well; an unknown baseline falls back to the first cell and says so.
+    by_id = build_cell_table(RunStore(run).records(), baseline="b").cells.set_index("cell_id")
+    assert by_id.loc["a", "speedup"] == pytest.approx(2.0)
+    RunStore(run).write_json("matrix.json", {"name": "m", "baseline": "precision=tf32"})
+    fallback = table_for(load_run(run))
+    assert fallback.baseline == "a" and "matches no cell" in fallback.baseline_note
+    assert "matches no cell" in summary_part(html_of(run, tmp_path))
+
+
+@pytest.mark.parametrize("axes, drawn", [
+    (("precision",), False),
+    (("precision", "micro_batch"), True),
+    (("precision", "micro_batch", "grad_accum"), False),
+])
+def test_heatmap_only_when_exactly_two_axes_vary(tmp_path, axes, drawn):
+    html = html_of(grid_run(tmp_path / "run", axes=axes), tmp_path)
+    assert ('data-chart="heatmap"' in html) is drawn
+    assert ('data-chart-skipped="heatmap"' in html) is not drawn
+
+
+def test_axes_are_read_from_the_records_without_matrix_json(tmp_path):
+    run = grid_run(tmp_path / "run", axes=("precision", "grad_accum"))
+    table = table_for(load_run(run))
+    assert table.axes == ["precision", "train.grad_accum"]
+    assert table.fixed["train.micro_batch"] == 4 and table.fixed["model.preset"] == "tiny"
+    assert "model.n_layer" in table.fixed  # None-valued keys are fixed too, not axes
+
+
+def test_axes_follow_the_order_the_matrix_declares(tmp_path):
+    # matrix.json is written with sorted keys, so declaration order comes from the labels, which
+    # the matrix writes in order; a mapping-valued axis (batch.yaml) keeps its sub-key order.
+    records = [record(f"c{i}", f"train={{micro_batch: {mb}, grad_accum: {ga}}} precision={p}",
+                      config(p, mb, ga)) for i, (mb, ga, p) in enumerate([(8, 1, "fp32"), (4, 2, "bf16")])]
+    meta = {"name": "m", "axes": {"precision": ["fp32", "bf16"],
+                                  "train": [{"grad_accum": 1, "micro_batch": 8}, {"grad_accum": 2, "micro_batch": 4}]}}
+    run = write_run(tmp_path / "run", records, meta=meta)
+    assert table_for(load_run(run)).axes == ["train.micro_batch", "train.grad_accum", "precision"]
+    swapped = [record(f"c{i}", f"train.micro_batch={mb} precision={p}", config(p, mb))
+               for i, (mb, p) in enumerate([(8, "fp32"), (4, "bf16")])]
+    assert build_cell_table(swapped).axes == ["train.micro_batch", "precision"]
+
+
+def test_energy_chart_only_when_energy_was_measured(tmp_path):
+    run = write_run(tmp_path / "run", [
+        record("a", "precision=fp32", config("fp32"), energy_per_token_j=4e-4),
+        record("b", "precision=bf16", config("bf16"), energy_per_token_j=2e-4),
+    ])
+    html = html_of(run, tmp_path)
+    chart = html.split('data-chart="energy"', 1)[1].split("</figure>", 1)[0]
+    assert "<svg" in chart and "200 µJ" in chart and "400 µJ" in chart
+
+
+def test_report_of_a_run_with_no_measurements_still_renders(tmp_path):
+    run = write_run(tmp_path / "run", [
+        record("a", "precision=fp8", config("fp8"), status="skipped", reason="no fp8 here"),
+        record("b", "precision=fp16", config("fp16"), status="failed", reason="boom"),
+    ])
+    html = html_of(run, tmp_path)
+    assert "<svg" not in html
+    assert 'data-chart-skipped="pareto"' in html and 'data-chart-skipped="loss"' in html
+    assert "no fp8 here" in summary_part(html) and "boom" in summary_part(html)
+
+
+def test_diverged_cell_curve_is_drawn_up_to_where_it_stopped(tmp_path):
+    diverged = record("d", "precision=fp16", config("fp16"), status="diverged", reason="loss became NaN at step 7",
+                      loss_curve=[[0, 0.0, 4.0], [5, 0.3, 9.0], [7, 0.4, float("nan")]])
+    run = write_run(tmp_path / "run", [record("a", "precision=fp32", config("fp32")), diverged])
+    table = table_for(load_run(run))
+    curves = {row["cell_id"]: (points, div) for row, points, div in representative_curves(table)}
+    points, was_diverged = curves["d"]
+    assert was_diverged and points[:, 0].tolist() == [0, 5]  # the NaN point is dropped
+    assert "loss became NaN" in summary_part(html_of(run, tmp_path))
+
+
+# ---------------------------------------------------------------- compare
+
+def compare_runs(tmp_path: Path) -> tuple[Path, Path]:
+    a = write_run(tmp_path / "a", [
+        record("c1", "precision=fp32", config("fp32"), tokens_per_s=100, peak_mem_bytes=4 * GiB, val_loss=2.0),
+        record("c2", "precision=bf16", config("bf16"), tokens_per_s=200, peak_mem_bytes=2 * GiB, val_loss=2.1),
+        record("c3", "precision=fp16", config("fp16"), tokens_per_s=300, peak_mem_bytes=2 * GiB),
+    ], env={"host": "box-a", "cpu": "Xeon", "packages": {"torch": "2.6.0"}})
+    b = write_run(tmp_path / "b", [
+        record("c1", "precision=fp32", config("fp32"), run_id="r2", tokens_per_s=200, peak_mem_bytes=2 * GiB, val_loss=2.2),
+        # Same label, different cell id (e.g. a default changed between commits): matched by label.
+        record("c2-new", "precision=bf16", config("bf16", lr=1e-3), run_id="r2", tokens_per_s=100,
+               peak_mem_bytes=2 * GiB, val_loss=2.1),
+        record("c4", "precision=tf32", config("tf32"), run_id="r2", tokens_per_s=50),
+    ], env={"host": "box-b", "cpu": "Xeon", "packages": {"torch": "2.7.0"}})
+    return a, b
+
+
+def test_compare_matches_cells_and_computes_b_over_a(tmp_path):
+    a, b = compare_runs(tmp_path)
+    c = compare_tables(table_for(load_run(a)), table_for(load_run(b)))
+    pairs = c.pairs.set_index("cell_id")
+    assert pairs.loc["c1", "tokens_per_s_ratio"] == pytest.approx(2.0)
+    assert pairs.loc["c1", "peak_mem_bytes_ratio"] == pytest.approx(0.5)
+    assert pairs.loc["c1", "val_loss_ratio"] == pytest.approx(1.1)
+    assert pairs.loc["c2", "matched_by"] == "label" and pairs.loc["c2", "tokens_per_s_ratio"] == pytest.approx(0.5)
+    assert c.only_a == ["precision=fp16 (c3)"] and c.only_b == ["precision=tf32 (c4)"]
+
+
+def test_compare_report_shows_ratios_unmatched_cells_and_env_differences(tmp_path):
+    a, b = compare_runs(tmp_path)
+    html = render_compare(a, b, tmp_path / "cmp.html").read_text()
+    assert html.count("<svg") >= 2
+    assert "2.00×" in html and "0.50×" in html
+    unmatched = html.split('id="unmatched"', 1)[1].split('id="environment"', 1)[0]
+    assert "precision=fp16 (c3)" in unmatched and "precision=tf32 (c4)" in unmatched
+    env = html.split('id="environment"', 1)[1]
+    assert re.search(r'<tr class="diff"><td>packages\.torch</td><td>2\.6\.0</td><td>2\.7\.0</td>', env)
+    assert re.search(r"<tr><td>cpu</td><td>Xeon</td><td>Xeon</td>", env)  # equal rows are not highlighted
+    assert "matched by label" in html
+
+
+# ---------------------------------------------------------------- export
+
+def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
+    extra = [record("bad", "precision=fp32 micro_batch=64 | wide", config("fp32", 64), status="oom", reason="OOM")]
+    run = grid_run(tmp_path / "run", extra=extra, meta={"name": "m", "axes": {}})
+    expected = export_frame(table_for(load_run(run)))
+
+    csv = pd.read_csv(export_table(run, tmp_path / "t.csv", "csv"))
+    pd.testing.assert_frame_equal(csv, expected, check_dtype=False)
+    parquet = pd.read_parquet(export_table(run, tmp_path / "t.parquet", "parquet"))
+    pd.testing.assert_frame_equal(parquet, expected, check_dtype=False)
+    assert {"tokens_per_s", "peak_mem_bytes", "speedup", "pareto", "precision", "train.micro_batch"} <= set(csv)
+
+    md = export_table(run, tmp_path / "t.md", "markdown").read_text().splitlines()
+    assert md[0].startswith("| cell | status |") and set(md[1]) <= set("|-: ")
+    assert len(md) == 2 + len(expected)
+    assert any("micro_batch=64 \\| wide" in line for line in md)
+    assert all(line.count("|") - line.count("\\|") == md[0].count("|") for line in md)
+
+    with pytest.raises(ValueError, match="csv, parquet, markdown"):
+        export_table(run, tmp_path / "t.xlsx", "xlsx")
+
+
+def test_markdown_escapes_html_in_labels(tmp_path):
+    run = write_run(tmp_path / "run", [record("x", XSS, config())])
+    text = export_table(run, tmp_path / "t.md", "markdown").read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+# ---------------------------------------------------------------- headless browser
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_opens_in_a_headless_browser_without_errors(tmp_path):
+    extra = [record("xss", XSS, config("fp16", 8), status="skipped", reason="no fp16")]
+    run = grid_run(tmp_path / "run", extra=extra)
+    page = render_report(run, tmp_path / "report.html")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--enable-logging=stderr", "--v=0"]
+
+    def browse(*extra_flags: str) -> subprocess.CompletedProcess:
+        profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
+        try:
+            return subprocess.run([*flags, f"--user-data-dir={profile}", *extra_flags, page.as_uri()],
+                                  capture_output=True, text=True, timeout=45)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the page never finished loading (a script dialog such as alert() blocks headless chromium)")
+
+    dom = browse("--dump-dom")
+    assert 'data-tables-sortable="1"' in dom.stdout, dom.stderr[-2000:]  # the table script ran
+    assert "<script>alert(1)" not in dom.stdout
+    shot = tmp_path / "shot.png"
+    result = browse(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars")
+    assert shot.exists() and shot.stat().st_size > 10_000
+    for log in (dom.stderr, result.stderr):
+        errors = [line for line in log.splitlines() if "Uncaught" in line or re.search(r"CONSOLE.*(error|Error)", line)]
+        assert not errors, errors
