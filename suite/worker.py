@@ -148,6 +148,8 @@ def device_fingerprint(torch, device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
         "device_name": None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if device.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
