@@ -48,6 +48,7 @@ class MatrixError(Exception):
 
     def __init__(self, file: str, line: int | None, key: str | None, problem: str,
                  allowed: str | None = None):
+        problem = " ".join(str(problem).split())  # one paragraph, whatever the source message held
         self.file, self.line, self.key, self.problem, self.allowed = file, line, key, problem, allowed
         parts = [file + (f", line {line}" if line else "")]
         if key:
@@ -176,7 +177,7 @@ def _load_chain(path: Path, chain: tuple[Path, ...] = ()) -> _Source:
                               f"expected a file name or a list of file names, got {_kind(extends)}.")
         for base in bases:
             base_path = (path.parent / base)
-            if not base_path.exists():
+            if not base.strip() or not base_path.is_file():
                 raise MatrixError(file, lines.get(("extends",)), "extends",
                                   f"the base matrix '{base}' does not exist (looked at {base_path}).")
             parent = _load_chain(base_path, chain + (path,))

@@ -27,7 +27,12 @@ def load_located(path: Path) -> tuple[Any, dict[Path_, int]]:
         text = path.read_text()
     except OSError as exc:
         raise YamlError(str(path), None, f"cannot read the file ({exc.strerror})") from None
-    loader = yaml.SafeLoader(text)
+    except UnicodeDecodeError as exc:
+        raise YamlError(str(path), None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise YamlError(str(path), None, f"not valid YAML: {exc}") from None
     try:
         node = loader.get_single_node()
         if node is None:
