@@ -123,11 +123,13 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     cell_json.write_text(json.dumps({**base, "timeout_s": timeout}, indent=2))
     cmd = (worker_cmd or [sys.executable, "-m", "suite.worker"]) + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cell.config.device == "cpu":
-        # OpenMP threads that spin while waiting collapse when anything else runs on the host:
-        # measured here, a bf16 step of the `small` model took 2-3 s with the default policy
-        # and 0.23 s with PASSIVE while one other process was busy. A user's own setting wins.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
+        # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
+        # the host, spinning threads starve the ones doing work. Measured here (`small`, bf16,
+        # one busy process beside it): default 2-3 s/step, GOMP_SPINCOUNT=10000 0.36 s,
+        # PASSIVE 0.23 s; on an idle host default and 10000 both 0.12 s, PASSIVE 0.14 s.
+        # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
+        env.setdefault("GOMP_SPINCOUNT", "10000")
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -150,6 +150,7 @@ def device_fingerprint(torch, device) -> dict:
         "device_name": None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }
     if device.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
