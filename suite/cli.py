@@ -180,5 +180,106 @@ def compare(run_a: str, run_b: str, output: str | None) -> None:
     console.print(f"wrote {render_compare(a, b, out)}")
 
 
+def _parse_thresholds(items: tuple[str, ...]) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        metric, sep, change = item.partition("=")
+        if not sep:
+            raise UsageProblem(f"--threshold {item!r}: expected METRIC=CHANGE, e.g. tokens_per_s=-5%.")
+        out[metric.strip()] = change.strip()
+    return out
+
+
+def _percent(text: str) -> float:
+    try:
+        return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageProblem(f"--run-noise {text!r}: expected a percentage such as 3%.") from None
+
+
+@main.command()
+@click.argument("run_path", metavar="RUN")
+@click.option("--baseline", "baseline_path", required=True, metavar="BASELINE",
+              help="A run folder or a baseline file written by `txsuite baseline`.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=CHANGE",
+              help="Override the matrix's guard block, e.g. tokens_per_s=-5% (repeatable).")
+@click.option("--normalize", type=click.Choice(["none", "peak", "auto"]), default="none", show_default=True,
+              help="peak: compare throughput relative to each machine's measured matmul peak; auto: peak "
+                   "when the hardware differs.")
+@click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm level of each check.")
+@click.option("--run-noise", "run_noise", default="3%", show_default=True,
+              help="Smallest run-to-run noise assumed (sd of a repetition's median).")
+@click.option("--confirm", is_flag=True, help="Re-measure each flagged cell once; fail only if it regresses again.")
+@click.option("--results-dir", default=None, type=click.Path(file_okay=False),
+              help="Where --confirm writes its re-measurement (default: beside RUN).")
+@click.option("--timeout", "timeout_s", type=float, help="Seconds per re-measured cell repetition.")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False),
+              help="Also append the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, confirm, results_dir, timeout_s,
+          markdown_out, json_out, seed) -> None:
+    """Exit 1 if a cell of RUN regressed against BASELINE on the matrix's guard metrics."""
+    import json as _json
+
+    from suite.guard import GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation
+
+    try:
+        run_side = load_side(run_path)
+        base_side = load_side(baseline_path)
+        result = compare(run_side, base_side, _parse_thresholds(thresholds), normalize=normalize,
+                         alpha=alpha, seed=seed, run_noise=_percent(run_noise))
+    except GuardInputError as exc:
+        raise UsageProblem(str(exc)) from None
+    flagged = cells_to_confirm(result)
+    if confirm and flagged:
+        if run_side.kind != "run" or not run_side.source:
+            raise UsageProblem(f"--confirm needs RUN to be a run folder whose matrix.json names its matrix file; "
+                               f"{run_path} is not.")
+        from suite.runner import run_matrix
+
+        ids = {cid for cid, _ in flagged}
+        devices = {run_side.cells[cid].config.get("device") for cid in ids}
+        device = devices.pop() if len(devices) == 1 and None not in devices else None
+        matrix = _load(run_side.source, device if device in ("cpu", "cuda") else None, True)
+        matrix.cells = [c for c in matrix.cells if c.cell_id in ids]
+        if not matrix.cells:
+            raise UsageProblem(f"--confirm: the flagged cells are no longer in {run_side.source}.")
+        base_dir = Path(results_dir) / matrix.name if results_dir else run_side.run_dir.parent
+        confirm_dir = base_dir / f"{run_side.run_dir.name}-confirm"
+        console.print(f"re-measuring {len(matrix.cells)} flagged cell(s) into {confirm_dir}: "
+                      + ", ".join(label for _, label in flagged))
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        run_matrix(matrix, confirm_dir, timeout_s=timeout_s, on_event=_print_event)
+        try:
+            result = merge_confirmation(result, load_side(confirm_dir))
+        except GuardInputError as exc:
+            raise UsageProblem(str(exc)) from None
+    console.print(result.to_text(), soft_wrap=True, markup=False, highlight=False)
+    if markdown_out:
+        with open(markdown_out, "a") as fh:
+            fh.write(result.to_markdown())
+    if json_out:
+        Path(json_out).write_text(_json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("run_path", metavar="RUN", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The baseline file to write, e.g. baselines/smoke.json (commit it).")
+def baseline(run_path: str, output: str) -> None:
+    """Write a compact baseline of RUN (samples kept) for `txsuite guard --baseline`."""
+    from suite.guard import GuardInputError, write_baseline
+
+    try:
+        out = write_baseline(run_path, output)
+    except GuardInputError as exc:
+        raise UsageProblem(str(exc)) from None
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+
+
 if __name__ == "__main__":
     main()

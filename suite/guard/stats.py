@@ -1,0 +1,295 @@
+"""The statistics of the regression guard (numpy only; no scipy, no torch).
+
+What is compared
+----------------
+A cell's per-step metric (tokens/s, samples/s, MFU, step time) is measured once per optimizer
+step, in each of the cell's repetitions, and every repetition is a separate process. The data
+of one side is therefore *two-level*: repetitions (processes, started minutes apart), and
+steps inside each repetition. Steps of one repetition share that process's memory layout,
+thread placement and the load the machine had at that time, so they are not independent of
+each other: pooling the steps of all repetitions and testing them as if they were independent
+draws (what a plain Mann-Whitney test or a plain bootstrap does) understates the uncertainty
+whenever repetitions differ, and a shared machine makes them differ by 5-50 %.
+
+The guard therefore asks three questions and declares a significant change only when *all
+three* answer yes (an intersection-union test: its p-value is the largest of the three, and its
+false-alarm rate is at most alpha):
+
+1. Steps (`mann_whitney_p`): is the current run's per-step distribution shifted in the bad
+   direction relative to the baseline's? Mann-Whitney U (exact for small samples without ties,
+   normal approximation with tie and continuity correction otherwise), one-sided. It is
+   distribution-free, so the long right tail of step times (a GC pause, a neighbour) does not
+   matter, but it sees only step-level noise.
+2. Repetitions, resampled (`hierarchical_bootstrap`): a two-stage (cluster) bootstrap that
+   first resamples repetitions with replacement, then steps inside each chosen repetition
+   (Davison & Hinkley 1997, sec. 3.8; Saravanan et al. 2020 for the "hierarchical bootstrap"
+   name). The median ratio's bootstrap distribution then carries the between-repetition
+   spread, which gives the confidence interval reported in the table, and a one-sided p-value
+   (the share of resampled ratios that are not worse than 1, i.e. the inverted percentile
+   interval). With one repetition per side it reduces to the ordinary bootstrap over steps.
+3. Repetitions, tested (`repeat_level_p`): the difference of the mean log repetition
+   statistic (each repetition's median) between the sides, against the *run-to-run noise*:
+   the standard deviation of one repetition's log statistic. It is estimated from the data,
+   pooled over every compared cell with two or more repetitions on either side (a shared
+   variance component, as in a one-way random-effects model: a 6-cell matrix with 2 repeats a
+   side gives 12 degrees of freedom, where one cell alone would give 2). A floor (`run_noise`,
+   3 % by default) acts as a prior worth 4 degrees of freedom, combined with the estimate as
+   limma's moderated t does (suite.guard.decide.RunNoise), and the noise used is never below
+   it: repetitions of one run are interleaved minutes apart and share the machine's state of
+   that hour, so they understate how much a run made another day differs. With one
+   repetition per cell nothing in the data measures the noise; the floor alone is used, and
+   the guard says so.
+
+   With one repetition a side and the defaults, a change must exceed ~15 % to be significant
+   at alpha = 0.01; with two a side ~9-10 %, three ~7 %, less as more cells pool the noise. That is
+   the honest price of a noisy machine: `repeats:` in the matrix buys power, and `--confirm`
+   a second opinion.
+
+Every function here is pure and seeded; nothing reads a file.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+
+Statistic = Callable[[np.ndarray], np.ndarray]  # reduces the last axis
+
+
+def median_stat(x: np.ndarray) -> np.ndarray:
+    return np.median(x, axis=-1)
+
+
+def quantile_stat(q: float) -> Statistic:
+    def stat(x: np.ndarray) -> np.ndarray:
+        return np.quantile(x, q, axis=-1)  # linear interpolation, as suite.measure.stats
+    stat.__name__ = f"p{round(q * 100)}"
+    return stat
+
+
+# ------------------------------------------------------------------ Mann-Whitney U ---------
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Mid-ranks (1-based), ties sharing the mean of their positions."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_v = values[order]
+    ranks = np.empty(len(values), dtype=float)
+    i = 0
+    n = len(values)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+@lru_cache(maxsize=256)
+def _u_distribution(m: int, n: int) -> np.ndarray:
+    """P(U = k), k = 0..m*n, of the Mann-Whitney U of a sample of m against n without ties:
+    the recursion f(m, n, k) = f(m-1, n, k-n) + f(m, n-1, k), on frequencies normalised as it
+    goes so the numbers stay finite for any sample size."""
+    # f[j] holds the distribution for (i, j) while i grows; start with i = 0: U = 0 surely.
+    prev = [np.ones(1) for _ in range(n + 1)]  # i = 0, any j
+    for i in range(1, m + 1):
+        cur = [np.ones(1)]  # j = 0: U = 0 surely
+        for j in range(1, n + 1):
+            size = i * j + 1
+            a = np.zeros(size)  # the largest of the m+n values is from the first sample: U += j
+            b = np.zeros(size)  # ... or from the second sample
+            a[j:j + len(prev[j])] = prev[j]
+            b[:len(cur[j - 1])] = cur[j - 1]
+            cur.append((i * a + j * b) / (i + j))
+        prev = cur
+    return prev[n]
+
+
+def mann_whitney_p(x: Sequence[float], y: Sequence[float], alternative: str = "less") -> float:
+    """One-sided p-value of Mann-Whitney U: `less` tests whether x tends to be smaller than y
+    (x stochastically less), `greater` the opposite. Exact distribution when both samples
+    have at most 60 values and there are no ties; otherwise the normal approximation with tie
+    correction and continuity correction (as scipy.stats.mannwhitneyu)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    m, n = len(x), len(y)
+    if m == 0 or n == 0:
+        return 1.0
+    if alternative == "greater":
+        x, y, m, n = y, x, n, m
+    elif alternative != "less":
+        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
+    both = np.concatenate([x, y])
+    ranks = _ranks(both)
+    u = float(ranks[:m].sum() - m * (m + 1) / 2.0)  # pairs (x_i, y_j) with x_i > y_j (+ ties / 2)
+    has_ties = len(np.unique(both)) < len(both)
+    if not has_ties and m <= 60 and n <= 60:
+        dist = _u_distribution(m, n)
+        return float(min(1.0, dist[: int(round(u)) + 1].sum()))
+    mu = m * n / 2.0
+    _, counts = np.unique(both, return_counts=True)
+    total = m + n
+    tie_term = float((counts ** 3 - counts).sum()) / (total * (total - 1)) if total > 1 else 0.0
+    var = m * n / 12.0 * ((total + 1) - tie_term)
+    if var <= 0:
+        return 1.0 if u >= mu else 0.0
+    z = (u - mu + 0.5) / math.sqrt(var)  # small U is evidence for "less"
+    return float(0.5 * math.erfc(-z / math.sqrt(2.0)))
+
+
+def min_attainable_p(m: int, n: int) -> float:
+    """The smallest one-sided p-value Mann-Whitney can give for samples of m and n values."""
+    return 1.0 / math.comb(m + n, m) if m and n else 1.0
+
+
+# ------------------------------------------------------------------ Student t, normal --------
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for k in range(1, 300):
+        m2 = 2 * k
+        aa = k * (b - k) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + k) * (qab + k) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-14:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with df degrees of freedom."""
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def norm_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def t_isf(p: float, df: float) -> float:
+    """The t (normal when df is infinite) with P(T > t) = p, by bisection (p in (0, 1))."""
+    sf = (lambda t: norm_sf(t)) if math.isinf(df) else (lambda t: t_sf(t, df))
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if sf(mid) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+def pooled_log_sd(groups: list[Sequence[float]]) -> tuple[float | None, int]:
+    """Pooled standard deviation of log values within groups (each group: one cell's per-
+    repetition statistics on one side). Groups of one value add nothing. -> (sd, df); sd is
+    None when no group has two values."""
+    ss, df = 0.0, 0
+    for g in groups:
+        if len(g) >= 2:
+            x = np.log(np.asarray(g, dtype=float))
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(g) - 1
+    return (math.sqrt(ss / df), df) if df else (None, 0)
+
+
+def repeat_level_p(run: Sequence[float], base: Sequence[float], sigma: float, df: float,
+                   alternative: str = "less") -> tuple[float, float]:
+    """One-sided test of mean(log run) - mean(log base) (< 0 for `less`), each repetition's log
+    value having standard deviation sigma estimated with df degrees of freedom (inf: taken as
+    known, a z test). -> (p, standard error of the difference)."""
+    diff = float(np.mean(np.log(run)) - np.mean(np.log(base)))
+    if alternative == "greater":
+        diff = -diff
+    elif alternative != "less":
+        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
+    se = sigma * math.sqrt(1.0 / len(run) + 1.0 / len(base))
+    if se <= 0.0:
+        return (0.0 if diff < 0 else 1.0), 0.0
+    t = diff / se
+    return (norm_sf(-t) if math.isinf(df) else t_sf(-t, df)), se
+
+
+# ------------------------------------------------------------------ bootstrap ---------------
+
+def _resample_side(groups: list[np.ndarray], n_boot: int, rng: np.random.Generator,
+                   stat: Statistic) -> np.ndarray:
+    """n_boot two-stage resamples of one side: repetitions with replacement, then steps with
+    replacement inside each drawn repetition; returns the statistic of each pooled resample."""
+    r = len(groups)
+    lengths = np.array([len(g) for g in groups])
+    width = int(lengths.max())
+    padded = np.full((r, width), np.nan)
+    for i, g in enumerate(groups):
+        padded[i, :len(g)] = g
+    reps = rng.integers(0, r, size=(n_boot, r))  # which repetitions
+    u = rng.random((n_boot, r, width))
+    steps = np.floor(u * lengths[reps][:, :, None]).astype(np.int64)  # steps inside each
+    draws = padded[reps[:, :, None], steps]  # [B, r, width]
+    if np.all(lengths == width):
+        return stat(draws.reshape(n_boot, r * width))
+    # unequal repetitions: a drawn repetition contributes as many steps as it has
+    mask = np.arange(width)[None, None, :] < lengths[reps][:, :, None]
+    draws = np.where(mask, draws, np.nan).reshape(n_boot, r * width)
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        row = draws[b]
+        out[b] = stat(row[~np.isnan(row)][None, :])[0]
+    return out
+
+
+def hierarchical_bootstrap(run: list[np.ndarray], base: list[np.ndarray], stat: Statistic,
+                           n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of stat(run) / stat(base), each side resampled in two stages
+    (repetitions, then steps). `run` and `base` are lists of per-repetition sample arrays."""
+    rng = np.random.default_rng(seed)
+    num = _resample_side([np.asarray(g, dtype=float) for g in run], n_boot, rng, stat)
+    den = _resample_side([np.asarray(g, dtype=float) for g in base], n_boot, rng, stat)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return num / den
+
+
+def percentile_interval(ratios: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo = float(np.quantile(ratios, (1.0 - confidence) / 2.0))
+    hi = float(np.quantile(ratios, (1.0 + confidence) / 2.0))
+    return lo, hi
+
+
+def bootstrap_p(ratios: np.ndarray, worse_when_below: bool) -> float:
+    """One-sided p-value of "the ratio is worse than 1" from a bootstrap distribution: the share
+    of resampled ratios that are not worse (the percentile interval inverted), with the usual
+    +1 so that it is never 0."""
+    not_worse = np.count_nonzero(ratios >= 1.0) if worse_when_below else np.count_nonzero(ratios <= 1.0)
+    return float((not_worse + 1) / (len(ratios) + 1))

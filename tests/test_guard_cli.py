@@ -1,0 +1,78 @@
+"""`txsuite guard` and `txsuite baseline` on real measurements: the same code measured twice
+passes, a baseline 30% faster than reality fails with the evidence, bad input exits 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+MATRIX = """\
+name: guarded
+fixed:
+  model: {preset: tiny, n_layer: 1}
+  data: {dataset: markov, seq_len: 64, symbols: 16}
+  train: {steps: 25, warmup_steps: 3, micro_batch: 4}
+repeats: 2
+guard: {tokens_per_s: -5%}
+"""
+
+
+def txsuite(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guard")
+    (root / "g.yaml").write_text(MATRIX)
+    for run_id in ("a", "b"):
+        out = txsuite("run", "g.yaml", "--run-id", run_id, cwd=root)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return root
+
+
+def test_same_code_measured_twice_passes(two_runs):
+    out = txsuite("guard", "results/guarded/b", "--baseline", "results/guarded/a", cwd=two_runs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "tokens_per_s" in out.stdout
+
+
+def test_a_baseline_30_percent_faster_fails_with_the_evidence(two_runs):
+    made = txsuite("baseline", "results/guarded/a", "-o", "base.json", cwd=two_runs)
+    assert made.returncode == 0, made.stderr
+    data = json.loads((two_runs / "base.json").read_text())
+    # pretend the baseline machine/commit was 30% faster: every recorded step took 1/1.3 as long
+    fast = _scale_step_times(data, 1 / 1.3)
+    assert json.dumps(fast) != json.dumps(data)  # the baseline really holds step samples
+    (two_runs / "fast.json").write_text(json.dumps(fast))
+    out = txsuite("guard", "results/guarded/b", "--baseline", "fast.json", cwd=two_runs)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for evidence in ("tokens_per_s", "p", "CI"):
+        assert evidence in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def _scale_step_times(obj, factor):
+    """Scale every `step_times_s` list and every rate derived from it, wherever it sits."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k == "step_times_s" and isinstance(v, list):
+                out[k] = [t * factor for t in v]
+            elif k in ("tokens_per_s", "samples_per_s") and isinstance(v, (int, float)):
+                out[k] = v / factor
+            elif k in ("step_time_p50_s", "step_time_p90_s") and isinstance(v, (int, float)):
+                out[k] = v * factor
+            else:
+                out[k] = _scale_step_times(v, factor)
+        return out
+    if isinstance(obj, list):
+        return [_scale_step_times(v, factor) for v in obj]
+    return obj
+
+
+def test_unusable_input_exits_2_without_a_traceback(two_runs):
+    out = txsuite("guard", "results/guarded/b", "--baseline", "missing.json", cwd=two_runs)
+    assert out.returncode == 2 and "missing.json" in out.stderr and "Traceback" not in out.stderr
