@@ -89,8 +89,13 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> N
 @click.option("--timeout", "timeout_s", type=float, help="Seconds per cell repetition (default: matrix timeout_s or 1800).")
 @click.option("--dry-run", is_flag=True, help="Plan and print the cells, run nothing.")
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
+@click.option("--retry-failed", is_flag=True, help="Re-run repetitions of the resumed run that did not end ok/skipped.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first repetition that is not ok or skipped.")
+@click.option("--memory-limit", "memory_limit", metavar="SIZE",
+              help="Cap each cell's address space (e.g. 4GiB) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
-        only: str | None, timeout_s: float | None, dry_run: bool, yes: bool) -> None:
+        only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
+        fail_fast: bool, memory_limit: str | None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
     from suite.runner import choose_run_dir, run_matrix, select
 
@@ -105,13 +110,27 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
-    summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=_print_event)
+    summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=_print_event,
+                         retry_failed=retry_failed, fail_fast=fail_fast,
+                         memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None)
+    if summary.stopped_early:
+        console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
         console.print(f"{summary.resumed} repetitions were already finished and kept")
     report = _render(run_dir, Path(reports_dir) / matrix.name / f"{run_dir.name}.html")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
     sys.exit(0 if summary.ok else 1)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+             "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+    import re
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in units:
+        raise UsageProblem(f"--memory-limit {text!r}: expected a size such as 4GiB, 512MiB or 2e9 bytes.")
+    return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
 def _print_event(kind: str, info: dict) -> None:

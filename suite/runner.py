@@ -35,6 +35,7 @@ class RunSummary:
     run_dir: Path
     counts: dict[str, int] = field(default_factory=dict)
     resumed: int = 0  # repetitions found already finished
+    stopped_early: bool = False  # --fail-fast stopped the sweep
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,10 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
 
 def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s: float | None = None,
                on_event: Callable[[str, dict], None] | None = None,
-               worker_cmd: list[str] | None = None) -> RunSummary:
+               worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
+               memory_limit_bytes: int | None = None) -> RunSummary:
+    """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
+    replaced). fail_fast: stop after the first repetition that is not ok/skipped."""
     emit = on_event or (lambda kind, info: None)
     store = RunStore(run_dir)
     store.create()
@@ -84,6 +88,8 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     cells = select(matrix.cells, only)
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
     finished = store.finished()
+    if retry_failed:
+        finished = {k: v for k, v in finished.items() if v in ("ok", "skipped")}
     # Repeat-major order (every cell once, then every cell again): slow drift of a shared
     # machine then spreads over all cells instead of biasing whichever cell ran during it.
     todo = [(c, r) for r in range(matrix.repeats) for c in cells]
@@ -98,10 +104,13 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
             continue
         emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
                             "cell_id": cell.cell_id, "repeat": repeat})
-        record = run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd)
+        record = run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd, memory_limit_bytes)
         store.append(record)
         summary.counts[record.status] = summary.counts.get(record.status, 0) + 1
         emit("cell_end", {"index": index, "total": len(todo), "record": record})
+        if fail_fast and record.status not in ("ok", "skipped"):
+            summary.stopped_early = True
+            return summary
     if only is None:
         meta["complete"] = True
         store.write_json("matrix.json", meta)
@@ -109,7 +118,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
 
 
 def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: dict, timeout: float,
-            worker_cmd: list[str] | None = None) -> Record:
+            worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None) -> Record:
     base = dict(matrix=matrix.name, run_id=store.dir.name, cell_id=cell.cell_id, repeat=repeat,
                 config=cell.config.to_dict(), label=cell.label)
     started = _now()
@@ -120,7 +129,8 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     cell_dir.mkdir(parents=True, exist_ok=True)
     cell_json, result_json, log_path = cell_dir / "cell.json", cell_dir / "result.json", cell_dir / "log.txt"
     result_json.unlink(missing_ok=True)  # a stale result from a killed earlier attempt
-    cell_json.write_text(json.dumps({**base, "timeout_s": timeout}, indent=2))
+    cell_json.write_text(json.dumps({**base, "timeout_s": timeout, "memory_limit_bytes": memory_limit_bytes},
+                                    indent=2))
     cmd = (worker_cmd or [sys.executable, "-m", "suite.worker"]) + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:

@@ -29,7 +29,16 @@ class Skip(Exception):
 
 
 class Diverged(Exception):
-    pass
+    """Loss became non-finite or exploded; carries the curve so far for the record."""
+
+    def __init__(self, message: str, loss_curve: list):
+        super().__init__(message)
+        self.loss_curve = loss_curve
+
+
+# A loss this many times the first step's loss is an explosion, not noise: at initialisation the
+# loss is about ln(vocab), and a healthy run only falls from there.
+EXPLODE_FACTOR = 4.0
 
 
 def run_cell(cell: CellConfig) -> dict:
@@ -89,7 +98,10 @@ def run_cell(cell: CellConfig) -> dict:
         if step >= t.warmup_steps:
             step_times.append(elapsed)
         if not math.isfinite(loss):
-            raise Diverged(f"training loss became {loss} at step {step + 1}")
+            raise Diverged(f"training loss became {loss} at step {step + 1}", loss_curve)
+        if loss > EXPLODE_FACTOR * loss_curve[0][2]:
+            raise Diverged(f"training loss exploded to {loss:.4g} at step {step + 1} "
+                           f"(more than {EXPLODE_FACTOR:g}x the first step's {loss_curve[0][2]:.4g})", loss_curve)
         if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < total_steps:
             evals.append([step + 1, round(train_wall, 6), trainer.evaluate(val_batches)])
             if target is not None and reached is None and evals[-1][2] <= target:
@@ -171,6 +183,7 @@ def main(argv: list[str]) -> int:
     cell_path, result_path = Path(argv[0]), Path(argv[1])
     payload = json.loads(cell_path.read_text())
     cell = CellConfig.from_dict(payload["config"])
+    _apply_memory_limit(payload.get("memory_limit_bytes"))
     print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
           flush=True)
     try:
@@ -178,7 +191,7 @@ def main(argv: list[str]) -> int:
     except Skip as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
     except Diverged as exc:
-        result = {"status": "diverged", "reason": str(exc), "metrics": {}, "env": {}}
+        result = {"status": "diverged", "reason": str(exc), "metrics": {"loss_curve": exc.loss_curve}, "env": {}}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record, with its traceback in the log
         traceback.print_exc()
         status = "oom" if _is_oom(exc) else "failed"
@@ -187,9 +200,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _apply_memory_limit(limit: int | None) -> None:
+    """`txsuite run --memory-limit`: cap this process's address space, to see which cells would
+    fit a smaller machine (allocations beyond it fail and the cell is recorded as `oom`)."""
+    if limit:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+
+
 def _is_oom(exc: BaseException) -> bool:
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)  # torch's CPU allocator when the address space runs out
 
 
 if __name__ == "__main__":

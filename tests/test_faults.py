@@ -1,0 +1,61 @@
+"""Faults a cell can hit get their own status, and the sweep goes on (or stops, with
+--fail-fast); --retry-failed re-runs only what did not finish well."""
+import os
+import subprocess
+import sys
+import textwrap
+
+from suite.store import RunStore
+
+
+def txsuite(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+FAULTS = textwrap.dedent("""\
+    name: faults
+    fixed:
+      model: {preset: tiny, n_layer: 1}
+      data: {dataset: markov, seq_len: 128, symbols: 16}
+      train: {steps: 4, warmup_steps: 1, micro_batch: 2, lr_warmup_steps: 0}
+    include:                                    # the healthy default cell runs first, then:
+      - {train.lr: 1.0e+6}                      # diverges
+      - {train.micro_batch: 4096}               # far beyond the memory cap below
+      - {train.lr: 1.0e-3}                      # healthy, runs after both
+    """)
+
+
+def test_diverged_and_oom_get_their_status_and_the_next_cell_runs(tmp_path):
+    (tmp_path / "f.yaml").write_text(FAULTS)
+    out = txsuite("run", "f.yaml", "--run-id", "x", "--memory-limit", "3GiB", cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    recs = RunStore(tmp_path / "results/faults/x").records()
+    by_label = {r.label: r for r in recs}
+    diverged = next(r for r in recs if "1000000" in r.label or "1e+06" in r.label)
+    assert diverged.status == "diverged", diverged.reason
+    assert "loss" in diverged.reason and diverged.metrics["loss_curve"]  # the curve up to the blow-up is kept
+    oom = next(r for r in recs if "4096" in r.label)
+    assert oom.status == "oom", oom.reason
+    healthy = next(r for r in recs if "0.001" in r.label)
+    assert healthy.status == "ok"
+    assert by_label["default"].status == "ok" and len(by_label) == 4
+
+
+def test_fail_fast_stops_and_retry_failed_reruns_only_failures(tmp_path):
+    (tmp_path / "f.yaml").write_text(FAULTS)
+    first = txsuite("run", "f.yaml", "--run-id", "y", "--fail-fast", cwd=tmp_path)
+    assert first.returncode == 1 and "stopped early" in first.stdout
+    store = RunStore(tmp_path / "results/faults/y")
+    assert [r.status for r in store.records()] == ["ok", "diverged"]
+    # resume without the flag: finished cells are kept, the rest run
+    second = txsuite("run", "f.yaml", "--run-id", "y", "--memory-limit", "3GiB", cwd=tmp_path)
+    assert "2 repetitions were already finished" in second.stdout
+    assert sorted(r.status for r in store.records()) == ["diverged", "ok", "ok", "oom"]
+    ok_before = {r.cell_id: r.finished_at for r in store.records() if r.status == "ok"}
+    # --retry-failed: only the two bad cells run again (and fail again); ok ones are untouched
+    third = txsuite("run", "f.yaml", "--run-id", "y", "--retry-failed", "--memory-limit", "3GiB", cwd=tmp_path)
+    assert "2 repetitions were already finished" in third.stdout
+    recs = store.records()
+    assert len(recs) == 4 and sorted(r.status for r in recs) == ["diverged", "ok", "ok", "oom"]
+    assert {r.cell_id: r.finished_at for r in recs if r.status == "ok"} == ok_before
