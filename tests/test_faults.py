@@ -59,3 +59,42 @@ def test_fail_fast_stops_and_retry_failed_reruns_only_failures(tmp_path):
     recs = store.records()
     assert len(recs) == 4 and sorted(r.status for r in recs) == ["diverged", "ok", "ok", "oom"]
     assert {r.cell_id: r.finished_at for r in recs if r.status == "ok"} == ok_before
+
+
+def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp_path):
+    import signal
+    import time
+    (tmp_path / "k.yaml").write_text(textwrap.dedent("""\
+        name: killed
+        fixed:
+          model: {preset: tiny, n_layer: 1}
+          data: {dataset: markov, seq_len: 64, symbols: 16}
+          train: {steps: 30, warmup_steps: 1, micro_batch: 4}
+        axes:
+          train.seed: [1, 2, 3]
+        """))
+    runner = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "k.yaml"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the first finished cell, then kill mid-sweep
+        found = list((tmp_path / "results/killed").glob("*/records.jsonl"))
+        if found:
+            records = found[0]
+            break
+        time.sleep(0.2)
+    assert records is not None
+    time.sleep(1.0)  # the second cell's worker is now running
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", "suite.worker results/killed/"], capture_output=True, text=True)
+    assert workers.stdout.strip() == ""  # the running cell died with its runner (PDEATHSIG)
+    done_before = len(RunStore(records.parent).records())
+    assert 1 <= done_before < 3
+    again = txsuite("run", "k.yaml", cwd=tmp_path)  # same command, no run id: resumes that run
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout
+    recs = RunStore(records.parent).records()
+    assert sorted(r.config["train"]["seed"] for r in recs) == [1, 2, 3]
+    assert all(r.status == "ok" for r in recs)
