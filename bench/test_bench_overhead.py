@@ -1,0 +1,116 @@
+"""txsuite's training step against a bare hand-written PyTorch loop, side by side.
+
+Target (README): the worker's training step is within 2% of a bare loop on the same model and
+settings. Both copies of the model start from the same weights and see the same pre-made
+batches; their steps alternate (bare, txsuite, bare, txsuite, ...) after a warm-up, so drift of
+the shared machine hits both alike, and each txsuite step is compared with the bare steps on
+either side of it. The txsuite step is timed by pytest-benchmark (so `--benchmark-compare`
+tracks it); the bare step, the ratio and its confidence interval go into `extra_info`.
+
+    pytest bench/test_bench_overhead.py -s -p no:cacheprovider
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from suite.model import GPT, resolve_model
+from suite.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from suite.techniques import TrainSetup, apply_all
+from suite.trainer import Trainer, build_optimizer, build_schedule
+
+TARGET = 1.02  # txsuite step time / bare step time: the upper confidence bound must not exceed it
+WARMUP = 6  # interleaved warm-up rounds
+BUDGET_S = 75.0  # measuring time per precision on an idle machine (rounds are fixed from it)
+MIN_ROUNDS, MAX_ROUNDS = 80, 400  # one bare + one txsuite step per round
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
+    cell = CellConfig(
+        model=ModelSpec(preset="small"),  # 4 layers x 256 wide, 4 heads, d_ff 1024
+        data=DataSpec(seq_len=kit.SEQ),
+        train=TrainSpec(steps=MAX_ROUNDS, warmup_steps=WARMUP, micro_batch=kit.BATCH, lr=kit.LR,
+                        beta1=kit.BETAS[0], beta2=kit.BETAS[1], weight_decay=kit.WEIGHT_DECAY,
+                        grad_clip=kit.GRAD_CLIP, min_lr_ratio=kit.MIN_LR_RATIO),
+        precision=precision,
+        device="cpu",
+    )
+    cfg = resolve_model(cell.model, kit.VOCAB, kit.SEQ)
+    assert (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_ff) == (kit.N_LAYER, kit.N_HEAD, kit.D_MODEL, kit.D_FF)
+    device = torch.device("cpu")
+    torch.manual_seed(cell.train.seed)
+    model_tx = GPT(cfg).to(device)
+    torch.manual_seed(cell.train.seed)
+    model_bare = GPT(cfg).to(device)
+    for a, b in zip(model_tx.parameters(), model_bare.parameters()):
+        assert torch.equal(a, b)
+    batches = kit.make_batches(vocab=cfg.vocab_size)
+
+    # (a) txsuite's path, built as suite/worker.py builds it
+    setup = apply_all(TrainSetup(model=model_tx, device=device), cell)
+    optimizer = build_optimizer(setup.model, cell.train, device)
+    trainer = Trainer(setup, optimizer, build_schedule(optimizer, cell.train),
+                      cell.train.grad_accum, cell.train.grad_clip)
+    stream = kit.cycle(batches)
+
+    def txsuite_step():
+        trainer.step(stream)
+
+    # A technique may pick a block's attention kernel (e.g. an `attention` attribute set per
+    # block for bf16 on CPU): the bare model must run the same kernels, so mirror it.
+    for blk_tx, blk_bare in zip(setup.model.blocks, model_bare.blocks):
+        if hasattr(blk_tx.attn, "attention"):
+            blk_bare.attn.attention = blk_tx.attn.attention
+
+    # (b) the bare loop, with the same AdamW kernel choice and hyperparameters
+    impl = {k: optimizer.defaults[k] for k in ("foreach", "fused")}
+    bare = kit.bare_step(model_bare, model_bare, batches, precision,
+                         cell.train.warmup_steps + cell.train.steps, impl=impl)
+    assert len(optimizer.param_groups) == len(bare.optimizer.param_groups)
+    for g_tx, g_bare in zip(optimizer.param_groups, bare.optimizer.param_groups):
+        assert len(g_tx["params"]) == len(g_bare["params"])
+        for key in ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused", "maximize"):
+            assert g_tx[key] == g_bare[key], key
+
+    if benchmark.disabled:  # --benchmark-disable: a smoke run of both paths
+        benchmark.pedantic(txsuite_step, setup=lambda: [bare()] and None, rounds=1)
+        return
+
+    round_s = kit.warm([bare, txsuite_step], WARMUP)
+    rounds = kit.plan_rounds(round_s, BUDGET_S, MIN_ROUNDS, MAX_ROUNDS)
+    bare_t, tx_t = kit.Samples(), kit.Samples()
+    benchmark.group = f"overhead-{precision}"
+    # Each round: the bare step (pytest-benchmark's untimed `setup`), then the txsuite step.
+    benchmark.pedantic(kit.timed(txsuite_step, tx_t), setup=kit.timed(bare, bare_t),
+                       rounds=rounds, iterations=1, warmup_rounds=0)
+
+    # Same start, same data, same arithmetic: the two models must have trained identically.
+    max_diff = max(float((a - b).detach().abs().max())
+                   for a, b in zip(model_tx.parameters(), model_bare.parameters()))
+    assert max_diff < 1e-4, f"the two paths diverged (max |dw| = {max_diff:g}): not the same work"
+
+    tokens = kit.BATCH * kit.SEQ
+    t_tx, t_bare = tx_t.median(), bare_t.median()
+    c = kit.compare(tx_t, bare_t)
+    benchmark.extra_info.update({
+        "precision": precision, "vocab": cfg.vocab_size, "tokens_per_step": tokens, "rounds": rounds,
+        "threads": torch.get_num_threads(), "host": kit.host_line(), "optimizer_impl": impl,
+        "txsuite_step_median_s": t_tx, "bare_step_median_s": t_bare,
+        "txsuite_tokens_per_s": tokens / t_tx, "bare_tokens_per_s": tokens / t_bare,
+        "ratio_txsuite_over_bare": c["paired"], "ratio_ci": list(c["paired_ci"]),
+        "ratio_of_medians": c["ratio"], "ratio_of_medians_ci": list(c["ratio_ci"]),
+        "confidence": kit.CONFIDENCE, "max_weight_diff": max_diff,
+        "bare_step_times_s": [round(d, 6) for d in bare_t.durations],
+        "txsuite_step_times_s": [round(d, 6) for d in tx_t.durations],
+    })
+    print(f"\n[overhead {precision}] {kit.host_line()}\n"
+          f"  {rounds} interleaved rounds, vocab {cfg.vocab_size}, {tokens} tokens/step, AdamW {impl}\n"
+          f"  bare loop      median step {t_bare * 1e3:8.2f} ms  {tokens / t_bare:8.0f} tokens/s\n"
+          f"  txsuite step   median step {t_tx * 1e3:8.2f} ms  {tokens / t_tx:8.0f} tokens/s\n"
+          f"  step time txsuite/bare: {kit.fmt_ratio(c)}\n"
+          f"  weights after training, max |txsuite - bare|: {max_diff:.2g}")
+    assert c["paired_ci"][1] <= TARGET, (
+        f"txsuite's step is slower than the bare loop beyond the {TARGET - 1:.0%} target: "
+        f"ratio {c['paired']:.4f}, {int(kit.CONFIDENCE * 100)}% CI {c['paired_ci']} ({kit.host_line()}; "
+        f"on a busy machine the interval widens: rerun, or raise TXSUITE_BENCH_SCALE)")
