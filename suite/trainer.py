@@ -24,8 +24,9 @@ def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.devi
               {"params": no_decay, "weight_decay": 0.0}]
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.beta1)
-    # fused kernels exist for CUDA (and CPU in recent torch); foreach is the portable fast path
-    fused = device.type == "cuda"
+    # Fused kernels exist for CUDA and CPU. On CPU, measured on the 4x256 model (bench/README.md):
+    # foreach 7.5 ms per optimizer step, a plain loop 4.6 ms, fused 2.05 ms.
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
                              fused=fused or None, foreach=None if fused else True)
 
