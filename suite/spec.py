@@ -26,6 +26,7 @@ MODEL_PRESETS = tuple(MODEL_PRESET_DIMS)
 NAMED_DATASETS = ("shakespeare", "bible", "python-stdlib", "copy", "reverse", "modadd", "markov")
 SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
 TOKENIZERS = ("byte", "bpe")
+ATTENTIONS = ("sdpa", "matmul")
 PRECISIONS = ("fp32", "tf32", "bf16", "bf16-pure", "fp16", "fp8")
 ENGINES = ("none", "ddp", "fsdp", "deepspeed")
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
@@ -48,6 +49,7 @@ class ModelSpec:
     d_model: int | None = None
     d_ff: int | None = None
     dropout: float = 0.0
+    attention: str = "sdpa"  # sdpa: fused kernel; matmul: explicit QK^T/softmax/AV (see README)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ SCALAR_FAMILIES: dict[str, tuple] = {"precision": PRECISIONS, "device": DEVICES}
 # Allowed values per dotted key (anything not listed is checked by type only).
 CHOICES: dict[str, tuple] = {
     "model.preset": MODEL_PRESETS,
+    "model.attention": ATTENTIONS,
     "data.tokenizer": TOKENIZERS,
     "train.schedule": SCHEDULES,
     "train.optimizer": OPTIMIZERS,

@@ -106,3 +106,15 @@ def test_loss_ignores_unscored_positions():
     targets = torch.tensor([[1, -100, 3, -100]])
     full = torch.nn.functional.cross_entropy(logits[0, [0, 2]], targets[0, [0, 2]])
     torch.testing.assert_close(lm_loss(logits, targets), full)
+
+
+def test_matmul_attention_matches_sdpa():
+    torch.manual_seed(0)
+    sdpa = GPT(tiny()).eval()
+    matmul = GPT(tiny(attention="matmul")).eval()
+    matmul.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 97, (2, 32))
+    torch.testing.assert_close(matmul(x), sdpa(x), atol=2e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = matmul(x).float(), sdpa(x).float()
+    assert (a - b).abs().max() < 0.05  # one bf16 rounding step apart, not a different function

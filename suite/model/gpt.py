@@ -25,6 +25,11 @@ class GPTConfig:
     d_model: int
     d_ff: int
     dropout: float = 0.0
+    # "sdpa": F.scaled_dot_product_attention (flash/efficient kernels where available);
+    # "matmul": the same maths as two explicit matmuls and a softmax. Measured on a 2-core AMX
+    # CPU in bf16, the matmul form made a whole training step 1.21x faster than SDPA's CPU
+    # kernel (fp32: SDPA 1.02x faster). It materialises the [T, T] scores: O(T^2) memory.
+    attention: str = "sdpa"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -39,6 +44,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.attention = cfg.attention
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
@@ -48,11 +54,24 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         # [B, T, 3C] -> three [B, n_head, T, head_dim]
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "matmul":
+            y = matmul_attention(q, k, v, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return self.resid_drop(self.proj(y))
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal attention as explicit matmuls. q, k, v: [B, H, T, D] -> [B, H, T, D].
+    The softmax runs in fp32 (scores are upcast) and the weights return to v's dtype."""
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # [B, H, T, T]
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    weights = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1).type_as(v)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return weights @ v
 
 
 class MLP(nn.Module):

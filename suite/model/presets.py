@@ -9,7 +9,8 @@ def resolve_model(spec: ModelSpec, vocab_size: int, seq_len: int) -> GPTConfig:
     """Preset dims, overridden by any explicit dims in the spec."""
     n_layer, n_head, d_model, d_ff = model_dims(spec)
     return GPTConfig(vocab_size=vocab_size, max_seq_len=seq_len, n_layer=n_layer, n_head=n_head,
-                     d_model=d_model, d_ff=d_ff, dropout=spec.dropout)
+                     d_model=d_model, d_ff=d_ff, dropout=spec.dropout,
+                     attention=spec.attention)
 
 
 def matmul_params(cfg: GPTConfig) -> int:
