@@ -73,7 +73,7 @@ def run_cell(cell: CellConfig) -> dict:
     setup = apply_all(TrainSetup(model=model, device=device), cell)
     optimizer = build_optimizer(setup.model, t, device)
     trainer = Trainer(setup, optimizer, build_schedule(optimizer, t), t.grad_accum, t.grad_clip)
-    batches = dataset.train_batches(t.micro_batch, seed=t.seed)
+    batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed)
     val_batches = dataset.val_batches(t.micro_batch, t.eval_batches)
     rss_before_train = host_current_rss_bytes()
     if device.type == "cuda":
@@ -152,6 +152,14 @@ def run_cell(cell: CellConfig) -> dict:
         **setup.facts,
     })
     return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
+
+
+def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int):
+    """Micro-batches in training order. The samples of one optimizer step are drawn together
+    and then split, so cells with the same samples per step train on identical data whatever
+    their micro-batch x accumulation split (batch.yaml compares exactly that)."""
+    for x, y in dataset.train_batches(micro_batch * grad_accum, seed=seed):  # [B*k, T] each
+        yield from zip(x.split(micro_batch), y.split(micro_batch))
 
 
 def device_fingerprint(torch, device) -> dict:

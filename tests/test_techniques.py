@@ -142,3 +142,19 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
     assert lrs[-1] >= 0.1 and lrs[-1] < 0.2
+
+
+def test_worker_feeds_equal_step_batches_whatever_the_accumulation_split():
+    from itertools import islice
+
+    from suite.data import build_dataset
+    from suite.spec import DataSpec
+    from suite.worker import step_batches
+    ds = build_dataset(DataSpec(dataset="markov", seq_len=16), seed=0)
+    one = list(islice(step_batches(ds, 8, 1, seed=3), 3))        # 3 steps of 8
+    four = list(islice(step_batches(ds, 2, 4, seed=3), 12))      # 3 steps of 4 x 2
+    for step in range(3):
+        x1, y1 = one[step]
+        x4 = torch.cat([x for x, _ in four[4 * step:4 * step + 4]])
+        y4 = torch.cat([y for _, y in four[4 * step:4 * step + 4]])
+        assert torch.equal(x1, x4) and torch.equal(y1, y4)
