@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -110,9 +111,10 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
-    summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=_print_event,
-                         retry_failed=retry_failed, fail_fast=fail_fast,
-                         memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None)
+    with SweepProgress() as progress:
+        summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
+                             retry_failed=retry_failed, fail_fast=fail_fast,
+                             memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None)
     if summary.stopped_early:
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
@@ -133,22 +135,65 @@ def _parse_size(text: str) -> int:
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def _print_event(kind: str, info: dict) -> None:
-    if kind == "start":
-        console.print(f"{info['total']} cell repetitions, {info['done']} already finished")
-    elif kind == "cell_start":
-        console.print(f"[{info['index'] + 1}/{info['total']}] {info['label']} "
-                      f"(cell {info['cell_id']}, repeat {info['repeat']}) ...")
-    elif kind == "cell_end":
-        r = info["record"]
-        m = r.metrics
-        if r.status == "ok":
-            console.print(f"    [green]ok[/] {m['tokens_per_s']:,.0f} tokens/s, step p50 "
-                          f"{m['step_time_p50_s'] * 1e3:.1f} ms, peak mem {m['peak_mem_bytes'] / 2**20:,.0f} MiB, "
-                          f"MFU {m['mfu']:.1%}, val loss {m['val_loss']:.4f} ({r.duration_s:.1f} s)")
-        else:
-            color = "yellow" if r.status == "skipped" else "red"
-            console.print(f"    [{color}]{r.status}[/]: {r.reason}", soft_wrap=True)
+class SweepProgress:
+    """Progress a person can follow: a line per cell (its result, then the next cell with an ETA
+    from the mean duration of the cells run so far) and, on a terminal, a live bar below them."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.ran = 0
+        self.bar = None
+        self.task = None
+
+    def __enter__(self) -> "SweepProgress":
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=console, transient=True)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            console.print(f"{info['total']} cell repetitions, {info['done']} already finished")
+            if self.bar is not None:
+                self.task = self.bar.add_task("sweep", total=info["total"], completed=info["done"])
+        elif kind == "cell_start":
+            left = info["total"] - info["index"]
+            eta = ""
+            if self.ran:
+                per_cell = (time.monotonic() - self.started) / self.ran
+                eta = f", about {_duration(per_cell * left)} left"
+            console.print(f"[{info['index'] + 1}/{info['total']}] {info['label']} "
+                          f"(cell {info['cell_id']}, repeat {info['repeat']}{eta}) ...")
+            if self.bar is not None:
+                self.bar.update(self.task, description=info["label"][:40])
+        elif kind == "cell_end":
+            self.ran += 1
+            _print_record(info["record"])
+            if self.bar is not None:
+                self.bar.advance(self.task)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def _print_record(r) -> None:
+    m = r.metrics
+    if r.status == "ok":
+        console.print(f"    [green]ok[/] {m['tokens_per_s']:,.0f} tokens/s, step p50 "
+                      f"{m['step_time_p50_s'] * 1e3:.1f} ms, peak mem {m['peak_mem_bytes'] / 2**20:,.0f} MiB, "
+                      f"MFU {m['mfu']:.1%}, val loss {m['val_loss']:.4f} ({r.duration_s:.1f} s)")
+    else:
+        color = "yellow" if r.status == "skipped" else "red"
+        console.print(f"    [{color}]{r.status}[/]: {r.reason}", soft_wrap=True)
 
 
 def _render(run_dir: Path, out: Path) -> Path | str:
@@ -271,7 +316,8 @@ def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, conf
         console.print(f"re-measuring {len(matrix.cells)} flagged cell(s) into {confirm_dir}: "
                       + ", ".join(label for _, label in flagged))
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-        run_matrix(matrix, confirm_dir, timeout_s=timeout_s, on_event=_print_event)
+        with SweepProgress() as progress:
+            run_matrix(matrix, confirm_dir, timeout_s=timeout_s, on_event=progress)
         try:
             result = merge_confirmation(result, load_side(confirm_dir))
         except GuardInputError as exc:
