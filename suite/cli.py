@@ -16,6 +16,7 @@ from rich.table import Table
 
 from suite.matrix import Host, Matrix, MatrixError, load_matrix
 from suite.measure.env import gpus_from_nvidia_smi
+from suite.measure.estimate import approx_vocab, estimate_memory
 
 # a pipe or CI log is not 80 columns wide: do not wrap plan tables as if it were
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -57,10 +58,13 @@ def _plan_table(matrix: Matrix) -> Table:
     table.add_column("cell id")
     table.add_column("cell")
     table.add_column("tokens/step", justify="right")
+    table.add_column("est. train memory", justify="right")
     table.add_column("status")
     for i, cell in enumerate(matrix.cells):
         status = f"[yellow]skipped: {cell.skip_reason}[/]" if cell.skip_reason else "[green]will run[/]"
-        table.add_row(str(i), cell.cell_id, cell.label, f"{cell.config.tokens_per_step:,}", status)
+        estimate = estimate_memory(cell.config, approx_vocab(cell.config))["total_bytes"]
+        table.add_row(str(i), cell.cell_id, cell.label, f"{cell.config.tokens_per_step:,}",
+                      f"{estimate / 2**20:,.0f} MiB", status)
     return table
 
 

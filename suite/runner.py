@@ -22,6 +22,7 @@ from typing import Callable
 
 from suite.matrix import Cell, Matrix
 from suite.measure.env import host_fingerprint
+from suite.measure.oomkills import oom_kill_count
 from suite.record import Record
 from suite.store import RunStore
 
@@ -94,6 +95,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     # machine then spreads over all cells instead of biasing whichever cell ran during it.
     todo = [(c, r) for r in range(matrix.repeats) for c in cells]
     summary = RunSummary(run_dir=run_dir)
+    ooms = [c for c in cells for r in range(matrix.repeats) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
         1 for c, r in todo if (c.cell_id, r) in finished)})
     for index, (cell, repeat) in enumerate(todo):
@@ -102,10 +104,17 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
             status = finished[(cell.cell_id, repeat)]
             summary.counts[status] = summary.counts.get(status, 0) + 1
             continue
+        bigger_than = _needs_more_than_an_oom(cell, ooms)
+        if bigger_than is not None:
+            cell = Cell(cell.config, cell.label, cell.origin,
+                        skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
+                                    f"which ran out of memory: larger micro-batch or sequence, all else equal")
         emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
                             "cell_id": cell.cell_id, "repeat": repeat})
         record = run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd, memory_limit_bytes)
         store.append(record)
+        if record.status == "oom":
+            ooms.append(cell)
         summary.counts[record.status] = summary.counts.get(record.status, 0) + 1
         emit("cell_end", {"index": index, "total": len(todo), "record": record})
         if fail_fast and record.status not in ("ok", "skipped"):
@@ -133,6 +142,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
                                     indent=2))
     cmd = (worker_cmd or [sys.executable, "-m", "suite.worker"]) + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    oom_kills_before = oom_kill_count()
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
         # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
         # the host, spinning threads starve the ones doing work. Measured here (`small`, bf16,
@@ -165,6 +175,12 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
         result = json.loads(result_json.read_text())
         return Record(**common, status=result["status"], reason=result.get("reason"),
                       env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
+    killed_by_oom = (returncode == -signal.SIGKILL and oom_kills_before is not None
+                     and (oom_kill_count() or 0) > oom_kills_before)
+    if killed_by_oom:
+        return Record(**common, status="oom", env=host_env,
+                      reason="the kernel's out-of-memory killer ended the worker (the cgroup's oom_kill count rose)"
+                             + _log_tail(log_path))
     reason = _describe_exit(returncode) + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
 
@@ -179,6 +195,33 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass  # not Linux: the runner's own cleanup still handles SIGINT/SIGTERM
+
+
+# Settings that only ever raise activation memory when they grow.
+MEMORY_MONOTONE = (("train", "micro_batch"), ("data", "seq_len"))
+
+
+def _needs_more_than_an_oom(cell: Cell, ooms: list[Cell]) -> Cell | None:
+    """An earlier cell that ran out of memory and differs from this one only by a smaller or
+    equal micro-batch / sequence length (at least one strictly smaller): this cell would too."""
+    mine = cell.config.to_dict()
+    for oom in ooms:
+        theirs = oom.config.to_dict()
+        bigger = False
+        same_elsewhere = True
+        for family in mine:
+            for key in (mine[family] if isinstance(mine[family], dict) else [None]):
+                a = mine[family][key] if key else mine[family]
+                b = theirs[family][key] if key else theirs[family]
+                if (family, key) in MEMORY_MONOTONE:
+                    if a < b:
+                        same_elsewhere = False
+                    bigger |= a > b
+                elif a != b:
+                    same_elsewhere = False
+        if same_elsewhere and bigger:
+            return oom
+    return None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -98,3 +98,51 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
     recs = RunStore(records.parent).records()
     assert sorted(r.config["train"]["seed"] for r in recs) == [1, 2, 3]
     assert all(r.status == "ok" for r in recs)
+
+
+def test_after_an_oom_larger_cells_on_the_same_axis_are_skipped(tmp_path):
+    (tmp_path / "o.yaml").write_text(textwrap.dedent("""\
+        name: oomplan
+        fixed:
+          model: {preset: tiny, n_layer: 1}
+          data: {dataset: markov, seq_len: 128, symbols: 16}
+          train: {steps: 2, warmup_steps: 0}
+        axes:
+          train.micro_batch: [2, 4096, 8192]
+        """))
+    out = txsuite("run", "o.yaml", "--run-id", "z", "--memory-limit", "3GiB", cwd=tmp_path)
+    recs = {r.config["train"]["micro_batch"]: r for r in RunStore(tmp_path / "results/oomplan/z").records()}
+    assert (recs[2].status, recs[4096].status, recs[8192].status) == ("ok", "oom", "skipped"), out.stdout
+    assert recs[4096].cell_id in recs[8192].reason and "ran out of memory" in recs[8192].reason
+    assert out.returncode == 1
+
+
+def test_oom_rule_needs_all_else_equal():
+    from suite.matrix import Cell
+    from suite.runner import _needs_more_than_an_oom
+    from suite.spec import CellConfig, DataSpec, TrainSpec
+
+    def cell(mb, seq, lr=1e-3):
+        return Cell(CellConfig(train=TrainSpec(micro_batch=mb, lr=lr), data=DataSpec(seq_len=seq)), f"{mb}/{seq}", "axes")
+    oom = cell(8, 256)
+    assert _needs_more_than_an_oom(cell(16, 256), [oom]) is oom
+    assert _needs_more_than_an_oom(cell(8, 512), [oom]) is oom
+    assert _needs_more_than_an_oom(cell(8, 256), [oom]) is None        # the same cell is re-measured
+    assert _needs_more_than_an_oom(cell(16, 128), [oom]) is None       # smaller on another axis
+    assert _needs_more_than_an_oom(cell(16, 256, lr=1e-4), [oom]) is None  # differs elsewhere
+
+
+def test_memory_estimate_tracks_the_techniques():
+    from suite.measure.estimate import estimate_memory
+    from suite.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
+    base = CellConfig(model=ModelSpec(preset="small"), train=TrainSpec(micro_batch=8))
+    e = estimate_memory(base)
+    # AdamW state is twice the parameters; gradients equal them
+    assert e["optimizer_bytes"] == 2 * e["params_bytes"] == 2 * e["grads_bytes"]
+    full = estimate_memory(CellConfig(model=base.model, train=base.train,
+                                      memory=MemorySpec(activation_checkpointing="full")))
+    assert full["activations_bytes"] < 0.5 * e["activations_bytes"]
+    double = estimate_memory(CellConfig(model=base.model, train=TrainSpec(micro_batch=16)))
+    assert double["activations_bytes"] == 2 * e["activations_bytes"]
+    pure = estimate_memory(CellConfig(model=base.model, train=base.train, precision="bf16-pure"))
+    assert pure["params_bytes"] * 2 == e["params_bytes"]
