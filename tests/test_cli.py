@@ -1,7 +1,5 @@
 """The whole product through its command line: plan, run (real worker processes), records,
 resume, exit codes, and errors without tracebacks."""
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +11,7 @@ from suite.matrix import load_matrix
 from suite.record import REQUIRED_METRICS
 from suite.runner import run_matrix
 from suite.store import RunStore, to_dataframe
+from cli_helpers import txsuite
 
 # A matrix no other test uses, written as a user would from DESIGN.md alone.
 UNSEEN = """\
@@ -33,9 +32,6 @@ repeats: 1
 """
 
 
-def txsuite(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
 def test_runner_and_cli_never_import_torch():

@@ -1,16 +1,13 @@
 """Faults a cell can hit get their own status, and the sweep goes on (or stops, with
 --fail-fast); --retry-failed re-runs only what did not finish well."""
-import os
 import subprocess
 import sys
 import textwrap
 
 from suite.store import RunStore
+from cli_helpers import txsuite
 
 
-def txsuite(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
 
 
 FAULTS = textwrap.dedent("""\

@@ -1,11 +1,9 @@
 """`txsuite guard` and `txsuite baseline` on real measurements: the same code measured twice
 passes, a baseline 30% faster than reality fails with the evidence, bad input exits 2."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_helpers import txsuite
 
 MATRIX = """\
 name: guarded
@@ -18,9 +16,6 @@ guard: {tokens_per_s: -5%}
 """
 
 
-def txsuite(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
 
 
 @pytest.fixture(scope="module")
