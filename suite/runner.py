@@ -62,10 +62,12 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
     if matrix_dir.exists():
         runs = sorted((p for p in matrix_dir.iterdir() if (p / "matrix.json").exists()),
                       key=lambda p: p.name, reverse=True)
-        for run in runs[:1]:
+        for run in runs:  # the newest run of these same cells decides (a --confirm run has other cells)
             meta = RunStore(run).read_json("matrix.json") or {}
-            if meta.get("fingerprint") == matrix.fingerprint() and not meta.get("complete"):
-                return run, True
+            if meta.get("fingerprint") == matrix.fingerprint():
+                if not meta.get("complete"):
+                    return run, True
+                break
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return matrix_dir / stamp, False
 
