@@ -96,11 +96,19 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> N
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
 @click.option("--retry-failed", is_flag=True, help="Re-run repetitions of the resumed run that did not end ok/skipped.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first repetition that is not ok or skipped.")
+@click.option("--executor", "executor_name", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="Where cells run: this host; one Slurm job per cell (submitit); or "
+                                      "submitit's local backend (the Slurm code path without a cluster).")
+@click.option("--slurm-partition", help="Slurm partition for --executor slurm.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True, help="GPUs per Slurm job.")
+@click.option("--slurm-time", "slurm_time", type=int, metavar="MINUTES", help="Slurm time limit per job (default: from --timeout).")
+@click.option("--max-parallel", type=int, default=32, show_default=True, help="Slurm jobs in flight at once.")
 @click.option("--memory-limit", "memory_limit", metavar="SIZE",
               help="Cap each cell's address space (e.g. 4GiB) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
-        fail_fast: bool, memory_limit: str | None) -> None:
+        fail_fast: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
+        gpus_per_node: int, slurm_time: int | None, max_parallel: int) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
     from suite.runner import choose_run_dir, run_matrix, select
 
@@ -115,10 +123,12 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
+    executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
     with SweepProgress() as progress:
         summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
                              retry_failed=retry_failed, fail_fast=fail_fast,
-                             memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None)
+                             memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None,
+                             executor=executor)
     if summary.stopped_early:
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
@@ -127,6 +137,20 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
     sys.exit(0 if summary.ok else 1)
+
+
+def _executor(name: str, run_dir: Path, partition: str | None, gpus_per_node: int, time_min: int | None,
+              max_parallel: int):
+    from suite.executors import LocalExecutor, SlurmExecutor
+
+    if name == "local":
+        return LocalExecutor(gpu_ids=list(range(_host(None).gpu_count)))
+    import importlib.util
+    if importlib.util.find_spec("submitit") is None:
+        raise UsageProblem(f"--executor {name} needs submitit: pip install submitit")
+    return SlurmExecutor(run_dir / "submitit", partition=partition, gpus_per_node=gpus_per_node,
+                         time_min=time_min, max_parallel=max_parallel,
+                         cluster="local" if name == "submitit-local" else "slurm")
 
 
 def _parse_size(text: str) -> int:

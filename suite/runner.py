@@ -12,14 +12,16 @@ import fnmatch
 import json
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from suite.executors import LocalExecutor
 from suite.matrix import Cell, Matrix
 from suite.measure.env import host_fingerprint
 from suite.measure.oomkills import oom_kill_count
@@ -27,7 +29,6 @@ from suite.record import Record
 from suite.store import RunStore
 
 DEFAULT_TIMEOUT_S = 1800.0
-KILL_GRACE_S = 5.0
 LOG_TAIL_LINES = 20
 
 
@@ -75,7 +76,7 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
 def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s: float | None = None,
                on_event: Callable[[str, dict], None] | None = None,
                worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
-               memory_limit_bytes: int | None = None) -> RunSummary:
+               memory_limit_bytes: int | None = None, executor=None) -> RunSummary:
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
     replaced). fail_fast: stop after the first repetition that is not ok/skipped."""
     emit = on_event or (lambda kind, info: None)
@@ -100,28 +101,57 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     ooms = [c for c in cells for r in range(matrix.repeats) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
         1 for c, r in todo if (c.cell_id, r) in finished)})
-    for index, (cell, repeat) in enumerate(todo):
-        if (cell.cell_id, repeat) in finished:
-            summary.resumed += 1
-            status = finished[(cell.cell_id, repeat)]
-            summary.counts[status] = summary.counts.get(status, 0) + 1
-            continue
-        bigger_than = _needs_more_than_an_oom(cell, ooms)
-        if bigger_than is not None:
-            cell = Cell(cell.config, cell.label, cell.origin,
-                        skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
-                                    f"which ran out of memory: larger micro-batch or sequence, all else equal")
-        emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
-                            "cell_id": cell.cell_id, "repeat": repeat})
-        record = run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd, memory_limit_bytes)
-        store.append(record)
-        if record.status == "oom":
-            ooms.append(cell)
-        summary.counts[record.status] = summary.counts.get(record.status, 0) + 1
-        emit("cell_end", {"index": index, "total": len(todo), "record": record})
-        if fail_fast and record.status not in ("ok", "skipped"):
-            summary.stopped_early = True
-            return summary
+    executor = executor or LocalExecutor()
+    lock = threading.Lock()  # guards summary/ooms/emit across the executor's threads
+    stop = threading.Event()
+
+    def finish(index: int, cell: Cell, record: Record) -> None:
+        store.append(record)  # file-locked: safe from several threads
+        with lock:
+            if record.status == "oom":
+                ooms.append(cell)
+            summary.counts[record.status] = summary.counts.get(record.status, 0) + 1
+            emit("cell_end", {"index": index, "total": len(todo), "record": record})
+            if fail_fast and record.status not in ("ok", "skipped"):
+                summary.stopped_early = True
+                stop.set()
+
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=executor.slots) as pool:
+        for index, (cell, repeat) in enumerate(todo):
+            if (cell.cell_id, repeat) in finished:
+                summary.resumed += 1
+                status = finished[(cell.cell_id, repeat)]
+                summary.counts[status] = summary.counts.get(status, 0) + 1
+                continue
+            uses_gpu = cell.config.device == "cuda" and cell.config.parallel.world_size == 1
+            if not executor.concurrent(uses_gpu):
+                for future in pending:  # a cell that must run alone waits for the others
+                    future.result()
+                pending.clear()
+            if stop.is_set():
+                break
+            with lock:
+                bigger_than = _needs_more_than_an_oom(cell, ooms)
+                if bigger_than is not None:
+                    cell = Cell(cell.config, cell.label, cell.origin,
+                                skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
+                                            f"which ran out of memory: larger micro-batch or sequence, all else equal")
+                emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
+                                    "cell_id": cell.cell_id, "repeat": repeat})
+
+            def task(index=index, cell=cell, repeat=repeat) -> None:
+                finish(index, cell, run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd,
+                                            memory_limit_bytes, executor))
+
+            if executor.concurrent(uses_gpu):
+                pending.append(pool.submit(task))
+            else:
+                task()
+        for future in pending:
+            future.result()
+    if summary.stopped_early:
+        return summary
     if only is None:
         meta["complete"] = True
         store.write_json("matrix.json", meta)
@@ -129,7 +159,9 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
 
 
 def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: dict, timeout: float,
-            worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None) -> Record:
+            worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None,
+            executor=None) -> Record:
+    executor = executor or LocalExecutor()
     base = dict(matrix=matrix.name, run_id=store.dir.name, cell_id=cell.cell_id, repeat=repeat,
                 config=cell.config.to_dict(), label=cell.label)
     started = _now()
@@ -153,18 +185,9 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
         # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
         env.setdefault("GOMP_SPINCOUNT", "10000")
     t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
-        try:
-            returncode = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            returncode, timed_out = proc.returncode, True
-        finally:
-            if proc.poll() is None:  # the runner itself is being interrupted: take the cell down too
-                _kill_group(proc)
+    uses_gpu = cell.config.device == "cuda" and cell.config.parallel.world_size == 1
+    outcome = executor.execute(cmd, env, log_path, timeout, uses_gpu)
+    returncode, timed_out = outcome.returncode, outcome.timed_out
     duration = time.monotonic() - t0
     rel_log = str(log_path.relative_to(store.dir))
     finished = _now()
@@ -185,18 +208,6 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
                              + _log_tail(log_path))
     reason = _describe_exit(returncode) + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGKILL it if the runner dies (even by kill -9),
-    so an interrupted sweep leaves no orphan cell competing with the resumed one."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: the runner's own cleanup still handles SIGINT/SIGTERM
 
 
 # Settings that only ever raise activation memory when they grow.
@@ -224,25 +235,6 @@ def _needs_more_than_an_oom(cell: Cell, ooms: list[Cell]) -> Cell | None:
         if same_elsewhere and bigger:
             return oom
     return None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the worker's whole process group (it may have children: compile workers,
-    torchrun ranks), then SIGKILL whatever is left after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            if sig == signal.SIGTERM:
-                os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -1,0 +1,156 @@
+"""Where a cell's worker process runs (L4, beside the runner; never imports torch).
+
+LocalExecutor   a child process group on this host. With GPUs, single-GPU cells run
+                concurrently, one per free device (CUDA_VISIBLE_DEVICES); CPU cells one at a
+                time, since two would measure each other.
+SlurmExecutor   one Slurm job per cell repetition through submitit; `cluster="local"` uses
+                submitit's local backend (same code path, no cluster needed: how it is tested).
+
+`execute` blocks until the cell ends and returns its Outcome; the runner calls it from up to
+`slots` threads at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE_S = 5.0
+
+
+@dataclass
+class Outcome:
+    returncode: int | None
+    timed_out: bool
+    where: str = ""  # e.g. "cuda:1" or "slurm job 1234", for the log
+
+
+class LocalExecutor:
+    def __init__(self, gpu_ids: list[int] | None = None):
+        self.gpu_ids = list(gpu_ids or [])
+        self._free: queue.Queue[int] = queue.Queue()
+        for gpu in self.gpu_ids:
+            self._free.put(gpu)
+
+    @property
+    def slots(self) -> int:
+        return max(1, len(self.gpu_ids))
+
+    def concurrent(self, uses_gpu: bool) -> bool:
+        """Only single-GPU cells share the host; CPU cells would disturb each other's timing."""
+        return uses_gpu and len(self.gpu_ids) > 1
+
+    def execute(self, cmd: list[str], env: dict, log_path: Path, timeout: float, uses_gpu: bool) -> Outcome:
+        gpu = self._free.get() if uses_gpu and self.gpu_ids else None  # blocks until a device is free
+        try:
+            if gpu is not None:
+                env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
+            returncode, timed_out = run_process_group(cmd, env, log_path, timeout)
+            return Outcome(returncode, timed_out, f"cuda:{gpu}" if gpu is not None else "local")
+        finally:
+            if gpu is not None:
+                self._free.put(gpu)
+
+
+class SlurmExecutor:
+    def __init__(self, folder: Path, partition: str | None = None, gpus_per_node: int = 0,
+                 time_min: int | None = None, cpus_per_task: int | None = None, max_parallel: int = 32,
+                 cluster: str | None = None):
+        self.folder = Path(folder)
+        self.partition = partition
+        self.gpus_per_node = gpus_per_node
+        self.time_min = time_min
+        self.cpus_per_task = cpus_per_task
+        self.max_parallel = max_parallel
+        self.cluster = cluster  # None: auto (slurm where sbatch exists); "local": submitit's local backend
+
+    @property
+    def slots(self) -> int:
+        return self.max_parallel
+
+    def concurrent(self, uses_gpu: bool) -> bool:
+        return True  # every job gets its own allocation
+
+    def execute(self, cmd: list[str], env: dict, log_path: Path, timeout: float, uses_gpu: bool) -> Outcome:
+        import submitit  # optional dependency: `pip install submitit`
+
+        executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        params: dict = {"timeout_min": self.time_min or max(1, math.ceil(timeout / 60)), "name": "txsuite"}
+        if self.cluster != "local":
+            params.update({"slurm_partition": self.partition, "gpus_per_node": self.gpus_per_node,
+                           "cpus_per_task": self.cpus_per_task})
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        job = executor.submit(submitit.helpers.CommandFunction(cmd, env=env, verbose=False))
+        returncode, timed_out = 0, False
+        try:
+            output = job.result()  # CommandFunction returns the command's captured stdout
+            log_path.write_text(output if isinstance(output, str) else "")
+        except Exception as exc:  # noqa: BLE001 - submitit's job errors: the record says what happened
+            state = str(job.state)
+            timed_out = "TIMEOUT" in state
+            returncode = 1
+            log_path.write_text(f"submitit: job {job.job_id} ended in state {state}: {exc}\n")
+        _append_job_output(job, log_path)
+        return Outcome(returncode, timed_out, f"slurm job {job.job_id}")
+
+
+def _append_job_output(job, log_path: Path) -> None:
+    with open(log_path, "a") as log:
+        for read in (job.stdout, job.stderr):
+            try:
+                text = read()
+            except Exception:  # noqa: BLE001 - a missing output file is not worth failing the cell
+                text = None
+            if text:
+                log.write(text)
+
+
+def run_process_group(cmd: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int | None, bool]:
+    """Run cmd in its own process group with output to log_path; kill the group on timeout or
+    when the caller is interrupted. Returns (returncode, timed_out)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            return proc.wait(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return proc.returncode, True
+        finally:
+            if proc.poll() is None:  # the runner itself is being interrupted: take the cell down too
+                _kill_group(proc)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it if the runner dies (even by kill -9),
+    so an interrupted sweep leaves no orphan cell competing with the resumed one."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the runner's own cleanup still handles SIGINT/SIGTERM
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's whole process group (it may have children: compile workers,
+    torchrun ranks), then SIGKILL whatever is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return

@@ -1,0 +1,71 @@
+"""Executors: cells through submitit (its local backend stands in for a Slurm cluster), and
+single-GPU cells spread one per device on a multi-GPU host."""
+import sys
+import textwrap
+
+import pytest
+from cli_helpers import txsuite
+
+from suite.executors import LocalExecutor
+from suite.matrix import Host, load_matrix
+from suite.runner import run_matrix
+from suite.store import RunStore
+
+
+def test_submitit_executor_runs_every_cell_as_a_job(tmp_path):
+    pytest.importorskip("submitit", reason="the Slurm executor is optional (pip install submitit)")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
+        name: jobs
+        fixed:
+          model: {preset: tiny, n_layer: 1}
+          data: {dataset: markov, seq_len: 32, symbols: 16}
+          train: {steps: 3, warmup_steps: 1, micro_batch: 2}
+        axes:
+          train.seed: [1, 2]
+        """))
+    out = txsuite("run", "s.yaml", "--run-id", "j", "--executor", "submitit-local", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run = tmp_path / "results/jobs/j"
+    recs = RunStore(run).records()
+    assert sorted(r.config["train"]["seed"] for r in recs) == [1, 2]
+    assert all(r.status == "ok" and r.metrics["tokens_per_s"] > 0 for r in recs)
+    assert all("[txsuite worker]" in (run / r.log).read_text() for r in recs)  # the job's output is kept
+    assert list((run / "submitit").iterdir())  # submitit's own job folder
+
+
+FAKE_WORKER = """\
+import json, os, sys, time
+start = time.time(); time.sleep(1.0)
+json.dump({"status": "ok", "metrics": {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start,
+           "end": time.time()}, "env": {}}, open(sys.argv[2], "w"))
+"""
+
+
+def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: gpus\nfixed: {device: cuda}\naxes: {train.seed: [1, 2, 3, 4]}\n")
+    matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
+    (tmp_path / "fake.py").write_text(FAKE_WORKER)
+    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
+               worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
+    recs = RunStore(tmp_path / "run").records()
+    assert len(recs) == 4 and all(r.status == "ok" for r in recs)
+    spans = sorted((r.metrics["start"], r.metrics["end"], r.metrics["gpu"]) for r in recs)
+    # two at a time, each on its own device: the first two overlap and differ in device
+    assert spans[0][2] != spans[1][2] and spans[1][0] < spans[0][1]
+    assert {s[2] for s in spans} == {"0", "1"}
+    # and never two on one device at once
+    for gpu in ("0", "1"):
+        mine = [s for s in spans if s[2] == gpu]
+        assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:]))
+
+
+def test_cpu_cells_never_share_the_host(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: cpus\nfixed: {device: cpu}\naxes: {train.seed: [1, 2]}\n")
+    matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
+    (tmp_path / "fake.py").write_text(FAKE_WORKER)
+    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
+               worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
+    a, b = sorted((r.metrics["start"], r.metrics["end"]) for r in RunStore(tmp_path / "run").records())
+    assert a[1] <= b[0]
