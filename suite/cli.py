@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,10 +180,28 @@ class SweepProgress:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeRemainingColumn(), console=console, transient=True)
             self.bar.start()
+            self.log, self.label = None, ""
+            self.done = threading.Event()
+            threading.Thread(target=self._follow_steps, daemon=True).start()
         return self
+
+    def _follow_steps(self) -> None:
+        """Once a second, show the running cell's latest `[txsuite step i/n]` line in the bar."""
+        while not self.done.wait(1.0):
+            log, task = self.log, self.task
+            if log is None or task is None or not log.exists():
+                continue
+            with open(log, "rb") as fh:
+                fh.seek(max(0, log.stat().st_size - 4096))
+                lines = [line for line in fh.read().decode(errors="replace").splitlines()
+                         if line.startswith("[txsuite step ")]
+            if lines:
+                step = lines[-1].split("]")[0].removeprefix("[txsuite step ")
+                self.bar.update(task, description=f"{self.label} step {step}")
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
+            self.done.set()
             self.bar.stop()
 
     def __call__(self, kind: str, info: dict) -> None:
@@ -200,6 +219,8 @@ class SweepProgress:
                           f"(cell {info['cell_id']}, repeat {info['repeat']}{eta}) ...")
             if self.bar is not None:
                 self.bar.update(self.task, description=info["label"][:40])
+                self.log = Path(info["run_dir"]) / "cells" / info["cell_id"] / f"r{info['repeat']}" / "log.txt"
+                self.label = info["label"][:40]
         elif kind == "cell_end":
             self.ran += 1
             _print_record(info["record"])

@@ -138,7 +138,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                                 skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
                                             f"which ran out of memory: larger micro-batch or sequence, all else equal")
                 emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
-                                    "cell_id": cell.cell_id, "repeat": repeat})
+                                    "cell_id": cell.cell_id, "repeat": repeat, "run_dir": str(run_dir)})
 
             def task(index=index, cell=cell, repeat=repeat) -> None:
                 finish(index, cell, run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd,

@@ -95,6 +95,8 @@ def run_cell(cell: CellConfig) -> dict:
         train_wall += elapsed
         loss = float(loss_t)
         loss_curve.append([step + 1, round(train_wall, 6), loss])
+        # after the clock stopped: one line per step for the log and the live progress display
+        print(f"[txsuite step {step + 1}/{total_steps}] loss {loss:.4f}", flush=True)
         if step >= t.warmup_steps:
             step_times.append(elapsed)
         if not math.isfinite(loss):
