@@ -535,6 +535,10 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     if p.engine not in SUPPORTED_ENGINES:
         fail("parallel.engine", f"engine '{p.engine}' is not available in this version of txsuite.",
              ", ".join(SUPPORTED_ENGINES))
+    if p.engine == "ddp" and (p.tp > 1 or p.pp > 1):
+        fail("parallel.tp" if p.tp > 1 else "parallel.pp",
+             "engine 'ddp' replicates the model; tensor/pipeline parallelism is not available in this version.",
+             "tp: 1, pp: 1")
     if p.zero_stage and p.engine != "deepspeed":
         fail("parallel.zero_stage", f"ZeRO stage {p.zero_stage} needs engine 'deepspeed', not '{p.engine}'.")
     if p.offload != "none" and p.engine != "deepspeed":
@@ -559,7 +563,7 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
         fail("train.lr_warmup_steps", "the learning-rate warm-up is longer than the whole run.")
 
 
-SUPPORTED_ENGINES = ("none",)
+SUPPORTED_ENGINES = ("none", "ddp")
 
 
 def _host_skip(c: CellConfig, host: Host) -> str | None:

@@ -174,7 +174,17 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     result_json.unlink(missing_ok=True)  # a stale result from a killed earlier attempt
     cell_json.write_text(json.dumps({**base, "timeout_s": timeout, "memory_limit_bytes": memory_limit_bytes},
                                     indent=2))
-    cmd = (worker_cmd or [sys.executable, "-m", "suite.worker"]) + [str(cell_json), str(result_json)]
+    world = cell.config.parallel.world_size
+    if worker_cmd:
+        launcher = list(worker_cmd)
+    elif cell.config.parallel.engine != "none":
+        # torchrun starts `world` ranks with a free rendezvous port (--standalone) and tears all
+        # of them down if one fails; rank 0 writes the result.
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={world}", "-m", "suite.worker"]
+    else:
+        launcher = [sys.executable, "-m", "suite.worker"]
+    cmd = launcher + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     oom_kills_before = oom_kill_count()
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:

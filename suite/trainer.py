@@ -5,6 +5,7 @@ bare hand-written PyTorch loop.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterator
 
@@ -65,6 +66,7 @@ class Trainer:
         self.grad_clip = grad_clip
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.non_blocking = self.device.type == "cuda"
+        self.no_sync = getattr(self.model, "no_sync", None)
 
     def step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Forward/backward over grad_accum micro-batches, then one optimizer step.
@@ -72,16 +74,19 @@ class Trainer:
         left to the caller so no host sync happens here."""
         self.model.train()
         total = torch.zeros((), device=self.device)
-        for _ in range(self.grad_accum):
+        for micro in range(self.grad_accum):
             x, y = next(batches)
             x = x.to(self.device, non_blocking=self.non_blocking)  # [B, T]
             y = y.to(self.device, non_blocking=self.non_blocking)  # [B, T]
-            with self.autocast():
-                loss = lm_loss(self.model(x), y) / self.grad_accum
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            # DDP: all-reduce gradients only on the last micro-batch of the step
+            last = micro == self.grad_accum - 1
+            with (self.no_sync() if self.no_sync is not None and not last else contextlib.nullcontext()):
+                with self.autocast():
+                    loss = lm_loss(self.model(x), y) / self.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
             total += loss.detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones

@@ -39,6 +39,7 @@ class Diverged(Exception):
 # A loss this many times the first step's loss is an explosion, not noise: at initialisation the
 # loss is about ln(vocab), and a healthy run only falls from there.
 EXPLODE_FACTOR = 4.0
+EVAL_BATCH = 8  # sequences per validation batch (train.eval_batches of them)
 
 
 def run_cell(cell: CellConfig) -> dict:
@@ -60,6 +61,10 @@ def run_cell(cell: CellConfig) -> dict:
     if cell.precision == "tf32" and device.type != "cuda":
         raise Skip("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
 
+    rank, world = init_distributed(torch, cell, device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     t = cell.train
     random.seed(t.seed)
     np.random.seed(t.seed)
@@ -73,8 +78,9 @@ def run_cell(cell: CellConfig) -> dict:
     setup = apply_all(TrainSetup(model=model, device=device), cell)
     optimizer = build_optimizer(setup.model, t, device)
     trainer = Trainer(setup, optimizer, build_schedule(optimizer, t), t.grad_accum, t.grad_clip)
-    batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed)
-    val_batches = dataset.val_batches(t.micro_batch, t.eval_batches)
+    batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed, rank=rank, dp=world)
+    # The same validation windows for every cell, whatever its micro-batch: val losses compare.
+    val_batches = dataset.val_batches(EVAL_BATCH, t.eval_batches)
     rss_before_train = host_current_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -93,6 +99,9 @@ def run_cell(cell: CellConfig) -> dict:
         sync()  # the one host sync per step, needed to time it
         elapsed = time.perf_counter() - start
         train_wall += elapsed
+        if world > 1:  # after the clock: the curve shows the global mean loss
+            torch.distributed.all_reduce(loss_t)
+            loss_t = loss_t / world
         loss = float(loss_t)
         loss_curve.append([step + 1, round(train_wall, 6), loss])
         # after the clock stopped: one line per step for the log and the live progress display
@@ -124,6 +133,15 @@ def run_cell(cell: CellConfig) -> dict:
     if t.eval_every and target is not None and reached is None and val_loss <= target:
         reached = (total_steps, train_wall)
 
+    if world > 1:  # memory is per rank, throughput global: keep every rank's view
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, {"peak_mem_bytes": metrics["peak_mem_bytes"],
+                                                       "step_time_p50_s": metrics["step_time_p50_s"]})
+        metrics["per_rank_peak_mem_bytes"] = [g["peak_mem_bytes"] for g in gathered]
+        metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
+        metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
+    metrics["world_size"] = world
+    metrics["tokens_per_s_per_device"] = metrics["tokens_per_s"] / world
     flops = flops_per_token(model_cfg, cell.data.seq_len, setup.facts.get("recompute_layers", 0))
     peak = peak_flops(torch, device, cell.precision, env["device_name"])
     achieved = metrics["tokens_per_s"] * flops["train"]
@@ -148,20 +166,35 @@ def run_cell(cell: CellConfig) -> dict:
         "achieved_flops": achieved,
         "peak_flops": peak["peak_flops"],
         "peak_flops_key": peak["peak_key"],
-        "mfu": achieved / peak["peak_flops"],
-        "hfu": metrics["tokens_per_s"] * flops["hardware"] / peak["peak_flops"],
+        # the peak is one rank's (one device, or this rank's CPU threads); the run used `world`
+        "mfu": achieved / (peak["peak_flops"] * world),
+        "hfu": metrics["tokens_per_s"] * flops["hardware"] / (peak["peak_flops"] * world),
         "data": dataset.info,
         **setup.facts,
     })
     return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
 
 
-def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int):
-    """Micro-batches in training order. The samples of one optimizer step are drawn together
-    and then split, so cells with the same samples per step train on identical data whatever
-    their micro-batch x accumulation split (batch.yaml compares exactly that)."""
-    for x, y in dataset.train_batches(micro_batch * grad_accum, seed=seed):  # [B*k, T] each
+def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int, rank: int = 0, dp: int = 1):
+    """Micro-batches in training order. The samples of one optimizer step (all dp ranks) are
+    drawn together, identically on every rank, and this rank takes its contiguous share before
+    splitting it; so cells with the same samples per step train on identical data whatever
+    their micro-batch x accumulation x data-parallel split."""
+    share = micro_batch * grad_accum
+    for x, y in dataset.train_batches(share * dp, seed=seed):  # [dp * B * k, T] each
+        x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
         yield from zip(x.split(micro_batch), y.split(micro_batch))
+
+
+def init_distributed(torch, cell: CellConfig, device) -> tuple[int, int]:
+    """(rank, world size). Under torchrun (engine != none) join the process group: gloo on
+    CPU, nccl on CUDA."""
+    if cell.parallel.engine == "none" or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def device_fingerprint(torch, device) -> dict:
@@ -206,8 +239,17 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         status = "oom" if _is_oom(exc) else "failed"
         result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000], "metrics": {}, "env": {}}
-    write_atomic(result_path, json.dumps(result, allow_nan=True))
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the record's result
+        write_atomic(result_path, json.dumps(result, allow_nan=True))
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _apply_memory_limit(limit: int | None) -> None:

@@ -7,13 +7,15 @@ the reasons for the order are written where they bind:
                     optimizer, compile's graph, a parallel wrapper's flat buffers).
 2. checkpointing  - wraps blocks; must precede compile so the compiled graph includes the
                     recomputation boundaries (torchtitan orders TP -> AC -> compile -> FSDP).
-3. compilation    - last model transformation: it traces whatever the earlier steps built.
+3. ddp            - wraps the whole model; compile then traces the DDP module (PyTorch's
+                    recommended torch.compile(DDP(model)) order).
+4. compilation    - last model transformation: it traces whatever the earlier steps built.
 The optimizer is built after all three, from the final module's parameters.
 """
 from suite.techniques.setup import TrainSetup
-from suite.techniques import checkpointing, compilation, precision
+from suite.techniques import checkpointing, compilation, ddp, precision
 
-ORDER = (precision, checkpointing, compilation)
+ORDER = (precision, checkpointing, ddp, compilation)
 
 
 def apply_all(setup: TrainSetup, cell) -> TrainSetup:

@@ -1,0 +1,23 @@
+"""Data parallelism with DistributedDataParallel: every rank holds the whole model and a
+1/dp share of each optimizer step's samples; gradients are averaged across ranks during
+backward (bucketed all-reduce overlapping the backward pass).
+
+Ordering: after precision (DDP's buckets capture parameter dtypes) and checkpointing, before
+compile (torch.compile of a DDP module splits graphs at bucket boundaries: DDPOptimizer)."""
+from __future__ import annotations
+
+from suite.techniques.setup import TrainSetup
+
+
+def apply(setup: TrainSetup, cell) -> TrainSetup:
+    if cell.parallel.engine != "ddp":
+        return setup
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_initialized():
+        raise RuntimeError("engine 'ddp' needs the worker to be started by torchrun (the runner does this)")
+    device_ids = [setup.device.index] if setup.device.type == "cuda" else None
+    setup.model = DistributedDataParallel(setup.model, device_ids=device_ids)
+    setup.facts["world_size"] = dist.get_world_size()
+    return setup
