@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from suite.matrix import Host, Matrix, MatrixError, load_matrix
+from suite.matrix import DEFAULT_MAX_CELLS, Host, Matrix, MatrixError, load_matrix
 from suite.measure.env import gpus_from_nvidia_smi
 from suite.measure.estimate import approx_vocab, estimate_memory
 
@@ -41,7 +41,7 @@ def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
 
     try:
         return load_matrix(Path(matrix_path), host=_host(device), device_override=device,
-                           max_cells=None if yes else 500, check_data=validate_data_spec)
+                           max_cells=None if yes else DEFAULT_MAX_CELLS, check_data=validate_data_spec)
     except MatrixError as exc:
         raise UsageProblem(str(exc)) from None
 

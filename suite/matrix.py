@@ -81,6 +81,11 @@ class Cell:
     def cell_id(self) -> str:
         return self.config.cell_id()
 
+    @property
+    def uses_one_gpu(self) -> bool:
+        """A single-process CUDA cell: an executor may run several of these side by side."""
+        return self.config.device == "cuda" and self.config.parallel.world_size == 1
+
 
 @dataclass
 class Matrix:

@@ -124,8 +124,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                 status = finished[(cell.cell_id, repeat)]
                 summary.counts[status] = summary.counts.get(status, 0) + 1
                 continue
-            uses_gpu = cell.config.device == "cuda" and cell.config.parallel.world_size == 1
-            if not executor.concurrent(uses_gpu):
+            if not executor.concurrent(cell.uses_one_gpu):
                 for future in pending:  # a cell that must run alone waits for the others
                     future.result()
                 pending.clear()
@@ -144,7 +143,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                 finish(index, cell, run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd,
                                             memory_limit_bytes, executor))
 
-            if executor.concurrent(uses_gpu):
+            if executor.concurrent(cell.uses_one_gpu):
                 pending.append(pool.submit(task))
             else:
                 task()
@@ -195,8 +194,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
         # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
         env.setdefault("GOMP_SPINCOUNT", "10000")
     t0 = time.monotonic()
-    uses_gpu = cell.config.device == "cuda" and cell.config.parallel.world_size == 1
-    outcome = executor.execute(cmd, env, log_path, timeout, uses_gpu)
+    outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
     returncode, timed_out = outcome.returncode, outcome.timed_out
     duration = time.monotonic() - t0
     rel_log = str(log_path.relative_to(store.dir))

@@ -41,14 +41,19 @@ json.dump({"status": "ok", "metrics": {"gpu": os.environ.get("CUDA_VISIBLE_DEVIC
 """
 
 
-def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
-    path = tmp_path / "g.yaml"
-    path.write_text("name: gpus\nfixed: {device: cuda}\naxes: {train.seed: [1, 2, 3, 4]}\n")
+def run_on_two_fake_gpus(tmp_path, device: str, seeds: int):
+    """Run `seeds` cells on `device` of a host with 2 (pretend) GPUs, through FAKE_WORKER."""
+    path = tmp_path / "m.yaml"
+    path.write_text(f"name: fake\nfixed: {{device: {device}}}\naxes: {{train.seed: {list(range(seeds))}}}\n")
     matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
     (tmp_path / "fake.py").write_text(FAKE_WORKER)
     run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
                worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
-    recs = RunStore(tmp_path / "run").records()
+    return RunStore(tmp_path / "run").records()
+
+
+def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
+    recs = run_on_two_fake_gpus(tmp_path, "cuda", seeds=4)
     assert len(recs) == 4 and all(r.status == "ok" for r in recs)
     spans = sorted((r.metrics["start"], r.metrics["end"], r.metrics["gpu"]) for r in recs)
     # two at a time, each on its own device: the first two overlap and differ in device
@@ -61,11 +66,5 @@ def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
 
 
 def test_cpu_cells_never_share_the_host(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("name: cpus\nfixed: {device: cpu}\naxes: {train.seed: [1, 2]}\n")
-    matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
-    (tmp_path / "fake.py").write_text(FAKE_WORKER)
-    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
-               worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
-    a, b = sorted((r.metrics["start"], r.metrics["end"]) for r in RunStore(tmp_path / "run").records())
+    a, b = sorted((r.metrics["start"], r.metrics["end"]) for r in run_on_two_fake_gpus(tmp_path, "cpu", seeds=2))
     assert a[1] <= b[0]
