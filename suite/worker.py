@@ -96,6 +96,8 @@ def run_cell(cell: CellConfig) -> dict:
     for step in range(total_steps):
         start = time.perf_counter()
         loss_t = trainer.step(batches)
+        for hook in setup.step_hooks:
+            hook(step + 1)
         sync()  # the one host sync per step, needed to time it
         elapsed = time.perf_counter() - start
         train_wall += elapsed
@@ -231,7 +233,7 @@ def main(argv: list[str]) -> int:
           flush=True)
     try:
         result = run_cell(cell)
-    except Skip as exc:
+    except (Skip, _unsupported()) as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
     except Diverged as exc:
         result = {"status": "diverged", "reason": str(exc), "metrics": {"loss_curve": exc.loss_curve}, "env": {}}
@@ -243,6 +245,11 @@ def main(argv: list[str]) -> int:
         write_atomic(result_path, json.dumps(result, allow_nan=True))
     _leave_process_group()
     return 0
+
+
+def _unsupported() -> type:
+    from suite.techniques import Unsupported  # imports torch: only after the cell has started
+    return Unsupported
 
 
 def _leave_process_group() -> None:

@@ -12,7 +12,7 @@ the reasons for the order are written where they bind:
 4. compilation    - last model transformation: it traces whatever the earlier steps built.
 The optimizer is built after all three, from the final module's parameters.
 """
-from suite.techniques.setup import TrainSetup
+from suite.techniques.setup import TrainSetup, Unsupported
 from suite.techniques import checkpointing, compilation, ddp, precision
 
 ORDER = (precision, checkpointing, ddp, compilation)
@@ -24,4 +24,4 @@ def apply_all(setup: TrainSetup, cell) -> TrainSetup:
     return setup
 
 
-__all__ = ["ORDER", "TrainSetup", "apply_all"]
+__all__ = ["ORDER", "TrainSetup", "Unsupported", "apply_all"]
