@@ -533,25 +533,7 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     n_layer, n_head, d_model, _ = spec.model_dims(c.model)
     if d_model % n_head:
         fail("model.n_head", f"d_model={d_model} is not divisible by n_head={n_head}.")
-    p = c.parallel
-    if p.engine == "none" and p.world_size != 1:
-        fail("parallel.engine", f"dp*tp*pp = {p.world_size} needs a parallel engine, but engine is 'none'.",
-             ", ".join(spec.ENGINES))
-    if p.engine not in SUPPORTED_ENGINES:
-        fail("parallel.engine", f"engine '{p.engine}' is not available in this version of txsuite.",
-             ", ".join(SUPPORTED_ENGINES))
-    if p.engine == "ddp" and (p.tp > 1 or p.pp > 1):
-        fail("parallel.tp" if p.tp > 1 else "parallel.pp",
-             "engine 'ddp' replicates the model; tensor/pipeline parallelism is not available in this version.",
-             "tp: 1, pp: 1")
-    if p.zero_stage and p.engine != "deepspeed":
-        fail("parallel.zero_stage", f"ZeRO stage {p.zero_stage} needs engine 'deepspeed', not '{p.engine}'.")
-    if p.offload != "none" and p.engine != "deepspeed":
-        fail("parallel.offload", f"offload '{p.offload}' needs engine 'deepspeed', not '{p.engine}'.")
-    if n_head % p.tp:
-        fail("parallel.tp", f"tp={p.tp} does not divide the {n_head} attention heads.")
-    if p.pp > n_layer:
-        fail("parallel.pp", f"pp={p.pp} is more than the model's {n_layer} layers.")
+    _check_parallel(c, n_layer, n_head, fail)
     if c.data.dataset in spec.SYNTHETIC_DATASETS and c.data.tokenizer != "byte":
         fail("data.tokenizer", f"the synthetic task '{c.data.dataset}' has its own symbols; "
                                f"tokenizer '{c.data.tokenizer}' does not apply.", "byte")
@@ -566,9 +548,124 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
                                         f"model's {n_layer} layers.")
     if c.train.lr_warmup_steps > c.train.warmup_steps + c.train.steps:
         fail("train.lr_warmup_steps", "the learning-rate warm-up is longer than the whole run.")
+    _check_compress(c, fail)
 
 
-SUPPORTED_ENGINES = ("none", "ddp")
+PRUNING_ALLOWED = ("none, magnitude-<sparsity>, structured-<ratio>, heads-<ratio>, neurons-<ratio> "
+                   "(a number strictly between 0 and 1, e.g. magnitude-0.5), '2:4' (in quotes: YAML "
+                   "reads a bare 2:4 as the number 124)")
+POST_ONLY_QUANTIZATIONS = ("int8-dynamic", "int8-weight", "int4-weight")
+
+
+def _check_compress(c: CellConfig, fail) -> None:
+    """Compression settings that can never work (suite.compress, docs/compression.md). What
+    depends on the host is not an error here: fp8 and 2:4 need a CUDA GPU, int4-weight a kernel
+    package; suite.compress raises Unsupported before training and the cell is `skipped`."""
+    k = c.compress
+    try:
+        kind, amount = k.pruning_target()
+    except ValueError:
+        fail("compress.pruning", f"{k.pruning!r} is not a pruning method.", PRUNING_ALLOWED)
+    _, n_head, _, d_ff = spec.model_dims(c.model)
+    for what, n, applies in (("attention heads", n_head, ("heads", "structured")),
+                             ("MLP neurons", d_ff, ("neurons", "structured"))):
+        if kind in applies:
+            removed = int(amount * n + 0.5)  # nearest count, halves up (suite.compress.structured)
+            if not 0 < removed < n:
+                fail("compress.pruning", f"{k.pruning} removes {removed} of the model's {n} {what} per "
+                                         f"layer; it must remove at least one and keep at least one.")
+    if not 0.0 <= k.prune_start < k.prune_end <= 1.0:
+        fail("compress.prune_end" if k.prune_end > 1.0 else "compress.prune_start",
+             f"the pruning schedule needs 0 <= prune_start < prune_end <= 1 (fractions of the run), "
+             f"got {k.prune_start:g} and {k.prune_end:g}.")
+    if k.prune_every < 1:
+        fail("compress.prune_every", f"expected an integer >= 1, got {k.prune_every}.")
+    if not 0.0 <= k.distill_alpha <= 1.0:
+        fail("compress.distill_alpha", f"expected a weight in [0, 1], got {k.distill_alpha:g}.")
+    if k.distill_temperature <= 0:
+        fail("compress.distill_temperature", "the temperature must be > 0.")
+    if k.phase == "train" and k.quantization in POST_ONLY_QUANTIZATIONS:
+        fail("compress.phase", f"quantization '{k.quantization}' converts a trained model; it has no "
+                               f"training phase (quantization-aware training is 'qat-int8').", "post")
+    if k.phase == "train" and kind not in ("none", "magnitude"):
+        fail("compress.phase", f"pruning '{k.pruning}' acts on the trained model; only magnitude "
+                               f"pruning has a while-training schedule.", "post")
+    post_pruning = kind != "none" and not (kind == "magnitude" and k.phase == "train")
+    if k.finetune_steps and not post_pruning:
+        fail("compress.finetune_steps", "the fine-tune follows post-training pruning, and this cell "
+                                        "prunes nothing after training.", "0")
+    if k.distill and not k.finetune_steps:
+        fail("compress.distill", "distillation teaches the pruned model during its fine-tune; "
+                                 "set compress.finetune_steps > 0.")
+    if not k.active:
+        return
+    if c.parallel.engine != "none":
+        fail("parallel.engine", "compression runs on a single-process model in this version.", "none")
+    if k.pruning == "2:4" and k.quantization != "none":
+        fail("compress.quantization", "2:4 sparse weights do not combine with quantization in this "
+                                      "version.", "none")
+    if k.quantization == "fp8" and kind != "none":
+        fail("compress.pruning", "fp8 training does not combine with pruning in this version.", "none")
+    if k.quantization == "fp8" and c.precision == "fp8":
+        fail("compress.quantization", "quantization 'fp8' is float8 training, which precision 'fp8' "
+                                      "already is; choose one.")
+
+
+def _check_parallel(c: CellConfig, n_layer: int, n_head: int, fail) -> None:
+    """Parallel layouts that cannot work: wrong engine for an axis, sizes that do not divide."""
+    p, t = c.parallel, c.train
+    _, _, _, d_ff = spec.model_dims(c.model)
+    if p.engine == "none" and p.dp > 1:
+        fail("parallel.dp", f"dp={p.dp} replicas need a data-parallel engine, but engine is 'none'.",
+             "ddp, fsdp, deepspeed")
+    if p.engine == "ddp" and (p.tp > 1 or p.pp > 1):
+        fail("parallel.tp" if p.tp > 1 else "parallel.pp",
+             "engine 'ddp' replicates the whole model and does not compose with tensor/pipeline "
+             "parallelism (as in torchtitan); use engine 'fsdp' for 2-D/3-D layouts, or 'none' with dp: 1.",
+             "tp: 1, pp: 1")
+    if p.engine == "deepspeed":
+        if p.tp > 1 or p.pp > 1:
+            fail("parallel.tp" if p.tp > 1 else "parallel.pp",
+                 "engine 'deepspeed' runs ZeRO data parallelism here; its own tensor/pipeline "
+                 "parallelism needs a DeepSpeed PipelineModule. Use engine 'fsdp' for tp/pp.",
+                 "tp: 1, pp: 1")
+        if c.precision not in ("fp32", "bf16", "fp16"):
+            fail("precision", f"DeepSpeed owns precision and has no '{c.precision}' mode.", "fp32, bf16, fp16")
+        if c.memory.compile:
+            fail("memory.compile", "torch.compile is not applied under engine 'deepspeed' in this version.",
+                 "false")
+    if p.zero_stage and p.engine != "deepspeed":
+        fail("parallel.zero_stage", f"ZeRO stage {p.zero_stage} needs engine 'deepspeed', not '{p.engine}'.")
+    if p.offload != "none" and p.engine != "deepspeed":
+        fail("parallel.offload", f"offload '{p.offload}' needs engine 'deepspeed', not '{p.engine}'.")
+    if p.offload == "optimizer" and p.zero_stage == 0:
+        fail("parallel.offload", "DeepSpeed offloads the optimizer state of ZeRO stages 1-3, not stage 0.",
+             "zero_stage: 1, 2 or 3")
+    if p.offload == "optimizer+params" and p.zero_stage != 3:
+        fail("parallel.offload", "DeepSpeed offloads parameters only under ZeRO stage 3.", "zero_stage: 3")
+    if n_head % p.tp:
+        fail("parallel.tp", f"tp={p.tp} does not divide the {n_head} attention heads.")
+    if d_ff % p.tp:
+        fail("parallel.tp", f"tp={p.tp} does not divide the MLP's d_ff={d_ff} neurons.")
+    if p.pp > 1:
+        virtual = 2 if p.pp_schedule == "interleaved-1f1b" else 1
+        if p.pp * virtual > n_layer:
+            fail("parallel.pp", f"pp={p.pp} with schedule '{p.pp_schedule}' needs {p.pp * virtual} stages "
+                                f"of at least one layer, but the model has {n_layer} layers.")
+        m = p.pp_microbatches or p.pp
+        if t.micro_batch % m:
+            fail("parallel.pp_microbatches", f"the micro-batch of {t.micro_batch} sequences does not split "
+                                             f"into {m} pipeline chunks.",
+                 "a divisor of train.micro_batch")
+        if virtual > 1 and m % p.pp:
+            fail("parallel.pp_microbatches", f"interleaved 1F1B needs a multiple of pp={p.pp} chunks, got {m}.")
+        if c.precision == "fp16":
+            fail("precision", "fp16 loss scaling is not wired into the pipeline schedule; use bf16.",
+                 "fp32, bf16, bf16-pure")
+        if c.memory.compile:
+            fail("memory.compile", "torch.compile of pipeline stages is not supported in this version.", "false")
+
+
 
 
 def _host_skip(c: CellConfig, host: Host) -> str | None:
@@ -577,7 +674,13 @@ def _host_skip(c: CellConfig, host: Host) -> str | None:
     if device == "cuda" and not host.has_cuda:
         return "device 'cuda' was asked for but this host has no CUDA GPU"
     if device == "cpu" and c.precision == "fp8":
-        return "fp8 training needs a CUDA GPU with fp8 tensor cores (compute capability >= 8.9); this cell is on cpu"
+        return ("fp8 training (torchao float8) needs a CUDA GPU with fp8 tensor cores (compute capability "
+                ">= 8.9: Ada, Hopper or newer); this cell is on cpu")
+    import importlib.util  # local: this function's change stays within it
+    if c.precision == "fp8" and importlib.util.find_spec("torchao") is None:
+        # found without importing it (the runner never imports torch); an older GPU (compute
+        # capability < 8.9) is only known to the worker, which records the cell as skipped
+        return "fp8 training uses torchao.float8, which is not installed (pip install -e '.[compress]')"
     if device == "cpu" and c.precision == "tf32":
         return "tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32"
     return None

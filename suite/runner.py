@@ -176,7 +176,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     world = cell.config.parallel.world_size
     if worker_cmd:
         launcher = list(worker_cmd)
-    elif cell.config.parallel.engine != "none":
+    elif cell.config.parallel.engine != "none" or world > 1:
         # torchrun starts `world` ranks with a free rendezvous port (--standalone) and tears all
         # of them down if one fails; rank 0 writes the result.
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",

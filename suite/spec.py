@@ -36,8 +36,12 @@ COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-QUANTIZATIONS = ("none",)
-PRUNINGS = ("none",)
+QUANTIZATIONS = ("none", "int8-dynamic", "int8-weight", "int4-weight", "qat-int8", "fp8")
+# Pruning values: a name, or a name and a number in (0, 1); CompressSpec.pruning_target parses
+# them (matrix.py validates them there, since a pattern cannot be listed in CHOICES).
+PRUNINGS = ("none", "magnitude-<sparsity>", "structured-<ratio>", "heads-<ratio>", "neurons-<ratio>", "2:4")
+PRUNING_KINDS = ("magnitude", "structured", "heads", "neurons")
+COMPRESS_PHASES = ("post", "train")
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,40 @@ class MemorySpec:
 
 @dataclass(frozen=True)
 class CompressSpec:
-    quantization: str = "none"
-    pruning: str = "none"
+    """Compression of the model, its quality cost measured against the dense cell (suite.compress;
+    docs/compression.md). The defaults compress nothing."""
+    quantization: str = "none"  # a name in QUANTIZATIONS
+    pruning: str = "none"  # see PRUNINGS
+    # Where magnitude pruning applies: "post" prunes the trained model, "train" prunes while
+    # training on a sparsity schedule. QAT and fp8 are training methods (they imply "train");
+    # int8-*/int4-weight quantization, structured and 2:4 pruning act on the trained model.
+    phase: str = "post"
+    finetune_steps: int = 0  # optimizer steps of fine-tuning after post-training pruning
+    distill: bool = False  # fine-tune against the dense model's logits (knowledge distillation)
+    distill_temperature: float = 2.0  # softens teacher and student logits (KL term scaled by T^2)
+    distill_alpha: float = 0.5  # weight of the KL term; 1 - alpha weighs the LM loss
+    prune_start: float = 0.25  # phase train: fraction of the run when sparsity starts to rise
+    prune_end: float = 0.75  # ... and when it reaches the target (cubic ramp, Zhu & Gupta 2017)
+    prune_every: int = 5  # phase train: optimizer steps between mask updates
+
+    def pruning_target(self) -> tuple[str, float | None]:
+        """('none' | '2:4' | a PRUNING_KINDS name, its amount in (0, 1) or None).
+        Raises ValueError for anything else."""
+        if self.pruning in ("none", "2:4"):
+            return self.pruning, None
+        kind, _, number = self.pruning.partition("-")
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = float("nan")
+        if kind not in PRUNING_KINDS or not 0.0 < amount < 1.0:
+            raise ValueError(f"unknown pruning {self.pruning!r}")
+        return kind, amount
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is compressed (the dense control has both at 'none')."""
+        return self.quantization != "none" or self.pruning != "none"
 
 
 @dataclass(frozen=True)
@@ -177,7 +213,8 @@ CHOICES: dict[str, tuple] = {
     "memory.activation_checkpointing": CHECKPOINTING,
     "memory.compile": COMPILE_MODES,
     "compress.quantization": QUANTIZATIONS,
-    "compress.pruning": PRUNINGS,
+    "compress.phase": COMPRESS_PHASES,
+    "compress.distill": (False, True),
     "precision": PRECISIONS,
     "device": DEVICES,
 }

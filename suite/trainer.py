@@ -5,7 +5,6 @@ bare hand-written PyTorch loop.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterator
 
@@ -28,8 +27,19 @@ def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.devi
     # Fused kernels exist for CUDA and CPU. On CPU, measured on the 4x256 model (bench/README.md):
     # foreach 7.5 ms per optimizer step, a plain loop 4.6 ms, fused 2.05 ms.
     fused = device.type in ("cuda", "cpu")
+    if _mixes_dtensors(params):
+        # Tensor parallelism shards some parameters (DTensors) and replicates others (plain):
+        # multi-tensor kernels refuse the mix, so the per-parameter implementation runs.
+        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                                 fused=False, foreach=False)
     return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
                              fused=fused or None, foreach=None if fused else True)
+
+
+def _mixes_dtensors(params: list[torch.Tensor]) -> bool:
+    from torch.distributed.tensor import DTensor
+    kinds = {isinstance(p, DTensor) for p in params}
+    return len(kinds) > 1
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
@@ -54,8 +64,14 @@ def build_schedule(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.
 
 
 class Trainer:
+    """One optimizer step over grad_accum micro-batches of a model this process runs whole or
+    as a tensor-parallel / data-parallel shard."""
+
+    holds_loss = True  # this rank computes the step's loss (not so on inner pipeline stages)
+
     def __init__(self, setup: TrainSetup, optimizer: torch.optim.Optimizer,
                  schedule: torch.optim.lr_scheduler.LRScheduler, grad_accum: int, grad_clip: float):
+        self.setup = setup
         self.model = setup.model
         self.device = setup.device
         self.autocast = setup.autocast
@@ -66,7 +82,6 @@ class Trainer:
         self.grad_clip = grad_clip
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.non_blocking = self.device.type == "cuda"
-        self.no_sync = getattr(self.model, "no_sync", None)
 
     def step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Forward/backward over grad_accum micro-batches, then one optimizer step.
@@ -78,9 +93,8 @@ class Trainer:
             x, y = next(batches)
             x = x.to(self.device, non_blocking=self.non_blocking)  # [B, T]
             y = y.to(self.device, non_blocking=self.non_blocking)  # [B, T]
-            # DDP: all-reduce gradients only on the last micro-batch of the step
-            last = micro == self.grad_accum - 1
-            with (self.no_sync() if self.no_sync is not None and not last else contextlib.nullcontext()):
+            # data-parallel engines reduce gradients only on the last micro-batch of the step
+            with self.setup.accumulation(micro == self.grad_accum - 1):
                 with self.autocast():
                     loss = lm_loss(self.model(x), y) / self.grad_accum
                 if self.scaler is not None:
@@ -88,10 +102,17 @@ class Trainer:
                 else:
                     loss.backward()
             total += loss.detach()
+        self.apply_gradients()
+        return total
+
+    def apply_gradients(self) -> None:
+        """Gradient hooks, unscale, clip, optimizer and LR schedule step (gradients are ready)."""
+        for hook in self.setup.grad_hooks:
+            hook()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+            self.setup.clip_grad_norm(self.params, self.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -99,7 +120,6 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
-        return total
 
     @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -50,7 +50,8 @@ def run_cell(cell: CellConfig) -> dict:
     from suite.measure.peak import peak_flops
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
-    from suite.trainer import Trainer, build_optimizer, build_schedule
+    from suite.techniques.mesh import build_mesh, coordinate
+    from suite.trainer import build_optimizer, build_schedule
 
     device = torch.device(cell.device)
     env = device_fingerprint(torch, device)
@@ -73,12 +74,15 @@ def run_cell(cell: CellConfig) -> dict:
 
     dataset = build_dataset(cell.data, seed=t.seed)
     model_cfg = resolve_model(cell.model, dataset.vocab_size, cell.data.seq_len)
-    model = GPT(model_cfg).to(device)
+    model = GPT(model_cfg).to(device)  # the same initial weights on every rank (same seed)
     n_params = model.num_params()
-    setup = apply_all(TrainSetup(model=model, device=device), cell)
+    mesh = build_mesh(cell, device)
+    setup = apply_all(TrainSetup(model=model, device=device, mesh=mesh), cell)
     optimizer = build_optimizer(setup.model, t, device)
-    trainer = Trainer(setup, optimizer, build_schedule(optimizer, t), t.grad_accum, t.grad_clip)
-    batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed, rank=rank, dp=world)
+    trainer = make_trainer(setup, optimizer, build_schedule(optimizer, t), cell)
+    # tp ranks and pipeline stages of one data-parallel replica read the same samples
+    dp_rank = coordinate(mesh, "dp")
+    batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed, rank=dp_rank, dp=cell.parallel.dp)
     # The same validation windows for every cell, whatever its micro-batch: val losses compare.
     val_batches = dataset.val_batches(EVAL_BATCH, t.eval_batches)
     rss_before_train = host_current_rss_bytes()
@@ -93,17 +97,19 @@ def run_cell(cell: CellConfig) -> dict:
     reached: tuple[int, float] | None = None
     train_wall = 0.0  # training time only: evaluation pauses this clock
     total_steps = t.warmup_steps + t.steps
+    comm = CommWindow(world, t.warmup_steps, device.type)
     for step in range(total_steps):
+        comm.before(step)
         start = time.perf_counter()
         loss_t = trainer.step(batches)
         for hook in setup.step_hooks:
             hook(step + 1)
         sync()  # the one host sync per step, needed to time it
         elapsed = time.perf_counter() - start
+        comm.after(step)
         train_wall += elapsed
-        if world > 1:  # after the clock: the curve shows the global mean loss
-            torch.distributed.all_reduce(loss_t)
-            loss_t = loss_t / world
+        if world > 1:  # after the clock: the curve shows the mean loss of the ranks that hold one
+            loss_t = global_mean(torch, loss_t, trainer.holds_loss)
         loss = float(loss_t)
         loss_curve.append([step + 1, round(train_wall, 6), loss])
         # after the clock stopped: one line per step for the log and the live progress display
@@ -143,6 +149,8 @@ def run_cell(cell: CellConfig) -> dict:
         metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
         metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
     metrics["world_size"] = world
+    metrics["comm_share"] = comm.share
+    metrics["comm_share_steps"] = comm.steps
     metrics["tokens_per_s_per_device"] = metrics["tokens_per_s"] / world
     flops = flops_per_token(model_cfg, cell.data.seq_len, setup.facts.get("recompute_layers", 0))
     peak = peak_flops(torch, device, cell.precision, env["device_name"])
@@ -177,6 +185,54 @@ def run_cell(cell: CellConfig) -> dict:
     return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
 
 
+def make_trainer(setup, optimizer, schedule, cell: CellConfig):
+    """The step loop for how the cell is parallelised: DeepSpeed's engine, a pipeline
+    schedule, or the plain step (one process, DDP, FSDP, tensor parallel)."""
+    t = cell.train
+    if cell.parallel.engine == "deepspeed":
+        from suite.trainer_deepspeed import DeepSpeedTrainer
+        return DeepSpeedTrainer(setup, optimizer, schedule, cell)
+    if setup.pipeline is not None:
+        from suite.trainer_pipeline import PipelineTrainer
+        return PipelineTrainer(setup, optimizer, schedule, t.grad_accum, t.grad_clip)
+    from suite.trainer import Trainer
+    return Trainer(setup, optimizer, schedule, t.grad_accum, t.grad_clip)
+
+
+def global_mean(torch, value, holds: bool):
+    """Mean of `value` over the ranks where `holds` (e.g. the last pipeline stages)."""
+    pair = torch.stack([value.float() * holds, torch.ones_like(value, dtype=torch.float32) * holds])
+    torch.distributed.all_reduce(pair)
+    return pair[0] / pair[1]
+
+
+class CommWindow:
+    """Profiles the last (up to 3) warm-up steps after the first for the communication share
+    (suite.measure.comm): warm-up steps are untimed, so the profiler never slows a measured
+    step. None in one process, or with fewer than 2 warm-up steps."""
+
+    def __init__(self, world: int, warmup_steps: int, device_type: str):
+        self.first = max(1, warmup_steps - 3)
+        self.end = warmup_steps  # exclusive
+        self.enabled = world > 1 and self.end > self.first
+        self.device_type = device_type
+        self.share = None
+        self.steps = 0
+        self._profiler = None
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.first:
+            from suite.measure.comm import CommProfiler
+            self._profiler = CommProfiler(self.device_type)
+            self._profiler.start()
+
+    def after(self, step: int) -> None:
+        if self._profiler is not None and step == self.end - 1:
+            self.share = self._profiler.stop()
+            self.steps = self.end - self.first
+            self._profiler = None
+
+
 def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int, rank: int = 0, dp: int = 1):
     """Micro-batches in training order. The samples of one optimizer step (all dp ranks) are
     drawn together, identically on every rank, and this rank takes its contiguous share before
@@ -189,13 +245,19 @@ def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int, rank: in
 
 
 def init_distributed(torch, cell: CellConfig, device) -> tuple[int, int]:
-    """(rank, world size). Under torchrun (engine != none) join the process group: gloo on
-    CPU, nccl on CUDA."""
-    if cell.parallel.engine == "none" or "WORLD_SIZE" not in os.environ:
+    """(rank, world size). Under torchrun join the process group: gloo on CPU, nccl on CUDA
+    (DeepSpeed through its own init_distributed, which then shares the torch group)."""
+    if "WORLD_SIZE" not in os.environ or (cell.parallel.engine == "none" and cell.parallel.world_size == 1):
         return 0, 1
     import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if cell.parallel.engine == "deepspeed":
+        import deepspeed
+        deepspeed.init_distributed(dist_backend=backend)
+    elif not dist.is_initialized():
+        dist.init_process_group(backend)
+    if dist.get_world_size() != cell.parallel.world_size:
+        raise RuntimeError(f"launched with {dist.get_world_size()} ranks but dp*tp*pp = {cell.parallel.world_size}")
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -3,9 +3,22 @@
 - host RSS: `ru_maxrss` of this process, the kernel's high-water mark of resident memory since
   the process started (includes the Python interpreter and torch's libraries, ~0.3-0.5 GB; the
   baseline before the model is built is reported beside it so the delta can be read).
-- CUDA: torch's caching allocator: max allocated (tensors alive at the peak) and max reserved
-  (allocated + cached blocks held from the driver), and allocation retries (cudaMalloc failed,
-  cache flushed, retried: a sign of fragmentation near the memory limit).
+- CUDA: torch's caching allocator, read from `torch.cuda.memory_stats` (docs/gpu.md):
+  max allocated (`allocated_bytes.all.peak`: bytes of live tensors at their high-water mark),
+  max reserved (`reserved_bytes.all.peak`: segments held from the driver, allocated + cached),
+  allocation retries (`num_alloc_retries`: a cudaMalloc failed, the cache was flushed and the
+  allocation retried - slow, and a sign of fragmentation near the memory limit), OOMs
+  (`num_ooms`), and fragmentation two ways:
+    cuda_fragmentation = 1 - max allocated / max reserved: the share of the reserved
+        high-water mark that did not hold tensors at the allocated high-water mark (cached free
+        blocks plus fragments). Both are peaks since the last `reset_peak_memory_stats`; they
+        can fall at different moments, but reserved >= allocated at every moment, so it lies
+        in [0, 1).
+    cuda_inactive_split_peak_bytes (`inactive_split_bytes.all.peak`): the most bytes ever
+        stranded in free pieces of split blocks: fragmentation proper (free, but unusable for a
+        larger request and not returnable to the driver).
+  Retries and OOMs are cumulative counters since the process started (not reset by
+  `reset_peak_memory_stats`). A value the allocator does not report is None, never 0.
 """
 from __future__ import annotations
 
@@ -26,13 +39,20 @@ def host_current_rss_bytes() -> int:
 
 
 def cuda_memory(torch, device) -> dict:
-    stats = torch.cuda.memory_stats(device)
-    reserved = torch.cuda.max_memory_reserved(device)
-    allocated = torch.cuda.max_memory_allocated(device)
+    return cuda_memory_from_stats(torch.cuda.memory_stats(device))
+
+
+def cuda_memory_from_stats(stats: dict) -> dict:
+    """The record's CUDA memory fields from a `torch.cuda.memory_stats()` dict (pure).
+    An empty dict (allocator statistics unavailable, e.g. PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    gives None everywhere."""
+    allocated = stats.get("allocated_bytes.all.peak")
+    reserved = stats.get("reserved_bytes.all.peak")
     return {
         "cuda_max_allocated_bytes": allocated,
         "cuda_max_reserved_bytes": reserved,
-        "cuda_alloc_retries": stats.get("num_alloc_retries", 0),
-        # share of reserved memory not holding tensors at the peak
-        "cuda_fragmentation": (1 - allocated / reserved) if reserved else None,
+        "cuda_alloc_retries": stats.get("num_alloc_retries"),
+        "cuda_ooms": stats.get("num_ooms"),
+        "cuda_fragmentation": (1 - allocated / reserved) if (allocated is not None and reserved) else None,
+        "cuda_inactive_split_peak_bytes": stats.get("inactive_split_bytes.all.peak"),
     }

@@ -1,8 +1,12 @@
 """The host's matmul peak at a given precision, measured once and cached (never a table).
 
-MFU = achieved model FLOP/s / this peak. The peak is the best of several timed square matmuls
-large enough to saturate the device; it is cached per (device model, torch version, thread
-count, precision) under the txsuite cache folder, so every cell on a host shares one figure.
+MFU = achieved model FLOP/s / this peak (`utilization`). The peak is the best of several timed
+square matmuls large enough to saturate the device; it is cached per (device model, torch
+version, thread count, precision) under the txsuite cache folder, so every cell on a host
+shares one figure. On CUDA the precisions are bf16/fp16 tensor cores, tf32 tensor cores, fp32
+with tf32 explicitly off, and fp8 (`torch._scaled_mm`, e4m3 x e4m3 -> bf16, compute capability
+>= 8.9). The vendor's nominal dense peak (suite.measure.nominal) is returned beside it, for
+reference only: a datasheet figure is never used as the denominator of `mfu`.
 """
 from __future__ import annotations
 
@@ -21,8 +25,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TXSUITE_CACHE", Path.home() / ".cache" / "txsuite"))
 
 
+def utilization(tokens_per_s: float | None, flops_per_token: float | None,
+                hardware_flops_per_token: float | None, peak_flops: float | None,
+                world: int = 1) -> tuple[float | None, float | None]:
+    """(MFU, HFU) of a run (pure arithmetic).
+
+    tokens_per_s              global tokens per second (all ranks together)
+    flops_per_token           model FLOPs per token for forward + backward (no recomputation)
+    hardware_flops_per_token  FLOPs per token the hardware actually executes (model FLOPs plus
+                              the forward passes recomputed under activation checkpointing)
+    peak_flops                one device's peak FLOP/s at the cell's precision
+    world                     devices (ranks) the run used
+
+    MFU = tokens_per_s * flops_per_token / (peak_flops * world), HFU likewise with the hardware
+    FLOPs. Either is None when an input is missing or the peak is not positive."""
+    if tokens_per_s is None or not peak_flops or peak_flops <= 0 or world < 1:
+        return None, None
+    capacity = peak_flops * world
+    mfu = tokens_per_s * flops_per_token / capacity if flops_per_token is not None else None
+    hfu = tokens_per_s * hardware_flops_per_token / capacity if hardware_flops_per_token is not None else None
+    return mfu, hfu
+
+
 def peak_flops(torch, device, precision: str, device_name: str) -> dict:
-    """-> {"peak_flops": FLOP/s, "peak_key": cache key, "peak_cached": bool}."""
+    """-> {"peak_flops": measured FLOP/s, "peak_key": cache key, "peak_cached": bool,
+    "nominal_peak_flops": the vendor's dense FLOP/s for this device and precision, or None}."""
+    from suite.measure.nominal import nominal_peak_flops
+    nominal = nominal_peak_flops(device_name, precision) if device.type == "cuda" else None
     kind = MATMUL_DTYPE[precision]
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     key = f"{device_name}|torch {torch.__version__}|threads {threads}|{kind}"
@@ -32,13 +61,14 @@ def peak_flops(torch, device, precision: str, device_name: str) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one measurer at a time; others then read its result
         cache = json.loads(path.read_text()) if path.exists() else {}
         if key in cache:
-            return {"peak_flops": cache[key]["flops"], "peak_key": key, "peak_cached": True}
+            return {"peak_flops": cache[key]["flops"], "peak_key": key, "peak_cached": True,
+                    "nominal_peak_flops": nominal}
         flops = measure_matmul_flops(torch, device, kind)
         cache[key] = {"flops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    return {"peak_flops": flops, "peak_key": key, "peak_cached": False}
+    return {"peak_flops": flops, "peak_key": key, "peak_cached": False, "nominal_peak_flops": nominal}
 
 
 def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> float:
@@ -88,8 +118,8 @@ def _matmul(torch, device, kind: str, n: int):
         a, b = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()
         one = torch.tensor(1.0, device=device)
         return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-    if kind == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    else:
+    if device.type == "cuda":  # fp32 must not silently run on tf32 tensor cores (restored after)
+        torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+    if kind != "tf32":
         a, b = a.to(getattr(torch, kind)), b.to(getattr(torch, kind))
     return lambda: a @ b

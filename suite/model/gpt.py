@@ -44,6 +44,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.head_dim = cfg.head_dim
         self.attention = cfg.attention
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -51,15 +52,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # [B, T, 3C] -> three [B, n_head, T, head_dim]
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        B, T, _ = x.shape
+        # [B, T, 3 * H * D] -> three [B, H, T, D]. H is inferred from the projection's output, not
+        # taken from n_head: tensor parallelism gives each rank only its share of the heads.
+        q, k, v = self.qkv(x).view(B, T, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         dropout_p = self.dropout if self.training else 0.0
         if self.attention == "matmul":
             y = matmul_attention(q, k, v, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
+        y = y.transpose(1, 2).reshape(B, T, -1)  # [B, T, H * D]
         return self.resid_drop(self.proj(y))
 
 
@@ -126,14 +128,23 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: int64 [B, T] token ids -> logits [B, T, vocab_size]."""
+        """idx: int64 [B, T] token ids -> logits [B, T, vocab_size].
+
+        A pipeline stage is a copy of this model with the parts it does not own set to None
+        (torchtitan's convention): without tok_emb the input is already hidden states
+        [B, T, C]; without lm_head the output is hidden states [B, T, C]."""
         T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # [B, T, C]
+        if self.tok_emb is not None:
+            pos = torch.arange(T, device=idx.device)
+            x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # [B, T, C]
+        else:
+            x = idx
         for block in self.blocks:
             x = block(x)
+        if self.lm_head is None:
+            return x
         return self.lm_head(self.ln_f(x))  # [B, T, V]
 
     def num_params(self, non_embedding: bool = False) -> int:

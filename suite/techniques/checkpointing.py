@@ -17,16 +17,19 @@ from suite.techniques.setup import TrainSetup
 
 def apply(setup: TrainSetup, cell) -> TrainSetup:
     mode = cell.memory.activation_checkpointing
-    blocks = setup.model.blocks
-    if mode == "none":
-        chosen = []
-    elif mode == "full":
-        chosen = list(range(len(blocks)))
-    else:
-        chosen = list(range(0, len(blocks), cell.memory.checkpoint_every))
-    for i in chosen:
-        # Non-reentrant checkpointing: works with autocast, compile and parameters that do not
-        # require grad; RNG state is preserved so dropout masks match in the recomputation.
-        blocks[i] = checkpoint_wrapper(blocks[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    setup.facts["recompute_layers"] = len(chosen)
+    recomputed = 0
+    for part in setup.parts:  # the whole model, or this rank's pipeline stages
+        blocks = part.blocks
+        if mode == "none":
+            chosen = []
+        elif mode == "full":
+            chosen = list(range(len(blocks)))
+        else:
+            chosen = list(range(0, len(blocks), cell.memory.checkpoint_every))
+        for i in chosen:
+            # Non-reentrant checkpointing: works with autocast, compile and parameters that do
+            # not require grad; RNG state is preserved so dropout masks match in the recomputation.
+            blocks[i] = checkpoint_wrapper(blocks[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        recomputed += len(chosen)
+    setup.facts["recompute_layers"] = recomputed
     return setup

@@ -3,8 +3,11 @@
 backward (bucketed all-reduce overlapping the backward pass).
 
 Ordering: after precision (DDP's buckets capture parameter dtypes) and checkpointing, before
-compile (torch.compile of a DDP module splits graphs at bucket boundaries: DDPOptimizer)."""
+compile (torch.compile of a DDP module splits graphs at bucket boundaries: DDPOptimizer).
+During gradient accumulation the all-reduce runs only on the step's last micro-batch."""
 from __future__ import annotations
+
+import contextlib
 
 from suite.techniques.setup import TrainSetup
 
@@ -18,6 +21,8 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
     if not dist.is_initialized():
         raise RuntimeError("engine 'ddp' needs the worker to be started by torchrun (the runner does this)")
     device_ids = [setup.device.index] if setup.device.type == "cuda" else None
-    setup.model = DistributedDataParallel(setup.model, device_ids=device_ids)
-    setup.facts["world_size"] = dist.get_world_size()
+    ddp = DistributedDataParallel(setup.model, device_ids=device_ids)
+    setup.model = ddp
+    setup.parts = [ddp.module]
+    setup.accumulation = lambda last: contextlib.nullcontext() if last else ddp.no_sync()
     return setup

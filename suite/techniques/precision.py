@@ -25,6 +25,11 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
         allow = precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
+    if cell.parallel.engine == "deepspeed":
+        # DeepSpeed owns precision: its config casts the model and keeps fp32 master weights
+        # (bf16/fp16 sections, with its own loss scaler); autocasting as well would double it.
+        setup.facts["precision_owner"] = "deepspeed"
+        return setup
     if precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         setup.autocast = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)

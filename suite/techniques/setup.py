@@ -14,6 +14,14 @@ class Unsupported(Exception):
     the cell as `skipped` with this message as the reason, never runs something else instead."""
 
 
+def _no_accumulation_context(last: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def _clip_local(params: list[torch.Tensor], max_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
 @dataclass
 class TrainSetup:
     model: nn.Module
@@ -27,3 +35,24 @@ class TrainSetup:
     # Called with the 1-based step number after every optimizer step, inside the timed region
     # (their cost is part of the technique's cost), e.g. a gradual pruning schedule.
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    # --- parallelism (defaults: one process, the whole model) ------------------------------
+    # The ("pp", "dp", "tp") DeviceMesh of a distributed cell, None in a single process.
+    mesh: Any = None
+    # The GPT-shaped modules on this rank that per-block techniques (TP, checkpointing, FSDP)
+    # walk: [model] normally, this rank's stage modules under pipeline parallelism.
+    parts: list[nn.Module] = field(default_factory=list)
+    # Context for one micro-batch's forward+backward given whether it is the step's last:
+    # data-parallel engines skip the gradient reduction until the last one.
+    accumulation: Callable[[bool], contextlib.AbstractContextManager] = _no_accumulation_context
+    # Called once per step after all backward passes, before clipping (e.g. summing the tied
+    # embedding's gradient across the first and last pipeline stages).
+    grad_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Clip the gradients of these parameters to a global norm: the plain torch function in one
+    # process; sharded/tensor-parallel/pipelined parameters need the norm over every rank.
+    clip_grad_norm: Callable[[list[torch.Tensor], float], None] = _clip_local
+    # Pipeline parallelism: the schedule and stage bookkeeping (suite.techniques.pipeline).
+    pipeline: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [self.model]

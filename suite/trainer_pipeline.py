@@ -1,0 +1,79 @@
+"""The optimizer step of a pipeline-parallel cell (L2).
+
+The schedule runs forward and backward of every chunk of a micro-batch across the stages;
+the first stage feeds it tokens, the last stage targets and collects the per-chunk losses.
+Gradient hooks, clipping and the optimizer step are the single-process ones (Trainer)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from suite.model import lm_loss
+from suite.trainer import Trainer
+
+
+class PipelineTrainer(Trainer):
+    @property
+    def holds_loss(self) -> bool:
+        return self.setup.pipeline.last
+
+    def step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        pipe = self.setup.pipeline
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum):
+            x, y = next(batches)  # [B, T] each; the schedule splits B into n_microbatches chunks
+            args = (x.to(self.device),) if pipe.first else ()
+            losses: list[torch.Tensor] = []
+            kwargs = {"target": y.to(self.device), "losses": losses} if pipe.last else {}
+            with self.autocast():
+                pipe.schedule.step(*args, **kwargs)
+            if pipe.last:  # each chunk's loss is already divided by grad_accum
+                total += torch.stack([loss.detach() for loss in losses]).sum() / pipe.n_microbatches
+        self.apply_gradients()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Forward only, stage by stage with point-to-point sends: the same fixed validation
+        windows as every other cell, whatever the chunking. Every rank returns the mean."""
+        pipe = self.setup.pipeline
+        self.model.eval()
+        me = dist.get_rank()
+        parts = dict(zip(pipe.stage_ids, self.setup.parts))
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        for x, y in batches:
+            hidden = None
+            for s in range(pipe.n_stages):
+                owner = pipe.rank_of_stage[s]
+                if owner != me:
+                    continue
+                if s == 0:
+                    inputs = x.to(self.device)
+                elif pipe.rank_of_stage[s - 1] == me:
+                    inputs = hidden
+                else:
+                    inputs = self._receive(x.shape, pipe.rank_of_stage[s - 1])
+                with self.autocast():
+                    hidden = parts[s](inputs)
+                if s == pipe.n_stages - 1:
+                    y = y.to(self.device)
+                    n = (y != -100).sum()
+                    loss_sum += lm_loss(hidden, y).double() * n
+                    count += n
+                elif pipe.rank_of_stage[s + 1] != me:
+                    dist.send(hidden.contiguous(), dst=pipe.rank_of_stage[s + 1])
+        # only last-stage ranks hold sums; every copy of them has the same ratio
+        totals = torch.stack([loss_sum, count])
+        dist.all_reduce(totals)
+        return float(totals[0] / totals[1].clamp(min=1))
+
+    def _receive(self, token_shape: torch.Size, src: int) -> torch.Tensor:
+        d_model = self.setup.parts[0].cfg.d_model
+        dtype = torch.float32 if self.setup.facts.get("param_dtype") != "bfloat16" else torch.bfloat16
+        buffer = torch.empty(*token_shape, d_model, device=self.device, dtype=dtype)  # [B, T, C]
+        dist.recv(buffer, src=src)
+        return buffer
