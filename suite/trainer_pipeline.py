@@ -30,8 +30,8 @@ class PipelineTrainer(Trainer):
             kwargs = {"target": y.to(self.device), "losses": losses} if pipe.last else {}
             with self.autocast():
                 pipe.schedule.step(*args, **kwargs)
-            if pipe.last:  # each chunk's loss is already divided by grad_accum
-                total += torch.stack([loss.detach() for loss in losses]).sum() / pipe.n_microbatches
+            if pipe.last:  # each chunk's loss is already divided by all chunks of the step
+                total += torch.stack([loss.detach() for loss in losses]).sum()
         self.apply_gradients()
         return total
 

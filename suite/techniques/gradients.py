@@ -34,8 +34,13 @@ def global_clipper(pp_group=None, not_in_norm: tuple = ()):
     def clip(params: list[torch.Tensor], max_norm: float) -> None:
         grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
         device = params[0].device
-        total_sq = (_squared_norm([g for g in grads if isinstance(g, DTensor)], device)
-                    + _squared_norm([g for g in grads if not isinstance(g, DTensor)], device))
+        total_sq = _squared_norm([g for g in grads if not isinstance(g, DTensor)], device)
+        by_mesh: dict = {}  # 2-D layouts mix dp-sharded and (dp, tp)-sharded DTensors
+        for g in grads:
+            if isinstance(g, DTensor):
+                by_mesh.setdefault(g.device_mesh, []).append(g)
+        for group in by_mesh.values():
+            total_sq = total_sq + _squared_norm(group, device)
         if pp_group is not None:
             dist.all_reduce(total_sq, group=pp_group)  # stages hold disjoint parameters
         total = total_sq.sqrt()
@@ -46,9 +51,10 @@ def global_clipper(pp_group=None, not_in_norm: tuple = ()):
 
 
 def _by_kind(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    dtensors = [p for p in params if isinstance(p, DTensor)]
-    plain = [p for p in params if not isinstance(p, DTensor)]
-    return [group for group in (dtensors, plain) if group]
+    groups: dict = {}
+    for p in params:
+        groups.setdefault(p.device_mesh if isinstance(p, DTensor) else None, []).append(p)
+    return list(groups.values())
 
 
 def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -105,11 +105,15 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
     grad_accum = cell.train.grad_accum
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # the schedule averages gradients over its m chunks; accumulation divides by its steps
-        return lm_loss(logits, targets) / grad_accum
+        # Each chunk's loss is divided by every chunk of the optimizer step (m per micro-batch,
+        # grad_accum micro-batches), so gradients accumulate to the single-process mean. The
+        # schedule's own scale_grads is off: it rescales the whole accumulated .grad after each
+        # step() call, which would shrink earlier micro-batches' gradients again.
+        return lm_loss(logits, targets) / (grad_accum * m)
 
     cls = SCHEDULES[p.pp_schedule]
-    schedule = cls(stages[0], m, loss_fn=loss_fn) if virtual == 1 else cls(stages, m, loss_fn=loss_fn)
+    stage_arg = stages[0] if virtual == 1 else stages
+    schedule = cls(stage_arg, m, loss_fn=loss_fn, scale_grads=False)
     coord = mesh.get_coordinate()  # [pp, dp, tp] of this rank
     rank_of_stage = [int(mesh.mesh[s % p.pp, coord[1], coord[2]]) for s in range(n_stages)]
     setup.pipeline = Pipeline(schedule, stage_ids, n_stages, p.pp, pp_rank, m, rank_of_stage)
@@ -145,15 +149,13 @@ def _tied_embedding_sync(pipeline: Pipeline, parts: list[nn.Module], mesh):
             group = dist.new_group(pair)
             if dist.get_rank() in pair:
                 my_group = group
-    weights = []
-    if pipeline.first:
-        weights.append(parts[0].tok_emb.weight)
-    if pipeline.last:
-        weights.append(parts[-1].lm_head.weight)
 
     def sync() -> None:
         if pipeline.first and pipeline.last:  # both on this rank (pp == 1 never gets here)
             return
+        # looked up now, not at setup: FSDP replaces the parameters with sharded ones later
+        weights = ([parts[0].tok_emb.weight] if pipeline.first else []) + \
+                  ([parts[-1].lm_head.weight] if pipeline.last else [])
         for w in weights:
             grad = w.grad
             local = grad.to_local() if hasattr(grad, "to_local") else grad

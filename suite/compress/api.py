@@ -1,0 +1,196 @@
+"""The two entry points the worker calls (documented in suite/compress/__init__.py)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from suite.compress import distill, inference, prune, quantize, structured
+from suite.compress.plan import Plan, check_host, plan_for
+from suite.compress.size import model_bytes
+from suite.spec import CellConfig
+from suite.techniques.setup import TrainSetup
+
+# Prune-while-training schedules by model, for finish_after_training to complete and remove.
+_SCHEDULES: "weakref.WeakKeyDictionary[nn.Module, prune.GradualMagnitude]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class CompressContext:
+    model: nn.Module  # the trained model (possibly compiled); compressed in place
+    cell: CellConfig
+    device: torch.device
+    evaluate: Callable[[nn.Module], float]  # mean val loss of a module on the fixed val batches
+    train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None  # micro-batches for a fine-tune
+    dense_val_loss: float  # val loss of the trained model before post-training compression
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # for the fine-tune
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # for the benchmark / fine-tune
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module holding the parameters: through torch.compile (`_orig_mod`) and DDP /
+    DeepSpeed wrappers (`module`)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "DeepSpeedEngine") and hasattr(model, "module"):
+            model = model.module
+        else:
+            return model
+
+
+def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
+    plan = plan_for(cell)
+    if not plan.active:
+        return setup
+    check_host(plan, setup.device, next(setup.model.parameters()).dtype)
+    model = unwrap(setup.model)
+    _require_whole_model(model)
+    setup.facts.update(plan.facts())
+    if plan.quantization == "qat-int8":
+        setup.facts.update(quantize.qat_prepare(model))
+    elif plan.quantization == "fp8":
+        setup.facts.update(quantize.fp8_training(model))
+    if plan.pruning_phase == "train":
+        k, t = cell.compress, cell.train
+        total = t.warmup_steps + t.steps
+        schedule = prune.GradualMagnitude(model, plan.pruning_amount, round(k.prune_start * total),
+                                          round(k.prune_end * total), k.prune_every)
+        _SCHEDULES[model] = schedule
+        setup.step_hooks.append(schedule)
+        setup.facts["prune_schedule"] = schedule.describe()
+    return setup
+
+
+def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
+    plan = plan_for(ctx.cell)
+    model = unwrap(ctx.model)
+    if not plan.active:
+        return _dense_metrics(ctx, model)
+    check_host(plan, ctx.device, next(model.parameters()).dtype)
+    _require_whole_model(model)
+    started = time.perf_counter()
+    metrics: dict[str, Any] = plan.facts()
+
+    # What training left behind: a pruning schedule to complete, fake quantizers to convert.
+    schedule = _SCHEDULES.pop(model, None)
+    if plan.pruning_phase == "train":
+        if schedule is None:
+            raise RuntimeError("prune-while-training needs apply_during_training before the optimizer is built")
+        metrics["prune_schedule_completed"] = schedule.finish()
+        metrics["prune_mask_updates"] = schedule.updates
+        metrics.update(prune.sparsity_of(model))
+        prune.remove_masks(model)
+    qat = plan.quantization == "qat-int8"
+    if qat and not any(type(m).__name__ == "FakeQuantizedLinear" for m in model.modules()):
+        raise RuntimeError("qat-int8 needs apply_during_training before the optimizer is built")
+
+    dense_bytes = model_bytes(model)
+    uncompressed = _uncompressed_loss(ctx, model, plan)
+    teacher = _teacher(model) if plan.distill else None
+
+    if plan.pruning_phase == "post":
+        metrics.update(_prune_after_training(ctx, model, plan, teacher))
+    if qat:
+        metrics.update(quantize.qat_convert(model))
+    elif plan.quantization_phase == "post":
+        metrics.update(quantize.quantize_post_training(model, plan.quantization))
+    if plan.pruning_kind == "2:4":
+        metrics.update(prune.to_semi_structured(model))
+    del teacher
+    metrics["compress_wall_s"] = time.perf_counter() - started
+
+    compressed = ctx.evaluate(model)
+    size = model_bytes(model)
+    metrics.update({
+        "compressed_val_loss": compressed,
+        "compressed_val_ppl": _ppl(compressed),
+        "uncompressed_val_loss": uncompressed,
+        "quality_delta_vs_uncompressed": None if uncompressed is None else compressed - uncompressed,
+        "model_size_bytes": size,
+        "dense_model_size_bytes": dense_bytes,
+        "size_ratio_vs_uncompressed": size / dense_bytes,
+    })
+    metrics.update(_benchmark(ctx, model))
+    return metrics
+
+
+def _dense_metrics(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
+    """The dense control: its size and inference speed (the deltas of compressed cells divide
+    by these), and its val loss under the same names compressed cells use."""
+    if not _is_whole_model(model):
+        return {}  # a pipeline stage or sharded parameters: no single-process model to measure
+    size = model_bytes(model)
+    return {"compressed_val_loss": ctx.dense_val_loss, "compressed_val_ppl": _ppl(ctx.dense_val_loss),
+            "uncompressed_val_loss": ctx.dense_val_loss, "quality_delta_vs_uncompressed": 0.0,
+            "model_size_bytes": size, "dense_model_size_bytes": size, **_benchmark(ctx, model)}
+
+
+def _uncompressed_loss(ctx: CompressContext, model: nn.Module, plan: Plan) -> float | None:
+    """Val loss of this cell's trained weights before the post-training steps; for QAT, the same
+    weights with fake quantization off. None when nothing can be undone (prune-while-training)."""
+    if plan.quantization == "qat-int8":
+        quantize.set_fake_quant(model, False)
+        try:
+            return ctx.evaluate(model)
+        finally:
+            quantize.set_fake_quant(model, True)
+    if plan.quantization == "fp8" or not plan.has_post_steps:
+        return None
+    return ctx.dense_val_loss
+
+
+def _teacher(model: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _prune_after_training(ctx: CompressContext, model: nn.Module, plan: Plan,
+                          teacher: nn.Module | None) -> dict[str, Any]:
+    facts: dict[str, Any] = {"params_before_pruning": sum(p.numel() for p in model.parameters())}
+    if plan.pruning_kind == "magnitude":
+        facts.update(prune.prune_magnitude(model, plan.pruning_amount))
+    elif plan.pruning_kind == "2:4":
+        facts.update(prune.prune_two_four(model))
+    else:
+        facts.update(structured.prune_structured(model, plan.pruning_kind, plan.pruning_amount))
+    if plan.finetune_steps:
+        if ctx.train_batches is None or ctx.make_optimizer is None:
+            raise RuntimeError("a fine-tune after pruning needs train_batches and make_optimizer")
+        k, t = ctx.cell.compress, ctx.cell.train
+        facts.update(distill.finetune(
+            model, plan.finetune_steps, ctx.train_batches, ctx.make_optimizer(model), ctx.device,
+            grad_accum=t.grad_accum, grad_clip=t.grad_clip, teacher=teacher,
+            temperature=k.distill_temperature, alpha=k.distill_alpha, autocast=ctx.autocast))
+        model.eval()
+    prune.remove_masks(model)
+    if plan.pruning_kind in ("magnitude", "2:4"):
+        facts.update(prune.sparsity_of(model))
+    return facts
+
+
+def _benchmark(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
+    return inference.benchmark(model, model.tok_emb.num_embeddings, ctx.cell.data.seq_len, ctx.device,
+                               autocast=ctx.autocast)
+
+
+def _is_whole_model(model: nn.Module) -> bool:
+    return (getattr(model, "tok_emb", None) is not None and getattr(model, "lm_head", None) is not None
+            and not any(type(p).__name__ == "DTensor" for p in model.parameters()))
+
+
+def _require_whole_model(model: nn.Module) -> None:
+    if not _is_whole_model(model):
+        raise RuntimeError("compression needs the whole model in one process (parallel.engine none)")
+
+
+def _ppl(loss: float) -> float | None:
+    return math.exp(loss) if loss < 700 else None

@@ -1,0 +1,69 @@
+"""What a cell's `compress` block does, and when: the one place phases are decided.
+
+    quantization   qat-int8, fp8                      during training (they are training methods)
+                   int8-weight, int8-dynamic, int4-weight   after training
+    pruning        magnitude-<s>     `compress.phase`: post (default) after training, train on a schedule
+                   heads-/neurons-/structured-<r>, 2:4      after training
+After training the order is: prune -> fine-tune (optionally distilled) -> make the masks
+permanent -> quantize (QAT: convert), so a fine-tune trains float weights and the quantized
+model is the final one. The plan (suite.matrix._check_compress) has already rejected
+combinations that cannot work; what remains host-dependent is `check_host`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from suite.compress import quantize
+from suite.compress.prune import SEMI_STRUCTURED_CAPABILITY
+from suite.spec import CellConfig
+from suite.techniques.setup import Unsupported
+
+
+@dataclass(frozen=True)
+class Plan:
+    quantization: str
+    quantization_phase: str | None  # "train", "post", None when not quantized
+    pruning: str  # the value as written
+    pruning_kind: str  # none, magnitude, heads, neurons, structured, 2:4
+    pruning_amount: float | None
+    pruning_phase: str | None
+    finetune_steps: int
+    distill: bool
+
+    @property
+    def active(self) -> bool:
+        return self.quantization != "none" or self.pruning_kind != "none"
+
+    @property
+    def has_post_steps(self) -> bool:
+        return "post" in (self.quantization_phase, self.pruning_phase)
+
+    def facts(self) -> dict:
+        return {"quantization_phase": self.quantization_phase, "pruning_phase": self.pruning_phase}
+
+
+def plan_for(cell: CellConfig) -> Plan:
+    k = cell.compress
+    kind, amount = k.pruning_target()
+    q_phase = None if k.quantization == "none" else ("train" if k.quantization in quantize.TRAINING else "post")
+    p_phase = None if kind == "none" else ("train" if kind == "magnitude" and k.phase == "train" else "post")
+    return Plan(quantization=k.quantization, quantization_phase=q_phase, pruning=k.pruning,
+                pruning_kind=kind, pruning_amount=amount, pruning_phase=p_phase,
+                finetune_steps=k.finetune_steps if p_phase == "post" else 0,
+                distill=k.distill and p_phase == "post" and k.finetune_steps > 0)
+
+
+def check_host(plan: Plan, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """Raise Unsupported if this host cannot run the plan; called before training, so a cell
+    that would fail after training is skipped without training first."""
+    quantize.check_host(plan.quantization, device, dtype)
+    if plan.pruning_kind == "2:4":
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise Unsupported("2:4 semi-structured sparsity is accelerated only by sparse tensor cores "
+                              f"of CUDA GPUs (compute capability >= 8.0); this cell is on {device.type}")
+        capability = torch.cuda.get_device_capability(device)
+        if capability < SEMI_STRUCTURED_CAPABILITY:
+            raise Unsupported(f"2:4 sparsity needs compute capability >= 8.0; this GPU has "
+                              f"{capability[0]}.{capability[1]}")
