@@ -616,8 +616,8 @@ def _check_parallel(c: CellConfig, n_layer: int, n_head: int, fail) -> None:
     p, t = c.parallel, c.train
     _, _, _, d_ff = spec.model_dims(c.model)
     if p.engine == "none" and p.dp > 1:
-        fail("parallel.dp", f"dp={p.dp} replicas need a data-parallel engine, but engine is 'none'.",
-             "ddp, fsdp, deepspeed")
+        fail("parallel.engine", f"dp={p.dp} replicas needs a parallel engine for data parallelism, "
+                                f"but engine is 'none'.", "ddp, fsdp, deepspeed")
     if p.engine == "ddp" and (p.tp > 1 or p.pp > 1):
         fail("parallel.tp" if p.tp > 1 else "parallel.pp",
              "engine 'ddp' replicates the whole model and does not compose with tensor/pipeline "

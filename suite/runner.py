@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -206,7 +207,11 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
                       reason=f"no result after {timeout:.0f} s; the cell's process group was killed")
     if result_json.exists():
         result = json.loads(result_json.read_text())
-        return Record(**common, status=result["status"], reason=result.get("reason"),
+        reason = result.get("reason")
+        cause = _launcher_root_cause(log_path) if returncode else None
+        if cause and result["status"] == "failed":  # rank 0 saw a peer vanish; name the peer
+            reason = f"{cause}; rank 0 then reported: {reason}"
+        return Record(**common, status=result["status"], reason=reason,
                       env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
     killed_by_oom = (returncode == -signal.SIGKILL and oom_kills_before is not None
                      and (oom_kill_count() or 0) > oom_kills_before)
@@ -214,8 +219,27 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
         return Record(**common, status="oom", env=host_env,
                       reason="the kernel's out-of-memory killer ended the worker (the cgroup's oom_kill count rose)"
                              + _log_tail(log_path))
-    reason = _describe_exit(returncode) + _log_tail(log_path)
+    cause = _launcher_root_cause(log_path)
+    reason = (f"{cause}; " if cause else "") + _describe_exit(returncode) + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
+
+
+def _launcher_root_cause(log_path: Path) -> str | None:
+    """torchrun's 'Root Cause (first observed failure)' block as one phrase, e.g.
+    'rank 1 ended first: exit -9 (SIGKILL)'; None when the log has none."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    _, found, block = text.rpartition("Root Cause (first observed failure):")
+    if not found:
+        return None
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(\((SIG\w+)\))?\s*$", block, re.MULTILINE)
+    if not rank or not code:
+        return None
+    signal_name = f" ({code.group(3)})" if code.group(3) else ""
+    return f"rank {rank.group(1)} ended first: exit {code.group(1)}{signal_name}"
 
 
 # Settings that only ever raise activation memory when they grow.

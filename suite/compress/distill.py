@@ -55,11 +55,11 @@ def finetune(model: nn.Module, steps: int, batches: Iterator[tuple[torch.Tensor,
                     with torch.no_grad():
                         teacher_logits = teacher(x)
                     loss, kl, _ = distillation_loss(logits, teacher_logits, y, temperature, alpha)
-                    kl_total += float(kl) / grad_accum
+                    kl_total += float(kl.detach()) / grad_accum
                 else:
                     loss = lm_loss(logits, y)
             (loss / grad_accum).backward()
-            total += float(loss) / grad_accum
+            total += float(loss.detach()) / grad_accum
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()

@@ -9,7 +9,7 @@
                    per-token activations, int8 per-row weights, straight-through gradients);
                    `convert` turns them into real int8 weights after it
     fp8            torchao.float8.convert_to_float8_training: float8 matmuls in training
-                   (CUDA, compute capability >= 8.9)
+                   (CUDA, compute capability >= 8.9), the conversion precision fp8 uses
 
 What is quantized: the four linears of every block (attn.qkv, attn.proj, mlp.fc, mlp.proj).
 The lm_head shares its weight with tok_emb; quantizing it would untie the two and store a
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from suite.techniques import float8
 from suite.techniques.setup import Unsupported
 
 POST_TRAINING = ("int8-weight", "int8-dynamic", "int4-weight")
 TRAINING = ("qat-int8", "fp8")
-FP8_CAPABILITY = (8, 9)
 INT4_GROUP_SIZES = (128, 64, 32)
 
 
@@ -53,13 +53,7 @@ def check_host(quantization: str, device: torch.device, dtype: torch.dtype = tor
         return
     version = torchao_version()
     if quantization == "fp8":
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise Unsupported("fp8 training needs a CUDA GPU with fp8 tensor cores (compute capability "
-                              f">= 8.9); this cell is on {device.type}")
-        capability = torch.cuda.get_device_capability(device)
-        if capability < FP8_CAPABILITY:
-            raise Unsupported(f"fp8 training needs compute capability >= 8.9; this GPU has "
-                              f"{capability[0]}.{capability[1]}")
+        float8.check_supported(device)  # the same rule as precision fp8
     if quantization == "int4-weight":
         _probe_int4(device, dtype, version)
 
@@ -140,14 +134,15 @@ def qat_convert(model: nn.Module) -> dict[str, Any]:
 
 
 def fp8_training(model: nn.Module) -> dict[str, Any]:
-    """Float8 training of the target linears whose dims the fp8 kernels take (multiples of 16)."""
+    """Float8 training of the linears, converted exactly as precision fp8 converts them
+    (suite.techniques.float8: dims multiple of 16, lm_head kept). The cell's precision is left
+    as it is: torchao recommends bf16 autocast around float8 training (precision: bf16)."""
     from torchao.float8 import convert_to_float8_training
-
-    def fits(module: nn.Module, fqn: str) -> bool:
-        return is_target(module, fqn) and module.in_features % 16 == 0 and module.out_features % 16 == 0
-    convert_to_float8_training(model, module_filter_fn=fits)
-    n = sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear")
-    return {"fp8_layers": n, "quantization_backend": f"torchao {torchao_version()}"}
+    converted, kept = float8.convert(model, convert_to_float8_training)
+    if not converted:
+        raise Unsupported("fp8: no Linear layer of this model has dims divisible by 16; nothing would run in fp8")
+    return {"fp8_linear_layers": len(converted), "fp8_kept_layers": kept,
+            "quantization_backend": f"torchao {torchao_version()}"}
 
 
 def _layer_facts(model: nn.Module, config_name: str) -> dict[str, Any]:

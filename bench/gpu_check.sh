@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The GPU path on one CUDA GPU, in under eight minutes (docs/gpu.md):
+#
+#   bench/gpu_check.sh OUTDIR
+#
+# 1. checks the host: nvidia-smi sees a GPU and the venv's torch is a CUDA build (installs the
+#    venv with scripts/install.sh if it is missing: pip's normal CUDA torch, nothing else);
+# 2. runs the GPU-only tests:  pytest -m gpu tests/   (tests/test_gpu.py)
+# 3. runs matrices/gpu.yaml on the GPU: first its MFU cell (GPT-2 350M, bf16, compiled), then
+#    the rest (fp32/tf32/bf16/fp8, micro-batch, checkpointing, compile, int8 weight-only);
+# 4. prints a summary: per cell status, tokens/s, MFU (measured and nominal peak), peak memory,
+#    energy per token; the best MFU reached.
+#
+# Writes under OUTDIR:
+#   host.txt                       nvidia-smi, torch/CUDA versions, the GPU torch sees
+#   pytest-gpu.log, pytest-gpu.xml the GPU tests (log and JUnit XML)
+#   results/gpu/<run id>/          records.jsonl, matrix.json, env.json, cells/<id>/r0/ logs
+#   reports/gpu/<run id>.html      the HTML report
+#   run-mfu.log, run-matrix.log    txsuite's output for the two phases
+#   peaks.json                     a copy of the measured-peak cache (~/.cache/txsuite)
+#   summary.txt                    what is printed at the end
+# Exit status: 0 when the tests passed and every cell is ok or skipped; 1 otherwise; 2 when the
+# host has no usable GPU.
+#
+# Budgets, in seconds, per phase (environment variables): TESTS_BUDGET_S=110, MFU_BUDGET_S=170,
+# MATRIX_BUDGET_S=170; 450 s in all, so the script ends within eight minutes once installed.
+# A phase past its budget is cut off (exit 124 in the summary); a cell it cut off is missing
+# from records.jsonl and named in the summary; RUN_ID=<the same id> resumes that run.
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: bench/gpu_check.sh OUTDIR" >&2
+  exit 2
+fi
+cd "$(dirname "$0")/.."
+mkdir -p "$1"
+OUT="$(cd "$1" && pwd)"
+VENV="${VENV:-.venv}"
+PY="$VENV/bin/python"
+TXSUITE="$VENV/bin/txsuite"
+RUN_ID="${RUN_ID:-check-$(date +%Y%m%d-%H%M%S)}"
+TESTS_BUDGET_S="${TESTS_BUDGET_S:-110}"
+MFU_BUDGET_S="${MFU_BUDGET_S:-170}"
+MATRIX_BUDGET_S="${MATRIX_BUDGET_S:-170}"
+SECONDS=0
+say() { echo "[gpu_check $(printf '%3d' "$SECONDS")s] $*"; }
+
+# --- 1. host ------------------------------------------------------------------------------
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu_check: nvidia-smi sees no GPU on this host; nothing to check" >&2
+  exit 2
+fi
+if [ ! -x "$TXSUITE" ] || ! "$PY" -c "import pynvml, torchao" >/dev/null 2>&1; then
+  say "installing into $VENV (scripts/install.sh)"
+  bash scripts/install.sh "$VENV" || { echo "gpu_check: install failed" >&2; exit 2; }
+fi
+{
+  nvidia-smi
+  "$PY" - <<'EOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("cuda:0", p.name, f"cc {p.major}.{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
+EOF
+} >"$OUT/host.txt" 2>&1
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: nvidia-smi sees a GPU but $VENV's torch does not (a CPU build?); reinstall with" >&2
+  echo "  rm -rf $VENV && TORCH_SPEC='torch>=2.6,<3' bash scripts/install.sh" >&2
+  exit 2
+fi
+say "host: $(tail -n 1 "$OUT/host.txt")"
+
+# --- 2. GPU tests ----------------------------------------------------------------------------
+say "pytest -m gpu (budget ${TESTS_BUDGET_S}s)"
+timeout -k 10 "$TESTS_BUDGET_S" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
+  --junitxml "$OUT/pytest-gpu.xml" >"$OUT/pytest-gpu.log" 2>&1
+TESTS_RC=$?
+tail -n 3 "$OUT/pytest-gpu.log"
+
+# --- 3. the GPU matrix -----------------------------------------------------------------------
+RUN_ARGS=(--results-dir "$OUT/results" --reports-dir "$OUT/reports" --run-id "$RUN_ID" --device cuda)
+say "matrix gpu, MFU cell first (budget ${MFU_BUDGET_S}s)"
+timeout -k 10 "$MFU_BUDGET_S" "$TXSUITE" run matrices/gpu.yaml "${RUN_ARGS[@]}" --only gpt2-350m \
+  >"$OUT/run-mfu.log" 2>&1
+MFU_RC=$?
+say "matrix gpu, the other cells (budget ${MATRIX_BUDGET_S}s)"
+timeout -k 10 "$MATRIX_BUDGET_S" "$TXSUITE" run matrices/gpu.yaml "${RUN_ARGS[@]}" \
+  >"$OUT/run-matrix.log" 2>&1
+MATRIX_RC=$?
+RUN_DIR="$OUT/results/gpu/$RUN_ID"
+if [ -f "$RUN_DIR/records.jsonl" ] && [ ! -f "$OUT/reports/gpu/$RUN_ID.html" ]; then
+  # the phase was cut off before txsuite rendered its report: render what finished
+  "$TXSUITE" report "$RUN_DIR" --reports-dir "$OUT/reports" >>"$OUT/run-matrix.log" 2>&1
+fi
+cp "${TXSUITE_CACHE:-$HOME/.cache/txsuite}/peaks.json" "$OUT/peaks.json" 2>/dev/null
+
+# --- 4. summary ------------------------------------------------------------------------------
+"$PY" - "$RUN_DIR" "$TESTS_RC" "$MFU_RC" "$MATRIX_RC" "$SECONDS" <<'EOF' | tee "$OUT/summary.txt"
+import json, sys
+from pathlib import Path
+
+run_dir, tests_rc, mfu_rc, matrix_rc, elapsed = Path(sys.argv[1]), *map(int, sys.argv[2:])
+records = []
+if (run_dir / "records.jsonl").exists():
+    records = [json.loads(l) for l in (run_dir / "records.jsonl").read_text().splitlines() if l.strip()]
+planned = []
+if (run_dir / "matrix.json").exists():
+    m = json.loads((run_dir / "matrix.json").read_text())
+    planned = [c.get("label") for c in m.get("cells", [])] if isinstance(m, dict) else []
+
+def fmt(v, spec, scale=1.0, unit=""):
+    return "-" if v is None else f"{v * scale:{spec}}{unit}"
+
+def mfu_nominal(m):
+    if m.get("mfu_nominal") is not None:
+        return m["mfu_nominal"]
+    a, n = m.get("achieved_flops"), m.get("nominal_peak_flops")
+    return a / (n * m.get("world_size", 1)) if a and n else None
+
+print(f"txsuite GPU check: {run_dir}")
+print(f"{'cell':58} {'status':8} {'tok/s':>9} {'MFU':>6} {'MFU nom':>7} {'mem GiB':>7} {'J/token':>9} energy")
+for r in records:
+    m = r.get("metrics") or {}
+    print(f"{(r.get('label') or r['cell_id'])[:58]:58} {r['status']:8} {fmt(m.get('tokens_per_s'), ',.0f'):>9} "
+          f"{fmt(m.get('mfu'), '.1%'):>6} {fmt(mfu_nominal(m), '.1%'):>7} "
+          f"{fmt(m.get('peak_mem_bytes'), '.2f', 2**-30):>7} {fmt(m.get('energy_per_token_j'), '.2e'):>9} "
+          f"{m.get('energy_source') or '-'}")
+    if r["status"] not in ("ok",):
+        print(f"    reason: {(r.get('reason') or '')[:160]}")
+done = {r.get("label") for r in records}
+missing = [l for l in planned if l not in done]
+if missing:
+    print(f"not run (budget exhausted or crashed): {', '.join(missing)}")
+ok = [r for r in records if r["status"] == "ok" and (r.get("metrics") or {}).get("mfu") is not None]
+if ok:
+    best = max(ok, key=lambda r: r["metrics"]["mfu"])
+    m = best["metrics"]
+    print(f"MFU reached: {m['mfu']:.1%} of the measured {m.get('peak_flops', 0) / 1e12:.0f} TFLOP/s peak "
+          f"(HFU {fmt(m.get('hfu'), '.1%')}; vs nominal {fmt(mfu_nominal(m), '.1%')}, "
+          f"{fmt(m.get('nominal_peak_flops'), '.0f', 1e-12)} TFLOP/s) in '{best.get('label')}'")
+energy = [r for r in records if (r.get("metrics") or {}).get("energy_per_token_j") is not None]
+for r in energy:
+    m = r["metrics"]
+    print(f"energy per token: {m['energy_per_token_j']:.3e} J ({m.get('energy_source')}, mean power "
+          f"{fmt(m.get('power_mean_w'), '.0f', unit=' W')}) in '{r.get('label')}'")
+if records and not energy:
+    notes = {(r.get("metrics") or {}).get("telemetry_note") for r in records} - {None}
+    print("energy per token: not recorded" + (f" ({'; '.join(sorted(notes))[:300]})" if notes else
+                                              " (the worker did not record NVML telemetry)"))
+bad = [r for r in records if r["status"] not in ("ok", "skipped")]
+verdict = "PASS" if tests_rc == 0 and mfu_rc == 0 and matrix_rc == 0 and not bad and not missing else "FAIL"
+print(f"tests rc {tests_rc} (pytest -m gpu), MFU phase rc {mfu_rc}, matrix rc {matrix_rc} "
+      f"(124: cut off by its budget); {len(records)} records, {len(bad)} not ok/skipped; "
+      f"{elapsed} s; {verdict}")
+EOF
+if [ -f "$OUT/reports/gpu/$RUN_ID.html" ]; then say "report: $OUT/reports/gpu/$RUN_ID.html"; fi
+if [ "$TESTS_RC" -eq 0 ] && [ "$MFU_RC" -eq 0 ] && [ "$MATRIX_RC" -eq 0 ]; then exit 0; fi
+exit 1

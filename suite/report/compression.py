@@ -1,0 +1,108 @@
+"""Compressed cells against their dense control: quality, size and inference speed deltas.
+
+The control of a compressed cell is the cell of the same run whose configuration is equal in
+everything but the `compress` block, and which compresses nothing (quantization and pruning
+`none`); among several, the one whose compress block is entirely at its defaults. Its loss is
+the dense, full-precision reference: a cell that also changes precision, lr or the model
+compares with the dense cell of that precision, lr or model.
+
+Columns added to the per-cell table (NaN where a cell has no control or no such metric):
+    compressed_val_loss, model_size_bytes, prefill_tokens_per_s, decode_tokens_per_s,
+    sparsity_achieved                       medians over the ok repeats
+    compress_control                        the control's cell id
+    val_loss_delta, val_ppl_delta           compressed loss / perplexity minus the control's
+                                            (a cell without compressed_val_loss uses val_loss)
+    size_ratio, decode_speedup, prefill_speedup   the cell's ÷ the control's
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from suite.report import formatting as fmt
+
+COMPRESS = "config.compress."
+MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
+           "sparsity_achieved")
+DERIVED = ("compress_control", "val_loss_delta", "val_ppl_delta", "size_ratio", "decode_speedup",
+           "prefill_speedup")
+EXPORT_COLUMNS = MEDIANS + DERIVED
+
+
+def is_compressed(quantization: Any, pruning: Any) -> bool:
+    return _named(quantization) or _named(pruning)
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", "none")
+
+
+def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
+    """Add the columns above to `cells` (in place). Nothing is added for a run whose records
+    carry no compress block (records from before compression existed)."""
+    if COMPRESS + "quantization" not in repeats.columns:
+        return
+    ok = repeats[repeats["status"] == "ok"]
+    for name in MEDIANS:
+        values = pd.to_numeric(ok[name], errors="coerce") if name in ok else pd.Series(np.nan, index=ok.index)
+        medians = values.groupby(ok["cell_id"]).median()
+        cells[name] = cells["cell_id"].map(medians).astype(float)
+    controls = find_controls(repeats)
+    cells["compress_control"] = cells["cell_id"].map(controls)
+    loss = cells["compressed_val_loss"].fillna(cells["val_loss"])
+    by_id = dict(zip(cells["cell_id"], range(len(cells))))
+
+    def of_control(column: pd.Series) -> pd.Series:
+        values = column.to_numpy(dtype=float)
+        return cells["compress_control"].map(
+            lambda c: values[by_id[c]] if isinstance(c, str) and c in by_id else np.nan).astype(float)
+    control_loss = of_control(loss)
+    cells["val_loss_delta"] = loss - control_loss
+    cells["val_ppl_delta"] = _exp(loss) - _exp(control_loss)
+    cells["size_ratio"] = cells["model_size_bytes"] / of_control(cells["model_size_bytes"])
+    cells["decode_speedup"] = cells["decode_tokens_per_s"] / of_control(cells["decode_tokens_per_s"])
+    cells["prefill_speedup"] = cells["prefill_tokens_per_s"] / of_control(cells["prefill_tokens_per_s"])
+
+
+def find_controls(repeats: pd.DataFrame) -> dict[str, str | None]:
+    """cell id -> the cell id of its dense control (itself for a dense cell), None if none."""
+    config_cols = [c for c in repeats.columns if c.startswith("config.")]
+    rest = [c for c in config_cols if not c.startswith(COMPRESS)]
+    compress_cols = [c for c in config_cols if c.startswith(COMPRESS)]
+    per_cell = repeats.drop_duplicates("cell_id")
+    measured = set(repeats.loc[repeats["status"] == "ok", "cell_id"])
+    key_of: dict[str, str] = {}
+    candidates: dict[str, list[tuple[tuple, str]]] = {}
+    for _, row in per_cell.iterrows():
+        cid = str(row["cell_id"])
+        key = json.dumps({c: _hashable(row[c]) for c in rest}, sort_keys=True, default=str)
+        key_of[cid] = key
+        if not is_compressed(row.get(COMPRESS + "quantization"), row.get(COMPRESS + "pruning")):
+            # prefer a control with measurements, then one whose compress block is all defaults
+            at_defaults = all(_is_default(c, row[c]) for c in compress_cols)
+            candidates.setdefault(key, []).append(((cid not in measured, not at_defaults), cid))
+    return {cid: (min(candidates[key])[1] if key in candidates else None) for cid, key in key_of.items()}
+
+
+def _is_default(column: str, value: Any) -> bool:
+    from suite.spec import CompressSpec
+    default = getattr(CompressSpec(), column[len(COMPRESS):], None)
+    return _hashable(value) == _hashable(default)
+
+
+def _exp(loss: pd.Series) -> pd.Series:
+    return loss.map(lambda v: math.exp(v) if fmt.is_number(v) and v < 700 else np.nan).astype(float)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
