@@ -47,7 +47,8 @@ def run_cell(cell: CellConfig) -> dict:
     import torch
 
     from suite.data import build_dataset
-    from suite.measure.peak import peak_flops
+    from suite.measure.nvml import Telemetry
+    from suite.measure.peak import peak_flops, utilization
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
     from suite.techniques.mesh import build_mesh, coordinate
@@ -57,8 +58,6 @@ def run_cell(cell: CellConfig) -> dict:
     env = device_fingerprint(torch, device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Skip("device 'cuda' was asked for but torch sees no CUDA device on this host")
-    if cell.precision == "fp8":
-        raise Skip("fp8 training is not implemented in this version of txsuite")
     if cell.precision == "tf32" and device.type != "cuda":
         raise Skip("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
 
@@ -90,6 +89,87 @@ def run_cell(cell: CellConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    total_steps = t.warmup_steps + t.steps
+    target = t.target_loss
+    comm = CommWindow(world, t.warmup_steps, device.type)
+    telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
+    try:
+        loss_curve, evals, step_times, reached, train_wall = _train_loop(
+            torch, cell, trainer, setup, batches, val_batches, sync, comm, telemetry, world)
+    finally:
+        # energy of the measured steps only: the window was restarted after the warm-up
+        telemetry_fields = telemetry.stop(tokens=t.steps * cell.tokens_per_step // world)
+
+    peak_rss = host_peak_rss_bytes()  # read before evaluation/peak measurement can add to it
+    metrics = summarize_steps(step_times, cell.tokens_per_step, cell.samples_per_step)
+    metrics.update(telemetry_fields)
+    if device.type == "cuda":
+        from suite.measure.memory import cuda_memory
+        metrics.update(cuda_memory(torch, device))
+        metrics["peak_mem_bytes"] = metrics["cuda_max_reserved_bytes"]
+    else:
+        metrics["peak_mem_bytes"] = peak_rss
+    val_loss = trainer.evaluate(val_batches)
+    evals.append([total_steps, round(train_wall, 6), val_loss])
+    if t.eval_every and target is not None and reached is None and val_loss <= target:
+        reached = (total_steps, train_wall)
+
+    if world > 1:  # memory is per rank, throughput global: keep every rank's view
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, {"peak_mem_bytes": metrics["peak_mem_bytes"],
+                                                       "step_time_p50_s": metrics["step_time_p50_s"]})
+        metrics["per_rank_peak_mem_bytes"] = [g["peak_mem_bytes"] for g in gathered]
+        metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
+        metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
+    metrics["world_size"] = world
+    metrics["comm_share"] = comm.share
+    metrics["comm_share_steps"] = comm.steps
+    metrics["tokens_per_s_per_device"] = metrics["tokens_per_s"] / world
+    recompute = setup.facts.get("recompute_layers", 0)
+    if world > 1:  # pipeline stages each recompute their own blocks: count the whole model's
+        total = torch.tensor(float(recompute), device=device)
+        torch.distributed.all_reduce(total)
+        recompute = setup.facts["recompute_layers"] = round(float(total) / (cell.parallel.dp * cell.parallel.tp))
+    flops = flops_per_token(model_cfg, cell.data.seq_len, recompute)
+    peak = peak_flops(torch, device, cell.precision, env["device_name"])
+    achieved = metrics["tokens_per_s"] * flops["train"]
+    # the peak is one rank's (one device, or this rank's CPU threads); the run used `world`
+    mfu, hfu = utilization(metrics["tokens_per_s"], flops["train"], flops["hardware"], peak["peak_flops"], world)
+    mfu_nominal, _ = utilization(metrics["tokens_per_s"], flops["train"], None, peak.get("nominal_peak_flops"), world)
+    metrics.update({
+        "host_rss_peak_bytes": peak_rss,
+        "host_rss_start_bytes": rss_start,
+        "host_rss_before_train_bytes": rss_before_train,
+        "loss_curve": loss_curve,
+        "eval_curve": evals,
+        "step_times_s": [round(s, 6) for s in step_times],
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
+        "optimal_loss": dataset.optimal_loss,
+        "time_to_target_s": reached[1] if reached else None,
+        "steps_to_target": reached[0] if reached else None,
+        "target_metric": None if target is None else ("val_loss" if t.eval_every else "train_loss"),
+        "train_wall_s": train_wall,
+        "tokens_per_step": cell.tokens_per_step,
+        "samples_per_step": cell.samples_per_step,
+        "params": n_params,
+        "flops_per_token": flops["train"],
+        "achieved_flops": achieved,
+        "peak_flops": peak["peak_flops"],
+        "peak_flops_key": peak["peak_key"],
+        "mfu": mfu,
+        "hfu": hfu,
+        "nominal_peak_flops": peak.get("nominal_peak_flops"),
+        "mfu_nominal": mfu_nominal,
+        "data": dataset.info,
+        **setup.facts,
+    })
+    return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
+
+
+def _train_loop(torch, cell: CellConfig, trainer, setup, batches, val_batches, sync, comm, telemetry, world):
+    """Warm-up and measured steps. Returns (loss_curve, evals, step_times, reached, train_wall)."""
+    t = cell.train
     loss_curve: list[list[float]] = []
     evals: list[list[float]] = []
     step_times: list[float] = []
@@ -97,8 +177,9 @@ def run_cell(cell: CellConfig) -> dict:
     reached: tuple[int, float] | None = None
     train_wall = 0.0  # training time only: evaluation pauses this clock
     total_steps = t.warmup_steps + t.steps
-    comm = CommWindow(world, t.warmup_steps, device.type)
     for step in range(total_steps):
+        if step == t.warmup_steps:
+            telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         start = time.perf_counter()
         loss_t = trainer.step(batches)
@@ -128,61 +209,7 @@ def run_cell(cell: CellConfig) -> dict:
         elif not t.eval_every and target is not None and reached is None and loss <= target:
             reached = (step + 1, train_wall)
 
-    peak_rss = host_peak_rss_bytes()  # read before evaluation/peak measurement can add to it
-    metrics = summarize_steps(step_times, cell.tokens_per_step, cell.samples_per_step)
-    if device.type == "cuda":
-        from suite.measure.memory import cuda_memory
-        metrics.update(cuda_memory(torch, device))
-        metrics["peak_mem_bytes"] = metrics["cuda_max_reserved_bytes"]
-    else:
-        metrics["peak_mem_bytes"] = peak_rss
-    val_loss = trainer.evaluate(val_batches)
-    evals.append([total_steps, round(train_wall, 6), val_loss])
-    if t.eval_every and target is not None and reached is None and val_loss <= target:
-        reached = (total_steps, train_wall)
-
-    if world > 1:  # memory is per rank, throughput global: keep every rank's view
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, {"peak_mem_bytes": metrics["peak_mem_bytes"],
-                                                       "step_time_p50_s": metrics["step_time_p50_s"]})
-        metrics["per_rank_peak_mem_bytes"] = [g["peak_mem_bytes"] for g in gathered]
-        metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
-        metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
-    metrics["world_size"] = world
-    metrics["comm_share"] = comm.share
-    metrics["comm_share_steps"] = comm.steps
-    metrics["tokens_per_s_per_device"] = metrics["tokens_per_s"] / world
-    flops = flops_per_token(model_cfg, cell.data.seq_len, setup.facts.get("recompute_layers", 0))
-    peak = peak_flops(torch, device, cell.precision, env["device_name"])
-    achieved = metrics["tokens_per_s"] * flops["train"]
-    metrics.update({
-        "host_rss_peak_bytes": peak_rss,
-        "host_rss_start_bytes": rss_start,
-        "host_rss_before_train_bytes": rss_before_train,
-        "loss_curve": loss_curve,
-        "eval_curve": evals,
-        "step_times_s": [round(s, 6) for s in step_times],
-        "val_loss": val_loss,
-        "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
-        "optimal_loss": dataset.optimal_loss,
-        "time_to_target_s": reached[1] if reached else None,
-        "steps_to_target": reached[0] if reached else None,
-        "target_metric": None if target is None else ("val_loss" if t.eval_every else "train_loss"),
-        "train_wall_s": train_wall,
-        "tokens_per_step": cell.tokens_per_step,
-        "samples_per_step": cell.samples_per_step,
-        "params": n_params,
-        "flops_per_token": flops["train"],
-        "achieved_flops": achieved,
-        "peak_flops": peak["peak_flops"],
-        "peak_flops_key": peak["peak_key"],
-        # the peak is one rank's (one device, or this rank's CPU threads); the run used `world`
-        "mfu": achieved / (peak["peak_flops"] * world),
-        "hfu": metrics["tokens_per_s"] * flops["hardware"] / (peak["peak_flops"] * world),
-        "data": dataset.info,
-        **setup.facts,
-    })
-    return {"status": "ok", "reason": None, "metrics": metrics, "env": env}
+    return loss_curve, evals, step_times, reached, train_wall
 
 
 def make_trainer(setup, optimizer, schedule, cell: CellConfig):

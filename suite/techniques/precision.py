@@ -7,7 +7,8 @@ bf16-pure  parameters, gradients and optimizer state in bf16 (no master copy): h
            memory, at the cost of updates smaller than bf16's resolution being lost.
 fp16       autocast to fp16 plus dynamic loss scaling (GradScaler) so small gradients do not
            underflow.
-fp8        not implemented yet: the worker records the cell as skipped before getting here.
+fp8        torchao Float8Linear with bf16 autocast on CUDA GPUs of compute capability >= 8.9
+           (suite.techniques.float8); skipped with the reason anywhere else.
 """
 from __future__ import annotations
 
