@@ -5,6 +5,7 @@ Exit codes: 0 every cell ok or skipped; 1 a cell failed (or a guard found a regr
 """
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -104,14 +105,22 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> N
 @click.option("--gpus-per-node", type=int, default=0, show_default=True, help="GPUs per Slurm job.")
 @click.option("--slurm-time", "slurm_time", type=int, metavar="MINUTES", help="Slurm time limit per job (default: from --timeout).")
 @click.option("--max-parallel", type=int, default=32, show_default=True, help="Slurm jobs in flight at once.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes that distributed cells span (torchrun static rendezvous); run the same command on each.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This node's rank: 0 leads (runs every cell, writes the records), others follow.")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
 @click.option("--memory-limit", "memory_limit", metavar="SIZE",
               help="Cap each cell's address space (e.g. 4GiB) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
         fail_fast: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
-        gpus_per_node: int, slurm_time: int | None, max_parallel: int) -> None:
+        gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
+        rdzv_endpoint: str | None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
-    from suite.runner import choose_run_dir, run_matrix, select
+    from suite.runner import choose_run_dir, follow_matrix, run_matrix, select
+
+    nodes = _nodes(nnodes, node_rank, rdzv_endpoint, run_id, executor_name)
 
     matrix = _load(matrix_path, device, yes)
     if dry_run:
@@ -123,13 +132,19 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     # SIGTERM -> SystemExit, so the runner's cleanup kills the running cell's process group
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
+    if nodes.rank > 0:
+        console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
+        with SweepProgress() as progress:
+            joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress)
+        console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
+        sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
     executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
     with SweepProgress() as progress:
         summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
                              retry_failed=retry_failed, fail_fast=fail_fast,
                              memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None,
-                             executor=executor)
+                             executor=executor, nodes=nodes)
     if summary.stopped_early:
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
@@ -138,6 +153,27 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
     sys.exit(0 if summary.ok else 1)
+
+
+def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None, executor_name: str):
+    from suite.runner import Nodes
+
+    if nnodes == 1:
+        if node_rank:
+            raise UsageProblem(f"--node-rank {node_rank} needs --nnodes greater than {node_rank}.")
+        return Nodes()
+    problems = []
+    if node_rank >= nnodes:
+        problems.append(f"--node-rank must be below --nnodes {nnodes} (got {node_rank})")
+    if not endpoint or not re.fullmatch(r"[\w.\-\[\]:]+:\d+", endpoint):
+        problems.append(f"--rdzv-endpoint must be node 0's HOST:PORT (got {endpoint!r})")
+    if not run_id:
+        problems.append("--run-id is needed so every node names the same run")
+    if executor_name != "local":
+        problems.append("--nnodes works with --executor local (under Slurm, start one `txsuite run` per node)")
+    if problems:
+        raise UsageProblem("multi-node run: " + "; ".join(problems) + ".")
+    return Nodes(nnodes, node_rank, endpoint)
 
 
 def _executor(name: str, run_dir: Path, partition: str | None, gpus_per_node: int, time_min: int | None,
@@ -221,9 +257,12 @@ class SweepProgress:
                 self.bar.update(self.task, description=info["label"][:40])
                 self.log = Path(info["run_dir"]) / "cells" / info["cell_id"] / f"r{info['repeat']}" / "log.txt"
                 self.label = info["label"][:40]
-        elif kind == "cell_end":
+        elif kind in ("cell_end", "follower_cell_end"):
             self.ran += 1
-            _print_record(info["record"])
+            if kind == "cell_end":
+                _print_record(info["record"])
+            else:
+                console.print("    joined; node 0 records the result")
             if self.bar is not None:
                 self.bar.advance(self.task)
 

@@ -33,6 +33,38 @@ DEFAULT_TIMEOUT_S = 1800.0
 LOG_TAIL_LINES = 20
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """The hosts a distributed cell spans. One node: `torchrun --standalone`. Several: every
+    node runs the same `txsuite run` with its own --node-rank and torchrun's static rendezvous
+    at node 0's address (global rank = node rank x ranks per node + local rank, so global
+    rank 0, which writes the result, is on node 0). Node 0 leads: it runs every cell and
+    writes the records. The others follow (`follow_matrix`): they join only the distributed
+    cells, in the same order, and record nothing."""
+    count: int = 1
+    rank: int = 0
+    endpoint: str | None = None  # "host:port" of node 0
+
+    def splits(self, world: int) -> bool:
+        return world % self.count == 0
+
+    def launcher(self, world: int) -> list[str]:
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
+        if self.count == 1:
+            return torchrun + ["--standalone", f"--nproc-per-node={world}", "-m", "suite.worker"]
+        host, _, port = (self.endpoint or "").rpartition(":")
+        return torchrun + [f"--nnodes={self.count}", f"--node-rank={self.rank}",
+                           f"--nproc-per-node={world // self.count}", "--rdzv-backend=static",
+                           f"--master-addr={host}", f"--master-port={port}", "-m", "suite.worker"]
+
+
+ONE_NODE = Nodes()
+
+
+def is_distributed(cell: Cell) -> bool:
+    return cell.config.parallel.engine != "none" or cell.config.parallel.world_size > 1
+
+
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -77,7 +109,7 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
 def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s: float | None = None,
                on_event: Callable[[str, dict], None] | None = None,
                worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
-               memory_limit_bytes: int | None = None, executor=None) -> RunSummary:
+               memory_limit_bytes: int | None = None, executor=None, nodes: Nodes = ONE_NODE) -> RunSummary:
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
     replaced). fail_fast: stop after the first repetition that is not ok/skipped."""
     emit = on_event or (lambda kind, info: None)
@@ -90,7 +122,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     host_env = host_fingerprint()
     store.write_json("env.json", host_env)
 
-    cells = select(matrix.cells, only)
+    cells = [_unsplittable_skip(c, nodes) for c in select(matrix.cells, only)]
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
     finished = store.finished()
     if retry_failed:
@@ -142,7 +174,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
 
             def task(index=index, cell=cell, repeat=repeat) -> None:
                 finish(index, cell, run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd,
-                                            memory_limit_bytes, executor))
+                                            memory_limit_bytes, executor, nodes))
 
             if executor.concurrent(cell.uses_one_gpu):
                 pending.append(pool.submit(task))
@@ -158,9 +190,43 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     return summary
 
 
+def _unsplittable_skip(cell: Cell, nodes: Nodes) -> Cell:
+    world = cell.config.parallel.world_size
+    if cell.skip_reason or not is_distributed(cell) or nodes.splits(world):
+        return cell
+    return Cell(cell.config, cell.label, cell.origin,
+                skip_reason=f"its {world} ranks do not split evenly over the {nodes.count} nodes of this run")
+
+
+def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None = None,
+                  on_event: Callable[[str, dict], None] | None = None) -> int:
+    """A follower node (rank > 0): join the leader's distributed cells in the leader's order
+    and record nothing (node 0 writes every record). What it joined is journaled in
+    `node<K>.done` so the same command resumes. Returns the number of cells joined.
+    No timeout of its own: the leader's timeout ends the cell, and the lost peer ends ours."""
+    emit = on_event or (lambda kind, info: None)
+    store = RunStore(run_dir)
+    store.create()
+    journal = run_dir / f"node{nodes.rank}.done"
+    done = set(journal.read_text().split("\n")) if journal.exists() else set()
+    cells = [c for c in select(matrix.cells, only)
+             if is_distributed(c) and not _unsplittable_skip(c, nodes).skip_reason]
+    todo = [(c, r) for r in range(matrix.repeats) for c in cells if f"{c.cell_id} {r}" not in done]
+    emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": 0})
+    host_env = host_fingerprint()
+    for index, (cell, repeat) in enumerate(todo):
+        emit("cell_start", {"index": index, "total": len(todo), "label": cell.label, "cell_id": cell.cell_id,
+                            "repeat": repeat, "run_dir": str(run_dir)})
+        record = run_one(matrix, store, cell, repeat, host_env, timeout=7 * 24 * 3600.0, nodes=nodes)
+        with open(journal, "a") as f:
+            f.write(f"{cell.cell_id} {repeat}\n")
+        emit("follower_cell_end", {"index": index, "total": len(todo), "record": record})
+    return len(todo)
+
+
 def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: dict, timeout: float,
             worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None,
-            executor=None) -> Record:
+            executor=None, nodes: Nodes = ONE_NODE) -> Record:
     executor = executor or LocalExecutor()
     base = dict(matrix=matrix.name, run_id=store.dir.name, cell_id=cell.cell_id, repeat=repeat,
                 config=cell.config.to_dict(), label=cell.label)
@@ -177,11 +243,10 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     world = cell.config.parallel.world_size
     if worker_cmd:
         launcher = list(worker_cmd)
-    elif cell.config.parallel.engine != "none" or world > 1:
-        # torchrun starts `world` ranks with a free rendezvous port (--standalone) and tears all
-        # of them down if one fails; rank 0 writes the result.
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={world}", "-m", "suite.worker"]
+    elif is_distributed(cell):
+        # torchrun starts `world` ranks (one node: a free rendezvous port via --standalone) and
+        # tears all of them down if one fails; global rank 0 writes the result.
+        launcher = nodes.launcher(world)
     else:
         launcher = [sys.executable, "-m", "suite.worker"]
     cmd = launcher + [str(cell_json), str(result_json)]

@@ -14,6 +14,7 @@ import time
 import pytest
 from cli_helpers import txsuite
 
+from suite.matrix import MatrixError, load_matrix
 from suite.store import RunStore
 
 ENGINE_MATRIX = """\
@@ -124,3 +125,191 @@ def _rank_pid(rank: int, marker: str):
         if "suite.worker" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ:
             return int(pid)
     return None
+
+
+# --- fast checks of the pieces, in one process ------------------------------------------------
+
+@pytest.mark.parametrize("text, key, fragments", [
+    ("parallel: {engine: ddp, dp: 2, tp: 2}", "parallel.tp", ["does not compose", "fsdp"]),
+    ("parallel: {engine: deepspeed, dp: 2, pp: 2}", "parallel.pp", ["PipelineModule"]),
+    ("parallel: {engine: fsdp, dp: 2, zero_stage: 2}", "parallel.zero_stage", ["needs engine 'deepspeed'"]),
+    ("parallel: {engine: deepspeed, dp: 2, offload: optimizer}", "parallel.offload", ["stages 1-3"]),
+    ("parallel: {engine: deepspeed, dp: 2, zero_stage: 2, offload: optimizer+params}", "parallel.offload",
+     ["only under ZeRO stage 3"]),
+    ("parallel: {tp: 3}", "parallel.tp", ["does not divide the 4 attention heads"]),
+    ("parallel: {pp: 3}", "parallel.pp", ["model has 2 layers"]),
+    ("parallel: {pp: 2, pp_schedule: interleaved-1f1b}", "parallel.pp", ["needs 4 stages"]),
+    ("{parallel: {pp: 2, pp_microbatches: 3}, train: {micro_batch: 8}}", "parallel.pp_microbatches",
+     ["does not split into 3", "divisor of train.micro_batch"]),
+    ("{parallel: {engine: deepspeed, dp: 2}, precision: bf16-pure}", "precision", ["fp32, bf16, fp16"]),
+    ("{parallel: {pp: 2}, precision: fp16}", "precision", ["bf16"]),
+])
+def test_impossible_layouts_are_rejected_at_plan_time(tmp_path, text, key, fragments):
+    path = tmp_path / "m.yaml"
+    fixed = text if text.startswith("{") else "{" + text + "}"
+    path.write_text(f"name: x\nfixed: {fixed}\n")
+    with pytest.raises(MatrixError) as info:
+        load_matrix(path)
+    assert info.value.key == key, str(info.value)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_a_tensor_parallel_cell_needs_no_data_parallel_engine(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: x\nfixed: {parallel: {tp: 2, pp: 1}}\n")
+    (cell,) = load_matrix(path).cells
+    assert cell.config.parallel.world_size == 2 and not cell.skip_reason
+
+
+def test_bubble_fraction_follows_the_schedule_formula():
+    from suite.techniques.pipeline import bubble_fraction
+    assert bubble_fraction(pp=4, n_microbatches=4) == pytest.approx(3 / 7)
+    assert bubble_fraction(pp=4, n_microbatches=4, virtual=2) == pytest.approx(3 / 11)
+    assert bubble_fraction(pp=1, n_microbatches=8) == 0
+
+
+def test_layers_split_into_contiguous_balanced_stages():
+    from suite.techniques.pipeline import layer_bounds
+    assert layer_bounds(4, 2) == [(0, 2), (2, 4)]
+    assert layer_bounds(5, 3) == [(0, 2), (2, 4), (4, 5)]
+    assert [hi - lo for lo, hi in layer_bounds(12, 4)] == [3, 3, 3, 3]
+
+
+def test_stage_modules_compose_to_the_whole_model():
+    import torch
+    from suite.model import GPT
+    from suite.model.gpt import GPTConfig
+    from suite.techniques.pipeline import layer_bounds, stage_module
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, max_seq_len=16, n_layer=4, n_head=2, d_model=32, d_ff=64))
+    x = torch.randint(0, 32, (2, 16))
+    bounds = layer_bounds(4, 3)
+    stages = [stage_module(model, lo, hi, first=i == 0, last=i == 2) for i, (lo, hi) in enumerate(bounds)]
+    h = x
+    for stage in stages:
+        h = stage(h)
+    torch.testing.assert_close(h, model(x), rtol=0, atol=0)
+    assert stages[0].lm_head is None and stages[2].tok_emb is None and len(stages[1].blocks) == 1
+
+
+def test_grouping_heads_lets_each_column_shard_compute_its_own_heads():
+    """The tensor-parallel split without processes: shard r of the regrouped qkv computes q, k
+    and v of heads r*H/tp...; the row-wise halves of proj then sum to the full attention output."""
+    import copy
+
+    import torch
+    from suite.model.gpt import CausalSelfAttention, GPTConfig
+    from suite.techniques.tensor_parallel import group_heads_by_rank
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=8, max_seq_len=8, n_layer=1, n_head=4, d_model=32, d_ff=64)
+    attn = CausalSelfAttention(cfg)
+    x = torch.randn(2, 8, 32)
+    full = attn(x)
+    tp = 2
+    grouped = copy.deepcopy(attn)
+    group_heads_by_rank(grouped.qkv, tp)
+    total = torch.zeros_like(full)
+    for r in range(tp):
+        shard = copy.deepcopy(grouped)
+        rows = slice(r * 48, (r + 1) * 48)  # 3 * 32 / tp output rows
+        cols = slice(r * 16, (r + 1) * 16)  # 32 / tp input features of proj
+        shard.qkv = torch.nn.Linear(32, 48)
+        shard.qkv.weight.data, shard.qkv.bias.data = grouped.qkv.weight[rows], grouped.qkv.bias[rows]
+        shard.proj = torch.nn.Linear(16, 32, bias=r == 0)  # the row-wise bias is added once
+        shard.proj.weight.data = grouped.proj.weight[:, cols]
+        if r == 0:
+            shard.proj.bias.data = grouped.proj.bias
+        total += shard(x)
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-6)
+
+
+def test_deepspeed_config_carries_the_cell():
+    from suite.spec import CellConfig, ParallelSpec, TrainSpec
+    from suite.trainer_deepspeed import deepspeed_config
+
+    cell = CellConfig(train=TrainSpec(micro_batch=4, grad_accum=3, grad_clip=0.5), precision="bf16",
+                      parallel=ParallelSpec(engine="deepspeed", dp=2, zero_stage=3, offload="optimizer+params"))
+    cpu = deepspeed_config(cell, "cpu")
+    assert cpu["train_batch_size"] == 4 * 3 * 2 and cpu["gradient_accumulation_steps"] == 3
+    assert cpu["gradient_clipping"] == 0.5 and cpu["bf16"] == {"enabled": True} and not cpu["fp16"]["enabled"]
+    assert cpu["zero_optimization"]["stage"] == 3
+    assert cpu["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert cpu["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert cpu["zero_force_ds_cpu_optimizer"] is False  # no 3.5-minute C++ build on a CPU host
+    gpu = deepspeed_config(cell, "cuda")
+    assert "zero_force_ds_cpu_optimizer" not in gpu and gpu["zero_optimization"]["offload_param"]["pin_memory"]
+
+
+def test_comm_share_merges_overlapping_transfers():
+    from suite.measure.comm import COMM_EVENT, busy_share
+    assert busy_share([(0, 10), (5, 15), (20, 30)], 100) == pytest.approx(0.25)
+    assert busy_share([], 10) == 0 and busy_share([(0, 50)], 10) == 1.0
+    assert all(COMM_EVENT.search(n) for n in ("gloo:all_reduce", "nccl:all_gather", "ncclDevKernel_AllReduce"))
+    assert not COMM_EVENT.search("aten::mm")
+
+
+def test_memory_estimate_divides_what_each_layout_shards():
+    from suite.measure.estimate import estimate_memory
+    from suite.spec import CellConfig, ModelSpec, ParallelSpec
+
+    def est(**parallel):
+        return estimate_memory(CellConfig(model=ModelSpec(preset="small"), parallel=ParallelSpec(**parallel)))
+
+    single = est()
+    zero = {stage: est(engine="deepspeed", dp=2, zero_stage=stage) for stage in (0, 1, 2, 3)}
+    assert zero[0]["optimizer_bytes"] == single["optimizer_bytes"]
+    assert zero[1]["optimizer_bytes"] == single["optimizer_bytes"] // 2
+    assert zero[2]["grads_bytes"] == single["grads_bytes"] // 2 and zero[1]["grads_bytes"] == single["grads_bytes"]
+    assert zero[3]["params_bytes"] == single["params_bytes"] // 2
+    assert est(engine="fsdp", dp=2)["optimizer_bytes"] == single["optimizer_bytes"] // 2
+    tp = est(tp=2)
+    assert tp["params_bytes"] < single["params_bytes"] and tp["activations_bytes"] < single["activations_bytes"]
+    pp = est(pp=2)
+    assert pp["params_bytes"] < single["params_bytes"] and pp["activations_bytes"] < single["activations_bytes"]
+
+
+@pytest.mark.slow
+def test_two_nodes_run_a_distributed_cell_and_only_node_0_records(tmp_path):
+    """Two `txsuite run` processes stand for two hosts (each its own results folder): node 0
+    leads and records, node 1 joins the distributed cell through torchrun's static rendezvous."""
+    matrix = textwrap.dedent("""\
+        name: nodes
+        fixed:
+          model: {preset: tiny}
+          data: {dataset: markov, seq_len: 64, symbols: 16}
+          train: {steps: 6, warmup_steps: 3, micro_batch: 4, lr: 1.0e-3}
+        include:
+          - {parallel: {engine: ddp, dp: 2}, train: {micro_batch: 2}}
+          - {parallel: {engine: fsdp, dp: 3}, train: {micro_batch: 2}}
+        """)
+    for node in ("n0", "n1"):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "m.yaml").write_text(matrix)
+    port = 29500 + os.getpid() % 1000
+    args = [sys.executable, "-m", "suite.cli", "run", "m.yaml", "--run-id", "r", "--nnodes", "2",
+            "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    follower = subprocess.Popen(args + ["--node-rank", "1"], cwd=tmp_path / "n1", stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    leader = txsuite(*args[3:], "--node-rank", "0", cwd=tmp_path / "n0")
+    follower_out, _ = follower.communicate(timeout=120)
+    assert leader.returncode == 0, leader.stdout + leader.stderr
+    assert follower.returncode == 0 and "joined 1 distributed cell" in follower_out, follower_out
+    records = {r.config["parallel"]["engine"]: r for r in RunStore(tmp_path / "n0/results/nodes/r").records()}
+    assert records["ddp"].status == "ok" and records["ddp"].metrics["world_size"] == 2
+    assert _gap(_curve(records["ddp"]), _curve(records["none"])) < 1e-5
+    assert records["fsdp"].status == "skipped" and "do not split evenly over the 2 nodes" in records["fsdp"].reason
+    assert not (tmp_path / "n1/results/nodes/r/records.jsonl").exists()
+    assert (tmp_path / "n1/results/nodes/r/node1.done").read_text().split() == [records["ddp"].cell_id, "0"]
+
+
+def test_multi_node_options_are_checked_before_anything_runs(tmp_path):
+    (tmp_path / "m.yaml").write_text("name: x\nfixed: {parallel: {engine: ddp, dp: 2}}\n")
+    out = txsuite("run", "m.yaml", "--nnodes", "2", "--node-rank", "2", cwd=tmp_path)
+    assert out.returncode == 2
+    for fragment in ("--node-rank must be below --nnodes 2", "--rdzv-endpoint must be node 0's HOST:PORT",
+                     "--run-id is needed"):
+        assert fragment in out.stderr + out.stdout
+    assert not (tmp_path / "results").exists()

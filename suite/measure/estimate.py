@@ -12,7 +12,16 @@ Per rank, in bytes:
               for `matmul` attention only. A checkpointed layer keeps only its input (2*s*b*h
               bytes in 16 bit) plus, during its recomputation, one layer's full activations.
   logits      b*s*V*4 (fp32 for the loss) twice (logits and their gradient)
-It ignores allocator slack and the interpreter (CPU runs add ~0.3 GB of RSS for Python+torch).
+Parallel layouts (the busiest rank):
+  tp          block weights / tp; per-layer activations s*b*h*(10 + 24/tp + 5*a*s/(h*tp)) in
+              16 bit (Korthikanti et al., tensor parallelism without sequence parallelism)
+  pp          blocks / pp (rounded up); 1F1B/interleaved keep at most pp chunks of the
+              micro-batch in flight, GPipe all of them
+  fsdp        parameters, gradients and optimizer state / dp, plus one block gathered in full
+  deepspeed   ZeRO-1 optimizer / dp, ZeRO-2 also gradients / dp, ZeRO-3 also parameters / dp;
+              offloaded state leaves the device (on a CUDA host) for host memory
+It ignores allocator slack, communication buffers and the interpreter (CPU runs add ~0.3 GB of
+RSS for Python+torch).
 """
 from __future__ import annotations
 
@@ -21,25 +30,43 @@ from suite.spec import CellConfig, model_dims
 
 def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     n_layer, n_head, d, d_ff = model_dims(cell.model)
+    p = cell.parallel
     s, b, V = cell.data.seq_len, cell.train.micro_batch, vocab_size
-    params = n_layer * (4 * d * d + 2 * d * d_ff + 9 * d + d_ff) + V * d + s * d + 2 * d
+    block_params = 4 * d * d + 2 * d * d_ff + 9 * d + d_ff
+    layers = -(-n_layer // p.pp)  # the busiest pipeline stage
+    params = layers * block_params // p.tp + V * d + s * d + 2 * d
     pbytes = 2 if cell.precision == "bf16-pure" else 4
     states = 2 if cell.train.optimizer == "adamw" else 1
     act_scale = 1.0 if cell.precision in ("bf16", "bf16-pure", "fp16", "fp8") else 2.0
     scores = 5 * n_head * s / d if cell.model.attention == "matmul" else 0.0
-    per_layer = int(s * b * d * (34 * (d_ff / (4 * d)) + scores) * act_scale)
+    mlp = d_ff / (4 * d)
+    per_layer = int(s * b * d * ((10 + 24 * mlp / p.tp) + scores / p.tp) * act_scale)
+    if p.pp > 1 and p.pp_schedule != "gpipe":
+        chunks = p.pp_microbatches or p.pp
+        per_layer = per_layer * min(chunks, p.pp) // chunks  # chunks in flight / all chunks
     mode = cell.memory.activation_checkpointing
     if mode == "none":
-        kept = n_layer
+        kept = layers
     elif mode == "full":
         kept = 0
     else:
-        kept = n_layer - len(range(0, n_layer, cell.memory.checkpoint_every))
-    checkpointed = n_layer - kept
+        kept = layers - len(range(0, layers, cell.memory.checkpoint_every))
+    checkpointed = layers - kept
     activations = kept * per_layer + checkpointed * int(2 * s * b * d * act_scale) + (per_layer if checkpointed else 0)
     logits = 2 * b * s * V * 4
-    out = {"params_bytes": params * pbytes, "grads_bytes": params * pbytes,
-           "optimizer_bytes": states * params * pbytes, "activations_bytes": activations + logits}
+    param_b, grad_b, opt_b = params * pbytes, params * pbytes, states * params * pbytes
+    if p.engine == "fsdp":
+        gathered = block_params // p.tp * pbytes
+        param_b, grad_b, opt_b = param_b // p.dp + gathered, grad_b // p.dp, opt_b // p.dp
+    elif p.engine == "deepspeed":
+        opt_b = opt_b // p.dp if p.zero_stage >= 1 else opt_b
+        grad_b = grad_b // p.dp if p.zero_stage >= 2 else grad_b
+        param_b = param_b // p.dp if p.zero_stage == 3 else param_b
+        if p.offload != "none" and cell.device == "cuda":
+            opt_b = 0
+            param_b = 0 if p.offload == "optimizer+params" else param_b
+    out = {"params_bytes": param_b, "grads_bytes": grad_b,
+           "optimizer_bytes": opt_b, "activations_bytes": activations + logits}
     out["total_bytes"] = sum(out.values())
     return out
 
