@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from suite.model import lm_loss
-from suite.techniques import TrainSetup
+from suite.techniques import TrainSetup, Unsupported
 
 
 def deepspeed_config(cell, device_type: str) -> dict[str, Any]:
@@ -51,6 +51,7 @@ class DeepSpeedTrainer:
         import deepspeed
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        _check_precision(cell.precision)
         config = deepspeed_config(cell, setup.device.type)
         if cell.parallel.offload != "none" and setup.device.type == "cuda":
             # DeepSpeed's own CPU Adam is the optimizer that makes offload worth having on GPUs
@@ -86,6 +87,18 @@ class DeepSpeedTrainer:
             loss_sum += float(lm_loss(self.engine(x.to(self.device)), y)) * n
             count += n
         return loss_sum / max(count, 1)
+
+
+def _check_precision(precision: str) -> None:
+    """DeepSpeed refuses a 16-bit type its accelerator does not support (its CPU accelerator
+    has fp16 only with AVX512-FP16/AMX-FP16): the cell is skipped with that reason."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}
+    if precision in supported and not supported[precision]():
+        raise Unsupported(f"DeepSpeed's {accelerator.device_name()} accelerator reports no {precision} support on "
+                          f"this host (on a CPU, fp16 needs AVX512-FP16 or AMX-FP16)")
 
 
 def _rebind_schedule(schedule, optimizer):
