@@ -618,7 +618,7 @@ def _check_parallel(c: CellConfig, n_layer: int, n_head: int, fail) -> None:
     if p.engine == "none" and p.dp > 1:
         fail("parallel.engine", f"dp={p.dp} replicas needs a parallel engine for data parallelism, "
                                 f"but engine is 'none'.", "ddp, fsdp, deepspeed")
-    if p.engine == "ddp" and (p.tp > 1 or p.pp > 1):
+    if p.engine == "ddp" and p.dp > 1 and (p.tp > 1 or p.pp > 1):
         fail("parallel.tp" if p.tp > 1 else "parallel.pp",
              "engine 'ddp' replicates the whole model and does not compose with tensor/pipeline "
              "parallelism (as in torchtitan); use engine 'fsdp' for 2-D/3-D layouts, or 'none' with dp: 1.",

@@ -15,6 +15,11 @@ from suite.techniques.setup import TrainSetup
 def apply(setup: TrainSetup, cell) -> TrainSetup:
     if cell.parallel.engine != "ddp":
         return setup
+    if cell.parallel.world_size > cell.parallel.dp:
+        # tp/pp with a single replica (the plan rejects ddp with dp > 1 and tp/pp): there is
+        # nothing to all-reduce over, and DDP cannot wrap DTensor shards or pipeline stages.
+        setup.facts["ddp"] = "single replica: not wrapped"
+        return setup
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 

@@ -11,10 +11,12 @@ DIMS = ("pp", "dp", "tp")
 
 
 def build_mesh(cell, device: torch.device):
-    """A DeviceMesh over every rank, or None when the cell runs in one process."""
-    p = cell.parallel
-    if p.world_size == 1:
+    """A DeviceMesh over every rank, or None when the cell runs without a process group (a
+    parallel engine over a single rank, e.g. `fsdp` with dp 1, still gets a 1-rank mesh)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
         return None
+    p = cell.parallel
     from torch.distributed.device_mesh import init_device_mesh
     return init_device_mesh(device.type, (p.pp, p.dp, p.tp), mesh_dim_names=DIMS)
 
