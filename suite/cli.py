@@ -278,10 +278,17 @@ def _print_record(r) -> None:
     if r.status == "ok":
         console.print(f"    [green]ok[/] {m['tokens_per_s']:,.0f} tokens/s, step p50 "
                       f"{m['step_time_p50_s'] * 1e3:.1f} ms, peak mem {m['peak_mem_bytes'] / 2**20:,.0f} MiB, "
-                      f"MFU {m['mfu']:.1%}, val loss {m['val_loss']:.4f} ({r.duration_s:.1f} s)")
+                      f"MFU {m['mfu']:.1%}, val loss {m['val_loss']:.4f}{_compressed(m)} ({r.duration_s:.1f} s)")
     else:
         color = "yellow" if r.status == "skipped" else "red"
         console.print(f"    [{color}]{r.status}[/]: {r.reason}", soft_wrap=True)
+
+
+def _compressed(m: dict) -> str:
+    after = m.get("compressed_val_loss")
+    if after is None or after == m["val_loss"]:
+        return ""
+    return f" -> {after:.4f} compressed, {m['model_size_bytes'] / 2**20:,.2f} MiB"
 
 
 def _render(run_dir: Path, out: Path) -> Path | str:

@@ -5,6 +5,7 @@ bare hand-written PyTorch loop.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterator
 
@@ -121,17 +122,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
 
-    @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean loss over every scored token of the validation batches."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = 0
-        for x, y in batches:
-            x, y = x.to(self.device), y.to(self.device)
-            n = int((y != -100).sum())
-            with self.autocast():
-                loss = lm_loss(self.model(x), y)
-            loss_sum += loss.double() * n
-            count += n
-        return float(loss_sum / max(count, 1))
+        return mean_val_loss(self.model, batches, self.device, self.autocast)
+
+
+@torch.no_grad()
+def mean_val_loss(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                  device: torch.device, autocast=contextlib.nullcontext) -> float:
+    """Mean loss of `model` over every scored token of the validation batches (leaves the model
+    in eval mode). Also used on the compressed model, which may be another module object."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        n = int((y != -100).sum())
+        with autocast():
+            loss = lm_loss(model(x), y)
+        loss_sum += loss.double() * n
+        count += n
+    return float(loss_sum / max(count, 1))

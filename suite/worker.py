@@ -51,8 +51,9 @@ def run_cell(cell: CellConfig) -> dict:
     from suite.measure.peak import peak_flops, utilization
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
+    from suite.compress import CompressContext, apply_during_training, finish_after_training
     from suite.techniques.mesh import build_mesh, coordinate
-    from suite.trainer import build_optimizer, build_schedule
+    from suite.trainer import build_optimizer, build_schedule, mean_val_loss
 
     device = torch.device(cell.device)
     env = device_fingerprint(torch, device)
@@ -77,6 +78,7 @@ def run_cell(cell: CellConfig) -> dict:
     n_params = model.num_params()
     mesh = build_mesh(cell, device)
     setup = apply_all(TrainSetup(model=model, device=device, mesh=mesh), cell)
+    setup = apply_during_training(setup, cell)  # QAT, fp8, prune-while-training: before the optimizer
     optimizer = build_optimizer(setup.model, t, device)
     trainer = make_trainer(setup, optimizer, build_schedule(optimizer, t), cell)
     # tp ranks and pipeline stages of one data-parallel replica read the same samples
@@ -114,6 +116,14 @@ def run_cell(cell: CellConfig) -> dict:
     evals.append([total_steps, round(train_wall, 6), val_loss])
     if t.eval_every and target is not None and reached is None and val_loss <= target:
         reached = (total_steps, train_wall)
+    if world == 1:
+        # Post-training compression, then the model's quality, size and inference speed (for an
+        # uncompressed cell too: it is the dense control the compressed cells compare with).
+        metrics.update(finish_after_training(CompressContext(
+            model=setup.model, cell=cell, device=device,
+            evaluate=lambda module: mean_val_loss(module, val_batches, device, setup.autocast),
+            train_batches=batches, dense_val_loss=val_loss,
+            make_optimizer=lambda module: build_optimizer(module, t, device), autocast=setup.autocast)))
 
     if world > 1:  # memory is per rank, throughput global: keep every rank's view
         gathered: list = [None] * world

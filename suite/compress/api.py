@@ -183,8 +183,10 @@ def _benchmark(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
 
 
 def _is_whole_model(model: nn.Module) -> bool:
+    """The whole GPT with full tensors here: not a pipeline stage (a missing tok_emb/lm_head),
+    not FSDP/TP shards (DTensor), not ZeRO-3 partitions (DeepSpeed's `ds_tensor`)."""
     return (getattr(model, "tok_emb", None) is not None and getattr(model, "lm_head", None) is not None
-            and not any(type(p).__name__ == "DTensor" for p in model.parameters()))
+            and not any(type(p).__name__ == "DTensor" or hasattr(p, "ds_tensor") for p in model.parameters()))
 
 
 def _require_whole_model(model: nn.Module) -> None:

@@ -42,8 +42,9 @@ def is_target(module: nn.Module, fqn: str) -> bool:
 def torchao_version() -> str:
     try:
         import torchao
-    except ImportError as exc:
-        raise Unsupported(f"quantization needs the torchao package, which is not importable here ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - not installed, or built for another torch
+        raise Unsupported(f"quantization needs torchao, which cannot be imported here "
+                          f"({type(exc).__name__}: {exc})") from None
     return torchao.__version__
 
 

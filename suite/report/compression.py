@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
+from suite.spec import CompressSpec
 
 COMPRESS = "config.compress."
 MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
@@ -89,7 +90,6 @@ def find_controls(repeats: pd.DataFrame) -> dict[str, str | None]:
 
 
 def _is_default(column: str, value: Any) -> bool:
-    from suite.spec import CompressSpec
     default = getattr(CompressSpec(), column[len(COMPRESS):], None)
     return _hashable(value) == _hashable(default)
 

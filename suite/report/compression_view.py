@@ -48,8 +48,8 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
         label = row["label"] or row.get("short_label") or cid
         view.rows.append([
             Cell(label, label, "label", sub=cid + (" · control" if control else "")),
-            Cell(fmt.plain(configs.at[cid, COMPRESS + "quantization"])),
-            Cell(fmt.plain(configs.at[cid, COMPRESS + "pruning"])),
+            Cell(*[fmt.plain(configs.at[cid, COMPRESS + "quantization"])] * 2),
+            Cell(*[fmt.plain(configs.at[cid, COMPRESS + "pruning"])] * 2),
             Cell(fmt.plain(_loss(row), 5), sort_key(_loss(row)), "num"),
             Cell(_signed(row["val_loss_delta"]), sort_key(row["val_loss_delta"]),
                  "num " + _delta_class(row["val_loss_delta"])),

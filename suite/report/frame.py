@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from suite.record import Record
+from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
 from suite.report.pareto import pareto_optimal
 from suite.store import to_dataframe
 
@@ -108,6 +109,7 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
 
     base_id, note = choose_baseline(cells, baseline)
     _add_ratios(cells, repeats, base_id)
+    add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
     cells["pareto"] = pareto_optimal(list(zip(cells["tokens_per_s"], cells["peak_mem_bytes"])), ("max", "min"))
     cells["is_baseline"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
@@ -215,7 +217,7 @@ def export_frame(table: CellTable) -> pd.DataFrame:
         if name == "tokens_per_s":
             keep.append("tokens_per_s_spread_pct")
     keep += ["speedup", "speedup_lo", "speedup_hi", "mem_ratio", "mem_ratio_lo", "mem_ratio_hi",
-             "pareto", "is_baseline"]
+             "pareto", "is_baseline", *COMPRESSION_COLUMNS]
     return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
 
 
