@@ -313,3 +313,29 @@ def test_multi_node_options_are_checked_before_anything_runs(tmp_path):
                      "--run-id is needed"):
         assert fragment in out.stderr + out.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_the_report_pairs_each_distributed_cell_with_its_single_process_control():
+    from suite.record import Record
+    from suite.report.formatting import bytes_
+    from suite.report.parallel_view import parallel_section
+    from suite.spec import CellConfig, ParallelSpec, TrainSpec
+
+    def record(cell_id, config, curve, val, **metrics):
+        return Record(matrix="m", run_id="r", cell_id=cell_id, repeat=0, config=config.to_dict(), status="ok",
+                      label=cell_id, metrics={"loss_curve": [[i + 1, 0.1 * i, v] for i, v in enumerate(curve)],
+                                              "val_loss": val, "samples_per_step": 8, "tokens_per_s": 100.0,
+                                              "peak_mem_bytes": 1, **metrics})
+
+    control = record("single", CellConfig(train=TrainSpec(micro_batch=8)), [3.0, 2.5, 2.0], 2.1)
+    ddp = record("ddp", CellConfig(train=TrainSpec(micro_batch=4), parallel=ParallelSpec(engine="ddp", dp=2)),
+                 [3.0, 2.5 + 2e-6, 2.0], 2.1 + 1e-7, comm_share=0.25, per_rank_peak_mem_bytes=[5, 7])
+    other_lr = record("lr", CellConfig(train=TrainSpec(micro_batch=4, lr=1.0), parallel=ParallelSpec(engine="ddp", dp=2)),
+                      [3.0, 2.9, 2.8], 2.7)
+    section = parallel_section([control, ddp, other_lr])
+    rows = {row[0].text: row for row in section["table"].rows}
+    assert list(rows) == ["single", "ddp", "lr"] and section["table"].row_classes[0] == "baseline"
+    assert rows["ddp"][8].text == "2.0e-06" and rows["ddp"][6].text == "25.0%"
+    assert rows["ddp"][5].text == bytes_(7)  # the largest rank's memory
+    assert section["missing_control"] == ["lr"]  # another learning rate is not the same training
+    assert parallel_section([control]) is None

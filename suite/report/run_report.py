@@ -11,6 +11,7 @@ from suite.report.compression_view import compression_section
 from suite.report.encoding import ordered_values
 from suite.report.environment import env_rows
 from suite.report.frame import CellTable, build_cell_table
+from suite.report.parallel_view import parallel_section
 from suite.report.render import render_to_file
 from suite.report.rundata import RunData, load_run
 from suite.report.summary import summarize
@@ -24,7 +25,7 @@ def render_report(run_dir: Path, out_path: Path) -> Path:
         "report.j2", out_path,
         run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
         summary=summarize(table), charts=build_charts(table), table=cell_table_view(table),
-        compression=compression_section(table),
+        compression=compression_section(table), parallel=parallel_section(run.records),
         matrix=matrix_view(run, table), env=env_rows(run),
     )
 
