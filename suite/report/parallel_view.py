@@ -20,7 +20,7 @@ def parallel_section(records: list[Record]) -> dict[str, Any] | None:
     for r in records:  # one record per cell: its first good repeat
         if r.status == "ok" and r.cell_id not in cells:
             cells[r.cell_id] = r
-    distributed = [r for r in cells.values() if _world(r) > 1 or r.config["parallel"]["engine"] != "none"]
+    distributed = [r for r in cells.values() if _world(r) > 1 or _parallel(r).get("engine", "none") != "none"]
     if not distributed:
         return None
     singles = [r for r in cells.values() if r not in distributed]
@@ -55,7 +55,7 @@ _COLUMNS = [
 
 
 def _row(r: Record, control: Record | None) -> list[Cell]:
-    m, p = r.metrics, r.config["parallel"]
+    m, p = r.metrics, _parallel(r)
     layout = f"{p['engine']} · {p['dp']}×{p['tp']}×{p['pp']}"
     if p["pp"] > 1:
         layout += f" · {p['pp_schedule']}, {m.get('pp_microbatches')} chunks"
@@ -80,9 +80,13 @@ def _row(r: Record, control: Record | None) -> list[Cell]:
     ]
 
 
+def _parallel(r: Record) -> dict[str, Any]:
+    return r.config.get("parallel") or {}
+
+
 def _world(r: Record) -> int:
-    p = r.config["parallel"]
-    return p["dp"] * p["tp"] * p["pp"]
+    p = _parallel(r)
+    return p.get("dp", 1) * p.get("tp", 1) * p.get("pp", 1)
 
 
 def _same_training(single: Record, distributed: Record) -> bool:
@@ -91,14 +95,15 @@ def _same_training(single: Record, distributed: Record) -> bool:
     a, b = single.config, distributed.config
     if single.metrics.get("samples_per_step") != distributed.metrics.get("samples_per_step"):
         return False
-    for family in a:
+    for family in set(a) | set(b):
         if family == "parallel":
             continue
-        if isinstance(a[family], dict):
-            keys = set(a[family]) | set(b[family])
-            if any(a[family].get(k) != b[family].get(k) for k in keys if (family, k) not in SPLIT_KEYS):
+        mine, theirs = a.get(family), b.get(family)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            keys = set(mine) | set(theirs)
+            if any(mine.get(k) != theirs.get(k) for k in keys if (family, k) not in SPLIT_KEYS):
                 return False
-        elif a[family] != b[family]:
+        elif mine != theirs:
             return False
     return True
 
