@@ -676,6 +676,12 @@ def _host_skip(c: CellConfig, host: Host) -> str | None:
     if device == "cpu" and c.precision == "fp8":
         return ("fp8 training (torchao float8) needs a CUDA GPU with fp8 tensor cores (compute capability "
                 ">= 8.9: Ada, Hopper or newer); this cell is on cpu")
+    if device == "cpu" and c.compress.quantization == "fp8":
+        return ("compress.quantization fp8 (torchao float8 training) needs a CUDA GPU of compute capability "
+                ">= 8.9; this cell is on cpu")
+    if device == "cpu" and c.compress.pruning == "2:4":
+        return ("2:4 semi-structured sparsity is accelerated only by sparse tensor cores (CUDA, compute "
+                "capability >= 8.0); this cell is on cpu")
     import importlib.util  # local: this function's change stays within it
     if c.precision == "fp8" and importlib.util.find_spec("torchao") is None:
         # found without importing it (the runner never imports torch); an older GPU (compute

@@ -535,3 +535,14 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
         # int8 costs little on this small model: the delta is real but tiny, and its sign is
         # not reliable (README, Compression), so only its size is checked
         assert deltas[label] != 0 and abs(deltas[label]) < 0.01, (label, deltas[label])
+
+
+def test_gpu_only_methods_are_skipped_at_plan_time_on_a_cpu(tmp_path):
+    from suite.matrix import Host, load_matrix
+
+    path = tmp_path / "m.yaml"
+    path.write_text('name: x\nfixed: {device: cpu}\naxes:\n  compress: [{quantization: fp8}, {pruning: "2:4"}, {quantization: int8-weight}]\n')
+    fp8, sparse, int8 = load_matrix(path, host=Host()).cells
+    assert "compute capability >= 8.9" in fp8.skip_reason and "cpu" in fp8.skip_reason
+    assert "sparse tensor cores" in sparse.skip_reason
+    assert int8.skip_reason is None
