@@ -54,7 +54,9 @@ def peak_flops(torch, device, precision: str, device_name: str) -> dict:
     nominal = nominal_peak_flops(device_name, precision) if device.type == "cuda" else None
     kind = MATMUL_DTYPE[precision]
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    key = f"{device_name}|torch {torch.__version__}|threads {threads}|{kind}"
+    # "linear": measured with the op nn.Linear runs (an earlier version timed `a @ b`, which for
+    # fp16 on a CPU takes a ~100x slower path than F.linear; those entries are not reused)
+    key = f"{device_name}|torch {torch.__version__}|threads {threads}|linear|{kind}"
     path = cache_dir() / "peaks.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -122,4 +124,7 @@ def _matmul(torch, device, kind: str, n: int):
         torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
     if kind != "tf32":
         a, b = a.to(getattr(torch, kind)), b.to(getattr(torch, kind))
-    return lambda: a @ b
+    # F.linear (a @ b.T), the op the model's nn.Linear layers run: on a CPU without fp16 units
+    # `a @ b` in fp16 takes a reference path ~100x slower (0.3-0.8 vs 51-56 GFLOP/s measured
+    # here), which made fp16 cells report MFU above 100%. Same FLOPs, same cuBLAS on CUDA.
+    return lambda: torch.nn.functional.linear(a, b)
