@@ -285,10 +285,10 @@ def _print_record(r) -> None:
 
 
 def _compressed(m: dict) -> str:
-    after = m.get("compressed_val_loss")
-    if after is None or after == m["val_loss"]:
+    before = m.get("trained_val_loss")
+    if before is None:
         return ""
-    return f" -> {after:.4f} compressed, {m['model_size_bytes'] / 2**20:,.2f} MiB"
+    return f" compressed (trained {before:.4f}), model {m['model_size_bytes'] / 2**20:,.2f} MiB"
 
 
 def _render(run_dir: Path, out: Path) -> Path | str:

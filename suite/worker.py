@@ -124,6 +124,12 @@ def run_cell(cell: CellConfig) -> dict:
             evaluate=lambda module: mean_val_loss(module, val_batches, device, setup.autocast),
             train_batches=batches, dense_val_loss=val_loss,
             make_optimizer=lambda module: build_optimizer(module, t, device), autocast=setup.autocast)))
+        compressed = metrics.get("compressed_val_loss")
+        if compressed is not None and compressed != val_loss:
+            # the cell's model is the compressed one: its val_loss is the compressed model's,
+            # and the trained model's is kept beside it (the eval curve ends with it)
+            metrics["trained_val_loss"] = val_loss
+            val_loss = compressed
 
     if world > 1:  # memory is per rank, throughput global: keep every rank's view
         gathered: list = [None] * world

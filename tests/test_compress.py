@@ -528,6 +528,8 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
     pruned = by[("none", "magnitude-0.5")]
     assert pruned["sparsity_achieved"] == pytest.approx(0.5, abs=1e-3)
     assert pruned["compressed_val_loss"] > dense["val_loss"]  # removing half the weights costs quality
+    # the record's val_loss is the cell's final (compressed) model's; the trained one is kept beside it
+    assert pruned["val_loss"] == pruned["compressed_val_loss"] and pruned["trained_val_loss"] == dense["val_loss"]
     deltas = build_cell_table(records).cells.set_index("label")["val_loss_delta"]
     assert deltas["compress={quantization: none}"] == 0
     assert deltas["compress={pruning: magnitude-0.5}"] > 0.001
