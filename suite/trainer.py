@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from suite.model import lm_loss
+from suite.model import lm_loss, sequence_loss_sums
 from suite.spec import TrainSpec
 from suite.techniques import TrainSetup
 
@@ -127,19 +127,28 @@ class Trainer:
         return mean_val_loss(self.model, batches, self.device, self.autocast)
 
 
-@torch.no_grad()
 def mean_val_loss(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
                   device: torch.device, autocast=contextlib.nullcontext) -> float:
     """Mean loss of `model` over every scored token of the validation batches (leaves the model
     in eval mode). Also used on the compressed model, which may be another module object."""
+    return val_losses(model, batches, device, autocast)[0]
+
+
+@torch.no_grad()
+def val_losses(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+               device: torch.device, autocast=contextlib.nullcontext) -> tuple[float, list[float]]:
+    """(mean loss over every scored token, mean loss of each validation sequence). The
+    per-sequence losses let two cells evaluated on the same fixed windows be compared pair by
+    pair (the report's standard error of a loss difference)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = 0
+    per_sequence: list[torch.Tensor] = []
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        n = int((y != -100).sum())
         with autocast():
-            loss = lm_loss(model(x), y)
-        loss_sum += loss.double() * n
-        count += n
-    return float(loss_sum / max(count, 1))
+            sums, counts = sequence_loss_sums(model(x), y)  # [B], [B]
+        loss_sum += sums.sum()
+        count += int(counts.sum())
+        per_sequence.append(sums / counts.clamp(min=1))
+    return float(loss_sum / max(count, 1)), torch.cat(per_sequence).tolist() if per_sequence else []

@@ -53,7 +53,7 @@ def run_cell(cell: CellConfig) -> dict:
     from suite.techniques import TrainSetup, apply_all
     from suite.compress import CompressContext, apply_during_training, finish_after_training
     from suite.techniques.mesh import build_mesh, coordinate
-    from suite.trainer import build_optimizer, build_schedule, mean_val_loss
+    from suite.trainer import build_optimizer, build_schedule, mean_val_loss, val_losses
 
     device = torch.device(cell.device)
     env = device_fingerprint(torch, device)
@@ -112,7 +112,10 @@ def run_cell(cell: CellConfig) -> dict:
         metrics["peak_mem_bytes"] = metrics["cuda_max_reserved_bytes"]
     else:
         metrics["peak_mem_bytes"] = peak_rss
-    val_loss = trainer.evaluate(val_batches)
+    if world == 1:  # per-sequence losses too, for paired comparisons between cells
+        val_loss, val_seq = val_losses(setup.model, val_batches, device, setup.autocast)
+    else:
+        val_loss, val_seq = trainer.evaluate(val_batches), None
     evals.append([total_steps, round(train_wall, 6), val_loss])
     if t.eval_every and target is not None and reached is None and val_loss <= target:
         reached = (total_steps, train_wall)
@@ -130,6 +133,10 @@ def run_cell(cell: CellConfig) -> dict:
             # and the trained model's is kept beside it (the eval curve ends with it)
             metrics["trained_val_loss"] = val_loss
             val_loss = compressed
+            final_loss, final_seq = val_losses(setup.model, val_batches, device, setup.autocast)
+            # compression works on setup.model in place; if a method ever returned another module,
+            # the per-sequence losses would be of the wrong model: then there are none
+            val_seq = final_seq if abs(final_loss - compressed) <= 1e-9 * max(1.0, abs(compressed)) else None
 
     if world > 1:  # memory is per rank, throughput global: keep every rank's view
         gathered: list = [None] * world
@@ -162,6 +169,8 @@ def run_cell(cell: CellConfig) -> dict:
         "step_times_s": [round(s, 6) for s in step_times],
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
+        # mean loss of each fixed validation sequence (the same windows in every cell)
+        "val_seq_losses": None if val_seq is None else [round(v, 7) for v in val_seq],
         "optimal_loss": dataset.optimal_loss,
         "time_to_target_s": reached[1] if reached else None,
         "steps_to_target": reached[0] if reached else None,

@@ -159,3 +159,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over scored positions (targets == -100 are ignored).
     logits [B, T, V] (any float dtype; upcast to fp32 for a stable log-softmax), targets [B, T]."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def sequence_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sums of next-token cross-entropy and counts of scored tokens, in fp64:
+    logits [B, T, V], targets [B, T] (-100 ignored) -> ([B], [B])."""
+    token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+    return token.view(targets.shape).double().sum(dim=1), (targets != -100).sum(dim=1)

@@ -12,6 +12,10 @@ Columns added to the per-cell table (NaN where a cell has no control or no such 
     compress_control                        the control's cell id
     val_loss_delta, val_ppl_delta           compressed loss / perplexity minus the control's
                                             (a cell without compressed_val_loss uses val_loss)
+    val_loss_delta_se                       standard error of val_loss_delta from the paired
+                                            per-sequence differences on the same validation
+                                            windows (first ok repeat of each); |delta| under two
+                                            of them is within the noise of the validation set
     size_ratio, decode_speedup, prefill_speedup   the cell's ÷ the control's
 """
 from __future__ import annotations
@@ -29,8 +33,8 @@ from suite.spec import CompressSpec
 COMPRESS = "config.compress."
 MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
            "sparsity_achieved")
-DERIVED = ("compress_control", "val_loss_delta", "val_ppl_delta", "size_ratio", "decode_speedup",
-           "prefill_speedup")
+DERIVED = ("compress_control", "val_loss_delta", "val_loss_delta_se", "val_ppl_delta", "size_ratio",
+           "decode_speedup", "prefill_speedup")
 EXPORT_COLUMNS = MEDIANS + DERIVED
 
 
@@ -63,10 +67,29 @@ def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
             lambda c: values[by_id[c]] if isinstance(c, str) and c in by_id else np.nan).astype(float)
     control_loss = of_control(loss)
     cells["val_loss_delta"] = loss - control_loss
+    sequences = _first_sequences(ok)
+    cells["val_loss_delta_se"] = [
+        paired_se(sequences.get(cid), sequences.get(ctl)) if isinstance(ctl, str) and ctl != cid else np.nan
+        for cid, ctl in zip(cells["cell_id"], cells["compress_control"])]
     cells["val_ppl_delta"] = _exp(loss) - _exp(control_loss)
     cells["size_ratio"] = cells["model_size_bytes"] / of_control(cells["model_size_bytes"])
     cells["decode_speedup"] = cells["decode_tokens_per_s"] / of_control(cells["decode_tokens_per_s"])
     cells["prefill_speedup"] = cells["prefill_tokens_per_s"] / of_control(cells["prefill_tokens_per_s"])
+
+
+def paired_se(cell: Any, control: Any) -> float:
+    """Standard error of the mean per-sequence loss difference (cell - control) over the same
+    validation sequences; NaN when either side has none or they differ in length."""
+    if not isinstance(cell, list) or not isinstance(control, list) or len(cell) != len(control) or len(cell) < 2:
+        return np.nan
+    diff = np.asarray(cell, dtype=float) - np.asarray(control, dtype=float)
+    return float(diff.std(ddof=1) / math.sqrt(len(diff)))
+
+
+def _first_sequences(ok: pd.DataFrame) -> dict[str, Any]:
+    if "val_seq_losses" not in ok:
+        return {}
+    return {cid: group["val_seq_losses"].iloc[0] for cid, group in ok.sort_values("repeat").groupby("cell_id")}
 
 
 def find_controls(repeats: pd.DataFrame) -> dict[str, str | None]:

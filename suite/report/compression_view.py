@@ -33,7 +33,9 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
     columns = [Column("cell", hint="the cell id is below; 'control' marks a dense control"),
                Column("quantization"), Column("pruning"),
                Column("val loss", True, "after compression (the control: as trained)"),
-               Column("Δ val loss", True, "compressed val loss minus the dense control's; > 0 is a quality cost"),
+               Column("Δ val loss", True, "compressed val loss minus the dense control's; > 0 is a quality cost. "
+                                          "Below: ± 2 standard errors of the paired per-sequence differences on "
+                                          "the same validation windows; 'within noise' when |Δ| is smaller"),
                Column("Δ perplexity", True, "perplexity minus the dense control's"),
                Column("model size", True, "parameters and buffers as stored, quantized tensors included"),
                Column("size ratio", True, "model size ÷ the dense control's"),
@@ -52,7 +54,8 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
             Cell(*[fmt.plain(configs.at[cid, COMPRESS + "pruning"])] * 2),
             Cell(fmt.plain(_loss(row), 5), sort_key(_loss(row)), "num"),
             Cell(_signed(row["val_loss_delta"]), sort_key(row["val_loss_delta"]),
-                 "num " + _delta_class(row["val_loss_delta"])),
+                 "num " + _delta_class(row["val_loss_delta"], row.get("val_loss_delta_se")),
+                 sub=_noise(row["val_loss_delta"], row.get("val_loss_delta_se"))),
             Cell(_signed(row["val_ppl_delta"]), sort_key(row["val_ppl_delta"]), "num"),
             Cell(fmt.bytes_(row["model_size_bytes"]), sort_key(row["model_size_bytes"]), "num"),
             Cell(fmt.ratio(row["size_ratio"]), sort_key(row["size_ratio"]), "num " + ratio_class(row["size_ratio"], False)),
@@ -100,7 +103,17 @@ def _signed(value: Any) -> str:
     return f"{float(value):+.4g}" if fmt.is_number(value) else fmt.MISSING
 
 
-def _delta_class(value: Any) -> str:
-    if not fmt.is_number(value) or float(value) == 0:
+def _delta_class(value: Any, se: Any = None) -> str:
+    if not fmt.is_number(value) or float(value) == 0 or _within_noise(value, se):
         return ""
     return "worse" if float(value) > 0 else "better"
+
+
+def _within_noise(value: Any, se: Any) -> bool:
+    return fmt.is_number(value) and fmt.is_number(se) and abs(float(value)) < 2 * float(se)
+
+
+def _noise(value: Any, se: Any) -> str:
+    if not fmt.is_number(se):
+        return ""
+    return f"± {2 * float(se):.2g}" + (" · within noise" if _within_noise(value, se) else "")
