@@ -339,3 +339,29 @@ def test_the_report_pairs_each_distributed_cell_with_its_single_process_control(
     assert rows["ddp"][5].text == bytes_(7)  # the largest rank's memory
     assert section["missing_control"] == ["lr"]  # another learning rate is not the same training
     assert parallel_section([control]) is None
+
+
+@pytest.mark.slow
+def test_three_dimensional_layouts_reproduce_the_control(tmp_path):
+    """dp x tp x pp = 2 x 2 x 2 (8 gloo ranks on this 2-core host) and tp x pp without data
+    parallelism: the mesh, the tied-embedding sync, the per-mesh norm groups and the pp norm
+    reduction all at once."""
+    (tmp_path / "d.yaml").write_text(textwrap.dedent("""\
+        name: threed
+        fixed:
+          model: {preset: tiny, n_layer: 4}
+          data: {dataset: markov, seq_len: 64, symbols: 16}
+          train: {steps: 6, warmup_steps: 3, micro_batch: 4, lr: 1.0e-3}
+        include:
+          - {parallel: {engine: fsdp, dp: 2, tp: 2, pp: 2}, train: {micro_batch: 2}}
+          - {parallel: {tp: 2, pp: 2}}
+        constant: [tokens_per_step]
+        """))
+    out = txsuite("run", "d.yaml", "--run-id", "r", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    control, *layouts = RunStore(tmp_path / "results/threed/r").records()
+    assert [r.metrics["world_size"] for r in layouts] == [8, 4]
+    for r in layouts:
+        # fp32 ulps of the loss times the ranks' reduction steps: far below any real difference
+        assert _gap(_curve(r), _curve(control)) < 1e-5, r.label
+        assert len(r.metrics["per_rank_peak_mem_bytes"]) == r.metrics["world_size"]
