@@ -361,7 +361,9 @@ def test_three_dimensional_layouts_reproduce_the_control(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     control, *layouts = RunStore(tmp_path / "results/threed/r").records()
     assert [r.metrics["world_size"] for r in layouts] == [8, 4]
+    # 32 fp32 ulps at the loss's scale: reduction order over up to 8 ranks moves the loss by a
+    # few ulps (measured: 7e-7 = ~2 ulps); any real difference in the maths is orders larger
+    tolerance = 32 * 1.19e-7 * max(_curve(control))
     for r in layouts:
-        # fp32 ulps of the loss times the ranks' reduction steps: far below any real difference
-        assert _gap(_curve(r), _curve(control)) < 1e-5, r.label
+        assert _gap(_curve(r), _curve(control)) < tolerance, (r.label, _gap(_curve(r), _curve(control)))
         assert len(r.metrics["per_rank_peak_mem_bytes"]) == r.metrics["world_size"]
