@@ -46,12 +46,12 @@ def run_cell(cell: CellConfig) -> dict:
     import numpy as np
     import torch
 
+    from suite.compress import CompressContext, apply_during_training, finish_after_training
     from suite.data import build_dataset
     from suite.measure.nvml import Telemetry
     from suite.measure.peak import peak_flops, utilization
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
-    from suite.compress import CompressContext, apply_during_training, finish_after_training
     from suite.techniques.mesh import build_mesh, coordinate
     from suite.trainer import build_optimizer, build_schedule, mean_val_loss, val_losses
 
@@ -62,7 +62,7 @@ def run_cell(cell: CellConfig) -> dict:
     if cell.precision == "tf32" and device.type != "cuda":
         raise Skip("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
 
-    rank, world = init_distributed(torch, cell, device)
+    _, world = init_distributed(torch, cell, device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
