@@ -25,9 +25,11 @@ class PipelineTrainer(Trainer):
         total = torch.zeros((), device=self.device)
         for _ in range(self.grad_accum):
             x, y = next(batches)  # [B, T] each; the schedule splits B into n_microbatches chunks
-            args = (x.to(self.device, non_blocking=self.non_blocking),) if pipe.first else ()
+            x = x.to(self.device, non_blocking=self.non_blocking)
+            y = y.to(self.device, non_blocking=self.non_blocking)
+            args = (x,) if pipe.first else ()
             losses: list[torch.Tensor] = []
-            kwargs = {"target": y.to(self.device, non_blocking=self.non_blocking), "losses": losses} if pipe.last else {}
+            kwargs = {"target": y, "losses": losses} if pipe.last else {}
             with self.autocast():
                 pipe.schedule.step(*args, **kwargs)
             if pipe.last:  # each chunk's loss is already divided by all chunks of the step
