@@ -34,7 +34,14 @@ class UsageProblem(click.ClickException):
 
 def _host(device: str | None) -> Host:
     gpus = gpus_from_nvidia_smi()
-    return Host(has_cuda=bool(gpus), gpu_count=len(gpus))
+    caps = []
+    for gpu in gpus:
+        try:
+            caps.append(float(gpu["compute_cap"]))
+        except (KeyError, ValueError):
+            caps = []  # one unknown: the plan cannot vouch for any of them
+            break
+    return Host(has_cuda=bool(gpus), gpu_count=len(gpus), compute_capability=min(caps) if caps else None)
 
 
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:

@@ -68,6 +68,8 @@ class Host:
     """What the plan needs to know about the machine (found without importing torch)."""
     has_cuda: bool = False
     gpu_count: int = 0
+    # the lowest compute capability among the GPUs (a cell may land on any), None if unknown
+    compute_capability: float | None = None
 
 
 @dataclass
@@ -682,6 +684,13 @@ def _host_skip(c: CellConfig, host: Host) -> str | None:
     if device == "cpu" and c.compress.pruning == "2:4":
         return ("2:4 semi-structured sparsity is accelerated only by sparse tensor cores (CUDA, compute "
                 "capability >= 8.0); this cell is on cpu")
+    cap = host.compute_capability
+    if device == "cuda" and cap is not None:
+        if cap < 8.9 and (c.precision == "fp8" or c.compress.quantization == "fp8"):
+            return (f"fp8 training needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer); "
+                    f"this host's GPU has {cap:.1f}")
+        if cap < 8.0 and c.compress.pruning == "2:4":
+            return f"2:4 sparsity needs sparse tensor cores (compute capability >= 8.0); this host's GPU has {cap:.1f}"
     import importlib.util  # local: this function's change stays within it
     if c.precision == "fp8" and importlib.util.find_spec("torchao") is None:
         # found without importing it (the runner never imports torch); an older GPU (compute

@@ -444,3 +444,28 @@ def test_txsuite_plan_of_the_gpu_matrix_does_not_crash_without_a_gpu():
                          env=dict(os.environ, COLUMNS="250"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("skipped: device 'cuda'") == 10 and "will run" not in out.stdout
+
+
+def test_plan_skips_fp8_on_a_gpu_too_old_for_it(tmp_path):
+    """A stand-in nvidia-smi reports an A100 (compute capability 8.0): `txsuite plan` marks the
+    fp8 cell skipped with the capability, keeps bf16 and 2:4 (sparse tensor cores since 8.0)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  --query-gpu=compute_cap) echo 8.0 ;;\n'
+                    '  *) echo "NVIDIA A100-SXM4-80GB, 550.54, 81920 MiB" ;;\nesac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "m.yaml").write_text('name: x\nfixed: {device: cuda}\naxes:\n  precision: [bf16, fp8]\n'
+                                     'include:\n  - {compress: {pruning: "2:4"}}\n')
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "suite.cli", "plan", "m.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if "│" in line and ("precision" in line or "2:4" in line)]
+    assert any("precision=fp8" in line and "skipped" in line for line in lines), out.stdout
+    assert "this host's GPU has 8.0" in out.stdout.replace("\n", " ").replace("│", " ")
+    assert not any("precision=bf16" in line and "skipped" in line for line in lines), out.stdout

@@ -75,7 +75,20 @@ def gpus_from_nvidia_smi() -> list[dict]:
     for line in out.stdout.strip().splitlines():
         name, driver, mem = [p.strip() for p in line.split(",")]
         gpus.append({"name": name, "driver": driver, "memory": mem})
+    # asked separately: drivers older than the compute_cap field reject the whole query
+    caps = _nvidia_smi_lines(["--query-gpu=compute_cap", "--format=csv,noheader"])
+    if len(caps) == len(gpus):
+        for gpu, cap in zip(gpus, caps):
+            gpu["compute_cap"] = cap
     return gpus
+
+
+def _nvidia_smi_lines(args: list[str]) -> list[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.strip().splitlines() if out.returncode == 0 else []
 
 
 def host_fingerprint() -> dict:
