@@ -122,7 +122,9 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     host_env = host_fingerprint()
     store.write_json("env.json", host_env)
 
-    cells = [_unsplittable_skip(c, nodes) for c in select(matrix.cells, only)]
+    executor = executor or LocalExecutor()
+    gpus = getattr(executor, "gpu_ids", None)  # a local host's devices (empty/None: not known here)
+    cells = [_unsplittable_skip(c, nodes, gpus) for c in select(matrix.cells, only)]
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
     finished = store.finished()
     if retry_failed:
@@ -134,7 +136,6 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     ooms = [c for c in cells for r in range(matrix.repeats) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
         1 for c, r in todo if (c.cell_id, r) in finished)})
-    executor = executor or LocalExecutor()
     lock = threading.Lock()  # guards summary/ooms/emit across the executor's threads
     stop = threading.Event()
 
@@ -190,12 +191,20 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     return summary
 
 
-def _unsplittable_skip(cell: Cell, nodes: Nodes) -> Cell:
+def _unsplittable_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cell:
+    """A distributed cell this run's nodes cannot hold: recorded as skipped with the reason."""
     world = cell.config.parallel.world_size
-    if cell.skip_reason or not is_distributed(cell) or nodes.splits(world):
+    reason = None
+    if cell.skip_reason or not is_distributed(cell):
         return cell
-    return Cell(cell.config, cell.label, cell.origin,
-                skip_reason=f"its {world} ranks do not split evenly over the {nodes.count} nodes of this run")
+    if not nodes.splits(world):
+        reason = f"its {world} ranks do not split evenly over the {nodes.count} nodes of this run"
+    elif cell.config.device == "cuda" and gpus and world // nodes.count > len(gpus):
+        reason = (f"its {world // nodes.count} ranks per node need as many GPUs, and this host has "
+                  f"{len(gpus)} (one rank per GPU)")
+    if reason is None:
+        return cell
+    return Cell(cell.config, cell.label, cell.origin, skip_reason=reason)
 
 
 def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None = None,

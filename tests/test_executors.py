@@ -68,3 +68,17 @@ def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
 def test_cpu_cells_never_share_the_host(tmp_path):
     a, b = sorted((r.metrics["start"], r.metrics["end"]) for r in run_on_two_fake_gpus(tmp_path, "cpu", seeds=2))
     assert a[1] <= b[0]
+
+
+def test_a_distributed_cell_wider_than_the_hosts_gpus_is_skipped(tmp_path):
+    """One rank per GPU: a dp=4 cell on a 2-GPU host cannot run and must not try."""
+    path = tmp_path / "m.yaml"
+    path.write_text("name: wide\nfixed: {device: cuda}\ninclude:\n  - {parallel: {engine: ddp, dp: 2}}\n"
+                    "  - {parallel: {engine: ddp, dp: 4}}\n")
+    matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
+    (tmp_path / "fake.py").write_text(FAKE_WORKER)
+    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
+               worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
+    by_dp = {r.config["parallel"]["dp"]: r for r in RunStore(tmp_path / "run").records()}
+    assert by_dp[2].status == "ok"
+    assert by_dp[4].status == "skipped" and "need as many GPUs, and this host has 2" in by_dp[4].reason
