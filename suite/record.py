@@ -12,6 +12,13 @@ from typing import Any
 
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "skipped")
 
+
+class Unsupported(Exception):
+    """A cell, or a technique in it, cannot run on this host (e.g. a GPU-only kernel on a CPU):
+    the worker records the cell as `skipped` with this message as the reason, never runs
+    something else instead. Defined here, without torch, so the worker can catch it from the
+    start; suite.techniques re-exports it."""
+
 # Metrics every record carries (null when not measured, e.g. for a skipped cell).
 REQUIRED_METRICS = (
     "tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "peak_mem_bytes",

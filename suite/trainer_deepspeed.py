@@ -12,6 +12,7 @@ import torch
 
 from suite.model import lm_loss
 from suite.techniques import TrainSetup, Unsupported
+from suite.trainer import mean_val_loss
 
 
 def deepspeed_config(cell, device_type: str) -> dict[str, Any]:
@@ -77,16 +78,9 @@ class DeepSpeedTrainer:
             total += loss.detach() / self.grad_accum
         return total
 
-    @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        self.engine.eval()
-        loss_sum, count = 0.0, 0
-        for x, y in batches:
-            y = y.to(self.device)
-            n = int((y != -100).sum())
-            loss_sum += float(lm_loss(self.engine(x.to(self.device)), y)) * n
-            count += n
-        return loss_sum / max(count, 1)
+        # the engine is a module: the shared evaluation runs it (DeepSpeed owns precision, so no autocast)
+        return mean_val_loss(self.engine, batches, self.device)
 
 
 def _check_precision(precision: str) -> None:

@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from suite.model import lm_loss
+from suite.model import sequence_loss_sums
 from suite.trainer import Trainer
 
 
@@ -61,11 +61,10 @@ class PipelineTrainer(Trainer):
                     inputs = self._receive(x.shape, pipe.rank_of_stage[s - 1])
                 with self.autocast():
                     hidden = parts[s](inputs)
-                if s == pipe.n_stages - 1:
-                    y = y.to(self.device)
-                    n = (y != -100).sum()
-                    loss_sum += lm_loss(hidden, y).double() * n
-                    count += n
+                if s == pipe.n_stages - 1:  # the same per-token sums as suite.trainer.val_losses
+                    sums, counts = sequence_loss_sums(hidden, y.to(self.device))
+                    loss_sum += sums.sum()
+                    count += counts.sum()
                 elif pipe.rank_of_stage[s + 1] != me:
                     dist.send(hidden.contiguous(), dst=pipe.rank_of_stage[s + 1])
         # only last-stage ranks hold sums; every copy of them has the same ratio

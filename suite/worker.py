@@ -20,12 +20,9 @@ from pathlib import Path
 
 from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes
 from suite.measure.stats import summarize_steps
+from suite.record import Unsupported
 from suite.spec import CellConfig
 from suite.store import write_atomic
-
-
-class Skip(Exception):
-    """The cell cannot run on this host: recorded as skipped with this reason."""
 
 
 class Diverged(Exception):
@@ -53,14 +50,14 @@ def run_cell(cell: CellConfig) -> dict:
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
     from suite.techniques.mesh import build_mesh, coordinate
-    from suite.trainer import build_optimizer, build_schedule, mean_val_loss, val_losses
+    from suite.trainer import build_optimizer, build_schedule, val_losses
 
     device = torch.device(cell.device)
     env = device_fingerprint(torch, device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise Skip("device 'cuda' was asked for but torch sees no CUDA device on this host")
+        raise Unsupported("device 'cuda' was asked for but torch sees no CUDA device on this host")
     if cell.precision == "tf32" and device.type != "cuda":
-        raise Skip("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
+        raise Unsupported("tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32")
 
     _, world = init_distributed(torch, cell, device)
     if device.type == "cuda" and world > 1:
@@ -122,9 +119,16 @@ def run_cell(cell: CellConfig) -> dict:
     if world == 1:
         # Post-training compression, then the model's quality, size and inference speed (for an
         # uncompressed cell too: it is the dense control the compressed cells compare with).
+        # Every evaluation it makes keeps its per-sequence losses, keyed by the mean it returned.
+        evaluated: dict[float, list[float]] = {}
+
+        def evaluate(module) -> float:
+            mean, per_sequence = val_losses(module, val_batches, device, setup.autocast)
+            evaluated[mean] = per_sequence
+            return mean
+
         metrics.update(finish_after_training(CompressContext(
-            model=setup.model, cell=cell, device=device,
-            evaluate=lambda module: mean_val_loss(module, val_batches, device, setup.autocast),
+            model=setup.model, cell=cell, device=device, evaluate=evaluate,
             train_batches=batches, dense_val_loss=val_loss,
             make_optimizer=lambda module: build_optimizer(module, t, device), autocast=setup.autocast)))
         compressed = metrics.get("compressed_val_loss")
@@ -133,10 +137,7 @@ def run_cell(cell: CellConfig) -> dict:
             # and the trained model's is kept beside it (the eval curve ends with it)
             metrics["trained_val_loss"] = val_loss
             val_loss = compressed
-            final_loss, final_seq = val_losses(setup.model, val_batches, device, setup.autocast)
-            # compression works on setup.model in place; if a method ever returned another module,
-            # the per-sequence losses would be of the wrong model: then there are none
-            val_seq = final_seq if abs(final_loss - compressed) <= 1e-9 * max(1.0, abs(compressed)) else None
+            val_seq = evaluated.get(compressed)  # the evaluation that produced the compressed loss
 
     if world > 1:  # memory is per rank, throughput global: keep every rank's view
         gathered: list = [None] * world
@@ -352,7 +353,7 @@ def main(argv: list[str]) -> int:
           flush=True)
     try:
         result = run_cell(cell)
-    except (Skip, _unsupported()) as exc:
+    except Unsupported as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
     except Diverged as exc:
         result = {"status": "diverged", "reason": str(exc), "metrics": {"loss_curve": exc.loss_curve}, "env": {}}
@@ -364,11 +365,6 @@ def main(argv: list[str]) -> int:
         write_atomic(result_path, json.dumps(result, allow_nan=True))
     _leave_process_group()
     return 0
-
-
-def _unsupported() -> type:
-    from suite.techniques import Unsupported  # imports torch: only after the cell has started
-    return Unsupported
 
 
 def _leave_process_group() -> None:

@@ -8,10 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-
-class Unsupported(Exception):
-    """A technique cannot run on this host (e.g. a GPU-only kernel on a CPU): the worker records
-    the cell as `skipped` with this message as the reason, never runs something else instead."""
+from suite.record import Unsupported  # noqa: F401 - re-exported: techniques raise it from here
 
 
 def _no_accumulation_context(last: bool) -> contextlib.AbstractContextManager:
