@@ -33,33 +33,27 @@ def global_clipper(pp_group=None, not_in_norm: tuple = ()):
 
     def clip(params: list[torch.Tensor], max_norm: float) -> None:
         grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
-        device = params[0].device
-        total_sq = _squared_norm([g for g in grads if not isinstance(g, DTensor)], device)
-        by_mesh: dict = {}  # 2-D layouts mix dp-sharded and (dp, tp)-sharded DTensors
-        for g in grads:
-            if isinstance(g, DTensor):
-                by_mesh.setdefault(g.device_mesh, []).append(g)
-        for group in by_mesh.values():
-            total_sq = total_sq + _squared_norm(group, device)
+        total_sq = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        for group in _by_mesh(grads):  # 2-D layouts mix dp-sharded and (dp, tp)-sharded DTensors
+            total_sq = total_sq + _squared_norm(group)
         if pp_group is not None:
             dist.all_reduce(total_sq, group=pp_group)  # stages hold disjoint parameters
         total = total_sq.sqrt()
-        for group in _by_kind(params):  # foreach kernels take DTensors or plain tensors, not both
+        for group in _by_mesh(params):  # foreach kernels take one kind of tensor on one mesh
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
 
     return clip
 
 
-def _by_kind(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+def _by_mesh(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Plain tensors in one group, DTensors in one group per device mesh."""
     groups: dict = {}
-    for p in params:
-        groups.setdefault(p.device_mesh if isinstance(p, DTensor) else None, []).append(p)
+    for t in tensors:
+        groups.setdefault(t.device_mesh if isinstance(t, DTensor) else None, []).append(t)
     return list(groups.values())
 
 
-def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    if not grads:
-        return torch.zeros((), dtype=torch.float32, device=device)
+def _squared_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()  # the DTensor norm reduces over its mesh; materialise it here
