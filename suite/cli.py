@@ -142,7 +142,8 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     if nodes.rank > 0:
         console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
         with SweepProgress() as progress:
-            joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress)
+            joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress,
+                                   gpus=list(range(_host(None).gpu_count)))
         console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
         sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")

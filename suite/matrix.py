@@ -535,7 +535,7 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     n_layer, n_head, d_model, _ = spec.model_dims(c.model)
     if d_model % n_head:
         fail("model.n_head", f"d_model={d_model} is not divisible by n_head={n_head}.")
-    _check_parallel(c, n_layer, n_head, fail)
+    _check_parallel(c, fail)
     if c.data.dataset in spec.SYNTHETIC_DATASETS and c.data.tokenizer != "byte":
         fail("data.tokenizer", f"the synthetic task '{c.data.dataset}' has its own symbols; "
                                f"tokenizer '{c.data.tokenizer}' does not apply.", "byte")
@@ -613,10 +613,10 @@ def _check_compress(c: CellConfig, fail) -> None:
                                       "already is; choose one.")
 
 
-def _check_parallel(c: CellConfig, n_layer: int, n_head: int, fail) -> None:
+def _check_parallel(c: CellConfig, fail) -> None:
     """Parallel layouts that cannot work: wrong engine for an axis, sizes that do not divide."""
     p, t = c.parallel, c.train
-    _, _, _, d_ff = spec.model_dims(c.model)
+    n_layer, n_head, _, d_ff = spec.model_dims(c.model)
     if p.engine == "none" and p.dp > 1:
         fail("parallel.engine", f"dp={p.dp} replicas needs a parallel engine for data parallelism, "
                                 f"but engine is 'none'.", "ddp, fsdp, deepspeed")
@@ -675,26 +675,24 @@ def _host_skip(c: CellConfig, host: Host) -> str | None:
     device = c.device if c.device != "auto" else ("cuda" if host.has_cuda else "cpu")
     if device == "cuda" and not host.has_cuda:
         return "device 'cuda' was asked for but this host has no CUDA GPU"
-    if device == "cpu" and c.precision == "fp8":
+    fp8_training = c.precision == "fp8" or c.compress.quantization == "fp8"  # the same torchao conversion
+    if device == "cpu" and fp8_training:
         return ("fp8 training (torchao float8) needs a CUDA GPU with fp8 tensor cores (compute capability "
                 ">= 8.9: Ada, Hopper or newer); this cell is on cpu")
-    if device == "cpu" and c.compress.quantization == "fp8":
-        return ("compress.quantization fp8 (torchao float8 training) needs a CUDA GPU of compute capability "
-                ">= 8.9; this cell is on cpu")
     if device == "cpu" and c.compress.pruning == "2:4":
         return ("2:4 semi-structured sparsity is accelerated only by sparse tensor cores (CUDA, compute "
                 "capability >= 8.0); this cell is on cpu")
     cap = host.compute_capability
     if device == "cuda" and cap is not None:
-        if cap < 8.9 and (c.precision == "fp8" or c.compress.quantization == "fp8"):
+        if cap < 8.9 and fp8_training:
             return (f"fp8 training needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer); "
                     f"this host's GPU has {cap:.1f}")
         if cap < 8.0 and c.compress.pruning == "2:4":
             return f"2:4 sparsity needs sparse tensor cores (compute capability >= 8.0); this host's GPU has {cap:.1f}"
     import importlib.util  # local: this function's change stays within it
-    if c.precision == "fp8" and importlib.util.find_spec("torchao") is None:
-        # found without importing it (the runner never imports torch); an older GPU (compute
-        # capability < 8.9) is only known to the worker, which records the cell as skipped
+    if fp8_training and importlib.util.find_spec("torchao") is None:
+        # found without importing it (the runner never imports torch); a GPU whose driver does not
+        # report its compute capability leaves that check to the worker, which skips the cell
         return "fp8 training uses torchao.float8, which is not installed (pip install -e '.[compress]')"
     if device == "cpu" and c.precision == "tf32":
         return "tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32"

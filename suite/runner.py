@@ -124,7 +124,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
 
     executor = executor or LocalExecutor()
     gpus = getattr(executor, "gpu_ids", None)  # a local host's devices (empty/None: not known here)
-    cells = [_unsplittable_skip(c, nodes, gpus) for c in select(matrix.cells, only)]
+    cells = [_layout_skip(c, nodes, gpus) for c in select(matrix.cells, only)]
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
     finished = store.finished()
     if retry_failed:
@@ -191,12 +191,12 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     return summary
 
 
-def _unsplittable_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cell:
+def _layout_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cell:
     """A distributed cell this run's nodes cannot hold: recorded as skipped with the reason."""
     world = cell.config.parallel.world_size
-    reason = None
     if cell.skip_reason or not is_distributed(cell):
         return cell
+    reason = None
     if not nodes.splits(world):
         reason = f"its {world} ranks do not split evenly over the {nodes.count} nodes of this run"
     elif cell.config.device == "cuda" and gpus and world // nodes.count > len(gpus):
@@ -208,18 +208,19 @@ def _unsplittable_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) 
 
 
 def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None = None,
-                  on_event: Callable[[str, dict], None] | None = None) -> int:
+                  on_event: Callable[[str, dict], None] | None = None, gpus: list[int] | None = None) -> int:
     """A follower node (rank > 0): join the leader's distributed cells in the leader's order
     and record nothing (node 0 writes every record). What it joined is journaled in
     `node<K>.done` so the same command resumes. Returns the number of cells joined.
-    No timeout of its own: the leader's timeout ends the cell, and the lost peer ends ours."""
+    No timeout of its own: the leader's timeout ends the cell, and the lost peer ends ours.
+    gpus: this node's devices, so it drops exactly the cells the leader skips."""
     emit = on_event or (lambda kind, info: None)
     store = RunStore(run_dir)
     store.create()
     journal = run_dir / f"node{nodes.rank}.done"
     done = set(journal.read_text().split("\n")) if journal.exists() else set()
     cells = [c for c in select(matrix.cells, only)
-             if is_distributed(c) and not _unsplittable_skip(c, nodes).skip_reason]
+             if is_distributed(c) and not _layout_skip(c, nodes, gpus).skip_reason]
     todo = [(c, r) for r in range(matrix.repeats) for c in cells if f"{c.cell_id} {r}" not in done]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": 0})
     host_env = host_fingerprint()
