@@ -379,7 +379,7 @@ def test_fp8_is_unsupported_on_cpu_and_before_compute_capability_8_9():
 
 
 def test_fp8_filter_converts_aligned_linears_and_keeps_the_lm_head():
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason="torchao is optional (pip install -e '.[compress]')")
     from torchao.float8 import convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
