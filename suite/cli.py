@@ -118,7 +118,7 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> N
               help="This node's rank: 0 leads (runs every cell, writes the records), others follow.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
 @click.option("--memory-limit", "memory_limit", metavar="SIZE",
-              help="Cap each cell's address space (e.g. 4GiB) to see what fits a smaller machine; cells beyond it are `oom`.")
+              help="Cap what each cell may hold (e.g. 4GiB; the address space beyond torch's untouched mappings) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
         fail_fast: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,

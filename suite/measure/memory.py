@@ -31,6 +31,18 @@ def host_peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def mapped_not_resident_bytes() -> int:
+    """Address space this process has mapped but not resident now (VmSize - VmRSS): library
+    mappings never touched, reserved stacks. Linux only (/proc)."""
+    fields = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmSize", "VmRSS"):
+                fields[key] = int(value.split()[0]) * 1024  # kB
+    return max(0, fields["VmSize"] - fields["VmRSS"])
+
+
 def host_current_rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
