@@ -310,11 +310,19 @@ def _launcher_root_cause(log_path: Path) -> str | None:
     if not found:
         return None
     rank = re.search(r"rank\s*:\s*(\d+)", block)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(\((SIG\w+)\))?\s*$", block, re.MULTILINE)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
     if not rank or not code:
         return None
-    signal_name = f" ({code.group(3)})" if code.group(3) else ""
-    return f"rank {rank.group(1)} ended first: exit {code.group(1)}{signal_name}"
+    exit_code = int(code.group(1))
+    # torchrun names the signal in some versions only ("-9 (SIGKILL)" vs "-9 (pid: ...)"), so
+    # the name comes from the code itself: a negative exit code is the signal that ended the rank.
+    signal_name = ""
+    if exit_code < 0:
+        try:
+            signal_name = f" ({signal.Signals(-exit_code).name})"
+        except ValueError:
+            pass
+    return f"rank {rank.group(1)} ended first: exit {exit_code}{signal_name}"
 
 
 # Settings that only ever raise activation memory when they grow.

@@ -112,6 +112,21 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
     assert _rank_pid(0, "results/killrank/") is None  # rank 0 did not outlive its peer
 
 
+@pytest.mark.parametrize("exitcode_line", [
+    "exitcode  : -9 (pid: 4242)",   # torch 2.11: the signal only in the traceback line
+    "exitcode  : -9 (SIGKILL)",     # other versions name it beside the code
+])
+def test_the_launchers_root_cause_names_the_signal_whatever_torchrun_prints(tmp_path, exitcode_line):
+    from suite.runner import _launcher_root_cause
+    log = tmp_path / "log.txt"
+    log.write_text("noise\nRoot Cause (first observed failure):\n[0]:\n  time      : 2026-11-29_10:37:31\n"
+                   f"  host      : h\n  rank      : 1 (local_rank: 1)\n  {exitcode_line}\n"
+                   "  error_file: <N/A>\n  traceback : Signal 9 (SIGKILL) received by PID 4242\n")
+    assert _launcher_root_cause(log) == "rank 1 ended first: exit -9 (SIGKILL)"
+    log.write_text("Root Cause (first observed failure):\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 7)\n")
+    assert _launcher_root_cause(log) == "rank 0 ended first: exit 1"
+
+
 def _rank_pid(rank: int, marker: str):
     """The pid of the worker process with this RANK whose command line mentions `marker`."""
     for pid in os.listdir("/proc"):
