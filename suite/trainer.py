@@ -14,6 +14,7 @@ import torch
 from suite.model import lm_loss, sequence_loss_sums
 from suite.spec import TrainSpec
 from suite.techniques import TrainSetup
+from suite.techniques.compilation import eager
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
@@ -123,8 +124,8 @@ class Trainer:
         self.schedule.step()
 
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean loss over every scored token of the validation batches."""
-        return mean_val_loss(self.model, batches, self.device, self.autocast)
+        """Mean loss over every scored token of the validation batches (run eagerly)."""
+        return mean_val_loss(eager(self.model), batches, self.device, self.autocast)
 
 
 def mean_val_loss(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],

@@ -49,6 +49,7 @@ def run_cell(cell: CellConfig) -> dict:
     from suite.measure.peak import peak_flops, utilization
     from suite.model import GPT, flops_per_token, resolve_model
     from suite.techniques import TrainSetup, apply_all
+    from suite.techniques.compilation import eager
     from suite.techniques.mesh import build_mesh, coordinate
     from suite.trainer import build_optimizer, build_schedule, val_losses
 
@@ -110,7 +111,7 @@ def run_cell(cell: CellConfig) -> dict:
     else:
         metrics["peak_mem_bytes"] = peak_rss
     if world == 1:  # per-sequence losses too, for paired comparisons between cells
-        val_loss, val_seq = val_losses(setup.model, val_batches, device, setup.autocast)
+        val_loss, val_seq = val_losses(eager(setup.model), val_batches, device, setup.autocast)
     else:
         val_loss, val_seq = trainer.evaluate(val_batches), None
     evals.append([total_steps, round(train_wall, 6), val_loss])
