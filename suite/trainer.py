@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -65,15 +65,23 @@ def build_schedule(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def language_modelling(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training objective: next-token cross-entropy of model(x) [B, T, V] against y [B, T]."""
+    return lm_loss(model(x), y)
+
+
 class Trainer:
     """One optimizer step over grad_accum micro-batches of a model this process runs whole or
-    as a tensor-parallel / data-parallel shard."""
+    as a tensor-parallel / data-parallel shard. `objective(model, x, y) -> loss` is the loss of
+    one micro-batch (language modelling; distillation's mixed loss for a fine-tune)."""
 
     holds_loss = True  # this rank computes the step's loss (not so on inner pipeline stages)
 
     def __init__(self, setup: TrainSetup, optimizer: torch.optim.Optimizer,
-                 schedule: torch.optim.lr_scheduler.LRScheduler, grad_accum: int, grad_clip: float):
+                 schedule: torch.optim.lr_scheduler.LRScheduler, grad_accum: int, grad_clip: float,
+                 objective: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = language_modelling):
         self.setup = setup
+        self.objective = objective
         self.model = setup.model
         self.device = setup.device
         self.autocast = setup.autocast
@@ -98,7 +106,7 @@ class Trainer:
             # data-parallel engines reduce gradients only on the last micro-batch of the step
             with self.setup.accumulation(micro == self.grad_accum - 1):
                 with self.autocast():
-                    loss = lm_loss(self.model(x), y) / self.grad_accum
+                    loss = self.objective(self.model, x, y) / self.grad_accum
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -153,3 +161,8 @@ def val_losses(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.T
         count += int(counts.sum())
         per_sequence.append(sums / counts.clamp(min=1))
     return float(loss_sum / max(count, 1)), torch.cat(per_sequence).tolist() if per_sequence else []
+
+
+def constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimizer's own learning rate at every step (a fine-tune after training)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

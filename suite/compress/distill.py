@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.model import lm_loss
+from suite.techniques import TrainSetup
+from suite.trainer import Trainer, constant_schedule, language_modelling
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -30,6 +32,31 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * t * t * kl + (1.0 - alpha) * lm, kl, lm
 
 
+class Distillation:
+    """A Trainer objective: the mixed loss of the student against a frozen teacher. Keeps each
+    micro-batch's KL term (detached, on the device) until `step_kl` reads the step's mean."""
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float):
+        self.teacher = teacher.eval()
+        self.temperature = temperature
+        self.alpha = alpha
+        self._kl: list[torch.Tensor] = []
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        loss, kl, _ = distillation_loss(logits, teacher_logits, y, self.temperature, self.alpha)
+        self._kl.append(kl.detach())
+        return loss
+
+    def step_kl(self) -> float:
+        """Mean KL over the micro-batches since the last call (one optimizer step's)."""
+        mean = float(torch.stack(self._kl).mean())
+        self._kl.clear()
+        return mean
+
+
 def finetune(model: nn.Module, steps: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
              optimizer: torch.optim.Optimizer, device: torch.device, grad_accum: int = 1,
              grad_clip: float = 1.0, teacher: nn.Module | None = None, temperature: float = 2.0,
@@ -37,36 +64,17 @@ def finetune(model: nn.Module, steps: int, batches: Iterator[tuple[torch.Tensor,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
              ) -> dict[str, Any]:
     """`steps` optimizer steps of `grad_accum` micro-batches each, at the optimizer's own
-    learning rate (no schedule). Returns per-step losses for the record."""
-    model.train()
-    if teacher is not None:
-        teacher.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
+    learning rate (no schedule), through the same Trainer step as training. Returns per-step
+    losses for the record."""
+    objective = Distillation(teacher, temperature, alpha) if teacher is not None else language_modelling
+    trainer = Trainer(TrainSetup(model=model, device=device, autocast=autocast), optimizer,
+                      constant_schedule(optimizer), grad_accum, grad_clip, objective=objective)
     curve: list[float] = []
     kl_curve: list[float] = []
     for _ in range(steps):
-        total = kl_total = 0.0
-        for _ in range(grad_accum):
-            x, y = next(batches)
-            x, y = x.to(device), y.to(device)
-            with autocast():
-                logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    loss, kl, _ = distillation_loss(logits, teacher_logits, y, temperature, alpha)
-                    kl_total += float(kl.detach()) / grad_accum
-                else:
-                    loss = lm_loss(logits, y)
-            (loss / grad_accum).backward()
-            total += float(loss.detach()) / grad_accum
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        curve.append(total)
+        curve.append(float(trainer.step(batches)))
         if teacher is not None:
-            kl_curve.append(kl_total)
+            kl_curve.append(objective.step_kl())
     facts: dict[str, Any] = {"finetune_steps_done": steps, "finetune_loss_curve": [round(v, 6) for v in curve]}
     if teacher is not None:
         facts.update({"distill_kl_curve": [round(v, 6) for v in kl_curve],
