@@ -116,6 +116,42 @@ def test_fp8_converts_linear_layers_and_trains():
     assert model.blocks[0].mlp.fc.weight.grad is not None
 
 
+def _trainer_on(device, precision: str):
+    """A tiny model's Trainer as the worker builds it (techniques, fused AdamW, schedule), and
+    pinned host batches as the worker's data path makes them."""
+    from suite.model import GPT, GPTConfig
+    from suite.techniques import apply_all
+    from suite.trainer import Trainer, build_optimizer, build_schedule
+    c = cell(precision=precision)
+    model = GPT(GPTConfig(vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, d_model=128, d_ff=512)).to(device)
+    setup = apply_all(TrainSetup(model=model, device=device), c)
+    optimizer = build_optimizer(setup.model, c.train, device)
+    trainer = Trainer(setup, optimizer, build_schedule(optimizer, c.train), grad_accum=2, grad_clip=1.0)
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randint(0, 256, (4, 64), generator=gen) for _ in range(6)]
+    pin = device.type == "cuda"
+    batches = iter([(x.pin_memory(), torch.roll(x, -1, 1).pin_memory()) if pin else (x, torch.roll(x, -1, 1))
+                    for x in xs])
+    return trainer, batches
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_training_step_never_waits_on_the_gpu(precision):
+    """Inside Trainer.step nothing synchronises with the device (no .item(), no pageable copy,
+    no data-dependent shape): the worker's one sync per step, for timing, is outside it. The
+    first step may (optimizer state, kernel autotuning); the next two must not."""
+    trainer, batches = _trainer_on(cuda0(), precision)
+    trainer.step(batches)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call raises
+    try:
+        trainer.step(batches)
+        loss = trainer.step(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(float(loss))
+
+
 def _run_worker(tmp_path, c: CellConfig) -> dict:
     cell_json, result_json = tmp_path / "cell.json", tmp_path / "result.json"
     cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id()}))
