@@ -551,6 +551,16 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     if c.train.lr_warmup_steps > c.train.warmup_steps + c.train.steps:
         fail("train.lr_warmup_steps", "the learning-rate warm-up is longer than the whole run.")
     _check_compress(c, fail)
+    if c.precision == "fp8" or c.compress.quantization == "fp8":
+        # the weight gradient is grad_out^T [N, M] @ input [M, K] with M = the micro-batch's (or
+        # pipeline chunk's) tokens, and fp8 GEMMs need their inner dimension a multiple of 16
+        chunks = (c.parallel.pp_microbatches or c.parallel.pp) if c.parallel.pp > 1 else 1
+        tokens = c.train.micro_batch // chunks * c.data.seq_len
+        if tokens % 16:
+            fail("train.micro_batch", f"fp8 matmuls need the tokens of one micro-batch"
+                                      f"{' chunk' if chunks > 1 else ''} (micro_batch x seq_len = {tokens}) "
+                                      f"to be a multiple of 16, the inner dimension of the weight-gradient GEMM.",
+                 "micro_batch and data.seq_len whose product is a multiple of 16")
 
 
 PRUNING_ALLOWED = ("none, magnitude-<sparsity>, structured-<ratio>, heads-<ratio>, neurons-<ratio> "
@@ -606,6 +616,9 @@ def _check_compress(c: CellConfig, fail) -> None:
     if k.pruning == "2:4" and k.quantization != "none":
         fail("compress.quantization", "2:4 sparse weights do not combine with quantization in this "
                                       "version.", "none")
+    if k.pruning == "2:4" and c.precision not in ("bf16", "fp16"):
+        fail("precision", "2:4 semi-structured weights are stored and multiplied in bf16 or fp16 (the "
+                          "sparse tensor-core kernels take no fp32).", "bf16, fp16")
     if k.quantization == "fp8" and kind != "none":
         fail("compress.pruning", "fp8 training does not combine with pruning in this version.", "none")
     if k.quantization == "fp8" and c.precision == "fp8":

@@ -391,8 +391,24 @@ def test_matrix_rejects_bad_compress_settings(write_matrix, compress, key, words
     assert words in str(err)
 
 
+def test_two_four_sparsity_asks_for_half_precision(write_matrix):
+    err = matrix_error(write_matrix, "{pruning: '2:4'}")  # precision left at fp32
+    assert err.key == "precision" and "bf16" in str(err) and "fp16" in str(err) and "no fp32" in str(err)
+    path = write_matrix("name: m\nfixed: {model: tiny, precision: bf16, compress: {pruning: '2:4'}}\n")
+    assert len(load_matrix(path).cells) == 1
+
+
+def test_semi_structured_weights_are_stored_in_the_cells_half_precision():
+    from suite.compress.plan import plan_for
+    from suite.spec import CellConfig
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        plan = plan_for(CellConfig(precision=precision, compress=CompressSpec(pruning="2:4")))
+        assert plan.sparse_dtype == dtype
+    assert plan_for(CellConfig(precision="bf16", compress=CompressSpec(pruning="magnitude-0.5"))).sparse_dtype is None
+
+
 def test_matrix_accepts_compress_patterns_and_qat_implies_training(write_matrix):
-    path = write_matrix("name: m\nfixed: {model: tiny}\naxes:\n  compress.pruning: [none, magnitude-0.5, "
+    path = write_matrix("name: m\nfixed: {model: tiny, precision: bf16}\naxes:\n  compress.pruning: [none, magnitude-0.5, "
                         "neurons-0.25, heads-0.5, structured-0.5, '2:4']\n  compress.quantization: [none, qat-int8]\n"
                         "exclude:\n  - {compress.pruning: '2:4', compress.quantization: qat-int8}\n")
     matrix = load_matrix(path)
@@ -545,7 +561,7 @@ def test_gpu_only_methods_are_skipped_at_plan_time_on_a_cpu(tmp_path):
     from suite.matrix import Host, load_matrix
 
     path = tmp_path / "m.yaml"
-    path.write_text('name: x\nfixed: {device: cpu}\naxes:\n  compress: [{quantization: fp8}, {pruning: "2:4"}, {quantization: int8-weight}]\n')
+    path.write_text('name: x\nfixed: {device: cpu, precision: bf16}\naxes:\n  compress: [{quantization: fp8}, {pruning: "2:4"}, {quantization: int8-weight}]\n')
     fp8, sparse, int8 = load_matrix(path, host=Host()).cells
     assert "compute capability >= 8.9" in fp8.skip_reason and "cpu" in fp8.skip_reason
     assert "sparse tensor cores" in sparse.skip_reason

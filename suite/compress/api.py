@@ -103,7 +103,7 @@ def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
     elif plan.quantization_phase == "post":
         metrics.update(quantize.quantize_post_training(model, plan.quantization))
     if plan.pruning_kind == "2:4":
-        metrics.update(prune.to_semi_structured(model))
+        metrics.update(prune.to_semi_structured(model, plan.sparse_dtype))
     del teacher
     metrics["compress_wall_s"] = time.perf_counter() - started
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from suite.compress import quantize
-from suite.compress.prune import SEMI_STRUCTURED_CAPABILITY
+from suite.compress.prune import SEMI_STRUCTURED_CAPABILITY, probe_semi_structured
 from suite.spec import CellConfig
 from suite.techniques.setup import Unsupported
 
@@ -31,6 +31,9 @@ class Plan:
     pruning_phase: str | None
     finetune_steps: int
     distill: bool
+    # 2:4 weights are stored and multiplied in the cell's half precision: the sparse kernels
+    # (cuSPARSELt, CUTLASS) take fp16/bf16/int8/fp8, never fp32 (the plan requires bf16 or fp16)
+    sparse_dtype: torch.dtype | None = None
 
     @property
     def active(self) -> bool:
@@ -52,7 +55,11 @@ def plan_for(cell: CellConfig) -> Plan:
     return Plan(quantization=k.quantization, quantization_phase=q_phase, pruning=k.pruning,
                 pruning_kind=kind, pruning_amount=amount, pruning_phase=p_phase,
                 finetune_steps=k.finetune_steps if p_phase == "post" else 0,
-                distill=k.distill and p_phase == "post" and k.finetune_steps > 0)
+                distill=k.distill and p_phase == "post" and k.finetune_steps > 0,
+                sparse_dtype=HALF_DTYPES.get(cell.precision) if kind == "2:4" else None)
+
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_host(plan: Plan, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
@@ -67,3 +74,4 @@ def check_host(plan: Plan, device: torch.device, dtype: torch.dtype = torch.floa
         if capability < SEMI_STRUCTURED_CAPABILITY:
             raise Unsupported(f"2:4 sparsity needs compute capability >= 8.0; this GPU has "
                               f"{capability[0]}.{capability[1]}")
+        probe_semi_structured(device, plan.sparse_dtype or torch.bfloat16)

@@ -111,13 +111,32 @@ def prune_two_four(model: nn.Module) -> dict[str, Any]:
     return {"pruning_method": "2:4 semi-structured (2 largest of every 4 inputs)"}
 
 
-def to_semi_structured(model: nn.Module) -> dict[str, Any]:
-    """Store the (already 2:4-masked) target weights as SparseSemiStructuredTensor, which CUDA
-    sparse tensor cores multiply at up to twice the dense rate (compute capability >= 8.0)."""
+def to_semi_structured(model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
+    """Store the (already 2:4-masked) target weights as SparseSemiStructuredTensor in `dtype`
+    (bf16 or fp16: the sparse kernels take no fp32), which CUDA sparse tensor cores multiply at
+    up to twice the dense rate (compute capability >= 8.0). The model then runs under the
+    cell's autocast, which leaves weights already in its dtype alone (casting a sparse weight
+    would fail)."""
     from torch.sparse import to_sparse_semi_structured
     for module in target_linears(model):
-        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
-    return {"semi_structured_layers": len(target_linears(model))}
+        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach().to(dtype)), requires_grad=False)
+    return {"semi_structured_layers": len(target_linears(model)), "semi_structured_dtype": str(dtype).replace("torch.", "")}
+
+
+def probe_semi_structured(device: torch.device, dtype: torch.dtype) -> None:
+    """Convert and multiply one small 2:4 layer, so a host whose torch lacks the sparse kernels
+    (no cuSPARSELt/CUTLASS build, an unsupported GPU) skips the cell before training, not after."""
+    from torch.sparse import to_sparse_semi_structured
+    weight = torch.randn(128, 128, device=device)
+    weight = (weight * two_four_mask(weight)).to(dtype)
+    try:
+        sparse = to_sparse_semi_structured(weight)
+        with torch.no_grad():
+            torch.nn.functional.linear(torch.zeros(32, 128, device=device, dtype=dtype), sparse)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+        from suite.record import Unsupported
+        raise Unsupported(f"2:4 semi-structured sparsity cannot run on this {device.type} host in "
+                          f"{str(dtype).replace('torch.', '')} ({type(exc).__name__}: {exc})") from None
 
 
 def remove_masks(model: nn.Module) -> int:
