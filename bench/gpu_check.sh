@@ -103,12 +103,21 @@ if [ "$REHEARSAL" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.c
 fi
 say "host: $(tail -n 1 "$OUT/host.txt")"
 
+# One cache for the tests and the cells (tests/conftest.py keeps a set TXSUITE_CACHE): the
+# measured peaks and the prepared corpus are then made once, not once per phase.
+export TXSUITE_CACHE="${TXSUITE_CACHE:-$HOME/.cache/txsuite}"
+
 # --- 2. GPU tests ----------------------------------------------------------------------------
-say "pytest -m gpu (budget ${TESTS_BUDGET_S}s)"
-timeout -k 10 "$TESTS_BUDGET_S" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
-  --junitxml "$OUT/pytest-gpu.xml" >"$OUT/pytest-gpu.log" 2>&1
-TESTS_RC=$?
-tail -n 3 "$OUT/pytest-gpu.log"
+if [ "${GPU_CHECK_TESTS:-1}" = 0 ]; then  # e.g. resuming a run whose tests already ran
+  say "pytest -m gpu: left out (GPU_CHECK_TESTS=0)"
+  TESTS_RC=0
+else
+  say "pytest -m gpu (budget ${TESTS_BUDGET_S}s)"
+  timeout -k 10 "$TESTS_BUDGET_S" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
+    --junitxml "$OUT/pytest-gpu.xml" >"$OUT/pytest-gpu.log" 2>&1
+  TESTS_RC=$?
+  tail -n 3 "$OUT/pytest-gpu.log"
+fi
 
 # --- 3. the GPU matrix -----------------------------------------------------------------------
 RUN_ARGS=(--results-dir "$OUT/results" --reports-dir "$OUT/reports" --run-id "$RUN_ID" --device cuda)
@@ -129,72 +138,10 @@ if [ -f "$RUN_DIR/records.jsonl" ] && [ ! -f "$OUT/reports/gpu/$RUN_ID.html" ]; 
   # the phase was cut off before txsuite rendered its report: render what finished
   "${TXSUITE[@]}" report "$RUN_DIR" --reports-dir "$OUT/reports" >>"$OUT/run-matrix.log" 2>&1
 fi
-cp "${TXSUITE_CACHE:-$HOME/.cache/txsuite}/peaks.json" "$OUT/peaks.json" 2>/dev/null
+cp "$TXSUITE_CACHE/peaks.json" "$OUT/peaks.json" 2>/dev/null
 
 # --- 4. summary ------------------------------------------------------------------------------
-"$PY" - "$RUN_DIR" "$TESTS_RC" "$MFU_RC" "$MATRIX_RC" "$SECONDS" "$REHEARSAL" <<'EOF' | tee "$OUT/summary.txt"
-import json, sys
-from pathlib import Path
-
-run_dir, tests_rc, mfu_rc, matrix_rc, elapsed, rehearsal = Path(sys.argv[1]), *map(int, sys.argv[2:])
-records = []
-if (run_dir / "records.jsonl").exists():
-    records = [json.loads(l) for l in (run_dir / "records.jsonl").read_text().splitlines() if l.strip()]
-planned = []
-if (run_dir / "matrix.json").exists():
-    m = json.loads((run_dir / "matrix.json").read_text())
-    planned = [c.get("label") for c in m.get("cells", [])] if isinstance(m, dict) else []
-
-def fmt(v, spec, scale=1.0, unit=""):
-    return "-" if v is None else f"{v * scale:{spec}}{unit}"
-
-def mfu_nominal(m):
-    if m.get("mfu_nominal") is not None:
-        return m["mfu_nominal"]
-    a, n = m.get("achieved_flops"), m.get("nominal_peak_flops")
-    return a / (n * m.get("world_size", 1)) if a and n else None
-
-print(f"txsuite GPU check: {run_dir}")
-if rehearsal:
-    print("REHEARSAL on a host without a GPU: every cell should be skipped; nothing below is a GPU figure")
-print(f"{'cell':58} {'status':8} {'tok/s':>9} {'MFU':>6} {'MFU nom':>7} {'mem GiB':>7} {'J/token':>9} energy")
-for r in records:
-    m = r.get("metrics") or {}
-    print(f"{(r.get('label') or r['cell_id'])[:58]:58} {r['status']:8} {fmt(m.get('tokens_per_s'), ',.0f'):>9} "
-          f"{fmt(m.get('mfu'), '.1%'):>6} {fmt(mfu_nominal(m), '.1%'):>7} "
-          f"{fmt(m.get('peak_mem_bytes'), '.2f', 2**-30):>7} {fmt(m.get('energy_per_token_j'), '.2e'):>9} "
-          f"{m.get('energy_source') or '-'}")
-    if r["status"] not in ("ok",):
-        print(f"    reason: {(r.get('reason') or '')[:160]}")
-done = {r.get("label") for r in records}
-missing = [l for l in planned if l not in done]
-if missing:
-    print(f"not run (budget exhausted or crashed): {', '.join(missing)}")
-ok = [r for r in records if r["status"] == "ok" and (r.get("metrics") or {}).get("mfu") is not None]
-if ok:
-    best = max(ok, key=lambda r: r["metrics"]["mfu"])
-    m = best["metrics"]
-    print(f"MFU reached: {m['mfu']:.1%} of the measured {m.get('peak_flops', 0) / 1e12:.0f} TFLOP/s peak "
-          f"(HFU {fmt(m.get('hfu'), '.1%')}; vs nominal {fmt(mfu_nominal(m), '.1%')}, "
-          f"{fmt(m.get('nominal_peak_flops'), '.0f', 1e-12)} TFLOP/s) in '{best.get('label')}'")
-energy = [r for r in records if (r.get("metrics") or {}).get("energy_per_token_j") is not None]
-for r in energy:
-    m = r["metrics"]
-    print(f"energy per token: {m['energy_per_token_j']:.3e} J ({m.get('energy_source')}, mean power "
-          f"{fmt(m.get('power_mean_w'), '.0f', unit=' W')}) in '{r.get('label')}'")
-if records and not energy:
-    notes = {(r.get("metrics") or {}).get("telemetry_note") for r in records} - {None}
-    print("energy per token: not recorded" + (f" ({'; '.join(sorted(notes))[:300]})" if notes else
-                                              " (the worker did not record NVML telemetry)"))
-bad = [r for r in records if r["status"] not in ("ok", "skipped")]
-passed = tests_rc == 0 and mfu_rc == 0 and matrix_rc == 0 and not bad and not missing
-if rehearsal:  # a rehearsal passes only when nothing pretended to run on a GPU
-    passed = passed and bool(records) and all(r["status"] == "skipped" for r in records)
-verdict = ("REHEARSAL " if rehearsal else "") + ("PASS" if passed else "FAIL")
-print(f"tests rc {tests_rc} (pytest -m gpu), MFU phase rc {mfu_rc}, matrix rc {matrix_rc} "
-      f"(124: cut off by its budget); {len(records)} records, {len(bad)} not ok/skipped; "
-      f"{elapsed} s; {verdict}")
-EOF
+"$PY" bench/gpu_summary.py "$RUN_DIR" "$TESTS_RC" "$MFU_RC" "$MATRIX_RC" "$SECONDS" "$REHEARSAL" | tee "$OUT/summary.txt"
 if [ -f "$OUT/reports/gpu/$RUN_ID.html" ]; then say "report: $OUT/reports/gpu/$RUN_ID.html"; fi
 if [ "$TESTS_RC" -eq 0 ] && [ "$MFU_RC" -eq 0 ] && [ "$MATRIX_RC" -eq 0 ]; then exit 0; fi
 exit 1

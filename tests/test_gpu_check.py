@@ -78,3 +78,42 @@ def test_a_gpu_that_torch_cannot_see_is_named_not_run_on_the_cpu(tmp_path):
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "torch does not" in r.stderr and sys.executable in r.stderr
     assert not (tmp_path / "o" / "summary.txt").exists()
+
+
+def _summary_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "bench" / "gpu_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(label, preset, precision, mfu, status="ok"):
+    return {"label": label, "cell_id": label, "status": status, "reason": None,
+            "config": {"model": {"preset": preset}, "precision": precision},
+            "metrics": {"mfu": mfu, "hfu": mfu, "peak_flops": 7.9e14, "tokens_per_s": 1.0,
+                        "nominal_peak_flops": 9.89e14, "mfu_nominal": mfu * 0.8}}
+
+
+def test_the_mfu_headline_is_the_mfu_cells_not_a_slow_peak_precision(tmp_path):
+    """fp32's peak is the CUDA-core one, so its MFU can exceed the bf16 1.3B cell's; the
+    headline reports what the target is about."""
+    gpu_summary = _summary_module()
+    records = [_record("precision=fp32", "gpt2-124m", "fp32", 0.71),
+               _record("1.3b cell", "1.3b", "bf16", 0.52), _record("350m cell", "gpt2-350m", "bf16", 0.47)]
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (tmp_path / "matrix.json").write_text(json.dumps({"cells": [{"label": r["label"]} for r in records]}))
+    lines = gpu_summary.summary(tmp_path, 0, 0, 0, 400, False)
+    headline = [line for line in lines if line.startswith("MFU reached")]
+    assert len(headline) == 2 and "52.0%" in headline[0] and "'1.3b cell'" in headline[0]
+    assert "'350m cell'" in headline[1] and not any("fp32" in line for line in headline)
+    assert lines[-1].endswith("PASS")
+
+    # the MFU cells cut off by the budget: the bf16 cells stand in, said so; the verdict fails
+    records[1]["status"] = records[2]["status"] = "timeout"
+    records.append(_record("precision=bf16", "gpt2-124m", "bf16", 0.31))
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    lines = gpu_summary.summary(tmp_path, 0, 124, 0, 450, False)
+    assert any("bf16 cells stand in" in line for line in lines)
+    assert [line for line in lines if line.startswith("MFU reached")][0].endswith("'precision=bf16'")
+    assert lines[-1].endswith("FAIL")
