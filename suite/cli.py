@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from suite.executors import host_gpu_ids
 from suite.matrix import DEFAULT_MAX_CELLS, Host, Matrix, MatrixError, load_matrix
 from suite.measure.env import gpus_from_nvidia_smi
 from suite.measure.estimate import approx_vocab, estimate_memory
@@ -41,7 +42,8 @@ def _host(device: str | None) -> Host:
         except (KeyError, ValueError):
             caps = []  # one unknown: the plan cannot vouch for any of them
             break
-    return Host(has_cuda=bool(gpus), gpu_count=len(gpus), compute_capability=min(caps) if caps else None)
+    usable = len(host_gpu_ids(len(gpus))[0]) if gpus else 0  # CUDA_VISIBLE_DEVICES may hide some
+    return Host(has_cuda=usable > 0, gpu_count=usable, compute_capability=min(caps) if caps else None)
 
 
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
@@ -118,7 +120,7 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> N
               help="This node's rank: 0 leads (runs every cell, writes the records), others follow.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
 @click.option("--memory-limit", "memory_limit", metavar="SIZE",
-              help="Cap what each cell may hold (e.g. 4GiB; the address space beyond torch's untouched mappings) to see what fits a smaller machine; cells beyond it are `oom`.")
+              help="Cap what each cell may hold (e.g. 4GiB: host memory for CPU cells, GPU memory for CUDA cells) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
         fail_fast: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
@@ -189,7 +191,8 @@ def _executor(name: str, run_dir: Path, partition: str | None, gpus_per_node: in
     from suite.executors import LocalExecutor, SlurmExecutor
 
     if name == "local":
-        return LocalExecutor(gpu_ids=list(range(_host(None).gpu_count)))
+        ids, gpu_env = host_gpu_ids(len(gpus_from_nvidia_smi()))
+        return LocalExecutor(gpu_ids=ids, gpu_env=gpu_env)
     import importlib.util
     if importlib.util.find_spec("submitit") is None:
         raise UsageProblem(f"--executor {name} needs submitit: pip install submitit")

@@ -29,10 +29,32 @@ class Outcome:
     where: str = ""  # e.g. "cuda:1" or "slurm job 1234", for the log
 
 
+def host_gpu_ids(nvidia_smi_count: int, env=os.environ) -> tuple[list[str], dict[str, str]]:
+    """The GPUs this run may use, as CUDA_VISIBLE_DEVICES entries, and what a cell's environment
+    needs so that an entry names the same device for CUDA as for the caller.
+
+    A CUDA_VISIBLE_DEVICES the run was started with (a scheduler's share of the node) is kept:
+    its entries (indices or UUIDs, up to the first invalid one, where CUDA stops) are the
+    devices, meant in the caller's own device order. Otherwise nvidia-smi's count is used, and
+    nvidia-smi numbers GPUs in PCI order while CUDA by default puts the fastest first, so cells
+    get CUDA_DEVICE_ORDER=PCI_BUS_ID (unless the caller chose an order)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = []
+        for entry in (e.strip() for e in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            ids.append(entry)
+        return ids, {}
+    order = {} if "CUDA_DEVICE_ORDER" in env else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    return [str(i) for i in range(nvidia_smi_count)], (order if nvidia_smi_count else {})
+
+
 class LocalExecutor:
-    def __init__(self, gpu_ids: list[int] | None = None):
-        self.gpu_ids = list(gpu_ids or [])
-        self._free: queue.Queue[int] = queue.Queue()
+    def __init__(self, gpu_ids: list[str] | list[int] | None = None, gpu_env: dict[str, str] | None = None):
+        self.gpu_ids = [str(g) for g in (gpu_ids or [])]
+        self.gpu_env = dict(gpu_env or {})  # added to a GPU cell's environment (host_gpu_ids)
+        self._free: queue.Queue[str] = queue.Queue()
         for gpu in self.gpu_ids:
             self._free.put(gpu)
 
@@ -48,7 +70,7 @@ class LocalExecutor:
         gpu = self._free.get() if uses_gpu and self.gpu_ids else None  # blocks until a device is free
         try:
             if gpu is not None:
-                env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
+                env = dict(env, **self.gpu_env, CUDA_VISIBLE_DEVICES=gpu)
             returncode, timed_out = run_process_group(cmd, env, log_path, timeout)
             return Outcome(returncode, timed_out, f"cuda:{gpu}" if gpu is not None else "local")
         finally:

@@ -39,7 +39,9 @@ EXPLODE_FACTOR = 4.0
 EVAL_BATCH = 8  # sequences per validation batch (train.eval_batches of them)
 
 
-def run_cell(cell: CellConfig) -> dict:
+def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
+    """Train and measure one cell. gpu_memory_limit: bytes torch may allocate on the GPU
+    (`txsuite run --memory-limit` for a CUDA cell), None for the whole device."""
     import numpy as np
     import torch
 
@@ -64,6 +66,11 @@ def run_cell(cell: CellConfig) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    if device.type == "cuda" and gpu_memory_limit:
+        # the caching allocator refuses to grow past this share of the device (OutOfMemoryError:
+        # the cell is `oom`), as if the GPU were that small; the CUDA context is not counted
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_limit / total), device)
     t = cell.train
     random.seed(t.seed)
     np.random.seed(t.seed)
@@ -349,11 +356,13 @@ def main(argv: list[str]) -> int:
     cell_path, result_path = Path(argv[0]), Path(argv[1])
     payload = json.loads(cell_path.read_text())
     cell = CellConfig.from_dict(payload["config"])
-    _apply_memory_limit(payload.get("memory_limit_bytes"))
+    memory_limit = payload.get("memory_limit_bytes")
+    if cell.device != "cuda":  # a CUDA cell's limit is on the device (run_cell): the CUDA context
+        _apply_memory_limit(memory_limit)  # reserves more address space than any host cap allows
     print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
           flush=True)
     try:
-        result = run_cell(cell)
+        result = run_cell(cell, gpu_memory_limit=memory_limit if cell.device == "cuda" else None)
     except Unsupported as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
     except Diverged as exc:
@@ -376,8 +385,8 @@ def _leave_process_group() -> None:
 
 
 def _apply_memory_limit(limit: int | None) -> None:
-    """`txsuite run --memory-limit`: let this process hold about `limit` bytes, to see which cells
-    would fit a smaller machine (allocations beyond it fail and the cell is recorded as `oom`).
+    """`txsuite run --memory-limit` for a CPU cell: let this process hold about `limit` bytes, to
+    see which cells would fit a smaller machine (allocations beyond it fail and the cell is recorded as `oom`).
 
     The only unprivileged hard cap is the address space (RLIMIT_AS), and address space is not
     memory: a CUDA build of torch maps ~2.5 GB of libraries it never touches (VmSize 3.0 GB

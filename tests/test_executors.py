@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from cli_helpers import txsuite
 
-from suite.executors import LocalExecutor
+from suite.executors import LocalExecutor, host_gpu_ids
 from suite.matrix import Host, load_matrix
 from suite.runner import run_matrix
 from suite.store import RunStore
@@ -37,6 +37,7 @@ FAKE_WORKER = """\
 import json, os, sys, time
 start = time.time(); time.sleep(1.0)
 json.dump({"status": "ok", "metrics": {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start,
+           "order": os.environ.get("CUDA_DEVICE_ORDER"),
            "end": time.time()}, "env": {}}, open(sys.argv[2], "w"))
 """
 
@@ -47,7 +48,8 @@ def run_on_two_fake_gpus(tmp_path, device: str, seeds: int):
     path.write_text(f"name: fake\nfixed: {{device: {device}}}\naxes: {{train.seed: {list(range(seeds))}}}\n")
     matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
     (tmp_path / "fake.py").write_text(FAKE_WORKER)
-    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
+    ids, gpu_env = host_gpu_ids(2, env={})  # two GPUs by nvidia-smi, no CUDA_VISIBLE_DEVICES
+    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=ids, gpu_env=gpu_env),
                worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
     return RunStore(tmp_path / "run").records()
 
@@ -65,6 +67,23 @@ def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
         assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:]))
 
 
+def test_cells_get_devices_in_nvidia_smis_numbering(tmp_path):
+    recs = run_on_two_fake_gpus(tmp_path, "cuda", seeds=2)
+    assert {r.metrics["order"] for r in recs} == {"PCI_BUS_ID"}  # nvidia-smi's index = CUDA's index
+
+
+@pytest.mark.parametrize("env, ids, extra", [
+    ({}, ["0", "1", "2", "3"], {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}),
+    ({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, ["0", "1", "2", "3"], {}),  # the caller's order is kept
+    ({"CUDA_VISIBLE_DEVICES": "2,3"}, ["2", "3"], {}),  # a scheduler's share: only those, as meant
+    ({"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb"}, ["GPU-aa", "GPU-bb"], {}),
+    ({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, ["1"], {}),  # CUDA stops at the first invalid entry
+    ({"CUDA_VISIBLE_DEVICES": ""}, [], {}),  # every device hidden
+])
+def test_the_gpus_a_run_may_use(env, ids, extra):
+    assert host_gpu_ids(4, env=env) == (ids, extra)
+
+
 def test_cpu_cells_never_share_the_host(tmp_path):
     a, b = sorted((r.metrics["start"], r.metrics["end"]) for r in run_on_two_fake_gpus(tmp_path, "cpu", seeds=2))
     assert a[1] <= b[0]
@@ -77,7 +96,7 @@ def test_a_distributed_cell_wider_than_the_hosts_gpus_is_skipped(tmp_path):
                     "  - {parallel: {engine: ddp, dp: 4}}\n")
     matrix = load_matrix(path, host=Host(has_cuda=True, gpu_count=2))
     (tmp_path / "fake.py").write_text(FAKE_WORKER)
-    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=[0, 1]),
+    run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=["0", "1"]),
                worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
     by_dp = {r.config["parallel"]["dp"]: r for r in RunStore(tmp_path / "run").records()}
     assert by_dp[2].status == "ok"

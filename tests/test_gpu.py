@@ -152,9 +152,10 @@ def test_a_training_step_never_waits_on_the_gpu(precision):
     assert math.isfinite(float(loss))
 
 
-def _run_worker(tmp_path, c: CellConfig) -> dict:
+def _run_worker(tmp_path, c: CellConfig, memory_limit_bytes: int | None = None) -> dict:
     cell_json, result_json = tmp_path / "cell.json", tmp_path / "result.json"
-    cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id()}))
+    cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id(),
+                                     "memory_limit_bytes": memory_limit_bytes}))
     out = subprocess.run([sys.executable, "-m", "suite.worker", str(cell_json), str(result_json)],
                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -180,3 +181,13 @@ def test_fp8_cell_on_cuda(tmp_path):
         return
     assert r["status"] == "ok", r["reason"]
     assert r["metrics"]["fp8_linear_layers"] > 0 and math.isfinite(r["metrics"]["val_loss"])
+
+
+def test_memory_limit_caps_the_gpu_not_the_address_space(tmp_path):
+    """--memory-limit on a CUDA cell: a generous cap trains (a host address-space cap that small
+    would kill the CUDA context), a cap below the model's own state is `oom`."""
+    roomy = _run_worker(tmp_path, cell(precision="bf16"), memory_limit_bytes=2 * 2**30)
+    assert roomy["status"] == "ok", roomy["reason"]
+    assert roomy["metrics"]["cuda_max_reserved_bytes"] <= 2 * 2**30
+    tight = _run_worker(tmp_path, cell(precision="bf16"), memory_limit_bytes=2**20)
+    assert tight["status"] == "oom", tight["reason"]
