@@ -238,7 +238,9 @@ def _train_loop(torch, cell: CellConfig, trainer, setup, batches, val_batches, s
             raise Diverged(f"training loss exploded to {loss:.4g} at step {step + 1} "
                            f"(more than {EXPLODE_FACTOR:g}x the first step's {loss_curve[0][2]:.4g})", loss_curve)
         if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < total_steps:
-            evals.append([step + 1, round(train_wall, 6), trainer.evaluate(val_batches)])
+            with telemetry.paused():  # evaluation is outside train_wall, so outside energy per token too
+                eval_loss = trainer.evaluate(val_batches)
+            evals.append([step + 1, round(train_wall, 6), eval_loss])
             if target is not None and reached is None and evals[-1][2] <= target:
                 reached = (step + 1, train_wall)
         elif not t.eval_every and target is not None and reached is None and loss <= target:

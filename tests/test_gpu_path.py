@@ -188,6 +188,150 @@ def test_energy_falls_back_to_integrating_power_when_the_counter_is_unsupported(
     assert nv.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1  # not asked again
 
 
+def test_a_pause_leaves_evaluation_out_of_energy_means_and_window():
+    nv = FakeNvml()
+    clock = FakeClock()
+    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)
+    s.mark()  # t=100
+    nv.values.update(gpu=90, mw=400_000)
+    clock.t += 3
+    nv.values["mj"] += 1_200_000  # 3 s of training: 1,200 J
+    with s.paused():  # the pause's first sample is training's last point (90 %, 400 W)
+        nv.values.update(gpu=5, sm=800, mw=600_000, used=70_000)  # evaluation: another load, more memory
+        s.sample()
+        clock.t += 5
+        nv.values["mj"] += 500_000  # 500 J of evaluation
+        s.sample()
+    nv.values.update(gpu=90, sm=1_500, mw=400_000)
+    clock.t += 2
+    nv.values["mj"] += 800_000  # 2 s of training: 800 J
+    out = s.stop(tokens=2_000)
+    assert out["energy_source"] == "counter"
+    assert out["energy_j"] == pytest.approx(2_000.0)  # the evaluation's 500 J are not counted
+    assert out["energy_per_token_j"] == pytest.approx(1.0)
+    assert out["telemetry_window_s"] == pytest.approx(5) and out["telemetry_paused_s"] == pytest.approx(5)
+    # the pause's first sample and stop's: the two evaluation samples are not in the window
+    assert out["telemetry_samples"] == 2
+    assert out["gpu_util_mean_pct"] == pytest.approx(90) and out["power_mean_w"] == pytest.approx(400)
+    assert out["power_max_w"] == pytest.approx(400) and out["sm_clock_min_mhz"] == 1_500
+    assert out["nvml_mem_used_peak_bytes"] == 70_000  # memory peaks cover the whole life, pauses included
+    # NVML at the pause's ends only: one counter read each, one sample at its start; the
+    # samples taken while paused read memory and processes, not the window's metrics
+    assert nv.calls["nvmlDeviceGetTotalEnergyConsumption"] == 5  # start, mark, pause, resume, stop
+    assert nv.calls["nvmlDeviceGetUtilizationRates"] == 4  # start, mark, pause, stop
+    assert nv.calls["nvmlDeviceGetMemoryInfo"] == 6
+
+
+def test_a_pause_is_not_integrated_when_the_counter_is_unsupported():
+    nv = FakeNvml(unsupported={"nvmlDeviceGetTotalEnergyConsumption"})
+    clock = FakeClock()
+    nv.values["mw"] = 100_000
+    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)  # 100 W at t=0
+    clock.t += 4
+    nv.values["mw"] = 200_000
+    with s.paused():  # 200 W at t=4: 600 J so far
+        nv.values["mw"] = 900_000
+        clock.t += 10
+        s.sample()  # evaluation: neither integrated nor bridged
+    clock.t += 4
+    nv.values["mw"] = 200_000
+    out = s.stop(tokens=100)  # from the resume at t=14 (200 W, the last reading before the pause) to t=18: 800 J
+    assert out["energy_source"] == "power-integral"
+    assert out["energy_j"] == pytest.approx(1_400.0)
+    assert out["power_max_w"] == pytest.approx(200)
+    assert out["telemetry_window_s"] == pytest.approx(8) and out["telemetry_paused_s"] == pytest.approx(10)
+    assert "shorter" not in out["telemetry_note"]  # two stretches of 4 s
+
+
+def test_pauses_before_mark_nested_or_open_at_stop_are_harmless():
+    nv = FakeNvml()
+    clock = FakeClock()
+    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)
+    with s.paused():  # warm-up evaluation: mark() starts the window afresh anyway
+        clock.t += 5
+        nv.values["mj"] += 5_000_000
+    s.mark()
+    clock.t += 3
+    nv.values["mj"] += 300_000
+    with s.paused():
+        with s.paused():  # nested: one span
+            clock.t += 1
+            nv.values["mj"] += 100_000
+        clock.t += 1
+        nv.values["mj"] += 100_000
+    s.resume()  # unmatched: nothing to end
+    clock.t += 3
+    nv.values["mj"] += 300_000
+    with s.paused():
+        clock.t += 2
+        nv.values["mj"] += 200_000
+        out = s.stop(tokens=600)  # stopped inside a pause: the window ended where it began
+    assert out["energy_j"] == pytest.approx(600.0) and out["energy_per_token_j"] == pytest.approx(1.0)
+    assert out["telemetry_window_s"] == pytest.approx(6) and out["telemetry_paused_s"] == pytest.approx(4)
+    s.pause(), s.resume()  # after stop(): no effect, no NVML call
+    assert s.stop() is out and out["telemetry_paused_s"] == pytest.approx(4)
+
+    nv = FakeNvml()
+    clock = FakeClock()
+    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)
+    with s.paused():
+        clock.t += 5
+        nv.values["mj"] += 9_000_000
+        s.mark()  # marked inside a pause: the window starts paused
+        clock.t += 2
+        nv.values["mj"] += 1_000_000
+    clock.t += 3
+    nv.values["mj"] += 600_000
+    out = s.stop(tokens=600)
+    assert out["energy_j"] == pytest.approx(600.0)
+    assert out["telemetry_window_s"] == pytest.approx(3) and out["telemetry_paused_s"] == pytest.approx(2)
+
+
+def test_a_window_shorter_than_nvml_averaging_is_noted_and_kept():
+    def window(seconds, pauses=0, **fake):
+        nv = FakeNvml(**fake)
+        clock = FakeClock()
+        s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)
+        s.mark()
+        for _ in range(pauses):
+            clock.t += seconds / (pauses + 1)
+            with s.paused():
+                clock.t += 10
+        clock.t += seconds / (pauses + 1)
+        nv.values["mj"] += int(seconds * 300_000)  # 300 W
+        return s.stop(tokens=1_000)
+
+    out = window(5.0)
+    assert out["telemetry_note"] is None  # nothing to say: a long window
+    out = window(0.5)
+    assert out["telemetry_window_s"] == pytest.approx(0.5)
+    assert "measured window (0.50 s) is under 2 s, too short for NVML's ~1 s averaging" in out["telemetry_note"]
+    assert "power_mean_w and gpu_util_mean_pct lean on the steps before it" in out["telemetry_note"]
+    assert "energy_j, from the energy counter, is unaffected" in out["telemetry_note"]
+    assert out["power_mean_w"] == pytest.approx(300) and out["gpu_util_mean_pct"] == pytest.approx(50)  # kept
+    assert out["energy_source"] == "counter" and out["energy_j"] == pytest.approx(150.0)  # unaffected
+    # a long window the pauses cut into short stretches: the same lean, before each stretch
+    out = window(3.0, pauses=2)
+    assert out["telemetry_window_s"] == pytest.approx(3.0)
+    assert "into 3 stretches of 1.00 s on average" in out["telemetry_note"]
+    out = window(6.0, pauses=2)
+    assert out["telemetry_note"] is None
+    # energy integrated from the averaged power readings leans the same way, and says so
+    out = window(0.5, unsupported={"nvmlDeviceGetTotalEnergyConsumption"})
+    assert out["energy_source"] == "power-integral" and "and so does energy_j" in out["telemetry_note"]
+
+
+def test_the_sampler_thread_keeps_to_memory_while_paused():
+    nv = FakeNvml()
+    s = Telemetry.start(0, 0.02, nvml=nv)
+    with s.paused():
+        time.sleep(0.3)
+    s.stop(tokens=1)
+    # the thread went on sleeping between samples (no busy wait) and read only memory
+    assert 4 <= nv.calls["nvmlDeviceGetMemoryInfo"] <= 0.3 / 0.02 + 8
+    assert nv.calls["nvmlDeviceGetUtilizationRates"] <= 4  # start, maybe one before the pause, pause, stop
+
+
 def test_no_energy_at_all_is_none_not_zero():
     nv = FakeNvml(unsupported={"nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage"})
     out = Telemetry.start(0, SLOW, nvml=nv).stop(tokens=100)
@@ -227,6 +371,8 @@ def test_missing_pynvml_gives_none_everywhere(monkeypatch):
     s = Telemetry.start(0, 0.1)
     assert isinstance(s, NullTelemetry)
     s.mark()
+    with s.paused():
+        pass
     out = s.stop(tokens=1000)
     assert list(out) == list(FIELDS) and _all_none(out) and out["telemetry_samples"] == 0
     assert "pynvml" in out["telemetry_note"]
@@ -461,7 +607,7 @@ def test_plan_skips_fp8_on_a_gpu_too_old_for_it(tmp_path):
                     '  *) echo "NVIDIA A100-SXM4-80GB, 550.54, 81920 MiB" ;;\nesac\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "m.yaml").write_text('name: x\nfixed: {device: cuda}\naxes:\n  precision: [bf16, fp8]\n'
-                                     'include:\n  - {compress: {pruning: "2:4"}}\n')
+                                     'include:\n  - {precision: bf16, compress: {pruning: "2:4"}}\n')
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
     out = subprocess.run([sys.executable, "-m", "suite.cli", "plan", "m.yaml"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)

@@ -5,6 +5,9 @@ background thread while a cell trains.
     ... warm-up steps ...
     sampler.mark()                                    # optional: the measured window starts here
     ... measured steps ...
+    with sampler.paused():                            # optional: left out of the window
+        ... evaluation ...
+    ... measured steps ...
     fields = sampler.stop(tokens=tokens_trained_in_the_window)
 
 `fields` always has the same keys (FIELDS). Without NVML (package missing, no driver, a CPU
@@ -23,14 +26,27 @@ Design:
   the window's start and `stop()`: `energy_source = "counter"`. Only where that counter is
   unsupported is power integrated over the samples (trapezoids):
   `energy_source = "power-integral"`, as coarse as the interval and the driver's power
-  averaging allow.
+  averaging allow;
+- a pause (`paused()`, around an evaluation) cuts a span out of the window: its energy (the
+  counter read at both ends) is subtracted, its samples enter no mean and no integral, its
+  length is not part of `telemetry_window_s`. It costs NVML calls at its two ends only;
+- NVML's power reading is itself a ~1 s moving average (Ampere and newer) and utilisation is
+  averaged by the driver over 1/6 s to 1 s: a window shorter than NVML_AVERAGING_MIN_WINDOW_S
+  keeps its means but says in the note that they lean on what ran before it.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+# Power (nvmlDeviceGetPowerUsage) is a ~1 s moving average on Ampere and newer, and
+# utilisation covers the driver's last 1/6 s to 1 s: in a window shorter than 2 s, at least half
+# of the readings reach back before the window (into the warm-up, or the paused evaluation), so
+# power_mean_w and gpu_util_mean_pct mostly describe that. Such windows get a note, not a fix.
+NVML_AVERAGING_MIN_WINDOW_S = 2.0
 
 # Every key `stop()` returns, in order (the null sampler returns the same keys).
 FIELDS = (
@@ -49,6 +65,7 @@ FIELDS = (
     "energy_source",
     "telemetry_samples",
     "telemetry_window_s",
+    "telemetry_paused_s",
     "telemetry_interval_s",
     "telemetry_note",
 )
@@ -72,6 +89,16 @@ class NullTelemetry:
 
     def mark(self) -> None:
         pass
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        yield
 
     def stop(self, tokens: int | None = None) -> dict[str, Any]:
         return _empty(self.note, self.interval_s)
@@ -190,6 +217,7 @@ class Telemetry:
         self.proc_mem_peak: int | None = None
         self._proc_seen = False
         self._tree: tuple[float, set[int]] | None = None  # (when read, pids): re-read every 2 s
+        self._pause_depth = 0  # nested pauses: only the outermost one starts and ends a span
         self._reset_window()
 
     # -- window statistics ---------------------------------------------------------------
@@ -202,10 +230,17 @@ class Telemetry:
         self._power = [0.0, 0]
         self.power_max: float | None = None
         self._integral_j = 0.0
-        self._integral_points = 0
-        self._last_power: tuple[float, float] | None = None
+        self._integral_spans = 0  # trapezoids integrated: energy needs at least one
+        self._last_power: tuple[float, float] | None = None  # where the next trapezoid starts
         self._window_start: float | None = None
         self._energy_start_j: float | None = None
+        # pauses in the window: their time and counter energy, subtracted at stop()
+        self.paused_s = 0.0
+        self._paused_energy_j = 0.0
+        self._counter_went_back = False
+        self._pause_start: float | None = None
+        self._pause_energy_start_j: float | None = None
+        self._stretches = 1  # measured stretches the pauses cut the window into
 
     def _begin(self) -> None:
         with self._lock:
@@ -229,7 +264,60 @@ class Telemetry:
             self._energy_start_j = self._energy_counter()
             if last is not None:
                 self._last_power = (self._window_start, last[1])
-                self._integral_points = 1
+            if self._pause_depth:  # marked inside a pause: the window starts paused
+                self._pause_start, self._pause_energy_start_j = self._window_start, self._energy_start_j
+                self._stretches = 0  # the resume starts the first one
+
+    # -- pauses ----------------------------------------------------------------------------
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the enclosed span (an evaluation between measured steps) out of the window:
+        no energy, no samples in the means, no time in `telemetry_window_s`. Nests; harmless
+        before `mark()` (the window restarts there) and after `stop()`."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def pause(self) -> None:
+        """Start a paused span (prefer `paused()`). One sample and one counter read, here only."""
+        if self._result is not None:
+            return
+        with self._lock:
+            if self._pause_depth == 0:
+                self._sample_locked()  # training's last point: the integral runs up to here
+                self._pause_start = self.clock()
+                self._pause_energy_start_j = self._energy_counter() if self._energy_start_j is not None else None
+            self._pause_depth += 1
+
+    def resume(self) -> None:
+        """End the paused span started by the matching `pause()`. One counter read, no sample:
+        a reading now would be the paused work's (NVML's averaging)."""
+        if self._result is not None:
+            return
+        with self._lock:
+            if self._pause_depth == 0:  # unmatched: nothing to end
+                return
+            self._pause_depth -= 1
+            if self._pause_depth:
+                return
+            now = self.clock()
+            self._close_pause_locked(now, self._energy_counter() if self._energy_start_j is not None else None)
+            self._stretches += 1
+            if self._last_power is not None:
+                # as at mark(): the integral resumes here from the last power read before the
+                # pause, so no trapezoid spans the pause
+                self._last_power = (now, self._last_power[1])
+
+    def _close_pause_locked(self, now: float, energy_j: float | None) -> None:
+        self.paused_s += now - self._pause_start
+        if self._pause_energy_start_j is not None and energy_j is not None:
+            if energy_j >= self._pause_energy_start_j:
+                self._paused_energy_j += energy_j - self._pause_energy_start_j
+            else:  # the counter restarted during the pause: the window's difference means nothing
+                self._counter_went_back = True
+        self._pause_start = self._pause_energy_start_j = None
 
     # -- sampling --------------------------------------------------------------------------
     def _query(self, metric: str, fn: Callable[[], Any]) -> Any:
@@ -261,11 +349,14 @@ class Telemetry:
     def _sample_locked(self) -> None:
         nv, h = self.nvml, self.handle
         now = self.clock()
-        self.samples += 1
         mem = self._query("memory", lambda: nv.nvmlDeviceGetMemoryInfo(h))
         if mem is not None:
             used = int(mem.used)
             self.mem_peak = used if self.mem_peak is None else max(self.mem_peak, used)
+        if self._pause_depth:
+            self._sample_process_memory(now)  # memory peaks cover the whole life, pauses included
+            return  # the window's statistics are not asked for, so not charged the paused work
+        self.samples += 1
         util = self._query("utilization", lambda: nv.nvmlDeviceGetUtilizationRates(h))
         if util is not None:
             _add(self._util, util.gpu)
@@ -282,8 +373,12 @@ class Telemetry:
             if self._last_power is not None:
                 t0, w0 = self._last_power
                 self._integral_j += (now - t0) * (w0 + watts) / 2.0
-            self._integral_points += 1
+                self._integral_spans += 1
             self._last_power = (now, watts)
+        self._sample_process_memory(now)
+
+    def _sample_process_memory(self, now: float) -> None:
+        nv, h = self.nvml, self.handle
         procs = self._query("processes", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h))
         if procs is not None:
             mine = self._tree_pids(now)
@@ -310,16 +405,21 @@ class Telemetry:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         with self._lock:
-            self._sample_locked()  # the window's last point
+            self._sample_locked()  # the window's last point (unless stopped inside a pause)
             end = self.clock()
             energy_end = self._energy_counter() if self._energy_start_j is not None else None
+            if self._pause_depth:  # stopped inside a pause: the window ended where it began
+                self._close_pause_locked(end, energy_end)
+                self._pause_depth = 0
         energy, source = None, None
-        if self._energy_start_j is not None and energy_end is not None and energy_end >= self._energy_start_j:
-            energy, source = energy_end - self._energy_start_j, "counter"
-        elif self._integral_points >= 2:
+        if (self._energy_start_j is not None and energy_end is not None and not self._counter_went_back
+                and energy_end >= self._energy_start_j):
+            energy, source = energy_end - self._energy_start_j - self._paused_energy_j, "counter"
+        elif self._integral_spans:
             energy, source = self._integral_j, "power-integral"
             if energy_end is not None and self._energy_start_j is not None:
                 self._notes.append("the energy counter went backwards (driver reloaded?): power integrated instead")
+        window_s = (end - self._window_start - self.paused_s) if self._window_start is not None else None
         out = _empty(None, self.interval_s)
         out.update({
             "nvml_device_name": self.name,
@@ -336,7 +436,8 @@ class Telemetry:
             "energy_per_token_j": (energy / tokens) if (energy is not None and tokens) else None,
             "energy_source": source,
             "telemetry_samples": self.samples,
-            "telemetry_window_s": (end - self._window_start) if self._window_start is not None else None,
+            "telemetry_window_s": window_s,
+            "telemetry_paused_s": self.paused_s,
         })
         notes = [f"{metric} unavailable ({err})" for metric, err in self._broken.items()]
         if "processes" not in self._broken and not self._proc_seen:
@@ -347,12 +448,37 @@ class Telemetry:
         if source == "power-integral":
             notes.append(f"energy integrated from power samples every {self.interval_s:g} s "
                          "(total-energy counter unsupported)")
+        short = self._averaging_note(window_s, out)
+        if short:
+            notes.append(short)
         notes.extend(self._notes)
         out["telemetry_note"] = "; ".join(notes) or None
         self._result = out
         self.active = False
         _shutdown(self.nvml)
         return out
+
+    def _averaging_note(self, window_s: float | None, out: dict[str, Any]) -> str | None:
+        """The note of a window too short for NVML's own averaging (NVML_AVERAGING_MIN_WINDOW_S),
+        or of one cut by pauses into stretches that short. The values are kept as read."""
+        if window_s is None or (out["power_mean_w"] is None and out["gpu_util_mean_pct"] is None):
+            return None
+        stretch_s = window_s / max(self._stretches, 1)  # 0: marked and stopped inside one pause
+        if stretch_s >= NVML_AVERAGING_MIN_WINDOW_S:
+            return None
+        limit = f"under {NVML_AVERAGING_MIN_WINDOW_S:g} s, too short for NVML's ~1 s averaging of power and utilisation"
+        if self._stretches <= 1:
+            text = (f"the measured window ({window_s:.2f} s) is {limit}: power_mean_w and gpu_util_mean_pct "
+                    "lean on the steps before it")
+        else:
+            text = (f"the pauses cut the measured window ({window_s:.2f} s) into {self._stretches} stretches of "
+                    f"{stretch_s:.2f} s on average, {limit}: power_mean_w and gpu_util_mean_pct lean on what ran "
+                    "before each stretch (the warm-up, the paused work)")
+        if out["energy_source"] == "counter":
+            return text + " (energy_j, from the energy counter, is unaffected)"
+        if out["energy_source"] == "power-integral":
+            return text + " (and so does energy_j, integrated from those power readings)"
+        return text
 
 
 def _add(acc: list, value: Any) -> None:
