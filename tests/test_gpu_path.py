@@ -171,11 +171,17 @@ def test_mark_starts_the_measured_window():
     assert out["nvml_mem_used_peak_bytes"] == 50_000  # the peak covers the whole life
 
 
-def test_energy_falls_back_to_integrating_power_when_the_counter_is_unsupported():
+def counterless_sampler(watts: float):
+    """(fake NVML, clock, sampler started at t=0 reading `watts`) on a device without the
+    total-energy counter, so energy is integrated from power."""
     nv = FakeNvml(unsupported={"nvmlDeviceGetTotalEnergyConsumption"})
     clock = FakeClock()
-    nv.values["mw"] = 100_000
-    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)  # 100 W at t=0
+    nv.values["mw"] = watts * 1_000
+    return nv, clock, Telemetry.start(0, SLOW, nvml=nv, clock=clock)
+
+
+def test_energy_falls_back_to_integrating_power_when_the_counter_is_unsupported():
+    nv, clock, s = counterless_sampler(100)  # 100 W at t=0
     clock.t += 1
     nv.values["mw"] = 200_000
     s.sample()  # 200 W at t=1: 150 J so far
@@ -223,10 +229,7 @@ def test_a_pause_leaves_evaluation_out_of_energy_means_and_window():
 
 
 def test_a_pause_is_not_integrated_when_the_counter_is_unsupported():
-    nv = FakeNvml(unsupported={"nvmlDeviceGetTotalEnergyConsumption"})
-    clock = FakeClock()
-    nv.values["mw"] = 100_000
-    s = Telemetry.start(0, SLOW, nvml=nv, clock=clock)  # 100 W at t=0
+    nv, clock, s = counterless_sampler(100)  # 100 W at t=0
     clock.t += 4
     nv.values["mw"] = 200_000
     with s.paused():  # 200 W at t=4: 600 J so far
