@@ -10,8 +10,7 @@
 #    the venv with scripts/install.sh (pip's normal CUDA torch);
 # 2. runs the GPU-only tests:  pytest -m gpu tests/   (tests/test_gpu.py)
 # 3. runs matrices/gpu.yaml on the GPU: first its MFU cell (the 1.3B model, bf16, compiled), then
-#    the rest (fp32/tf32/bf16/fp8, micro-batch, checkpointing, compile, int8 weight-only, and
-#    GPT-2 350M compiled, the other MFU cell);
+#    the rest (fp32/tf32/bf16/fp8, micro-batch, checkpointing, int8 weight-only, compile);
 # 4. prints a summary: per cell status, tokens/s, MFU (measured and nominal peak), peak memory,
 #    energy per token; the best MFU reached.
 #

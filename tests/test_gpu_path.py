@@ -573,7 +573,7 @@ def test_the_gpu_matrix_plans_on_a_cpu_host_as_skipped_cells():
     precisions = {c.config.precision for c in m.cells}
     assert {"fp32", "tf32", "bf16", "fp8"} <= precisions
     assert any(c.config.compress.quantization == "int8-weight" for c in m.cells)
-    assert {"1.3b", "gpt2-350m"} <= {c.config.model.preset for c in m.cells}  # the two MFU cells
+    assert any(c.config.model.preset == "1.3b" for c in m.cells)  # the MFU cell
     assert all(c.skip_reason and "no CUDA GPU" in c.skip_reason for c in m.cells)
     # forced onto this CPU: fp8 and tf32 are skipped for their own reasons, the rest would run
     on_cpu = load_matrix(REPO / "matrices" / "gpu.yaml", host=Host(), device_override="cpu")
