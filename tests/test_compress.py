@@ -407,6 +407,16 @@ def test_semi_structured_weights_are_stored_in_the_cells_half_precision():
     assert plan_for(CellConfig(precision="bf16", compress=CompressSpec(pruning="magnitude-0.5"))).sparse_dtype is None
 
 
+def test_a_host_without_sparse_kernels_is_told_before_training():
+    """The probe converts and multiplies one 2:4 layer; this CPU has no sparse kernels, and the
+    skip reason carries torch's own words."""
+    from suite.compress.prune import probe_semi_structured
+    before = torch.get_rng_state()
+    with pytest.raises(Unsupported, match="2:4 semi-structured sparsity cannot run on this cpu host in bfloat16"):
+        probe_semi_structured(CPU, torch.bfloat16)
+    assert torch.equal(torch.get_rng_state(), before)  # the probe leaves the global RNG alone
+
+
 def test_matrix_accepts_compress_patterns_and_qat_implies_training(write_matrix):
     path = write_matrix("name: m\nfixed: {model: tiny, precision: bf16}\naxes:\n  compress.pruning: [none, magnitude-0.5, "
                         "neurons-0.25, heads-0.5, structured-0.5, '2:4']\n  compress.quantization: [none, qat-int8]\n"

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from suite.record import Unsupported
+
 SEMI_STRUCTURED_CAPABILITY = (8, 0)
 
 
@@ -127,14 +129,13 @@ def probe_semi_structured(device: torch.device, dtype: torch.dtype) -> None:
     """Convert and multiply one small 2:4 layer, so a host whose torch lacks the sparse kernels
     (no cuSPARSELt/CUTLASS build, an unsupported GPU) skips the cell before training, not after."""
     from torch.sparse import to_sparse_semi_structured
-    weight = torch.randn(128, 128, device=device)
+    weight = torch.randn(128, 128, device=device, generator=torch.Generator(device).manual_seed(0))  # not the global RNG
     weight = (weight * two_four_mask(weight)).to(dtype)
     try:
         sparse = to_sparse_semi_structured(weight)
         with torch.no_grad():
             torch.nn.functional.linear(torch.zeros(32, 128, device=device, dtype=dtype), sparse)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
-        from suite.record import Unsupported
         raise Unsupported(f"2:4 semi-structured sparsity cannot run on this {device.type} host in "
                           f"{str(dtype).replace('torch.', '')} ({type(exc).__name__}: {exc})") from None
 
