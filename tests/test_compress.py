@@ -311,7 +311,7 @@ def test_methods_the_host_cannot_run_are_unsupported_before_training():
 def test_int4_weight_is_unsupported_where_its_kernels_are_missing():
     try:
         import mslk  # noqa: F401
-        pytest.skip("this host has the mslk kernels int4-weight needs")
+        pytest.skip(reason="this host has the mslk kernels int4-weight needs")
     except ImportError:
         pass
     cell = make_cell(CompressSpec(quantization="int4-weight"))

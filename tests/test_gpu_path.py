@@ -587,7 +587,7 @@ def test_the_gpu_matrix_plans_on_a_cpu_host_as_skipped_cells():
 def test_txsuite_plan_of_the_gpu_matrix_does_not_crash_without_a_gpu():
     from suite.measure.env import gpus_from_nvidia_smi
     if gpus_from_nvidia_smi():
-        pytest.skip("this host has a GPU: the cells would be planned to run")
+        pytest.skip(reason="this host has a GPU: the cells would be planned to run")
     out = subprocess.run([sys.executable, "-m", "suite.cli", "plan", "matrices/gpu.yaml"],
                          cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, COLUMNS="250"))
