@@ -19,6 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from suite.measure.env import visible_devices
+
 KILL_GRACE_S = 5.0
 
 
@@ -38,14 +40,9 @@ def host_gpu_ids(nvidia_smi_count: int, env=os.environ) -> tuple[list[str], dict
     devices, meant in the caller's own device order. Otherwise nvidia-smi's count is used, and
     nvidia-smi numbers GPUs in PCI order while CUDA by default puts the fastest first, so cells
     get CUDA_DEVICE_ORDER=PCI_BUS_ID (unless the caller chose an order)."""
-    visible = env.get("CUDA_VISIBLE_DEVICES")
+    visible = visible_devices(env)
     if visible is not None:
-        ids = []
-        for entry in (e.strip() for e in visible.split(",")):
-            if not entry or entry.startswith("-"):
-                break
-            ids.append(entry)
-        return ids, {}
+        return visible, {}
     order = {} if "CUDA_DEVICE_ORDER" in env else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     return [str(i) for i in range(nvidia_smi_count)], (order if nvidia_smi_count else {})
 

@@ -61,6 +61,20 @@ def git_commit(path: Path) -> str | None:
         return None
 
 
+def visible_devices(env=os.environ) -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES (NVML indices or UUIDs) as CUDA reads them: up to the
+    first empty or invalid one, where CUDA stops; None when the variable is not set."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    entries = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return entries
+
+
 def gpus_from_nvidia_smi() -> list[dict]:
     """GPU names and driver via nvidia-smi, or [] on a host without one."""
     try:

@@ -85,7 +85,6 @@ class NullTelemetry:
     def __init__(self, note: str, interval_s: float | None = None):
         self.note = note
         self.interval_s = interval_s
-        self.active = False
 
     def mark(self) -> None:
         pass
@@ -114,13 +113,11 @@ def nvml_device_ref(index: int, uuid: str | None = None, env: dict | None = None
     if uuid:
         uuid = str(uuid)
         return uuid if uuid.startswith(("GPU-", "MIG-")) else "GPU-" + uuid
-    env = os.environ if env is None else env
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip():
-        entries = [e.strip() for e in visible.split(",") if e.strip()]
-        if 0 <= index < len(entries):
-            entry = entries[index]
-            return int(entry) if entry.isdigit() else entry
+    from suite.measure.env import visible_devices
+    entries = visible_devices(os.environ if env is None else env)
+    if entries and 0 <= index < len(entries):
+        entry = entries[index]
+        return int(entry) if entry.isdigit() else entry
     return index
 
 
@@ -180,19 +177,18 @@ class Telemetry:
         except Exception as exc:  # noqa: BLE001 - no driver / library: NVMLError subclasses
             return NullTelemetry(f"NVML could not initialise ({type(exc).__name__}: {exc})", interval_s)
         ref = nvml_device_ref(device_index, uuid)
-        try:
-            handle = (nvml.nvmlDeviceGetHandleByUUID(ref) if isinstance(ref, str)
-                      else nvml.nvmlDeviceGetHandleByIndex(ref))
-        except Exception as exc:  # noqa: BLE001
-            fallback = nvml_device_ref(device_index, None)
-            try:  # a UUID NVML does not know (e.g. some MIG setups): try the index mapping
-                if fallback == ref:
-                    raise
-                handle = (nvml.nvmlDeviceGetHandleByUUID(fallback) if isinstance(fallback, str)
-                          else nvml.nvmlDeviceGetHandleByIndex(fallback))
-            except Exception:  # noqa: BLE001
-                _shutdown(nvml)
-                return NullTelemetry(f"NVML has no device {ref!r} ({type(exc).__name__}: {exc})", interval_s)
+        # the UUID first; one NVML does not know (e.g. some MIG setups): the index mapping
+        handle, error = None, None
+        for candidate in dict.fromkeys([ref, nvml_device_ref(device_index, None)]):
+            try:
+                handle = (nvml.nvmlDeviceGetHandleByUUID(candidate) if isinstance(candidate, str)
+                          else nvml.nvmlDeviceGetHandleByIndex(candidate))
+                break
+            except Exception as exc:  # noqa: BLE001 - NVMLError_NotFound and friends
+                error = error or exc  # the first failure names the problem
+        if handle is None:
+            _shutdown(nvml)
+            return NullTelemetry(f"NVML has no device {ref!r} ({type(error).__name__}: {error})", interval_s)
         sampler = cls(nvml, handle, interval_s, clock)
         sampler._begin()
         return sampler
@@ -202,14 +198,12 @@ class Telemetry:
         self.handle = handle
         self.interval_s = float(interval_s)
         self.clock = clock
-        self.active = True
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._result: dict[str, Any] | None = None
         self._broken: dict[str, str] = {}  # metric -> first error; never asked again
         self._notes: list[str] = []
-        self.calls = 0  # NVML queries made (the tests count them)
         self.name = self._query("name", lambda: _text(nvml.nvmlDeviceGetName(handle)))
         # whole life (start -> stop)
         self.mem_start: int | None = None
@@ -323,7 +317,6 @@ class Telemetry:
     def _query(self, metric: str, fn: Callable[[], Any]) -> Any:
         if metric in self._broken:
             return None
-        self.calls += 1
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - NVMLError_NotSupported and friends
@@ -454,7 +447,6 @@ class Telemetry:
         notes.extend(self._notes)
         out["telemetry_note"] = "; ".join(notes) or None
         self._result = out
-        self.active = False
         _shutdown(self.nvml)
         return out
 
