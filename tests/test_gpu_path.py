@@ -606,7 +606,9 @@ def test_plan_skips_fp8_on_a_gpu_too_old_for_it(tmp_path):
 
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\ncase "$1" in\n  --query-gpu=compute_cap) echo 8.0 ;;\n'
+    fake.write_text('#!/bin/sh\ncase "$1" in\n'
+                    '  --query-gpu=name,driver_version,memory.total,compute_cap) '
+                    'echo "NVIDIA A100-SXM4-80GB, 550.54, 81920 MiB, 8.0" ;;\n'
                     '  *) echo "NVIDIA A100-SXM4-80GB, 550.54, 81920 MiB" ;;\nesac\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "m.yaml").write_text('name: x\nfixed: {device: cuda}\naxes:\n  precision: [bf16, fp8]\n'
@@ -619,3 +621,25 @@ def test_plan_skips_fp8_on_a_gpu_too_old_for_it(tmp_path):
     assert any("precision=fp8" in line and "skipped" in line for line in lines), out.stdout
     assert "this host's GPU has 8.0" in out.stdout.replace("\n", " ").replace("│", " ")
     assert not any("precision=bf16" in line and "skipped" in line for line in lines), out.stdout
+
+
+def test_nvidia_smi_is_asked_once_and_an_old_driver_still_reports_its_gpus(tmp_path, monkeypatch):
+    """A driver older than the compute_cap field rejects the whole query: the GPUs are still
+    listed (capability unknown, so the plan leaves fp8 to the worker); the answer is cached."""
+    import stat
+
+    from suite.measure import env as host_env
+    log = tmp_path / "calls"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\necho "$1" >> {log}\ncase "$1" in\n  *compute_cap*) exit 2 ;;\n'
+                    '  *) echo "Tesla V100-SXM2-16GB, 418.67, 16160 MiB" ;;\nesac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    host_env.gpus_from_nvidia_smi.cache_clear()
+    try:
+        gpus = host_env.gpus_from_nvidia_smi()
+        assert gpus == ({"name": "Tesla V100-SXM2-16GB", "driver": "418.67", "memory": "16160 MiB"},)
+        assert host_env.gpus_from_nvidia_smi() is gpus
+        assert len(log.read_text().splitlines()) == 2  # the full query, then the old one; once
+    finally:
+        host_env.gpus_from_nvidia_smi.cache_clear()  # the real host's answer for later tests

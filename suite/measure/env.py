@@ -5,6 +5,7 @@ only torch can see (`device_fingerprint`).
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -75,26 +76,17 @@ def visible_devices(env=os.environ) -> list[str] | None:
     return entries
 
 
-def gpus_from_nvidia_smi() -> list[dict]:
-    """GPU names and driver via nvidia-smi, or [] on a host without one."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if out.returncode != 0:
-        return []
-    gpus = []
-    for line in out.stdout.strip().splitlines():
-        name, driver, mem = [p.strip() for p in line.split(",")]
-        gpus.append({"name": name, "driver": driver, "memory": mem})
-    # asked separately: drivers older than the compute_cap field reject the whole query
-    caps = _nvidia_smi_lines(["--query-gpu=compute_cap", "--format=csv,noheader"])
-    if len(caps) == len(gpus):
-        for gpu, cap in zip(gpus, caps):
-            gpu["compute_cap"] = cap
-    return gpus
+@functools.lru_cache(maxsize=1)
+def gpus_from_nvidia_smi() -> tuple[dict, ...]:
+    """GPU names, driver, memory and compute capability via nvidia-smi, or () on a host without
+    one. Asked once per process (the plan, the executor and the fingerprint all want it; the
+    GPUs do not change under a run): treat the dicts as read-only."""
+    fields = ["name", "driver", "memory", "compute_cap"]
+    lines = _nvidia_smi_lines(["--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"])
+    if not lines:  # drivers older than the compute_cap field reject the whole query
+        fields = fields[:3]
+        lines = _nvidia_smi_lines(["--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    return tuple(dict(zip(fields, (part.strip() for part in line.split(",")))) for line in lines)
 
 
 def _nvidia_smi_lines(args: list[str]) -> list[str]:
@@ -115,7 +107,7 @@ def host_fingerprint() -> dict:
         "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "gpus": gpus_from_nvidia_smi(),
+        "gpus": list(gpus_from_nvidia_smi()),
         "packages": package_versions(),
         "txsuite_commit": git_commit(suite_root),
     }
