@@ -31,23 +31,25 @@ def host_peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def _address_space_bytes() -> tuple[int, int]:
+    """(mapped, resident) bytes of this process now: /proc/self/statm's size and resident
+    pages (VmSize and VmRSS). Linux only."""
+    import os
+    with open("/proc/self/statm") as fh:
+        size, resident = (int(v) for v in fh.read().split()[:2])
+    page = os.sysconf("SC_PAGE_SIZE")
+    return size * page, resident * page
+
+
 def mapped_not_resident_bytes() -> int:
-    """Address space this process has mapped but not resident now (VmSize - VmRSS): library
-    mappings never touched, reserved stacks. Linux only (/proc)."""
-    fields = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmSize", "VmRSS"):
-                fields[key] = int(value.split()[0]) * 1024  # kB
-    return max(0, fields["VmSize"] - fields["VmRSS"])
+    """Address space this process has mapped but not resident now: library mappings never
+    touched, reserved stacks."""
+    mapped, resident = _address_space_bytes()
+    return max(0, mapped - resident)
 
 
 def host_current_rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    import os
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return _address_space_bytes()[1]
 
 
 def cuda_memory(torch, device) -> dict:
