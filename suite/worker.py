@@ -83,6 +83,7 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
     n_params = model.num_params()
     mesh = build_mesh(cell, device)
     setup = apply_all(TrainSetup(model=model, device=device, mesh=mesh), cell)
+    del model  # setup holds what this rank trains; under pipelining, the other stages' blocks go
     setup = apply_during_training(setup, cell)  # QAT, fp8, prune-while-training: before the optimizer
     optimizer = build_optimizer(setup.model, t, device)
     trainer = make_trainer(setup, optimizer, build_schedule(optimizer, t), cell)

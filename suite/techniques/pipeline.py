@@ -77,8 +77,16 @@ def layer_bounds(n_layer: int, n_stages: int) -> list[tuple[int, int]]:
 
 
 def stage_module(model: nn.Module, lo: int, hi: int, first: bool, last: bool) -> nn.Module:
-    stage = copy.deepcopy(model)
-    stage.blocks = nn.ModuleList(list(stage.blocks)[lo:hi])
+    """A model copy holding blocks [lo, hi) and, on the first/last stage, the embeddings/head.
+    The blocks are taken over, not copied: a rank's stages own disjoint blocks, and a copy of
+    the whole model per stage would hold every layer on every rank while the stages are built."""
+    blocks = model.blocks
+    model.blocks = nn.ModuleList()  # the copy below takes everything but the blocks
+    try:
+        stage = copy.deepcopy(model)
+    finally:
+        model.blocks = blocks
+    stage.blocks = nn.ModuleList(list(blocks)[lo:hi])
     if not first:
         stage.tok_emb = None
         stage.pos_emb = None
