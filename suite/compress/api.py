@@ -16,6 +16,7 @@ from suite.compress import distill, inference, prune, quantize, structured
 from suite.compress.plan import Plan, check_host, plan_for
 from suite.compress.size import model_bytes
 from suite.spec import CellConfig
+from suite.techniques.compilation import eager
 from suite.techniques.setup import TrainSetup
 
 # Prune-while-training schedules by model, for finish_after_training to complete and remove.
@@ -34,24 +35,12 @@ class CompressContext:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # for the benchmark / fine-tune
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module holding the parameters: through torch.compile (`_orig_mod`) and DDP /
-    DeepSpeed wrappers (`module`)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif type(model).__name__ in ("DistributedDataParallel", "DeepSpeedEngine") and hasattr(model, "module"):
-            model = model.module
-        else:
-            return model
-
-
 def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
     plan = plan_for(cell)
     if not plan.active:
         return setup
     check_host(plan, setup.device, next(setup.model.parameters()).dtype)
-    model = unwrap(setup.model)
+    model = eager(setup.model)  # compression needs engine none: compile is the only wrapper
     _require_whole_model(model)
     setup.facts.update(plan.facts())
     if plan.quantization == "qat-int8":
@@ -70,12 +59,13 @@ def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
 
 
 def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
+    """The post-training steps of the plan, then the model's quality, size and speed. The host
+    and the model's wholeness were checked by apply_during_training, before training: the
+    host cannot have changed since, so its probes are not run again."""
     plan = plan_for(ctx.cell)
-    model = unwrap(ctx.model)
+    model = eager(ctx.model)
     if not plan.active:
         return _dense_metrics(ctx, model)
-    check_host(plan, ctx.device, next(model.parameters()).dtype)
-    _require_whole_model(model)
     started = time.perf_counter()
     metrics: dict[str, Any] = plan.facts()
 
