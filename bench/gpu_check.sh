@@ -92,10 +92,12 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("cuda:0", p.name, f"cc {p.major}.{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
+raise SystemExit(0 if torch.cuda.is_available() else 3)  # read below: torch is imported once here
 EOF
 } >"$OUT/host.txt" 2>&1
+TORCH_SEES_CUDA=$?  # the group's status is its last command's: the probe above
 if [ -n "$MISSING" ]; then say "missing packages: $MISSING"; fi
-if [ "$REHEARSAL" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ "$REHEARSAL" != 1 ] && [ "$TORCH_SEES_CUDA" -ne 0 ]; then
   echo "gpu_check: nvidia-smi sees a GPU but $PY's torch does not (a CPU build?); reinstall with" >&2
   echo "  rm -rf $VENV && TORCH_SPEC='torch>=2.6,<3' bash scripts/install.sh" >&2
   exit 2
