@@ -45,7 +45,7 @@ def mfu_headline(records: list[dict]) -> list[str]:
     for r in sorted(chosen, key=lambda r: -r["metrics"]["mfu"]):
         m = r["metrics"]
         lines.append(f"MFU reached: {m['mfu']:.1%} of the measured {m.get('peak_flops', 0) / 1e12:.0f} TFLOP/s "
-                     f"peak (HFU {fmt(m.get('hfu'), '.1%')}; vs nominal {fmt(m.get("mfu_nominal"), '.1%')}, "
+                     f"peak (HFU {fmt(m.get('hfu'), '.1%')}; vs nominal {fmt(m.get('mfu_nominal'), '.1%')}, "
                      f"{fmt(m.get('nominal_peak_flops'), '.0f', 1e-12)} TFLOP/s) in '{r.get('label')}'")
     return lines
 
@@ -59,7 +59,7 @@ def summary(run_dir: Path, tests_rc: int, mfu_rc: int, matrix_rc: int, elapsed: 
     for r in records:
         m = r.get("metrics") or {}
         out.append(f"{(r.get('label') or r['cell_id'])[:58]:58} {r['status']:8} {fmt(m.get('tokens_per_s'), ',.0f'):>9} "
-                   f"{fmt(m.get('mfu'), '.1%'):>6} {fmt(m.get("mfu_nominal"), '.1%'):>7} "
+                   f"{fmt(m.get('mfu'), '.1%'):>6} {fmt(m.get('mfu_nominal'), '.1%'):>7} "
                    f"{fmt(m.get('peak_mem_bytes'), '.2f', 2**-30):>7} {fmt(m.get('energy_per_token_j'), '.2e'):>9} "
                    f"{m.get('energy_source') or '-'}")
         if r["status"] != "ok":
