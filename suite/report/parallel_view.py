@@ -26,15 +26,17 @@ def parallel_section(records: list[Record]) -> dict[str, Any] | None:
     singles = [r for r in cells.values() if r not in distributed]
     view = TableView(_COLUMNS)
     controls_shown = set()
+    missing = []
     for r in distributed:
         control = next((s for s in singles if _same_training(s, r)), None)
-        if control is not None and control.cell_id not in controls_shown:
+        if control is None:
+            missing.append(r.label or r.cell_id)
+        elif control.cell_id not in controls_shown:
             controls_shown.add(control.cell_id)
             view.rows.append(_row(control, None))
             view.row_classes.append("baseline")
         view.rows.append(_row(r, control))
         view.row_classes.append("")
-    missing = [r.label or r.cell_id for r in distributed if not any(_same_training(s, r) for s in singles)]
     return {"table": view, "missing_control": missing}
 
 
