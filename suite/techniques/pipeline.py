@@ -38,9 +38,6 @@ class Pipeline:
     schedule: object
     stage_ids: list[int]  # the stages on this rank, in order
     n_stages: int
-    pp: int
-    pp_rank: int
-    n_microbatches: int
     rank_of_stage: list[int] = field(default_factory=list)  # global rank owning each stage (this dp/tp slot)
 
     @property
@@ -124,7 +121,7 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
     schedule = cls(stage_arg, m, loss_fn=loss_fn, scale_grads=False)
     coord = mesh.get_coordinate()  # [pp, dp, tp] of this rank
     rank_of_stage = [int(mesh.mesh[s % p.pp, coord[1], coord[2]]) for s in range(n_stages)]
-    setup.pipeline = Pipeline(schedule, stage_ids, n_stages, p.pp, pp_rank, m, rank_of_stage)
+    setup.pipeline = Pipeline(schedule, stage_ids, n_stages, rank_of_stage)
     setup.model = nn.ModuleList(parts)
     setup.parts = parts
     setup.grad_hooks.append(_tied_embedding_sync(setup.pipeline, parts, mesh))
@@ -159,9 +156,8 @@ def _tied_embedding_sync(pipeline: Pipeline, parts: list[nn.Module], mesh):
                 my_group = group
 
     def sync() -> None:
-        if pipeline.first and pipeline.last:  # both on this rank (pp == 1 never gets here)
-            return
-        # looked up now, not at setup: FSDP replaces the parameters with sharded ones later
+        # stage 0 sits on pp rank 0 and the last on pp rank pp - 1 (loop placement), so with
+        # pp > 1 no rank holds both. Looked up now, not at setup: FSDP replaces the parameters with sharded ones later
         weights = ([parts[0].tok_emb.weight] if pipeline.first else []) + \
                   ([parts[-1].lm_head.weight] if pipeline.last else [])
         for w in weights:
