@@ -551,10 +551,10 @@ def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
     if c.train.lr_warmup_steps > c.train.warmup_steps + c.train.steps:
         fail("train.lr_warmup_steps", "the learning-rate warm-up is longer than the whole run.")
     _check_compress(c, fail)
-    if c.precision == "fp8" or c.compress.quantization == "fp8":
+    if c.fp8_training:
         # the weight gradient is grad_out^T [N, M] @ input [M, K] with M = the micro-batch's (or
         # pipeline chunk's) tokens, and fp8 GEMMs need their inner dimension a multiple of 16
-        chunks = (c.parallel.pp_microbatches or c.parallel.pp) if c.parallel.pp > 1 else 1
+        chunks = c.parallel.pp_chunks
         tokens = c.train.micro_batch // chunks * c.data.seq_len
         if tokens % 16:
             fail("train.micro_batch", f"fp8 matmuls need the tokens of one micro-batch"
@@ -667,7 +667,7 @@ def _check_parallel(c: CellConfig, fail) -> None:
         if p.pp * virtual > n_layer:
             fail("parallel.pp", f"pp={p.pp} with schedule '{p.pp_schedule}' needs {p.pp * virtual} stages "
                                 f"of at least one layer, but the model has {n_layer} layers.")
-        m = p.pp_microbatches or p.pp
+        m = p.pp_chunks
         if t.micro_batch % m:
             fail("parallel.pp_microbatches", f"the micro-batch of {t.micro_batch} sequences does not split "
                                              f"into {m} pipeline chunks.",
@@ -688,20 +688,22 @@ def _host_skip(c: CellConfig, host: Host) -> str | None:
     device = c.device if c.device != "auto" else ("cuda" if host.has_cuda else "cpu")
     if device == "cuda" and not host.has_cuda:
         return "device 'cuda' was asked for but this host has no CUDA GPU"
-    fp8_training = c.precision == "fp8" or c.compress.quantization == "fp8"  # the same torchao conversion
+    fp8_training = c.fp8_training
+    fp8_cap, sparse_cap = _capability(spec.FP8_MIN_CAPABILITY), _capability(spec.SEMI_STRUCTURED_MIN_CAPABILITY)
     if device == "cpu" and fp8_training:
         return ("fp8 training (torchao float8) needs a CUDA GPU with fp8 tensor cores (compute capability "
-                ">= 8.9: Ada, Hopper or newer); this cell is on cpu")
+                f">= {fp8_cap}: Ada, Hopper or newer); this cell is on cpu")
     if device == "cpu" and c.compress.pruning == "2:4":
         return ("2:4 semi-structured sparsity is accelerated only by sparse tensor cores (CUDA, compute "
-                "capability >= 8.0); this cell is on cpu")
+                f"capability >= {sparse_cap}); this cell is on cpu")
     cap = host.compute_capability
     if device == "cuda" and cap is not None:
-        if cap < 8.9 and fp8_training:
-            return (f"fp8 training needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer); "
+        if cap < float(fp8_cap) and fp8_training:
+            return (f"fp8 training needs fp8 tensor cores (compute capability >= {fp8_cap}: Ada, Hopper or newer); "
                     f"this host's GPU has {cap:.1f}")
-        if cap < 8.0 and c.compress.pruning == "2:4":
-            return f"2:4 sparsity needs sparse tensor cores (compute capability >= 8.0); this host's GPU has {cap:.1f}"
+        if cap < float(sparse_cap) and c.compress.pruning == "2:4":
+            return (f"2:4 sparsity needs sparse tensor cores (compute capability >= {sparse_cap}); "
+                    f"this host's GPU has {cap:.1f}")
     import importlib.util  # local: this function's change stays within it
     if fp8_training and importlib.util.find_spec("torchao") is None:
         # found without importing it (the runner never imports torch); a GPU whose driver does not
@@ -729,3 +731,8 @@ def _compact(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     return value
+
+
+def _capability(version: tuple[int, int]) -> str:
+    """(8, 9) -> "8.9", as nvidia-smi reports a compute capability (Host.compute_capability)."""
+    return f"{version[0]}.{version[1]}"

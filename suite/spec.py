@@ -88,6 +88,12 @@ class TrainSpec:
     target_loss: float | None = None
 
 
+# Compute capabilities the GPU features need (the plan checks them without torch; the worker
+# checks the device): fp8 tensor cores (Ada, Hopper and newer), sparse tensor cores for 2:4.
+FP8_MIN_CAPABILITY = (8, 9)
+SEMI_STRUCTURED_MIN_CAPABILITY = (8, 0)
+
+
 @dataclass(frozen=True)
 class ParallelSpec:
     engine: str = "none"
@@ -102,6 +108,12 @@ class ParallelSpec:
     @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp
+
+    @property
+    def pp_chunks(self) -> int:
+        """Chunks the pipeline schedule splits each micro-batch into: pp_microbatches, by
+        default one per pipeline rank (1 without pipelining)."""
+        return 1 if self.pp == 1 else (self.pp_microbatches or self.pp)
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,11 @@ class CellConfig:
     device: str = "auto"
 
     # --- derived quantities -------------------------------------------------------------
+    @property
+    def fp8_training(self) -> bool:
+        """torchao's float8 training: precision fp8, or quantization fp8 (the same conversion)."""
+        return self.precision == "fp8" or self.compress.quantization == "fp8"
+
     @property
     def samples_per_step(self) -> int:
         """Sequences per optimizer step across all data-parallel ranks."""

@@ -20,8 +20,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from suite.record import Unsupported
+from suite.spec import SEMI_STRUCTURED_MIN_CAPABILITY
 
-SEMI_STRUCTURED_CAPABILITY = (8, 0)
+SEMI_STRUCTURED_CAPABILITY = SEMI_STRUCTURED_MIN_CAPABILITY
 
 
 def target_linears(model: nn.Module) -> list[nn.Linear]:

@@ -42,7 +42,7 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     mlp = d_ff / (4 * d)
     per_layer = int(s * b * d * ((10 + 24 * mlp / p.tp) + scores / p.tp) * act_scale)
     if p.pp > 1 and p.pp_schedule != "gpipe":
-        chunks = p.pp_microbatches or p.pp
+        chunks = p.pp_chunks
         per_layer = per_layer * min(chunks, p.pp) // chunks  # chunks in flight / all chunks
     mode = cell.memory.activation_checkpointing
     if mode == "none":

@@ -32,9 +32,10 @@ import functools
 import torch
 from torch import nn
 
+from suite.spec import FP8_MIN_CAPABILITY
 from suite.techniques.setup import TrainSetup, Unsupported
 
-MIN_CAPABILITY = (8, 9)
+MIN_CAPABILITY = FP8_MIN_CAPABILITY
 ALIGN = 16
 
 

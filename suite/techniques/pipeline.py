@@ -49,11 +49,6 @@ class Pipeline:
         return self.n_stages - 1 in self.stage_ids
 
 
-def microbatches(cell) -> int:
-    """Chunks per micro-batch: `parallel.pp_microbatches`, by default one per pipeline rank."""
-    return cell.parallel.pp_microbatches or cell.parallel.pp
-
-
 def bubble_fraction(pp: int, n_microbatches: int, virtual: int = 1) -> float:
     """Idle share of each rank's time in a synchronous pipeline step (Narayanan et al. 2021):
     (pp - 1) / (v * m + pp - 1). GPipe and 1F1B share it (1F1B saves memory, not time);
@@ -106,7 +101,7 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
     parts = [stage_module(setup.model, *bounds[s], first=s == 0, last=s == n_stages - 1) for s in stage_ids]
     pp_group = mesh.get_group("pp")
     stages = [PipelineStage(part, s, n_stages, setup.device, group=pp_group) for part, s in zip(parts, stage_ids)]
-    m = microbatches(cell)
+    m = p.pp_chunks
     grad_accum = cell.train.grad_accum
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
