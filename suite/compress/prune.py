@@ -19,14 +19,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from suite.compress.targets import target_linears
 from suite.record import Unsupported
 from suite.spec import SEMI_STRUCTURED_MIN_CAPABILITY
 
 SEMI_STRUCTURED_CAPABILITY = SEMI_STRUCTURED_MIN_CAPABILITY
-
-
-def target_linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
 
 
 def prune_magnitude(model: nn.Module, sparsity: float) -> dict[str, Any]:

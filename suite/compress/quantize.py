@@ -26,17 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from suite.compress.targets import is_target, target_linears
 from suite.techniques import float8
 from suite.techniques.setup import Unsupported
 
 POST_TRAINING = ("int8-weight", "int8-dynamic", "int4-weight")
 TRAINING = ("qat-int8", "fp8")
 INT4_GROUP_SIZES = (128, 64, 32)
-
-
-def is_target(module: nn.Module, fqn: str) -> bool:
-    """The linears that get quantized: every nn.Linear inside a block (not the tied lm_head)."""
-    return isinstance(module, nn.Linear) and fqn.startswith("blocks.")
 
 
 def torchao_version() -> str:
@@ -96,7 +92,7 @@ def quantize_post_training(model: nn.Module, quantization: str) -> dict[str, Any
 def int4_group_size(model: nn.Module) -> int:
     """The largest group size torchao offers that divides every target's input dimension
     (torchao would otherwise leave such a layer unquantized, silently)."""
-    widths = [m.in_features for name, m in model.named_modules() if is_target(m, name)]
+    widths = [m.in_features for m in target_linears(model)]
     for group in INT4_GROUP_SIZES:
         if all(w % group == 0 for w in widths):
             return group
@@ -147,7 +143,7 @@ def fp8_training(model: nn.Module) -> dict[str, Any]:
 
 
 def _layer_facts(model: nn.Module, config_name: str) -> dict[str, Any]:
-    targets = [m for name, m in model.named_modules() if is_target(m, name)]
+    targets = target_linears(model)
     quantized = [m for m in targets if hasattr(m.weight, "__tensor_flatten__")]
     return {"quantized_layers": len(quantized), "quantizable_layers": len(targets),
             "quantization_config": config_name, "quantization_backend": f"torchao {torchao_version()}"}
