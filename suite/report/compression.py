@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
+from suite.report.values import comparable
 from suite.spec import CompressSpec
 
 COMPRESS = "config.compress."
@@ -103,7 +104,7 @@ def find_controls(repeats: pd.DataFrame) -> dict[str, str | None]:
     candidates: dict[str, list[tuple[tuple, str]]] = {}
     for _, row in per_cell.iterrows():
         cid = str(row["cell_id"])
-        key = json.dumps({c: _hashable(row[c]) for c in rest}, sort_keys=True, default=str)
+        key = json.dumps({c: comparable(row[c]) for c in rest}, sort_keys=True, default=str)
         key_of[cid] = key
         if not is_compressed(row.get(COMPRESS + "quantization"), row.get(COMPRESS + "pruning")):
             # prefer a control with measurements, then one whose compress block is all defaults
@@ -114,18 +115,8 @@ def find_controls(repeats: pd.DataFrame) -> dict[str, str | None]:
 
 def _is_default(column: str, value: Any) -> bool:
     default = getattr(CompressSpec(), column[len(COMPRESS):], None)
-    return _hashable(value) == _hashable(default)
+    return comparable(value) == comparable(default)
 
 
 def _exp(loss: pd.Series) -> pd.Series:
     return loss.map(lambda v: math.exp(v) if fmt.is_number(v) and v < 700 else np.nan).astype(float)
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, sort_keys=True, default=str)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -18,6 +18,7 @@ import pandas as pd
 from suite.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
 from suite.report.pareto import pareto_optimal
+from suite.report.values import comparable
 from suite.store import to_dataframe
 
 # Scalar metrics summarised per cell: (record metric, column title, formatting kind).
@@ -80,7 +81,7 @@ def varying_keys(repeats: pd.DataFrame, axes_order: list[str] | dict[str, Any] |
     per_cell = repeats.drop_duplicates("cell_id")
     varying, fixed = [], {}
     for col in config_cols:
-        values = per_cell[col].map(_hashable)
+        values = per_cell[col].map(comparable)
         if values.nunique(dropna=False) > 1:
             varying.append(col[len(CONFIG):])
         else:
@@ -103,7 +104,7 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     for key in axes:
         cells[key] = _tidy_axis_column(cells[key])
     measured = cells[cells["repeats_ok"] > 0]
-    measured_axes = [k for k in axes if measured[k].map(_hashable).nunique(dropna=False) > 1] \
+    measured_axes = [k for k in axes if measured[k].map(comparable).nunique(dropna=False) > 1] \
         if len(measured) > 1 else axes
     cells["short_label"] = short_labels(cells, measured_axes)
 
@@ -250,14 +251,6 @@ def _in_matrix_order(keys: list[str], axes: list[str] | dict[str, list[Any]], la
                 return i
         return len(names)
     return sorted(keys, key=lambda k: (in_label(k), in_meta(k), k))
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, sort_keys=True, default=str)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _tidy_axis_column(column: pd.Series) -> pd.Series:
