@@ -139,7 +139,8 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
         metrics.update(finish_after_training(CompressContext(
             model=setup.model, cell=cell, device=device, evaluate=evaluate,
             train_batches=batches, dense_val_loss=val_loss,
-            make_optimizer=lambda module: build_optimizer(module, t, device), autocast=setup.autocast)))
+            make_optimizer=lambda module: build_optimizer(module, t, device), autocast=setup.autocast,
+            step_hooks=setup.step_hooks)))
         compressed = metrics.get("compressed_val_loss")
         if compressed is not None and compressed != val_loss:
             # the cell's model is the compressed one: its val_loss is the compressed model's,

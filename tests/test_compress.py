@@ -78,7 +78,7 @@ class Run:
         return finish_after_training(CompressContext(
             model=model if model is not None else self.setup.model, cell=cell, device=CPU,
             evaluate=self.evaluate, train_batches=self.batches, dense_val_loss=self.val_loss,
-            make_optimizer=lambda m: build_optimizer(m, cell.train, CPU)))
+            make_optimizer=lambda m: build_optimizer(m, cell.train, CPU), step_hooks=self.setup.step_hooks))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ The worker calls two functions:
         dense_val_loss=val_loss,        # val loss of the trained model, before this call
         make_optimizer=make_optimizer,  # Callable[[nn.Module], Optimizer], for a fine-tune
         autocast=setup.autocast,        # optional: the cell's autocast for fine-tune and benchmark
+        step_hooks=setup.step_hooks,    # the prune-while-training schedule, to complete
     ))
         After training and its final evaluation. Completes training-time methods (final
         sparsity, masks made permanent, QAT convert), then applies the post-training ones

@@ -5,8 +5,7 @@ import contextlib
 import copy
 import math
 import time
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -19,10 +18,6 @@ from suite.spec import CellConfig
 from suite.techniques.compilation import eager
 from suite.techniques.setup import TrainSetup
 
-# Prune-while-training schedules by model, for finish_after_training to complete and remove.
-_SCHEDULES: "weakref.WeakKeyDictionary[nn.Module, prune.GradualMagnitude]" = weakref.WeakKeyDictionary()
-
-
 @dataclass
 class CompressContext:
     model: nn.Module  # the trained model (possibly compiled); compressed in place
@@ -33,6 +28,9 @@ class CompressContext:
     dense_val_loss: float  # val loss of the trained model before post-training compression
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # for the fine-tune
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # for the benchmark / fine-tune
+    # the training's step hooks (TrainSetup.step_hooks): a prune-while-training schedule among
+    # them is completed and its masks made permanent
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
 
 
 def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
@@ -52,7 +50,6 @@ def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
         total = t.warmup_steps + t.steps
         schedule = prune.GradualMagnitude(model, plan.pruning_amount, round(k.prune_start * total),
                                           round(k.prune_end * total), k.prune_every)
-        _SCHEDULES[model] = schedule
         setup.step_hooks.append(schedule)
         setup.facts["prune_schedule"] = schedule.describe()
     return setup
@@ -70,7 +67,7 @@ def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
     metrics: dict[str, Any] = plan.facts()
 
     # What training left behind: a pruning schedule to complete, fake quantizers to convert.
-    schedule = _SCHEDULES.pop(model, None)
+    schedule = next((h for h in ctx.step_hooks if isinstance(h, prune.GradualMagnitude)), None)
     if plan.pruning_phase == "train":
         if schedule is None:
             raise RuntimeError("prune-while-training needs apply_during_training before the optimizer is built")
