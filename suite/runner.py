@@ -61,10 +61,6 @@ class Nodes:
 ONE_NODE = Nodes()
 
 
-def is_distributed(cell: Cell) -> bool:
-    return cell.config.parallel.engine != "none" or cell.config.parallel.world_size > 1
-
-
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -194,7 +190,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
 def _layout_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cell:
     """A distributed cell this run's nodes cannot hold: recorded as skipped with the reason."""
     world = cell.config.parallel.world_size
-    if cell.skip_reason or not is_distributed(cell):
+    if cell.skip_reason or not cell.config.parallel.distributed:
         return cell
     reason = None
     if not nodes.splits(world):
@@ -220,7 +216,7 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
     journal = run_dir / f"node{nodes.rank}.done"
     done = set(journal.read_text().split("\n")) if journal.exists() else set()
     cells = [c for c in select(matrix.cells, only)
-             if is_distributed(c) and not _layout_skip(c, nodes, gpus).skip_reason]
+             if c.config.parallel.distributed and not _layout_skip(c, nodes, gpus).skip_reason]
     todo = [(c, r) for r in range(matrix.repeats) for c in cells if f"{c.cell_id} {r}" not in done]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": 0})
     host_env = host_fingerprint()
@@ -253,7 +249,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     world = cell.config.parallel.world_size
     if worker_cmd:
         launcher = list(worker_cmd)
-    elif is_distributed(cell):
+    elif cell.config.parallel.distributed:
         # torchrun starts `world` ranks (one node: a free rendezvous port via --standalone) and
         # tears all of them down if one fails; global rank 0 writes the result.
         launcher = nodes.launcher(world)

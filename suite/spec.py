@@ -110,6 +110,12 @@ class ParallelSpec:
         return self.dp * self.tp * self.pp
 
     @property
+    def distributed(self) -> bool:
+        """Launched through torchrun: several ranks, or an engine (which wants a process group
+        even with one rank)."""
+        return self.engine != "none" or self.world_size > 1
+
+    @property
     def pp_chunks(self) -> int:
         """Chunks the pipeline schedule splits each micro-batch into: pp_microbatches, by
         default one per pipeline rank (1 without pipelining)."""

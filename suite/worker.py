@@ -317,7 +317,7 @@ def step_batches(dataset, micro_batch: int, grad_accum: int, seed: int, rank: in
 def init_distributed(torch, cell: CellConfig, device) -> tuple[int, int]:
     """(rank, world size). Under torchrun join the process group: gloo on CPU, nccl on CUDA
     (DeepSpeed through its own init_distributed, which then shares the torch group)."""
-    if "WORLD_SIZE" not in os.environ or (cell.parallel.engine == "none" and cell.parallel.world_size == 1):
+    if "WORLD_SIZE" not in os.environ or not cell.parallel.distributed:
         return 0, 1
     import torch.distributed as dist
     backend = "nccl" if device.type == "cuda" else "gloo"
