@@ -128,12 +128,12 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
     if world == 1:
         # Post-training compression, then the model's quality, size and inference speed (for an
         # uncompressed cell too: it is the dense control the compressed cells compare with).
-        # Every evaluation it makes keeps its per-sequence losses, keyed by the mean it returned.
-        evaluated: dict[float, list[float]] = {}
+        # The latest evaluation keeps its per-sequence losses: compression evaluates the
+        # compressed model last (CompressContext.evaluate).
+        latest: dict[str, list[float]] = {}
 
         def evaluate(module) -> float:
-            mean, per_sequence = val_losses(module, val_batches, device, setup.autocast)
-            evaluated[mean] = per_sequence
+            mean, latest["per_sequence"] = val_losses(module, val_batches, device, setup.autocast)
             return mean
 
         metrics.update(finish_after_training(CompressContext(
@@ -147,7 +147,7 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
             # and the trained model's is kept beside it (the eval curve ends with it)
             metrics["trained_val_loss"] = val_loss
             val_loss = compressed
-            val_seq = evaluated.get(compressed)  # the evaluation that produced the compressed loss
+            val_seq = latest["per_sequence"]
 
     if world > 1:  # memory is per rank, throughput global: keep every rank's view
         gathered: list = [None] * world

@@ -23,7 +23,8 @@ class CompressContext:
     model: nn.Module  # the trained model (possibly compiled); compressed in place
     cell: CellConfig
     device: torch.device
-    evaluate: Callable[[nn.Module], float]  # mean val loss of a module on the fixed val batches
+    evaluate: Callable[[nn.Module], float]  # mean val loss of a module on the fixed val batches; the
+    # compressed model is the last module it is called on
     train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None  # micro-batches for a fine-tune
     dense_val_loss: float  # val loss of the trained model before post-training compression
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # for the fine-tune
