@@ -19,7 +19,7 @@ import time
 import types
 from typing import Callable, Iterator, Sequence
 
-# Time the step under the OpenMP setting the runner gives a CPU worker (suite/runner.py:
+# Time the step under the OpenMP setting the runner gives a CPU worker (suite/run/runner.py:
 # bounded spinning, GOMP_SPINCOUNT=10000, unless the user set OMP_WAIT_POLICY). libgomp reads
 # it when it loads, i.e. when torch is first imported: this must run before that.
 if "OMP_WAIT_POLICY" not in os.environ:

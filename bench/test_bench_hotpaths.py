@@ -1,8 +1,8 @@
 """pytest-benchmark suite of txsuite's hot paths, for `--benchmark-compare-fail` in CI.
 
 - one training step per precision (fp32, bf16, bf16-pure) on the tiny reference model, built
-  as the worker builds it (suite.techniques.apply_all + suite.trainer.Trainer);
-- matrix expansion of a shipped matrix (suite.matrix.load_matrix on matrices/precision.yaml);
+  as the worker builds it (suite.train.build_training), over a few fixed batches of its data;
+- matrix expansion of a shipped matrix (suite.config.matrix.load_matrix on matrices/precision.yaml);
 - the guard's own comparison of a 6-cell, 2-repeat run (suite.guard.compare).
 Report rendering is timed by bench/test_bench_report.py.
 
@@ -15,6 +15,7 @@ Every benchmark has a fixed number of rounds (pedantic), so two runs measure the
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
@@ -22,13 +23,12 @@ import numpy as np
 import pytest
 import torch
 
+from suite.config.host import Host
+from suite.config.matrix import load_matrix
+from suite.config.record import Record
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.guard import compare, side_from_records
-from suite.matrix import Host, load_matrix
-from suite.model import GPT, resolve_model
-from suite.record import Record
-from suite.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.techniques import TrainSetup, apply_all
-from suite.trainer import Trainer, build_optimizer, build_schedule
+from suite.train import Trainer, build_training
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ, BATCH, VOCAB = 128, 8, 256
@@ -39,21 +39,10 @@ def _trainer(precision: str) -> tuple[Trainer, object]:
     cell = CellConfig(model=ModelSpec(preset="tiny"), data=DataSpec(seq_len=SEQ),
                       train=TrainSpec(steps=1000, warmup_steps=0, micro_batch=BATCH), precision=precision,
                       device="cpu")
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    setup = apply_all(TrainSetup(model=GPT(resolve_model(cell.model, VOCAB, SEQ)).to(device), device=device), cell)
-    optimizer = build_optimizer(setup.model, cell.train, device)
-    trainer = Trainer(setup, optimizer, build_schedule(optimizer, cell.train), 1, cell.train.grad_clip)
-    g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(4):
-        tok = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-        batches.append((tok[:, :-1].contiguous(), tok[:, 1:].contiguous()))
-
-    def stream():
-        while True:
-            yield from batches
-    return trainer, stream()
+    training = build_training(cell)
+    assert training.model_cfg.vocab_size == VOCAB
+    fixed = [next(training.batches) for _ in range(4)]  # the same tensors every round
+    return training.trainer, itertools.cycle(fixed)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-pure"])

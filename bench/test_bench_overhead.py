@@ -14,10 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite.model import GPT, resolve_model
-from suite.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.techniques import TrainSetup, apply_all
-from suite.trainer import Trainer, build_optimizer, build_schedule
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from suite.model import GPT
+from suite.train import build_training
 
 TARGET = 1.02  # txsuite step time / bare step time: the upper confidence bound must not exceed it
 WARMUP = 6  # interleaved warm-up rounds
@@ -36,22 +35,17 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
         precision=precision,
         device="cpu",
     )
-    cfg = resolve_model(cell.model, kit.VOCAB, kit.SEQ)
-    assert (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_ff) == (kit.N_LAYER, kit.N_HEAD, kit.D_MODEL, kit.D_FF)
-    device = torch.device("cpu")
-    torch.manual_seed(cell.train.seed)
-    model_tx = GPT(cfg).to(device)
-    torch.manual_seed(cell.train.seed)
-    model_bare = GPT(cfg).to(device)
-    for a, b in zip(model_tx.parameters(), model_bare.parameters()):
-        assert torch.equal(a, b)
+    # (a) txsuite's path, built as the worker builds it
+    training = build_training(cell)
+    cfg, setup, trainer = training.model_cfg, training.setup, training.trainer
+    optimizer = trainer.optimizer
+    assert (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_ff, cfg.vocab_size) == (
+        kit.N_LAYER, kit.N_HEAD, kit.D_MODEL, kit.D_FF, kit.VOCAB)
+    model_tx = setup.model
+    # (b)'s model starts from the same weights
+    model_bare = GPT(cfg)
+    model_bare.load_state_dict(model_tx.state_dict())
     batches = kit.make_batches(vocab=cfg.vocab_size)
-
-    # (a) txsuite's path, built as suite/worker.py builds it
-    setup = apply_all(TrainSetup(model=model_tx, device=device), cell)
-    optimizer = build_optimizer(setup.model, cell.train, device)
-    trainer = Trainer(setup, optimizer, build_schedule(optimizer, cell.train),
-                      cell.train.grad_accum, cell.train.grad_clip)
     stream = kit.cycle(batches)
 
     def txsuite_step():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from suite.record import Record
+from suite.config.record import Record
 from suite.report import render_report
-from suite.store import RunStore, write_atomic
+from suite.results import RunFolder, write_atomic
 
 LRS = [round(1e-4 * 1.25**i, 7) for i in range(20)]
 MICRO_BATCHES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
@@ -53,9 +53,9 @@ def large_run(run_dir: Path) -> Path:
                 lines.append(Record(matrix="big", run_id=run_dir.name, cell_id=cell_id, repeat=repeat,
                                     config=config, status="ok", label=label, metrics=metrics,
                                     env={"host": "bench", "torch": "2.6.0"}).to_json())
-    # One write, not 600 appends: RunStore.append rewrites the file each time (atomicity first).
+    # One write, not 600 appends: RunFolder.append rewrites the file each time (atomicity first).
     write_atomic(run_dir / "records.jsonl", "\n".join(lines) + "\n")
-    RunStore(run_dir).write_json("matrix.json", {
+    RunFolder(run_dir).write_json("matrix.json", {
         "name": "big", "description": "200-cell learning-rate x micro-batch sweep (synthetic numbers)",
         "axes": {"train.lr": LRS, "train.micro_batch": MICRO_BATCHES}, "repeats": REPEATS})
     return run_dir

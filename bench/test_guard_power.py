@@ -2,7 +2,7 @@
 
 The experiment: txsuite's training step on the tiny reference model at the smoke matrix's
 setting (2 layers x 128, seq 64, micro-batch 4, fp32, CPU), built the way the worker builds it
-(apply_all + Trainer). A *candidate*
+(suite.train.build_training). A *candidate*
 step is the same step followed by extra real work (small matmuls) calibrated to cost 0 %, 5 %,
 10 % or 30 % of a step: a slower commit, measured for real, not a multiplied number. Each
 trial measures the baseline and the four candidates in blocks of STEPS consecutive steps (a
@@ -25,6 +25,7 @@ minutes here. The markdown table printed at the end is the one in README.md.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -32,12 +33,10 @@ import time
 import numpy as np
 import torch
 
+from suite.config.record import Record
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.guard import compare, side_from_records
-from suite.model import GPT, resolve_model
-from suite.record import Record
-from suite.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.techniques import TrainSetup, apply_all
-from suite.trainer import Trainer, build_optimizer, build_schedule
+from suite.train import build_training
 
 SLOWDOWNS = (0.0, 0.05, 0.10, 0.30)
 TRIALS = int(os.environ.get("TXSUITE_GUARD_TRIALS", "40"))
@@ -53,24 +52,10 @@ def build_step():
     cell = CellConfig(model=ModelSpec(preset="tiny"), data=DataSpec(seq_len=SEQ),
                       train=TrainSpec(steps=10_000, warmup_steps=0, micro_batch=BATCH), precision="fp32",
                       device="cpu")
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = GPT(resolve_model(cell.model, VOCAB, SEQ)).to(device)
-    setup = apply_all(TrainSetup(model=model, device=device), cell)
-    optimizer = build_optimizer(setup.model, cell.train, device)
-    trainer = Trainer(setup, optimizer, build_schedule(optimizer, cell.train), 1, cell.train.grad_clip)
-    g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(8):
-        tok = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-        batches.append((tok[:, :-1].contiguous(), tok[:, 1:].contiguous()))
-
-    def stream():
-        while True:
-            yield from batches
-
-    it = stream()
-    return lambda: trainer.step(it)
+    training = build_training(cell)
+    assert training.model_cfg.vocab_size == VOCAB
+    it = itertools.cycle([next(training.batches) for _ in range(8)])  # fixed tensors
+    return lambda: training.trainer.step(it)
 
 
 class Burner:

@@ -16,10 +16,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from suite.executors import host_gpu_ids
-from suite.matrix import DEFAULT_MAX_CELLS, Host, Matrix, MatrixError, load_matrix
-from suite.measure.env import gpus_from_nvidia_smi
+from suite.config.matrix import DEFAULT_MAX_CELLS, Matrix, MatrixError, load_matrix
+from suite.measure.env import gpus_from_nvidia_smi, plan_host
 from suite.measure.estimate import approx_vocab, estimate_memory
+from suite.run.executors import host_gpu_ids
 
 # a pipe or CI log is not 80 columns wide: do not wrap plan tables as if it were
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -33,25 +33,12 @@ class UsageProblem(click.ClickException):
         err_console.print(f"[bold red]txsuite:[/] {self.message}", soft_wrap=True)
 
 
-def _host(device: str | None) -> Host:
-    gpus = gpus_from_nvidia_smi()
-    caps = []
-    for gpu in gpus:
-        try:
-            caps.append(float(gpu["compute_cap"]))
-        except (KeyError, ValueError):
-            caps = []  # one unknown: the plan cannot vouch for any of them
-            break
-    usable = len(host_gpu_ids(len(gpus))[0]) if gpus else 0  # CUDA_VISIBLE_DEVICES may hide some
-    return Host(has_cuda=usable > 0, gpu_count=usable, compute_capability=min(caps) if caps else None)
-
-
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
-    from suite.data import validate_data_spec  # stdlib-only at import: keeps torch out of the runner
+    from suite.data import check_data_sources  # stdlib-only at import: keeps torch out of the runner
 
     try:
-        return load_matrix(Path(matrix_path), host=_host(device), device_override=device,
-                           max_cells=None if yes else DEFAULT_MAX_CELLS, check_data=validate_data_spec)
+        return load_matrix(Path(matrix_path), host=plan_host(), device_override=device,
+                           max_cells=None if yes else DEFAULT_MAX_CELLS, check_data=check_data_sources)
     except MatrixError as exc:
         raise UsageProblem(str(exc)) from None
 
@@ -86,7 +73,7 @@ def _plan_table(matrix: Matrix) -> Table:
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
 def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> None:
     """Expand and validate MATRIX; print its cells; run nothing."""
-    from suite.runner import select
+    from suite.run.runner import select
 
     matrix = _load(matrix_path, device, yes)
     matrix.cells = select(matrix.cells, only)
@@ -127,7 +114,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
         rdzv_endpoint: str | None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
-    from suite.runner import choose_run_dir, follow_matrix, run_matrix, select
+    from suite.run.runner import choose_run_dir, follow_matrix, run_matrix, select
 
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, run_id, executor_name)
 
@@ -145,7 +132,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
         with SweepProgress() as progress:
             joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress,
-                                   gpus=list(range(_host(None).gpu_count)))
+                                   gpus=list(range(plan_host().gpu_count)))
         console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
         sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
@@ -166,7 +153,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
 
 
 def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None, executor_name: str):
-    from suite.runner import Nodes
+    from suite.run.runner import Nodes
 
     if nnodes == 1:
         if node_rank:
@@ -188,7 +175,7 @@ def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None
 
 def _executor(name: str, run_dir: Path, partition: str | None, gpus_per_node: int, time_min: int | None,
               max_parallel: int):
-    from suite.executors import LocalExecutor, SlurmExecutor
+    from suite.run.executors import LocalExecutor, SlurmExecutor
 
     if name == "local":
         ids, gpu_env = host_gpu_ids(len(gpus_from_nvidia_smi()))
@@ -321,7 +308,7 @@ def _render(run_dir: Path, out: Path) -> Path | str:
 def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None:
     """(Re)render the report of a run folder (results/<matrix>/<run id>)."""
     from suite.report import export_table, render_report
-    from suite.store import find_runs
+    from suite.results import find_runs
 
     runs = find_runs(results)
     if not runs:
@@ -408,7 +395,7 @@ def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, conf
         if run_side.kind != "run" or not run_side.source:
             raise UsageProblem(f"--confirm needs RUN to be a run folder whose matrix.json names its matrix file; "
                                f"{run_path} is not.")
-        from suite.runner import run_matrix
+        from suite.run.runner import run_matrix
 
         ids = {cid for cid, _ in flagged}
         devices = {run_side.cells[cid].config.get("device") for cid in ids}

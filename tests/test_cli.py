@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from suite.matrix import load_matrix
-from suite.record import REQUIRED_METRICS
-from suite.runner import run_matrix
-from suite.store import RunStore, to_dataframe
+from suite.config.matrix import load_matrix
+from suite.config.record import REQUIRED_METRICS
+from suite.run.runner import run_matrix
+from suite.results import RunFolder, to_dataframe
 from cli_helpers import txsuite
 
-# A matrix no other test uses, written as a user would from DESIGN.md alone.
+# A matrix no other test uses, written as a user would from README.md alone.
 UNSEEN = """\
 name: unseen
 description: a user's own sweep
@@ -35,7 +35,7 @@ repeats: 1
 
 
 def test_runner_and_cli_never_import_torch():
-    code = "import sys, suite.cli, suite.runner, suite.matrix, suite.store; print('torch' in sys.modules)"
+    code = "import sys, suite.cli, suite.run.runner, suite.config.matrix, suite.results, suite.guard; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -49,7 +49,7 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     first = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "results" / "unseen" / "r1"
-    records = RunStore(run_dir).records()
+    records = RunFolder(run_dir).records()
     assert sorted(r.status for r in records) == ["ok", "ok", "ok", "skipped"]
     for r in records:
         assert set(REQUIRED_METRICS) <= set(r.metrics)
@@ -76,7 +76,7 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     again = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path)
     assert again.returncode == 0
     assert "4 repetitions were already finished" in again.stdout
-    assert len(RunStore(run_dir).records()) == 4
+    assert len(RunFolder(run_dir).records()) == 4
     # without --run-id, a finished run is not resumed: a new run starts
     df = to_dataframe(tmp_path / "results")
     assert len(df) == 4 and set(df["status"]) == {"ok", "skipped"}
@@ -87,7 +87,7 @@ def test_resume_without_run_id_continues_an_interrupted_run(tmp_path):
     path.write_text(UNSEEN.replace("name: unseen", "name: partial"))
     matrix = load_matrix(path)
     # simulate an interrupted sweep: only one cell finished, run marked incomplete
-    from suite.runner import choose_run_dir
+    from suite.run.runner import choose_run_dir
     run_dir, resuming = choose_run_dir(tmp_path / "results", matrix, None)
     assert not resuming
     run_matrix(matrix, run_dir, only="fp8")  # the cheap skipped cell only: leaves the run incomplete
@@ -119,7 +119,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
         """))
     out = txsuite("run", "f.yaml", "--run-id", "x", cwd=tmp_path)
     assert out.returncode == 1
-    recs = {r.config["data"]["dataset"]: r for r in RunStore(tmp_path / "results/failing/x").records()}
+    recs = {r.config["data"]["dataset"]: r for r in RunFolder(tmp_path / "results/failing/x").records()}
     assert recs["markov"].status == "ok"
     assert recs["short.txt"].status == "failed"
     assert "ValueError" in recs["short.txt"].reason and "seq_len" in recs["short.txt"].reason
@@ -143,7 +143,7 @@ def test_a_hung_cell_times_out_and_its_process_group_is_killed(tmp_path):
             f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']);"
             f" open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(300)"]
     summary = run_matrix(matrix, tmp_path / "run", timeout_s=2, worker_cmd=hang)
-    rec = RunStore(tmp_path / "run").records()[0]
+    rec = RunFolder(tmp_path / "run").records()[0]
     assert rec.status == "timeout" and "killed" in rec.reason and summary.counts == {"timeout": 1}
     child = int(pidfile.read_text())
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]

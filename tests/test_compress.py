@@ -11,6 +11,7 @@ own counter.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -21,18 +22,19 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from suite.compress import CompressContext, apply_during_training, finish_after_training  # noqa: E402
 from suite.compress import prune as prune_mod  # noqa: E402
 from suite.compress import structured  # noqa: E402
-from suite.compress.distill import distillation_loss, finetune  # noqa: E402
+from suite.compress.distill import Distillation, distillation_loss  # noqa: E402
 from suite.compress.inference import benchmark  # noqa: E402
 from suite.compress.size import model_bytes  # noqa: E402
-from suite.data import build_dataset  # noqa: E402
-from suite.matrix import MatrixError, load_matrix  # noqa: E402
-from suite.model import GPT, GPTConfig, lm_loss, resolve_model  # noqa: E402
-from suite.spec import CellConfig, CompressSpec, DataSpec, ModelSpec, TrainSpec  # noqa: E402
-from suite.techniques import TrainSetup, Unsupported, apply_all  # noqa: E402
-from suite.trainer import Trainer, build_optimizer, build_schedule  # noqa: E402
+from suite.config.host import Host, host_problems  # noqa: E402
+from suite.config.matrix import MatrixError, load_matrix  # noqa: E402
+from suite.config.spec import CellConfig, CompressSpec, DataSpec, ModelSpec, TrainSpec  # noqa: E402
+from suite.model import GPT, GPTConfig, lm_loss  # noqa: E402
+from suite.techniques import Unsupported  # noqa: E402
+from suite.techniques.compression import AfterTraining, finish  # noqa: E402
+from suite.train import build_training, train_steps  # noqa: E402
+from suite.train.finetune import finetune  # noqa: E402
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -49,23 +51,17 @@ def make_cell(compress: CompressSpec = CompressSpec(), steps: int = 30, seq_len:
 
 
 class Run:
-    """A cell trained the way the worker trains it, stopped before post-training compression."""
+    """A cell trained the way the worker trains it (build_training, train_steps), stopped before
+    post-training compression."""
 
     def __init__(self, cell: CellConfig):
         self.cell = cell
-        torch.manual_seed(cell.train.seed)
-        self.dataset = build_dataset(cell.data, seed=cell.train.seed)
-        model = GPT(resolve_model(cell.model, self.dataset.vocab_size, cell.data.seq_len))
-        self.setup = apply_during_training(apply_all(TrainSetup(model=model, device=CPU), cell), cell)
-        optimizer = build_optimizer(self.setup.model, cell.train, CPU)
-        trainer = Trainer(self.setup, optimizer, build_schedule(optimizer, cell.train), 1, 1.0)
-        self.batches = iter(self.dataset.train_batches(cell.train.micro_batch, seed=cell.train.seed))
-        self.val = self.dataset.val_batches(8, cell.train.eval_batches)
-        self.losses = []
-        for step in range(cell.train.warmup_steps + cell.train.steps):
-            self.losses.append(float(trainer.step(self.batches)))
-            for hook in self.setup.step_hooks:
-                hook(step + 1)
+        self.training = build_training(cell, CPU)
+        self.setup = self.training.setup
+        self.batches = self.training.batches
+        self.val = self.training.val_batches
+        curve = train_steps(self.training, sync=lambda: None, log=lambda line: None).loss_curve
+        self.losses = [loss for _, _, loss in curve]
         self.val_loss = self.evaluate(self.setup.model)
 
     @torch.no_grad()
@@ -75,10 +71,14 @@ class Run:
 
     def finish(self, model: nn.Module | None = None, cell: CellConfig | None = None) -> dict:
         cell = cell or self.cell
-        return finish_after_training(CompressContext(
+
+        def run_finetune(module, steps, objective, after_step):
+            return finetune(module, steps, self.batches, cell.train, CPU, objective, after_step=after_step)
+
+        return finish(AfterTraining(
             model=model if model is not None else self.setup.model, cell=cell, device=CPU,
             evaluate=self.evaluate, train_batches=self.batches, dense_val_loss=self.val_loss,
-            make_optimizer=lambda m: build_optimizer(m, cell.train, CPU), step_hooks=self.setup.step_hooks))
+            finetune=run_finetune, step_hooks=self.setup.step_hooks))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_dense_control_reports_size_and_speed_cheaply(dense):
     model = copy.deepcopy(dense.setup.model)
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
-    metrics = finish_after_training(CompressContext(
+    metrics = finish(AfterTraining(
         model=model, cell=dense.cell, device=CPU, evaluate=lambda m: pytest.fail("evaluated"),
         train_batches=None, dense_val_loss=dense.val_loss))
     assert len(forwards) == 38
@@ -301,11 +301,14 @@ def test_qat_trains_fake_quantized_and_converts_to_int8_weights():
 
 
 def test_methods_the_host_cannot_run_are_unsupported_before_training():
-    for compress, needle in ((CompressSpec(quantization="fp8"), "fp8"), (CompressSpec(pruning="2:4"), "2:4")):
-        cell = make_cell(compress)
-        setup = TrainSetup(model=GPT(resolve_model(cell.model, 256, 64)), device=CPU)
+    """The host rule (the plan's and the worker's) names the reason; a cell built anyway stops
+    at its technique's check, before an optimizer exists or a step runs."""
+    for compress, precision, needle in ((CompressSpec(quantization="fp8"), "fp32", "fp8"),
+                                        (CompressSpec(pruning="2:4"), "bf16", "2:4")):
+        cell = dataclasses.replace(make_cell(compress), precision=precision)
+        assert needle in host_problems(cell, Host())
         with pytest.raises(Unsupported, match=needle):
-            apply_during_training(setup, cell)
+            build_training(cell, CPU)
 
 
 def test_int4_weight_is_unsupported_where_its_kernels_are_missing():
@@ -315,9 +318,9 @@ def test_int4_weight_is_unsupported_where_its_kernels_are_missing():
     except ImportError:
         pass
     cell = make_cell(CompressSpec(quantization="int4-weight"))
-    setup = TrainSetup(model=GPT(resolve_model(cell.model, 256, 64)), device=CPU)
+    assert host_problems(cell, Host()) is None  # only running the kernel tells
     with pytest.raises(Unsupported, match="int4-weight.*mslk"):
-        apply_during_training(setup, cell)
+        build_training(cell, CPU)
 
 
 # ---------------------------------------------------------------------- distillation
@@ -339,9 +342,9 @@ def test_distilling_the_dense_model_into_a_pruned_student_lowers_the_kl(dense):
     student = copy.deepcopy(dense.setup.model)
     structured.prune_structured(student, "structured", 0.5)
     torch.manual_seed(0)
-    facts = finetune(student, 15, dense.batches, torch.optim.AdamW(student.parameters(), lr=2e-3), CPU,
-                     teacher=teacher, temperature=2.0, alpha=0.9)
-    kl = facts["distill_kl_curve"]
+    objective, kl = Distillation(teacher, temperature=2.0, alpha=0.9), []
+    train = dataclasses.replace(dense.cell.train, lr=2e-3, weight_decay=0.0)
+    finetune(student, 15, dense.batches, train, CPU, objective, after_step=lambda: kl.append(objective.step_kl()))
     assert len(kl) == 15 and sum(kl[-3:]) / 3 < 0.7 * sum(kl[:3]) / 3
 
 
@@ -400,7 +403,7 @@ def test_two_four_sparsity_asks_for_half_precision(write_matrix):
 
 def test_semi_structured_weights_are_stored_in_the_cells_half_precision():
     from suite.compress.plan import plan_for
-    from suite.spec import CellConfig
+    from suite.config.spec import CellConfig
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         plan = plan_for(CellConfig(precision=precision, compress=CompressSpec(pruning="2:4")))
         assert plan.sparse_dtype == dtype
@@ -425,12 +428,15 @@ def test_matrix_accepts_compress_patterns_and_qat_implies_training(write_matrix)
     assert len(matrix.cells) == 11 and len({c.cell_id for c in matrix.cells}) == 11
 
 
-def test_plan_and_compress_agree_on_which_quantizations_run_when():
-    from suite.compress import quantize
-    from suite.matrix import POST_ONLY_QUANTIZATIONS
-    from suite.spec import QUANTIZATIONS
-    assert set(POST_ONLY_QUANTIZATIONS) == set(quantize.POST_TRAINING)
-    assert set(QUANTIZATIONS) == {"none", *quantize.POST_TRAINING, *quantize.TRAINING}
+def test_each_quantization_runs_once_in_training_or_after_it():
+    """One list says which quantizations are training methods (suite/config/spec/compress.py);
+    the compression plan follows it, so the two can never disagree."""
+    from suite.compress.plan import plan_for
+    from suite.config.spec import QUANTIZATIONS
+    from suite.config.spec.compress import TRAINING_QUANTIZATIONS
+    for q in QUANTIZATIONS[1:]:
+        phase = plan_for(CellConfig(compress=CompressSpec(quantization=q))).quantization_phase
+        assert phase == ("train" if q in TRAINING_QUANTIZATIONS else "post")
 
 
 @pytest.mark.parametrize("name", ["quantization.yaml", "pruning.yaml"])
@@ -444,10 +450,10 @@ def test_shipped_compression_matrices_plan(name):
 # ------------------------------------------------------------------------------ report
 
 def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
-    from suite.record import Record
+    from suite.config.record import Record
     from suite.report import render_report
     from suite.report.frame import build_cell_table, export_frame
-    from suite.store import RunStore
+    from suite.results import RunFolder
 
     def record(cid, quantization="none", pruning="none", lr=1e-3, **metrics):
         config = make_cell(CompressSpec(quantization=quantization, pruning=pruning)).to_dict()
@@ -479,7 +485,7 @@ def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
     assert {"val_loss_delta", "size_ratio", "decode_speedup"} <= set(export_frame(table).columns)
 
     run_dir = tmp_path / "results" / "c" / "r"
-    store = RunStore(run_dir)
+    store = RunFolder(run_dir)
     for r in records:
         store.append(r)
     html = render_report(run_dir, tmp_path / "r.html").read_text()
@@ -529,7 +535,7 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
     from cli_helpers import txsuite
 
     from suite.report.frame import build_cell_table
-    from suite.store import RunStore
+    from suite.results import RunFolder
 
     (tmp_path / "c.yaml").write_text(textwrap.dedent("""\
         name: judged
@@ -543,7 +549,7 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
         """))
     out = txsuite("run", "c.yaml", "--run-id", "r", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    records = RunStore(tmp_path / "results/judged/r").records()
+    records = RunFolder(tmp_path / "results/judged/r").records()
     assert [r.status for r in records] == ["ok"] * 4
     by = {(r.config["compress"]["quantization"], r.config["compress"]["pruning"]): r.metrics for r in records}
     dense = by[("none", "none")]
@@ -568,7 +574,8 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
 
 
 def test_gpu_only_methods_are_skipped_at_plan_time_on_a_cpu(tmp_path):
-    from suite.matrix import Host, load_matrix
+    from suite.config.host import Host
+    from suite.config.matrix import load_matrix
 
     path = tmp_path / "m.yaml"
     path.write_text('name: x\nfixed: {device: cpu, precision: bf16}\naxes:\n  compress: [{quantization: fp8}, {pruning: "2:4"}, {quantization: int8-weight}]\n')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.data import build_dataset, validate_data_spec
+from suite.data import build_dataset, check_data_sources
 from suite.data import corpora, tokenization
 from suite.data.base import IGNORE_INDEX
 from suite.data.cache import resolve_cache_dir
@@ -18,7 +18,7 @@ from suite.data.corpora import MissingDataPackage, load_corpus
 from suite.data.markov import entropy_rate, stationary_distribution
 from suite.data.split import split_text
 from suite.data.tokenization import ByteTokenizer
-from suite.spec import NAMED_DATASETS, SYNTHETIC_DATASETS, DataSpec
+from suite.config.spec import NAMED_DATASETS, SYNTHETIC_DATASETS, DataSpec
 
 TRICKY_TEXT = "héllo wörld — 世界 🎉\ttabs\r\nCRLF  two  spaces\x00nul\n\n  leading"
 LINE_ID = re.compile(r"(?<=\n)(\d{6})(?=\n)")  # a whole line of the numbered corpus
@@ -322,7 +322,7 @@ def test_glob_matching_nothing_names_the_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(repr(pattern))):
         build_dataset(DataSpec(dataset=pattern), 0)
     with pytest.raises(FileNotFoundError, match="matches no files"):
-        validate_data_spec(DataSpec(dataset=pattern))
+        check_data_sources(DataSpec(dataset=pattern))
 
 
 def test_corpus_too_small_for_seq_len_says_so(tmp_path):

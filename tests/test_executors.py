@@ -6,10 +6,11 @@ import textwrap
 import pytest
 from cli_helpers import txsuite
 
-from suite.executors import LocalExecutor, host_gpu_ids
-from suite.matrix import Host, load_matrix
-from suite.runner import run_matrix
-from suite.store import RunStore
+from suite.run.executors import LocalExecutor, host_gpu_ids
+from suite.config.host import Host
+from suite.config.matrix import load_matrix
+from suite.run.runner import run_matrix
+from suite.results import RunFolder
 
 
 def test_submitit_executor_runs_every_cell_as_a_job(tmp_path):
@@ -26,7 +27,7 @@ def test_submitit_executor_runs_every_cell_as_a_job(tmp_path):
     out = txsuite("run", "s.yaml", "--run-id", "j", "--executor", "submitit-local", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     run = tmp_path / "results/jobs/j"
-    recs = RunStore(run).records()
+    recs = RunFolder(run).records()
     assert sorted(r.config["train"]["seed"] for r in recs) == [1, 2]
     assert all(r.status == "ok" and r.metrics["tokens_per_s"] > 0 for r in recs)
     assert all("[txsuite worker]" in (run / r.log).read_text() for r in recs)  # the job's output is kept
@@ -51,7 +52,7 @@ def run_on_two_fake_gpus(tmp_path, device: str, seeds: int):
     ids, gpu_env = host_gpu_ids(2, env={})  # two GPUs by nvidia-smi, no CUDA_VISIBLE_DEVICES
     run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=ids, gpu_env=gpu_env),
                worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
-    return RunStore(tmp_path / "run").records()
+    return RunFolder(tmp_path / "run").records()
 
 
 def test_single_gpu_cells_run_concurrently_one_per_device(tmp_path):
@@ -98,6 +99,6 @@ def test_a_distributed_cell_wider_than_the_hosts_gpus_is_skipped(tmp_path):
     (tmp_path / "fake.py").write_text(FAKE_WORKER)
     run_matrix(matrix, tmp_path / "run", executor=LocalExecutor(gpu_ids=["0", "1"]),
                worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
-    by_dp = {r.config["parallel"]["dp"]: r for r in RunStore(tmp_path / "run").records()}
+    by_dp = {r.config["parallel"]["dp"]: r for r in RunFolder(tmp_path / "run").records()}
     assert by_dp[2].status == "ok"
     assert by_dp[4].status == "skipped" and "need as many GPUs, and this host has 2" in by_dp[4].reason

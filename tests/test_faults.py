@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from suite.store import RunStore
+from suite.results import RunFolder
 from cli_helpers import txsuite
 
 
@@ -27,7 +27,7 @@ def test_diverged_and_oom_get_their_status_and_the_next_cell_runs(tmp_path):
     (tmp_path / "f.yaml").write_text(FAULTS)
     out = txsuite("run", "f.yaml", "--run-id", "x", "--memory-limit", "3GiB", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
-    recs = RunStore(tmp_path / "results/faults/x").records()
+    recs = RunFolder(tmp_path / "results/faults/x").records()
     by_label = {r.label: r for r in recs}
     diverged = next(r for r in recs if "1000000" in r.label or "1e+06" in r.label)
     assert diverged.status == "diverged", diverged.reason
@@ -43,7 +43,7 @@ def test_fail_fast_stops_and_retry_failed_reruns_only_failures(tmp_path):
     (tmp_path / "f.yaml").write_text(FAULTS)
     first = txsuite("run", "f.yaml", "--run-id", "y", "--fail-fast", cwd=tmp_path)
     assert first.returncode == 1 and "stopped early" in first.stdout
-    store = RunStore(tmp_path / "results/faults/y")
+    store = RunFolder(tmp_path / "results/faults/y")
     assert [r.status for r in store.records()] == ["ok", "diverged"]
     # resume without the flag: finished cells are kept, the rest run
     second = txsuite("run", "f.yaml", "--run-id", "y", "--memory-limit", "3GiB", cwd=tmp_path)
@@ -85,14 +85,14 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
     runner.send_signal(signal.SIGKILL)
     runner.wait()
     time.sleep(0.5)
-    workers = subprocess.run(["pgrep", "-f", "suite.worker results/killed/"], capture_output=True, text=True)
+    workers = subprocess.run(["pgrep", "-f", "suite.run.worker results/killed/"], capture_output=True, text=True)
     assert workers.stdout.strip() == ""  # the running cell died with its runner (PDEATHSIG)
-    done_before = len(RunStore(records.parent).records())
+    done_before = len(RunFolder(records.parent).records())
     assert 1 <= done_before < 3
     again = txsuite("run", "k.yaml", cwd=tmp_path)  # same command, no run id: resumes that run
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout
-    recs = RunStore(records.parent).records()
+    recs = RunFolder(records.parent).records()
     assert sorted(r.config["train"]["seed"] for r in recs) == [1, 2, 3]
     assert all(r.status == "ok" for r in recs)
 
@@ -108,16 +108,16 @@ def test_after_an_oom_larger_cells_on_the_same_axis_are_skipped(tmp_path):
           train.micro_batch: [2, 4096, 8192]
         """))
     out = txsuite("run", "o.yaml", "--run-id", "z", "--memory-limit", "3GiB", cwd=tmp_path)
-    recs = {r.config["train"]["micro_batch"]: r for r in RunStore(tmp_path / "results/oomplan/z").records()}
+    recs = {r.config["train"]["micro_batch"]: r for r in RunFolder(tmp_path / "results/oomplan/z").records()}
     assert (recs[2].status, recs[4096].status, recs[8192].status) == ("ok", "oom", "skipped"), out.stdout
     assert recs[4096].cell_id in recs[8192].reason and "ran out of memory" in recs[8192].reason
     assert out.returncode == 1
 
 
 def test_oom_rule_needs_all_else_equal():
-    from suite.matrix import Cell
-    from suite.runner import _needs_more_than_an_oom
-    from suite.spec import CellConfig, DataSpec, TrainSpec
+    from suite.config.matrix import PlannedCell as Cell
+    from suite.run.runner import _needs_more_than_an_oom
+    from suite.config.spec import CellConfig, DataSpec, TrainSpec
 
     def cell(mb, seq, lr=1e-3):
         return Cell(CellConfig(train=TrainSpec(micro_batch=mb, lr=lr), data=DataSpec(seq_len=seq)), f"{mb}/{seq}", "axes")
@@ -131,7 +131,7 @@ def test_oom_rule_needs_all_else_equal():
 
 def test_memory_estimate_tracks_the_techniques():
     from suite.measure.estimate import estimate_memory
-    from suite.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
+    from suite.config.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
     base = CellConfig(model=ModelSpec(preset="small"), train=TrainSpec(micro_batch=8))
     e = estimate_memory(base)
     # AdamW state is twice the parameters; gradients equal them

@@ -18,7 +18,7 @@ from suite.measure import peak
 from suite.measure.memory import cuda_memory
 from suite.measure.nominal import nominal_key
 from suite.measure.nvml import Telemetry
-from suite.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.techniques import TrainSetup, Unsupported
 from suite.techniques import float8
 
@@ -117,22 +117,12 @@ def test_fp8_converts_linear_layers_and_trains():
 
 
 def _trainer_on(device, precision: str):
-    """A tiny model's Trainer as the worker builds it (techniques, fused AdamW, schedule), and
-    pinned host batches as the worker's data path makes them."""
-    from suite.model import GPT, GPTConfig
-    from suite.techniques import apply_all
-    from suite.trainer import Trainer, build_optimizer, build_schedule
-    c = cell(precision=precision)
-    model = GPT(GPTConfig(vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, d_model=128, d_ff=512)).to(device)
-    setup = apply_all(TrainSetup(model=model, device=device), c)
-    optimizer = build_optimizer(setup.model, c.train, device)
-    trainer = Trainer(setup, optimizer, build_schedule(optimizer, c.train), grad_accum=2, grad_clip=1.0)
-    gen = torch.Generator().manual_seed(0)
-    xs = [torch.randint(0, 256, (4, 64), generator=gen) for _ in range(6)]
-    pin = device.type == "cuda"
-    batches = iter([(x.pin_memory(), torch.roll(x, -1, 1).pin_memory()) if pin else (x, torch.roll(x, -1, 1))
-                    for x in xs])
-    return trainer, batches
+    """A tiny model's Trainer and its pinned host batches, as the worker builds them."""
+    from suite.train import build_training
+    c = cell(precision=precision, train=TrainSpec(steps=20, warmup_steps=3, micro_batch=4, grad_accum=2,
+                                                  eval_batches=2))
+    training = build_training(c, device)
+    return training.trainer, training.batches
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -156,7 +146,7 @@ def _run_worker(tmp_path, c: CellConfig, memory_limit_bytes: int | None = None) 
     cell_json, result_json = tmp_path / "cell.json", tmp_path / "result.json"
     cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id(),
                                      "memory_limit_bytes": memory_limit_bytes}))
-    out = subprocess.run([sys.executable, "-m", "suite.worker", str(cell_json), str(result_json)],
+    out = subprocess.run([sys.executable, "-m", "suite.run.worker", str(cell_json), str(result_json)],
                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(result_json.read_text())

@@ -12,11 +12,12 @@ import sys
 import numpy as np
 import pytest
 
+from suite.results.folder import RecordsWarning
 from suite.guard import (GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation,
                          side_from_records, write_baseline)
 from suite.guard.stats import mann_whitney_p, pooled_log_sd, repeat_level_p, t_isf, t_sf
-from suite.record import Record
-from suite.store import RunStore, write_atomic
+from suite.config.record import Record
+from suite.results import RunFolder, write_atomic
 
 ENV = {"host": "ci-1", "cpu": "AMD EPYC", "cpu_flags": ["avx2", "avx512f"], "cpu_count": 2, "gpus": [],
        "packages": {"torch": "2.13.0+cpu", "numpy": "2.4.6"}, "torch": "2.13.0+cpu", "torch_threads": 2,
@@ -61,7 +62,7 @@ def make_side(rng, *, scale=1.0, repeats=2, steps=30, cells=("c0fp32",), guard=N
 def write_run(run_dir, records, guard=None):
     write_atomic(run_dir / "records.jsonl", "".join(r.to_json() + "\n" for r in records))
     cells = sorted({r.cell_id for r in records})
-    RunStore(run_dir).write_json("matrix.json", {
+    RunFolder(run_dir).write_json("matrix.json", {
         "name": "m", "source": "matrices/m.yaml", "guard": guard or {"tokens_per_s": "-5%"},
         "cells": [{"cell_id": c, "label": CELLS.get(c, c), "config": {}} for c in cells]})
     return run_dir
@@ -303,8 +304,10 @@ def test_bad_inputs_name_the_file(tmp_path):
     bad_run = tmp_path / "bad"
     bad_run.mkdir()
     (bad_run / "records.jsonl").write_text('{"matrix": "m"}\n')
-    with pytest.raises(GuardInputError, match="records.jsonl, line 1: not a txsuite result record"):
-        load_side(bad_run)
+    with pytest.warns(RecordsWarning, match="records.jsonl, line 1: not a txsuite result record"):
+        side = load_side(bad_run)
+    with pytest.raises(GuardInputError, match="no successfully measured cell"):
+        compare(side, side, {"tokens_per_s": "-5%"})
     two = tmp_path / "two"
     write_run(two / "a", [record("c0fp32", 0, step_times(rng, 5))])
     write_run(two / "b", [record("c0fp32", 0, step_times(rng, 5))])

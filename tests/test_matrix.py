@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from suite.matrix import Host, MatrixError, MatrixTooLarge, load_matrix
+from suite.config.matrix import Host, MatrixError, MatrixTooLarge, load_matrix
 
 BASIC = """\
 name: precision
@@ -168,11 +168,19 @@ def test_huge_products_need_yes(write_matrix):
     assert len(load_matrix(path, max_cells=None).cells) == 1600
 
 
-def test_baseline_picks_the_matching_cell(write_matrix):
+def test_reference_picks_the_matching_cell(write_matrix):
+    m = load_matrix(write_matrix("name: b\naxes: {precision: [fp32, bf16]}\nreference: {precision: bf16}\n"))
+    assert m.reference == m.cells[1].cell_id
+    err = error_of(write_matrix, "name: b\naxes: {precision: [fp32]}\nreference: {precision: bf16}\n")
+    assert "no cell matches the reference" in str(err) and err.line == 3
+
+
+def test_baseline_is_the_old_name_of_reference(write_matrix):
     m = load_matrix(write_matrix("name: b\naxes: {precision: [fp32, bf16]}\nbaseline: {precision: bf16}\n"))
-    assert m.baseline == m.cells[1].cell_id
-    err = error_of(write_matrix, "name: b\naxes: {precision: [fp32]}\nbaseline: {precision: bf16}\n")
-    assert "no cell matches the baseline" in str(err)
+    assert m.reference == m.cells[1].cell_id and m.to_json()["reference"] == m.reference
+    err = error_of(write_matrix, "name: b\naxes: {precision: [fp32]}\nbaseline: {precision: bf16}\n"
+                                 "reference: {precision: fp32}\n")
+    assert err.key == "baseline" and "both" in str(err)
 
 
 def test_shipped_matrices_plan(tmp_path):

@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from suite.model import GPT, GPTConfig, flops_per_token, lm_loss, matmul_params, resolve_model
-from suite.spec import MODEL_PRESETS, ModelSpec
+from suite.config.spec import MODEL_PRESETS, ModelSpec
 
 
 def tiny(**kw) -> GPTConfig:

@@ -14,8 +14,8 @@ import time
 import pytest
 from cli_helpers import txsuite
 
-from suite.matrix import MatrixError, load_matrix
-from suite.store import RunStore
+from suite.config.matrix import MatrixError, load_matrix
+from suite.results import RunFolder
 
 ENGINE_MATRIX = """\
     name: engines
@@ -50,7 +50,7 @@ def test_every_engine_reproduces_the_single_process_curve(tmp_path):
     (tmp_path / "e.yaml").write_text(textwrap.dedent(ENGINE_MATRIX))
     out = txsuite("run", "e.yaml", "--run-id", "r", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    records = RunStore(tmp_path / "results/engines/r").records()
+    records = RunFolder(tmp_path / "results/engines/r").records()
     assert len(records) == 10 and all(r.status == "ok" for r in records), [(r.label, r.reason) for r in records]
 
     def single(micro_batch):
@@ -106,7 +106,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
     os.kill(victim, signal.SIGKILL)
     output, _ = runner.communicate(timeout=120)
     assert runner.returncode == 1, output
-    (record,) = RunStore(tmp_path / "results/killrank/r").records()
+    (record,) = RunFolder(tmp_path / "results/killrank/r").records()
     assert record.status == "failed"
     assert record.reason.startswith("rank 1 ended first: exit -9 (SIGKILL)"), record.reason
     assert _rank_pid(0, "results/killrank/") is None  # rank 0 did not outlive its peer
@@ -117,7 +117,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
     "exitcode  : -9 (SIGKILL)",     # other versions name it beside the code
 ])
 def test_the_launchers_root_cause_names_the_signal_whatever_torchrun_prints(tmp_path, exitcode_line):
-    from suite.runner import _launcher_root_cause
+    from suite.run.runner import _launcher_root_cause
     log = tmp_path / "log.txt"
     log.write_text("noise\nRoot Cause (first observed failure):\n[0]:\n  time      : 2026-11-29_10:37:31\n"
                    f"  host      : h\n  rank      : 1 (local_rank: 1)\n  {exitcode_line}\n"
@@ -137,7 +137,7 @@ def _rank_pid(rank: int, marker: str):
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
-        if "suite.worker" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ:
+        if "suite.run.worker" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ:
             return int(pid)
     return None
 
@@ -242,8 +242,8 @@ def test_grouping_heads_lets_each_column_shard_compute_its_own_heads():
 
 
 def test_deepspeed_config_carries_the_cell():
-    from suite.spec import CellConfig, ParallelSpec, TrainSpec
-    from suite.trainer_deepspeed import deepspeed_config
+    from suite.config.spec import CellConfig, ParallelSpec, TrainSpec
+    from suite.techniques.deepspeed import deepspeed_config
 
     cell = CellConfig(train=TrainSpec(micro_batch=4, grad_accum=3, grad_clip=0.5), precision="bf16",
                       parallel=ParallelSpec(engine="deepspeed", dp=2, zero_stage=3, offload="optimizer+params"))
@@ -268,7 +268,7 @@ def test_comm_share_merges_overlapping_transfers():
 
 def test_memory_estimate_divides_what_each_layout_shards():
     from suite.measure.estimate import estimate_memory
-    from suite.spec import CellConfig, ModelSpec, ParallelSpec
+    from suite.config.spec import CellConfig, ModelSpec, ParallelSpec
 
     def est(**parallel):
         return estimate_memory(CellConfig(model=ModelSpec(preset="small"), parallel=ParallelSpec(**parallel)))
@@ -312,7 +312,7 @@ def test_two_nodes_run_a_distributed_cell_and_only_node_0_records(tmp_path):
     follower_out, _ = follower.communicate(timeout=120)
     assert leader.returncode == 0, leader.stdout + leader.stderr
     assert follower.returncode == 0 and "joined 1 distributed cell" in follower_out, follower_out
-    records = {r.config["parallel"]["engine"]: r for r in RunStore(tmp_path / "n0/results/nodes/r").records()}
+    records = {r.config["parallel"]["engine"]: r for r in RunFolder(tmp_path / "n0/results/nodes/r").records()}
     assert records["ddp"].status == "ok" and records["ddp"].metrics["world_size"] == 2
     assert _gap(_curve(records["ddp"]), _curve(records["none"])) < 1e-5
     assert records["fsdp"].status == "skipped" and "do not split evenly over the 2 nodes" in records["fsdp"].reason
@@ -331,10 +331,10 @@ def test_multi_node_options_are_checked_before_anything_runs(tmp_path):
 
 
 def test_the_report_pairs_each_distributed_cell_with_its_single_process_control():
-    from suite.record import Record
+    from suite.config.record import Record
     from suite.report.formatting import bytes_
     from suite.report.parallel_view import parallel_section
-    from suite.spec import CellConfig, ParallelSpec, TrainSpec
+    from suite.config.spec import CellConfig, ParallelSpec, TrainSpec
 
     def record(cell_id, config, curve, val, **metrics):
         return Record(matrix="m", run_id="r", cell_id=cell_id, repeat=0, config=config.to_dict(), status="ok",
@@ -349,7 +349,7 @@ def test_the_report_pairs_each_distributed_cell_with_its_single_process_control(
                       [3.0, 2.9, 2.8], 2.7)
     section = parallel_section([control, ddp, other_lr])
     rows = {row[0].text: row for row in section["table"].rows}
-    assert list(rows) == ["single", "ddp", "lr"] and section["table"].row_classes[0] == "baseline"
+    assert list(rows) == ["single", "ddp", "lr"] and section["table"].row_classes[0] == "reference"
     assert rows["ddp"][8].text == "2.0e-06" and rows["ddp"][6].text == "25.0%"
     assert rows["ddp"][5].text == bytes_(7)  # the largest rank's memory
     assert section["missing_control"] == ["lr"]  # another learning rate is not the same training
@@ -374,7 +374,7 @@ def test_three_dimensional_layouts_reproduce_the_control(tmp_path):
         """))
     out = txsuite("run", "d.yaml", "--run-id", "r", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    control, *layouts = RunStore(tmp_path / "results/threed/r").records()
+    control, *layouts = RunFolder(tmp_path / "results/threed/r").records()
     assert [r.metrics["world_size"] for r in layouts] == [8, 4]
     # 32 fp32 ulps at the loss's scale: reduction order over up to 8 ranks moves the loss by a
     # few ulps (measured: 7e-7 = ~2 ulps); any real difference in the maths is orders larger

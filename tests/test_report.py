@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from suite.record import Record
+from suite.config.record import Record
 from suite.report import export_table, render_compare, render_report
 from suite.report.charts import representative_curves
 from suite.report.compare import compare_tables
 from suite.report.frame import build_cell_table, export_frame
 from suite.report.pareto import pareto_optimal
 from suite.report.run_report import table_for
-from suite.report.rundata import load_run
-from suite.store import RunStore
+
+from suite.results import RunFolder
 
 XSS = "<script>alert(1)</script>"
 GiB = 2**30
@@ -47,7 +47,7 @@ def record(cell_id, label, cfg, repeat=0, status="ok", reason=None, run_id="r1",
 
 
 def write_run(run_dir: Path, records, meta=None, env=None) -> Path:
-    store = RunStore(run_dir)
+    store = RunFolder(run_dir)
     for r in records:
         store.append(r)
     if meta is not None:
@@ -143,7 +143,7 @@ def test_summary_names_best_cells_pareto_set_and_every_problem(tmp_path):
     assert "fp8 training is not implemented" in summary
     assert "1 of 3 repeats" in summary and "the worker exited with code 1" in summary
     # bf16 micro_batch=4 is fastest; bf16 micro_batch=2 lightest; both are the Pareto set.
-    table = table_for(load_run(run))
+    table = table_for(RunFolder(run).load())
     front = set(table.cells.loc[table.cells["pareto"], "label"])
     assert front == {"precision=bf16 micro_batch=2", "precision=bf16 micro_batch=4"}
     pareto_line = summary.split('id="pareto-cells"', 1)[1].split("</div>", 1)[0]
@@ -153,14 +153,14 @@ def test_summary_names_best_cells_pareto_set_and_every_problem(tmp_path):
     assert "precision=bf16 micro_batch=4" in fastest
 
 
-def test_speedup_and_memory_ratio_against_the_named_baseline(tmp_path):
+def test_speedup_and_memory_ratio_against_the_named_reference(tmp_path):
     records = []
     for repeat, (tok_a, tok_b) in enumerate([(100, 50), (130, 55), (110, 60)]):
         records.append(record("a", "precision=fp32", config("fp32"), repeat, tokens_per_s=tok_a, peak_mem_bytes=4 * GiB))
         records.append(record("b", "precision=bf16", config("bf16"), repeat, tokens_per_s=tok_b, peak_mem_bytes=2 * GiB))
     run = write_run(tmp_path / "run", records, meta={"name": "m", "baseline": "precision=bf16"})
-    cells = table_for(load_run(run)).cells.set_index("cell_id")
-    assert cells.loc["b", "is_baseline"] and not cells.loc["a", "is_baseline"]
+    cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
+    assert cells.loc["b", "is_reference"] and not cells.loc["a", "is_reference"]
     assert cells.loc["a", "speedup"] == pytest.approx(110 / 55)
     assert cells.loc["a", "speedup_lo"] == pytest.approx(100 / 55)
     assert cells.loc["a", "speedup_hi"] == pytest.approx(130 / 55)
@@ -170,11 +170,11 @@ def test_speedup_and_memory_ratio_against_the_named_baseline(tmp_path):
     assert "2.00×" in html
 
     # By cell id as well; an unknown baseline falls back to the first cell and says so.
-    by_id = build_cell_table(RunStore(run).records(), baseline="b").cells.set_index("cell_id")
+    by_id = build_cell_table(RunFolder(run).records(), reference="b").cells.set_index("cell_id")
     assert by_id.loc["a", "speedup"] == pytest.approx(2.0)
-    RunStore(run).write_json("matrix.json", {"name": "m", "baseline": "precision=tf32"})
-    fallback = table_for(load_run(run))
-    assert fallback.baseline == "a" and "matches no cell" in fallback.baseline_note
+    RunFolder(run).write_json("matrix.json", {"name": "m", "baseline": "precision=tf32"})
+    fallback = table_for(RunFolder(run).load())
+    assert fallback.reference == "a" and "matches no cell" in fallback.reference_note
     assert "matches no cell" in summary_part(html_of(run, tmp_path))
 
 
@@ -191,7 +191,7 @@ def test_heatmap_only_when_exactly_two_axes_vary(tmp_path, axes, drawn):
 
 def test_axes_are_read_from_the_records_without_matrix_json(tmp_path):
     run = grid_run(tmp_path / "run", axes=("precision", "grad_accum"))
-    table = table_for(load_run(run))
+    table = table_for(RunFolder(run).load())
     assert table.axes == ["precision", "train.grad_accum"]
     assert table.fixed["train.micro_batch"] == 4 and table.fixed["model.preset"] == "tiny"
     assert "model.n_layer" in table.fixed  # None-valued keys are fixed too, not axes
@@ -205,7 +205,7 @@ def test_axes_follow_the_order_the_matrix_declares(tmp_path):
     meta = {"name": "m", "axes": {"precision": ["fp32", "bf16"],
                                   "train": [{"grad_accum": 1, "micro_batch": 8}, {"grad_accum": 2, "micro_batch": 4}]}}
     run = write_run(tmp_path / "run", records, meta=meta)
-    assert table_for(load_run(run)).axes == ["train.micro_batch", "train.grad_accum", "precision"]
+    assert table_for(RunFolder(run).load()).axes == ["train.micro_batch", "train.grad_accum", "precision"]
     swapped = [record(f"c{i}", f"train.micro_batch={mb} precision={p}", config(p, mb))
                for i, (mb, p) in enumerate([(8, "fp32"), (4, "bf16")])]
     assert build_cell_table(swapped).axes == ["train.micro_batch", "precision"]
@@ -236,7 +236,7 @@ def test_diverged_cell_curve_is_drawn_up_to_where_it_stopped(tmp_path):
     diverged = record("d", "precision=fp16", config("fp16"), status="diverged", reason="loss became NaN at step 7",
                       loss_curve=[[0, 0.0, 4.0], [5, 0.3, 9.0], [7, 0.4, float("nan")]])
     run = write_run(tmp_path / "run", [record("a", "precision=fp32", config("fp32")), diverged])
-    table = table_for(load_run(run))
+    table = table_for(RunFolder(run).load())
     curves = {row["cell_id"]: (points, div) for row, points, div in representative_curves(table)}
     points, was_diverged = curves["d"]
     assert was_diverged and points[:, 0].tolist() == [0, 5]  # the NaN point is dropped
@@ -263,7 +263,7 @@ def compare_runs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_compare_matches_cells_and_computes_b_over_a(tmp_path):
     a, b = compare_runs(tmp_path)
-    c = compare_tables(table_for(load_run(a)), table_for(load_run(b)))
+    c = compare_tables(table_for(RunFolder(a).load()), table_for(RunFolder(b).load()))
     pairs = c.pairs.set_index("cell_id")
     assert pairs.loc["c1", "tokens_per_s_ratio"] == pytest.approx(2.0)
     assert pairs.loc["c1", "peak_mem_bytes_ratio"] == pytest.approx(0.5)
@@ -290,7 +290,7 @@ def test_compare_report_shows_ratios_unmatched_cells_and_env_differences(tmp_pat
 def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
     extra = [record("bad", "precision=fp32 micro_batch=64 | wide", config("fp32", 64), status="oom", reason="OOM")]
     run = grid_run(tmp_path / "run", extra=extra, meta={"name": "m", "axes": {}})
-    expected = export_frame(table_for(load_run(run)))
+    expected = export_frame(table_for(RunFolder(run).load()))
 
     csv = pd.read_csv(export_table(run, tmp_path / "t.csv", "csv"))
     pd.testing.assert_frame_equal(csv, expected, check_dtype=False)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from suite.record import REQUIRED_METRICS, Record
-from suite.store import RunStore, load_records, to_dataframe
+from suite.config.record import REQUIRED_METRICS, Record
+from suite.results import RunFolder, load_records, to_dataframe
 
 
 def record(cell="c1", repeat=0, status="ok", **metrics) -> Record:
@@ -34,7 +34,7 @@ def test_unknown_status_is_rejected():
 
 
 def test_append_and_replace_same_key(tmp_path):
-    store = RunStore(tmp_path)
+    store = RunFolder(tmp_path)
     store.append(record("a", 0, status="failed"))
     store.append(record("b", 0, tokens_per_s=1.0))
     store.append(record("a", 0, tokens_per_s=2.0))  # a retry replaces the failed record
@@ -44,7 +44,7 @@ def test_append_and_replace_same_key(tmp_path):
 
 
 def _append_forever(path, start):
-    store = RunStore(path)
+    store = RunFolder(path)
     i = start
     while True:
         store.append(record(f"cell{i}", 0, tokens_per_s=float(i), loss_curve=[[s, s, 1.0] for s in range(200)]))
@@ -64,11 +64,11 @@ def test_kill_9_during_appends_never_tears_a_line(tmp_path):
         assert text.endswith("\n")
         for line in text.splitlines():
             json.loads(line)
-    assert len(RunStore(tmp_path).records()) > 5
+    assert len(RunFolder(tmp_path).records()) > 5
 
 
 def test_dataframe_flattens_config_and_metrics(tmp_path):
-    store = RunStore(tmp_path / "m" / "r1")
+    store = RunFolder(tmp_path / "m" / "r1")
     store.append(record("a", 0, tokens_per_s=10.0))
     store.append(record("a", 1, tokens_per_s=12.0))
     df = to_dataframe(tmp_path)  # finds run folders below a results root

@@ -1,32 +1,30 @@
 """Precision and memory techniques, applied from outside the model, and the training step:
 each changes what it should and nothing else."""
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from suite.model import GPT, GPTConfig, lm_loss
-from suite.spec import CellConfig, MemorySpec, TrainSpec
-from suite.techniques import TrainSetup, apply_all
-from suite.trainer import Trainer, build_optimizer, build_schedule
+from suite.config.spec import CellConfig, DataSpec, MemorySpec, ModelSpec, TrainSpec
+from suite.model import lm_loss
+from suite.techniques import TrainSetup
+from suite.train import Training, build_schedule, build_training
 
 CPU = torch.device("cpu")
+# the model these tests train: 4 layers x 64 wide over a 64-symbol Markov task, 32 tokens
+MODEL = ModelSpec(preset="tiny", n_layer=4, n_head=4, d_model=64, d_ff=256)
+DATA = DataSpec(dataset="markov", seq_len=32)
 
 
-def model_cfg(**kw):
-    base = dict(vocab_size=64, max_seq_len=32, n_layer=4, n_head=4, d_model=64, d_ff=256)
-    base.update(kw)
-    return GPTConfig(**base)
+def training_for(cell: CellConfig, seed: int = 0) -> Training:
+    """The cell's training as the worker builds it, on this file's model and data."""
+    return build_training(dataclasses.replace(cell, model=MODEL, data=DATA, device="cpu",
+                                              train=dataclasses.replace(cell.train, seed=seed)))
 
 
-def setup_for(cell: CellConfig, cfg=None, seed=0) -> TrainSetup:
-    torch.manual_seed(seed)
-    return apply_all(TrainSetup(model=GPT(cfg or model_cfg()), device=CPU), cell)
-
-
-def make_trainer(setup, train: TrainSpec):
-    opt = build_optimizer(setup.model, train, CPU)
-    return Trainer(setup, opt, build_schedule(opt, train), train.grad_accum, train.grad_clip)
+def setup_for(cell: CellConfig, seed: int = 0) -> TrainSetup:
+    return training_for(cell, seed).setup
 
 
 def fixed_batches(n_steps, batch, seq=32, vocab=64, seed=1):
@@ -44,8 +42,7 @@ def split(batches, parts, order=None):
 
 
 def losses(cell, batches, parts, steps, order=None):
-    setup = setup_for(cell)
-    trainer = make_trainer(setup, cell.train)
+    trainer = training_for(cell).trainer
     it = split(batches, parts, order)
     return [float(trainer.step(it)) for _ in range(steps)]
 
@@ -148,8 +145,8 @@ def test_worker_feeds_equal_step_batches_whatever_the_accumulation_split():
     from itertools import islice
 
     from suite.data import build_dataset
-    from suite.spec import DataSpec
-    from suite.worker import step_batches
+    from suite.config.spec import DataSpec
+    from suite.data.steps import step_batches
     ds = build_dataset(DataSpec(dataset="markov", seq_len=16), seed=0)
     one = list(islice(step_batches(ds, 8, 1, seed=3), 3))        # 3 steps of 8
     four = list(islice(step_batches(ds, 2, 4, seed=3), 12))      # 3 steps of 4 x 2

@@ -1,4 +1,5 @@
-"""The fine-tune after pruning, optionally distilled from the dense model (Hinton et al., 2015).
+"""Distillation from the dense model (Hinton et al., 2015): the objective of the fine-tune
+after pruning (suite/techniques/compression.py runs it through suite.train.finetune).
 
 loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * LM loss
 
@@ -8,16 +9,11 @@ is the trained dense model, copied before compression, in eval mode and without 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from suite.model import lm_loss
-from suite.techniques import TrainSetup
-from suite.trainer import Trainer, constant_schedule, language_modelling
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -55,28 +51,3 @@ class Distillation:
         mean = float(torch.stack(self._kl).mean())
         self._kl.clear()
         return mean
-
-
-def finetune(model: nn.Module, steps: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-             optimizer: torch.optim.Optimizer, device: torch.device, grad_accum: int = 1,
-             grad_clip: float = 1.0, teacher: nn.Module | None = None, temperature: float = 2.0,
-             alpha: float = 0.5,
-             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             ) -> dict[str, Any]:
-    """`steps` optimizer steps of `grad_accum` micro-batches each, at the optimizer's own
-    learning rate (no schedule), through the same Trainer step as training. Returns per-step
-    losses for the record."""
-    objective = Distillation(teacher, temperature, alpha) if teacher is not None else language_modelling
-    trainer = Trainer(TrainSetup(model=model, device=device, autocast=autocast), optimizer,
-                      constant_schedule(optimizer), grad_accum, grad_clip, objective=objective)
-    curve: list[float] = []
-    kl_curve: list[float] = []
-    for _ in range(steps):
-        curve.append(float(trainer.step(batches)))
-        if teacher is not None:
-            kl_curve.append(objective.step_kl())
-    facts: dict[str, Any] = {"finetune_steps_done": steps, "finetune_loss_curve": [round(v, 6) for v in curve]}
-    if teacher is not None:
-        facts.update({"distill_kl_curve": [round(v, 6) for v in kl_curve],
-                      "distill_temperature": temperature, "distill_alpha": alpha})
-    return facts

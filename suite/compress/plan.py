@@ -6,8 +6,8 @@
                    heads-/neurons-/structured-<r>, 2:4      after training
 After training the order is: prune -> fine-tune (optionally distilled) -> make the masks
 permanent -> quantize (QAT: convert), so a fine-tune trains float weights and the quantized
-model is the final one. The plan (suite.matrix._check_compress) has already rejected
-combinations that cannot work; what remains host-dependent is `check_host`.
+model is the final one. The plan (CompressSpec.problems, suite/config/spec/compress.py) has
+already rejected combinations that cannot work; what remains host-dependent is `check_host`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from suite.compress import quantize
-from suite.compress.prune import SEMI_STRUCTURED_CAPABILITY, probe_semi_structured
-from suite.spec import CellConfig
-from suite.techniques.setup import Unsupported
+from suite.compress.prune import probe_semi_structured
+from suite.config.spec import CellConfig
+from suite.config.spec.compress import TRAINING_QUANTIZATIONS
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Plan:
 def plan_for(cell: CellConfig) -> Plan:
     k = cell.compress
     kind, amount = k.pruning_target()
-    q_phase = None if k.quantization == "none" else ("train" if k.quantization in quantize.TRAINING else "post")
+    q_phase = None if k.quantization == "none" else ("train" if k.quantization in TRAINING_QUANTIZATIONS else "post")
     p_phase = None if kind == "none" else ("train" if kind == "magnitude" and k.phase == "train" else "post")
     return Plan(quantization=k.quantization, quantization_phase=q_phase, pruning=k.pruning,
                 pruning_kind=kind, pruning_amount=amount, pruning_phase=p_phase,
@@ -63,15 +63,10 @@ HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_host(plan: Plan, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-    """Raise Unsupported if this host cannot run the plan; called before training, so a cell
-    that would fail after training is skipped without training first."""
+    """Raise Unsupported if this host's kernels cannot run the plan; called before training, so
+    a cell that would fail after training is skipped without training first. The device and
+    its compute capability were checked already (suite.config.host.host_problems); this probes
+    what only running a kernel tells: torchao's import, int4's kernels, 2:4's sparse kernels."""
     quantize.check_host(plan.quantization, device, dtype)
     if plan.pruning_kind == "2:4":
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise Unsupported("2:4 semi-structured sparsity is accelerated only by sparse tensor cores "
-                              f"of CUDA GPUs (compute capability >= 8.0); this cell is on {device.type}")
-        capability = torch.cuda.get_device_capability(device)
-        if capability < SEMI_STRUCTURED_CAPABILITY:
-            raise Unsupported(f"2:4 sparsity needs compute capability >= 8.0; this GPU has "
-                              f"{capability[0]}.{capability[1]}")
         probe_semi_structured(device, plan.sparse_dtype or torch.bfloat16)

@@ -20,10 +20,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from suite.compress.targets import target_linears
-from suite.record import Unsupported
-from suite.spec import SEMI_STRUCTURED_MIN_CAPABILITY
+from suite.config.record import Unsupported
 
-SEMI_STRUCTURED_CAPABILITY = SEMI_STRUCTURED_MIN_CAPABILITY
 
 
 def prune_magnitude(model: nn.Module, sparsity: float) -> dict[str, Any]:

@@ -8,8 +8,7 @@
                    `prepare` swaps the linears for fake-quantizing ones before training (int8
                    per-token activations, int8 per-row weights, straight-through gradients);
                    `convert` turns them into real int8 weights after it
-    fp8            torchao.float8.convert_to_float8_training: float8 matmuls in training
-                   (CUDA, compute capability >= 8.9), the conversion precision fp8 uses
+    fp8            float8 training, the conversion precision fp8 uses: suite/techniques/float8.py
 
 What is quantized: the four linears of every block (attn.qkv, attn.proj, mlp.fc, mlp.proj).
 The lm_head shares its weight with tok_emb; quantizing it would untie the two and store a
@@ -27,11 +26,8 @@ import torch
 from torch import nn
 
 from suite.compress.targets import is_target, target_linears
-from suite.techniques import float8
-from suite.techniques.setup import Unsupported
+from suite.config.record import Unsupported
 
-POST_TRAINING = ("int8-weight", "int8-dynamic", "int4-weight")
-TRAINING = ("qat-int8", "fp8")
 INT4_GROUP_SIZES = (128, 64, 32)
 
 
@@ -46,11 +42,9 @@ def torchao_version() -> str:
 
 def check_host(quantization: str, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
     """Raise Unsupported when this host cannot run `quantization` (before any training)."""
-    if quantization == "none":
-        return
+    if quantization in ("none", "fp8"):
+        return  # fp8 is float8 training: suite.techniques.float8 checks the GPU before converting
     version = torchao_version()
-    if quantization == "fp8":
-        float8.check_supported(device)  # the same rule as precision fp8
     if quantization == "int4-weight":
         _probe_int4(device, dtype, version)
 
@@ -128,18 +122,6 @@ def qat_convert(model: nn.Module) -> dict[str, Any]:
     config = _qat_base_config()
     quantize_(model, QATConfig(config, step="convert"), filter_fn=is_target)
     return _layer_facts(model, f"QATConfig({type(config).__name__}, int8 weights per row)")
-
-
-def fp8_training(model: nn.Module) -> dict[str, Any]:
-    """Float8 training of the linears, converted exactly as precision fp8 converts them
-    (suite.techniques.float8: dims multiple of 16, lm_head kept). The cell's precision is left
-    as it is: torchao recommends bf16 autocast around float8 training (precision: bf16)."""
-    from torchao.float8 import convert_to_float8_training
-    converted, kept = float8.convert(model, convert_to_float8_training)
-    if not converted:
-        raise Unsupported("fp8: no Linear layer of this model has dims divisible by 16; nothing would run in fp8")
-    return {"fp8_linear_layers": len(converted), "fp8_kept_layers": kept,
-            "quantization_backend": f"torchao {torchao_version()}"}
 
 
 def _layer_facts(model: nn.Module, config_name: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Datasets for txsuite: real text shipped offline and synthetic tasks with a known optimum.
 
     from suite.data import build_dataset
-    ds = build_dataset(spec, seed, cache_dir=None)      # spec: suite.spec.DataSpec
+    ds = build_dataset(spec, seed, cache_dir=None)      # spec: suite.config.spec.DataSpec
     ds.vocab_size, ds.optimal_loss, ds.info
     x, y = next(ds.train_batches(micro_batch, seed))    # int64 [B, seq_len]; y = next token or -100
     ds.val_batches(micro_batch, n_batches)              # same for every cell with this data spec
@@ -9,43 +9,28 @@
 Modules, one job each: corpora (text sources, stdlib only), split (train/val chunks of text),
 tokenization (byte, BPE), batches (windows over token streams), text (corpus -> dataset),
 synthetic (copy, reverse, modadd), markov (Markov chain source), cache (cache dir, safe writes),
+steps (the micro-batches of each optimizer step for one rank),
 base (the Dataset interface and seeding).
 
 This module imports neither torch nor numpy at import time, so plan-time code (the runner
-never imports torch) can call `validate_data_spec`; `build_dataset` imports the builders.
+never imports torch) can call `check_data_sources`; `build_dataset` imports the builders.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..spec import NAMED_DATASETS, SYNTHETIC_DATASETS, TOKENIZERS, DataSpec, is_dataset_path
+from ..config.spec import DataSpec, is_dataset_path
 from .corpora import TEXT_CORPORA, MissingDataPackage, check_corpus
 
-__all__ = ["build_dataset", "validate_data_spec", "MissingDataPackage"]
+__all__ = ["build_dataset", "check_data_sources", "MissingDataPackage"]
 
 
-def validate_data_spec(spec: DataSpec, check_sources: bool = True) -> None:
-    """Raise ValueError for a bad setting; with check_sources, also the error a missing package
-    (MissingDataPackage) or an empty glob (FileNotFoundError) would give. Cheap: reads no corpus."""
-    name = spec.dataset
-    if not isinstance(name, str) or not (name in NAMED_DATASETS or is_dataset_path(name)):
-        raise ValueError(
-            f"data.dataset: unknown dataset {name!r}; allowed: {', '.join(NAMED_DATASETS)}, "
-            "or a path or glob of text files (e.g. 'corpus/*.txt', '~/notes.md')"
-        )
-    if spec.tokenizer not in TOKENIZERS:
-        raise ValueError(f"data.tokenizer: unknown tokenizer {spec.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
-    if name in SYNTHETIC_DATASETS and spec.tokenizer != "byte":
-        raise ValueError(
-            f"data.tokenizer {spec.tokenizer!r} applies to text corpora; the synthetic task {name!r} "
-            "has its own symbols (leave data.tokenizer at 'byte')"
-        )
-    if not isinstance(spec.seq_len, int) or spec.seq_len < 1:
-        raise ValueError(f"data.seq_len must be a positive integer, got {spec.seq_len!r}")
-    if not 0.0 < spec.val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {spec.val_fraction!r}")
-    if check_sources and name not in SYNTHETIC_DATASETS:
-        check_corpus(name)
+def check_data_sources(spec: DataSpec) -> None:
+    """Raise what a missing corpus package (MissingDataPackage) or a path matching no file
+    (FileNotFoundError) would raise when the data is built. Cheap: reads no corpus. The
+    settings themselves were checked by DataSpec.problems (suite/config/spec/data.py)."""
+    if not spec.synthetic:
+        check_corpus(spec.dataset)
 
 
 def build_dataset(spec: DataSpec, seed: int, cache_dir: Path | str | None = None):
@@ -55,7 +40,9 @@ def build_dataset(spec: DataSpec, seed: int, cache_dir: Path | str | None = None
     validation batches are the same for every seed. `cache_dir` (default $TXSUITE_CACHE or
     ~/.cache/txsuite) holds trained BPE tokenizers and BPE token arrays.
     """
-    validate_data_spec(spec, check_sources=False)  # sources are checked as they are loaded
+    for problem in spec.problems():  # the plan's rules, for callers that built the spec by hand
+        allowed = f" Allowed: {problem.allowed}." if problem.allowed else ""
+        raise ValueError(f"{problem.key}: {problem.message}{allowed}")
     name = spec.dataset
     if name == "markov":
         from .markov import build_markov_dataset

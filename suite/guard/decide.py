@@ -39,7 +39,7 @@ from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold,
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
 from suite.guard.stats import (bootstrap_p, hierarchical_bootstrap, mann_whitney_p, min_attainable_p,
                                percentile_interval, pooled_log_sd, repeat_level_p, t_isf)
-from suite.matrix import GUARD_METRICS
+from suite.config.metrics import GUARDABLE as GUARD_METRICS
 
 NORMALIZATIONS = ("none", "peak", "auto")
 N_BOOT = 2000
@@ -403,7 +403,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     measured: dict[str, dict[str, bool]] = {m: {"run": False, "baseline": False} for m in thresholds}
     for cid in common:
         for metric, thr in thresholds.items():
-            row = _check_cell(run.cells[cid], baseline.cells[cid], metric, thr, mode, alpha, seed, n_boot,
+            row = _decide_metric(run.cells[cid], baseline.cells[cid], metric, thr, mode, alpha, seed, n_boot,
                               measured, noise.get(metric))
             rows.append(row)
     for metric, seen in measured.items():
@@ -432,7 +432,7 @@ def _run_noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, m
     return RunNoise.from_groups(groups, floor)
 
 
-def _check_cell(rc: CellSamples, bc: CellSamples, metric: str, thr: Threshold, mode: str, alpha: float,
+def _decide_metric(rc: CellSamples, bc: CellSamples, metric: str, thr: Threshold, mode: str, alpha: float,
                 seed: int, n_boot: int, measured: dict[str, dict[str, bool]],
                 noise: RunNoise | None = None) -> Check:
     spec = METRICS[metric]
@@ -558,7 +558,7 @@ def merge_confirmation(result_before: GuardResult, rerun_side: Side) -> GuardRes
             continue
         measured: dict[str, dict[str, bool]] = {row.metric: {"run": False, "baseline": False}}
         try:
-            again = _check_cell(rc, baseline.cells[row.cell_id], row.metric, thresholds[row.metric],
+            again = _decide_metric(rc, baseline.cells[row.cell_id], row.metric, thresholds[row.metric],
                                 before.normalize_mode, before.alpha, before.seed + 1, N_BOOT, measured,
                                 before.noise.get(row.metric))
         except KeyError:  # the re-measurement lacks the measured peak that normalisation needs

@@ -1,8 +1,10 @@
 """What each guardable metric is made of: its samples, its statistic and its good direction.
 
 A guard entry `metric: -5%` says which way is bad (the sign: `-` a fall is bad, `+` a rise is
-bad) and the smallest change that counts (5 %). The metric names are those of
-`suite.matrix.GUARD_METRICS` (the `guard:` block is validated there).
+bad) and the smallest change that counts (5 %). Which metrics can be guarded, their good
+direction and whether they have per-step samples come from the metric registry
+(suite/config/metrics.py); this module adds what only the guard needs (the statistic, the
+quantile of the fastest steps, how a metric scales with the machine's peak).
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import re
 from dataclasses import dataclass
 import numpy as np
 
+from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.stats import Statistic, median_stat, quantile_stat
-from suite.matrix import GUARD_METRICS
 
 THRESHOLD_RE = re.compile(r"^([+-])(\d+(?:\.\d+)?)%$")
 
@@ -66,18 +68,23 @@ class MetricSpec:
     scales_with_peak: int     # 0: not normalised; -1: divided by the peak; +1: multiplied
 
 
-METRICS: dict[str, MetricSpec] = {
-    "tokens_per_s": MetricSpec("tokens_per_s", True, -1, median_stat, "tok/s", 0.9, -1),
-    "samples_per_s": MetricSpec("samples_per_s", True, -1, median_stat, "samples/s", 0.9, -1),
-    "mfu": MetricSpec("mfu", True, -1, median_stat, "", 0.9, 0),
-    "step_time_p50_s": MetricSpec("step_time_p50_s", True, +1, median_stat, "s", 0.1, +1),
+# metric -> (statistic, unit, fastest-steps quantile, scaling with the peak)
+_GUARD_VIEW = {
+    "tokens_per_s": (median_stat, "tok/s", 0.9, -1),
+    "samples_per_s": (median_stat, "samples/s", 0.9, -1),
+    "mfu": (median_stat, "", 0.9, 0),
+    "step_time_p50_s": (median_stat, "s", 0.1, +1),
     # the p90 is about the slow tail: a periodic slow step is a real regression of it even when
     # the fastest steps do not move, so no fastest-steps check here
-    "step_time_p90_s": MetricSpec("step_time_p90_s", True, +1, quantile_stat(0.9), "s", None, +1),
-    "peak_mem_bytes": MetricSpec("peak_mem_bytes", False, +1, median_stat, "B", None, 0),
-    "val_loss": MetricSpec("val_loss", False, +1, median_stat, "", None, 0),
+    "step_time_p90_s": (quantile_stat(0.9), "s", None, +1),
+    "peak_mem_bytes": (median_stat, "B", None, 0),
+    "val_loss": (median_stat, "", None, 0),
 }
-assert set(METRICS) == set(GUARD_METRICS), "suite.matrix.GUARD_METRICS and the guard disagree"
+METRICS: dict[str, MetricSpec] = {
+    name: MetricSpec(name, BY_NAME[name].per_step, -1 if BY_NAME[name].higher_is_better else +1,
+                     *_GUARD_VIEW[name][:2], *_GUARD_VIEW[name][2:])
+    for name in GUARDABLE
+}
 
 
 def per_step_values(metric: str, step_times: np.ndarray, rep) -> np.ndarray | None:

@@ -36,12 +36,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from suite.record import Record
-from suite.store import RECORDS, find_runs, write_atomic
+from suite.config.metrics import REGISTRY
+from suite.config.record import Record
+from suite.results import RECORDS, RunFolder, RunMeta, find_runs, write_atomic
 
 BASELINE_FORMAT = "txsuite-baseline"
 BASELINE_SCHEMA = 1
-SUMMARY_KEYS = ("tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "mfu")
+# the per-step metrics a record also summarises per repetition (used when it has no step samples)
+SUMMARY_KEYS = tuple(m.name for m in REGISTRY if m.per_step and m.guardable)
 # a record whose summary tokens/s disagrees with its own step times by more than this was edited
 CONSISTENCY_TOLERANCE = 0.01
 
@@ -164,43 +166,22 @@ def load_side(path: str | os.PathLike) -> Side:
 
 
 def _load_run(run_dir: Path) -> Side:
-    shown = _display(run_dir)
-    records: list[Record] = []
-    records_path = run_dir / RECORDS
-    for n, line in enumerate(records_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(Record.from_json(line))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise GuardInputError(
-                f"{_display(records_path)}, line {n}: not a txsuite result record ({exc}).") from None
-    meta = _read_json_quiet(run_dir / "matrix.json")
-    env = _read_json_quiet(run_dir / "env.json") or {}
-    side = side_from_records(records, path=shown, kind="run", meta=meta, env=env)
+    run = RunFolder(run_dir).load()
+    side = side_from_records(run.records, path=_display(run_dir), kind="run", meta=run.meta, env=run.env)
     side.run_dir = run_dir
     return side
 
 
-def _read_json_quiet(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
-        return None
-
-
 def side_from_records(records: Iterable[Record], path: str = "<records>", kind: str = "run",
-                      meta: dict | None = None, env: dict | None = None) -> Side:
+                      meta: RunMeta | dict | None = None, env: dict | None = None) -> Side:
     """A Side from result records (what a run folder holds). `meta` is the run's matrix.json
-    (guard, source, cell order and labels), `env` its env.json."""
+    (guard, source, cell order and labels; typed, or as parsed JSON), `env` its env.json."""
     records = list(records)
-    meta = meta or {}
-    order = [c.get("cell_id") for c in meta.get("cells", []) if isinstance(c, dict)]
-    side = Side(path=path, kind=kind, matrix=meta.get("name"), source=meta.get("source"),
-                guard=dict(meta.get("guard") or {}), env=dict(env or {}))
-    for c in meta.get("cells", []):
-        if isinstance(c, dict) and c.get("cell_id"):
-            side.labels[c["cell_id"]] = c.get("label") or c["cell_id"]
+    meta = meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)
+    order = [c.get("cell_id") for c in meta.cells]
+    side = Side(path=path, kind=kind, matrix=meta.name, source=meta.source, guard=dict(meta.guard),
+                env=dict(env or {}))
+    side.labels.update(meta.labels())
     env_taken = False
     edited: list[str] = []
     for r in sorted(records, key=lambda r: (order.index(r.cell_id) if r.cell_id in order else len(order),

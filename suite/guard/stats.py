@@ -1,4 +1,4 @@
-"""The statistics of the regression guard (numpy only; no scipy, no torch).
+"""The statistics of the regression guard (numpy and SciPy; no torch).
 
 What is compared
 ----------------
@@ -16,8 +16,9 @@ three* answer yes (an intersection-union test: its p-value is the largest of the
 false-alarm rate is at most alpha):
 
 1. Steps (`mann_whitney_p`): is the current run's per-step distribution shifted in the bad
-   direction relative to the baseline's? Mann-Whitney U (exact for small samples without ties,
-   normal approximation with tie and continuity correction otherwise), one-sided. It is
+   direction relative to the baseline's? Mann-Whitney U (scipy.stats.mannwhitneyu: exact for
+   small samples without ties, normal approximation with tie and continuity correction
+   otherwise), one-sided. It is
    distribution-free, so the long right tail of step times (a GC pause, a neighbour) does not
    matter, but it sees only step-level noise.
 2. Repetitions, resampled (`hierarchical_bootstrap`): a two-stage (cluster) bootstrap that
@@ -50,7 +51,6 @@ Every function here is pure and seeded; nothing reads a file.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,74 +69,25 @@ def quantile_stat(q: float) -> Statistic:
     return stat
 
 
-# ------------------------------------------------------------------ Mann-Whitney U ---------
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Mid-ranks (1-based), ties sharing the mean of their positions."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_v = values[order]
-    ranks = np.empty(len(values), dtype=float)
-    i = 0
-    n = len(values)
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-@lru_cache(maxsize=256)
-def _u_distribution(m: int, n: int) -> np.ndarray:
-    """P(U = k), k = 0..m*n, of the Mann-Whitney U of a sample of m against n without ties:
-    the recursion f(m, n, k) = f(m-1, n, k-n) + f(m, n-1, k), on frequencies normalised as it
-    goes so the numbers stay finite for any sample size."""
-    # f[j] holds the distribution for (i, j) while i grows; start with i = 0: U = 0 surely.
-    prev = [np.ones(1) for _ in range(n + 1)]  # i = 0, any j
-    for i in range(1, m + 1):
-        cur = [np.ones(1)]  # j = 0: U = 0 surely
-        for j in range(1, n + 1):
-            size = i * j + 1
-            a = np.zeros(size)  # the largest of the m+n values is from the first sample: U += j
-            b = np.zeros(size)  # ... or from the second sample
-            a[j:j + len(prev[j])] = prev[j]
-            b[:len(cur[j - 1])] = cur[j - 1]
-            cur.append((i * a + j * b) / (i + j))
-        prev = cur
-    return prev[n]
-
+# ------------------------------------------------------------------ tests (SciPy) ----------
+# SciPy is imported inside the functions: `import suite.guard` stays light for the CLI.
 
 def mann_whitney_p(x: Sequence[float], y: Sequence[float], alternative: str = "less") -> float:
-    """One-sided p-value of Mann-Whitney U: `less` tests whether x tends to be smaller than y
-    (x stochastically less), `greater` the opposite. Exact distribution when both samples
-    have at most 60 values and there are no ties; otherwise the normal approximation with tie
-    correction and continuity correction (as scipy.stats.mannwhitneyu)."""
+    """One-sided p-value of Mann-Whitney U (scipy.stats.mannwhitneyu): `less` tests whether x
+    tends to be smaller than y (x stochastically less), `greater` the opposite. The exact
+    distribution when both samples have at most 60 values and there are no ties; otherwise the
+    normal approximation with tie and continuity correction."""
+    from scipy.stats import mannwhitneyu
+
+    if alternative not in ("less", "greater"):
+        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    m, n = len(x), len(y)
-    if m == 0 or n == 0:
+    if len(x) == 0 or len(y) == 0:
         return 1.0
-    if alternative == "greater":
-        x, y, m, n = y, x, n, m
-    elif alternative != "less":
-        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
     both = np.concatenate([x, y])
-    ranks = _ranks(both)
-    u = float(ranks[:m].sum() - m * (m + 1) / 2.0)  # pairs (x_i, y_j) with x_i > y_j (+ ties / 2)
-    has_ties = len(np.unique(both)) < len(both)
-    if not has_ties and m <= 60 and n <= 60:
-        dist = _u_distribution(m, n)
-        return float(min(1.0, dist[: int(round(u)) + 1].sum()))
-    mu = m * n / 2.0
-    _, counts = np.unique(both, return_counts=True)
-    total = m + n
-    tie_term = float((counts ** 3 - counts).sum()) / (total * (total - 1)) if total > 1 else 0.0
-    var = m * n / 12.0 * ((total + 1) - tie_term)
-    if var <= 0:
-        return 1.0 if u >= mu else 0.0
-    z = (u - mu + 0.5) / math.sqrt(var)  # small U is evidence for "less"
-    return float(0.5 * math.erfc(-z / math.sqrt(2.0)))
+    exact = len(np.unique(both)) == len(both) and len(x) <= 60 and len(y) <= 60
+    return float(mannwhitneyu(x, y, alternative=alternative, method="exact" if exact else "asymptotic").pvalue)
 
 
 def min_attainable_p(m: int, n: int) -> float:
@@ -144,72 +95,16 @@ def min_attainable_p(m: int, n: int) -> float:
     return 1.0 / math.comb(m + n, m) if m and n else 1.0
 
 
-# ------------------------------------------------------------------ Student t, normal --------
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for k in range(1, 300):
-        m2 = 2 * k
-        aa = k * (b - k) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + k) * (qab + k) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-14:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom."""
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return tail if t > 0 else 1.0 - tail
-
-
-def norm_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    """P(T > t) for Student's t with df degrees of freedom (a standard normal when df is inf)."""
+    from scipy.stats import norm, t as student_t
+    return float(norm.sf(t) if math.isinf(df) else student_t.sf(t, df))
 
 
 def t_isf(p: float, df: float) -> float:
-    """The t (normal when df is infinite) with P(T > t) = p, by bisection (p in (0, 1))."""
-    sf = (lambda t: norm_sf(t)) if math.isinf(df) else (lambda t: t_sf(t, df))
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if sf(mid) > p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2.0
+    """The t (normal when df is infinite) with P(T > t) = p."""
+    from scipy.stats import norm, t as student_t
+    return float(norm.isf(p) if math.isinf(df) else student_t.isf(p, df))
 
 
 def pooled_log_sd(groups: list[Sequence[float]]) -> tuple[float | None, int]:
@@ -238,8 +133,7 @@ def repeat_level_p(run: Sequence[float], base: Sequence[float], sigma: float, df
     se = sigma * math.sqrt(1.0 / len(run) + 1.0 / len(base))
     if se <= 0.0:
         return (0.0 if diff < 0 else 1.0), 0.0
-    t = diff / se
-    return (norm_sf(-t) if math.isinf(df) else t_sf(-t, df)), se
+    return t_sf(-diff / se, df), se
 
 
 # ------------------------------------------------------------------ bootstrap ---------------

@@ -51,3 +51,29 @@ class CommProfiler:
         intervals = [(e.time_range.start, e.time_range.end) for e in self._profile.events()
                      if COMM_EVENT.search(e.name)]
         return busy_share(intervals, wall_us)
+
+
+class CommWindow:
+    """Profiles the last (up to 3) warm-up steps after the first for the communication share:
+    warm-up steps are untimed, so the profiler never slows a measured step. Disabled in one
+    process, or with fewer than 2 warm-up steps (share stays None)."""
+
+    def __init__(self, world: int, warmup_steps: int, device_type: str):
+        self.first = max(1, warmup_steps - 3)
+        self.end = warmup_steps  # exclusive
+        self.enabled = world > 1 and self.end > self.first
+        self.device_type = device_type
+        self.share = None
+        self.steps = 0
+        self._profiler = None
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.first:
+            self._profiler = CommProfiler(self.device_type)
+            self._profiler.start()
+
+    def after(self, step: int) -> None:
+        if self._profiler is not None and step == self.end - 1:
+            self.share = self._profiler.stop()
+            self.steps = self.end - self.first
+            self._profiler = None

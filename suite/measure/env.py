@@ -13,6 +13,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from suite.config.host import Host, parse_capability
+
 PACKAGES = ("torch", "numpy", "deepspeed", "torchao", "transformers", "tokenizers", "triton",
             "nvidia-ml-py")
 
@@ -95,6 +97,29 @@ def _nvidia_smi_lines(args: list[str]) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return out.stdout.strip().splitlines() if out.returncode == 0 else []
+
+
+# Optional packages that decide whether a cell can run (found without importing them).
+OPTIONAL_PACKAGES = ("torchao", "deepspeed")
+
+
+def installed_packages() -> frozenset[str]:
+    import importlib.util
+    return frozenset(name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is not None)
+
+
+def plan_host(env=os.environ) -> Host:
+    """The Host the plan checks cells against: nvidia-smi's GPUs (as many as a
+    CUDA_VISIBLE_DEVICES the run was started with leaves visible) and the optional packages
+    installed. Without torch, so `txsuite plan` and the runner stay light."""
+    gpus = gpus_from_nvidia_smi()
+    visible = visible_devices(env)
+    usable = min(len(gpus), len(visible)) if visible is not None else len(gpus)
+    capabilities = [parse_capability(gpu.get("compute_cap", "")) for gpu in gpus]
+    known = None if not capabilities or None in capabilities else min(capabilities)
+    name = next((gpu.get("name") for gpu, cap in zip(gpus, capabilities) if cap == known), None)
+    return Host(has_cuda=usable > 0, gpu_count=usable, compute_capability=known, gpu_name=name,
+                packages=installed_packages())
 
 
 def host_fingerprint() -> dict:

@@ -4,7 +4,8 @@ before anything runs, and the runner never imports torch).
 Per rank, in bytes:
   parameters  P x bytes of the parameter dtype (bf16-pure: 2, else 4)
   gradients   same as parameters
-  optimizer   AdamW: 2 states x P x parameter bytes (SGD with momentum: 1 state)
+  optimizer   P x the optimizer's state bytes per parameter (suite.config.spec.OPTIMIZERS:
+              AdamW 2 states of the parameter's dtype, SGD with momentum 1)
   activations per layer and micro-batch, after Korthikanti et al. (2022), "Reducing Activation
               Recomputation in Large Transformer Models": s*b*h*(34 + 5*a*s/h) bytes with
               16-bit activations (a = heads), doubled for fp32 activations; the 5*a*s/h term is
@@ -25,18 +26,17 @@ RSS for Python+torch).
 """
 from __future__ import annotations
 
-from suite.spec import CellConfig, model_dims
+from suite.config.spec import OPTIMIZERS, CellConfig
 
 
 def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
-    n_layer, n_head, d, d_ff = model_dims(cell.model)
+    n_layer, n_head, d, d_ff = cell.model.dims
     p = cell.parallel
     s, b, V = cell.data.seq_len, cell.train.micro_batch, vocab_size
     block_params = 4 * d * d + 2 * d * d_ff + 9 * d + d_ff
     layers = -(-n_layer // p.pp)  # the busiest pipeline stage
     params = layers * block_params // p.tp + V * d + s * d + 2 * d
     pbytes = 2 if cell.precision == "bf16-pure" else 4
-    states = 2 if cell.train.optimizer == "adamw" else 1
     act_scale = 1.0 if cell.precision in ("bf16", "bf16-pure", "fp16", "fp8") else 2.0
     scores = 5 * n_head * s / d if cell.model.attention == "matmul" else 0.0
     mlp = d_ff / (4 * d)
@@ -54,7 +54,8 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     checkpointed = layers - kept
     activations = kept * per_layer + checkpointed * int(2 * s * b * d * act_scale) + (per_layer if checkpointed else 0)
     logits = 2 * b * s * V * 4
-    param_b, grad_b, opt_b = params * pbytes, params * pbytes, states * params * pbytes
+    param_b, grad_b = params * pbytes, params * pbytes
+    opt_b = int(params * OPTIMIZERS[cell.train.optimizer].state_bytes(pbytes))
     if p.engine == "fsdp":
         gathered = block_params // p.tp * pbytes
         param_b, grad_b, opt_b = param_b // p.dp + gathered, grad_b // p.dp, opt_b // p.dp

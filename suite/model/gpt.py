@@ -161,6 +161,12 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
+def language_modelling(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training objective: next-token cross-entropy of model(x) [B, T, V] against y [B, T]
+    (a trainer's default; distillation is another objective of the same signature)."""
+    return lm_loss(model(x), y)
+
+
 def sequence_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of next-token cross-entropy and counts of scored tokens, in fp64:
     logits [B, T, V], targets [B, T] (-100 ignored) -> ([B], [B])."""

@@ -1,13 +1,13 @@
-"""Model configuration from a spec (presets live in suite.spec) and the analytic FLOPs count."""
+"""Model configuration from a spec (presets live in suite/config/spec/model.py) and the analytic FLOPs count."""
 from __future__ import annotations
 
 from suite.model.gpt import GPTConfig
-from suite.spec import ModelSpec, model_dims
+from suite.config.spec import ModelSpec
 
 
 def resolve_model(spec: ModelSpec, vocab_size: int, seq_len: int) -> GPTConfig:
     """Preset dims, overridden by any explicit dims in the spec."""
-    n_layer, n_head, d_model, d_ff = model_dims(spec)
+    n_layer, n_head, d_model, d_ff = spec.dims
     return GPTConfig(vocab_size=vocab_size, max_seq_len=seq_len, n_layer=n_layer, n_head=n_head,
                      d_model=d_model, d_ff=d_ff, dropout=spec.dropout,
                      attention=spec.attention)

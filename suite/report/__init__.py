@@ -4,7 +4,8 @@
     render_compare(run_a, run_b, out_path)    two runs side by side, per-cell ratios B/A
     export_table(run_dir, out_path, fmt)      the per-cell table as csv, parquet or markdown
 
-Modules, one job each: rundata (read a run folder), frame (records -> per-cell table),
+Modules, one job each: frame (records -> per-cell table; runs are read through
+suite.results.RunFolder),
 pareto, summary (findings in words), encoding (colours/markers per axis), charts (seaborn ->
 figures), svg (figure -> inline SVG), formatting (units), tableview (tables as shown),
 environment (fingerprint rows and diffs), render (Jinja, autoescaped), and the three entry

@@ -48,7 +48,7 @@ def build_charts(table: CellTable) -> list[Chart]:
     measured = table.ok if len(table.ok) else table.cells
     enc = choose_encoding(measured, table.measured_axes)  # colours only for what is plotted
     builders: list[Callable[[CellTable, Encoding], Chart]] = [
-        throughput_vs_memory, ratios_vs_baseline, loss_curves, val_loss_vs_throughput,
+        throughput_vs_memory, ratios_vs_reference, loss_curves, val_loss_vs_throughput,
         throughput_heatmap, axis_effects, mfu_per_cell, energy_per_token, step_time_spread,
     ]
     with report_style():
@@ -86,24 +86,24 @@ def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
     return chart
 
 
-def ratios_vs_baseline(table: CellTable, enc: Encoding) -> Chart:
-    base_label = table.row(table.baseline)["short_label"] if table.baseline else ""
-    chart = Chart("ratios", "Speed-up and memory against the baseline",
-                  f"Each cell's tokens/s and peak memory divided by the baseline's ({base_label}). "
+def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
+    base_label = table.row(table.reference)["short_label"] if table.reference else ""
+    chart = Chart("ratios", "Speed-up and memory against the reference",
+                  f"Each cell's tokens/s and peak memory divided by the reference's ({base_label}). "
                   "Right of 1× is faster / uses more memory. Whiskers span the repeats.")
-    if table.baseline is None:
-        chart.note = table.baseline_note or "no baseline cell with a throughput"
+    if table.reference is None:
+        chart.note = table.reference_note or "no reference cell with a throughput"
         return chart
     cells = _with(table.cells, "speedup")
-    shown, cap_note = _cap_rows(cells, "speedup", ascending=False, keep={table.baseline})
+    shown, cap_note = _cap_rows(cells, "speedup", ascending=False, keep={table.reference})
     chart.note = cap_note
     n = len(shown)
     fig, (left, right) = subplots(1, 2, sharey=True, figsize=(10, 1.0 + 0.3 * n),
                                   gridspec_kw={"wspace": 0.08})
     ypos = np.arange(n)[::-1]
     colors = [enc.color(row) for _, row in shown.iterrows()]
-    for ax, col, title in ((left, "speedup", "speed-up (tokens/s ÷ baseline)"),
-                           (right, "mem_ratio", "peak memory ÷ baseline")):
+    for ax, col, title in ((left, "speedup", "speed-up (tokens/s ÷ reference)"),
+                           (right, "mem_ratio", "peak memory ÷ reference")):
         values = shown[col].to_numpy(dtype=float)
         err = np.vstack([values - shown[f"{col}_lo"].to_numpy(dtype=float),
                          shown[f"{col}_hi"].to_numpy(dtype=float) - values])
@@ -123,7 +123,7 @@ def ratios_vs_baseline(table: CellTable, enc: Encoding) -> Chart:
         _mark_gaps(ax, shown, ypos)
     left.set_yticks(ypos)
     left.set_yticklabels([plot_text(t) for t in shown["short_label"]])
-    for tick, is_base in zip(left.get_yticklabels(), shown["is_baseline"]):
+    for tick, is_base in zip(left.get_yticklabels(), shown["is_reference"]):
         if is_base:
             tick.set_fontweight("bold")
     left.set_ylim(-0.6, n - 0.4)
@@ -313,7 +313,7 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
         chart.note = "no cell recorded per-step times"
         return chart
     cells["step_median"] = cells["cell_id"].map(lambda c: float(np.median(samples[c])))
-    shown, chart.note = _cap_rows(cells, "step_median", ascending=True, keep={table.baseline}, limit=30)
+    shown, chart.note = _cap_rows(cells, "step_median", ascending=True, keep={table.reference}, limit=30)
     fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * len(shown)))
     data = [np.asarray(samples[c]) * 1e3 for c in shown["cell_id"]][::-1]
     box = ax.boxplot(data, **_HORIZONTAL, widths=0.6, patch_artist=True, showfliers=True,
@@ -339,7 +339,7 @@ def _bar_per_cell(table: CellTable, enc: Encoding, key: str, metric: str, title:
     if cells.empty:
         chart.note = missing
         return chart
-    shown, chart.note = _cap_rows(cells, metric, ascending=ascending, keep={table.baseline})
+    shown, chart.note = _cap_rows(cells, metric, ascending=ascending, keep={table.reference})
     n = len(shown)
     fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * n))
     ypos = np.arange(n)[::-1]
@@ -369,7 +369,7 @@ def _with(cells: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 def _cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limit: int = MAX_BARS
               ) -> tuple[pd.DataFrame, str | None]:
-    """Sorted rows; past `limit`, the best (limit-10) and the worst 10, plus the baseline.
+    """Sorted rows; past `limit`, the best (limit-10) and the worst 10, plus the reference.
     The first row after the cut is marked in a `_after_gap` column, for a separator line."""
     ordered = cells.sort_values(column, ascending=ascending, kind="stable")
     if len(ordered) <= limit:
@@ -382,7 +382,7 @@ def _cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limi
     if len(extra):
         shown.iloc[len(head), shown.columns.get_loc("_after_gap")] = True
     return shown, (f"showing the {limit - worst} best and {worst} worst of {len(ordered)} cells"
-                   f"{' and the baseline' if len(extra) else ''}; every cell is in the table")
+                   f"{' and the reference' if len(extra) else ''}; every cell is in the table")
 
 
 def _mark_gaps(ax, shown: pd.DataFrame, ypos: np.ndarray) -> None:
@@ -418,11 +418,11 @@ def _whiskers(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, xcol: str, yc
 
 def _points_to_label(cells: pd.DataFrame, table: CellTable, flags: list[str],
                      extra_ids: list[str] | None = None) -> list[str]:
-    """Cells to label, most important first: the baseline, the fastest, the extra ones, the
+    """Cells to label, most important first: the reference, the fastest, the extra ones, the
     flagged ones (Pareto...), then, when there are few cells, all the others."""
     ids: list[str] = []
-    if table.baseline in set(cells["cell_id"]):
-        ids.append(table.baseline)
+    if table.reference in set(cells["cell_id"]):
+        ids.append(table.reference)
     ids += cells.nlargest(1, "tokens_per_s")["cell_id"].tolist() + list(extra_ids or [])
     for flag in flags:
         flagged = cells[cells[flag]].sort_values("tokens_per_s", ascending=False)["cell_id"].tolist()
@@ -447,7 +447,7 @@ def _label_points(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, ids: list
     chosen = sorted((row for _, row in cells.iterrows() if row["cell_id"] in order),
                     key=lambda row: order[row["cell_id"]])
     for row in chosen:
-        text = row["short_label"] + (" (baseline)" if row["is_baseline"] else "")
+        text = row["short_label"] + (" (reference)" if row["is_reference"] else "")
         width, height = len(text) * LABEL_FONT * 0.56 * px, LABEL_FONT * 1.35 * px
         cx, cy = ax.transData.transform((x[row.name], y[row.name]))
         for dx, dy in LABEL_SPOTS:

@@ -14,22 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from suite.config.metrics import REGISTRY
 from suite.report import formatting as fmt
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
 from suite.report.frame import CellTable
 from suite.report.render import render_to_file
 from suite.report.run_report import table_for
-from suite.report.rundata import RunData, load_run
+from suite.results import Run, RunFolder
 from suite.report.svg import formatter, plot_text, report_style, sns, subplots, to_svg
-from suite.report.tableview import Cell, Column, TableView, ratio_class, sort_key
+from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key
 
-# (metric, title, kind, higher is better)
-COMPARED = [
-    ("tokens_per_s", "tokens/s", "rate", True),
-    ("peak_mem_bytes", "peak memory", "bytes", False),
-    ("val_loss", "val loss", "loss", False),
-]
+# (metric, title, kind, higher is better), from the metric registry (suite/config/metrics.py)
+COMPARED = [(m.name, m.title, m.kind, m.higher_is_better) for m in REGISTRY if m.compared]
 MAX_COMPARE_BARS = 40
 
 
@@ -90,7 +87,7 @@ def compare_tables(a: CellTable, b: CellTable) -> Comparison:
 
 
 def render_compare(run_a: Path, run_b: Path, out_path: Path) -> Path:
-    a, b = load_run(run_a), load_run(run_b)
+    a, b = RunFolder(run_a).load(), RunFolder(run_b).load()
     comparison = compare_tables(table_for(a), table_for(b))
     with report_style():
         charts = [ratio_bars(comparison), throughput_a_vs_b(comparison, _name(a), _name(b))]
@@ -142,16 +139,16 @@ def comparison_view(c: Comparison) -> TableView:
     columns += [Column("status A"), Column("status B")]
     view = TableView(columns)
     for _, row in c.pairs.iterrows():
-        line = [Cell(row["label"], row["label"], "label",
+        line = [TableCell(row["label"], row["label"], "label",
                      sub=row["cell_id"] + (" · matched by label" if row["matched_by"] == "label" else ""))]
         for metric, _, kind, higher_better in COMPARED:
             ratio = row[f"{metric}_ratio"]
-            line += [Cell(fmt.by_kind(row[f"a_{metric}"], kind), sort_key(row[f"a_{metric}"]), "num"),
-                     Cell(fmt.by_kind(row[f"b_{metric}"], kind), sort_key(row[f"b_{metric}"]), "num"),
-                     Cell(fmt.ratio(ratio) if metric != "val_loss" else _ratio3(ratio), sort_key(ratio),
+            line += [TableCell(fmt.by_kind(row[f"a_{metric}"], kind), sort_key(row[f"a_{metric}"]), "num"),
+                     TableCell(fmt.by_kind(row[f"b_{metric}"], kind), sort_key(row[f"b_{metric}"]), "num"),
+                     TableCell(fmt.ratio(ratio) if metric != "val_loss" else _ratio3(ratio), sort_key(ratio),
                           "num ratio " + ratio_class(ratio, higher_better))]
-        line += [Cell(row["status_a"], row["status_a"], f"status-{row['status_a']}"),
-                 Cell(row["status_b"], row["status_b"], f"status-{row['status_b']}")]
+        line += [TableCell(row["status_a"], row["status_a"], f"status-{row['status_a']}"),
+                 TableCell(row["status_b"], row["status_b"], f"status-{row['status_b']}")]
         view.rows.append(line)
         view.row_classes.append("status-changed" if row["status_a"] != row["status_b"] else "")
     return view
@@ -235,7 +232,7 @@ def throughput_a_vs_b(c: Comparison, name_a: str, name_b: str) -> Chart:
 
 # ------------------------------------------------------------------ helpers
 
-def _name(run: RunData) -> str:
+def _name(run: Run) -> str:
     return f"{run.name} / {run.run_id}"
 
 

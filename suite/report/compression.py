@@ -29,7 +29,7 @@ import pandas as pd
 
 from suite.report import formatting as fmt
 from suite.report.values import comparable
-from suite.spec import CompressSpec
+from suite.config.spec import CompressSpec
 
 COMPRESS = "config.compress."
 MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",

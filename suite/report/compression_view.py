@@ -10,7 +10,7 @@ from suite.report import formatting as fmt
 from suite.report.charts import Chart
 from suite.report.compression import COMPRESS, is_compressed
 from suite.report.svg import plot_text, report_style, subplots, to_svg
-from suite.report.tableview import Cell, Column, TableView, ratio_class, sort_key
+from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key
 
 
 def compression_section(table) -> dict[str, Any] | None:
@@ -49,23 +49,23 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
         control = not compressed[cid]
         label = row["label"] or row.get("short_label") or cid
         view.rows.append([
-            Cell(label, label, "label", sub=cid + (" · control" if control else "")),
-            Cell(*[fmt.plain(configs.at[cid, COMPRESS + "quantization"])] * 2),
-            Cell(*[fmt.plain(configs.at[cid, COMPRESS + "pruning"])] * 2),
-            Cell(fmt.plain(_loss(row), 5), sort_key(_loss(row)), "num"),
-            Cell(_signed(row["val_loss_delta"]), sort_key(row["val_loss_delta"]),
+            TableCell(label, label, "label", sub=cid + (" · control" if control else "")),
+            TableCell(*[fmt.plain(configs.at[cid, COMPRESS + "quantization"])] * 2),
+            TableCell(*[fmt.plain(configs.at[cid, COMPRESS + "pruning"])] * 2),
+            TableCell(fmt.plain(_loss(row), 5), sort_key(_loss(row)), "num"),
+            TableCell(_signed(row["val_loss_delta"]), sort_key(row["val_loss_delta"]),
                  "num " + _delta_class(row["val_loss_delta"], row.get("val_loss_delta_se")),
                  sub=_noise(row["val_loss_delta"], row.get("val_loss_delta_se"))),
-            Cell(_signed(row["val_ppl_delta"]), sort_key(row["val_ppl_delta"]), "num"),
-            Cell(fmt.bytes_(row["model_size_bytes"]), sort_key(row["model_size_bytes"]), "num"),
-            Cell(fmt.ratio(row["size_ratio"]), sort_key(row["size_ratio"]), "num " + ratio_class(row["size_ratio"], False)),
-            Cell(fmt.si(row["prefill_tokens_per_s"]), sort_key(row["prefill_tokens_per_s"]), "num"),
-            Cell(fmt.si(row["decode_tokens_per_s"]), sort_key(row["decode_tokens_per_s"]), "num"),
-            Cell(fmt.ratio(row["decode_speedup"]), sort_key(row["decode_speedup"]),
+            TableCell(_signed(row["val_ppl_delta"]), sort_key(row["val_ppl_delta"]), "num"),
+            TableCell(fmt.bytes_(row["model_size_bytes"]), sort_key(row["model_size_bytes"]), "num"),
+            TableCell(fmt.ratio(row["size_ratio"]), sort_key(row["size_ratio"]), "num " + ratio_class(row["size_ratio"], False)),
+            TableCell(fmt.si(row["prefill_tokens_per_s"]), sort_key(row["prefill_tokens_per_s"]), "num"),
+            TableCell(fmt.si(row["decode_tokens_per_s"]), sort_key(row["decode_tokens_per_s"]), "num"),
+            TableCell(fmt.ratio(row["decode_speedup"]), sort_key(row["decode_speedup"]),
                  "num " + ratio_class(row["decode_speedup"], True)),
-            Cell(fmt.percent(row["sparsity_achieved"]), sort_key(row["sparsity_achieved"]), "num"),
+            TableCell(fmt.percent(row["sparsity_achieved"]), sort_key(row["sparsity_achieved"]), "num"),
         ])
-        view.row_classes.append("baseline" if control else "")
+        view.row_classes.append("reference" if control else "")
     return view
 
 

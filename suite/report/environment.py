@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from suite.report.rundata import RunData
-from suite.store import flatten
+from suite.results import Run
+from suite.results import flatten
 
 
 @dataclass
@@ -30,10 +30,10 @@ class EnvDiffRow:
         return self.a != self.b
 
 
-def run_environment(run: RunData) -> dict[str, str]:
+def run_environment(run: Run) -> dict[str, str]:
     """Flat key -> text. Keys that differ between records (e.g. a cpu and a cuda cell) read
     'varies: x · y' instead of hiding all but one."""
-    host = _flat_text(run.host_env)
+    host = _flat_text(run.env)
     seen: dict[str, list[str]] = {}
     for record in run.records:
         for key, value in _flat_text(record.env).items():
@@ -49,11 +49,11 @@ def run_environment(run: RunData) -> dict[str, str]:
     return out
 
 
-def env_rows(run: RunData) -> list[EnvRow]:
+def env_rows(run: Run) -> list[EnvRow]:
     return [EnvRow(k, v) for k, v in run_environment(run).items()]
 
 
-def env_diff(a: RunData, b: RunData) -> list[EnvDiffRow]:
+def env_diff(a: Run, b: Run) -> list[EnvDiffRow]:
     env_a, env_b = run_environment(a), run_environment(b)
     keys = list(dict.fromkeys([*env_a, *env_b]))
     return [EnvDiffRow(k, env_a.get(k, "—"), env_b.get(k, "—")) for k in keys]

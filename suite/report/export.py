@@ -10,9 +10,8 @@ from pathlib import Path
 
 from suite.report.frame import export_frame
 from suite.report.run_report import table_for
-from suite.report.rundata import load_run
 from suite.report.tableview import TableView, cell_table_view
-from suite.store import write_atomic
+from suite.results import RunFolder, write_atomic
 
 FORMATS = ("csv", "parquet", "markdown")
 
@@ -20,7 +19,7 @@ FORMATS = ("csv", "parquet", "markdown")
 def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; allowed formats: {', '.join(FORMATS)}")
-    table = table_for(load_run(run_dir))
+    table = table_for(RunFolder(run_dir).load())
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

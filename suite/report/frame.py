@@ -15,27 +15,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from suite.record import Record
+from suite.config.metrics import REGISTRY, SPREAD
+from suite.config.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
 from suite.report.pareto import pareto_optimal
 from suite.report.values import comparable
-from suite.store import to_dataframe
+from suite.results import to_dataframe
 
-# Scalar metrics summarised per cell: (record metric, column title, formatting kind).
-METRICS: list[tuple[str, str, str]] = [
-    ("tokens_per_s", "tokens/s", "rate"),
-    ("samples_per_s", "samples/s", "rate"),
-    ("step_time_p50_s", "step p50", "seconds"),
-    ("step_time_p90_s", "step p90", "seconds"),
-    ("peak_mem_bytes", "peak memory", "bytes"),
-    ("mfu", "MFU", "fraction"),
-    ("val_loss", "val loss", "loss"),
-    ("val_ppl", "val ppl", "plain"),
-    ("time_to_target_s", "time to target", "seconds"),
-    ("energy_per_token_j", "energy/token", "energy"),
-]
+# Scalar metrics summarised per cell: (record metric, column title, formatting kind), from the
+# one metric registry (suite/config/metrics.py).
+METRICS: list[tuple[str, str, str]] = [(m.name, m.title, m.kind) for m in REGISTRY]
 # Metrics whose spread over repeats is kept (min/max columns): the ones charts draw error bars for.
-SPREAD_METRICS = ("tokens_per_s", "peak_mem_bytes", "val_loss")
+SPREAD_METRICS = SPREAD
 CONFIG = "config."
 
 
@@ -49,8 +40,8 @@ class CellTable:
     # skipped on this host changes (device=cuda) would otherwise crowd every chart label.
     measured_axes: list[str]
     fixed: dict[str, Any]  # config keys equal in every cell
-    baseline: str | None  # cell id, None when no cell has throughput
-    baseline_note: str | None = None  # why the baseline is not the one asked for
+    reference: str | None  # cell id, None when no cell has throughput
+    reference_note: str | None = None  # why the reference is not the one asked for
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -92,7 +83,7 @@ def varying_keys(repeats: pd.DataFrame, axes_order: list[str] | dict[str, Any] |
 
 
 def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, Any] | None = None,
-                     baseline: Any = None) -> CellTable:
+                     reference: Any = None) -> CellTable:
     """`axes_order`: matrix.json's `axes` (or just their names), to order the varying keys."""
     repeats = repeats_frame(records)
     axes, fixed = varying_keys(repeats, axes_order)
@@ -100,7 +91,7 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     columns = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *axes]
     cells = pd.DataFrame(rows, columns=None if rows else columns)
     if not rows:
-        return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=axes, fixed=fixed, baseline=None)
+        return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=axes, fixed=fixed, reference=None)
     for key in axes:
         cells[key] = _tidy_axis_column(cells[key])
     measured = cells[cells["repeats_ok"] > 0]
@@ -108,13 +99,13 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
         if len(measured) > 1 else axes
     cells["short_label"] = short_labels(cells, measured_axes)
 
-    base_id, note = choose_baseline(cells, baseline)
+    base_id, note = choose_reference(cells, reference)
     _add_ratios(cells, repeats, base_id)
     add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
     cells["pareto"] = pareto_optimal(list(zip(cells["tokens_per_s"], cells["peak_mem_bytes"])), ("max", "min"))
-    cells["is_baseline"] = cells["cell_id"] == base_id
+    cells["is_reference"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
-                     baseline=base_id, baseline_note=note)
+                     reference=base_id, reference_note=note)
 
 
 def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, Any]:
@@ -144,8 +135,8 @@ def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, A
     return row
 
 
-def choose_baseline(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str | None]:
-    """The cell every ratio is taken against: matrix.json's `baseline` (a cell id, a label or a
+def choose_reference(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str | None]:
+    """The cell every ratio is taken against: matrix.json's `reference` (a cell id, a label or a
     mapping of axis values), else the first cell; it must have a throughput to divide by."""
     usable = cells[cells["tokens_per_s"].notna()]
     if usable.empty:
@@ -157,9 +148,9 @@ def choose_baseline(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str |
     fallback = str(usable["cell_id"].iloc[0])
     fallback_label = usable["label"].iloc[0] or fallback
     if match is None:
-        return fallback, f"baseline {shown} matches no cell of this run; ratios use {fallback_label} instead"
+        return fallback, f"reference {shown} matches no cell of this run; ratios use {fallback_label} instead"
     if match not in set(usable["cell_id"]):
-        return fallback, (f"baseline {shown} has no throughput (it did not finish); "
+        return fallback, (f"reference {shown} has no throughput (it did not finish); "
                           f"ratios use {fallback_label} instead")
     return match, None
 
@@ -179,7 +170,7 @@ def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
 
 
 def _add_ratios(cells: pd.DataFrame, repeats: pd.DataFrame, base_id: str | None) -> None:
-    """Speed-up (tokens/s) and memory ratio against the baseline cell's median. The error bar is
+    """Speed-up (tokens/s) and memory ratio against the reference cell's median. The error bar is
     the range of the cell's own repeats divided by that same median."""
     for col, metric in (("speedup", "tokens_per_s"), ("mem_ratio", "peak_mem_bytes")):
         base = np.nan
@@ -218,7 +209,7 @@ def export_frame(table: CellTable) -> pd.DataFrame:
         if name == "tokens_per_s":
             keep.append("tokens_per_s_spread_pct")
     keep += ["speedup", "speedup_lo", "speedup_hi", "mem_ratio", "mem_ratio_lo", "mem_ratio_hi",
-             "pareto", "is_baseline", *COMPRESSION_COLUMNS]
+             "pareto", "is_reference", *COMPRESSION_COLUMNS]
     return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
 
 

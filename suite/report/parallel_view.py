@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite.record import Record
+from suite.config.record import Record
 from suite.report import formatting as fmt
-from suite.report.tableview import Cell, Column, TableView, sort_key
+from suite.report.tableview import Column, TableCell, TableView, sort_key
 
 # Settings a data-parallel split may change while training on the same samples per step.
 SPLIT_KEYS = (("train", "micro_batch"), ("train", "grad_accum"))
@@ -34,7 +34,7 @@ def parallel_section(records: list[Record]) -> dict[str, Any] | None:
         elif control.cell_id not in controls_shown:
             controls_shown.add(control.cell_id)
             view.rows.append(_row(control, None))
-            view.row_classes.append("baseline")
+            view.row_classes.append("reference")
         view.rows.append(_row(r, control))
         view.row_classes.append("")
     return {"table": view, "missing_control": missing}
@@ -56,7 +56,7 @@ _COLUMNS = [
 ]
 
 
-def _row(r: Record, control: Record | None) -> list[Cell]:
+def _row(r: Record, control: Record | None) -> list[TableCell]:
     m, p = r.metrics, _parallel(r)
     layout = f"{p['engine']} · {p['dp']}×{p['tp']}×{p['pp']}"
     if p["pp"] > 1:
@@ -68,17 +68,17 @@ def _row(r: Record, control: Record | None) -> list[Cell]:
     dval = m["val_loss"] - control.metrics["val_loss"] if control is not None else None
     per_rank = m.get("per_rank_peak_mem_bytes") or [m.get("peak_mem_bytes")]
     return [
-        Cell(label, label, "label", sub=r.cell_id + (" · control" if control is None and _world(r) == 1 else "")),
-        Cell(layout, layout),
-        Cell(fmt.si(m.get("tokens_per_s")), sort_key(m.get("tokens_per_s")), "num"),
-        Cell(fmt.si(m.get("tokens_per_s_per_device", m.get("tokens_per_s"))),
+        TableCell(label, label, "label", sub=r.cell_id + (" · control" if control is None and _world(r) == 1 else "")),
+        TableCell(layout, layout),
+        TableCell(fmt.si(m.get("tokens_per_s")), sort_key(m.get("tokens_per_s")), "num"),
+        TableCell(fmt.si(m.get("tokens_per_s_per_device", m.get("tokens_per_s"))),
              sort_key(m.get("tokens_per_s_per_device", m.get("tokens_per_s"))), "num"),
-        Cell(fmt.seconds(m.get("step_time_p50_s")), sort_key(m.get("step_time_p50_s")), "num"),
-        Cell(fmt.bytes_(max(per_rank)), sort_key(max(per_rank)), "num"),
-        Cell(fmt.percent(m.get("comm_share")), sort_key(m.get("comm_share")), "num"),
-        Cell(fmt.percent(m.get("pp_bubble_fraction")), sort_key(m.get("pp_bubble_fraction")), "num"),
-        Cell(fmt.plain(gap, 3) if gap is None else f"{gap:.1e}", sort_key(gap), "num"),
-        Cell(fmt.plain(dval, 3) if dval is None else f"{dval:+.1e}", sort_key(dval), "num"),
+        TableCell(fmt.seconds(m.get("step_time_p50_s")), sort_key(m.get("step_time_p50_s")), "num"),
+        TableCell(fmt.bytes_(max(per_rank)), sort_key(max(per_rank)), "num"),
+        TableCell(fmt.percent(m.get("comm_share")), sort_key(m.get("comm_share")), "num"),
+        TableCell(fmt.percent(m.get("pp_bubble_fraction")), sort_key(m.get("pp_bubble_fraction")), "num"),
+        TableCell(fmt.plain(gap, 3) if gap is None else f"{gap:.1e}", sort_key(gap), "num"),
+        TableCell(fmt.plain(dval, 3) if dval is None else f"{dval:+.1e}", sort_key(dval), "num"),
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from suite.report import formatting as fmt
-from suite.store import write_atomic
+from suite.results import write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -13,13 +13,13 @@ from suite.report.environment import env_rows
 from suite.report.frame import CellTable, build_cell_table
 from suite.report.parallel_view import parallel_section
 from suite.report.render import render_to_file
-from suite.report.rundata import RunData, load_run
+from suite.results import Run, RunFolder
 from suite.report.summary import summarize
 from suite.report.tableview import cell_table_view
 
 
 def render_report(run_dir: Path, out_path: Path) -> Path:
-    run = load_run(run_dir)
+    run = RunFolder(run_dir).load()
     table = table_for(run)
     return render_to_file(
         "report.j2", out_path,
@@ -30,26 +30,26 @@ def render_report(run_dir: Path, out_path: Path) -> Path:
     )
 
 
-def table_for(run: RunData) -> CellTable:
-    return build_cell_table(run.records, run.axes, run.meta.get("baseline"))
+def table_for(run: Run) -> CellTable:
+    return build_cell_table(run.records, run.meta.axes, run.meta.reference)
 
 
-def matrix_view(run: RunData, table: CellTable) -> dict[str, Any]:
+def matrix_view(run: Run, table: CellTable) -> dict[str, Any]:
     """What was varied and what was held fixed, as text pairs. Axes come from matrix.json when
     present (what the user declared), else from the records (what actually varied)."""
-    if run.axes:
-        axes = [(k, " · ".join(fmt.axis_value(v) for v in values)) for k, values in run.axes.items()]
+    if run.meta.axes:
+        axes = [(k, " · ".join(fmt.axis_value(v) for v in values)) for k, values in run.meta.axes.items()]
     else:
         axes = [(k, " · ".join(fmt.plain(v) for v in ordered_values(table.cells[k]))) for k in table.axes]
-    baseline = table.row(table.baseline) if table.baseline else None
+    reference = table.row(table.reference) if table.reference else None
     return {
         "axes": axes,
         "fixed": [(k, fmt.plain(v)) for k, v in sorted(table.fixed.items())],
-        "repeats": run.meta.get("repeats"),
-        "guard": [(k, str(v)) for k, v in (run.meta.get("guard") or {}).items()],
-        "baseline": (baseline["label"] or baseline["short_label"]) if baseline is not None else None,
-        "notes": [str(n) for n in run.meta.get("notes", []) or []],
-        "source": run.meta.get("source"),
+        "repeats": run.meta.repeats,
+        "guard": [(k, str(v)) for k, v in run.meta.guard.items()],
+        "reference": (reference["label"] or reference["short_label"]) if reference is not None else None,
+        "notes": run.meta.notes,
+        "source": run.meta.source,
     }
 
 

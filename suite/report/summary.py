@@ -63,12 +63,12 @@ def summarize(table: CellTable) -> Summary:
     if cells.empty:
         summary.notes.append("The run folder holds no records yet.")
         return summary
-    base = table.row(table.baseline) if table.baseline else None
+    base = table.row(table.reference) if table.reference else None
 
     def vs_base(row: pd.Series) -> str:
         if base is None or row["cell_id"] == base["cell_id"]:
-            return " (the baseline)" if base is not None else ""
-        return f", {fmt.ratio(row['speedup'])} the baseline's speed and {fmt.ratio(row['mem_ratio'])} its memory"
+            return " (the reference)" if base is not None else ""
+        return f", {fmt.ratio(row['speedup'])} the reference's speed and {fmt.ratio(row['mem_ratio'])} its memory"
 
     ok = table.ok
     if ok["tokens_per_s"].notna().any():
@@ -96,11 +96,11 @@ def summarize(table: CellTable) -> Summary:
         summary.findings.append(Finding("Highest MFU", row["label"] or row["short_label"],
                                         fmt.percent(row["mfu"])))
     if base is not None:
-        summary.findings.append(Finding("Baseline", base["label"] or base["short_label"],
+        summary.findings.append(Finding("Reference", base["label"] or base["short_label"],
                                         f"{fmt.si(base['tokens_per_s'])} tokens/s, "
                                         f"{fmt.bytes_(base['peak_mem_bytes'])} peak; every ratio is against it"))
-    if table.baseline_note:
-        summary.notes.append(table.baseline_note[0].upper() + table.baseline_note[1:] + ".")
+    if table.reference_note:
+        summary.notes.append(table.reference_note[0].upper() + table.reference_note[1:] + ".")
 
     front = ok[ok["pareto"]].sort_values("tokens_per_s", ascending=False)
     labels = [r["label"] or r["short_label"] for _, r in front.iterrows()]

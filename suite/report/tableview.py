@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from suite.config.metrics import BY_NAME
 from suite.report import formatting as fmt
 from suite.report.frame import METRICS, CellTable
 
@@ -20,7 +21,7 @@ class Column:
 
 
 @dataclass
-class Cell:
+class TableCell:
     text: str
     sort: str = ""  # raw value for sorting; empty sorts last
     cls: str = ""
@@ -30,7 +31,7 @@ class Cell:
 @dataclass
 class TableView:
     columns: list[Column]
-    rows: list[list[Cell]] = field(default_factory=list)
+    rows: list[list[TableCell]] = field(default_factory=list)
     row_classes: list[str] = field(default_factory=list)
 
 
@@ -42,49 +43,41 @@ def cell_table_view(table: CellTable) -> TableView:
     shown_metrics = [(name, title, kind) for name, title, kind in METRICS
                      if name in cells and cells[name].notna().any()]
     for name, title, kind in shown_metrics:
-        columns.append(Column(title, True, _HINTS.get(name, "median over repeats")))
+        columns.append(Column(title, True, BY_NAME[name].description))
         if name == "tokens_per_s" and cells["speedup"].notna().any():
-            columns.append(Column("speed-up", True, "tokens/s ÷ the baseline's"))
+            columns.append(Column("speed-up", True, "tokens/s ÷ the reference's"))
         if name == "peak_mem_bytes" and cells["mem_ratio"].notna().any():
-            columns.append(Column("memory ratio", True, "peak memory ÷ the baseline's"))
+            columns.append(Column("memory ratio", True, "peak memory ÷ the reference's"))
     columns.append(Column("Pareto", hint="no other cell is both faster and lighter"))
     view = TableView(columns)
 
     for _, row in cells.iterrows():
-        line = [Cell(row["label"] or row["short_label"], row["label"] or row["short_label"],
-                     "label", sub=row["cell_id"] + (" · baseline" if row["is_baseline"] else "")),
-                Cell(row["status"], row["status"], f"status status-{row['status']}"),
-                Cell(f"{row['repeats_ok']}/{row['repeats']}", sort_key(row["repeats_ok"]))]
+        line = [TableCell(row["label"] or row["short_label"], row["label"] or row["short_label"],
+                     "label", sub=row["cell_id"] + (" · reference" if row["is_reference"] else "")),
+                TableCell(row["status"], row["status"], f"status status-{row['status']}"),
+                TableCell(f"{row['repeats_ok']}/{row['repeats']}", sort_key(row["repeats_ok"]))]
         for key in table.axes:
-            line.append(Cell(fmt.plain(row[key]), sort_key(row[key]) if _is_numeric(cells[key]) else fmt.plain(row[key])))
+            line.append(TableCell(fmt.plain(row[key]), sort_key(row[key]) if _is_numeric(cells[key]) else fmt.plain(row[key])))
         for name, _, kind in shown_metrics:
             value = row[name]
             sub = ""
             if name == "tokens_per_s" and fmt.is_number(row.get("tokens_per_s_spread_pct")) and row["repeats_ok"] > 1:
                 sub = f"±{row['tokens_per_s_spread_pct'] / 2:.1f}%"
-            line.append(Cell(fmt.by_kind(value, kind), sort_key(value), "num", sub=sub))
+            line.append(TableCell(fmt.by_kind(value, kind), sort_key(value), "num", sub=sub))
             if name == "tokens_per_s" and columns_has(columns, "speed-up"):
-                line.append(Cell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + ratio_class(row["speedup"], True)))
+                line.append(TableCell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + ratio_class(row["speedup"], True)))
             if name == "peak_mem_bytes" and columns_has(columns, "memory ratio"):
-                line.append(Cell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + ratio_class(row["mem_ratio"], False)))
-        line.append(Cell("✓" if row["pareto"] else "", "1" if row["pareto"] else "0", "flag"))
+                line.append(TableCell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + ratio_class(row["mem_ratio"], False)))
+        line.append(TableCell("✓" if row["pareto"] else "", "1" if row["pareto"] else "0", "flag"))
         view.rows.append(line)
         view.row_classes.append(" ".join(c for c in (
-            "baseline" if row["is_baseline"] else "", "pareto" if row["pareto"] else "",
+            "reference" if row["is_reference"] else "", "pareto" if row["pareto"] else "",
             "not-ok" if row["repeats_ok"] == 0 else "") if c))
     return view
 
 
 def columns_has(columns: list[Column], title: str) -> bool:
     return any(c.title == title for c in columns)
-
-
-_HINTS = {
-    "tokens_per_s": "median over repeats of each repeat's median per-step rate; ± is half the range over repeats",
-    "peak_mem_bytes": "device memory reserved on GPU, peak resident set on CPU",
-    "mfu": "model FLOPs utilisation against the peak measured on this host",
-    "time_to_target_s": "training wall time until the target loss was reached",
-}
 
 
 def sort_key(value: Any) -> str:

@@ -1,31 +1,42 @@
-"""Training techniques, applied to the pure model from outside it (L2).
+"""Training techniques, applied to the pure model from outside it (L3).
 
-Each module has one `apply(setup, cell)` entry point. The worker applies them in this order;
-the reasons for the order are written where they bind:
+A technique is a module with one `apply(setup, cell) -> setup` entry point, registered in ORDER
+below. It reads its settings from the cell; the settings, and the rules that say which values
+can work together and on which host, live beside them in suite/config/spec/<family>.py (the
+plan checks them without torch, before anything runs). Inside `apply` a technique probes what
+only torch can tell (a kernel that will not run here) and raises Unsupported: the cell is then
+recorded as `skipped` with the reason, before it trains.
+
+suite.train.build_training applies them in this order; the reasons are written where they bind:
 
 1. precision        - a `bf16-pure` cast must happen before anything captures parameters (the
                       optimizer, compile's graph, a parallel wrapper's flat buffers).
-2. float8           - swaps Linear layers for torchao's Float8Linear (precision fp8, CUDA
-                      only) after precision set the tf32 flags, and before anything splits,
-                      wraps or traces the model, which must hold the final modules (torchtitan
-                      converts before parallelising).
+2. converters       - swap modules of the whole model before anything splits, wraps or traces
+                      it (torchtitan's model converters): float8 (precision or quantization
+                      fp8), qat (qat-int8 fake quantizers), prune_schedule (masks and a step
+                      hook for pruning while training).
 3. pipeline         - cuts the model into this rank's stage modules; everything after walks
                       `setup.parts` (the stages) instead of the whole model.
 4. tensor_parallel  - shards each block's linears over the tp ranks; before checkpointing and
                       FSDP, which wrap the parallelised blocks (torchtitan: TP -> AC -> FSDP).
 5. checkpointing    - wraps blocks; must precede compile so the compiled graph includes the
                       recomputation boundaries.
-6. ddp / fsdp       - data parallelism over the dp ranks wraps what the block has become.
+6. data parallelism - ddp or fsdp wrap what the block has become; deepspeed registers its
+                      engine, which takes model, optimizer and schedule together once the
+                      optimizer exists (suite.train.make_trainer).
 7. compilation      - last model transformation: it traces whatever the earlier steps built.
 8. gradients        - with every parameter placed, chooses how the global norm is clipped.
-The optimizer is built after all of them, from the final module's parameters. DeepSpeed is
-not in this list: its engine wraps model, optimizer and schedule together (suite.trainer_deepspeed).
+9. compression      - probes the host for post-training compression, and registers it to run
+                      after training (setup.after_training).
+The optimizer is built after all of them, from the final module's parameters.
 """
 from suite.techniques.setup import TrainSetup, Unsupported
-from suite.techniques import (checkpointing, compilation, ddp, float8, fsdp, gradients, pipeline, precision,
-                              tensor_parallel)
+from suite.techniques import (checkpointing, compilation, compression, ddp, deepspeed, float8, fsdp, gradients,
+                              pipeline, precision, prune_schedule, qat, tensor_parallel)
 
-ORDER = (precision, float8, pipeline, tensor_parallel, checkpointing, ddp, fsdp, compilation, gradients)
+CONVERTERS = (float8, qat, prune_schedule)
+ORDER = (precision, *CONVERTERS, pipeline, tensor_parallel, checkpointing, ddp, fsdp, deepspeed, compilation,
+         gradients, compression)
 
 
 def apply_all(setup: TrainSetup, cell) -> TrainSetup:
@@ -34,4 +45,4 @@ def apply_all(setup: TrainSetup, cell) -> TrainSetup:
     return setup
 
 
-__all__ = ["ORDER", "TrainSetup", "Unsupported", "apply_all"]
+__all__ = ["CONVERTERS", "ORDER", "TrainSetup", "Unsupported", "apply_all"]

@@ -1,5 +1,10 @@
-"""torch.compile of the whole model (inductor). Compilation happens in the first steps, which
-is why cells time only the steps after `train.warmup_steps`."""
+"""torch.compile of the whole model (inductor), `compile.mode` (`memory.compile` in older
+matrices). Compilation happens in the first steps, which is why cells time only the steps
+after `train.warmup_steps`.
+
+Ordering: the last model transformation (only `gradients`, which touches no module, and
+`compression`, which acts after training on the eager module, follow): it traces whatever the
+earlier techniques built."""
 from __future__ import annotations
 
 import torch
@@ -8,10 +13,10 @@ from suite.techniques.setup import TrainSetup
 
 
 def apply(setup: TrainSetup, cell) -> TrainSetup:
-    mode = cell.memory.compile
-    if mode is False:
+    mode = cell.compile.mode
+    if mode == "none":
         return setup
-    setup.model = torch.compile(setup.model, mode=None if mode in (True, "default") else mode)
+    setup.model = torch.compile(setup.model, mode=None if mode == "default" else mode)
     setup.facts["compiled"] = True
     return setup
 

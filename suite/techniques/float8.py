@@ -1,4 +1,5 @@
-"""fp8 training with torchao's float8 (`precision: fp8`).
+"""fp8 training with torchao's float8 (`precision: fp8`, or `compress.quantization: fp8`):
+a model converter, the first of the three (float8, qat, prune_schedule).
 
 `torchao.float8.convert_to_float8_training` swaps the chosen `nn.Linear` layers for
 `Float8Linear`: each matmul casts its input, weight and output gradient to fp8 (e4m3 forward,
@@ -15,15 +16,15 @@ high precision too).
 
 Needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper and newer: fp8 tensor cores) and
 torchao; elsewhere the cell is `skipped` (Unsupported) with the reason, never run in another
-precision. fp8's speed comes from fusing the casts: without `memory.compile` the casts run as
+precision. fp8's speed comes from fusing the casts: without `compile.mode` the casts run as
 separate kernels and an fp8 cell is usually *slower* than bf16 (torchao: "torch.compile is
 required for good performance").
 
 Ordering: right after `precision`, before pipeline, tensor_parallel, checkpointing, ddp/fsdp
 and compile, as torchtitan converts the whole model before splitting and parallelizing it: the
 pipeline stages, checkpoint wrappers and data-parallel wrappers must hold the final
-Float8Linear modules, and compile must trace them. Not combined (Unsupported) with DeepSpeed,
-which owns precision, nor with tp > 1, which would need torchao's float8 tensor-parallel styles.
+Float8Linear modules, and compile must trace them. The plan refuses it with DeepSpeed, which
+owns precision, and with tp > 1, which would need torchao's float8 tensor-parallel styles.
 """
 from __future__ import annotations
 
@@ -32,24 +33,23 @@ import functools
 import torch
 from torch import nn
 
-from suite.spec import FP8_MIN_CAPABILITY
+from suite.config.spec.precision import FP8_ALIGN, FP8_MIN_CAPABILITY
 from suite.techniques.setup import TrainSetup, Unsupported
 
 MIN_CAPABILITY = FP8_MIN_CAPABILITY
-ALIGN = 16
+ALIGN = FP8_ALIGN
 
 
 def apply(setup: TrainSetup, cell) -> TrainSetup:
-    if cell.precision != "fp8":
+    """A model converter: precision `fp8`, or quantization `fp8` (the same conversion; the
+    quantization keeps the cell's own precision around it, as torchao's recipe for bf16 cells)."""
+    if not cell.fp8_training:
         return setup
     check_supported(setup.device)
-    # (DeepSpeed owns precision and has no fp8 mode: the plan rejects fp8 under it)
-    if cell.parallel.tp > 1:
-        # sharding Float8Linear needs torchao's Float8ColwiseParallel/Float8RowwiseParallel
-        # styles in tensor_parallel, which are not wired in
-        raise Unsupported("fp8 training with tensor parallelism (tp > 1) needs torchao's float8 "
-                          "tensor-parallel styles, not wired into txsuite yet")
+    # (DeepSpeed owns precision and has no fp8 mode; tp > 1 needs float8 tensor-parallel styles:
+    # the plan rejects both, suite/config/spec/parallel.py and precision.py)
     try:
+        import torchao
         from torchao.float8 import convert_to_float8_training
     except Exception as exc:  # noqa: BLE001 - not installed, or built for another torch
         raise Unsupported(f"fp8 training uses torchao.float8, which cannot be imported here "
@@ -57,12 +57,15 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
     converted, kept = convert(setup.model, convert_to_float8_training)
     if not converted:
         raise Unsupported("fp8: no Linear layer of this model has dims divisible by 16; nothing would run in fp8")
-    setup.autocast = functools.partial(torch.autocast, device_type=setup.device.type, dtype=torch.bfloat16)
+    if cell.precision == "fp8":
+        setup.autocast = functools.partial(torch.autocast, device_type=setup.device.type, dtype=torch.bfloat16)
     setup.facts.update({
         "fp8_linear_layers": len(converted),
         "fp8_kept_layers": kept,
         "fp8_recipe": "tensorwise (dynamic per-tensor scales)",
     })
+    if cell.compress.quantization == "fp8":
+        setup.facts["quantization_backend"] = f"torchao {torchao.__version__}"
     return setup
 
 

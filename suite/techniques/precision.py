@@ -16,6 +16,7 @@ import functools
 
 import torch
 
+from suite.techniques import deepspeed
 from suite.techniques.setup import TrainSetup
 
 
@@ -26,7 +27,7 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
         allow = precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
-    if cell.parallel.engine == "deepspeed":
+    if deepspeed.owns_precision(cell):
         # DeepSpeed owns precision: its config casts the model and keeps fp32 master weights
         # (bf16/fp16 sections, with its own loss scaler); autocasting as well would double it.
         setup.facts["precision_owner"] = "deepspeed"

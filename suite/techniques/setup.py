@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from suite.record import Unsupported  # noqa: F401 - re-exported: techniques raise it from here
+from suite.config.record import Unsupported  # noqa: F401 - re-exported: techniques raise it from here
 
 
 def _no_accumulation_context(last: bool) -> contextlib.AbstractContextManager:
@@ -49,6 +49,13 @@ class TrainSetup:
     clip_grad_norm: Callable[[list[torch.Tensor], float], None] = _clip_local
     # Pipeline parallelism: the schedule and stage bookkeeping (suite.techniques.pipeline).
     pipeline: Any = None
+    # An engine that takes over model, optimizer and schedule once the optimizer exists
+    # (DeepSpeed): (setup, optimizer, schedule) -> the engine. None: torch's own step.
+    engine: Callable[..., Any] | None = None
+    # Work that must follow training and its final evaluation, each called with a
+    # suite.techniques.compression.AfterTraining context and returning metrics for the record
+    # (post-training compression).
+    after_training: list[Callable[[Any], dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.parts:

@@ -1,6 +1,6 @@
-"""Cells -> isolated worker processes -> records (L4). Never imports torch.
+"""Cells -> isolated worker processes -> records (L6). Never imports torch.
 
-Each cell repetition runs in a fresh `python -m suite.worker` process in its own process
+Each cell repetition runs in a fresh `python -m suite.run.worker` process in its own process
 group (optimum-benchmark's rule: a cell never shares a process with another, so one cell's
 allocator state, compiled kernels or crash cannot touch the next). The runner waits on the
 process with a timeout (no polling), kills the whole group when it expires, and appends exactly
@@ -22,12 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from suite.executors import LocalExecutor
-from suite.matrix import Cell, Matrix
+from suite.config.matrix import Matrix, PlannedCell
+from suite.config.record import Record
 from suite.measure.env import host_fingerprint
 from suite.measure.oomkills import oom_kill_count
-from suite.record import Record
-from suite.store import RunStore
+from suite.results import RunFolder
+from suite.run.executors import LocalExecutor
 
 DEFAULT_TIMEOUT_S = 1800.0
 LOG_TAIL_LINES = 20
@@ -51,11 +51,11 @@ class Nodes:
     def launcher(self, world: int) -> list[str]:
         torchrun = [sys.executable, "-m", "torch.distributed.run"]
         if self.count == 1:
-            return torchrun + ["--standalone", f"--nproc-per-node={world}", "-m", "suite.worker"]
+            return torchrun + ["--standalone", f"--nproc-per-node={world}", "-m", "suite.run.worker"]
         host, _, port = (self.endpoint or "").rpartition(":")
         return torchrun + [f"--nnodes={self.count}", f"--node-rank={self.rank}",
                            f"--nproc-per-node={world // self.count}", "--rdzv-backend=static",
-                           f"--master-addr={host}", f"--master-port={port}", "-m", "suite.worker"]
+                           f"--master-addr={host}", f"--master-port={port}", "-m", "suite.run.worker"]
 
 
 ONE_NODE = Nodes()
@@ -73,11 +73,11 @@ class RunSummary:
         return all(status in ("ok", "skipped") for status in self.counts) or not self.counts
 
 
-def select(cells: list[Cell], only: str | None) -> list[Cell]:
+def select(cells: list[PlannedCell], only: str | None) -> list[PlannedCell]:
     """--only PATTERN: a glob or substring matched against the cell label or id."""
     if not only:
         return cells
-    def hit(c: Cell) -> bool:
+    def hit(c: PlannedCell) -> bool:
         return any(fnmatch.fnmatch(s, only) or only in s for s in (c.label, c.cell_id))
     return [c for c in cells if hit(c)]
 
@@ -93,9 +93,9 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
         runs = sorted((p for p in matrix_dir.iterdir() if (p / "matrix.json").exists()),
                       key=lambda p: p.name, reverse=True)
         for run in runs:  # the newest run of these same cells decides (a --confirm run has other cells)
-            meta = RunStore(run).read_json("matrix.json") or {}
-            if meta.get("fingerprint") == matrix.fingerprint():
-                if not meta.get("complete"):
+            meta = RunFolder(run).meta
+            if meta.fingerprint == matrix.fingerprint():
+                if not meta.complete:
                     return run, True
                 break
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -109,20 +109,20 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
     replaced). fail_fast: stop after the first repetition that is not ok/skipped."""
     emit = on_event or (lambda kind, info: None)
-    store = RunStore(run_dir)
-    store.create()
+    folder = RunFolder(run_dir)
+    folder.create()
     meta = matrix.to_json()
     meta["fingerprint"] = matrix.fingerprint()
     meta["complete"] = False
-    store.write_json("matrix.json", meta)
+    folder.write_json("matrix.json", meta)
     host_env = host_fingerprint()
-    store.write_json("env.json", host_env)
+    folder.write_json("env.json", host_env)
 
     executor = executor or LocalExecutor()
     gpus = getattr(executor, "gpu_ids", None)  # a local host's devices (empty/None: not known here)
     cells = [_layout_skip(c, nodes, gpus) for c in select(matrix.cells, only)]
     timeout = timeout_s or matrix.timeout_s or DEFAULT_TIMEOUT_S
-    finished = store.finished()
+    finished = folder.finished()
     if retry_failed:
         finished = {k: v for k, v in finished.items() if v in ("ok", "skipped")}
     # Repeat-major order (every cell once, then every cell again): slow drift of a shared
@@ -135,8 +135,8 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     lock = threading.Lock()  # guards summary/ooms/emit across the executor's threads
     stop = threading.Event()
 
-    def finish(index: int, cell: Cell, record: Record) -> None:
-        store.append(record)  # file-locked: safe from several threads
+    def finish(index: int, cell: PlannedCell, record: Record) -> None:
+        folder.append(record)  # file-locked: safe from several threads
         with lock:
             if record.status == "oom":
                 ooms.append(cell)
@@ -163,14 +163,14 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
             with lock:
                 bigger_than = _needs_more_than_an_oom(cell, ooms)
                 if bigger_than is not None:
-                    cell = Cell(cell.config, cell.label, cell.origin,
+                    cell = PlannedCell(cell.config, cell.label, cell.origin,
                                 skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
                                             f"which ran out of memory: larger micro-batch or sequence, all else equal")
                 emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
                                     "cell_id": cell.cell_id, "repeat": repeat, "run_dir": str(run_dir)})
 
             def task(index=index, cell=cell, repeat=repeat) -> None:
-                finish(index, cell, run_one(matrix, store, cell, repeat, host_env, timeout, worker_cmd,
+                finish(index, cell, run_one(matrix, folder, cell, repeat, host_env, timeout, worker_cmd,
                                             memory_limit_bytes, executor, nodes))
 
             if executor.concurrent(cell.uses_one_gpu):
@@ -183,11 +183,11 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
         return summary
     if only is None:
         meta["complete"] = True
-        store.write_json("matrix.json", meta)
+        folder.write_json("matrix.json", meta)
     return summary
 
 
-def _layout_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cell:
+def _layout_skip(cell: PlannedCell, nodes: Nodes, gpus: list[int] | None = None) -> PlannedCell:
     """A distributed cell this run's nodes cannot hold: recorded as skipped with the reason."""
     world = cell.config.parallel.world_size
     if cell.skip_reason or not cell.config.parallel.distributed:
@@ -200,7 +200,7 @@ def _layout_skip(cell: Cell, nodes: Nodes, gpus: list[int] | None = None) -> Cel
                   f"{len(gpus)} (one rank per GPU)")
     if reason is None:
         return cell
-    return Cell(cell.config, cell.label, cell.origin, skip_reason=reason)
+    return PlannedCell(cell.config, cell.label, cell.origin, skip_reason=reason)
 
 
 def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None = None,
@@ -211,8 +211,8 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
     No timeout of its own: the leader's timeout ends the cell, and the lost peer ends ours.
     gpus: this node's devices, so it drops exactly the cells the leader skips."""
     emit = on_event or (lambda kind, info: None)
-    store = RunStore(run_dir)
-    store.create()
+    folder = RunFolder(run_dir)
+    folder.create()
     journal = run_dir / f"node{nodes.rank}.done"
     done = set(journal.read_text().split("\n")) if journal.exists() else set()
     cells = [c for c in select(matrix.cells, only)
@@ -223,24 +223,24 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
     for index, (cell, repeat) in enumerate(todo):
         emit("cell_start", {"index": index, "total": len(todo), "label": cell.label, "cell_id": cell.cell_id,
                             "repeat": repeat, "run_dir": str(run_dir)})
-        record = run_one(matrix, store, cell, repeat, host_env, timeout=7 * 24 * 3600.0, nodes=nodes)
+        record = run_one(matrix, folder, cell, repeat, host_env, timeout=7 * 24 * 3600.0, nodes=nodes)
         with open(journal, "a") as f:
             f.write(f"{cell.cell_id} {repeat}\n")
         emit("follower_cell_end", {"index": index, "total": len(todo), "record": record})
     return len(todo)
 
 
-def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: dict, timeout: float,
+def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, host_env: dict, timeout: float,
             worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None,
             executor=None, nodes: Nodes = ONE_NODE) -> Record:
     executor = executor or LocalExecutor()
-    base = dict(matrix=matrix.name, run_id=store.dir.name, cell_id=cell.cell_id, repeat=repeat,
+    base = dict(matrix=matrix.name, run_id=folder.dir.name, cell_id=cell.cell_id, repeat=repeat,
                 config=cell.config.to_dict(), label=cell.label)
     started = _now()
     if cell.skip_reason:
         return Record(**base, status="skipped", reason=cell.skip_reason, env=host_env,
                       started_at=started, finished_at=started, duration_s=0.0)
-    cell_dir = store.cell_dir(cell.cell_id, repeat)
+    cell_dir = folder.cell_dir(cell.cell_id, repeat)
     cell_dir.mkdir(parents=True, exist_ok=True)
     cell_json, result_json, log_path = cell_dir / "cell.json", cell_dir / "result.json", cell_dir / "log.txt"
     result_json.unlink(missing_ok=True)  # a stale result from a killed earlier attempt
@@ -254,7 +254,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
         # tears all of them down if one fails; global rank 0 writes the result.
         launcher = nodes.launcher(world)
     else:
-        launcher = [sys.executable, "-m", "suite.worker"]
+        launcher = [sys.executable, "-m", "suite.run.worker"]
     cmd = launcher + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     oom_kills_before = oom_kill_count()
@@ -269,7 +269,7 @@ def run_one(matrix: Matrix, store: RunStore, cell: Cell, repeat: int, host_env: 
     outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
     returncode, timed_out = outcome.returncode, outcome.timed_out
     duration = time.monotonic() - t0
-    rel_log = str(log_path.relative_to(store.dir))
+    rel_log = str(log_path.relative_to(folder.dir))
     finished = _now()
     common = dict(**base, started_at=started, finished_at=finished, duration_s=round(duration, 3), log=rel_log)
 
@@ -325,7 +325,7 @@ def _launcher_root_cause(log_path: Path) -> str | None:
 MEMORY_MONOTONE = (("train", "micro_batch"), ("data", "seq_len"))
 
 
-def _needs_more_than_an_oom(cell: Cell, ooms: list[Cell]) -> Cell | None:
+def _needs_more_than_an_oom(cell: PlannedCell, ooms: list[PlannedCell]) -> PlannedCell | None:
     """An earlier cell that ran out of memory and differs from this one only by a smaller or
     equal micro-batch / sequence length (at least one strictly smaller): this cell would too."""
     mine = cell.config.to_dict()

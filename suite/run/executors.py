@@ -1,4 +1,4 @@
-"""Where a cell's worker process runs (L4, beside the runner; never imports torch).
+"""Where a cell's worker process runs (L6, beside the runner; never imports torch).
 
 LocalExecutor   a child process group on this host. With GPUs, single-GPU cells run
                 concurrently, one per free device (CUDA_VISIBLE_DEVICES); CPU cells one at a

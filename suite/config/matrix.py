@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from suite import spec
-from suite.spec import CellConfig
-from suite.yamlsource import YamlError, load_located
+from suite.config import spec
+from suite.config.host import Host, host_problems
+from suite.config.metrics import GUARDABLE
+from suite.config.spec import CellConfig
+from suite.config.yamlsource import YamlError, load_located
 
 TOP_LEVEL_KEYS = {
     "name": "the matrix name (letters, digits, - and _), used for the results folder",
@@ -32,13 +34,15 @@ TOP_LEVEL_KEYS = {
     "include": "list of mappings; each adds one cell (overrides of fixed)",
     "repeats": "independent repetitions of each cell (integer >= 1)",
     "guard": "metric -> allowed change, e.g. {tokens_per_s: -5%}",
-    "baseline": "mapping of axis values naming the reference cell of the report",
+    "reference": "mapping of settings naming the report's reference cell (ratios and deltas are against it)",
     "constant": "derived quantities that must be equal in every cell: tokens_per_step, samples_per_step",
     "timeout_s": "seconds one cell repetition may run before it is killed",
 }
 CONSTANT_QUANTITIES = ("tokens_per_step", "samples_per_step")
-GUARD_METRICS = ("tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s",
-                 "peak_mem_bytes", "mfu", "val_loss")
+GUARD_METRICS = GUARDABLE
+# Old spellings of top-level keys, still accepted: `baseline:` named the report's reference
+# cell before "baseline" came to mean only the guard's baseline file.
+TOP_LEVEL_ALIASES = {"baseline": "reference"}
 DEFAULT_MAX_CELLS = 500  # more than this needs an explicit --yes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -64,16 +68,9 @@ class MatrixTooLarge(MatrixError):
 
 
 @dataclass
-class Host:
-    """What the plan needs to know about the machine (found without importing torch)."""
-    has_cuda: bool = False
-    gpu_count: int = 0
-    # the lowest compute capability among the GPUs (a cell may land on any), None if unknown
-    compute_capability: float | None = None
-
-
-@dataclass
-class Cell:
+class PlannedCell:
+    """A cell of the matrix as the plan resolved it: its configuration, the label the user
+    reads, where in the file it came from, and why this host will skip it (None: it runs)."""
     config: CellConfig
     label: str
     origin: str  # "axes" or "include[i]"
@@ -94,12 +91,12 @@ class Matrix:
     name: str
     description: str
     source: str
-    cells: list[Cell]
+    cells: list[PlannedCell]
     axes: dict[str, list[Any]]
     fixed: dict[str, Any]
     repeats: int = 1
     guard: dict[str, str] = field(default_factory=dict)
-    baseline: str | None = None  # cell id
+    reference: str | None = None  # cell id of the report's reference cell
     timeout_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -107,7 +104,7 @@ class Matrix:
         return {
             "name": self.name, "description": self.description, "source": self.source,
             "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "guard": self.guard,
-            "baseline": self.baseline, "timeout_s": self.timeout_s,
+            "reference": self.reference, "timeout_s": self.timeout_s, "notes": self.notes,
             "cells": [{"cell_id": c.cell_id, "label": c.label, "origin": c.origin,
                        "skip_reason": c.skip_reason, "config": c.config.to_dict()} for c in self.cells],
         }
@@ -247,12 +244,20 @@ def _normalise(src: _Source, path: tuple, overrides: Any) -> dict[str, Any]:
 
 
 def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: dict[str, Any]) -> None:
+    written = dotted  # errors name the key as the user wrote it
     family, _, leaf = dotted.partition(".")
+    if dotted in spec.ALIASES:  # an old spelling: the value lands under today's key
+        dotted, convert = spec.ALIASES[dotted]
+        value = convert(value)
+        family, _, leaf = dotted.partition(".")
+        src.where.setdefault(_canonical_path(path, dotted), src.locate(*path))
     if family not in spec.FAMILIES and family not in spec.SCALAR_FAMILIES:
         raise src.error(path, f"unknown setting '{family}'{_suggest(family, _families())}.",
                         ", ".join(_families()), key=dotted)
-    if family == "model" and not leaf and isinstance(value, str):
-        value = {"preset": value}  # `model: tiny` is short for `model: {preset: tiny}`
+    shorthand = spec.SHORTHANDS.get(family)
+    if shorthand and not leaf and isinstance(value, shorthand[0]):
+        _, key, convert = shorthand  # `model: tiny` is short for `model: {preset: tiny}`
+        value = {key: convert(value)}
     if family in spec.FAMILIES and not leaf:
         if not isinstance(value, dict):
             raise src.error(path, f"'{family}' takes a mapping of its settings, got {_kind(value)}.",
@@ -269,7 +274,14 @@ def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: di
         keys = spec.keys_of(family)
         raise src.error(path, f"'{family}' has no setting '{leaf}'{_suggest(leaf, keys)}.",
                         ", ".join(f"{family}.{k}" for k in keys), key=dotted)
-    out[dotted] = _check_value(src, path, dotted, value)
+    out[dotted] = _check_value(src, path, dotted, value, shown=written)
+
+
+def _canonical_path(path: tuple, dotted: str) -> tuple:
+    """The key path an aliased setting would have had under today's name, in the same section
+    (so errors about it point at the line where the old spelling was written)."""
+    section = path[:-1] if len(path) > 1 and "." in str(path[-1]) else path[:-2]
+    return section + (dotted,)
 
 
 def _families() -> list[str]:
@@ -281,42 +293,43 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _check_value(src: _Source, path: tuple, dotted: str, value: Any) -> Any:
+def _check_value(src: _Source, path: tuple, dotted: str, value: Any, shown: str | None = None) -> Any:
+    """`value` for the setting `dotted`, checked against its type and allowed values; errors
+    name the key as `shown` (the old spelling of an aliased key)."""
     annotation = str(spec.field_type(dotted))
+    key = shown or dotted
     choices = spec.CHOICES.get(dotted)
     if choices is not None:
         ok = any(value == c and type(value) is type(c) for c in choices)
         if not ok:
-            raise src.error(path, f"{_kind(value)} is not allowed.", ", ".join(map(_show, choices)),
-                            key=dotted)
+            allowed = ", ".join(map(_show, choices))
+            note = spec.CHOICE_NOTES.get(dotted)
+            raise src.error(path, f"{_kind(value)} is not allowed.", f"{allowed} {note}" if note else allowed,
+                            key=key)
         return value
     nullable = "None" in annotation
     if value is None:
         if nullable:
             return None
-        raise src.error(path, "a value is required here (got null).", key=dotted)
+        raise src.error(path, "a value is required here (got null).", key=key)
     if annotation.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise src.error(path, f"expected an integer, got {_kind(value)}.", key=dotted)
+            raise src.error(path, f"expected an integer, got {_kind(value)}.", key=key)
         low = 1 if dotted in spec.POSITIVE_INTS else 0
         if value < low:
-            raise src.error(path, f"expected an integer >= {low}, got {value}.", key=dotted)
+            raise src.error(path, f"expected an integer >= {low}, got {value}.", key=key)
         return value
     if annotation.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise src.error(path, f"expected a finite number, got {_kind(value)}.", key=dotted)
+            raise src.error(path, f"expected a finite number, got {_kind(value)}.", key=key)
         if value < 0:
-            raise src.error(path, f"expected a number >= 0, got {value}.", key=dotted)
-        if dotted in ("data.val_fraction", "model.dropout") and value >= 1:
-            raise src.error(path, f"expected a fraction in [0, 1), got {value}.", key=dotted)
+            raise src.error(path, f"expected a number >= 0, got {value}.", key=key)
+        if dotted in spec.FRACTIONS and value >= 1:
+            raise src.error(path, f"expected a fraction in [0, 1), got {value}.", key=key)
         return float(value)
     if annotation.startswith("str"):
         if not isinstance(value, str) or not value:
-            raise src.error(path, f"expected text, got {_kind(value)}.", key=dotted)
-        if dotted == "data.dataset" and value not in spec.NAMED_DATASETS and not spec.is_dataset_path(value):
-            raise src.error(path, f"unknown dataset {value!r}{_suggest(value, list(spec.NAMED_DATASETS))}.",
-                            ", ".join(spec.NAMED_DATASETS) + ", or a path/glob of text files",
-                            key=dotted)
+            raise src.error(path, f"expected text, got {_kind(value)}.", key=key)
         return value
     return value
 
@@ -343,12 +356,12 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     src = _load_chain(path)
     host = host or Host()
     data = src.data
-    file = _display(path)
-
     for key in data:
-        if key not in TOP_LEVEL_KEYS:
+        if key not in TOP_LEVEL_KEYS and key not in TOP_LEVEL_ALIASES:
             raise src.error((key,), f"unknown top-level key '{key}'{_suggest(str(key), list(TOP_LEVEL_KEYS))}.",
                             ", ".join(TOP_LEVEL_KEYS), key=str(key))
+    _apply_top_level_aliases(src)
+    file = _display(path)
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise MatrixError(file, src.locate("name")[1], "name",
@@ -382,8 +395,8 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
                              f"the matrix expands to {n_product + len(includes)} cells (more than "
                              f"{max_cells}); pass --yes to run it anyway.")
 
-    cells: list[Cell] = []
-    seen: dict[str, Cell] = {}
+    cells: list[PlannedCell] = []
+    seen: dict[str, PlannedCell] = {}
     notes: list[str] = []
     data_checked: set = set()
 
@@ -393,14 +406,14 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
 
     def add(flat: dict[str, Any], label: str, origin: str, where: tuple) -> None:
         config = _resolve(src, where, flat, host_device, device_override)
-        _check_cell(src, where, config)
+        _reject_problems(src, where, config)
         if check_data is not None and config.data not in data_checked:
             try:
                 check_data(config.data)
             except (ValueError, OSError, ImportError) as exc:
                 raise src.setting_error(where, "data.dataset", f"{exc}.".replace("..", ".")) from None
             data_checked.add(config.data)
-        cell = Cell(config, label, origin, _host_skip(config, host))
+        cell = PlannedCell(config, label, origin, host_problems(config, host))
         if cell.cell_id in seen:
             notes.append(f"{origin} ({label}) is identical to cell {cell.cell_id} "
                          f"({seen[cell.cell_id].label}); it is run once.")
@@ -428,10 +441,10 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
         raise MatrixError(file, src.locate("exclude")[1], "exclude",
                           "every cell was excluded; nothing would run.")
     _check_constant(src, constant, cells)
-    baseline = _read_baseline(src, data.get("baseline"), cells)
+    reference = _read_reference(src, data.get("reference"), cells)
     return Matrix(name=name, description=description, source=file, cells=cells,
                   axes={k: [_compact(v) for v, _ in vals] for k, vals in axes},
-                  fixed=fixed, repeats=repeats, guard=guard, baseline=baseline,
+                  fixed=fixed, repeats=repeats, guard=guard, reference=reference,
                   timeout_s=float(timeout_s) if timeout_s else None, notes=notes)
 
 
@@ -488,14 +501,27 @@ def _read_guard(src: _Source, guard: Any) -> dict[str, str]:
     return out
 
 
-def _read_baseline(src: _Source, baseline: Any, cells: list[Cell]) -> str | None:
-    if baseline is None:
+def _read_reference(src: _Source, reference: Any, cells: list[PlannedCell]) -> str | None:
+    if reference is None:
         return None
-    entry = _normalise(src, ("baseline",), baseline)
+    entry = _normalise(src, ("reference",), reference)
     for cell in cells:
         if _matches(cell.config, entry):
             return cell.cell_id
-    raise src.error(("baseline",), "no cell matches the baseline.", "; ".join(c.label for c in cells[:10]))
+    raise src.error(("reference",), "no cell matches the reference.", "; ".join(c.label for c in cells[:10]))
+
+
+def _apply_top_level_aliases(src: _Source) -> None:
+    """Old top-level spellings -> today's names, with their lines (`baseline:` -> `reference:`)."""
+    for old, new in TOP_LEVEL_ALIASES.items():
+        if old not in src.data:
+            continue
+        if new in src.data:
+            raise src.error((old,), f"'{old}' is the old name of '{new}', and both are set; keep '{new}'.",
+                            key=old)
+        src.data[new] = src.data.pop(old)
+        for path in [p for p in src.where if p[:1] == (old,)]:
+            src.where[(new,) + path[1:]] = src.where[path]
 
 
 def _resolve(src: _Source, where: tuple, flat: dict[str, Any], host_device: str,
@@ -527,194 +553,14 @@ def _matches(config: CellConfig, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _check_cell(src: _Source, where: tuple, c: CellConfig) -> None:
-    """Combinations that can never work, on any host."""
-    def fail(key: str, problem: str, allowed: str | None = None):
-        raise src.setting_error(where, key, problem, allowed)
-
-    n_layer, n_head, d_model, _ = spec.model_dims(c.model)
-    if d_model % n_head:
-        fail("model.n_head", f"d_model={d_model} is not divisible by n_head={n_head}.")
-    _check_parallel(c, fail)
-    if c.data.dataset in spec.SYNTHETIC_DATASETS and c.data.tokenizer != "byte":
-        fail("data.tokenizer", f"the synthetic task '{c.data.dataset}' has its own symbols; "
-                               f"tokenizer '{c.data.tokenizer}' does not apply.", "byte")
-    if c.data.symbols is not None and c.data.dataset not in spec.SYNTHETIC_DATASETS:
-        fail("data.symbols", "data.symbols only applies to synthetic tasks.", ", ".join(spec.SYNTHETIC_DATASETS))
-    if c.data.vocab_size is not None and c.data.tokenizer != "bpe":
-        fail("data.vocab_size", "data.vocab_size only applies to tokenizer 'bpe'.")
-    if c.data.vocab_size is not None and c.data.vocab_size < 257:
-        fail("data.vocab_size", f"a byte-level BPE vocabulary needs more than 256 entries, got {c.data.vocab_size}.")
-    if c.memory.activation_checkpointing == "every_k" and c.memory.checkpoint_every > n_layer:
-        fail("memory.checkpoint_every", f"checkpoint_every={c.memory.checkpoint_every} exceeds the "
-                                        f"model's {n_layer} layers.")
-    if c.train.lr_warmup_steps > c.train.warmup_steps + c.train.steps:
-        fail("train.lr_warmup_steps", "the learning-rate warm-up is longer than the whole run.")
-    _check_compress(c, fail)
-    if c.fp8_training:
-        # the weight gradient is grad_out^T [N, M] @ input [M, K] with M = the micro-batch's (or
-        # pipeline chunk's) tokens, and fp8 GEMMs need their inner dimension a multiple of 16
-        chunks = c.parallel.pp_chunks
-        tokens = c.train.micro_batch // chunks * c.data.seq_len
-        if tokens % 16:
-            fail("train.micro_batch", f"fp8 matmuls need the tokens of one micro-batch"
-                                      f"{' chunk' if chunks > 1 else ''} (micro_batch x seq_len = {tokens}) "
-                                      f"to be a multiple of 16, the inner dimension of the weight-gradient GEMM.",
-                 "micro_batch and data.seq_len whose product is a multiple of 16")
+def _reject_problems(src: _Source, where: tuple, config: CellConfig) -> None:
+    """The first rule the cell breaks (the families' rules, suite/config/spec), as an error
+    pointing at the line that set the offending key."""
+    for problem in config.problems():
+        raise src.setting_error(where, problem.key, problem.message, problem.allowed)
 
 
-PRUNING_ALLOWED = ("none, magnitude-<sparsity>, structured-<ratio>, heads-<ratio>, neurons-<ratio> "
-                   "(a number strictly between 0 and 1, e.g. magnitude-0.5), '2:4' (in quotes: YAML "
-                   "reads a bare 2:4 as the number 124)")
-POST_ONLY_QUANTIZATIONS = ("int8-dynamic", "int8-weight", "int4-weight")
-
-
-def _check_compress(c: CellConfig, fail) -> None:
-    """Compression settings that can never work (suite.compress, docs/compression.md). What
-    depends on the host is not an error here: fp8 and 2:4 need a CUDA GPU, int4-weight a kernel
-    package; suite.compress raises Unsupported before training and the cell is `skipped`."""
-    k = c.compress
-    try:
-        kind, amount = k.pruning_target()
-    except ValueError:
-        fail("compress.pruning", f"{k.pruning!r} is not a pruning method.", PRUNING_ALLOWED)
-    _, n_head, _, d_ff = spec.model_dims(c.model)
-    for what, n, applies in (("attention heads", n_head, ("heads", "structured")),
-                             ("MLP neurons", d_ff, ("neurons", "structured"))):
-        if kind in applies:
-            removed = int(amount * n + 0.5)  # nearest count, halves up (suite.compress.structured)
-            if not 0 < removed < n:
-                fail("compress.pruning", f"{k.pruning} removes {removed} of the model's {n} {what} per "
-                                         f"layer; it must remove at least one and keep at least one.")
-    if not 0.0 <= k.prune_start < k.prune_end <= 1.0:
-        fail("compress.prune_end" if k.prune_end > 1.0 else "compress.prune_start",
-             f"the pruning schedule needs 0 <= prune_start < prune_end <= 1 (fractions of the run), "
-             f"got {k.prune_start:g} and {k.prune_end:g}.")
-    if k.prune_every < 1:
-        fail("compress.prune_every", f"expected an integer >= 1, got {k.prune_every}.")
-    if not 0.0 <= k.distill_alpha <= 1.0:
-        fail("compress.distill_alpha", f"expected a weight in [0, 1], got {k.distill_alpha:g}.")
-    if k.distill_temperature <= 0:
-        fail("compress.distill_temperature", "the temperature must be > 0.")
-    if k.phase == "train" and k.quantization in POST_ONLY_QUANTIZATIONS:
-        fail("compress.phase", f"quantization '{k.quantization}' converts a trained model; it has no "
-                               f"training phase (quantization-aware training is 'qat-int8').", "post")
-    if k.phase == "train" and kind not in ("none", "magnitude"):
-        fail("compress.phase", f"pruning '{k.pruning}' acts on the trained model; only magnitude "
-                               f"pruning has a while-training schedule.", "post")
-    post_pruning = kind != "none" and not (kind == "magnitude" and k.phase == "train")
-    if k.finetune_steps and not post_pruning:
-        fail("compress.finetune_steps", "the fine-tune follows post-training pruning, and this cell "
-                                        "prunes nothing after training.", "0")
-    if k.distill and not k.finetune_steps:
-        fail("compress.distill", "distillation teaches the pruned model during its fine-tune; "
-                                 "set compress.finetune_steps > 0.")
-    if not k.active:
-        return
-    if c.parallel.engine != "none":
-        fail("parallel.engine", "compression runs on a single-process model in this version.", "none")
-    if k.pruning == "2:4" and k.quantization != "none":
-        fail("compress.quantization", "2:4 sparse weights do not combine with quantization in this "
-                                      "version.", "none")
-    if k.pruning == "2:4" and c.precision not in ("bf16", "fp16"):
-        fail("precision", "2:4 semi-structured weights are stored and multiplied in bf16 or fp16 (the "
-                          "sparse tensor-core kernels take no fp32).", "bf16, fp16")
-    if k.quantization == "fp8" and kind != "none":
-        fail("compress.pruning", "fp8 training does not combine with pruning in this version.", "none")
-    if k.quantization == "fp8" and c.precision == "fp8":
-        fail("compress.quantization", "quantization 'fp8' is float8 training, which precision 'fp8' "
-                                      "already is; choose one.")
-
-
-def _check_parallel(c: CellConfig, fail) -> None:
-    """Parallel layouts that cannot work: wrong engine for an axis, sizes that do not divide."""
-    p, t = c.parallel, c.train
-    n_layer, n_head, _, d_ff = spec.model_dims(c.model)
-    if p.engine == "none" and p.dp > 1:
-        fail("parallel.engine", f"dp={p.dp} replicas needs a parallel engine for data parallelism, "
-                                f"but engine is 'none'.", "ddp, fsdp, deepspeed")
-    if p.engine == "ddp" and p.dp > 1 and (p.tp > 1 or p.pp > 1):
-        fail("parallel.tp" if p.tp > 1 else "parallel.pp",
-             "engine 'ddp' replicates the whole model and does not compose with tensor/pipeline "
-             "parallelism (as in torchtitan); use engine 'fsdp' for 2-D/3-D layouts, or 'none' with dp: 1.",
-             "tp: 1, pp: 1")
-    if p.engine == "deepspeed":
-        if p.tp > 1 or p.pp > 1:
-            fail("parallel.tp" if p.tp > 1 else "parallel.pp",
-                 "engine 'deepspeed' runs ZeRO data parallelism here; its own tensor/pipeline "
-                 "parallelism needs a DeepSpeed PipelineModule. Use engine 'fsdp' for tp/pp.",
-                 "tp: 1, pp: 1")
-        if c.precision not in ("fp32", "bf16", "fp16"):
-            fail("precision", f"DeepSpeed owns precision and has no '{c.precision}' mode.", "fp32, bf16, fp16")
-        if c.memory.compile:
-            fail("memory.compile", "torch.compile is not applied under engine 'deepspeed' in this version.",
-                 "false")
-    if p.zero_stage and p.engine != "deepspeed":
-        fail("parallel.zero_stage", f"ZeRO stage {p.zero_stage} needs engine 'deepspeed', not '{p.engine}'.")
-    if p.offload != "none" and p.engine != "deepspeed":
-        fail("parallel.offload", f"offload '{p.offload}' needs engine 'deepspeed', not '{p.engine}'.")
-    if p.offload == "optimizer" and p.zero_stage == 0:
-        fail("parallel.offload", "DeepSpeed offloads the optimizer state of ZeRO stages 1-3, not stage 0.",
-             "zero_stage: 1, 2 or 3")
-    if p.offload == "optimizer+params" and p.zero_stage != 3:
-        fail("parallel.offload", "DeepSpeed offloads parameters only under ZeRO stage 3.", "zero_stage: 3")
-    if n_head % p.tp:
-        fail("parallel.tp", f"tp={p.tp} does not divide the {n_head} attention heads.")
-    if d_ff % p.tp:
-        fail("parallel.tp", f"tp={p.tp} does not divide the MLP's d_ff={d_ff} neurons.")
-    if p.pp > 1:
-        virtual = 2 if p.pp_schedule == "interleaved-1f1b" else 1
-        if p.pp * virtual > n_layer:
-            fail("parallel.pp", f"pp={p.pp} with schedule '{p.pp_schedule}' needs {p.pp * virtual} stages "
-                                f"of at least one layer, but the model has {n_layer} layers.")
-        m = p.pp_chunks
-        if t.micro_batch % m:
-            fail("parallel.pp_microbatches", f"the micro-batch of {t.micro_batch} sequences does not split "
-                                             f"into {m} pipeline chunks.",
-                 "a divisor of train.micro_batch")
-        if virtual > 1 and m % p.pp:
-            fail("parallel.pp_microbatches", f"interleaved 1F1B needs a multiple of pp={p.pp} chunks, got {m}.")
-        if c.precision == "fp16":
-            fail("precision", "fp16 loss scaling is not wired into the pipeline schedule; use bf16.",
-                 "fp32, bf16, bf16-pure")
-        if c.memory.compile:
-            fail("memory.compile", "torch.compile of pipeline stages is not supported in this version.", "false")
-
-
-
-
-def _host_skip(c: CellConfig, host: Host) -> str | None:
-    """Reasons a valid cell cannot run on this host: it is recorded as skipped, never faked."""
-    device = c.device if c.device != "auto" else ("cuda" if host.has_cuda else "cpu")
-    if device == "cuda" and not host.has_cuda:
-        return "device 'cuda' was asked for but this host has no CUDA GPU"
-    fp8_training = c.fp8_training
-    fp8_cap, sparse_cap = _capability(spec.FP8_MIN_CAPABILITY), _capability(spec.SEMI_STRUCTURED_MIN_CAPABILITY)
-    if device == "cpu" and fp8_training:
-        return ("fp8 training (torchao float8) needs a CUDA GPU with fp8 tensor cores (compute capability "
-                f">= {fp8_cap}: Ada, Hopper or newer); this cell is on cpu")
-    if device == "cpu" and c.compress.pruning == "2:4":
-        return ("2:4 semi-structured sparsity is accelerated only by sparse tensor cores (CUDA, compute "
-                f"capability >= {sparse_cap}); this cell is on cpu")
-    cap = host.compute_capability
-    if device == "cuda" and cap is not None:
-        if cap < float(fp8_cap) and fp8_training:
-            return (f"fp8 training needs fp8 tensor cores (compute capability >= {fp8_cap}: Ada, Hopper or newer); "
-                    f"this host's GPU has {cap:.1f}")
-        if cap < float(sparse_cap) and c.compress.pruning == "2:4":
-            return (f"2:4 sparsity needs sparse tensor cores (compute capability >= {sparse_cap}); "
-                    f"this host's GPU has {cap:.1f}")
-    import importlib.util  # local: this function's change stays within it
-    if fp8_training and importlib.util.find_spec("torchao") is None:
-        # found without importing it (the runner never imports torch); a GPU whose driver does not
-        # report its compute capability leaves that check to the worker, which skips the cell
-        return "fp8 training uses torchao.float8, which is not installed (pip install -e '.[compress]')"
-    if device == "cpu" and c.precision == "tf32":
-        return "tf32 is a CUDA tensor-core matmul mode; on cpu it would silently be fp32"
-    return None
-
-
-def _check_constant(src: _Source, constant: list[str], cells: list[Cell]) -> None:
+def _check_constant(src: _Source, constant: list[str], cells: list[PlannedCell]) -> None:
     for quantity in constant:
         values = {}
         for cell in cells:
@@ -731,8 +577,3 @@ def _compact(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     return value
-
-
-def _capability(version: tuple[int, int]) -> str:
-    """(8, 9) -> "8.9", as nvidia-smi reports a compute capability (Host.compute_capability)."""
-    return f"{version[0]}.{version[1]}"

@@ -1,7 +1,7 @@
 """The result record: one JSON object per finished cell repetition (L0: stdlib only).
 
 Field names are a contract that reports, the guard and users' own scripts rely on
-(DESIGN.md, "Names that other tools rely on").
+(docs/design.md, "Names that other tools rely on").
 """
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from suite.config.metrics import REQUIRED
+from suite.config.spec import CellConfig
 
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "skipped")
 
@@ -20,10 +23,7 @@ class Unsupported(Exception):
     start; suite.techniques re-exports it."""
 
 # Metrics every record carries (null when not measured, e.g. for a skipped cell).
-REQUIRED_METRICS = (
-    "tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "peak_mem_bytes",
-    "mfu", "loss_curve", "val_loss", "time_to_target_s",
-)
+REQUIRED_METRICS = REQUIRED
 
 
 @dataclass
@@ -52,6 +52,11 @@ class Record:
     @property
     def key(self) -> tuple[str, int]:
         return (self.cell_id, self.repeat)
+
+    @property
+    def cell(self) -> CellConfig:
+        """The resolved configuration, typed (configs written by earlier versions are upgraded)."""
+        return CellConfig.from_dict(self.config)
 
     def to_json(self) -> str:
         """One line of JSON; NaN/inf (a diverged loss) become null so the line stays valid JSON."""

@@ -1,4 +1,31 @@
-"""The two entry points the worker calls (documented in suite/compress/__init__.py)."""
+"""Compression after training, and what it costs in quality, size and inference speed: the
+last technique in the order (the training-time methods are the converters qat, float8 and
+prune_schedule; docs/compression.md).
+
+`apply`, before training: checks the host for the cell's compression (Unsupported, so an
+impossible cell is skipped before it trains: fp8 without a capable GPU, 2:4 without sparse
+tensor cores or kernels, int4-weight without its kernels) and registers `finish` to run after
+training and the final evaluation, for every single-process cell: the dense control needs its
+size and inference speed too, for the compressed cells' deltas.
+
+`finish(AfterTraining)`: completes the training-time methods (final sparsity, masks made
+permanent, QAT convert), then applies the post-training ones (prune -> optional fine-tune,
+distilled from a copy of the dense model -> quantize), evaluates, measures size and inference
+speed. The model is compressed in place. Returns the record's metrics:
+    compressed_val_loss, compressed_val_ppl      after compression
+    uncompressed_val_loss                        the same trained weights before the post-training
+                                                 steps (QAT: fake quant off; None for
+                                                 prune-while-training alone)
+    quality_delta_vs_uncompressed                compressed - uncompressed
+    model_size_bytes, dense_model_size_bytes     parameters + buffers as stored
+    size_ratio_vs_uncompressed
+    prefill_tokens_per_s, decode_tokens_per_s, decode_ms_per_token (+ their settings)
+    quantization_phase, pruning_phase, sparsity_achieved, pruned_weights, quantized_layers,
+    quantization_config, quantization_backend, heads/neurons removed, finetune_loss_curve,
+    distill_kl_curve, compress_wall_s ... (what applies)
+The model operations live in suite/compress (quantize, prune, structured, distill, inference,
+size); which method runs when is suite/compress/plan.py.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,15 +38,22 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from suite.compress import distill, inference, prune, quantize, structured
+from suite.compress import inference, prune, quantize, structured
+from suite.compress.distill import Distillation
 from suite.compress.plan import Plan, check_host, plan_for
 from suite.compress.size import model_bytes
-from suite.spec import CellConfig
+from suite.config.spec import CellConfig
+from suite.model import language_modelling
 from suite.techniques.compilation import eager
 from suite.techniques.setup import TrainSetup
 
+# (model, steps, objective, after_step) -> the loss of every fine-tune step
+Finetune = Callable[[nn.Module, int, Callable, Callable[[], None] | None], list[float]]
+
+
 @dataclass
-class CompressContext:
+class AfterTraining:
+    """What `finish` needs from the worker once training and its final evaluation are done."""
     model: nn.Module  # the trained model (possibly compiled); compressed in place
     cell: CellConfig
     device: torch.device
@@ -27,39 +61,29 @@ class CompressContext:
     # compressed model is the last module it is called on
     train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None  # micro-batches for a fine-tune
     dense_val_loss: float  # val loss of the trained model before post-training compression
-    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # for the fine-tune
+    finetune: Finetune | None = None  # a fine-tune through the training step (suite.train.finetune)
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # for the benchmark / fine-tune
     # the training's step hooks (TrainSetup.step_hooks): a prune-while-training schedule among
     # them is completed and its masks made permanent
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)
 
 
-def apply_during_training(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
+def apply(setup: TrainSetup, cell: CellConfig) -> TrainSetup:
+    if setup.mesh is not None:
+        return setup  # a distributed cell: no single-process model to compress or measure
     plan = plan_for(cell)
-    if not plan.active:
-        return setup
-    check_host(plan, setup.device, next(setup.model.parameters()).dtype)
-    model = eager(setup.model)  # compression needs engine none: compile is the only wrapper
-    _require_whole_model(model)
-    setup.facts.update(plan.facts())
-    if plan.quantization == "qat-int8":
-        setup.facts.update(quantize.qat_prepare(model))
-    elif plan.quantization == "fp8":
-        setup.facts.update(quantize.fp8_training(model))
-    if plan.pruning_phase == "train":
-        k, t = cell.compress, cell.train
-        total = t.warmup_steps + t.steps
-        schedule = prune.GradualMagnitude(model, plan.pruning_amount, round(k.prune_start * total),
-                                          round(k.prune_end * total), k.prune_every)
-        setup.step_hooks.append(schedule)
-        setup.facts["prune_schedule"] = schedule.describe()
+    if plan.active:
+        check_host(plan, setup.device, next(setup.model.parameters()).dtype)
+        _require_whole_model(eager(setup.model))
+        setup.facts.update(plan.facts())
+    setup.after_training.append(finish)
     return setup
 
 
-def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
+def finish(ctx: AfterTraining) -> dict[str, Any]:
     """The post-training steps of the plan, then the model's quality, size and speed. The host
-    and the model's wholeness were checked by apply_during_training, before training: the
-    host cannot have changed since, so its probes are not run again."""
+    and the model's wholeness were checked by `apply`, before training: the host cannot have
+    changed since, so its probes are not run again."""
     plan = plan_for(ctx.cell)
     model = eager(ctx.model)
     if not plan.active:
@@ -110,7 +134,7 @@ def finish_after_training(ctx: CompressContext) -> dict[str, Any]:
     return metrics
 
 
-def _dense_metrics(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
+def _dense_metrics(ctx: AfterTraining, model: nn.Module) -> dict[str, Any]:
     """The dense control: its size and inference speed (the deltas of compressed cells divide
     by these), and its val loss under the same names compressed cells use."""
     if not _is_whole_model(model):
@@ -121,7 +145,7 @@ def _dense_metrics(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
             "model_size_bytes": size, "dense_model_size_bytes": size, **_benchmark(ctx, model)}
 
 
-def _uncompressed_loss(ctx: CompressContext, model: nn.Module, plan: Plan) -> float | None:
+def _uncompressed_loss(ctx: AfterTraining, model: nn.Module, plan: Plan) -> float | None:
     """Val loss of this cell's trained weights before the post-training steps; for QAT, the same
     weights with fake quantization off. None when nothing can be undone (prune-while-training)."""
     if plan.quantization == "qat-int8":
@@ -141,7 +165,7 @@ def _teacher(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def _prune_after_training(ctx: CompressContext, model: nn.Module, plan: Plan,
+def _prune_after_training(ctx: AfterTraining, model: nn.Module, plan: Plan,
                           teacher: nn.Module | None) -> dict[str, Any]:
     facts: dict[str, Any] = {"params_before_pruning": sum(p.numel() for p in model.parameters())}
     if plan.pruning_kind == "magnitude":
@@ -151,21 +175,31 @@ def _prune_after_training(ctx: CompressContext, model: nn.Module, plan: Plan,
     else:
         facts.update(structured.prune_structured(model, plan.pruning_kind, plan.pruning_amount))
     if plan.finetune_steps:
-        if ctx.train_batches is None or ctx.make_optimizer is None:
-            raise RuntimeError("a fine-tune after pruning needs train_batches and make_optimizer")
-        k, t = ctx.cell.compress, ctx.cell.train
-        facts.update(distill.finetune(
-            model, plan.finetune_steps, ctx.train_batches, ctx.make_optimizer(model), ctx.device,
-            grad_accum=t.grad_accum, grad_clip=t.grad_clip, teacher=teacher,
-            temperature=k.distill_temperature, alpha=k.distill_alpha, autocast=ctx.autocast))
-        model.eval()
+        if ctx.finetune is None:
+            raise RuntimeError("a fine-tune after pruning needs AfterTraining.finetune")
+        facts.update(_finetune(ctx, model, plan.finetune_steps, teacher))
     prune.remove_masks(model)
     if plan.pruning_kind in ("magnitude", "2:4"):
         facts.update(prune.sparsity_of(model))
     return facts
 
 
-def _benchmark(ctx: CompressContext, model: nn.Module) -> dict[str, Any]:
+def _finetune(ctx: AfterTraining, model: nn.Module, steps: int, teacher: nn.Module | None) -> dict[str, Any]:
+    """`steps` optimizer steps through the training step, at the optimizer's own learning rate
+    (no schedule); distilled from `teacher` when given. Per-step losses for the record."""
+    k = ctx.cell.compress
+    if teacher is None:
+        curve = ctx.finetune(model, steps, language_modelling, None)
+        return {"finetune_steps_done": steps, "finetune_loss_curve": [round(v, 6) for v in curve]}
+    objective = Distillation(teacher, k.distill_temperature, k.distill_alpha)
+    kl_curve: list[float] = []
+    curve = ctx.finetune(model, steps, objective, lambda: kl_curve.append(objective.step_kl()))
+    return {"finetune_steps_done": steps, "finetune_loss_curve": [round(v, 6) for v in curve],
+            "distill_kl_curve": [round(v, 6) for v in kl_curve],
+            "distill_temperature": k.distill_temperature, "distill_alpha": k.distill_alpha}
+
+
+def _benchmark(ctx: AfterTraining, model: nn.Module) -> dict[str, Any]:
     return inference.benchmark(model, model.tok_emb.num_embeddings, ctx.cell.data.seq_len, ctx.device,
                                autocast=ctx.autocast)
 

@@ -1,4 +1,4 @@
-"""The optimizer step of a pipeline-parallel cell (L2).
+"""The optimizer step of a pipeline-parallel cell (L4).
 
 The schedule runs forward and backward of every chunk of a micro-batch across the stages;
 the first stage feeds it tokens, the last stage targets and collects the per-chunk losses.
@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from suite.model import sequence_loss_sums
-from suite.trainer import Trainer
+from suite.train.evaluation import Evaluation
+from suite.train.trainer import Trainer
 
 
 class PipelineTrainer(Trainer):
@@ -38,15 +39,19 @@ class PipelineTrainer(Trainer):
         return total
 
     @torch.no_grad()
-    def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]], per_sequence: bool = False) -> Evaluation:
         """Forward only, stage by stage with point-to-point sends: the same fixed validation
-        windows as every other cell, whatever the chunking. Every rank returns the mean."""
+        windows as every other cell, whatever the chunking. Every rank returns the result."""
         pipe = self.setup.pipeline
         self.model.eval()
         me = dist.get_rank()
         parts = dict(zip(pipe.stage_ids, self.setup.parts))
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
+        n_seq = sum(len(x) for x, _ in batches)
+        seq_sums = torch.zeros(n_seq, device=self.device, dtype=torch.float64)
+        seq_counts = torch.zeros(n_seq, device=self.device, dtype=torch.float64)
+        offset = 0
         for x, y in batches:
             hidden = None
             for s in range(pipe.n_stages):
@@ -61,16 +66,21 @@ class PipelineTrainer(Trainer):
                     inputs = self._receive(x.shape, pipe.rank_of_stage[s - 1])
                 with self.autocast():
                     hidden = parts[s](inputs)
-                if s == pipe.n_stages - 1:  # the same per-token sums as suite.trainer.val_losses
+                if s == pipe.n_stages - 1:  # the same per-token sums as suite.train.evaluation
                     sums, counts = sequence_loss_sums(hidden, y.to(self.device))
                     loss_sum += sums.sum()
                     count += counts.sum()
+                    seq_sums[offset:offset + len(x)] = sums
+                    seq_counts[offset:offset + len(x)] = counts.double()
                 elif pipe.rank_of_stage[s + 1] != me:
                     dist.send(hidden.contiguous(), dst=pipe.rank_of_stage[s + 1])
-        # only last-stage ranks hold sums; every copy of them has the same ratio
-        totals = torch.stack([loss_sum, count])
+            offset += len(x)
+        # only last-stage ranks hold sums; every copy of them has the same ratios
+        totals = torch.cat([torch.stack([loss_sum, count]), seq_sums, seq_counts])
         dist.all_reduce(totals)
-        return float(totals[0] / totals[1].clamp(min=1))
+        mean = float(totals[0] / totals[1].clamp(min=1))
+        seq_sums, seq_counts = totals[2:2 + n_seq], totals[2 + n_seq:]
+        return Evaluation(mean, (seq_sums / seq_counts.clamp(min=1)).tolist() if per_sequence else None)
 
     def _receive(self, token_shape: torch.Size, src: int) -> torch.Tensor:
         d_model = self.setup.parts[0].cfg.d_model

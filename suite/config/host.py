@@ -1,0 +1,58 @@
+"""What a machine offers a cell, and the one function that says whether it can run one (L0).
+
+The plan builds a Host from nvidia-smi and installed packages without importing torch
+(suite.measure.env.plan_host); the worker builds one from what torch sees on its device
+(suite.measure.device.worker_host). Both ask `host_problems(cell, host)`, so a cell is skipped
+for the same reasons, in the same words, whichever finds out first. What only a kernel can
+tell (an int4 or 2:4 kernel that will not run) is probed by the technique before training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from suite.config.spec.cell import CellConfig
+
+
+@dataclass(frozen=True)
+class Host:
+    has_cuda: bool = False
+    gpu_count: int = 0
+    # the lowest compute capability among the GPUs (a cell may land on any); None if unknown
+    compute_capability: tuple[int, int] | None = None
+    gpu_name: str | None = None
+    # optional packages that can be imported here (found without importing them); None: not
+    # looked at, so no cell is skipped for a package
+    packages: frozenset[str] | None = None
+
+    def lacks(self, package: str) -> bool:
+        """Known not to be installed here."""
+        return self.packages is not None and package not in self.packages
+
+    def device_of(self, cell: "CellConfig") -> str:
+        """The device a cell runs on: its own, or this host's for `auto`."""
+        if cell.device != "auto":
+            return cell.device
+        return "cuda" if self.has_cuda else "cpu"
+
+
+def host_problems(cell: "CellConfig", host: Host) -> str | None:
+    """Why a valid cell cannot run on this host (recorded as skipped, never faked), or None:
+    each family's host rule, in a fixed order (the device first: nothing else matters on a
+    device the host lacks)."""
+    from suite.config.spec import device, precision
+    for rule in (device.host_problem, precision.host_problem, cell.compress.host_problem):
+        reason = rule(cell, host)
+        if reason:
+            return reason
+    return None
+
+
+def parse_capability(text: str) -> tuple[int, int] | None:
+    """"8.9" (nvidia-smi's compute_cap) -> (8, 9); None for anything else."""
+    major, _, minor = str(text).strip().partition(".")
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        return None

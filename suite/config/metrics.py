@@ -1,0 +1,77 @@
+"""Every headline metric of a record, described once (L0: stdlib only).
+
+The record (which metrics every record carries), the matrix (which metrics a `guard:` block
+may name), the guard (which way is bad, whether there are per-step samples), the report (the
+per-cell table, its titles, formats and spreads) and the comparison report all read this
+table instead of keeping their own lists. A metric a record carries but this table does not
+describe is still stored and exported; it is simply not summarised.
+
+    name        the key in a record's `metrics`
+    title       column title in reports
+    kind        how a value is written (suite.report.formatting.by_kind): rate, seconds,
+                bytes, fraction, loss, plain, energy
+    better      "higher", "lower", or None (no direction: a fact, not a score)
+    per_step    measured at every optimizer step (the guard resamples the steps), else one
+                value per repetition
+    required    every record carries it (null when not measured)
+    guardable   a `guard:` block may set a threshold on it
+    spread      reports keep its min/max over repetitions (error bars)
+    compared    `txsuite compare` shows its ratio between two runs
+    description what the number is, for table headers
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    title: str
+    kind: str
+    better: str | None = None
+    per_step: bool = False
+    required: bool = False
+    guardable: bool = False
+    spread: bool = False
+    compared: bool = False
+    description: str = "median over repeats"
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return None if self.better is None else self.better == "higher"
+
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("tokens_per_s", "tokens/s", "rate", "higher", per_step=True, required=True, guardable=True,
+           spread=True, compared=True,
+           description="median over repeats of each repeat's median per-step rate; ± is half the range over repeats"),
+    Metric("samples_per_s", "samples/s", "rate", "higher", per_step=True, required=True, guardable=True),
+    Metric("step_time_p50_s", "step p50", "seconds", "lower", per_step=True, required=True, guardable=True),
+    Metric("step_time_p90_s", "step p90", "seconds", "lower", per_step=True, required=True, guardable=True),
+    Metric("peak_mem_bytes", "peak memory", "bytes", "lower", required=True, guardable=True, spread=True,
+           compared=True, description="device memory reserved on GPU, peak resident set on CPU"),
+    Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True,
+           description="model FLOPs utilisation against the peak measured on this host"),
+    Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True),
+    Metric("val_ppl", "val ppl", "plain", "lower"),
+    Metric("time_to_target_s", "time to target", "seconds", "lower", required=True,
+           description="training wall time until the target loss was reached"),
+    Metric("energy_per_token_j", "energy/token", "energy", "lower"),
+)
+# loss_curve is required too, but it is a list, not a scalar summarised per cell
+REQUIRED_LIST_METRICS = ("loss_curve",)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in REGISTRY}
+REQUIRED = tuple(m.name for m in REGISTRY if m.required) + REQUIRED_LIST_METRICS
+GUARDABLE = tuple(m.name for m in REGISTRY if m.guardable)
+SPREAD = tuple(m.name for m in REGISTRY if m.spread)
+COMPARED = tuple(m.name for m in REGISTRY if m.compared)
+
+
+def metric(name: str) -> Metric:
+    """The description of a metric; KeyError names the known ones."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(BY_NAME)}") from None

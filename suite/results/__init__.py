@@ -1,0 +1,13 @@
+"""Results on disk (L1): run folders, their records and metadata, and records as a DataFrame.
+
+    folder = RunFolder("results/precision/20261129-101500")
+    folder.records(), folder.meta (RunMeta: matrix.json, typed), folder.env
+    run = folder.load()             # Run: records, meta and env read once (report, guard)
+    to_dataframe("results/")        # every record below a path, config flattened into columns
+"""
+from suite.results.folder import (ENV, META, RECORDS, Run, RunFolder, RunMeta, find_runs, load_records,
+                                  write_atomic)
+from suite.results.table import flatten, to_dataframe
+
+__all__ = ["ENV", "META", "RECORDS", "Run", "RunFolder", "RunMeta", "find_runs", "flatten", "load_records",
+           "to_dataframe", "write_atomic"]

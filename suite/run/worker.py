@@ -1,0 +1,296 @@
+"""Runs one cell repetition in its own process and writes its result (L5).
+
+    python -m suite.run.worker CELL_JSON RESULT_JSON
+
+CELL_JSON holds {"config": resolved cell config, ...}; RESULT_JSON receives
+{"status", "reason", "metrics", "env"} (written atomically). The runner turns that into the
+record. Anything this process cannot report (killed, hung, crashed before writing) the runner
+reports from the outside.
+
+The life of a cell, one function per phase (`run_cell` calls them in order):
+    start      join the process group, pick the device, check the host, cap GPU memory
+    build      suite.train.build_training: data, model, techniques, optimizer, trainer
+    train      warm-up and measured steps, with telemetry and the communication window
+    evaluate   the final validation loss (per sequence too, in one process)
+    finish     what techniques registered for after training (post-training compression)
+    measure    throughput, memory, FLOPs and MFU from what the phases returned
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from suite.config.record import Unsupported
+from suite.config.spec import CellConfig
+from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes
+from suite.measure.stats import summarize_steps
+from suite.results.folder import write_atomic
+from suite.train.loop import Diverged
+
+
+@dataclass
+class Started:
+    device: Any  # torch.device this rank trains on
+    env: dict[str, Any]  # the device fingerprint for the record
+    world: int  # ranks in the process group (1 without one)
+    rss_start: int  # resident bytes before data and model were built
+
+
+@dataclass
+class Trained:
+    result: Any  # suite.train.TrainResult
+    telemetry: dict[str, Any]  # NVML fields of the measured steps (nulls without NVML)
+    comm_share: float | None
+    comm_steps: int
+    rss_before_train: int
+    peak_rss: int  # read right after training, before evaluation can add to it
+
+
+@dataclass
+class FinalEval:
+    val_loss: float
+    val_seq: list[float] | None  # per validation sequence; single-process cells only
+    evals: list[list[float]]  # the eval curve, ending with the final evaluation
+    reached: tuple[int, float] | None
+
+
+def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
+    """Train and measure one cell. gpu_memory_limit: bytes torch may allocate on the GPU
+    (`txsuite run --memory-limit` for a CUDA cell), None for the whole device."""
+    from suite.train import build_training
+
+    started = start(cell, gpu_memory_limit)
+    training = build_training(cell, started.device, world=started.world)
+    trained = train(training, started)
+    final = evaluate(training, trained)
+    metrics = finish(training, final)
+    metrics.update(measure(training, started, trained, final))
+    return {"status": "ok", "reason": None, "metrics": metrics, "env": started.env}
+
+
+def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
+    import torch
+
+    from suite.config.host import host_problems
+    from suite.measure.device import device_fingerprint, worker_host
+    from suite.train.distributed import init_distributed
+
+    device = torch.device(cell.device)
+    env = device_fingerprint(torch, device)
+    reason = host_problems(cell, worker_host(torch, device))  # the plan's rules, as torch sees the host
+    if reason:
+        raise Unsupported(reason)
+    _, world = init_distributed(cell, device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if device.type == "cuda" and gpu_memory_limit:
+        # the caching allocator refuses to grow past this share of the device (OutOfMemoryError:
+        # the cell is `oom`), as if the GPU were that small; the CUDA context is not counted
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_limit / total), device)
+    return Started(device=device, env=env, world=world, rss_start=host_current_rss_bytes())
+
+
+def train(training, started: Started) -> Trained:
+    import torch
+
+    from suite.measure.comm import CommWindow
+    from suite.measure.nvml import Telemetry
+    from suite.train import train_steps
+
+    device, t = started.device, training.cell.train
+    rss_before_train = host_current_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    comm = CommWindow(started.world, t.warmup_steps, device.type)
+    telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
+    try:
+        result = train_steps(training, sync, comm, telemetry)
+    finally:
+        # energy of the measured steps only: the window was restarted after the warm-up
+        telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
+    return Trained(result=result, telemetry=telemetry_fields, comm_share=comm.share, comm_steps=comm.steps,
+                   rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes())
+
+
+def evaluate(training, trained: Trained) -> FinalEval:
+    t, result = training.cell.train, trained.result
+    evaluation = training.trainer.evaluate(training.val_batches, per_sequence=training.world == 1)
+    evals = result.evals + [[t.total_steps, round(result.train_wall, 6), evaluation.loss]]
+    reached = result.reached
+    if t.eval_every and t.target_loss is not None and reached is None and evaluation.loss <= t.target_loss:
+        reached = (t.total_steps, result.train_wall)
+    return FinalEval(val_loss=evaluation.loss, val_seq=evaluation.per_sequence, evals=evals, reached=reached)
+
+
+def finish(training, final: FinalEval) -> dict[str, Any]:
+    """The techniques' after-training work (post-training compression, then the model's size and
+    inference speed; the dense control too, since compressed cells compare with it). When it
+    leaves a different model, that model is the cell's: its validation loss becomes the cell's
+    and the trained model's is kept as `trained_val_loss`. Updates `final` in place."""
+    from suite.techniques.compression import AfterTraining
+    from suite.train.evaluation import val_losses
+    from suite.train.finetune import finetune
+
+    setup, cell, device = training.setup, training.cell, training.device
+    if not setup.after_training:
+        return {}
+    latest: dict[str, list[float]] = {}
+
+    def evaluate_module(module) -> float:
+        mean, latest["per_sequence"] = val_losses(module, training.val_batches, device, setup.autocast)
+        return mean
+
+    def run_finetune(module, steps, objective, after_step):
+        return finetune(module, steps, training.batches, cell.train, device, objective, setup.autocast, after_step)
+
+    context = AfterTraining(model=setup.model, cell=cell, device=device, evaluate=evaluate_module,
+                            train_batches=training.batches, dense_val_loss=final.val_loss, finetune=run_finetune,
+                            autocast=setup.autocast, step_hooks=setup.step_hooks)
+    metrics: dict[str, Any] = {}
+    for work in setup.after_training:
+        metrics.update(work(context))
+    compressed = metrics.get("compressed_val_loss")
+    if compressed is not None and compressed != final.val_loss:
+        # the latest evaluation is the compressed model's (AfterTraining.evaluate's contract)
+        metrics["trained_val_loss"] = final.val_loss
+        final.val_loss, final.val_seq = compressed, latest["per_sequence"]
+    return metrics
+
+
+def measure(training, started: Started, trained: Trained, final: FinalEval) -> dict[str, Any]:
+    """The record's metrics from the phases' results: throughput and step times, memory,
+    communication, FLOPs and MFU against this host's measured peak."""
+    import torch
+
+    from suite.measure.peak import peak_flops, utilization
+    from suite.model import flops_per_token
+
+    cell, setup, device, world = training.cell, training.setup, started.device, started.world
+    result = trained.result
+    metrics = summarize_steps(result.step_times, cell.tokens_per_step, cell.samples_per_step)
+    metrics.update(trained.telemetry)
+    if device.type == "cuda":
+        from suite.measure.memory import cuda_memory
+        metrics.update(cuda_memory(torch, device))
+        metrics["peak_mem_bytes"] = metrics["cuda_max_reserved_bytes"]
+    else:
+        metrics["peak_mem_bytes"] = trained.peak_rss
+    if world > 1:  # memory is per rank, throughput global: keep every rank's view
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, {"peak_mem_bytes": metrics["peak_mem_bytes"],
+                                                       "step_time_p50_s": metrics["step_time_p50_s"]})
+        metrics["per_rank_peak_mem_bytes"] = [g["peak_mem_bytes"] for g in gathered]
+        metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
+        metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
+    metrics["world_size"] = world
+    metrics["comm_share"] = trained.comm_share
+    metrics["comm_share_steps"] = trained.comm_steps
+    metrics["tokens_per_s_per_device"] = metrics["tokens_per_s"] / world
+    recompute = setup.facts.get("recompute_layers", 0)
+    if world > 1:  # pipeline stages each recompute their own blocks: count the whole model's
+        total = torch.tensor(float(recompute), device=device)
+        torch.distributed.all_reduce(total)
+        recompute = setup.facts["recompute_layers"] = round(float(total) / (cell.parallel.dp * cell.parallel.tp))
+    flops = flops_per_token(training.model_cfg, cell.data.seq_len, recompute)
+    peak = peak_flops(torch, device, cell.precision, started.env["device_name"])
+    # the peak is one rank's (one device, or this rank's CPU threads); the run used `world`
+    mfu, hfu = utilization(metrics["tokens_per_s"], flops["train"], flops["hardware"], peak["peak_flops"], world)
+    mfu_nominal, _ = utilization(metrics["tokens_per_s"], flops["train"], None, peak.get("nominal_peak_flops"), world)
+    t, val_loss = cell.train, final.val_loss
+    metrics.update({
+        "host_rss_peak_bytes": trained.peak_rss,
+        "host_rss_start_bytes": started.rss_start,
+        "host_rss_before_train_bytes": trained.rss_before_train,
+        "loss_curve": result.loss_curve,
+        "eval_curve": final.evals,
+        "step_times_s": [round(s, 6) for s in result.step_times],
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
+        # mean loss of each fixed validation sequence (the same windows in every cell)
+        "val_seq_losses": None if final.val_seq is None else [round(v, 7) for v in final.val_seq],
+        "optimal_loss": training.dataset.optimal_loss,
+        "time_to_target_s": final.reached[1] if final.reached else None,
+        "steps_to_target": final.reached[0] if final.reached else None,
+        "target_metric": None if t.target_loss is None else ("val_loss" if t.eval_every else "train_loss"),
+        "train_wall_s": result.train_wall,
+        "tokens_per_step": cell.tokens_per_step,
+        "samples_per_step": cell.samples_per_step,
+        "params": training.n_params,
+        "flops_per_token": flops["train"],
+        "achieved_flops": metrics["tokens_per_s"] * flops["train"],
+        "peak_flops": peak["peak_flops"],
+        "peak_flops_key": peak["peak_key"],
+        "mfu": mfu,
+        "hfu": hfu,
+        "nominal_peak_flops": peak.get("nominal_peak_flops"),
+        "mfu_nominal": mfu_nominal,
+        "data": training.dataset.info,
+        **setup.facts,
+    })
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    from suite.train.distributed import leave_process_group
+
+    cell_path, result_path = Path(argv[0]), Path(argv[1])
+    payload = json.loads(cell_path.read_text())
+    cell = CellConfig.from_dict(payload["config"])
+    memory_limit = payload.get("memory_limit_bytes")
+    if cell.device != "cuda":  # a CUDA cell's limit is on the device (start): the CUDA context
+        _apply_memory_limit(memory_limit)  # reserves more address space than any host cap allows
+    print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
+          flush=True)
+    try:
+        result = run_cell(cell, gpu_memory_limit=memory_limit if cell.device == "cuda" else None)
+    except Unsupported as exc:
+        result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
+    except Diverged as exc:
+        result = {"status": "diverged", "reason": str(exc), "metrics": {"loss_curve": exc.loss_curve}, "env": {}}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record, with its traceback in the log
+        traceback.print_exc()
+        status = "oom" if _is_oom(exc) else "failed"
+        result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000], "metrics": {}, "env": {}}
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the record's result
+        write_atomic(result_path, json.dumps(result, allow_nan=True))
+    leave_process_group()
+    return 0
+
+
+def _apply_memory_limit(limit: int | None) -> None:
+    """`txsuite run --memory-limit` for a CPU cell: let this process hold about `limit` bytes, to
+    see which cells would fit a smaller machine (allocations beyond it fail and the cell is recorded as `oom`).
+
+    The only unprivileged hard cap is the address space (RLIMIT_AS), and address space is not
+    memory: a CUDA build of torch maps ~2.5 GB of libraries it never touches (VmSize 3.0 GB
+    against 0.6 GB for the CPU build, both at import). So torch is imported first and the
+    address space mapped then but not resident is granted on top: the limit then charges what
+    is resident (interpreter, libraries) and everything mapped afterwards, whichever build."""
+    if limit:
+        import resource
+
+        import torch  # noqa: F401 - its mappings are part of the baseline below
+
+        from suite.measure.memory import mapped_not_resident_bytes
+        cap = int(limit) + mapped_not_resident_bytes()
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return (name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)  # torch's CPU allocator when the address space runs out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""suite.train: one builder for every training, and optimizers that are a spec entry plus a
+function."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from suite.config.matrix import load_matrix
+from suite.config.spec import OPTIMIZERS, CellConfig, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
+from suite.measure.estimate import estimate_memory
+from suite.train import build_training, train_steps
+from suite.train import optimizers
+
+CELL = CellConfig(model=ModelSpec(preset="tiny", n_layer=1, d_model=64, n_head=2),
+                  data=DataSpec(dataset="markov", seq_len=16),
+                  train=TrainSpec(steps=8, warmup_steps=0, micro_batch=4, lr=3e-3, eval_batches=1), device="cpu")
+
+
+def test_every_optimizer_of_the_spec_has_a_builder_and_nothing_else_does():
+    assert set(optimizers.BUILDERS) == set(OPTIMIZERS)
+
+
+def test_an_optimizer_is_one_spec_entry_and_one_function(monkeypatch, write_matrix):
+    """Registering 'sgd-nesterov' in the two places is enough: the matrix accepts it, the plan's
+    memory estimate counts its one state per parameter, and a cell trains with it."""
+    monkeypatch.setitem(OPTIMIZERS, "sgd-nesterov", OptimizerInfo("SGD, Nesterov momentum", ("beta1",), states=1))
+    monkeypatch.setitem(optimizers.BUILDERS, "sgd-nesterov", lambda groups, train, device: torch.optim.SGD(
+        groups, lr=train.lr, momentum=train.beta1, nesterov=True))
+    matrix = load_matrix(write_matrix("name: m\nfixed: {model: tiny, train: {optimizer: sgd-nesterov}}\n"))
+    cell = matrix.cells[0].config
+    adamw = dataclasses.replace(cell, train=dataclasses.replace(cell.train, optimizer="adamw"))
+    assert estimate_memory(adamw)["optimizer_bytes"] == 2 * estimate_memory(cell)["optimizer_bytes"] > 0
+
+    nesterov = dataclasses.replace(CELL, train=dataclasses.replace(CELL.train, optimizer="sgd-nesterov", lr=0.3))
+    training = build_training(nesterov)
+    assert type(training.trainer.optimizer) is torch.optim.SGD
+    assert training.trainer.optimizer.defaults["nesterov"] is True
+    curve = train_steps(training, sync=lambda: None, log=lambda line: None).loss_curve
+    assert curve[-1][2] < curve[0][2]
+
+
+def test_build_training_is_deterministic_and_ready_to_step():
+    """Two builds of one cell: the same initial weights and the same first batches, so two
+    cells that differ only in a technique start from the same point."""
+    a, b = build_training(CELL), build_training(CELL)
+    for pa, pb in zip(a.setup.model.parameters(), b.setup.model.parameters()):
+        assert torch.equal(pa, pb)
+    xa, ya = next(a.batches)
+    xb, yb = next(b.batches)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape == (4, 16)
+    assert a.n_params == sum(p.numel() for p in a.setup.model.parameters())
+    assert len(a.val_batches) == CELL.train.eval_batches
+
+
+def test_every_trainer_evaluates_with_the_same_signature():
+    training = build_training(CELL)
+    whole = training.trainer.evaluate(training.val_batches)
+    detail = training.trainer.evaluate(training.val_batches, per_sequence=True)
+    assert whole.per_sequence is None and len(detail.per_sequence) == 8  # one batch of 8 sequences
+    # every sequence has the same number of scored tokens here, so the mean of means is the mean
+    assert detail.loss == pytest.approx(sum(detail.per_sequence) / 8, rel=1e-6) == whole.loss
