@@ -1,10 +1,11 @@
 """`txsuite` command line (L5): parses options, calls the lower levels, prints.
 
-Exit codes: 0 every cell ok or skipped; 1 a cell failed (or a guard found a regression);
-2 unusable input (printed as one paragraph, never a traceback).
+Exit codes: 0 every cell ok or skipped; 1 a cell failed; 2 unusable input (printed as one
+paragraph, never a traceback). `guard` and `ab`: 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 unusable input.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -71,12 +72,18 @@ def _plan_table(matrix: Matrix) -> Table:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
 @click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
-def plan(matrix_path: str, device: str | None, only: str | None, yes: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the planned matrix as JSON (cells with their resolved "
+                                                      "configs), for other tools.")
+def plan(matrix_path: str, device: str | None, only: str | None, yes: bool, as_json: bool) -> None:
     """Expand and validate MATRIX; print its cells; run nothing."""
     from suite.run.runner import select
 
     matrix = _load(matrix_path, device, yes)
     matrix.cells = select(matrix.cells, only)
+    if as_json:
+        import json
+        click.echo(json.dumps({**matrix.to_json(), "fingerprint": matrix.fingerprint()}, default=str))
+        return
     console.print(_plan_table(matrix))
     for note in matrix.notes:
         console.print(f"note: {note}")
@@ -368,7 +375,9 @@ def _percent(text: str) -> float:
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm level of each check.")
 @click.option("--run-noise", "run_noise", default="3%", show_default=True,
               help="Smallest run-to-run noise assumed (sd of a repetition's median).")
-@click.option("--confirm", is_flag=True, help="Re-measure each flagged cell once; fail only if it regresses again.")
+@click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
+              help="Leave out repetitions measured while the machine was this many times slower than its best.")
+@click.option("--confirm", is_flag=True, help="Re-measure each failed cell once; it stays FAIL only if it fails again.")
 @click.option("--results-dir", default=None, type=click.Path(file_okay=False),
               help="Where --confirm writes its re-measurement (default: beside RUN).")
 @click.option("--timeout", "timeout_s", type=float, help="Seconds per re-measured cell repetition.")
@@ -376,18 +385,18 @@ def _percent(text: str) -> float:
               help="Also append the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, confirm, results_dir, timeout_s,
-          markdown_out, json_out, seed) -> None:
-    """Exit 1 if a cell of RUN regressed against BASELINE on the matrix's guard metrics."""
-    import json as _json
-
+def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, slow_state, confirm, results_dir,
+          timeout_s, markdown_out, json_out, seed) -> None:
+    """PASS (exit 0), FAIL (1) or INCONCLUSIVE (3): RUN against BASELINE on the matrix's guard metrics."""
     from suite.guard import GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation
 
+    _check_writable(markdown_out, "--markdown")
+    _check_writable(json_out, "--json")
     try:
         run_side = load_side(run_path)
         base_side = load_side(baseline_path)
         result = compare(run_side, base_side, _parse_thresholds(thresholds), normalize=normalize,
-                         alpha=alpha, seed=seed, run_noise=_percent(run_noise))
+                         alpha=alpha, seed=seed, run_noise=_percent(run_noise), slow_state=slow_state)
     except GuardInputError as exc:
         raise UsageProblem(str(exc)) from None
     flagged = cells_to_confirm(result)
@@ -416,12 +425,135 @@ def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, conf
         except GuardInputError as exc:
             raise UsageProblem(str(exc)) from None
     console.print(result.to_text(), soft_wrap=True, markup=False, highlight=False)
-    if markdown_out:
-        with open(markdown_out, "a") as fh:
-            fh.write(result.to_markdown())
-    if json_out:
-        Path(json_out).write_text(_json.dumps(result.to_dict(), indent=1, default=str) + "\n")
-    sys.exit(0 if result.ok else 1)
+    _write_verdict(result, markdown_out, json_out)
+    sys.exit(result.exit_code)
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Refuse an output the guard could not write before any work is done (exit 2, not 1: the
+    guard's own failure must never read as a regression)."""
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        problem = "it is a folder"
+    elif not folder.is_dir():
+        problem = f"its folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        problem = "it is read-only"
+    else:
+        return
+    raise UsageProblem(f"{option} {path}: cannot write there ({problem}); give a writable file path.")
+
+
+def _write_verdict(result, markdown_out: str | None, json_out: str | None) -> None:
+    import json as _json
+    try:
+        if markdown_out:
+            with open(markdown_out, "a") as fh:
+                fh.write(result.to_markdown())
+        if json_out:
+            Path(json_out).write_text(_json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    except OSError as exc:
+        raise UsageProblem(f"the verdict ({result.verdict}) was printed above, but "
+                           f"{exc.filename or markdown_out or json_out} could not be written ({exc.strerror}).") from None
+
+
+@main.command()
+@click.argument("matrix_path", metavar="MATRIX")
+@click.option("--base", "base_ref", required=True, metavar="REF",
+              help="The version to compare against: a git ref of this checkout (branch, tag, commit).")
+@click.option("--head", "head_ref", metavar="REF", help="The version under test (default: the working tree).")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run-id", help="Name of the A/B folder (default: a timestamp).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
+@click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
+@click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=CHANGE",
+              help="Override the matrix's guard block, e.g. tokens_per_s=-5% (repeatable).")
+@click.option("--alpha", type=float, default=0.01, show_default=True,
+              help="False-FAIL (and false-PASS) level over all looks together.")
+@click.option("--min-rounds", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Rounds (one repetition per cell per side) before the first look.")
+@click.option("--max-rounds", type=click.IntRange(min=2), default=16, show_default=True,
+              help="Rounds at most while a check stays INCONCLUSIVE.")
+@click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Start no round after this many seconds; decide on what was measured.")
+@click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
+              help="Leave out pairs measured while the machine was this many times slower than its best.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per cell repetition (default: the matrix's timeout_s or 1800).")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False),
+              help="Also append the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
+def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thresholds, alpha, min_rounds, max_rounds,
+       budget_s, slow_state, timeout_s, markdown_out, json_out) -> None:
+    """Same-job A/B: MATRIX on two versions of the code, alternating, decided on paired ratios.
+    Exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 unusable input."""
+    from datetime import datetime
+
+    from suite.guard import GuardInputError
+    from suite.guard.decide import resolve_guard
+    from suite.guard.side import Side
+    from suite.run import ab as abrun
+    from suite.run.runner import select
+
+    _check_writable(markdown_out, "--markdown")
+    _check_writable(json_out, "--json")
+    if not 0.0 < alpha < 0.5:
+        raise UsageProblem(f"--alpha {alpha}: expected a level between 0 and 0.5, e.g. 0.01.")
+    if max_rounds < min_rounds:
+        raise UsageProblem(f"--max-rounds {max_rounds} is below --min-rounds {min_rounds}.")
+    matrix = _load(matrix_path, device, True)
+    matrix.cells = select(matrix.cells, only)
+    if not matrix.cells:
+        raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
+    try:
+        limits, _ = resolve_guard(Side(path=matrix.source, kind="run", guard=matrix.guard),
+                                  Side(path=matrix.source, kind="run"), _parse_thresholds(thresholds))
+    except GuardInputError as exc:
+        raise UsageProblem(str(exc)) from None
+    work = abrun.work_folder()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        repo = abrun.repo_root(Path.cwd())
+        checkouts = abrun.Checkouts(repo)
+        try:
+            base = abrun.prepare_side("base", base_ref, repo, work, checkouts)
+            head = abrun.prepare_side("head", head_ref, repo, work, checkouts)
+            matrix_file = Path(matrix_path).resolve()
+            plans = [abrun.plan_side(side, matrix_file, device) for side in (base, head)]
+            plan = abrun.pair_plans(matrix, *plans)
+            plan.cells = [c for c in plan.cells if c in matrix.cells]
+            out_dir = Path(results_dir) / "ab" / matrix.name / (run_id or datetime.now().strftime("%Y%m%d-%H%M%S"))
+            console.print(f"A/B of {matrix.source}: {base.describe()} against {head.describe()}, "
+                          f"{len(plan.cells)} cell(s), {min_rounds} to {max_rounds} rounds; records in {out_dir}")
+            settings = abrun.AbSettings(thresholds=limits, alpha=alpha, min_rounds=min_rounds, max_rounds=max_rounds,
+                                        budget_s=budget_s, slow_state=slow_state,
+                                        timeout_s=timeout_s or matrix.timeout_s or 1800.0)
+            outcome = abrun.run_ab(plan, base, head, out_dir, settings, on_event=_ab_progress)
+        finally:
+            checkouts.close()
+    except abrun.AbError as exc:
+        raise UsageProblem(str(exc)) from None
+    finally:
+        abrun.remove_work_folder(work)
+    result = outcome.result
+    console.print(result.to_text(), soft_wrap=True, markup=False, highlight=False)
+    _write_verdict(result, markdown_out, json_out)
+    sys.exit(result.exit_code)
+
+
+def _ab_progress(kind: str, info: dict) -> None:
+    if kind == "cell_end":
+        r = info["record"]
+        tps = r.metrics.get("tokens_per_s")
+        state = r.metrics.get("machine_slowdown")
+        console.print(f"  round {info['round'] + 1} {info['side']:4s} {info['label']}: {r.status}"
+                      + (f", {tps:,.0f} tokens/s" if tps else "")
+                      + (f", machine state {state:.2f}x its best" if state else ""))
+    elif kind == "look":
+        console.print(f"after {info['rounds']} rounds: {info['verdict']}")
 
 
 @main.command()

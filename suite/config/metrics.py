@@ -17,6 +17,10 @@ describe is still stored and exported; it is simply not summarised.
     guardable   a `guard:` block may set a threshold on it
     spread      reports keep its min/max over repetitions (error bars)
     compared    `txsuite compare` shows its ratio between two runs
+    exact       deterministic for a given code and configuration (the step counters): compared
+                exactly, no noise model
+    judged_on   another metric that measures the part of this one the cell controls; the guard
+                and `compare` judge that one instead, and say so (peak memory -> train memory)
     description what the number is, for table headers
 """
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Metric:
     guardable: bool = False
     spread: bool = False
     compared: bool = False
+    exact: bool = False
+    judged_on: str | None = None
     description: str = "median over repeats"
 
     @property
@@ -50,7 +56,11 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("step_time_p50_s", "step p50", "seconds", "lower", per_step=True, required=True, guardable=True),
     Metric("step_time_p90_s", "step p90", "seconds", "lower", per_step=True, required=True, guardable=True),
     Metric("peak_mem_bytes", "peak memory", "bytes", "lower", required=True, guardable=True, spread=True,
-           compared=True, description="device memory reserved on GPU, peak resident set on CPU"),
+           compared=True, judged_on="train_mem_bytes",
+           description="device memory reserved on GPU, peak resident set on CPU"),
+    Metric("train_mem_bytes", "train memory", "bytes", "lower", guardable=True, spread=True, compared=True,
+           description="the memory the cell controls: peak resident set minus the resident set before "
+                       "training (CPU), the allocator's peak of live tensors (CUDA)"),
     Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True,
            description="model FLOPs utilisation against the peak measured on this host"),
     Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True),
@@ -58,6 +68,15 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("time_to_target_s", "time to target", "seconds", "lower", required=True,
            description="training wall time until the target loss was reached"),
     Metric("energy_per_token_j", "energy/token", "energy", "lower"),
+    Metric("machine_slowdown", "machine state", "plain", "lower",
+           description="how much slower than its best this machine ran the probe workload around the "
+                       "measured steps (1.0: its best state)"),
+    Metric("step_flops", "FLOPs/step", "rate", "lower", guardable=True, exact=True,
+           description="FLOPs one training step dispatches (torch's flop counter)"),
+    Metric("step_ops", "ops/step", "plain", "lower", guardable=True, exact=True,
+           description="operators one training step dispatches"),
+    Metric("step_alloc_bytes", "alloc/step", "bytes", "lower", guardable=True, exact=True,
+           description="bytes of the new tensors one training step's operators return"),
 )
 # loss_curve is required too, but it is a list, not a scalar summarised per cell
 REQUIRED_LIST_METRICS = ("loss_curve",)

@@ -1,27 +1,29 @@
-"""The CI regression guard (L2): is this run slower or hungrier than the baseline, for real?
+"""The CI regression guard (L2): is this code slower or hungrier than the baseline, for real?
+Three verdicts: PASS (the evidence says within the limits), FAIL (beyond them), INCONCLUSIVE
+(with the reason and what would resolve it); exit codes 0, 1, 3 (2: unusable input).
 
     side = load_side("results/smoke/ci")                 # a run folder ...
     base = load_side("baselines/smoke.json")             # ... or a baseline file
     result = compare(side, base)                         # thresholds from the matrix's guard:
-    print(result.to_text()); exit(0 if result.ok else 1)
+    print(result.to_text()); exit(result.exit_code)
 
     write_baseline("results/smoke/ci", "baselines/smoke.json")   # `txsuite baseline`
+    decide_pairs(...)                                    # `txsuite ab`: paired, sequential
 
-`--confirm`: re-run `cells_to_confirm(result)` (the CLI runs the matrix restricted to those
-cells), load that run with `load_side`, then `merge_confirmation(result, rerun)`.
-
-How a regression is decided: suite/guard/decide.py (rules) and suite/guard/stats.py (tests),
-explained for users in docs/guard.md. Never imports torch.
+How it decides: suite/guard/decide.py (run vs baseline), suite/guard/paired.py (same-job A/B),
+suite/guard/state.py (the machine's state), suite/guard/stats.py (statistics); explained for
+users in docs/guard.md. Never imports torch.
 """
-from suite.guard.decide import (Check, GuardResult, cells_to_confirm, check_per_repeat, check_per_step,
-                                compare, merge_confirmation)
+from suite.guard.baseline import write_baseline
+from suite.guard.decide import (EXIT_CODES, FAIL, INCONCLUSIVE, PASS, Check, GuardResult, cells_to_confirm,
+                                check_per_repeat, check_per_step, compare, merge_confirmation)
 from suite.guard.metrics import METRICS, Threshold, parse_threshold
 from suite.guard.side import (BASELINE_FORMAT, BASELINE_SCHEMA, CellSamples, GuardInputError, RepeatSamples,
-                              Side, load_side, side_from_records, write_baseline)
+                              Side, load_side, side_from_records)
 
 __all__ = [
-    "BASELINE_FORMAT", "BASELINE_SCHEMA", "CellSamples", "Check", "GuardInputError", "GuardResult",
-    "METRICS", "RepeatSamples", "Side", "Threshold", "cells_to_confirm", "check_per_repeat",
-    "check_per_step", "compare", "load_side", "merge_confirmation", "parse_threshold",
+    "BASELINE_FORMAT", "BASELINE_SCHEMA", "EXIT_CODES", "FAIL", "INCONCLUSIVE", "PASS", "CellSamples", "Check",
+    "GuardInputError", "GuardResult", "METRICS", "RepeatSamples", "Side", "Threshold", "cells_to_confirm",
+    "check_per_repeat", "check_per_step", "compare", "load_side", "merge_confirmation", "parse_threshold",
     "side_from_records", "write_baseline",
 ]

@@ -1,29 +1,25 @@
-"""The guard's decision: every cell x guarded metric of a run against the same cell of a baseline.
+"""The guard's decision: every cell x guarded metric of a run against the same cell of a
+baseline, each ending in one of three verdicts (docs/guard.md):
 
-A cell regresses on a metric only when all of these hold (see suite.guard.stats for the tests):
+    PASS          the evidence says the change is within the threshold: the confidence
+                  interval of the ratio now/baseline lies entirely on the good side of it
+    FAIL          the evidence says the change is beyond the threshold: the interval lies
+                  entirely on the bad side (so the change is also significant against 1)
+    INCONCLUSIVE  anything else, with the reason and what would resolve it
 
-1. **Large enough**: the ratio now/baseline of the metric (the median over pooled per-step
-   samples for tokens/s, samples/s, MFU and the p50 step time; the 90th percentile for the p90
-   step time; the median over repetitions for peak memory and validation loss) is beyond the
-   guard threshold in its bad direction (`tokens_per_s: -5%`: below 0.95).
-2. **Significant**: one-sided, at level alpha, by every test: Mann-Whitney U over the per-step
-   samples, the hierarchical (repetitions, then steps) bootstrap of the median ratio, and a
-   test of the repetition medians against the run-to-run noise (pooled over the matrix's
-   cells, never below the `run_noise` floor). The reported p-value is the largest of them
-   (intersection-union test), and the reported confidence interval is the wider of the
-   bootstrap's and the repetition-level one, so "p < alpha" and "the interval excludes 1"
-   agree.
-3. **Not interference**: for the throughput-like metrics, the *fastest* steps (the best 10 %)
-   must have slowed by more than the threshold too. On a shared machine other work only ever
-   adds time to a step, so load from a neighbour moves the median and the slow tail while
-   some steps still run at full speed; slower code moves every step, the fastest included
-   (the reason `timeit` reports the minimum). A median shift that the fastest steps do not
-   share is reported as "fastest steps unchanged", not as a regression.
+The interval is at level 1 - 2 alpha (each side one-sided at alpha). For the per-step metrics
+(tokens/s, samples/s, MFU, step times) it is the wider of two: a hierarchical bootstrap of the
+ratio (repetitions, then steps inside them) and a t interval of the repetition statistics
+against the run-to-run noise, pooled over the compared cells and never below a floor
+(`RunNoise`). For the per-repetition metrics (memory, validation loss) it is the t interval
+alone, on their measured noise. The step counters (FLOPs, operators, bytes per step) are
+deterministic: compared exactly, PASS or FAIL.
 
-Per-repetition metrics (peak memory, validation loss) have one value per repetition. With too
-few repetitions for Mann-Whitney to reach alpha at all (1 vs 1, 2 vs 2 at alpha = 0.01) the
-significance condition becomes "every repetition of the run is worse than every repetition of
-the baseline"; the table then says so instead of printing a meaningless p-value.
+Before deciding on time, repetitions measured while the machine was in a slow state (its
+probe, suite.guard.state) are left out, and a baseline recorded in a slow state, without a
+probe, or with one repetition per cell (its noise unknown) gives no time verdict: INCONCLUSIVE,
+with the reason. Memory is judged on the part the cell controls (`train_mem_bytes`: peak minus
+the memory before training, or the allocator's peak of live tensors on a GPU).
 """
 from __future__ import annotations
 
@@ -34,33 +30,33 @@ from typing import Any
 
 import numpy as np
 
+from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
-from suite.guard.stats import (bootstrap_p, hierarchical_bootstrap, mann_whitney_p, min_attainable_p,
-                               percentile_interval, pooled_log_sd, repeat_level_p, t_isf)
-from suite.config.metrics import GUARDABLE as GUARD_METRICS
+from suite.guard.state import SLOW_STATE, best_probe, split_by_state
+from suite.guard.stats import (hierarchical_bootstrap, percentile_interval, pooled_log_sd, repeat_level_p,
+                               t_isf)
+from suite.measure.counters import describe_difference
 
 NORMALIZATIONS = ("none", "peak", "auto")
 N_BOOT = 2000
-NOISY_SPREAD_FACTOR = 3.0  # run's relative IQR this many times the baseline's: flag a busy machine
-NOISY_SPREAD_MIN = 0.10
-RUN_NOISE = 0.03  # default floor of the run-to-run noise (sd of a repetition's log median)
-
-
+RUN_NOISE = 0.03  # default floor of the run-to-run noise of time (sd of a repetition's log median)
 PRIOR_DF = 4  # the floor counts as an estimate with this many degrees of freedom
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 
 
 @dataclass(frozen=True)
 class RunNoise:
     """How much one repetition's statistic varies from run to run (sd of its logarithm).
 
-    The floor is a prior worth PRIOR_DF degrees of freedom, combined with the pooled estimate
+    The floor is a prior worth `prior_df` degrees of freedom, combined with the pooled estimate
     from the repetitions the way limma's moderated t-statistic combines a prior variance with
     a gene's own (Smyth 2004): sigma^2 = (d0 floor^2 + df s^2) / (d0 + df), never below the
-    floor, tested with d0 + df degrees of freedom. Two repetitions of one cell (df = 2) then
-    neither trust their own, very uncertain spread nor are drowned by a t(2) quantile of 7."""
-    sigma: float                # the value used
+    floor, tested with d0 + df degrees of freedom. A floor of 0 and no prior (memory, loss):
+    the measured noise alone, and none at all with one repetition per cell."""
+    sigma: float | None         # the value used; None: unknown
     measured: float | None      # pooled estimate from repetitions, None when none had two
     df: int                     # degrees of freedom of the estimate
     floor: float
@@ -73,15 +69,21 @@ class RunNoise:
     @classmethod
     def from_groups(cls, groups: list[list[float]], floor: float, prior_df: int = PRIOR_DF) -> "RunNoise":
         measured, df = pooled_log_sd(groups)
-        var = (prior_df * floor ** 2 + df * (measured or 0.0) ** 2) / (prior_df + df) if prior_df + df else floor ** 2
+        if prior_df + df == 0:
+            return cls(sigma=None, measured=None, df=0, floor=floor, prior_df=prior_df)
+        var = (prior_df * floor ** 2 + df * (measured or 0.0) ** 2) / (prior_df + df)
         return cls(sigma=max(math.sqrt(var), floor), measured=measured, df=df, floor=floor, prior_df=prior_df)
 
     def describe(self) -> str:
+        if self.sigma is None:
+            return "unknown (one repetition per cell)"
         if self.measured is None:
             return (f"not measured (one repetition per cell): the floor {self.floor:.1%} is used, "
-                    f"t-test with {self.test_df:.0f} degrees of freedom (`repeats: 2` or more measures it)")
+                    f"t interval with {self.test_df:.0f} degrees of freedom (`repeats: 2` or more measures it)")
+        if not self.prior_df:
+            return f"measured {self.measured:.2%} over the repetitions ({self.df} degrees of freedom)"
         return (f"measured {self.measured:.1%} over the repetitions ({self.df} degrees of freedom), combined "
-                f"with the floor {self.floor:.1%}: {self.sigma:.1%} used, t-test with {self.test_df:.0f} "
+                f"with the floor {self.floor:.1%}: {self.sigma:.1%} used, t interval with {self.test_df:.0f} "
                 f"degrees of freedom")
 
 
@@ -97,16 +99,23 @@ class Check:
     ratio: float | None = None
     ci: tuple[float, float] | None = None
     ci_label: str = ""
-    p_value: float | None = None
-    p_parts: dict[str, float] = field(default_factory=dict)
-    fastest_ratio: float | None = None
+    p_value: float | None = None  # one-sided p of "worse than the baseline", for reference
     samples_run: str = ""
     samples_base: str = ""
-    regressed: bool = False
-    verdict: str = "ok"
+    verdict: str = INCONCLUSIVE
     detail: str = ""
+    resolve: str = ""  # what would turn an INCONCLUSIVE into a verdict
+    judged_on: str | None = None  # the metric actually compared, when not `metric` itself
     normalized: bool = False
     first: "Check | None" = None  # the first measurement, when this row is a re-measurement
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict.startswith(FAIL)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.startswith(PASS)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "first"}
@@ -128,18 +137,31 @@ class GuardResult:
     alpha: float
     guard: dict[str, str]
     seed: int = 0
-    noise: dict[str, RunNoise] = field(default_factory=dict)  # per-step metric -> run-to-run noise used
+    noise: dict[str, RunNoise] = field(default_factory=dict)  # metric -> run-to-run noise used
+    counters: list[str] = field(default_factory=list)  # what one step does differently, exactly
+    machine: list[str] = field(default_factory=list)  # repetitions left out for the machine's state
     confirmation: list[str] = field(default_factory=list)
+    slow_state: float = SLOW_STATE
     run_side: Side | None = field(default=None, repr=False)
     baseline_side: Side | None = field(default=None, repr=False)
 
     @property
-    def regressions(self) -> list[Check]:
-        return [r for r in self.rows if r.regressed]
+    def failures(self) -> list[Check]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def verdict(self) -> str:
+        if self.failures:
+            return FAIL
+        return PASS if self.rows and all(r.passed for r in self.rows) else INCONCLUSIVE
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
 
     @property
     def ok(self) -> bool:
-        return not self.regressions
+        return self.verdict == PASS
 
     def to_text(self, all_rows: bool = True, width: int = 200) -> str:
         from suite.guard.render import to_text
@@ -151,13 +173,53 @@ class GuardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "run": self.run, "baseline": self.baseline, "alpha": self.alpha,
-            "guard": self.guard, "normalization": self.normalization,
-            "env_differences": self.env_differences, "notes": self.notes,
-            "confirmation": self.confirmation,
-            "regressions": [r.to_dict() for r in self.regressions],
+            "verdict": self.verdict, "exit_code": self.exit_code, "run": self.run, "baseline": self.baseline,
+            "alpha": self.alpha, "guard": self.guard, "normalization": self.normalization,
+            "env_differences": self.env_differences, "notes": self.notes, "counters": self.counters,
+            "machine_state": self.machine, "confirmation": self.confirmation,
+            "failures": [r.to_dict() for r in self.failures],
             "rows": [r.to_dict() for r in self.rows],
         }
+
+
+# ------------------------------------------------------------------ the verdict of one check -----
+
+def judge(check: Check, thr: Threshold, confidence: float) -> Check:
+    """PASS / FAIL / INCONCLUSIVE from the check's ratio and interval (set on `check`)."""
+    lo, hi = check.ci
+    limit = 1.0 - thr.fraction if thr.worse_when_below else 1.0 + thr.fraction
+    good_bound, bad_bound = (lo, hi) if thr.worse_when_below else (hi, lo)
+    interval = f"{confidence:.0%} CI [{lo:.3f}, {hi:.3f}]"
+    change = f"{check.ratio - 1.0:+.1%}"
+    if thr.beyond(bad_bound):
+        check.verdict = FAIL
+        check.detail = _join(check.detail, f"{change}: the {interval} lies beyond the limit {limit:.3f} ({thr.text})")
+    elif not thr.beyond(good_bound) and _on_good_side(good_bound, limit, thr):
+        check.verdict = PASS
+        better = thr.improved(check.ratio) and (lo > 1.0 if thr.worse_when_below else hi < 1.0)
+        check.detail = _join(check.detail, f"{change}: the {interval} lies within the limit {limit:.3f}"
+                             + ("; improved beyond the threshold: consider refreshing the baseline" if better else ""))
+    else:
+        check.verdict = INCONCLUSIVE
+        check.detail = _join(check.detail, f"{change}: the {interval} contains the limit {limit:.3f}")
+        check.resolve = check.resolve or ("more repetitions (`repeats:` in the matrix), or `txsuite ab`, which "
+                                          "pairs the two versions in one job")
+    return check
+
+
+def _on_good_side(bound: float, limit: float, thr: Threshold) -> bool:
+    return bound >= limit if thr.worse_when_below else bound <= limit
+
+
+def inconclusive(check: Check, reason: str, resolve: str) -> Check:
+    check.verdict = INCONCLUSIVE
+    check.detail = _join(check.detail, reason)
+    check.resolve = resolve
+    return check
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
 
 
 # ------------------------------------------------------------------ samples -----------------
@@ -170,29 +232,26 @@ def _rep_scale(rep: RepeatSamples, spec: MetricSpec, normalize: str) -> float:
     return rep.peak_flops ** spec.scales_with_peak
 
 
-def _per_step_groups(cell: CellSamples, spec: MetricSpec, normalize: str) -> list[np.ndarray] | None:
+def _per_step_groups(repeats: list[RepeatSamples], spec: MetricSpec, normalize: str) -> list[np.ndarray] | None:
     groups = []
-    for rep in cell.repeats:
+    for rep in repeats:
         if not rep.step_times_s:
             return None
         values = per_step_values(spec.name, np.asarray(rep.step_times_s, dtype=float), rep)
         if values is None:
             return None
         groups.append(values * _rep_scale(rep, spec, normalize))
-    return groups
+    return groups or None
 
 
-def _per_repeat_values(cell: CellSamples, spec: MetricSpec, normalize: str) -> list[float] | None:
+def _per_repeat_values(repeats: list[RepeatSamples], spec: MetricSpec, normalize: str) -> list[float] | None:
     out = []
-    for rep in cell.repeats:
-        if spec.per_step:
-            value = rep.summary.get(spec.name)
-        else:
-            value = getattr(rep, spec.name, None)
-        if value is None or not math.isfinite(value):
+    for rep in repeats:
+        value = rep.summary.get(spec.name) if spec.per_step else getattr(rep, spec.name, None)
+        if value is None or not math.isfinite(value) or value <= 0:
             return None
         out.append(float(value) * _rep_scale(rep, spec, normalize))
-    return out
+    return out or None
 
 
 def _shape(groups: list[np.ndarray]) -> str:
@@ -201,125 +260,75 @@ def _shape(groups: list[np.ndarray]) -> str:
     return f"{len(groups)}x{steps}"
 
 
-def _rel_iqr(x: np.ndarray) -> float:
-    q1, q2, q3 = np.quantile(x, [0.25, 0.5, 0.75])
-    return float((q3 - q1) / q2) if q2 else 0.0
-
-
-def _fmt_change(ratio: float) -> str:
-    return f"{ratio - 1.0:+.1%}"
-
-
-# ------------------------------------------------------------------ one check ---------------
+# ------------------------------------------------------------------ the three kinds of check ----
 
 def check_per_step(cell_id: str, label: str, metric: str, thr: Threshold, run: list[np.ndarray],
                    base: list[np.ndarray], alpha: float, seed: int = 0, n_boot: int = N_BOOT,
                    normalized: bool = False, noise: RunNoise | None = None) -> Check:
-    """Decide one per-step metric from per-repetition arrays of per-step samples. `noise`: the
-    run-to-run noise pooled over the matrix (default: estimated from this cell alone, with the
-    default floor)."""
+    """A per-step metric from per-repetition arrays of per-step samples. `noise`: the
+    run-to-run noise pooled over the matrix (default: from this cell alone, with the floor)."""
     spec = METRICS[metric]
     run = [np.asarray(g, dtype=float) for g in run]
     base = [np.asarray(g, dtype=float) for g in base]
-    pooled_r, pooled_b = np.concatenate(run), np.concatenate(base)
-    now = float(spec.stat(pooled_r[None, :])[0])
-    was = float(spec.stat(pooled_b[None, :])[0])
+    now = float(spec.stat(np.concatenate(run)[None, :])[0])
+    was = float(spec.stat(np.concatenate(base)[None, :])[0])
     ratio = now / was
-    alt = "less" if thr.worse_when_below else "greater"
-    parts = {"mann-whitney (steps)": mann_whitney_p(pooled_r, pooled_b, alt)}
-    ratios = hierarchical_bootstrap(run, base, spec.stat, n_boot=n_boot, seed=seed)
     confidence = 1.0 - 2.0 * alpha
-    boot_lo, boot_hi = percentile_interval(ratios, confidence)
-    parts["bootstrap (repeats, steps)"] = bootstrap_p(ratios, thr.worse_when_below)
+    boot_lo, boot_hi = percentile_interval(hierarchical_bootstrap(run, base, spec.stat, n_boot=n_boot, seed=seed),
+                                           confidence)
     stats_r = [float(spec.stat(g[None, :])[0]) for g in run]
     stats_b = [float(spec.stat(g[None, :])[0]) for g in base]
     if noise is None:
         noise = RunNoise.from_groups([stats_r, stats_b], RUN_NOISE)
-    p_rep, se = repeat_level_p(stats_r, stats_b, noise.sigma, noise.test_df, alt)
-    parts["repeats vs run-to-run noise"] = p_rep
+    p, se = repeat_level_p(stats_r, stats_b, noise.sigma, noise.test_df, "less" if thr.worse_when_below else "greater")
     half = t_isf(alpha, noise.test_df) * se
     ci = (min(boot_lo, ratio * math.exp(-half)), max(boot_hi, ratio * math.exp(half)))
-    p = max(parts.values())
-    fastest = None
-    if spec.edge_q is not None and thr.sign == spec.natural_sign:
-        fastest = float(np.quantile(pooled_r, spec.edge_q) / np.quantile(pooled_b, spec.edge_q))
     check = Check(cell_id=cell_id, label=label, metric=metric, threshold=thr.text, baseline=was, now=now,
-                  ratio=ratio, ci=ci, ci_label=f"{confidence:.0%} CI", p_value=p, p_parts=parts,
-                  fastest_ratio=fastest, samples_run=_shape(run), samples_base=_shape(base),
-                  normalized=normalized)
-    _verdict(check, thr, alpha, significant=p < alpha, improved_sure=(
-        ci[0] > 1.0 if thr.worse_when_below else ci[1] < 1.0))
-    sr, sb = _rel_iqr(pooled_r), _rel_iqr(pooled_b)
-    if sr > NOISY_SPREAD_MIN and sr > NOISY_SPREAD_FACTOR * sb:
-        check.detail = _join(check.detail, f"the run's steps vary far more than the baseline's (IQR "
-                                           f"{sr:.0%} vs {sb:.0%} of the median): was the machine busy?")
-    return check
+                  ratio=ratio, ci=ci, ci_label=f"{confidence:.0%} CI", p_value=p, samples_run=_shape(run),
+                  samples_base=_shape(base), normalized=normalized)
+    return judge(check, thr, confidence)
 
 
 def check_per_repeat(cell_id: str, label: str, metric: str, thr: Threshold, run: list[float],
-                     base: list[float], alpha: float, normalized: bool = False) -> Check:
-    """Decide a metric with one value per repetition (peak memory, validation loss, or any
-    metric of records without per-step samples)."""
-    spec = METRICS[metric]
-    now = float(np.median(run))
-    was = float(np.median(base))
+                     base: list[float], alpha: float, noise: RunNoise, normalized: bool = False,
+                     judged_on: str | None = None) -> Check:
+    """A metric with one value per repetition (memory, validation loss, or any metric of
+    records without per-step samples): the ratio of medians, a t interval on the measured noise."""
+    now, was = float(np.median(run)), float(np.median(base))
     ratio = now / was
-    alt = "less" if thr.worse_when_below else "greater"
-    p = mann_whitney_p(run, base, alt)
-    pairs = [r / b for r in run for b in base]
-    ci = (min(pairs), max(pairs))
-    testable = min_attainable_p(len(run), len(base)) < alpha
-    separated = all(x < 1.0 for x in pairs) if thr.worse_when_below else all(x > 1.0 for x in pairs)
-    better_separated = all(x > 1.0 for x in pairs) if thr.worse_when_below else all(x < 1.0 for x in pairs)
+    confidence = 1.0 - 2.0 * alpha
     check = Check(cell_id=cell_id, label=label, metric=metric, threshold=thr.text, baseline=was, now=now,
-                  ratio=ratio, ci=ci, ci_label="range", p_value=p, p_parts={"mann-whitney (repeats)": p},
-                  samples_run=f"{len(run)} rep", samples_base=f"{len(base)} rep", normalized=normalized)
-    if testable:
-        _verdict(check, thr, alpha, significant=p < alpha, improved_sure=better_separated)
+                  ratio=ratio, ci_label=f"{confidence:.0%} CI", samples_run=f"{len(run)} rep",
+                  samples_base=f"{len(base)} rep", normalized=normalized, judged_on=judged_on)
+    if noise.sigma is None:
+        check.ci = (ratio, ratio)
+        return inconclusive(check, f"{ratio - 1:+.1%}, but one repetition per cell: the noise of "
+                                   f"{judged_on or metric} is unknown",
+                            "`repeats: 2` or more in the matrix, or `txsuite ab`")
+    p, se = repeat_level_p(run, base, noise.sigma, noise.test_df, "less" if thr.worse_when_below else "greater")
+    half = t_isf(alpha, noise.test_df) * se
+    check.ci, check.p_value = (ratio * math.exp(-half), ratio * math.exp(half)), p
+    return judge(check, thr, confidence)
+
+
+def check_exact(cell_id: str, label: str, metric: str, thr: Threshold, run: list[float], base: list[float]) -> Check:
+    """A deterministic counter: the same in every repetition of a side, compared exactly."""
+    check = Check(cell_id=cell_id, label=label, metric=metric, threshold=thr.text, ci_label="exact",
+                  samples_run=f"{len(run)} rep", samples_base=f"{len(base)} rep")
+    if len(set(run)) > 1 or len(set(base)) > 1:
+        check.ratio = float(np.median(run)) / float(np.median(base))
+        check.ci = (min(run) / max(base), max(run) / min(base))
+        return inconclusive(check, f"{metric} differs between repetitions of one side (the step is not "
+                                   f"deterministic)", "remove what varies between runs of the same code")
+    check.now, check.baseline = run[0], base[0]
+    check.ratio = run[0] / base[0]
+    check.ci = (check.ratio, check.ratio)
+    change = f"{check.ratio - 1:+.2%}"
+    if thr.beyond(check.ratio):
+        check.verdict, check.detail = FAIL, f"{change} exactly, beyond {thr.text}"
     else:
-        check.p_parts = {}  # no p-value is shown: the test cannot reach alpha with so few values
-        _verdict(check, thr, alpha, significant=separated, improved_sure=better_separated)
-        how = ("every run repetition is worse than every baseline repetition" if separated
-               else "the repetitions overlap")
-        check.detail = _join(check.detail, f"{len(run)} vs {len(base)} repetitions are too few for a test at "
-                                           f"alpha={alpha:g} (best possible p = "
-                                           f"{min_attainable_p(len(run), len(base)):.2g}); decided on "
-                                           f"separation: {how}")
-    if spec.per_step:
-        check.detail = _join(check.detail, "no per-step samples: decided on per-repetition values")
+        check.verdict, check.detail = PASS, f"{change} exactly, within {thr.text}"
     return check
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b
-
-
-def _verdict(check: Check, thr: Threshold, alpha: float, significant: bool, improved_sure: bool) -> None:
-    ratio = check.ratio
-    change = _fmt_change(ratio)
-    if thr.beyond(ratio):
-        if not significant:
-            check.verdict = "ok: not significant"
-            if check.p_parts:
-                check.detail = (f"{change} is beyond {thr.text} but not significant (p = {check.p_value:.2g}, "
-                                f"alpha = {alpha:g})")
-            else:
-                check.detail = f"{change} is beyond {thr.text} but not consistent across repetitions"
-        elif check.fastest_ratio is not None and not thr.beyond(check.fastest_ratio):
-            check.verdict = "ok: fastest steps unchanged"
-            check.detail = (f"the median moved {change} but the fastest 10% of steps only "
-                            f"{_fmt_change(check.fastest_ratio)}: other load slowed some steps; the "
-                            f"code did not slow every step")
-        else:
-            check.regressed = True
-            check.verdict = "REGRESSION"
-            check.detail = (f"{change}, beyond {thr.text} and significant" if check.p_parts
-                            else f"{change}, beyond {thr.text}, and every repetition worse")
-    elif thr.improved(ratio) and improved_sure:
-        check.verdict = "improved"
-        check.detail = f"{change}: consider refreshing the baseline"
-    else:
-        check.verdict = "ok"
 
 
 # ------------------------------------------------------------------ compare -----------------
@@ -340,8 +349,8 @@ def resolve_guard(run: Side, baseline: Side, guard: dict[str, str] | None) -> tu
             f"(add e.g. `guard: {{tokens_per_s: -5%}}` to the matrix) and no thresholds were given.")
     out = {}
     for metric, text in guard.items():
-        if metric not in GUARD_METRICS:
-            raise GuardInputError(f"{origin}: cannot guard '{metric}'. Allowed: {', '.join(GUARD_METRICS)}.")
+        if metric not in GUARDABLE:
+            raise GuardInputError(f"{origin}: cannot guard '{metric}'. Allowed: {', '.join(GUARDABLE)}.")
         try:
             thr = parse_threshold(text)
         except ValueError as exc:
@@ -359,22 +368,33 @@ def _needs_peak(thresholds: dict[str, Threshold]) -> bool:
     return any(METRICS[m].scales_with_peak for m in thresholds)
 
 
+@dataclass
+class _Prepared:
+    """Per cell, the repetitions each side keeps for time metrics, and what was left out."""
+    run: dict[str, list[RepeatSamples]]
+    base: dict[str, list[RepeatSamples]]
+    baseline_unusable: str | None  # why the baseline gives no time verdict, or None
+
+
 def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, normalize: str = "none",
-            alpha: float = 0.01, seed: int = 0, n_boot: int = N_BOOT, run_noise: float = RUN_NOISE) -> GuardResult:
+            alpha: float = 0.01, seed: int = 0, n_boot: int = N_BOOT, run_noise: float = RUN_NOISE,
+            slow_state: float = SLOW_STATE) -> GuardResult:
     """Compare every cell of `run` with the same cell of `baseline` on the guarded metrics.
 
     guard: metric -> signed percentage ("-5%"); None: the run's matrix guard block (else the
     baseline's). normalize: "none" (raw values), "peak" (throughput / the host's measured matmul
     peak at the cell's precision: MFU-like, for two machines of different speed) or "auto"
-    (peak when the hardware or the measured peaks differ, none otherwise). alpha: the false-alarm
-    level of each check. run_noise: the smallest run-to-run noise assumed (sd of a repetition's
-    log median; the measured one is used when larger)."""
+    (peak when the hardware or the measured peaks differ, none otherwise). alpha: each side of
+    the interval. run_noise: the smallest run-to-run noise of time assumed. slow_state: the
+    machine-state line above which a repetition is left out."""
     if normalize not in NORMALIZATIONS:
         raise GuardInputError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}.")
     if not 0.0 < alpha < 0.5:
         raise GuardInputError(f"alpha must be between 0 and 0.5, got {alpha}.")
     if not 0.0 <= run_noise < 1.0:
         raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.03 for 3%), got {run_noise}.")
+    if not slow_state > 1.0:
+        raise GuardInputError(f"the slow-state line must be above 1 (e.g. 2 for twice slower), got {slow_state}.")
     thresholds, notes = resolve_guard(run, baseline, guard)
     notes = list(baseline.notes) + list(run.notes) + notes
     common = [cid for cid in run.cells if cid in baseline.cells]
@@ -392,69 +412,201 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     if mode == "none" and hardware and _needs_peak(thresholds):
         notes.append("the two sides ran on different hardware and throughput was compared raw: "
                      "`--normalize peak` compares it relative to each machine's measured matmul peak")
-    noise = {m: _run_noise(run, baseline, common, METRICS[m], mode, run_noise)
-             for m in thresholds if METRICS[m].per_step}
-    described = {}
+
+    prepared, machine = _prepare(run, baseline, common, hardware, slow_state)
+    noise = {m: _noise(run, baseline, common, METRICS[m], mode, run_noise, prepared) for m in thresholds
+             if not BY_NAME[m].exact}
+    described: dict[str, list[str]] = {}
     for m, nz in noise.items():
-        described.setdefault(nz.describe(), []).append(m)
+        described.setdefault(nz.describe(), []).append(_judged(m))
     for text, ms in described.items():
         notes.append(f"run-to-run noise of {', '.join(ms)}: {text}")
     rows: list[Check] = []
     measured: dict[str, dict[str, bool]] = {m: {"run": False, "baseline": False} for m in thresholds}
     for cid in common:
         for metric, thr in thresholds.items():
-            row = _decide_metric(run.cells[cid], baseline.cells[cid], metric, thr, mode, alpha, seed, n_boot,
-                              measured, noise.get(metric))
-            rows.append(row)
+            rows.append(_decide_metric(run.cells[cid], baseline.cells[cid], metric, thr, mode, alpha, seed, n_boot,
+                                       measured, noise.get(metric), prepared))
     for metric, seen in measured.items():
         for side_name, side in (("run", run), ("baseline", baseline)):
             if not seen[side_name]:
                 raise GuardInputError(
-                    f"{side.describe()}: metric '{metric}' is not measured in any of the compared cells "
+                    f"{side.describe()}: metric '{_judged(metric)}' is not measured in any of the compared cells "
                     f"({', '.join(run.cells[c].label for c in common[:5])}), so it cannot be guarded. "
                     f"Remove it from the guard or re-measure with this txsuite.")
     return GuardResult(run=run.path, baseline=baseline.path, rows=rows, env_differences=env_diffs,
                        normalization=description, normalize_mode=mode, notes=notes, alpha=alpha,
                        guard={m: t.text for m, t in thresholds.items()}, seed=seed, noise=noise,
-                       run_side=run, baseline_side=baseline)
+                       counters=counter_differences(run, baseline, common), machine=machine,
+                       slow_state=slow_state, run_side=run, baseline_side=baseline)
 
 
-def _run_noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode: str,
-               floor: float) -> RunNoise:
+def _judged(metric: str) -> str:
+    """The metric actually compared for a guarded one (peak memory is judged on train memory)."""
+    return BY_NAME[metric].judged_on or metric
+
+
+def _prepare(run: Side, baseline: Side, common: list[str], hardware_differs: bool,
+             slow_state: float) -> tuple[_Prepared, list[str]]:
+    """Leave out repetitions measured in a slow machine state, and decide whether the baseline
+    can give a time verdict at all."""
+    run_reps = [r for cid in common for r in run.cells[cid].repeats]
+    base_reps = [r for cid in common for r in baseline.cells[cid].repeats]
+    if hardware_differs:  # two machines: each is compared with its own best
+        best_run, best_base = best_probe(run_reps), best_probe(base_reps)
+    else:
+        best_run = best_base = best_probe(run_reps + base_reps)
+    lines: list[str] = []
+    kept_run, kept_base = {}, {}
+    slow = {"run": [], "baseline": []}
+    totals = {"run": 0, "baseline": 0}
+    unknown_base = 0
+    for cid in common:
+        for name, side, best, kept in (("run", run, best_run, kept_run), ("baseline", baseline, best_base, kept_base)):
+            split = split_by_state(side.cells[cid].repeats, best, slow_state)
+            kept[cid] = split.kept
+            slow[name] += [s for _, s in split.slow]
+            totals[name] += split.total
+            if name == "baseline":
+                unknown_base += split.unknown
+    for name in ("run", "baseline"):
+        if slow[name]:
+            lines.append(f"{len(slow[name])} of {totals[name]} repetitions of the {name} ran while this machine was "
+                         f"{max(slow[name]):.1f}x slower than its best (the line is {slow_state:g}x); excluded")
+    unusable = None
+    if base_reps and unknown_base == len(base_reps):
+        unusable = ("the baseline records no machine state (made by a txsuite without the probe), so whether it "
+                    "ran in a slow spell is unknown")
+    elif base_reps and slow["baseline"] and len(slow["baseline"]) == totals["baseline"]:
+        unusable = (f"the baseline was recorded while this machine was {min(slow['baseline']):.1f}x or more "
+                    f"slower than its best")
+    elif all(len(baseline.cells[cid].repeats) < 2 for cid in common):
+        unusable = "the baseline has one repetition per cell, so its noise is unknown"
+    return _Prepared(run=kept_run, base=kept_base, baseline_unusable=unusable), lines
+
+
+def _noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode: str, floor: float,
+           prepared: _Prepared) -> RunNoise:
     """Pooled over every compared cell and both sides: each (cell, side) is a group of
-    per-repetition statistics."""
+    per-repetition statistics. Time has the floor as a prior; memory and loss their measured
+    noise alone."""
+    judged = METRICS[_judged(spec.name)]
     groups = []
     for cid in common:
-        for side in (run, baseline):
-            g = _per_step_groups(side.cells[cid], spec, mode)
-            if g is not None:
-                groups.append([float(spec.stat(x[None, :])[0]) for x in g])
-    return RunNoise.from_groups(groups, floor)
+        for reps in (prepared.run[cid], prepared.base[cid]):
+            values = None
+            if judged.per_step:
+                g = _per_step_groups(reps, judged, mode)
+                values = [float(judged.stat(x[None, :])[0]) for x in g] if g is not None else None
+            if values is None:
+                values = _per_repeat_values(reps, judged, mode)
+            if values:
+                groups.append(values)
+    if judged.per_step:
+        return RunNoise.from_groups(groups, floor)
+    return RunNoise.from_groups(groups, 0.0, prior_df=0)
 
 
 def _decide_metric(rc: CellSamples, bc: CellSamples, metric: str, thr: Threshold, mode: str, alpha: float,
-                seed: int, n_boot: int, measured: dict[str, dict[str, bool]],
-                noise: RunNoise | None = None) -> Check:
-    spec = METRICS[metric]
+                   seed: int, n_boot: int, measured: dict[str, dict[str, bool]], noise: RunNoise | None,
+                   prepared: _Prepared) -> Check:
+    judged = _judged(metric)
+    spec = METRICS[judged]
     normalized = mode == "peak" and bool(spec.scales_with_peak)
     cell_seed = (zlib.crc32(f"{rc.cell_id}/{metric}".encode()) + seed) % 2**32
+    if BY_NAME[judged].exact:
+        run = [getattr(r, judged) for r in rc.repeats if getattr(r, judged) is not None]
+        base = [getattr(r, judged) for r in bc.repeats if getattr(r, judged) is not None]
+        measured[metric]["run"] |= bool(run)
+        measured[metric]["baseline"] |= bool(base)
+        if run and base:
+            return check_exact(rc.cell_id, rc.label, metric, thr, run, base)
+        return _no_data(rc, metric, thr, "the run" if base else "the baseline", normalized)
+    run_reps, base_reps = prepared.run[rc.cell_id], prepared.base[rc.cell_id]
     if spec.per_step:
-        gr, gb = _per_step_groups(rc, spec, mode), _per_step_groups(bc, spec, mode)
-        measured[metric]["run"] |= gr is not None
-        measured[metric]["baseline"] |= gb is not None
+        gr, gb = _per_step_groups(rc.repeats, spec, mode), _per_step_groups(bc.repeats, spec, mode)
+        measured[metric]["run"] |= gr is not None or _per_repeat_values(rc.repeats, spec, mode) is not None
+        measured[metric]["baseline"] |= gb is not None or _per_repeat_values(bc.repeats, spec, mode) is not None
+        if prepared.baseline_unusable:
+            return _time_unusable(rc, metric, thr, normalized, prepared.baseline_unusable)
+        if not run_reps or not base_reps:
+            side = "run" if not run_reps else "baseline"
+            return inconclusive(Check(cell_id=rc.cell_id, label=rc.label, metric=metric, threshold=thr.text,
+                                      normalized=normalized),
+                                f"every repetition of the {side} ran while the machine was in a slow state",
+                                "run again when the machine is quieter, or use `txsuite ab`, which alternates the "
+                                "two versions and keeps the pairs measured in a good state")
+        gr, gb = _per_step_groups(run_reps, spec, mode), _per_step_groups(base_reps, spec, mode)
         if gr is not None and gb is not None:
             return check_per_step(rc.cell_id, rc.label, metric, thr, gr, gb, alpha, cell_seed, n_boot, normalized,
                                   noise)
-    vr, vb = _per_repeat_values(rc, spec, mode), _per_repeat_values(bc, spec, mode)
+    vr, vb = _per_repeat_values(run_reps, spec, mode), _per_repeat_values(base_reps, spec, mode)
     measured[metric]["run"] |= vr is not None
     measured[metric]["baseline"] |= vb is not None
     if vr is not None and vb is not None:
-        return check_per_repeat(rc.cell_id, rc.label, metric, thr, vr, vb, alpha, normalized)
-    run_has = vr is not None or (spec.per_step and _per_step_groups(rc, spec, mode) is not None)
-    missing = "the baseline" if run_has else "the run"
-    return Check(cell_id=rc.cell_id, label=rc.label, metric=metric, threshold=thr.text, verdict="no data",
-                 detail=f"{metric} is not measured in {missing} for this cell", normalized=normalized)
+        check = check_per_repeat(rc.cell_id, rc.label, metric, thr, vr, vb, alpha, noise,
+                                 normalized, judged_on=judged if judged != metric else None)
+        if judged != metric:
+            check.detail = _join(f"judged on {judged}: {BY_NAME[judged].description}", check.detail)
+        if spec.per_step:
+            check.detail = _join(check.detail, "no per-step samples: decided on per-repetition values")
+        return check
+    if judged != metric:  # records from before train memory was recorded: the whole peak, said so
+        return _decide_metric_on_peak(rc, bc, metric, thr, mode, alpha, measured, prepared, normalized)
+    return _no_data(rc, metric, thr, "the baseline" if vr is not None else "the run", normalized)
 
+
+def _decide_metric_on_peak(rc, bc, metric, thr, mode, alpha, measured, prepared, normalized) -> Check:
+    spec = METRICS[metric]
+    vr, vb = _per_repeat_values(rc.repeats, spec, mode), _per_repeat_values(bc.repeats, spec, mode)
+    measured[metric]["run"] |= vr is not None
+    measured[metric]["baseline"] |= vb is not None
+    if vr is None or vb is None:
+        return _no_data(rc, metric, thr, "the baseline" if vr is not None else "the run", normalized)
+    noise = RunNoise.from_groups([vr, vb], 0.0, prior_df=0)
+    check = check_per_repeat(rc.cell_id, rc.label, metric, thr, vr, vb, alpha, noise, normalized)
+    check.detail = _join(f"a side has no {_judged(metric)} (an older record): judged on the whole peak, which "
+                         f"includes the interpreter and libraries", check.detail)
+    return check
+
+
+def _time_unusable(rc: CellSamples, metric: str, thr: Threshold, normalized: bool, reason: str) -> Check:
+    return inconclusive(Check(cell_id=rc.cell_id, label=rc.label, metric=metric, threshold=thr.text,
+                              normalized=normalized), f"no time verdict from this baseline: {reason}",
+                        "re-create the baseline with this txsuite (`txsuite baseline`) from a run with `repeats: 2` "
+                        "or more on a quiet machine, or use `txsuite ab`")
+
+
+def _no_data(rc: CellSamples, metric: str, thr: Threshold, missing: str, normalized: bool) -> Check:
+    return Check(cell_id=rc.cell_id, label=rc.label, metric=metric, threshold=thr.text, verdict=INCONCLUSIVE,
+                 detail=f"{_judged(metric)} is not measured in {missing} for this cell",
+                 resolve="measure both sides with this txsuite", normalized=normalized)
+
+
+def counter_differences(run: Side, baseline: Side, common: list[str]) -> list[str]:
+    """What one training step does differently, cell by cell, exactly (the step counters)."""
+    lines = []
+    for cid in common:
+        now = _op_counts(run.cells[cid])
+        was = _op_counts(baseline.cells[cid])
+        if now is None or was is None:
+            continue
+        diff = describe_difference(was, now)
+        if diff:
+            rn, rb = run.cells[cid].repeats[0], baseline.cells[cid].repeats[0]
+            flops = ""
+            if rn.step_flops and rb.step_flops:
+                flops = f"; FLOPs per step {rn.step_flops / rb.step_flops - 1:+.2%}"
+            lines.append(f"{run.cells[cid].label}: per step {'; '.join(diff)}{flops}")
+    return lines
+
+
+def _op_counts(cell: CellSamples) -> dict[str, int] | None:
+    counts = [r.step_op_counts for r in cell.repeats if r.step_op_counts is not None]
+    return counts[0] if counts else None
+
+
+# ------------------------------------------------------------------ helpers -----------------
 
 def _has_peaks(run: Side, baseline: Side, common: list[str]) -> bool:
     return all(rep.peak_flops for side in (run, baseline) for cid in common for rep in side.cells[cid].repeats)
@@ -524,65 +676,64 @@ def _note_unmatched(run: Side, baseline: Side, notes: list[str]) -> None:
 # ------------------------------------------------------------------ --confirm -----------------
 
 def cells_to_confirm(result: GuardResult) -> list[tuple[str, str]]:
-    """(cell id, label) of each cell with a regression, in table order, once each."""
+    """(cell id, label) of each cell with a FAIL, in table order, once each."""
     out: list[tuple[str, str]] = []
-    for row in result.regressions:
+    for row in result.failures:
         if (row.cell_id, row.label) not in out:
             out.append((row.cell_id, row.label))
     return out
 
 
 def merge_confirmation(result_before: GuardResult, rerun_side: Side) -> GuardResult:
-    """Re-decide each flagged (cell, metric) on a fresh measurement of the cell (`rerun_side`,
-    e.g. a run of the matrix restricted to those cells). A cell still fails only if the fresh
-    measurement regresses too; every other row is kept as it was."""
+    """Re-decide each failed (cell, metric) on a fresh measurement of the cell (`rerun_side`,
+    e.g. a run of the matrix restricted to those cells). It stays FAIL only if the fresh
+    measurement fails too; a re-measurement that disagrees makes it INCONCLUSIVE (two
+    measurements, two answers), never PASS."""
     before = result_before
     if before.baseline_side is None:
         raise ValueError("merge_confirmation needs the GuardResult returned by compare()")
     baseline = before.baseline_side
-    thresholds = {m: parse_threshold(t) for m, t in before.guard.items()}
     rows: list[Check] = []
-    lines: list[str] = []
     confirmed = cleared = 0
     for row in before.rows:
-        if not row.regressed:
+        if not row.failed:
             rows.append(row)
             continue
         rc = rerun_side.cells.get(row.cell_id)
-        if rc is None:
+        again = None
+        if rc is not None:
+            sub = Side(path=rerun_side.path, kind=rerun_side.kind, guard=dict(before.guard),
+                       env=rerun_side.env, cells={row.cell_id: rc})
+            base = Side(path=baseline.path, kind=baseline.kind, guard=dict(before.guard), env=baseline.env,
+                        cells={row.cell_id: baseline.cells[row.cell_id]})
+            try:
+                redo = compare(sub, base, {row.metric: row.threshold}, normalize=before.normalize_mode,
+                               alpha=before.alpha, seed=before.seed + 1, slow_state=before.slow_state)
+                again = redo.rows[0]
+            except GuardInputError:
+                again = None
+        if again is None:
             problems = ", ".join(rerun_side.not_ok.get(row.cell_id, [])) or "not in the re-run"
-            kept = replace(row, verdict="REGRESSION (not re-measured)", first=row,
-                           detail=_join(row.detail, f"the re-measurement produced no result ({problems})"))
-            rows.append(kept)
-            confirmed += 1
-            continue
-        measured: dict[str, dict[str, bool]] = {row.metric: {"run": False, "baseline": False}}
-        try:
-            again = _decide_metric(rc, baseline.cells[row.cell_id], row.metric, thresholds[row.metric],
-                                before.normalize_mode, before.alpha, before.seed + 1, N_BOOT, measured,
-                                before.noise.get(row.metric))
-        except KeyError:  # the re-measurement lacks the measured peak that normalisation needs
-            again = replace(row, verdict="no data", regressed=False)
-        if again.verdict == "no data":
-            rows.append(replace(row, verdict="REGRESSION (not re-measured)", first=row, detail=_join(
-                row.detail, f"the re-measurement of {row.label} lacks {row.metric} (or its peak)")))
+            rows.append(replace(row, verdict="FAIL (not re-measured)", first=row,
+                                detail=_join(row.detail, f"the re-measurement produced no result ({problems})")))
             confirmed += 1
             continue
         again.first = row
-        first = f"first measurement {_fmt_change(row.ratio)} (p = {row.p_value:.2g})" if row.ratio else ""
-        if again.regressed:
-            again.verdict = "REGRESSION (confirmed)"
+        first = f"first measurement {row.ratio - 1.0:+.1%}" if row.ratio else ""
+        if again.failed:
+            again.verdict = "FAIL (confirmed)"
             again.detail = _join(again.detail, f"confirmed by a re-measurement; {first}")
             confirmed += 1
         else:
-            again.verdict = f"{again.verdict} (not confirmed)" if again.verdict != "ok" else "ok (not confirmed)"
-            again.detail = _join(again.detail, f"the re-measurement did not regress; {first}")
+            again.verdict = INCONCLUSIVE
+            again.detail = _join(again.detail, f"the re-measurement did not fail; {first}")
+            again.resolve = "`txsuite ab`, which pairs the two versions in one job"
             cleared += 1
         rows.append(again)
-    flagged = confirmed + cleared
-    if flagged:
-        lines.append(f"re-measured {flagged} flagged check(s) once: {confirmed} regressed again, "
-                     f"{cleared} did not (a cell fails only if the re-measurement regresses too)")
+    lines = []
+    if confirmed + cleared:
+        lines.append(f"re-measured {confirmed + cleared} failed check(s) once: {confirmed} failed again, "
+                     f"{cleared} did not (a check fails only if the re-measurement fails too)")
     env_diffs, _, _ = compare_env(rerun_side, before.run_side) if before.run_side else ([], [], False)
     notes = list(before.notes) + [f"re-measurement vs first run: {d}" for d in env_diffs]
     return replace(before, rows=rows, confirmation=before.confirmation + lines, notes=notes)

@@ -4,7 +4,7 @@ A guard entry `metric: -5%` says which way is bad (the sign: `-` a fall is bad, 
 bad) and the smallest change that counts (5 %). Which metrics can be guarded, their good
 direction and whether they have per-step samples come from the metric registry
 (suite/config/metrics.py); this module adds what only the guard needs (the statistic, the
-quantile of the fastest steps, how a metric scales with the machine's peak).
+unit it prints, how a metric scales with the machine's peak).
 """
 from __future__ import annotations
 
@@ -63,26 +63,25 @@ class MetricSpec:
     natural_sign: int         # -1: higher is better (a fall is bad); +1: lower is better
     stat: Statistic           # the record's own definition of the metric over the samples
     unit: str
-    # quantile of the per-step samples at the *good* end ("the fastest steps"); None: no check
-    edge_q: float | None
     scales_with_peak: int     # 0: not normalised; -1: divided by the peak; +1: multiplied
 
 
-# metric -> (statistic, unit, fastest-steps quantile, scaling with the peak)
+# metric -> (statistic over its samples, unit, scaling with the peak)
 _GUARD_VIEW = {
-    "tokens_per_s": (median_stat, "tok/s", 0.9, -1),
-    "samples_per_s": (median_stat, "samples/s", 0.9, -1),
-    "mfu": (median_stat, "", 0.9, 0),
-    "step_time_p50_s": (median_stat, "s", 0.1, +1),
-    # the p90 is about the slow tail: a periodic slow step is a real regression of it even when
-    # the fastest steps do not move, so no fastest-steps check here
-    "step_time_p90_s": (quantile_stat(0.9), "s", None, +1),
-    "peak_mem_bytes": (median_stat, "B", None, 0),
-    "val_loss": (median_stat, "", None, 0),
+    "tokens_per_s": (median_stat, "tok/s", -1),
+    "samples_per_s": (median_stat, "samples/s", -1),
+    "mfu": (median_stat, "", 0),
+    "step_time_p50_s": (median_stat, "s", +1),
+    "step_time_p90_s": (quantile_stat(0.9), "s", +1),
+    "peak_mem_bytes": (median_stat, "B", 0),
+    "train_mem_bytes": (median_stat, "B", 0),
+    "val_loss": (median_stat, "", 0),
+    "step_flops": (median_stat, "FLOP", 0),
+    "step_ops": (median_stat, "ops", 0),
+    "step_alloc_bytes": (median_stat, "B", 0),
 }
 METRICS: dict[str, MetricSpec] = {
-    name: MetricSpec(name, BY_NAME[name].per_step, -1 if BY_NAME[name].higher_is_better else +1,
-                     *_GUARD_VIEW[name][:2], *_GUARD_VIEW[name][2:])
+    name: MetricSpec(name, BY_NAME[name].per_step, -1 if BY_NAME[name].higher_is_better else +1, *_GUARD_VIEW[name])
     for name in GUARDABLE
 }
 
@@ -114,7 +113,7 @@ def fmt_value(metric: str, value: float | None, normalized: bool = False) -> str
         if spec.scales_with_peak < 0:
             return f"{value * 1e12:,.4g} {spec.unit} per TFLOP/s"
         return f"{value / 1e12:,.4g} TFLOP-equiv"
-    if metric == "peak_mem_bytes":
+    if metric in ("peak_mem_bytes", "train_mem_bytes", "step_alloc_bytes"):
         return f"{value / 2**20:,.1f} MiB"
     if metric in ("step_time_p50_s", "step_time_p90_s"):
         return f"{value * 1e3:,.2f} ms"

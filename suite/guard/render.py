@@ -1,5 +1,5 @@
 """The guard's verdict as plain text (for a terminal or a CI log) and as Markdown (for a
-GitHub job summary or a pull-request comment)."""
+GitHub job summary or a pull-request comment). Used by `txsuite guard` and `txsuite ab`."""
 from __future__ import annotations
 
 import io
@@ -14,11 +14,9 @@ from suite.guard.metrics import fmt_value
 if TYPE_CHECKING:  # pragma: no cover
     from suite.guard.decide import Check, GuardResult
 
-DECISION = ("a regression is a change beyond the guard threshold that is also significant at "
-            "alpha = {alpha:g}, one-sided (p = the largest of: Mann-Whitney U over per-step samples, "
-            "a bootstrap over repetitions then steps, and a test of the repetition medians against "
-            "the run-to-run noise) and, for throughput and the median step time, shared by the "
-            "fastest 10% of steps (other load only ever adds time)")
+DECISION = ("each check compares the ratio now/baseline with its limit through a {level} confidence "
+            "interval: PASS when the interval lies within the limit, FAIL when it lies beyond it (the change is "
+            "then also significant), INCONCLUSIVE otherwise; the step counters are compared exactly")
 
 
 def _ratio(r: "Check") -> str:
@@ -26,39 +24,49 @@ def _ratio(r: "Check") -> str:
 
 
 def _ci(r: "Check") -> str:
-    return "-" if r.ci is None else f"[{r.ci[0]:.3f}, {r.ci[1]:.3f}]"
-
-
-def _p(r: "Check") -> str:
-    if r.p_value is None or not r.p_parts:
-        return "n/a"
-    return f"{r.p_value:.1e}" if r.p_value < 0.001 else f"{r.p_value:.3f}"
+    if r.ci is None:
+        return "-"
+    if r.ci_label == "exact":
+        return "exact"
+    return f"[{r.ci[0]:.3f}, {r.ci[1]:.3f}]"
 
 
 def _samples(r: "Check") -> str:
     return f"{r.samples_run} / {r.samples_base}" if r.samples_run else "-"
 
 
-def _ci_header(result: "GuardResult") -> str:
-    return f"{1 - 2 * result.alpha:.0%} CI"
+def _metric(r: "Check") -> str:
+    return f"{r.metric} (on {r.judged_on})" if r.judged_on else r.metric
 
 
-def _table(rows: list["Check"], result: "GuardResult", verdict: bool) -> Table:
+def _level(result: "GuardResult") -> str:
+    return f"{1 - 2 * result.alpha:.0%}"
+
+
+def _table(rows: list["Check"], result: "GuardResult") -> Table:
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for name, justify in (("cell", "left"), ("metric", "left"), ("limit", "right"), ("baseline", "right"),
-                          ("now", "right"), ("ratio now/base", "right"), (_ci_header(result), "right"),
-                          ("p-value", "right"), ("samples now / base", "right")):
+                          ("now", "right"), ("ratio now/base", "right"), (f"{_level(result)} CI", "right"),
+                          ("samples now / base", "right"), ("verdict", "left")):
         t.add_column(name, justify=justify, overflow="fold")
-    if verdict:
-        t.add_column("verdict", overflow="fold")
     for r in rows:
-        cells = [r.label, r.metric, r.threshold, fmt_value(r.metric, r.baseline, r.normalized),
-                 fmt_value(r.metric, r.now, r.normalized), _ratio(r),
-                 _ci(r) if r.ci_label != "range" else f"range {_ci(r)}", _p(r), _samples(r)]
-        if verdict:
-            cells.append(r.verdict)
-        t.add_row(*cells)
+        shown = r.judged_on or r.metric
+        t.add_row(r.label, _metric(r), r.threshold, fmt_value(shown, r.baseline, r.normalized),
+                  fmt_value(shown, r.now, r.normalized), _ratio(r), _ci(r), _samples(r), r.verdict)
     return t
+
+
+def summary_line(result: "GuardResult") -> str:
+    rows = result.rows
+    if result.verdict == "FAIL":
+        fails = result.failures
+        return f"FAIL: {len(fails)} of {len(rows)} checks beyond their limit, in {len({r.cell_id for r in fails})} cell(s)"
+    if result.verdict == "PASS":
+        return f"PASS: all {len(rows)} checks within their limits"
+    open_rows = [r for r in rows if not r.passed]
+    resolve = sorted({r.resolve for r in open_rows if r.resolve})
+    return (f"INCONCLUSIVE: {len(open_rows)} of {len(rows)} checks undecided"
+            + (f"; to resolve: {' / '.join(resolve)}" if resolve else ""))
 
 
 def to_text(result: "GuardResult", all_rows: bool = True, width: int = 200) -> str:
@@ -74,42 +82,41 @@ def to_text(result: "GuardResult", all_rows: bool = True, width: int = 200) -> s
     else:
         w("environment: same hardware and library versions")
     w(f"normalisation: {result.normalization}")
-    w("decision: " + DECISION.format(alpha=result.alpha), soft_wrap=True)
+    if result.machine:
+        for line in result.machine:
+            w(f"machine state: {line}", soft_wrap=True)
+    else:
+        w(f"machine state: no repetition ran beyond {result.slow_state:g}x of this machine's best")
+    w("decision: " + DECISION.format(level=_level(result)), soft_wrap=True)
+    if result.counters:
+        w("step counters: what one training step does differently (exact, whatever the timing noise):")
+        for line in result.counters:
+            w(f"  - {line}", soft_wrap=True)
     for line in result.confirmation:
         w(f"confirmation: {line}")
-    regs = result.regressions
     w("")
-    if regs:
-        w(f"REGRESSIONS: {len(regs)} of {len(result.rows)} checks")
-        w(_table(regs, result, verdict=False))
-        for r in regs:
-            w(f"  {r.label} / {r.metric}: {r.detail}", soft_wrap=True)
-            if r.p_parts:
-                parts = ", ".join(f"{k} {v:.2g}" for k, v in r.p_parts.items())
-                w(f"      p-values: {parts}"
-                  + (f"; fastest 10% of steps {r.fastest_ratio - 1:+.1%}" if r.fastest_ratio else ""),
-                  soft_wrap=True)
+    for title, rows in (("FAIL", result.failures), ("INCONCLUSIVE", [r for r in result.rows if
+                                                                     r.verdict.startswith("INCONCLUSIVE")])):
+        if not rows:
+            continue
+        w(f"{title}: {len(rows)} of {len(result.rows)} checks")
+        for r in rows:
+            w(f"  {r.label} / {_metric(r)}: {r.detail}", soft_wrap=True)
+            if r.resolve and title == "INCONCLUSIVE":
+                w(f"      would resolve it: {r.resolve}", soft_wrap=True)
             if r.first is not None and r.first.ratio is not None:
-                w(f"      first measurement: now {fmt_value(r.metric, r.first.now, r.first.normalized)}, "
-                  f"ratio {_ratio(r.first)}, p {_p(r.first)}", soft_wrap=True)
+                w(f"      first measurement: ratio {_ratio(r.first)}, CI {_ci(r.first)}", soft_wrap=True)
         w("")
     if all_rows:
         w(f"all checks ({len(result.rows)}):")
-        w(_table(result.rows, result, verdict=True))
-        for r in result.rows:
-            if not r.regressed and r.verdict != "ok" and r.detail:
-                w(f"  {r.label} / {r.metric}: {r.verdict}: {r.detail}", soft_wrap=True)
+        w(_table(result.rows, result))
         w("")
     if result.notes:
         w("notes:")
         for n in result.notes:
             w(f"  - {n}", soft_wrap=True)
         w("")
-    if regs:
-        cells = len({r.cell_id for r in regs})
-        w(f"FAIL: {len(regs)} regression(s) in {cells} cell(s)")
-    else:
-        w(f"PASS: no regression in {len(result.rows)} checks")
+    w(summary_line(result), soft_wrap=True)
     return buf.getvalue()
 
 
@@ -118,8 +125,7 @@ def _md_escape(s: str) -> str:
 
 
 def to_markdown(result: "GuardResult") -> str:
-    regs = result.regressions
-    out = [f"### txsuite guard: {'FAIL' if regs else 'PASS'}", "",
+    out = [f"### txsuite guard: {result.verdict}", "",
            f"run `{result.run}` against baseline `{result.baseline}`", ""]
     if result.env_differences:
         out.append("**Environment differs** (a change may be the machine's, not the code's):")
@@ -127,22 +133,28 @@ def to_markdown(result: "GuardResult") -> str:
     else:
         out.append("Environment: same hardware and library versions.")
     out += ["", f"Normalisation: {_md_escape(result.normalization)}.", ""]
-    out += [f"_{_md_escape(DECISION.format(alpha=result.alpha))}._", ""]
+    out.extend(f"Machine state: {_md_escape(m)}." for m in result.machine)
+    out += ["", f"_{_md_escape(DECISION.format(level=_level(result)))}._", ""]
+    if result.counters:
+        out.append("**Step counters** (exact):")
+        out.extend(f"- {_md_escape(c)}" for c in result.counters)
+        out.append("")
     out.extend(f"Confirmation: {_md_escape(c)}." for c in result.confirmation)
-    header = (f"| cell | metric | limit | baseline | now | ratio | {_ci_header(result)} | p-value | "
-              f"samples now / base | verdict |")
-    out += ["", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out += ["", f"| cell | metric | limit | baseline | now | ratio | {_level(result)} CI | samples now / base | verdict |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result.rows:
-        ci = _ci(r) if r.ci_label != "range" else f"range {_ci(r)}"
-        verdict = f"**{r.verdict}**" if r.regressed else r.verdict
-        out.append(f"| {_md_escape(r.label)} | {r.metric} | {r.threshold} | "
-                   f"{fmt_value(r.metric, r.baseline, r.normalized)} | {fmt_value(r.metric, r.now, r.normalized)} | "
-                   f"{_ratio(r)} | {ci} | {_p(r)} | {_samples(r)} | {verdict} |")
-    details = [r for r in result.rows if r.verdict != "ok" and r.detail]
+        shown = r.judged_on or r.metric
+        verdict = f"**{r.verdict}**" if not r.passed else r.verdict
+        out.append(f"| {_md_escape(r.label)} | {_metric(r)} | {r.threshold} | "
+                   f"{fmt_value(shown, r.baseline, r.normalized)} | {fmt_value(shown, r.now, r.normalized)} | "
+                   f"{_ratio(r)} | {_ci(r)} | {_samples(r)} | {verdict} |")
+    details = [r for r in result.rows if not r.passed and r.detail]
     if details:
         out.append("")
-        out.extend(f"- {_md_escape(r.label)} / {r.metric}: {_md_escape(r.detail)}" for r in details)
+        out.extend(f"- {_md_escape(r.label)} / {_metric(r)}: {_md_escape(r.detail)}"
+                   + (f" (would resolve it: {_md_escape(r.resolve)})" if r.resolve else "") for r in details)
     if result.notes:
         out += ["", "Notes:"]
         out.extend(f"- {_md_escape(n)}" for n in result.notes)
+    out += ["", f"**{_md_escape(summary_line(result))}**"]
     return "\n".join(out) + "\n"

@@ -1,26 +1,33 @@
 """One side of a guard comparison: a run folder or a committed baseline file, as samples.
 
-The baseline file (`txsuite baseline RUN -o FILE`) is JSON, schema-versioned, and keeps the
-samples the guard decides on, not summaries: per cell and repetition the measured step times,
-the quantities that turn them into throughput and MFU, the peak memory and validation loss.
-Everything the guard reports (medians, ratios) is recomputed from these samples, so there is
-one source of truth in the file. Layout (one repetition per line, so a diff stays readable):
+The baseline file (`txsuite baseline RUN -o FILE`, written by suite/guard/baseline.py) is JSON,
+schema-versioned, and keeps the samples the guard decides on, not summaries: per cell and
+repetition the measured step times, the quantities that turn them into throughput and MFU,
+the memory, the validation loss, the machine-state probe and the step counters. Everything the
+guard reports (medians, ratios) is recomputed from these samples, so there is one source of
+truth in the file. Layout (one repetition per line, so a diff stays readable):
 
     {
      "format": "txsuite-baseline",
-     "schema": 1,
+     "schema": 2,
      "created_at": "2026-11-29T03:40:00",
      "matrix": "smoke", "run_id": "20261129-031050", "source": "matrices/smoke.yaml",
      "guard": {"tokens_per_s": "-5%"},
+     "quality": {"repetitions_per_cell": 2, "noise": {"tokens_per_s": 0.021}, "machine_slowdown_max": 1.3, ...},
      "env": {... the environment fingerprint of the run ...},
      "cells": [
       {"cell_id": "738cb88548", "label": "precision=fp32", "config": {...},
        "repeats": [
         {"repeat": 0, "step_times_s": [0.0134, ...], "tokens_per_step": 256, "samples_per_step": 4,
-         "flops_per_token": 1234567, "peak_flops": 2.1e11, "peak_mem_bytes": 377192448, "val_loss": 2.71}
+         "flops_per_token": 1234567, "peak_flops": 2.1e11, "peak_mem_bytes": 377192448,
+         "train_mem_bytes": 98566144, "val_loss": 2.71, "probe_before_s": 0.021, "probe_after_s": 0.022,
+         "probe_best_s": 0.019, "step_flops": 6.5e8, "step_ops": 259, "step_op_counts": {...}}
        ]}
      ]
     }
+
+Schema 1 files (no probe, no counters) still load; the guard then gives no time verdict from
+them, since whether they were recorded in a slow spell is unknown.
 
 A repetition without per-step samples (records written before step times were kept) stores
 its recorded `tokens_per_s`, `samples_per_s`, `step_time_p50_s`, `step_time_p90_s` and `mfu`
@@ -32,16 +39,15 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
 from suite.config.metrics import REGISTRY
 from suite.config.record import Record
-from suite.results import RECORDS, RunFolder, RunMeta, find_runs, write_atomic
+from suite.results import RECORDS, RunFolder, RunMeta, find_runs
 
 BASELINE_FORMAT = "txsuite-baseline"
-BASELINE_SCHEMA = 1
+BASELINE_SCHEMA = 2  # 2: machine state, train memory and step counters per repetition; quality
 # the per-step metrics a record also summarises per repetition (used when it has no step samples)
 SUMMARY_KEYS = tuple(m.name for m in REGISTRY if m.per_step and m.guardable)
 # a record whose summary tokens/s disagrees with its own step times by more than this was edited
@@ -50,6 +56,12 @@ CONSISTENCY_TOLERANCE = 0.01
 
 class GuardInputError(Exception):
     """Input the guard cannot use (exit code 2): one paragraph naming the file and the problem."""
+
+
+# per-repetition numbers kept as they are (besides the step samples and the summaries)
+REPEAT_FIELDS = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "peak_mem_bytes",
+                 "train_mem_bytes", "val_loss", "probe_before_s", "probe_after_s", "probe_best_s",
+                 "step_flops", "step_ops", "step_alloc_bytes")
 
 
 @dataclass
@@ -61,9 +73,25 @@ class RepeatSamples:
     flops_per_token: float | None = None
     peak_flops: float | None = None
     peak_mem_bytes: float | None = None
+    train_mem_bytes: float | None = None  # the part of the memory the cell controls
     val_loss: float | None = None
+    # the machine-state probe around the measured steps (suite.measure.probe); None: not recorded
+    probe_before_s: float | None = None
+    probe_after_s: float | None = None
+    probe_best_s: float | None = None
+    # what one step dispatched (suite.measure.counters); None: not counted
+    step_flops: float | None = None
+    step_ops: float | None = None
+    step_alloc_bytes: float | None = None
+    step_op_counts: dict[str, int] | None = None
     # recorded per-repetition summaries: used only when there are no per-step samples
     summary: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def probe_s(self) -> float | None:
+        """The slower of the two probes around the measured steps."""
+        times = [t for t in (self.probe_before_s, self.probe_after_s) if t]
+        return max(times) if times else None
 
     def mfu_per_token_per_s(self) -> float | None:
         """MFU = tokens/s x this factor (FLOPs per token / peak FLOP/s)."""
@@ -76,21 +104,22 @@ class RepeatSamples:
         out: dict[str, Any] = {"repeat": self.repeat}
         if self.step_times_s:
             out["step_times_s"] = [float(t) for t in self.step_times_s]
-        for key in ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops",
-                    "peak_mem_bytes", "val_loss"):
+        for key in REPEAT_FIELDS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.step_op_counts is not None:
+            out["step_op_counts"] = dict(self.step_op_counts)
         if not self.step_times_s:
             out.update({k: v for k, v in self.summary.items() if v is not None})
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RepeatSamples":
+        counts = d.get("step_op_counts")
         return cls(repeat=int(d.get("repeat", 0)), step_times_s=d.get("step_times_s"),
-                   tokens_per_step=d.get("tokens_per_step"), samples_per_step=d.get("samples_per_step"),
-                   flops_per_token=d.get("flops_per_token"), peak_flops=d.get("peak_flops"),
-                   peak_mem_bytes=d.get("peak_mem_bytes"), val_loss=d.get("val_loss"),
+                   **{k: _num(d.get(k)) for k in REPEAT_FIELDS},
+                   step_op_counts=dict(counts) if isinstance(counts, dict) else None,
                    summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None})
 
 
@@ -219,11 +248,10 @@ def _repeat_from_metrics(repeat: int, m: dict[str, Any]) -> RepeatSamples:
     steps = m.get("step_times_s")
     steps = [float(t) for t in steps] if isinstance(steps, list) and steps and all(
         isinstance(t, (int, float)) and t > 0 for t in steps) else None
+    counts = m.get("step_op_counts")
     return RepeatSamples(
-        repeat=repeat, step_times_s=steps,
-        tokens_per_step=_num(m.get("tokens_per_step")), samples_per_step=_num(m.get("samples_per_step")),
-        flops_per_token=_num(m.get("flops_per_token")), peak_flops=_num(m.get("peak_flops")),
-        peak_mem_bytes=_num(m.get("peak_mem_bytes")), val_loss=_num(m.get("val_loss")),
+        repeat=repeat, step_times_s=steps, **{k: _num(m.get(k)) for k in REPEAT_FIELDS},
+        step_op_counts=dict(counts) if isinstance(counts, dict) else None,
         summary={k: _num(m.get(k)) for k in SUMMARY_KEYS if _num(m.get(k)) is not None})
 
 
@@ -282,53 +310,3 @@ def _load_baseline_file(p: Path) -> Side:
         if repeats:
             side.cells[c["cell_id"]] = CellSamples(c["cell_id"], label, c.get("config") or {}, repeats)
     return side
-
-
-# ------------------------------------------------------------------ writing ------------------
-
-def baseline_json(side: Side) -> dict[str, Any]:
-    return {
-        "format": BASELINE_FORMAT,
-        "schema": BASELINE_SCHEMA,
-        "created_at": datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-        "matrix": side.matrix,
-        "run_id": side.run_id,
-        "source": side.source,
-        "guard": side.guard,
-        "env": side.env,
-        "cells": [{"cell_id": c.cell_id, "label": c.label, "config": c.config,
-                   "repeats": [r.to_json() for r in c.repeats]} for c in side.cells.values()],
-    }
-
-
-def dumps_baseline(doc: dict[str, Any]) -> str:
-    """Compact, diff-friendly JSON: header keys one per line, one line per repetition."""
-    one = lambda v: json.dumps(v, sort_keys=True, separators=(", ", ": "), allow_nan=False)  # noqa: E731
-    lines = ["{"]
-    head = [k for k in doc if k != "cells"]
-    for k in head:
-        lines.append(f" {json.dumps(k)}: {one(doc[k])},")
-    lines.append(' "cells": [')
-    for i, c in enumerate(doc["cells"]):
-        lines.append(f'  {{"cell_id": {json.dumps(c["cell_id"])}, "label": {json.dumps(c["label"])},')
-        lines.append(f'   "config": {one(c["config"])},')
-        lines.append('   "repeats": [')
-        reps = c["repeats"]
-        for j, r in enumerate(reps):
-            lines.append(f"    {one(r)}{',' if j < len(reps) - 1 else ''}")
-        lines.append(f"   ]}}{',' if i < len(doc['cells']) - 1 else ''}")
-    lines.append(" ]")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def write_baseline(run_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the compact baseline of a run (its `ok` repetitions, samples kept) to out_path."""
-    side = load_side(run_dir)
-    if not side.cells:
-        problems = "; ".join(f"{side.labels.get(k, k)}: {', '.join(v)}" for k, v in list(side.not_ok.items())[:5])
-        raise GuardInputError(f"{side.path} has no successfully measured cell to make a baseline of"
-                              f"{' (' + problems + ')' if problems else ''}.")
-    out = Path(out_path)
-    write_atomic(out, dumps_baseline(baseline_json(side)))
-    return out

@@ -48,17 +48,29 @@ class Nodes:
     def splits(self, world: int) -> bool:
         return world % self.count == 0
 
-    def launcher(self, world: int) -> list[str]:
+    def launcher(self, world: int, entry: tuple[str, ...] = ("-m", "suite.run.worker")) -> list[str]:
         torchrun = [sys.executable, "-m", "torch.distributed.run"]
         if self.count == 1:
-            return torchrun + ["--standalone", f"--nproc-per-node={world}", "-m", "suite.run.worker"]
+            return torchrun + ["--standalone", f"--nproc-per-node={world}", *entry]
         host, _, port = (self.endpoint or "").rpartition(":")
         return torchrun + [f"--nnodes={self.count}", f"--node-rank={self.rank}",
                            f"--nproc-per-node={world // self.count}", "--rdzv-backend=static",
-                           f"--master-addr={host}", f"--master-port={port}", "-m", "suite.run.worker"]
+                           f"--master-addr={host}", f"--master-port={port}", *entry]
 
 
 ONE_NODE = Nodes()
+
+
+@dataclass(frozen=True)
+class WorkerCode:
+    """Which txsuite a worker runs: the one this runner imports (the default), or another
+    checkout (`txsuite ab` runs a base and a head side): the worker's entry after the
+    interpreter, and environment variables it needs."""
+    entry: tuple[str, ...] = ("-m", "suite.run.worker")
+    env: tuple[tuple[str, str], ...] = ()
+
+
+THIS_CODE = WorkerCode()
 
 
 @dataclass
@@ -232,10 +244,13 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
 
 def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, host_env: dict, timeout: float,
             worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None,
-            executor=None, nodes: Nodes = ONE_NODE) -> Record:
+            executor=None, nodes: Nodes = ONE_NODE, code: WorkerCode = THIS_CODE,
+            config: dict | None = None) -> Record:
+    """One repetition of one cell, in its own process group. `code`: which txsuite runs it;
+    `config`: the resolved config as that txsuite planned it (default: this one's)."""
     executor = executor or LocalExecutor()
     base = dict(matrix=matrix.name, run_id=folder.dir.name, cell_id=cell.cell_id, repeat=repeat,
-                config=cell.config.to_dict(), label=cell.label)
+                config=config if config is not None else cell.config.to_dict(), label=cell.label)
     started = _now()
     if cell.skip_reason:
         return Record(**base, status="skipped", reason=cell.skip_reason, env=host_env,
@@ -252,11 +267,11 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     elif cell.config.parallel.distributed:
         # torchrun starts `world` ranks (one node: a free rendezvous port via --standalone) and
         # tears all of them down if one fails; global rank 0 writes the result.
-        launcher = nodes.launcher(world)
+        launcher = nodes.launcher(world, code.entry)
     else:
-        launcher = [sys.executable, "-m", "suite.run.worker"]
+        launcher = [sys.executable, *code.entry]
     cmd = launcher + [str(cell_json), str(result_json)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(code.env))
     oom_kills_before = oom_kill_count()
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
         # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on

@@ -46,6 +46,8 @@ class Started:
 class Trained:
     result: Any  # suite.train.TrainResult
     telemetry: dict[str, Any]  # NVML fields of the measured steps (nulls without NVML)
+    machine: dict[str, Any]  # the machine-state probe around the measured steps
+    counters: dict[str, Any]  # what one (untimed) step dispatched: operators, FLOPs, bytes
     comm_share: float | None
     comm_steps: int
     rss_before_train: int
@@ -111,14 +113,55 @@ def train(training, started: Started) -> Trained:
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     comm = CommWindow(started.world, t.warmup_steps, device.type)
+    machine, probe = _machine_probe(torch)
+    counter, counters = _step_counter(training, started.world)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
     try:
-        result = train_steps(training, sync, comm, telemetry)
+        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter)
     finally:
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
-    return Trained(result=result, telemetry=telemetry_fields, comm_share=comm.share, comm_steps=comm.steps,
+    return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
+                   counters=counters(), comm_share=comm.share, comm_steps=comm.steps,
                    rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes())
+
+
+def _machine_probe(torch):
+    """The machine-state probe (suite.measure.probe): the calibration workload just before the
+    first measured step and just after the last, folded into this host's best time."""
+    from suite.measure.probe import MachineState, probe, record_best
+
+    state = MachineState()
+
+    def around(moment: str) -> None:
+        if moment == "start":
+            state.before_s = probe(torch)
+        else:
+            state.after_s = probe(torch)
+            state.best_s = record_best(torch, [state.before_s, state.after_s])
+    return state, around
+
+
+def _step_counter(training, world: int):
+    """(context factory for the counted step or None, () -> the counters' metrics)."""
+    from suite.measure.counters import StepCounter, not_counted
+
+    cell = training.cell
+    reason = None
+    if cell.compile.enabled:
+        reason = "not counted: a compiled model runs fused kernels the dispatcher does not see op by op"
+    elif world > 1:
+        reason = "not counted: distributed cells"
+    elif cell.train.warmup_steps < 1:
+        reason = "not counted: the counted step is the last warm-up step, and this cell has none"
+    if reason:
+        return None, lambda: not_counted(reason)
+    holder: list[StepCounter] = []
+
+    def count():
+        holder.append(StepCounter())
+        return holder[-1]
+    return count, lambda: holder[-1].metrics() if holder else not_counted("not counted: training ended early")
 
 
 def evaluate(training, trained: Trained) -> FinalEval:
@@ -178,6 +221,8 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     result = trained.result
     metrics = summarize_steps(result.step_times, cell.tokens_per_step, cell.samples_per_step)
     metrics.update(trained.telemetry)
+    metrics.update(trained.machine)
+    metrics.update(trained.counters)
     if device.type == "cuda":
         from suite.measure.memory import cuda_memory
         metrics.update(cuda_memory(torch, device))
@@ -191,6 +236,10 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         metrics["per_rank_peak_mem_bytes"] = [g["peak_mem_bytes"] for g in gathered]
         metrics["per_rank_step_time_p50_s"] = [g["step_time_p50_s"] for g in gathered]
         metrics["peak_mem_bytes"] = max(metrics["per_rank_peak_mem_bytes"])
+    # the memory the cell controls: what training added to the process (CPU), or what torch's
+    # allocator held for tensors at its peak (CUDA); the rest is the interpreter and libraries
+    metrics["train_mem_bytes"] = (metrics.get("cuda_max_allocated_bytes") if device.type == "cuda"
+                                  else max(0, trained.peak_rss - trained.rss_before_train))
     metrics["world_size"] = world
     metrics["comm_share"] = trained.comm_share
     metrics["comm_share_steps"] = trained.comm_steps

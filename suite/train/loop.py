@@ -2,6 +2,7 @@
 them that the training clock does not count."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,10 +44,16 @@ class NoWindow:
 
 
 def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
-                log: Callable[[str], None] = lambda line: print(line, flush=True)) -> TrainResult:
+                log: Callable[[str], None] = lambda line: print(line, flush=True),
+                around_measured: Callable[[str], None] | None = None,
+                count_step: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
     """Run `warmup_steps + steps` optimizer steps of `training` (suite.train.build.Training),
     timing each step from its start to the host sync after it; only the last `steps` are the
-    measured ones. Evaluates every `eval_every` steps (outside the clock). Raises Diverged."""
+    measured ones. Evaluates every `eval_every` steps (outside the clock). Raises Diverged.
+
+    around_measured("start"/"end") runs just before the first measured step and just after the
+    last, outside every clock (the machine-state probe). count_step() is entered around the
+    last warm-up step, which is untimed (the step counters)."""
     from suite.measure.nvml import NullTelemetry
 
     comm = comm or NoWindow()
@@ -57,10 +64,14 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
     total_steps = t.total_steps
     for step in range(total_steps):
         if step == t.warmup_steps:
+            if around_measured is not None:
+                around_measured("start")
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
+        counting = count_step is not None and step == t.warmup_steps - 1
         start = time.perf_counter()
-        loss_t = trainer.step(training.batches)
+        with count_step() if counting else contextlib.nullcontext():
+            loss_t = trainer.step(training.batches)
         for hook in hooks:
             hook(step + 1)
         sync()  # the one host sync per step, needed to time it
@@ -83,6 +94,8 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             result.reach(step + 1, eval_loss, t.target_loss)
         elif not t.eval_every:
             result.reach(step + 1, loss, t.target_loss)
+    if around_measured is not None and t.steps:
+        around_measured("end")
     return result
 
 
