@@ -273,6 +273,9 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     cmd = launcher + [str(cell_json), str(result_json)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(code.env))
     oom_kills_before = oom_kill_count()
+    threads = cell.config.measure.threads
+    if threads:  # before the worker imports torch: OpenMP sizes its pool at start-up
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
         # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
         # the host, spinning threads starve the ones doing work. Measured here (`small`, bf16,

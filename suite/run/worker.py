@@ -84,6 +84,8 @@ def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
     from suite.train.distributed import init_distributed
 
     device = torch.device(cell.device)
+    if cell.measure.threads:
+        torch.set_num_threads(cell.measure.threads)
     env = device_fingerprint(torch, device)
     reason = host_problems(cell, worker_host(torch, device))  # the plan's rules, as torch sees the host
     if reason:

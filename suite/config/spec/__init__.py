@@ -10,6 +10,7 @@ rules (`problems(cell)`: never valid; `host_problem(cell, host)`: valid, but not
     memory     memory.py     activation checkpointing
     compile    compile.py    torch.compile
     compress   compress.py   quantization, pruning
+    measure    measure.py    how a cell is measured (threads)
     device     device.py     cpu / cuda
 
 `suite.config.matrix` validates a matrix file against this schema; the worker reads the
@@ -24,6 +25,7 @@ from suite.config.spec import compile as _compile
 from suite.config.spec import compress as _compress
 from suite.config.spec import data as _data
 from suite.config.spec import device as _device
+from suite.config.spec import measure as _measure
 from suite.config.spec import memory as _memory
 from suite.config.spec import model as _model
 from suite.config.spec import parallel as _parallel
@@ -34,6 +36,7 @@ from suite.config.spec.compile import COMPILE_MODES, CompileSpec, mode_from_flag
 from suite.config.spec.compress import (PRUNING_KINDS, QUANTIZATIONS, SEMI_STRUCTURED_MIN_CAPABILITY,
                                         CompressSpec)
 from suite.config.spec.data import NAMED_DATASETS, SYNTHETIC_DATASETS, TOKENIZERS, DataSpec, is_dataset_path
+from suite.config.spec.measure import MeasureSpec
 from suite.config.spec.memory import MemorySpec
 from suite.config.spec.model import ATTENTIONS, MODEL_PRESET_DIMS, MODEL_PRESETS, ModelSpec
 from suite.config.spec.parallel import ENGINES, ParallelSpec
@@ -42,7 +45,8 @@ from suite.config.spec.train import OPTIMIZERS, OptimizerInfo, TrainSpec
 
 # family name -> its module (allowed values, positive and fractional keys)
 _MODULES = {"model": _model, "data": _data, "train": _train, "parallel": _parallel, "memory": _memory,
-            "compile": _compile, "compress": _compress, "precision": _precision, "device": _device}
+            "compile": _compile, "compress": _compress, "measure": _measure, "precision": _precision,
+            "device": _device}
 SCALAR_FAMILIES: dict[str, tuple] = {"precision": PRECISIONS, "device": _device.DEVICES}
 
 
@@ -92,6 +96,6 @@ __all__ = [
     "FRACTIONS", "MODEL_PRESETS", "MODEL_PRESET_DIMS", "NAMED_DATASETS", "OPTIMIZERS", "POSITIVE_INTS",
     "PRECISIONS", "PRUNING_KINDS", "QUANTIZATIONS", "SCALAR_FAMILIES", "SEMI_STRUCTURED_MIN_CAPABILITY",
     "SHORTHANDS", "SYNTHETIC_DATASETS", "TOKENIZERS", "CellConfig", "CompileSpec", "CompressSpec",
-    "DataSpec", "MemorySpec", "ModelSpec", "OptimizerInfo", "ParallelSpec", "TrainSpec", "field_type",
+    "DataSpec", "MeasureSpec", "MemorySpec", "ModelSpec", "OptimizerInfo", "ParallelSpec", "TrainSpec", "field_type",
     "is_dataset_path", "keys_of", "upgrade",
 ]

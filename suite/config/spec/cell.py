@@ -13,6 +13,7 @@ from suite.config.spec import precision as precision_family
 from suite.config.spec.compile import CompileSpec, mode_from_flag
 from suite.config.spec.compress import CompressSpec
 from suite.config.spec.data import DataSpec
+from suite.config.spec.measure import MeasureSpec
 from suite.config.spec.memory import MemorySpec
 from suite.config.spec.model import ModelSpec
 from suite.config.spec.parallel import ParallelSpec
@@ -29,6 +30,7 @@ class CellConfig:
     memory: MemorySpec = field(default_factory=MemorySpec)
     compile: CompileSpec = field(default_factory=CompileSpec)
     compress: CompressSpec = field(default_factory=CompressSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
     device: str = "auto"
 
     # --- derived quantities -------------------------------------------------------------
@@ -57,6 +59,7 @@ class CellConfig:
         yield from self.memory.problems(self)
         yield from self.train.problems(self)
         yield from self.compress.problems(self)
+        yield from self.measure.problems(self)
         yield from precision_family.problems(self)
         yield from device_family.problems(self)
 
@@ -88,6 +91,7 @@ FAMILIES: dict[str, type] = {
     "memory": MemorySpec,
     "compile": CompileSpec,
     "compress": CompressSpec,
+    "measure": MeasureSpec,
 }
 
 
