@@ -33,6 +33,7 @@ from suite.guard.paired import PairedOutcome, decide_pairs, look_schedule, paire
 from suite.guard.side import load_side
 from suite.measure.env import host_fingerprint
 from suite.results import RunFolder
+from suite.run.executors import LocalExecutor
 from suite.run.runner import WorkerCode, run_one
 
 BOOTSTRAP = '''"""Run a txsuite module from one checkout, whatever is installed (written by `txsuite ab`)."""
@@ -60,7 +61,7 @@ class CodeSide:
 
     @property
     def code(self) -> WorkerCode:
-        return WorkerCode(entry=(str(self.bootstrap), "suite.run.worker"), env=(("PYTHONPATH", str(self.root)),))
+        return WorkerCode(launch=(str(self.bootstrap),), env=(("PYTHONPATH", str(self.root)),))
 
     def describe(self) -> str:
         return f"{self.name} ({self.ref}{', ' + self.commit[:10] if self.commit else ''})"
@@ -194,9 +195,29 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
         folders[side.name].write_json("matrix.json", meta)
     host_env = host_fingerprint()
     looks = look_schedule(settings.min_rounds, settings.max_rounds)
+    labels = [c.label for c in plan.cells]
+    executor = LocalExecutor()  # one fork server per side, started on first use
+    try:
+        rounds_done, outcome = _rounds(plan, base, head, folders, settings, host_env, looks, labels, executor, on_event)
+    finally:
+        executor.close()
+    outcome.result.notes[:0] = plan.notes + [f"{rounds_done} rounds, sides alternating (ABBA), looks after rounds "
+                                             f"{', '.join(map(str, looks))}"]
+    for folder in folders.values():
+        meta = folder.read_json("matrix.json")
+        meta["complete"] = True
+        folder.write_json("matrix.json", meta)
+    (out_dir / "ab.json").write_text(json.dumps({**outcome.result.to_dict(), "rounds": rounds_done,
+                                                 "base": base.describe(), "head": head.describe()},
+                                                indent=1, default=str) + "\n")
+    return outcome
+
+
+def _rounds(plan: AbPlan, base: CodeSide, head: CodeSide, folders: dict[str, RunFolder], settings: AbSettings,
+            host_env: dict, looks: list[int], labels: list[str], executor: LocalExecutor,
+            on_event: Callable[[str, dict], None]) -> tuple[int, PairedOutcome]:
     started = time.monotonic()
     outcome: PairedOutcome | None = None
-    labels = [c.label for c in plan.cells]
     for round_index in range(settings.max_rounds):
         for k, cell in enumerate(plan.cells):
             order = (base, head) if (round_index + k) % 2 == 0 else (head, base)
@@ -204,7 +225,7 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
                 on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
                 config = plan.base_configs[cell.label] if side is base else None
                 record = run_one(plan.matrix, folders[side.name], cell, round_index, host_env, settings.timeout_s,
-                                 code=side.code, config=config)
+                                 executor=executor, code=side.code, config=config)
                 folders[side.name].append(record)
                 on_event("cell_end", {"round": round_index, "label": cell.label, "side": side.name,
                                       "record": record})
@@ -224,16 +245,7 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
                                                 f"{rounds_done} rounds")
                 break
     assert outcome is not None
-    outcome.result.notes[:0] = plan.notes + [f"{rounds_done} rounds, sides alternating (ABBA), looks after rounds "
-                                             f"{', '.join(map(str, looks))}"]
-    for folder in folders.values():
-        meta = folder.read_json("matrix.json")
-        meta["complete"] = True
-        folder.write_json("matrix.json", meta)
-    (out_dir / "ab.json").write_text(json.dumps({**outcome.result.to_dict(), "rounds": rounds_done,
-                                                 "base": base.describe(), "head": head.describe()},
-                                                indent=1, default=str) + "\n")
-    return outcome
+    return rounds_done, outcome
 
 
 def work_folder() -> Path:

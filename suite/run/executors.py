@@ -2,7 +2,9 @@
 
 LocalExecutor   a child process group on this host. With GPUs, single-GPU cells run
                 concurrently, one per free device (CUDA_VISIBLE_DEVICES); CPU cells one at a
-                time, since two would measure each other.
+                time, since two would measure each other. CPU cells in one process are forked
+                from a fork server that has torch and txsuite imported (suite.run.forkserver;
+                TXSUITE_FORKSERVER=0 starts a fresh interpreter per cell instead).
 SlurmExecutor   one Slurm job per cell repetition through submitit; `cluster="local"` uses
                 submitit's local backend (same code path, no cluster needed: how it is tested).
 
@@ -11,11 +13,14 @@ SlurmExecutor   one Slurm job per cell repetition through submitit; `cluster="lo
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
+import select
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +55,8 @@ def host_gpu_ids(nvidia_smi_count: int, env=os.environ) -> tuple[list[str], dict
 class LocalExecutor:
     def __init__(self, gpu_ids: list[str] | list[int] | None = None, gpu_env: dict[str, str] | None = None):
         self.gpu_ids = [str(g) for g in (gpu_ids or [])]
+        self._servers: dict[tuple[str, ...], ForkServer] = {}  # one fork server per version of the code
+        self._unforkable: set[tuple[str, ...]] = set()  # code whose fork server would not start
         self.gpu_env = dict(gpu_env or {})  # added to a GPU cell's environment (host_gpu_ids)
         self._free: queue.Queue[str] = queue.Queue()
         for gpu in self.gpu_ids:
@@ -73,6 +80,33 @@ class LocalExecutor:
         finally:
             if gpu is not None:
                 self._free.put(gpu)
+
+    @property
+    def forks(self) -> bool:
+        """Whether CPU cells are forked from a fork server (TXSUITE_FORKSERVER=0: never)."""
+        return os.environ.get("TXSUITE_FORKSERVER", "1") != "0"
+
+    def execute_forked(self, launch: tuple[str, ...], args: list[str], env: dict, log_path: Path,
+                       timeout: float) -> Outcome | None:
+        """A CPU cell forked from the fork server of this code (`launch`: the interpreter's
+        arguments that run a module, e.g. ("-m",)), started on first use with `env`. None when
+        this code has no working fork server (an older checkout): start a process instead."""
+        if launch in self._unforkable:
+            return None
+        server = self._servers.get(launch)
+        if server is None or not server.alive:
+            try:
+                server = self._servers[launch] = ForkServer(launch, env)
+            except RuntimeError:
+                self._unforkable.add(launch)
+                return None
+        returncode, timed_out = server.run(args, env, log_path, timeout)
+        return Outcome(returncode, timed_out, f"fork of {server.pid}")
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
 
 
 class SlurmExecutor:
@@ -126,6 +160,72 @@ def _append_job_output(job, log_path: Path) -> None:
                 text = None
             if text:
                 log.write(text)
+
+
+class ForkServer:
+    """A running suite.run.forkserver (one per version of the code), and the cells it forks."""
+
+    START_TIMEOUT_S = 300.0  # importing torch on a busy machine
+
+    def __init__(self, launch: tuple[str, ...], env: dict):
+        self.env = dict(env)
+        self.proc = subprocess.Popen([sys.executable, *launch, "suite.run.forkserver"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True,
+                                     bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        ready = self._reply(self.START_TIMEOUT_S)
+        if ready is None or "ready" not in ready:
+            self.close()
+            raise RuntimeError("the txsuite fork server did not start (run with TXSUITE_FORKSERVER=0 to see why)")
+        self.pid = ready["ready"]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _reply(self, timeout: float | None) -> dict | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else None
+
+    def run(self, args: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int | None, bool]:
+        changed = {k: v for k, v in env.items() if self.env.get(k) != v}
+        self.proc.stdin.write(json.dumps({"args": args, "log": str(log_path), "env": changed}) + "\n")
+        self.proc.stdin.flush()
+        started = self._reply(self.START_TIMEOUT_S)
+        if started is None or "pid" not in started:
+            raise RuntimeError("the txsuite fork server stopped answering")
+        pid = started["pid"]
+        try:
+            done = self._reply(timeout)
+        except BaseException:  # the runner is interrupted: take the cell down too
+            _signal_group(pid, signal.SIGKILL)
+            raise
+        timed_out = done is None
+        if timed_out:  # the child's whole group goes (SIGTERM, then SIGKILL), and the server says how
+            _signal_group(pid, signal.SIGTERM)
+            done = self._reply(KILL_GRACE_S)
+            if done is None:
+                _signal_group(pid, signal.SIGKILL)
+                done = self._reply(KILL_GRACE_S + 5.0)
+        _signal_group(pid, signal.SIGKILL)  # stragglers of the group (compile workers)
+        return (done["status"] if done else None), timed_out
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run_process_group(cmd: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int | None, bool]:

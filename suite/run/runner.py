@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +65,15 @@ ONE_NODE = Nodes()
 @dataclass(frozen=True)
 class WorkerCode:
     """Which txsuite a worker runs: the one this runner imports (the default), or another
-    checkout (`txsuite ab` runs a base and a head side): the worker's entry after the
-    interpreter, and environment variables it needs."""
-    entry: tuple[str, ...] = ("-m", "suite.run.worker")
+    checkout (`txsuite ab` runs a base and a head side). `launch`: the interpreter's arguments
+    that run a module named next (`-m`, or a bootstrap script that puts a checkout first on
+    sys.path); `env`: variables the worker needs."""
+    launch: tuple[str, ...] = ("-m",)
     env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def entry(self) -> tuple[str, ...]:
+        return (*self.launch, "suite.run.worker")
 
 
 THIS_CODE = WorkerCode()
@@ -159,7 +165,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                 stop.set()
 
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=executor.slots) as pool:
+    with ThreadPoolExecutor(max_workers=executor.slots) as pool, _closing(executor):
         for index, (cell, repeat) in enumerate(todo):
             if (cell.cell_id, repeat) in finished:
                 summary.resumed += 1
@@ -197,6 +203,17 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
         meta["complete"] = True
         folder.write_json("matrix.json", meta)
     return summary
+
+
+@contextmanager
+def _closing(executor):
+    """Stop what the executor started (its fork servers) when the sweep ends, however it ends."""
+    try:
+        yield executor
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
 
 
 def _layout_skip(cell: PlannedCell, nodes: Nodes, gpus: list[int] | None = None) -> PlannedCell:
@@ -283,8 +300,14 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
         # PASSIVE 0.23 s; on an idle host default and 10000 both 0.12 s, PASSIVE 0.14 s.
         # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
         env.setdefault("GOMP_SPINCOUNT", "10000")
+    forkable = (not worker_cmd and cell.config.device == "cpu" and not cell.config.parallel.distributed
+                and getattr(executor, "forks", False))
     t0 = time.monotonic()
-    outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
+    outcome = None
+    if forkable:  # torch already imported in the fork server: the cell starts in milliseconds
+        outcome = executor.execute_forked(code.launch, [str(cell_json), str(result_json)], env, log_path, timeout)
+    if outcome is None:
+        outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
     returncode, timed_out = outcome.returncode, outcome.timed_out
     duration = time.monotonic() - t0
     rel_log = str(log_path.relative_to(folder.dir))
