@@ -22,49 +22,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = "suite/train/trainer.py"
-ANCHOR = "        self.apply_gradients()\n        return total\n"
+ANCHOR = "        self.apply_gradients()\n        return total\n"  # the end of Trainer.step
 
-# ~25 % of the smoke matrix's plain fp32 step (20 ms at one thread on this machine): twelve
-# 256x256 matmuls, ~5 ms of real work inside every step
-SLOW = '''        _burn()  # bench/ab_evidence.py: real extra work, ~25 % of a smoke step
-        self.apply_gradients()
-        return total
-
+# ~25 % of the smoke matrix's plain fp32 step (20 ms at one thread on this machine): nine
+# 256x256 matmuls with an element-wise op each, ~5 ms of real work inside every step
+SLOW = ("        _burn()  # bench/ab_evidence.py: real extra work, ~25 % of a smoke step\n",
+        """
 
 _BURN = [torch.randn(256, 256, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
 
 
 def _burn() -> None:
     a, b = _BURN
-    for _ in range(12):
+    for _ in range(9):
         a = torch.tanh(a @ b * 0.01)
-'''
-MATMUL = '''        _extra()  # bench/ab_evidence.py: one 384x384 matmul per step
-        self.apply_gradients()
-        return total
-
+""")
+MATMUL = ("        _extra()  # bench/ab_evidence.py: one 384x384 matmul per step\n",
+          """
 
 _EXTRA = torch.randn(384, 384, generator=torch.Generator().manual_seed(0))
 
 
 def _extra() -> None:
     _EXTRA @ _EXTRA
-'''
+""")
 VARIANTS = {"same": None, "slow": SLOW, "matmul": MATMUL}
 
 
 def prepare(variant: str, scratch: Path) -> Path:
+    """A clone of this checkout's HEAD whose working tree has the variant's edit: a call at the
+    end of Trainer.step, and the function it calls at the end of the module."""
     clone = scratch / variant
     if not clone.exists():
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "."], check=True)
     patch = VARIANTS[variant]
     if patch:
+        call, helper = patch
         path = clone / TRAINER
         text = path.read_text()
         if ANCHOR not in text:
             raise SystemExit(f"{TRAINER} changed: the patch anchor is gone")
-        path.write_text(text.replace(ANCHOR, patch, 1))
+        path.write_text(text.replace(ANCHOR, call + ANCHOR, 1) + helper)
     return clone
 
 

@@ -31,7 +31,34 @@ class UsageProblem(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:  # one paragraph, no "Error:" prefix noise
-        err_console.print(f"[bold red]txsuite:[/] {self.message}", soft_wrap=True)
+        from rich.markup import escape
+        err_console.print(f"[bold red]txsuite:[/] {escape(self.message)}", soft_wrap=True)
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number above 0 (0, a negative number or nan would silently
+    mean "no limit")."""
+    name = "SECONDS"
+
+    def convert(self, value, param, ctx):
+        import math
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: expected a finite number of seconds above 0", param, ctx)
+        return seconds
+
+
+def _run_id(ctx, param, value):
+    from suite.config.matrix import name_problem
+    if value is None:
+        return None
+    problem = name_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r} {problem}; e.g. --run-id nightly-2026-11-30")
+    return value
 
 
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
@@ -50,6 +77,24 @@ def main() -> None:
     """txsuite: what does each training technique cost and buy, on this hardware?"""
 
 
+BIG_VOCAB = 65536  # above this, the plan checks what BPE can learn from the corpus at all
+
+
+def _bpe_limit(cell, limits: dict[str, int]) -> int | None:
+    """The most a BPE can learn from the cell's corpus, for asks above BIG_VOCAB (read once per
+    corpus); None otherwise."""
+    d = cell.data
+    if d.tokenizer != "bpe" or (d.vocab_size or 0) <= BIG_VOCAB:
+        return None
+    if d.dataset not in limits:
+        from suite.data.corpora import bpe_vocab_limit
+        limits[d.dataset] = bpe_vocab_limit(d.dataset)
+        if limits[d.dataset] < d.vocab_size:
+            console.print(f"note: a byte-level BPE can learn at most ~{limits[d.dataset]:,} tokens from "
+                          f"{d.dataset!r}; the memory estimate uses that, not the {d.vocab_size:,} asked")
+    return limits[d.dataset]
+
+
 def _plan_table(matrix: Matrix) -> Table:
     table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {matrix.repeats} repeats",
                   title_justify="left")
@@ -59,9 +104,10 @@ def _plan_table(matrix: Matrix) -> Table:
     table.add_column("tokens/step", justify="right")
     table.add_column("est. train memory", justify="right")
     table.add_column("status")
+    limits: dict[str, int] = {}
     for i, cell in enumerate(matrix.cells):
         status = f"[yellow]skipped: {cell.skip_reason}[/]" if cell.skip_reason else "[green]will run[/]"
-        estimate = estimate_memory(cell.config, approx_vocab(cell.config))["total_bytes"]
+        estimate = estimate_memory(cell.config, approx_vocab(cell.config, _bpe_limit(cell.config, limits)))["total_bytes"]
         table.add_row(str(i), cell.cell_id, cell.label, f"{cell.config.tokens_per_step:,}",
                       f"{estimate / 2**20:,.0f} MiB", status)
     return table
@@ -93,10 +139,10 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool, as_j
 @click.argument("matrix_path", metavar="MATRIX")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--reports-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
-@click.option("--run-id", help="Name of the run folder; an existing one is resumed.")
+@click.option("--run-id", callback=_run_id, help="Name of the run folder; an existing one is resumed.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
 @click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
-@click.option("--timeout", "timeout_s", type=float, help="Seconds per cell repetition (default: matrix timeout_s or 1800).")
+@click.option("--timeout", "timeout_s", type=Seconds(), help="Seconds per cell repetition (default: matrix timeout_s or 1800).")
 @click.option("--dry-run", is_flag=True, help="Plan and print the cells, run nothing.")
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
 @click.option("--retry-failed", is_flag=True, help="Re-run repetitions of the resumed run that did not end ok/skipped.")
@@ -121,7 +167,8 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
         rdzv_endpoint: str | None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
-    from suite.run.runner import choose_run_dir, follow_matrix, run_matrix, select
+    from suite.results import RunInUse
+    from suite.run.runner import RunMismatch, choose_run_dir, follow_matrix, run_matrix, select
 
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, run_id, executor_name)
 
@@ -144,19 +191,45 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
     executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
-    with SweepProgress() as progress:
-        summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
-                             retry_failed=retry_failed, fail_fast=fail_fast,
-                             memory_limit_bytes=_parse_size(memory_limit) if memory_limit else None,
-                             executor=executor, nodes=nodes)
+    limit = _parse_size(memory_limit) if memory_limit else None
+    report_path = Path(reports_dir) / matrix.name / f"{run_dir.name}.html"
+    try:
+        with SweepProgress() as progress:
+            summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
+                                 retry_failed=retry_failed, fail_fast=fail_fast, memory_limit_bytes=limit,
+                                 executor=executor, nodes=nodes)
+    except (RunInUse, RunMismatch) as exc:
+        raise UsageProblem(str(exc)) from None
+    except KeyboardInterrupt:
+        _interrupted(run_dir, report_path)
+    except OSError as exc:
+        raise UsageProblem(f"cannot write the run into {run_dir}: {exc.strerror or exc} "
+                           f"({exc.filename or run_dir}); what was recorded before is kept. Give a writable "
+                           f"--results-dir, or free space, and run the same command again to resume.") from None
     if summary.stopped_early:
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
         console.print(f"{summary.resumed} repetitions were already finished and kept")
-    report = _render(run_dir, Path(reports_dir) / matrix.name / f"{run_dir.name}.html")
+    report = _render(run_dir, report_path)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
     sys.exit(0 if summary.ok else 1)
+
+
+def _interrupted(run_dir: Path, report_path: Path) -> None:
+    """Ctrl-C: the cell in flight was stopped with its process group; say what finished, render
+    the report of it, and exit 130 as shells expect of an interrupted command."""
+    from suite.results import RunFolder
+
+    finished = RunFolder(run_dir).finished() if run_dir.exists() else {}
+    counts: dict[str, int] = {}
+    for status in finished.values():
+        counts[status] = counts.get(status, 0) + 1
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    report = _render(run_dir, report_path) if finished else "(nothing to report)"
+    err_console.print(f"interrupted: repetitions finished and recorded: {done}; records in {run_dir}; "
+                      f"report {report}. The same command resumes the sweep.", soft_wrap=True, markup=False)
+    sys.exit(130)
 
 
 def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None, executor_name: str):
@@ -324,7 +397,12 @@ def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None
         meta_name = run_dir.parent.name
         suffix = {"html": ".html", "csv": ".csv", "parquet": ".parquet", "markdown": ".md"}[fmt]
         out = Path(output) if output and len(runs) == 1 else Path(reports_dir) / meta_name / f"{run_dir.name}{suffix}"
-        path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)
+        try:
+            path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)
+        except OSError as exc:
+            raise UsageProblem(f"cannot write the {fmt} report of {run_dir} to {exc.filename or out}: "
+                               f"{exc.strerror or exc}; give a writable -o path or --reports-dir "
+                               f"(the records are untouched).") from None
         console.print(f"wrote {path}")
 
 
@@ -341,7 +419,15 @@ def compare(run_a: str, run_b: str, output: str | None) -> None:
         if not (run / "records.jsonl").exists():
             raise UsageProblem(f"{run} is not a run folder (no records.jsonl in it).")
     out = Path(output) if output else Path("reports") / "compare" / f"{a.name}_vs_{b.name}.html"
-    console.print(f"wrote {render_compare(a, b, out)}")
+    from suite.report.compare import different_experiments
+    from suite.results import RunFolder
+    for warning in different_experiments(RunFolder(a).load(), RunFolder(b).load()):
+        err_console.print(warning, soft_wrap=True, markup=False)
+    try:
+        console.print(f"wrote {render_compare(a, b, out)}")
+    except OSError as exc:
+        raise UsageProblem(f"cannot write the comparison to {exc.filename or out}: {exc.strerror or exc}; "
+                           f"give a writable -o path.") from None
 
 
 def _parse_thresholds(items: tuple[str, ...]) -> dict[str, str] | None:
@@ -380,7 +466,7 @@ def _percent(text: str) -> float:
 @click.option("--confirm", is_flag=True, help="Re-measure each failed cell once; it stays FAIL only if it fails again.")
 @click.option("--results-dir", default=None, type=click.Path(file_okay=False),
               help="Where --confirm writes its re-measurement (default: beside RUN).")
-@click.option("--timeout", "timeout_s", type=float, help="Seconds per re-measured cell repetition.")
+@click.option("--timeout", "timeout_s", type=Seconds(), help="Seconds per re-measured cell repetition.")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False),
               help="Also append the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
@@ -466,7 +552,7 @@ def _write_verdict(result, markdown_out: str | None, json_out: str | None) -> No
               help="The version to compare against: a git ref of this checkout (branch, tag, commit).")
 @click.option("--head", "head_ref", metavar="REF", help="The version under test (default: the working tree).")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--run-id", help="Name of the A/B folder (default: a timestamp).")
+@click.option("--run-id", callback=_run_id, help="Name of the A/B folder (default: a timestamp).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Force every cell onto this device.")
 @click.option("--only", "only", metavar="PATTERN", help="Only cells whose label or id matches (glob or substring).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=CHANGE",
@@ -481,7 +567,7 @@ def _write_verdict(result, markdown_out: str | None, json_out: str | None) -> No
               help="Start no round after this many seconds; decide on what was measured.")
 @click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
               help="Leave out pairs measured while the machine was this many times slower than its best.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", "timeout_s", type=Seconds(),
               help="Seconds per cell repetition (default: the matrix's timeout_s or 1800).")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False),
               help="Also append the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")

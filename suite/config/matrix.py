@@ -44,7 +44,20 @@ GUARD_METRICS = GUARDABLE
 # cell before "baseline" came to mean only the guard's baseline file.
 TOP_LEVEL_ALIASES = {"baseline": "reference"}
 DEFAULT_MAX_CELLS = 500  # more than this needs an explicit --yes
+DEFAULT_MAX_REPETITIONS = 5000  # cells x repeats beyond this needs --yes too
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME_LENGTH = 100  # a matrix name or run id is a folder name, inside paths of their own
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a matrix or a run (a folder inside --results-dir), or None: letters,
+    digits, '.', '_' and '-', starting with a letter or digit (so never '.', '..', a path or an
+    absolute path), at most MAX_NAME_LENGTH characters."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return "must be letters, digits, '-', '_' or '.', starting with a letter or digit (it names a folder)"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long; at most {MAX_NAME_LENGTH} (it names a folder)"
+    return None
 
 
 class MatrixError(Exception):
@@ -126,6 +139,9 @@ class _Source:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
         self.where: dict[tuple, tuple[str, int]] = {}
+        # each file's own `fixed` block, base first: a later file's setting overrides an earlier
+        # one's, whatever the spelling (nested or dotted); within one file a setting is set once
+        self.fixed_layers: list[Any] = []
 
     def locate(self, *path: Any) -> tuple[str, int | None]:
         for n in range(len(path), 0, -1):
@@ -181,14 +197,21 @@ def _load_chain(path: Path, chain: tuple[Path, ...] = ()) -> _Source:
                               f"expected a file name or a list of file names, got {_kind(extends)}.")
         for base in bases:
             base_path = (path.parent / base)
-            if not base.strip() or not base_path.is_file():
+            if not base.strip() or not base_path.exists():
                 raise MatrixError(file, lines.get(("extends",)), "extends",
                                   f"the base matrix '{base}' does not exist (looked at {base_path}).")
+            if not base_path.is_file():
+                raise MatrixError(file, lines.get(("extends",)), "extends",
+                                  f"'{base}' is {'a folder' if base_path.is_dir() else 'not a regular file'}, "
+                                  f"not a matrix file (looked at {base_path}).")
             parent = _load_chain(base_path, chain + (path,))
             _merge_into(source, parent.data, parent.where)
+            source.fixed_layers.extend(parent.fixed_layers)
     where = {k: (file, v) for k, v in lines.items()}
     where[()] = (file, 1)
     _merge_into(source, {k: v for k, v in data.items() if k != "extends"}, where)
+    if data.get("fixed") is not None:
+        source.fixed_layers.append(data["fixed"])
     return source
 
 
@@ -238,12 +261,18 @@ def _normalise(src: _Source, path: tuple, overrides: Any) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise src.error(path, f"expected a mapping of settings, got {_kind(overrides)}.")
     flat: dict[str, Any] = {}
+    origins: dict[str, tuple] = {}
     for key, value in overrides.items():
-        _flatten_setting(src, path + (key,), str(key), value, flat)
+        _flatten_setting(src, path + (key,), str(key), value, flat, origins)
     return flat
 
 
-def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: dict[str, Any]) -> None:
+def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: dict[str, Any],
+                     origins: dict[str, tuple] | None = None, nested: bool = False) -> None:
+    """One setting (a dotted key, or a family mapping) into `out`. `origins` remembers where each
+    key was set in this mapping: setting it twice (nested and dotted, or through an alias) is an
+    error, since YAML would silently keep one."""
+    origins = {} if origins is None else origins
     written = dotted  # errors name the key as the user wrote it
     family, _, leaf = dotted.partition(".")
     if dotted in spec.ALIASES:  # an old spelling: the value lands under today's key
@@ -263,7 +292,7 @@ def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: di
             raise src.error(path, f"'{family}' takes a mapping of its settings, got {_kind(value)}.",
                             ", ".join(spec.keys_of(family)), key=dotted)
         for k, v in value.items():
-            _flatten_setting(src, path + (k,), f"{family}.{k}", v, out)
+            _flatten_setting(src, path + (k,), f"{family}.{k}", v, out, origins, nested=True)
         return
     if family in spec.SCALAR_FAMILIES and leaf:
         raise src.error(path, f"'{family}' is a single value and has no sub-key '{leaf}'.",
@@ -274,6 +303,14 @@ def _flatten_setting(src: _Source, path: tuple, dotted: str, value: Any, out: di
         keys = spec.keys_of(family)
         raise src.error(path, f"'{family}' has no setting '{leaf}'{_suggest(leaf, keys)}.",
                         ", ".join(f"{family}.{k}" for k in keys), key=dotted)
+    spelling = f"{family}: {{{leaf}: ...}}" if nested else written
+    if dotted in origins:
+        first_path, first_spelling = origins[dotted]
+        first = src.locate(*first_path)[1]
+        raise src.error(path, f"'{dotted}' is set twice in one mapping: as '{first_spelling}'"
+                              f"{f' (line {first})' if first else ''} and as '{spelling}'; YAML would keep one "
+                              f"silently. Keep one.", key=written)
+    origins[dotted] = (path, spelling)
     out[dotted] = _check_value(src, path, dotted, value, shown=written)
 
 
@@ -363,14 +400,18 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     _apply_top_level_aliases(src)
     file = _display(path)
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise MatrixError(file, src.locate("name")[1], "name",
-                          f"every matrix needs a name made of letters, digits, '-', '_' or '.', got {_kind(name)}.")
+    problem = name_problem(name)
+    if problem:
+        shown = f"the name {name[:60]!r}{'...' if len(name) > 60 else ''}" if isinstance(name, str) else (
+            f"every matrix needs a name; got {_kind(name)}, and a name")
+        raise MatrixError(file, src.locate("name")[1], "name", f"{shown} {problem}.")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise src.error(("description",), f"expected text, got {_kind(description)}.")
 
-    fixed = _normalise(src, ("fixed",), data.get("fixed"))
+    fixed: dict[str, Any] = {}
+    for layer in src.fixed_layers:  # base files first; a later file overrides an earlier one
+        fixed.update(_normalise(src, ("fixed",), layer))
     axes = _read_axes(src, data.get("axes"))
     repeats = data.get("repeats", 1)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -394,6 +435,12 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
         raise MatrixTooLarge(file, src.locate("axes")[1], "axes",
                              f"the matrix expands to {n_product + len(includes)} cells (more than "
                              f"{max_cells}); pass --yes to run it anyway.")
+    repetitions = (n_product + len(includes)) * repeats
+    if max_cells is not None and repetitions > DEFAULT_MAX_REPETITIONS:
+        raise MatrixTooLarge(file, src.locate("repeats")[1], "repeats",
+                             f"{n_product + len(includes)} cells x {repeats} repeats are {repetitions:,} cell "
+                             f"repetitions (more than {DEFAULT_MAX_REPETITIONS:,}), each a process; pass --yes to "
+                             f"run them anyway.")
 
     cells: list[PlannedCell] = []
     seen: dict[str, PlannedCell] = {}

@@ -14,6 +14,8 @@ from suite.config.metrics import REQUIRED
 from suite.config.spec import CellConfig
 
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "skipped")
+# 2: records carry their schema; 1: records written before they did (read the same way)
+SCHEMA = 2
 
 
 class Unsupported(Exception):
@@ -42,10 +44,21 @@ class Record:
     finished_at: str | None = None
     duration_s: float | None = None
     log: str | None = None  # path of the cell's log, relative to the run folder
+    schema: int = SCHEMA
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
+        """A record is checked field by field as it is made or read back: a hand-edited or
+        damaged line fails here (ValueError naming the field), never later in a report."""
+        for name, kinds in (("matrix", str), ("run_id", str), ("cell_id", str), ("label", str),
+                            ("config", dict), ("env", dict), ("metrics", dict)):
+            if not isinstance(getattr(self, name), kinds):
+                raise ValueError(f"field {name!r} must be {kinds.__name__}, got {type(getattr(self, name)).__name__}")
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 0:
+            raise ValueError(f"field 'repeat' must be an integer >= 0, got {self.repeat!r}")
+        if not isinstance(self.status, str) or self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if isinstance(self.schema, bool) or not isinstance(self.schema, int) or self.schema > SCHEMA:
+            raise ValueError(f"schema {self.schema!r}: written by a newer txsuite than this one (schema {SCHEMA})")
         for name in REQUIRED_METRICS:
             self.metrics.setdefault(name, None)
 
@@ -68,8 +81,10 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":
+        if not isinstance(d, dict):
+            raise ValueError(f"a record is a JSON object, got {type(d).__name__}")
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"schema": 1, **{k: v for k, v in d.items() if k in known}})
 
 
 def _finite(obj: Any) -> Any:

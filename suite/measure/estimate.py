@@ -72,8 +72,9 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     return out
 
 
-def approx_vocab(cell: CellConfig) -> int:
-    """The vocabulary a cell's data will have, without building it."""
+def approx_vocab(cell: CellConfig, bpe_limit: int | None = None) -> int:
+    """The vocabulary a cell's data will have, without building it. `bpe_limit`: the most a BPE
+    can learn from the cell's corpus (suite.data.corpora.bpe_vocab_limit), when known."""
     d = cell.data
     if d.dataset == "markov":
         return d.symbols or 64
@@ -81,4 +82,7 @@ def approx_vocab(cell: CellConfig) -> int:
         return (d.symbols or 16) + 1
     if d.dataset == "modadd":
         return (d.symbols or 97) + 2
-    return (d.vocab_size or 4096) if d.tokenizer == "bpe" else 256
+    if d.tokenizer != "bpe":
+        return 256
+    asked = d.vocab_size or 4096
+    return min(asked, bpe_limit) if bpe_limit else asked

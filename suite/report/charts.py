@@ -502,7 +502,9 @@ def representative_curves(table: CellTable) -> list[tuple[pd.Series, np.ndarray,
         ok = group[group["status"] == "ok"]
         diverged = False
         if len(ok):
-            pick = ok.iloc[int(np.argmin(np.abs(ok["tokens_per_s"].fillna(0) - (cell["tokens_per_s"] or 0))))]
+            target = cell["tokens_per_s"] if fmt.is_number(cell["tokens_per_s"]) else 0.0
+            distance = np.abs(ok["tokens_per_s"].to_numpy(dtype=float, na_value=np.nan) - target)
+            pick = ok.iloc[int(np.argmin(np.nan_to_num(distance, nan=np.inf)))]
         elif (group["status"] == "diverged").any():
             pick, diverged = group[group["status"] == "diverged"].iloc[0], True
         else:

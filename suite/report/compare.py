@@ -3,6 +3,12 @@
 Cells are matched by cell id (the hash of the resolved config); a cell whose config changed
 in an irrelevant way keeps its label, so unmatched cells are then paired by label. Ratios are
 B / A: above 1 means run B has more of it (faster for tokens/s, heavier for memory).
+
+A ratio is coloured better or worse only when the runs' repetitions back it: two or more on each
+side, every repetition of B beyond every repetition of A, and a change of at least 3 %, the
+same separation rule the guard uses with few repetitions. Memory is judged on the part the cell
+controls (train memory: peak minus the memory before training); the peak, which includes the
+interpreter's own start-up size, is shown uncoloured.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite.config.metrics import REGISTRY
+from suite.config.metrics import BY_NAME, REGISTRY
 from suite.report import formatting as fmt
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
@@ -80,6 +86,7 @@ def compare_tables(a: CellTable, b: CellTable) -> Comparison:
             va, vb = ra[metric], rb[metric]
             row[f"a_{metric}"], row[f"b_{metric}"] = va, vb
             row[f"{metric}_ratio"] = vb / va if fmt.is_number(va) and fmt.is_number(vb) and va else np.nan
+            row[f"{metric}_separated"] = _separated(ra, rb, metric)
         rows.append(row)
     only_b = [j for j in range(len(cells_b)) if j not in used_b]
     return Comparison(pd.DataFrame(rows), only_a=[_label(cells_a.iloc[i]) for i in still_a],
@@ -95,10 +102,29 @@ def render_compare(run_a: Path, run_b: Path, out_path: Path) -> Path:
     return render_to_file(
         "compare.j2", out_path, a=a, b=b, name_a=_name(a), name_b=_name(b),
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        findings=compare_findings(comparison), comparison=comparison,
+        findings=different_experiments(a, b) + compare_findings(comparison), comparison=comparison,
         table=comparison_view(comparison), charts=charts, env=diff,
         env_differences=[row.key for row in diff if row.differs],
     )
+
+
+def different_experiments(a: Run, b: Run) -> list[str]:
+    """A warning when the two runs are not of one matrix: their ratios then compare two
+    experiments, not two machines or two commits."""
+    if a.name == b.name:
+        return []
+    return [f"Warning: these are runs of different matrices (A: {a.name}, B: {b.name}); cells are matched by "
+            f"their settings, so a ratio compares two experiments, not two machines or two commits."]
+
+
+def _separated(ra: pd.Series, rb: pd.Series, metric: str) -> bool:
+    """Two or more repetitions a side, and every repetition of one run beyond every repetition
+    of the other: then, and only then, is a ratio a change rather than noise."""
+    lo_a, hi_a = ra.get(f"{metric}_min"), ra.get(f"{metric}_max")
+    lo_b, hi_b = rb.get(f"{metric}_min"), rb.get(f"{metric}_max")
+    if min(ra["repeats_ok"], rb["repeats_ok"]) < 2 or not all(fmt.is_number(v) for v in (lo_a, hi_a, lo_b, hi_b)):
+        return False
+    return bool(lo_b > hi_a or hi_b < lo_a)
 
 
 def compare_findings(c: Comparison) -> list[str]:
@@ -143,10 +169,11 @@ def comparison_view(c: Comparison) -> TableView:
                      sub=row["cell_id"] + (" · matched by label" if row["matched_by"] == "label" else ""))]
         for metric, _, kind, higher_better in COMPARED:
             ratio = row[f"{metric}_ratio"]
+            judged = BY_NAME[metric].judged_on is None and row[f"{metric}_separated"]
             line += [TableCell(fmt.by_kind(row[f"a_{metric}"], kind), sort_key(row[f"a_{metric}"]), "num"),
                      TableCell(fmt.by_kind(row[f"b_{metric}"], kind), sort_key(row[f"b_{metric}"]), "num"),
                      TableCell(fmt.ratio(ratio) if metric != "val_loss" else _ratio3(ratio), sort_key(ratio),
-                          "num ratio " + ratio_class(ratio, higher_better))]
+                               "num ratio " + (ratio_class(ratio, higher_better) if judged else ""))]
         line += [TableCell(row["status_a"], row["status_a"], f"status-{row['status_a']}"),
                  TableCell(row["status_b"], row["status_b"], f"status-{row['status_b']}")]
         view.rows.append(line)

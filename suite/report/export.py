@@ -12,6 +12,7 @@ from suite.report.frame import export_frame
 from suite.report.run_report import table_for
 from suite.report.tableview import TableView, cell_table_view
 from suite.results import RunFolder, write_atomic
+from suite.results.folder import ensure_replaceable
 
 FORMATS = ("csv", "parquet", "markdown")
 
@@ -25,6 +26,7 @@ def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
     if fmt == "csv":
         write_atomic(out_path, export_frame(table).to_csv(index=False))
     elif fmt == "parquet":
+        ensure_replaceable(out_path)
         tmp = out_path.with_name(f".{out_path.name}.tmp")
         export_frame(table).to_parquet(tmp, index=False, engine="pyarrow")
         tmp.replace(out_path)  # atomic, like every other file txsuite writes

@@ -5,9 +5,9 @@
     run = folder.load()             # Run: records, meta and env read once (report, guard)
     to_dataframe("results/")        # every record below a path, config flattened into columns
 """
-from suite.results.folder import (ENV, META, RECORDS, Run, RunFolder, RunMeta, find_runs, load_records,
-                                  write_atomic)
+from suite.results.folder import (ENV, META, RECORDS, RecordsWarning, Run, RunFolder, RunInUse, RunLock, RunMeta,
+                                  find_runs, load_records, write_atomic)
 from suite.results.table import flatten, to_dataframe
 
-__all__ = ["ENV", "META", "RECORDS", "Run", "RunFolder", "RunMeta", "find_runs", "flatten", "load_records",
+__all__ = ["ENV", "META", "RECORDS", "RecordsWarning", "Run", "RunFolder", "RunInUse", "RunLock", "RunMeta", "find_runs", "flatten", "load_records",
            "to_dataframe", "write_atomic"]

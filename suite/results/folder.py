@@ -10,6 +10,7 @@ Layout: <results-dir>/<matrix>/<run id>/
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -30,6 +31,51 @@ ENV = "env.json"
 
 class RecordsWarning(UserWarning):
     """A line of records.jsonl that is not a record: named by file and line, then skipped."""
+
+
+class RunInUse(Exception):
+    """Another process is writing this run (its lock names it); one paragraph for the user."""
+
+
+class RunLock:
+    """The one-writer lock of a run folder: held by the runner from the first cell to the last.
+
+    An flock on <run>/.run.lock: the kernel releases it when its holder dies, kill -9 included,
+    so it can never go stale. The file says who holds it (pid, host, since) so that a second
+    runner can be told whom it is waiting for."""
+
+    NAME = ".run.lock"
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / self.NAME
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import socket
+        from datetime import datetime
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunInUse(f"run {self.path.parent} is in use by {holder}: one runner writes a run at a time. "
+                           f"Wait for it to finish (it then resumes nothing twice), or give another --run-id.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
 
 
 @dataclass
@@ -210,18 +256,49 @@ class RunFolder:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader, or a writer killed mid-way, sees the old file or
+    the new one, never half of one. The file gets the mode the umask gives new files (mkstemp
+    alone would leave every result readable by its owner only). An existing path that is not a
+    regular file (a device, a FIFO, a folder) is refused: a rename would replace it."""
+    ensure_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def ensure_replaceable(path: Path) -> None:
+    """Raise OSError unless `path` is absent or a regular file: an atomic write renames over the
+    target, and renaming over /dev/null or a FIFO would replace it (root may)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EEXIST, "not a regular file (a device or a FIFO), so it is not replaced", str(path))
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status); elsewhere set
+    and put back at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def find_runs(path: Path | str) -> list[Path]:

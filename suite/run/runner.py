@@ -27,7 +27,7 @@ from suite.config.matrix import Matrix, PlannedCell
 from suite.config.record import Record
 from suite.measure.env import host_fingerprint
 from suite.measure.oomkills import oom_kill_count
-from suite.results import RunFolder
+from suite.results import RunFolder, RunLock, RunMeta
 from suite.run.executors import LocalExecutor
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -125,10 +125,71 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
                memory_limit_bytes: int | None = None, executor=None, nodes: Nodes = ONE_NODE) -> RunSummary:
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
-    replaced). fail_fast: stop after the first repetition that is not ok/skipped."""
-    emit = on_event or (lambda kind, info: None)
+    replaced). fail_fast: stop after the first repetition that is not ok/skipped.
+
+    One writer per run: the run's lock (results.RunLock) is held from the first cell to the
+    last, and a run whose matrix.json holds another experiment is refused (RunMismatch), so
+    two configurations never share one label. Raises RunInUse or RunMismatch before any cell."""
     folder = RunFolder(run_dir)
     folder.create()
+    with RunLock(run_dir):
+        check_same_experiment(folder, matrix)
+        return _run_matrix(matrix, folder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
+                           memory_limit_bytes, executor, nodes)
+
+
+class RunMismatch(Exception):
+    """The run folder holds another experiment than the matrix given: one paragraph."""
+
+
+def check_same_experiment(folder: RunFolder, matrix: Matrix) -> None:
+    """Refuse to resume a run whose planned cells or repeats differ from this matrix's."""
+    meta = folder.meta
+    if not meta.fingerprint or meta.fingerprint == matrix.fingerprint():
+        return
+    changes = describe_change(meta, matrix)
+    raise RunMismatch(
+        f"{folder.dir} holds a run of another version of this matrix ({'; '.join(changes) or 'its cells differ'}), "
+        f"so resuming it would put two experiments under one label. Start a new run: leave out --run-id (a "
+        f"new timestamped run), or give a new one.")
+
+
+def describe_change(old: RunMeta, matrix: Matrix) -> list[str]:
+    """What differs between a run's stored plan and a matrix, in words."""
+    before = {c["label"]: c for c in old.cells if c.get("label")}
+    after = {c.label: c for c in matrix.cells}
+    changes = []
+    added = [label for label in after if label not in before]
+    removed = [label for label in before if label not in after]
+    if added:
+        changes.append(f"cells added: {', '.join(added[:4])}{' ...' if len(added) > 4 else ''}")
+    if removed:
+        changes.append(f"cells removed: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}")
+    for label in before.keys() & after.keys():
+        old_config = before[label].get("config") or {}
+        diffs = _config_diff(old_config, after[label].config.to_dict())
+        if diffs:
+            changes.append(f"{label}: {', '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}")
+    if old.repeats is not None and old.repeats != matrix.repeats:
+        changes.append(f"repeats {old.repeats} -> {matrix.repeats}")
+    return changes
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
+                memory_limit_bytes, executor, nodes) -> RunSummary:
+    emit = on_event or (lambda kind, info: None)
+    run_dir = folder.dir
     meta = matrix.to_json()
     meta["fingerprint"] = matrix.fingerprint()
     meta["complete"] = False
@@ -327,6 +388,10 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
                       env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
     killed_by_oom = (returncode == -signal.SIGKILL and oom_kills_before is not None
                      and (oom_kill_count() or 0) > oom_kills_before)
+    if memory_limit_bytes and _log_says_out_of_memory(log_path):
+        return Record(**common, status="oom", env=host_env,
+                      reason=f"the cell needs more than --memory-limit {memory_limit_bytes / 2**20:,.0f} MiB: it ran "
+                             f"out of memory before it could report" + _log_tail(log_path))
     if killed_by_oom:
         return Record(**common, status="oom", env=host_env,
                       reason="the kernel's out-of-memory killer ended the worker (the cgroup's oom_kill count rose)"
@@ -387,6 +452,16 @@ def _needs_more_than_an_oom(cell: PlannedCell, ooms: list[PlannedCell]) -> Plann
         if same_elsewhere and bigger:
             return oom
     return None
+
+
+# how a process under --memory-limit says it ran out, in its last words (Python, the OS, OpenBLAS, C++)
+OUT_OF_MEMORY_WORDS = ("memoryerror", "cannot allocate memory", "out of memory", "memory allocation still failed",
+                       "std::bad_alloc", "failed to allocate")
+
+
+def _log_says_out_of_memory(log_path: Path) -> bool:
+    tail = _log_tail(log_path).lower()
+    return any(words in tail for words in OUT_OF_MEMORY_WORDS)
 
 
 def _describe_exit(returncode: int | None) -> str:

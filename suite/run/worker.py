@@ -297,11 +297,11 @@ def main(argv: list[str]) -> int:
     payload = json.loads(cell_path.read_text())
     cell = CellConfig.from_dict(payload["config"])
     memory_limit = payload.get("memory_limit_bytes")
-    if cell.device != "cuda":  # a CUDA cell's limit is on the device (start): the CUDA context
-        _apply_memory_limit(memory_limit)  # reserves more address space than any host cap allows
     print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
           flush=True)
     try:
+        if cell.device != "cuda":  # a CUDA cell's limit is on the device (start): the CUDA context
+            _apply_memory_limit(memory_limit)  # reserves more address space than any host cap allows
         result = run_cell(cell, gpu_memory_limit=memory_limit if cell.device == "cuda" else None)
     except Unsupported as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
@@ -337,10 +337,15 @@ def _apply_memory_limit(limit: int | None) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """Out of memory, however it surfaced: torch's OutOfMemoryError, Python's MemoryError, an OS
+    call refused with ENOMEM (reading a source file under a tight --memory-limit), or torch's
+    CPU allocator's words when the address space runs out."""
+    import errno
     name = type(exc).__name__
     text = str(exc).lower()
-    return (name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in text
-            or "can't allocate memory" in text)  # torch's CPU allocator when the address space runs out
+    return (name == "OutOfMemoryError" or isinstance(exc, MemoryError)
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+            or "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text)
 
 
 if __name__ == "__main__":
