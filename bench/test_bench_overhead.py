@@ -1,15 +1,26 @@
-"""txsuite's training step against a bare hand-written PyTorch loop, side by side.
+"""A txsuite cell's training against its own model in a plain PyTorch loop, side by side.
 
-Target (README): the worker's training step is within 2% of a bare loop on the same model and
-settings. Both copies of the model start from the same weights and see the same pre-made
-batches; their steps alternate (bare, txsuite, bare, txsuite, ...) after a warm-up, so drift of
-the shared machine hits both alike, and each txsuite step is compared with the bare steps on
+Target (README, issue 18): a cell runs at >= 0.98x the plain loop, i.e. its step time is at most
+1.02x. The txsuite side is what a cell really runs per step: `suite.train.loop.train_steps`
+(the trainer's step on the cell's own data pipeline, the per-step hooks, the host sync, the
+loss read back as a float, the divergence check and the per-step log line written to a file,
+as the worker's stdout is). The plain side is the loop a user would write: the same model and
+weights, fixed pre-made tensors, forward, cross-entropy, backward, clip, AdamW, schedule.
+
+An earlier version of this bench timed only `trainer.step` on pre-made batches: it left out
+the data pipeline and the loop around the step, which is where a cell's tax lives.
+
+The steps alternate (plain, txsuite, plain, txsuite, ...) after a warm-up, so drift of the
+shared machine hits both alike, and each txsuite step is compared with the plain steps on
 either side of it. The txsuite step is timed by pytest-benchmark (so `--benchmark-compare`
-tracks it); the bare step, the ratio and its confidence interval go into `extra_info`.
+tracks it); the plain step, the ratio and its confidence interval go into `extra_info`.
 
     pytest bench/test_bench_overhead.py -s -p no:cacheprovider
 """
 from __future__ import annotations
+
+import dataclasses
+import os
 
 import pytest
 import torch
@@ -17,6 +28,7 @@ import torch
 from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.model import GPT
 from suite.train import build_training
+from suite.train.loop import train_steps
 
 TARGET = 1.02  # txsuite step time / bare step time: the upper confidence bound must not exceed it
 WARMUP = 6  # interleaved warm-up rounds
@@ -46,10 +58,17 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
     model_bare = GPT(cfg)
     model_bare.load_state_dict(model_tx.state_dict())
     batches = kit.make_batches(vocab=cfg.vocab_size)
-    stream = kit.cycle(batches)
+    x_cell, _ = next(training.batches)
+    assert x_cell.shape == batches[0][0].shape, "the cell's micro-batches must hold as many tokens"
+
+    # One call of the cell's loop is one step: the same Training with a one-step, no-warm-up
+    # budget (the schedule and optimizer built for the whole run are shared).
+    one_step = dataclasses.replace(training, cell=dataclasses.replace(
+        cell, train=dataclasses.replace(cell.train, steps=1, warmup_steps=0)))
+    worker_log = open(os.devnull, "w")  # a cell's step lines go to its log file
 
     def txsuite_step():
-        trainer.step(stream)
+        train_steps(one_step, sync=lambda: None, log=lambda line: print(line, file=worker_log, flush=True))
 
     # A technique may pick a block's attention kernel (e.g. an `attention` attribute set per
     # block for bf16 on CPU): the bare model must run the same kernels, so mirror it.
@@ -79,10 +98,12 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
     benchmark.pedantic(kit.timed(txsuite_step, tx_t), setup=kit.timed(bare, bare_t),
                        rounds=rounds, iterations=1, warmup_rounds=0)
 
-    # Same start, same data, same arithmetic: the two models must have trained identically.
-    max_diff = max(float((a - b).detach().abs().max())
-                   for a, b in zip(model_tx.parameters(), model_bare.parameters()))
-    assert max_diff < 1e-4, f"the two paths diverged (max |dw| = {max_diff:g}): not the same work"
+    worker_log.close()
+    # Both trained (different data, the same model): neither path is a no-op.
+    assert all(torch.isfinite(p).all() for p in model_tx.parameters())
+    moved = max(float((a - b).detach().abs().max())
+                for a, b in zip(model_tx.parameters(), model_bare.parameters()))
+    assert moved > 0, "the two models are identical after training: one path did not train"
 
     tokens = kit.BATCH * kit.SEQ
     t_tx, t_bare = tx_t.median(), bare_t.median()
@@ -94,7 +115,7 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
         "txsuite_tokens_per_s": tokens / t_tx, "bare_tokens_per_s": tokens / t_bare,
         "ratio_txsuite_over_bare": c["paired"], "ratio_ci": list(c["paired_ci"]),
         "ratio_of_medians": c["ratio"], "ratio_of_medians_ci": list(c["ratio_ci"]),
-        "confidence": kit.CONFIDENCE, "max_weight_diff": max_diff,
+        "confidence": kit.CONFIDENCE,
         "bare_step_times_s": [round(d, 6) for d in bare_t.durations],
         "txsuite_step_times_s": [round(d, 6) for d in tx_t.durations],
     })
@@ -102,9 +123,8 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
           f"  {rounds} interleaved rounds, vocab {cfg.vocab_size}, {tokens} tokens/step, AdamW {impl}\n"
           f"  bare loop      median step {t_bare * 1e3:8.2f} ms  {tokens / t_bare:8.0f} tokens/s\n"
           f"  txsuite step   median step {t_tx * 1e3:8.2f} ms  {tokens / t_tx:8.0f} tokens/s\n"
-          f"  step time txsuite/bare: {kit.fmt_ratio(c)}\n"
-          f"  weights after training, max |txsuite - bare|: {max_diff:.2g}")
+          f"  step time txsuite/bare: {kit.fmt_ratio(c)}")
     assert c["paired_ci"][1] <= TARGET, (
-        f"txsuite's step is slower than the bare loop beyond the {TARGET - 1:.0%} target: "
+        f"txsuite's cell step is slower than the plain loop beyond the {TARGET - 1:.0%} target: "
         f"ratio {c['paired']:.4f}, {int(kit.CONFIDENCE * 100)}% CI {c['paired_ci']} ({kit.host_line()}; "
         f"on a busy machine the interval widens: rerun, or raise TXSUITE_BENCH_SCALE)")

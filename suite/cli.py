@@ -96,7 +96,9 @@ def _bpe_limit(cell, limits: dict[str, int]) -> int | None:
 
 
 def _plan_table(matrix: Matrix) -> Table:
-    table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {matrix.repeats} repeats",
+    runs = (f"{matrix.repetitions} runs each ({matrix.seeds} seeds, {matrix.repeats} repeats: repetition r "
+            f"trains with seed r mod {matrix.seeds})" if matrix.seeds > 1 else f"{matrix.repeats} repeats")
+    table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {runs}",
                   title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("cell id")

@@ -29,7 +29,7 @@ from suite.compress.inference import benchmark  # noqa: E402
 from suite.compress.size import model_bytes  # noqa: E402
 from suite.config.host import Host, host_problems  # noqa: E402
 from suite.config.matrix import MatrixError, load_matrix  # noqa: E402
-from suite.config.spec import CellConfig, CompressSpec, DataSpec, ModelSpec, TrainSpec  # noqa: E402
+from suite.config.spec import CellConfig, CompressSpec, DataSpec, MeasureSpec, ModelSpec, TrainSpec  # noqa: E402
 from suite.model import GPT, GPTConfig, lm_loss  # noqa: E402
 from suite.techniques import Unsupported  # noqa: E402
 from suite.techniques.compression import AfterTraining, finish  # noqa: E402
@@ -138,16 +138,21 @@ def test_int8_dynamic_costs_little_quality_but_is_not_the_dense_model(dense):
 
 
 def test_dense_control_reports_size_and_speed_cheaply(dense):
-    """No evaluation, 38 forwards: (1 warm-up + 5) prefills of [4, T] and (1 + 3) decodes of 8
-    tokens (~0.1 s for the tiny preset at T = 256 on an idle 2-core CPU). Counted, not timed:
-    a shared CPU makes wall time meaningless here."""
-    model = copy.deepcopy(dense.setup.model)
-    forwards = []
-    model.register_forward_hook(lambda *_: forwards.append(1))
-    metrics = finish(AfterTraining(
-        model=model, cell=dense.cell, device=CPU, evaluate=lambda m: pytest.fail("evaluated"),
-        train_batches=None, dense_val_loss=dense.val_loss))
-    assert len(forwards) == 38
+    """No evaluation, and with measure.inference 38 forwards: (1 warm-up + 5) prefills of [4, T]
+    and (1 + 3) decodes of 8 tokens (~0.1 s for the tiny preset at T = 256 on an idle 2-core
+    CPU); without it none. Counted, not timed: a shared CPU makes wall time meaningless here."""
+    def run(cell):
+        model = copy.deepcopy(dense.setup.model)
+        forwards = []
+        model.register_forward_hook(lambda *_: forwards.append(1))
+        metrics = finish(AfterTraining(
+            model=model, cell=cell, device=CPU, evaluate=lambda m: pytest.fail("evaluated"),
+            train_batches=None, dense_val_loss=dense.val_loss))
+        return model, metrics, len(forwards)
+    _, quiet, forwards = run(dense.cell)
+    assert forwards == 0 and "decode_tokens_per_s" not in quiet and quiet["model_size_bytes"] > 0
+    model, metrics, forwards = run(dataclasses.replace(dense.cell, measure=MeasureSpec(inference=True)))
+    assert forwards == 38
     assert metrics["model_size_bytes"] == metrics["dense_model_size_bytes"] == dense_bytes(model)
     assert metrics["compressed_val_loss"] == dense.val_loss and metrics["quality_delta_vs_uncompressed"] == 0.0
     assert metrics["decode_kv_cache"] is False
@@ -475,14 +480,14 @@ def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
     table = build_cell_table(records)
     row = {r["cell_id"]: r for _, r in table.cells.iterrows()}
     assert row["int8"]["compress_control"] == "dense" and row["int8-hi"]["compress_control"] == "dense-hi"
-    assert row["int8"]["val_loss_delta"] == pytest.approx(0.01)
-    assert row["int8"]["val_ppl_delta"] == pytest.approx(math.exp(2.01) - math.exp(2.0))
+    assert row["int8"]["control_loss_delta"] == pytest.approx(0.01)
+    assert row["int8"]["control_ppl_delta"] == pytest.approx(math.exp(2.01) - math.exp(2.0))
     assert row["int8"]["size_ratio"] == pytest.approx(0.4) and row["int8"]["decode_speedup"] == pytest.approx(1.5)
-    assert row["mag"]["val_loss_delta"] == pytest.approx(0.3) and row["mag"]["size_ratio"] == pytest.approx(1.0)
-    assert row["int8-hi"]["val_loss_delta"] == pytest.approx(0.1)
-    assert row["dense"]["val_loss_delta"] == 0.0
-    assert math.isnan(row["orphan"]["val_loss_delta"])
-    assert {"val_loss_delta", "size_ratio", "decode_speedup"} <= set(export_frame(table).columns)
+    assert row["mag"]["control_loss_delta"] == pytest.approx(0.3) and row["mag"]["size_ratio"] == pytest.approx(1.0)
+    assert row["int8-hi"]["control_loss_delta"] == pytest.approx(0.1)
+    assert row["dense"]["control_loss_delta"] == 0.0
+    assert math.isnan(row["orphan"]["control_loss_delta"])
+    assert {"control_loss_delta", "size_ratio", "decode_speedup"} <= set(export_frame(table).columns)
 
     run_dir = tmp_path / "results" / "c" / "r"
     store = RunFolder(run_dir)
@@ -563,7 +568,7 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
     # the record's val_loss is the cell's final (compressed) model's; the trained one is kept beside it
     assert pruned["val_loss"] == pruned["compressed_val_loss"] and pruned["trained_val_loss"] == dense["val_loss"]
     cells = build_cell_table(records).cells.set_index("label")
-    deltas, errors = cells["val_loss_delta"], cells["val_loss_delta_se"]
+    deltas, errors = cells["control_loss_delta"], cells["control_loss_delta_se"]
     assert deltas["compress={quantization: none}"] == 0
     # pruning's cost stands far outside the noise of the 64 validation sequences
     assert deltas["compress={pruning: magnitude-0.5}"] > max(0.001, 4 * errors["compress={pruning: magnitude-0.5}"])

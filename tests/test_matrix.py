@@ -188,3 +188,24 @@ def test_shipped_matrices_plan(tmp_path):
     for path in sorted(Path(__file__).resolve().parents[1].glob("matrices/*.yaml")):
         m = load_matrix(path, host=Host())
         assert m.cells, path
+
+
+def test_a_cell_id_depends_only_on_the_settings_that_differ_from_their_defaults():
+    """So a setting added later at its default leaves old ids (resumes, guard baselines) alone:
+    a config without a key and one with it at its default hash alike."""
+    import dataclasses
+    import hashlib
+    import json as _json
+    from suite.config.spec import CellConfig, TrainSpec
+
+    assert CellConfig().cell_id() == hashlib.sha1(b"{}").hexdigest()[:10]
+    explicit = CellConfig(train=TrainSpec(lr=TrainSpec().lr, seed=0))
+    assert explicit.cell_id() == CellConfig().cell_id()
+    changed = CellConfig(train=TrainSpec(lr=1e-3))
+    assert changed.cell_id() != CellConfig().cell_id()
+    assert changed.differences() == {"train": {"lr": 1e-3}}
+    # an older record's config (without a newer key) resolves to the same id
+    old = changed.to_dict()
+    del old["measure"]
+    assert CellConfig.from_dict(_json.loads(_json.dumps(old))).cell_id() == changed.cell_id()
+    assert dataclasses.replace(changed, precision="bf16").cell_id() != changed.cell_id()

@@ -264,8 +264,11 @@ def test_results_follow_the_umask(tmp_path, umask, mode):
 def test_ctrl_c_exits_130_and_says_what_finished(tmp_path):
     (tmp_path / "m.yaml").write_text(TINY.replace("axes:\n  precision: [fp32]\n",
                                                   "axes:\n  train.seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+    # SIGINT back to its default in the child: a test session started in the background (nohup,
+    # `&`) ignores SIGINT, children inherit that, and Python then installs no handler for it
     proc = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "m.yaml", "--run-id", "r"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = tmp_path / "results" / "rel" / "r" / "records.jsonl"
     deadline = time.monotonic() + 180
     while not (records.exists() and records.read_text().strip()) and time.monotonic() < deadline:

@@ -298,11 +298,16 @@ def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
     pd.testing.assert_frame_equal(parquet, expected, check_dtype=False)
     assert {"tokens_per_s", "peak_mem_bytes", "speedup", "pareto", "precision", "train.micro_batch"} <= set(csv)
 
-    md = export_table(run, tmp_path / "t.md", "markdown").read_text().splitlines()
+    text = export_table(run, tmp_path / "t.md", "markdown").read_text()
+    cells_md, quality_md = text.split("\n## Convergence\n\n")  # two tables: the cells, then the quality aggregates
+    md = cells_md.splitlines()
     assert md[0].startswith("| cell | status |") and set(md[1]) <= set("|-: ")
     assert len(md) == 2 + len(expected)
     assert any("micro_batch=64 \\| wide" in line for line in md)
     assert all(line.count("|") - line.count("\\|") == md[0].count("|") for line in md)
+    quality_lines = quality_md.splitlines()
+    assert quality_lines[0].startswith("| cell | seeds | val_loss_mean |")
+    assert len(quality_lines) == 2 + int(expected["val_loss_mean"].notna().sum())
 
     with pytest.raises(ValueError, match="csv, parquet, markdown"):
         export_table(run, tmp_path / "t.xlsx", "xlsx")
@@ -337,7 +342,10 @@ def test_report_opens_in_a_headless_browser_without_errors(tmp_path):
             pytest.fail("the page never finished loading (a script dialog such as alert() blocks headless chromium)")
 
     dom = browse("--dump-dom")
-    assert 'data-tables-sortable="1"' in dom.stdout, dom.stderr[-2000:]  # the table script ran
+    sortable = page.read_text().count('<table class="data sortable"')  # cells, convergence verdicts
+    assert sortable >= 2
+    # the table script ran and made every one of them sortable
+    assert f'data-tables-sortable="{sortable}"' in dom.stdout, dom.stderr[-2000:]
     assert "<script>alert(1)" not in dom.stdout
     shot = tmp_path / "shot.png"
     result = browse(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars")

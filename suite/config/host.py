@@ -42,7 +42,7 @@ def host_problems(cell: "CellConfig", host: Host) -> str | None:
     each family's host rule, in a fixed order (the device first: nothing else matters on a
     device the host lacks)."""
     from suite.config.spec import device, precision
-    for rule in (device.host_problem, precision.host_problem, cell.compress.host_problem):
+    for rule in (device.host_problem, precision.host_problem, cell.train.host_problem, cell.compress.host_problem):
         reason = rule(cell, host)
         if reason:
             return reason

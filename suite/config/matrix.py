@@ -32,13 +32,16 @@ TOP_LEVEL_KEYS = {
     "axes": "dotted key -> list of values; cells are their cartesian product",
     "exclude": "list of mappings; drops cells matching every key of an entry",
     "include": "list of mappings; each adds one cell (overrides of fixed)",
-    "repeats": "independent repetitions of each cell (integer >= 1)",
+    "repeats": "timing repetitions of each cell (integer >= 1)",
+    "seeds": "training seeds per cell, each changing initialisation and data order (integer >= 1; a seed's run "
+             "is also a timing repetition)",
     "guard": "metric -> allowed change, e.g. {tokens_per_s: -5%}",
     "reference": "mapping of settings naming the report's reference cell (ratios and deltas are against it)",
-    "constant": "derived quantities that must be equal in every cell: tokens_per_step, samples_per_step",
+    "constant": "derived quantities that must be equal in every cell: tokens_per_step, samples_per_step, "
+                "train_tokens",
     "timeout_s": "seconds one cell repetition may run before it is killed",
 }
-CONSTANT_QUANTITIES = ("tokens_per_step", "samples_per_step")
+CONSTANT_QUANTITIES = ("tokens_per_step", "samples_per_step", "train_tokens")
 GUARD_METRICS = GUARDABLE
 # Old spellings of top-level keys, still accepted: `baseline:` named the report's reference
 # cell before "baseline" came to mean only the guard's baseline file.
@@ -108,6 +111,7 @@ class Matrix:
     axes: dict[str, list[Any]]
     fixed: dict[str, Any]
     repeats: int = 1
+    seeds: int = 1
     guard: dict[str, str] = field(default_factory=dict)
     reference: str | None = None  # cell id of the report's reference cell
     timeout_s: float | None = None
@@ -116,17 +120,24 @@ class Matrix:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "source": self.source,
-            "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "guard": self.guard,
+            "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "seeds": self.seeds,
+            "repetitions": self.repetitions, "guard": self.guard,
             "reference": self.reference, "timeout_s": self.timeout_s, "notes": self.notes,
             "cells": [{"cell_id": c.cell_id, "label": c.label, "origin": c.origin,
                        "skip_reason": c.skip_reason, "config": c.config.to_dict()} for c in self.cells],
         }
 
+    @property
+    def repetitions(self) -> int:
+        """Runs of each cell: every seed once, and at least `repeats` for timing (repetition r
+        trains with seed r % seeds)."""
+        return max(self.repeats, self.seeds)
+
     def fingerprint(self) -> str:
-        """Changes whenever the set of cells or repeats changes (decides whether to resume)."""
+        """Changes whenever the set of cells, repeats or seeds changes (decides whether to resume)."""
         import hashlib
         ids = sorted(c.cell_id for c in self.cells)
-        return hashlib.sha1(json.dumps([ids, self.repeats]).encode()).hexdigest()[:12]
+        return hashlib.sha1(json.dumps([ids, self.repeats, self.seeds]).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +355,8 @@ def _check_value(src: _Source, path: tuple, dotted: str, value: Any, shown: str 
             raise src.error(path, f"{_kind(value)} is not allowed.", f"{allowed} {note}" if note else allowed,
                             key=key)
         return value
+    if value in spec.WORDS.get(dotted, ()):
+        return value
     nullable = "None" in annotation
     if value is None:
         if nullable:
@@ -358,7 +371,9 @@ def _check_value(src: _Source, path: tuple, dotted: str, value: Any, shown: str 
         return value
     if annotation.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise src.error(path, f"expected a finite number, got {_kind(value)}.", key=key)
+            words = " or ".join(spec.WORDS.get(dotted, ()))
+            raise src.error(path, f"expected a finite number{' or ' + words if words else ''}, got {_kind(value)}.",
+                            key=key)
         if value < 0:
             raise src.error(path, f"expected a number >= 0, got {value}.", key=key)
         if dotted in spec.FRACTIONS and value >= 1:
@@ -416,6 +431,9 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     repeats = data.get("repeats", 1)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise src.error(("repeats",), f"expected an integer >= 1, got {_kind(repeats)}.")
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise src.error(("seeds",), f"expected an integer >= 1, got {_kind(seeds)}.")
     guard = _read_guard(src, data.get("guard"))
     timeout_s = data.get("timeout_s")
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
@@ -435,10 +453,10 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
         raise MatrixTooLarge(file, src.locate("axes")[1], "axes",
                              f"the matrix expands to {n_product + len(includes)} cells (more than "
                              f"{max_cells}); pass --yes to run it anyway.")
-    repetitions = (n_product + len(includes)) * repeats
+    repetitions = (n_product + len(includes)) * max(repeats, seeds)
     if max_cells is not None and repetitions > DEFAULT_MAX_REPETITIONS:
-        raise MatrixTooLarge(file, src.locate("repeats")[1], "repeats",
-                             f"{n_product + len(includes)} cells x {repeats} repeats are {repetitions:,} cell "
+        raise MatrixTooLarge(file, src.locate("repeats" if repeats >= seeds else "seeds")[1], "repeats",
+                             f"{n_product + len(includes)} cells x {max(repeats, seeds)} repeats are {repetitions:,} cell "
                              f"repetitions (more than {DEFAULT_MAX_REPETITIONS:,}), each a process; pass --yes to "
                              f"run them anyway.")
 
@@ -488,10 +506,11 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
         raise MatrixError(file, src.locate("exclude")[1], "exclude",
                           "every cell was excluded; nothing would run.")
     _check_constant(src, constant, cells)
+    _check_init_sources(src, cells)
     reference = _read_reference(src, data.get("reference"), cells)
     return Matrix(name=name, description=description, source=file, cells=cells,
                   axes={k: [_compact(v) for v, _ in vals] for k, vals in axes},
-                  fixed=fixed, repeats=repeats, guard=guard, reference=reference,
+                  fixed=fixed, repeats=repeats, seeds=seeds, guard=guard, reference=reference,
                   timeout_s=float(timeout_s) if timeout_s else None, notes=notes)
 
 
@@ -546,6 +565,62 @@ def _read_guard(src: _Source, guard: Any) -> dict[str, str]:
                                                f"got {_kind(change)}.")
         out[metric] = change.strip()
     return out
+
+
+def init_source(cell: PlannedCell, cells: list[PlannedCell]) -> PlannedCell:
+    """The cell whose trained weights `train.init: cell:<selector>` starts from. The selector is
+    a cell id, a label, or settings `key=value[,key=value]` that exactly one other cell has.
+    ValueError says what is wrong: no match, several, a chain, or weights that would not fit."""
+    import yaml
+    selector = cell.config.train.init_cell
+    others = [c for c in cells if c.cell_id != cell.cell_id]
+    found = [c for c in others if selector in (c.cell_id, c.label)]
+    if not found and "=" in selector:
+        entry = {}
+        for part in selector.split(","):
+            key, _, text = part.partition("=")
+            entry[key.strip()] = yaml.safe_load(text.strip()) if text.strip() else None
+        try:
+            found = [c for c in others if _matches(c.config, entry)]
+        except KeyError as exc:
+            raise ValueError(f"train.init {cell.config.train.init!r}: no setting {exc.args[0]!r}") from None
+    if len(found) != 1:
+        what = "no other cell" if not found else f"{len(found)} cells ({', '.join(c.label for c in found[:3])})"
+        raise ValueError(f"train.init {cell.config.train.init!r} matches {what}; it must name exactly one cell of "
+                         f"this matrix: its id, its label, or settings key=value[,key=value] that only it has")
+    source = found[0]
+    if source.config.train.init_cell is not None:
+        raise ValueError(f"train.init {cell.config.train.init!r} names a cell that itself starts from another cell; "
+                         f"start from a cell trained from scratch or from a checkpoint path")
+    a, b = cell.config, source.config
+    if a.model != b.model or a.data.seq_len != b.data.seq_len or _vocabulary(a) != _vocabulary(b):
+        raise ValueError(f"train.init {cell.config.train.init!r}: that cell's weights do not fit this one (the model "
+                         f"shape, data.seq_len and vocabulary must be the same)")
+    return source
+
+
+def _vocabulary(config: CellConfig) -> tuple:
+    """What decides the embedding table's rows: bytes for corpora, the alphabet of a synthetic
+    task, a BPE learnt from one corpus at one size."""
+    d = config.data
+    if d.synthetic:
+        return ("synthetic", d.dataset, d.symbols)
+    return ("byte",) if d.tokenizer == "byte" else ("bpe", d.dataset, d.vocab_size)
+
+
+def _check_init_sources(src: _Source, cells: list[PlannedCell]) -> None:
+    for cell in cells:
+        if cell.config.train.init_cell is None:
+            continue
+        where = ("include", int(cell.origin[8:-1])) if cell.origin.startswith("include[") else ("axes",)
+        try:
+            source = init_source(cell, cells)
+        except ValueError as exc:
+            raise src.setting_error(where, "train.init", str(exc), None) from None
+        p = source.config.parallel
+        if p.pp > 1 or p.engine == "deepspeed":
+            raise src.setting_error(where, "train.init", f"cell {source.label!r} is pipelined or runs under DeepSpeed, "
+                                                         f"whose weights txsuite does not save", None)
 
 
 def _read_reference(src: _Source, reference: Any, cells: list[PlannedCell]) -> str | None:

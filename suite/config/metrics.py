@@ -61,12 +61,21 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("train_mem_bytes", "train memory", "bytes", "lower", guardable=True, spread=True, compared=True,
            description="the memory the cell controls: peak resident set minus the resident set before "
                        "training (CPU), the allocator's peak of live tensors (CUDA)"),
+    Metric("optimizer_state_bytes", "optimizer state", "bytes", "lower",
+           description="bytes of the optimizer's state tensors after training, measured (quantized states "
+                       "opened to their codes and scales; one rank's share under ZeRO / FSDP)"),
     Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True,
            description="model FLOPs utilisation against the peak measured on this host"),
     Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True),
     Metric("val_ppl", "val ppl", "plain", "lower"),
     Metric("time_to_target_s", "time to target", "seconds", "lower", required=True,
            description="training wall time until the target loss was reached"),
+    Metric("cell_overhead_s", "overhead", "seconds", "lower",
+           description="the repetition's wall time outside its training steps: process start or fork, "
+                       "model build, data, evaluations, inference timing, writing the result"),
+    Metric("compile_s", "compile", "seconds", "lower",
+           description="torch.compile's cost: warm-up wall time minus as many compiled steps at the "
+                       "measured median (compiled cells only)"),
     Metric("energy_per_token_j", "energy/token", "energy", "lower"),
     Metric("machine_slowdown", "machine state", "plain", "lower",
            description="how much slower than its best this machine ran the probe workload around the "

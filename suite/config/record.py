@@ -44,6 +44,8 @@ class Record:
     finished_at: str | None = None
     duration_s: float | None = None
     log: str | None = None  # path of the cell's log, relative to the run folder
+    seed: int | None = None  # the training seed this repetition used (seeds: N gives each cell N)
+    seed_index: int | None = None  # which of the cell's seeds (repetition % seeds)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

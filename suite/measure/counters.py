@@ -57,13 +57,11 @@ class StepCounter:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 counter.ops[op_signature(func, args)] += 1
-                inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                          if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+                inputs = {storage_address(t) for t in tree_flatten((args, kwargs))[0]}
                 for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                        storage = t.untyped_storage()
-                        if storage.data_ptr() not in inputs:
-                            counter.alloc_bytes += t.numel() * t.element_size()
+                    address = storage_address(t)
+                    if address is not None and address not in inputs:
+                        counter.alloc_bytes += t.numel() * t.element_size()
                 return out
 
         # the flop counter sits outside: it sees the same operators and keeps its own totals
@@ -81,6 +79,19 @@ class StepCounter:
     def metrics(self) -> dict[str, Any]:
         return {"step_ops": sum(self.ops.values()), "step_flops": self.flops, "step_alloc_bytes": self.alloc_bytes,
                 "step_op_counts": dict(sorted(self.ops.items())), "step_counters_note": None}
+
+
+def storage_address(t: Any) -> int | None:
+    """Where a tensor's memory starts, or None for what holds no memory of its own: not a tensor,
+    a meta tensor, or a wrapper subclass (torchao's quantized optimizer states) whose storage
+    cannot be read; the tensors inside such a wrapper are dispatched, and counted, themselves."""
+    import torch
+    if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+        return None
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:  # "invalid python storage": a wrapper without data
+        return None
 
 
 def not_counted(reason: str) -> dict[str, Any]:

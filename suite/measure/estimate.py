@@ -4,8 +4,10 @@ before anything runs, and the runner never imports torch).
 Per rank, in bytes:
   parameters  P x bytes of the parameter dtype (bf16-pure: 2, else 4)
   gradients   same as parameters
-  optimizer   P x the optimizer's state bytes per parameter (suite.config.spec.OPTIMIZERS:
-              AdamW 2 states of the parameter's dtype, SGD with momentum 1)
+  optimizer   the optimizer's state for every parameter shape (suite.config.spec.OPTIMIZERS:
+              AdamW 2 states of the parameter's dtype, SGD and Lion 1, Adafactor row + column
+              statistics of each matrix, torchao 8/4-bit blocks with their scales, Muon 1 on
+              hidden matrices and AdamW's 2 elsewhere)
   activations per layer and micro-batch, after Korthikanti et al. (2022), "Reducing Activation
               Recomputation in Large Transformer Models": s*b*h*(34 + 5*a*s/h) bytes with
               16-bit activations (a = heads), doubled for fp32 activations; the 5*a*s/h term is
@@ -38,7 +40,8 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     params = layers * block_params // p.tp + V * d + s * d + 2 * d
     pbytes = 2 if cell.precision == "bf16-pure" else 4
     act_scale = 1.0 if cell.precision in ("bf16", "bf16-pure", "fp16", "fp8") else 2.0
-    scores = 5 * n_head * s / d if cell.model.attention == "matmul" else 0.0
+    # auto may choose matmul: count its T x T scores (an estimate must not be low)
+    scores = 5 * n_head * s / d if cell.model.attention != "sdpa" else 0.0
     mlp = d_ff / (4 * d)
     per_layer = int(s * b * d * ((10 + 24 * mlp / p.tp) + scores / p.tp) * act_scale)
     if p.pp > 1 and p.pp_schedule != "gpipe":
@@ -55,7 +58,7 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     activations = kept * per_layer + checkpointed * int(2 * s * b * d * act_scale) + (per_layer if checkpointed else 0)
     logits = 2 * b * s * V * 4
     param_b, grad_b = params * pbytes, params * pbytes
-    opt_b = int(params * OPTIMIZERS[cell.train.optimizer].state_bytes(pbytes))
+    opt_b = int(optimizer_state_bytes(cell, V, layers, pbytes))
     if p.engine == "fsdp":
         gathered = block_params // p.tp * pbytes
         param_b, grad_b, opt_b = param_b // p.dp + gathered, grad_b // p.dp, opt_b // p.dp
@@ -70,6 +73,32 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
            "optimizer_bytes": opt_b, "activations_bytes": activations + logits}
     out["total_bytes"] = sum(out.values())
     return out
+
+
+def parameter_shapes(cell: CellConfig, vocab_size: int, layers: int | None = None
+                     ) -> list[tuple[tuple[int, ...], bool]]:
+    """(shape, is a hidden matrix) of every parameter of the reference model (suite/model/gpt.py;
+    the output head is tied to the token embedding), for `layers` blocks (default: all).
+    tests/test_optimizers.py checks the list against the built model."""
+    n_layer, _, d, d_ff = cell.model.dims
+    block = [((3 * d, d), True), ((3 * d,), False), ((d, d), True), ((d,), False),  # attention
+             ((d_ff, d), True), ((d_ff,), False), ((d, d_ff), True), ((d,), False),  # MLP
+             ((d,), False), ((d,), False), ((d,), False), ((d,), False)]  # two LayerNorms
+    embeddings = [((vocab_size, d), False), ((cell.data.seq_len, d), False), ((d,), False), ((d,), False)]
+    return embeddings + block * (n_layer if layers is None else layers)
+
+
+def optimizer_state_bytes(cell: CellConfig, vocab_size: int, layers: int | None = None, param_bytes: int = 4
+                          ) -> float:
+    """The optimizer's state for this cell's parameters (one pipeline stage of `layers` blocks),
+    per OPTIMIZERS[...].param_state_bytes; tensor parallelism shards the blocks' state."""
+    info = OPTIMIZERS[cell.train.optimizer]
+    n_layer = cell.model.dims[0] if layers is None else layers
+    shapes = parameter_shapes(cell, vocab_size, layers=0)
+    per_block = parameter_shapes(cell, vocab_size, layers=1)[len(shapes):]
+    whole = sum(info.param_state_bytes(shape, hidden, param_bytes) for shape, hidden in shapes)
+    block = sum(info.param_state_bytes(shape, hidden, param_bytes) for shape, hidden in per_block)
+    return whole + n_layer * block / cell.parallel.tp
 
 
 def approx_vocab(cell: CellConfig, bpe_limit: int | None = None) -> int:

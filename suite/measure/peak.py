@@ -10,19 +10,13 @@ reference only: a datasheet figure is never used as the denominator of `mfu`.
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
-from pathlib import Path
+
+from suite.measure.host_cache import measured_once
 
 # matmul dtype of each cell precision
 MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
                 "fp16": "float16", "fp8": "float8"}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TXSUITE_CACHE", Path.home() / ".cache" / "txsuite"))
 
 
 def utilization(tokens_per_s: float | None, flops_per_token: float | None,
@@ -57,20 +51,8 @@ def peak_flops(torch, device, precision: str, device_name: str) -> dict:
     # "linear": measured with the op nn.Linear runs (an earlier version timed `a @ b`, which for
     # fp16 on a CPU takes a ~100x slower path than F.linear; those entries are not reused)
     key = f"{device_name}|torch {torch.__version__}|threads {threads}|linear|{kind}"
-    path = cache_dir() / "peaks.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one measurer at a time; others then read its result
-        cache = json.loads(path.read_text()) if path.exists() else {}
-        if key in cache:
-            return {"peak_flops": cache[key]["flops"], "peak_key": key, "peak_cached": True,
-                    "nominal_peak_flops": nominal}
-        flops = measure_matmul_flops(torch, device, kind)
-        cache[key] = {"flops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    return {"peak_flops": flops, "peak_key": key, "peak_cached": False, "nominal_peak_flops": nominal}
+    entry, cached = measured_once("peaks.json", key, lambda: {"flops": measure_matmul_flops(torch, device, kind)})
+    return {"peak_flops": entry["flops"], "peak_key": key, "peak_cached": cached, "nominal_peak_flops": nominal}
 
 
 def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> float:

@@ -18,13 +18,10 @@ The workload is deterministic; only its duration varies, and only with the machi
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
 from dataclasses import dataclass
 
-from suite.measure.peak import cache_dir
+from suite.measure.host_cache import locked_update
 
 PROBE_TRIALS = 3  # each probe is the fastest of three runs of the workload: one hiccup is not a state
 
@@ -77,18 +74,9 @@ def record_best(torch, seconds: list[float]) -> float:
     """Fold this repetition's probe times into the host's best (kept in the txsuite cache, one
     writer at a time) and return the best."""
     key = host_key(torch)
-    path = cache_dir() / "probe.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            cache = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            cache = {}
-        best = min([s for s in seconds if s is not None] + ([cache[key]] if key in cache else []))
-        if cache.get(key) != best:
-            cache[key] = best
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-            os.replace(tmp, path)
+
+    def fold(cache: dict) -> float:
+        cache[key] = min([s for s in seconds if s is not None] + ([cache[key]] if key in cache else []))
+        return cache[key]
+    best = locked_update("probe.json", fold)
     return best

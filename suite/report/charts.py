@@ -95,7 +95,7 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
         chart.note = table.reference_note or "no reference cell with a throughput"
         return chart
     cells = _with(table.cells, "speedup")
-    shown, cap_note = _cap_rows(cells, "speedup", ascending=False, keep={table.reference})
+    shown, cap_note = cap_rows(cells, "speedup", ascending=False, keep={table.reference})
     chart.note = cap_note
     n = len(shown)
     fig, (left, right) = subplots(1, 2, sharey=True, figsize=(10, 1.0 + 0.3 * n),
@@ -120,7 +120,7 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
                 ax.annotate(f"{v:.2f}×", (end, yv), xytext=(4, 0), textcoords="offset points",
                             va="center", ha="left", fontsize=8)
         ax.grid(axis="y", visible=False)
-        _mark_gaps(ax, shown, ypos)
+        mark_gaps(ax, shown, ypos)
     left.set_yticks(ypos)
     left.set_yticklabels([plot_text(t) for t in shown["short_label"]])
     for tick, is_base in zip(left.get_yticklabels(), shown["is_reference"]):
@@ -175,7 +175,7 @@ def val_loss_vs_throughput(table: CellTable, enc: Encoding) -> Chart:
     x, y = cells["tokens_per_s"], cells["val_loss"]
     _whiskers(ax, cells, x, y, xcol="tokens_per_s", ycol="val_loss")
     _scatter(ax, cells, x, y, enc)
-    optimum = _known_optimum(table)
+    optimum = known_optimum(table)
     extra = []
     if optimum is not None:
         ax.axhline(optimum, color="#888", ls=":", lw=1.2, label="known optimum (synthetic task)")
@@ -313,7 +313,7 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
         chart.note = "no cell recorded per-step times"
         return chart
     cells["step_median"] = cells["cell_id"].map(lambda c: float(np.median(samples[c])))
-    shown, chart.note = _cap_rows(cells, "step_median", ascending=True, keep={table.reference}, limit=30)
+    shown, chart.note = cap_rows(cells, "step_median", ascending=True, keep={table.reference}, limit=30)
     fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * len(shown)))
     data = [np.asarray(samples[c]) * 1e3 for c in shown["cell_id"]][::-1]
     box = ax.boxplot(data, **_HORIZONTAL, widths=0.6, patch_artist=True, showfliers=True,
@@ -321,7 +321,7 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
     for patch, (_, row) in zip(box["boxes"], list(shown.iterrows())[::-1]):
         patch.set_facecolor(enc.color(row))
         patch.set_alpha(0.8)
-    _mark_gaps(ax, shown, np.arange(len(shown), 0, -1))
+    mark_gaps(ax, shown, np.arange(len(shown), 0, -1))
     ax.set_yticks(range(1, len(shown) + 1))
     ax.set_yticklabels([plot_text(t) for t in shown["short_label"]][::-1])
     ax.set_xlabel("step time (ms)")
@@ -339,7 +339,7 @@ def _bar_per_cell(table: CellTable, enc: Encoding, key: str, metric: str, title:
     if cells.empty:
         chart.note = missing
         return chart
-    shown, chart.note = _cap_rows(cells, metric, ascending=ascending, keep={table.reference})
+    shown, chart.note = cap_rows(cells, metric, ascending=ascending, keep={table.reference})
     n = len(shown)
     fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * n))
     ypos = np.arange(n)[::-1]
@@ -355,7 +355,7 @@ def _bar_per_cell(table: CellTable, enc: Encoding, key: str, metric: str, title:
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_formatter(formatter(lambda v, _: text(v) if v else "0"))
     ax.grid(axis="y", visible=False)
-    _mark_gaps(ax, shown, ypos)
+    mark_gaps(ax, shown, ypos)
     chart.svg = to_svg(fig)
     return chart
 
@@ -367,7 +367,7 @@ def _with(cells: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return cells[mask]
 
 
-def _cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limit: int = MAX_BARS
+def cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limit: int = MAX_BARS
               ) -> tuple[pd.DataFrame, str | None]:
     """Sorted rows; past `limit`, the best (limit-10) and the worst 10, plus the reference.
     The first row after the cut is marked in a `_after_gap` column, for a separator line."""
@@ -385,8 +385,8 @@ def _cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limi
                    f"{' and the reference' if len(extra) else ''}; every cell is in the table")
 
 
-def _mark_gaps(ax, shown: pd.DataFrame, ypos: np.ndarray) -> None:
-    """A dotted line where _cap_rows left cells out, so the cut is not mistaken for a trend."""
+def mark_gaps(ax, shown: pd.DataFrame, ypos: np.ndarray) -> None:
+    """A dotted line where cap_rows left cells out, so the cut is not mistaken for a trend."""
     for y, gap in zip(ypos, shown["_after_gap"]):
         if gap:
             ax.axhline(y + 0.5, color="#999", ls=":", lw=1.2)
@@ -529,7 +529,7 @@ def _curve_array(curve: Any) -> np.ndarray | None:
     return points
 
 
-def _known_optimum(table: CellTable) -> float | None:
+def known_optimum(table: CellTable) -> float | None:
     reps = table.repeats
     if "optimal_loss" not in reps:
         return None

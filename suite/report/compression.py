@@ -10,9 +10,9 @@ Columns added to the per-cell table (NaN where a cell has no control or no such 
     compressed_val_loss, model_size_bytes, prefill_tokens_per_s, decode_tokens_per_s,
     sparsity_achieved                       medians over the ok repeats
     compress_control                        the control's cell id
-    val_loss_delta, val_ppl_delta           compressed loss / perplexity minus the control's
+    control_loss_delta, control_ppl_delta           compressed loss / perplexity minus the control's
                                             (a cell without compressed_val_loss uses val_loss)
-    val_loss_delta_se                       standard error of val_loss_delta from the paired
+    control_loss_delta_se                       standard error of control_loss_delta from the paired
                                             per-sequence differences on the same validation
                                             windows (first ok repeat of each); |delta| under two
                                             of them is within the noise of the validation set
@@ -34,7 +34,7 @@ from suite.config.spec import CompressSpec
 COMPRESS = "config.compress."
 MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
            "sparsity_achieved")
-DERIVED = ("compress_control", "val_loss_delta", "val_loss_delta_se", "val_ppl_delta", "size_ratio",
+DERIVED = ("compress_control", "control_loss_delta", "control_loss_delta_se", "control_ppl_delta", "size_ratio",
            "decode_speedup", "prefill_speedup")
 EXPORT_COLUMNS = MEDIANS + DERIVED
 
@@ -67,12 +67,12 @@ def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
         return cells["compress_control"].map(
             lambda c: values[by_id[c]] if isinstance(c, str) and c in by_id else np.nan).astype(float)
     control_loss = of_control(loss)
-    cells["val_loss_delta"] = loss - control_loss
+    cells["control_loss_delta"] = loss - control_loss
     sequences = _first_sequences(ok)
-    cells["val_loss_delta_se"] = [
+    cells["control_loss_delta_se"] = [
         paired_se(sequences.get(cid), sequences.get(ctl)) if isinstance(ctl, str) and ctl != cid else np.nan
         for cid, ctl in zip(cells["cell_id"], cells["compress_control"])]
-    cells["val_ppl_delta"] = _exp(loss) - _exp(control_loss)
+    cells["control_ppl_delta"] = _exp(loss) - _exp(control_loss)
     cells["size_ratio"] = cells["model_size_bytes"] / of_control(cells["model_size_bytes"])
     cells["decode_speedup"] = cells["decode_tokens_per_s"] / of_control(cells["decode_tokens_per_s"])
     cells["prefill_speedup"] = cells["prefill_tokens_per_s"] / of_control(cells["prefill_tokens_per_s"])

@@ -53,10 +53,10 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
             TableCell(*[fmt.plain(configs.at[cid, COMPRESS + "quantization"])] * 2),
             TableCell(*[fmt.plain(configs.at[cid, COMPRESS + "pruning"])] * 2),
             TableCell(fmt.plain(_loss(row), 5), sort_key(_loss(row)), "num"),
-            TableCell(_signed(row["val_loss_delta"]), sort_key(row["val_loss_delta"]),
-                 "num " + _delta_class(row["val_loss_delta"], row.get("val_loss_delta_se")),
-                 sub=_noise(row["val_loss_delta"], row.get("val_loss_delta_se"))),
-            TableCell(_signed(row["val_ppl_delta"]), sort_key(row["val_ppl_delta"]), "num"),
+            TableCell(fmt.signed(row["control_loss_delta"]), sort_key(row["control_loss_delta"]),
+                 "num " + _delta_class(row["control_loss_delta"], row.get("control_loss_delta_se")),
+                 sub=_noise(row["control_loss_delta"], row.get("control_loss_delta_se"))),
+            TableCell(fmt.signed(row["control_ppl_delta"]), sort_key(row["control_ppl_delta"]), "num"),
             TableCell(fmt.bytes_(row["model_size_bytes"]), sort_key(row["model_size_bytes"]), "num"),
             TableCell(fmt.ratio(row["size_ratio"]), sort_key(row["size_ratio"]), "num " + ratio_class(row["size_ratio"], False)),
             TableCell(fmt.si(row["prefill_tokens_per_s"]), sort_key(row["prefill_tokens_per_s"]), "num"),
@@ -74,7 +74,7 @@ def _quality_vs_size(rows: pd.DataFrame, compressed: dict[str, bool]):
                   "Each compressed cell against its dense control: validation-loss change (up is worse) "
                   "by model size relative to the control (left is smaller). Dashed lines: the control.")
     points = rows[[compressed[c] for c in rows["cell_id"]]]
-    points = points[points["val_loss_delta"].notna() & points["size_ratio"].notna()]
+    points = points[points["control_loss_delta"].notna() & points["size_ratio"].notna()]
     if points.empty:
         chart.note = "no compressed cell has both a loss delta and a size ratio against a dense control"
         return chart
@@ -82,10 +82,10 @@ def _quality_vs_size(rows: pd.DataFrame, compressed: dict[str, bool]):
         fig, ax = subplots(figsize=(7.6, 4.4))
         ax.axhline(0.0, color="#222", lw=1, ls="--")
         ax.axvline(1.0, color="#222", lw=1, ls="--")
-        ax.scatter(points["size_ratio"], points["val_loss_delta"], s=46, color="#3b6fb6", zorder=3)
+        ax.scatter(points["size_ratio"], points["control_loss_delta"], s=46, color="#3b6fb6", zorder=3)
         for _, row in points.iterrows():
             text = row.get("short_label") or row["label"] or row["cell_id"]
-            ax.annotate(plot_text(str(text)), (row["size_ratio"], row["val_loss_delta"]), xytext=(6, 4),
+            ax.annotate(plot_text(str(text)), (row["size_ratio"], row["control_loss_delta"]), xytext=(6, 4),
                         textcoords="offset points", fontsize=7.5)
         ax.set_xlabel("model size ÷ dense control")
         ax.set_ylabel("Δ validation loss vs dense control")
@@ -97,10 +97,6 @@ def _quality_vs_size(rows: pd.DataFrame, compressed: dict[str, bool]):
 def _loss(row: pd.Series) -> float:
     value = row["compressed_val_loss"]
     return row["val_loss"] if not fmt.is_number(value) else value
-
-
-def _signed(value: Any) -> str:
-    return f"{float(value):+.4g}" if fmt.is_number(value) else fmt.MISSING
 
 
 def _delta_class(value: Any, se: Any = None) -> str:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from suite.report import formatting as fmt
 from suite.report.frame import export_frame
+from suite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS
 from suite.report.run_report import table_for
-from suite.report.tableview import TableView, cell_table_view
+from suite.report.tableview import Column, TableCell, TableView, cell_table_view
 from suite.results import RunFolder, write_atomic
 from suite.results.folder import ensure_replaceable
 
 FORMATS = ("csv", "parquet", "markdown")
+TEXT_COLUMNS = ("quality_verdict", "quality_noise", "target_reached")
 
 
 def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
@@ -31,8 +34,21 @@ def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
         export_frame(table).to_parquet(tmp, index=False, engine="pyarrow")
         tmp.replace(out_path)  # atomic, like every other file txsuite writes
     else:
-        write_atomic(out_path, markdown(cell_table_view(table)))
+        write_atomic(out_path, markdown(cell_table_view(table)) + quality_markdown(export_frame(table)))
     return out_path
+
+
+def quality_markdown(frame) -> str:
+    """The convergence aggregates under their export names (seeds, val_loss_mean, ...), one row
+    per cell that measured a validation loss, as a second table; empty when none did."""
+    columns = [c for c in QUALITY_COLUMNS if c in frame and frame[c].notna().any()]
+    if "val_loss_mean" not in columns:
+        return ""
+    view = TableView([Column("cell")] + [Column(c, c not in TEXT_COLUMNS) for c in columns])
+    for _, row in frame[frame["val_loss_mean"].notna()].iterrows():
+        view.rows.append([TableCell(row["label"] or row["cell_id"])]
+                         + [TableCell(fmt.plain(row[c], 5)) for c in columns])
+    return "\n## Convergence\n\n" + markdown(view)
 
 
 def markdown(view: TableView) -> str:

@@ -60,6 +60,11 @@ def ratio(value: Any) -> str:
     return f"{float(value):.2f}×" if is_number(value) else MISSING
 
 
+def signed(value: Any) -> str:
+    """A difference, with its sign: +0.0123, -4.5e-05."""
+    return f"{float(value):+.4g}" if is_number(value) else MISSING
+
+
 def percent(value: Any, digits: int = 1) -> str:
     """A fraction (0.42) as a percentage ('42.0%')."""
     return f"{float(value) * 100:.{digits}f}%" if is_number(value) else MISSING

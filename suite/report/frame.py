@@ -19,6 +19,7 @@ from suite.config.metrics import REGISTRY, SPREAD
 from suite.config.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
 from suite.report.pareto import pareto_optimal
+from suite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
 from suite.report.values import comparable
 from suite.results import to_dataframe
 
@@ -102,6 +103,7 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     base_id, note = choose_reference(cells, reference)
     _add_ratios(cells, repeats, base_id)
     add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
+    add_quality_columns(cells, repeats, base_id)  # final loss with its noise, time to target, vs the reference
     cells["pareto"] = pareto_optimal(list(zip(cells["tokens_per_s"], cells["peak_mem_bytes"])), ("max", "min"))
     cells["is_reference"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
@@ -209,7 +211,8 @@ def export_frame(table: CellTable) -> pd.DataFrame:
         if name == "tokens_per_s":
             keep.append("tokens_per_s_spread_pct")
     keep += ["speedup", "speedup_lo", "speedup_hi", "mem_ratio", "mem_ratio_lo", "mem_ratio_hi",
-             "pareto", "is_reference", *COMPRESSION_COLUMNS]
+             "pareto", "is_reference", *QUALITY_COLUMNS, *COMPRESSION_COLUMNS]
+    keep = list(dict.fromkeys(keep))  # time_to_target_s is both a record metric and a quality column
     return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
 
 

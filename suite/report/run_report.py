@@ -8,6 +8,7 @@ from typing import Any
 from suite.report import formatting as fmt
 from suite.report.charts import build_charts
 from suite.report.compression_view import compression_section
+from suite.report.convergence_view import convergence_section
 from suite.report.encoding import ordered_values
 from suite.report.environment import env_rows
 from suite.report.frame import CellTable, build_cell_table
@@ -25,7 +26,7 @@ def render_report(run_dir: Path, out_path: Path) -> Path:
         "report.j2", out_path,
         run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
         summary=summarize(table), charts=build_charts(table), table=cell_table_view(table),
-        compression=compression_section(table), parallel=parallel_section(run.records),
+        convergence=convergence_section(table), compression=compression_section(table), parallel=parallel_section(run.records),
         matrix=matrix_view(run, table), env=env_rows(run),
     )
 

@@ -81,16 +81,12 @@ def summarize(table: CellTable) -> Summary:
         summary.findings.append(Finding("Least memory", row["label"] or row["short_label"],
                                         f"{fmt.bytes_(row['peak_mem_bytes'])} peak, "
                                         f"{fmt.si(row['tokens_per_s'])} tokens/s{vs_base(row)}"))
-    if ok["val_loss"].notna().any():
-        row = ok.loc[ok["val_loss"].idxmin()]
-        ppl = f" (perplexity {fmt.plain(row['val_ppl'], 4)})" if fmt.is_number(row["val_ppl"]) else ""
-        summary.findings.append(Finding("Best validation loss", row["label"] or row["short_label"],
-                                        f"{fmt.plain(row['val_loss'], 4)}{ppl} at "
-                                        f"{fmt.si(row['tokens_per_s'])} tokens/s"))
-    if ok["time_to_target_s"].notna().any():
-        row = ok.loc[ok["time_to_target_s"].idxmin()]
-        summary.findings.append(Finding("Soonest to the target loss", row["label"] or row["short_label"],
-                                        f"{fmt.seconds(row['time_to_target_s'])} of training"))
+    best_loss = best_loss_finding(table)
+    if best_loss is not None:
+        summary.findings.append(best_loss)
+    soonest = soonest_finding(ok)
+    if soonest is not None:
+        summary.findings.append(soonest)
     if ok["mfu"].notna().any():
         row = ok.loc[ok["mfu"].idxmax()]
         summary.findings.append(Finding("Highest MFU", row["label"] or row["short_label"],
@@ -110,6 +106,56 @@ def summarize(table: CellTable) -> Summary:
                      for _, r in noisy.iterrows()][:MAX_LISTED]
     summary.problems = problems(table)
     return summary
+
+
+def best_loss_finding(table: CellTable) -> Finding | None:
+    """The cell with the lowest validation loss, unless its lead is within noise: then the card
+    names the tie (every cell whose paired difference to it is not significantly worse)."""
+    from suite.report.quality import tied_with_best
+
+    best, tied = tied_with_best(table.cells, table.repeats)
+    if best is None:
+        return None
+    row = table.row(best)
+    label = row["label"] or row["short_label"]
+    loss = f"{fmt.plain(row['val_loss_mean'], 4)}" + _interval_text(row, "val_loss", lambda v: fmt.plain(v, 4))
+    if not tied:
+        return Finding("Best validation loss", label, f"{loss}; every other cell is worse beyond noise "
+                                                      f"({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})")
+    others = [table.row(c) for c in tied]
+    names = ", ".join(r["label"] or r["short_label"] for r in others[:MAX_LISTED])
+    more = f" and {len(others) - MAX_LISTED} more" if len(others) > MAX_LISTED else ""
+    return Finding("Best validation loss: a tie", f"{label}, {names}{more}",
+                   f"lowest {loss}, but the difference to {'each of these' if len(others) > 1 else 'it'} is within "
+                   f"noise; no single best")
+
+
+def soonest_finding(ok: pd.DataFrame) -> Finding | None:
+    """The cell that reached the target loss in the least training time. Cells whose 95 %
+    intervals over seeds overlap its own are not separated from it: the card names them too
+    (with one seed there is no interval, and the card says so)."""
+    if not ok["time_to_target_s"].notna().any():
+        return None
+    row = ok.loc[ok["time_to_target_s"].idxmin()]
+    label = row["label"] or row["short_label"]
+    detail = f"{fmt.seconds(row['time_to_target_s'])} of training" + _interval_text(row, "time_to_target", fmt.seconds)
+    high = row.get("time_to_target_ci_high")
+    if not fmt.is_number(high):
+        return Finding("Soonest to the target loss", label, detail + " (one seed: no interval, not tested against noise)")
+    others = ok[(ok["cell_id"] != row["cell_id"]) & ok["time_to_target_s"].notna()]
+    overlapping = [r["label"] or r["short_label"] for _, r in others.iterrows()
+                   if not fmt.is_number(r.get("time_to_target_ci_low")) or r["time_to_target_ci_low"] <= high]
+    if not overlapping:
+        return Finding("Soonest to the target loss", label, detail + "; every other cell's interval lies above")
+    names = ", ".join(overlapping[:MAX_LISTED]) + (f" and {len(overlapping) - MAX_LISTED} more"
+                                                   if len(overlapping) > MAX_LISTED else "")
+    return Finding("Soonest to the target loss: not separated", f"{label}, {names}",
+                   detail + "; the intervals of the others overlap it")
+
+
+def _interval_text(row: pd.Series, column: str, show) -> str:
+    lo, hi = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    return f" (95% CI {show(lo)} to {show(hi)})" if fmt.is_number(lo) and fmt.is_number(hi) else ""
 
 
 def problems(table: CellTable) -> list[Problem]:

@@ -88,6 +88,7 @@ class RunMeta:
     axes: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     repeats: int | None = None
+    seeds: int | None = None
     guard: dict[str, str] = field(default_factory=dict)
     reference: Any = None  # the report's reference cell (a cell id); `baseline` in older runs
     timeout_s: float | None = None

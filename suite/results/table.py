@@ -22,6 +22,7 @@ def to_dataframe(records: list[Record] | Path | str):
         row: dict[str, Any] = {
             "matrix": r.matrix, "run_id": r.run_id, "cell_id": r.cell_id, "repeat": r.repeat,
             "label": r.label, "status": r.status, "reason": r.reason, "duration_s": r.duration_s,
+            "seed": r.seed, "seed_index": r.seed_index,
         }
         row.update({f"config.{k}": v for k, v in flatten(r.config).items()})
         row.update(r.metrics)

@@ -172,6 +172,8 @@ def describe_change(old: RunMeta, matrix: Matrix) -> list[str]:
             changes.append(f"{label}: {', '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}")
     if old.repeats is not None and old.repeats != matrix.repeats:
         changes.append(f"repeats {old.repeats} -> {matrix.repeats}")
+    if (old.seeds or 1) != matrix.seeds:
+        changes.append(f"seeds {old.seeds or 1} -> {matrix.seeds}")
     return changes
 
 
@@ -205,10 +207,16 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
     if retry_failed:
         finished = {k: v for k, v in finished.items() if v in ("ok", "skipped")}
     # Repeat-major order (every cell once, then every cell again): slow drift of a shared
-    # machine then spreads over all cells instead of biasing whichever cell ran during it.
-    todo = [(c, r) for r in range(matrix.repeats) for c in cells]
+    # machine then spreads over all cells instead of biasing whichever cell ran during it. A
+    # target derived from the reference cell (target_loss: auto) needs the reference first.
+    todo = [(c, r) for r in range(matrix.repetitions) for c in cells]
+    targets = AutoTargets(matrix, folder)
+    transfers = Transfers(matrix, folder)
+    # cells whose weights others start from (train.init: cell:...) go first, then the reference
+    todo.sort(key=lambda item: (item[0].cell_id not in transfers.sources,
+                                not targets.needed or item[0].cell_id != targets.reference))
     summary = RunSummary(run_dir=run_dir)
-    ooms = [c for c in cells for r in range(matrix.repeats) if finished.get((c.cell_id, r)) == "oom"]
+    ooms = [c for c in cells for r in range(matrix.repetitions) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
         1 for c, r in todo if (c.cell_id, r) in finished)})
     lock = threading.Lock()  # guards summary/ooms/emit across the executor's threads
@@ -239,7 +247,14 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                 pending.clear()
             if stop.is_set():
                 break
+            if transfers.depends(cell) and pending:
+                for future in pending:  # its start must have finished (concurrent executors)
+                    future.result()
+                pending.clear()
             with lock:
+                start_reason = transfers.missing_start(cell, repeat)
+                if start_reason is not None:
+                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=start_reason)
                 bigger_than = _needs_more_than_an_oom(cell, ooms)
                 if bigger_than is not None:
                     cell = PlannedCell(cell.config, cell.label, cell.origin,
@@ -250,7 +265,10 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
 
             def task(index=index, cell=cell, repeat=repeat) -> None:
                 finish(index, cell, run_one(matrix, folder, cell, repeat, host_env, timeout, worker_cmd,
-                                            memory_limit_bytes, executor, nodes))
+                                            memory_limit_bytes, executor, nodes,
+                                            target_loss=targets.for_cell(cell),
+                                            init_path=transfers.start_of(cell, repeat),
+                                            checkpoint_dir=transfers.checkpoint_dir(cell, repeat)))
 
             if executor.concurrent(cell.uses_one_gpu):
                 pending.append(pool.submit(task))
@@ -264,6 +282,83 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
         meta["complete"] = True
         folder.write_json("matrix.json", meta)
     return summary
+
+
+class AutoTargets:
+    """`train.target_loss: auto`: the reference cell's final validation loss (median over its
+    seeds: the same number the report's target uses) plus each cell's `target_tolerance`, known once the
+    reference's repetitions have run; the runner runs them first."""
+
+    def __init__(self, matrix: Matrix, folder: RunFolder):
+        self.matrix, self.folder = matrix, folder
+        self.needed = any(c.config.train.auto_target for c in matrix.cells)
+        self.reference = matrix.reference or (matrix.cells[0].cell_id if matrix.cells else None)
+        self._loss: float | None = None
+
+    def reference_loss(self) -> float | None:
+        if self._loss is None:
+            import statistics
+            per_seed: dict[int, float] = {}  # repetitions of one seed train alike: one value per seed
+            for r in self.folder.records():
+                if r.cell_id == self.reference and r.status == "ok" and isinstance(r.metrics.get("val_loss"), (int, float)):
+                    per_seed.setdefault(r.seed_index or 0, float(r.metrics["val_loss"]))
+            self._loss = statistics.median(per_seed.values()) if per_seed else None
+        return self._loss
+
+    def for_cell(self, cell: PlannedCell) -> float | None:
+        """The numeric target of an auto cell (None for the reference itself, or before it ran)."""
+        t = cell.config.train
+        if not t.auto_target or cell.cell_id == self.reference:
+            return None
+        loss = self.reference_loss()
+        return None if loss is None else loss + t.target_tolerance
+
+
+class Transfers:
+    """`train.init: cell:<...>`: the cells others start from save their trained weights (as do
+    cells with train.save_checkpoint), run first, and each repetition of a dependent cell starts
+    from the repetition of its source with the same seed index (paired seeds, as the report pairs
+    them). A source repetition that did not end ok leaves its dependents skipped, with the reason."""
+
+    def __init__(self, matrix: Matrix, folder: RunFolder):
+        from suite.config.matrix import init_source
+        self.matrix, self.folder = matrix, folder
+        self.source_of = {c.cell_id: init_source(c, matrix.cells) for c in matrix.cells
+                          if c.config.train.init_cell is not None}
+        self.sources = {s.cell_id for s in self.source_of.values()}
+
+    def depends(self, cell: PlannedCell) -> bool:
+        return cell.cell_id in self.source_of
+
+    def checkpoint_dir(self, cell: PlannedCell, repeat: int) -> str | None:
+        if cell.cell_id in self.sources or cell.config.train.save_checkpoint:
+            return str(self.folder.cell_dir(cell.cell_id, repeat) / "checkpoint")
+        return None
+
+    def _source_repeat(self, cell: PlannedCell, repeat: int) -> tuple[PlannedCell, int] | None:
+        source = self.source_of.get(cell.cell_id)
+        if source is None:
+            return None
+        return source, repeat % self.matrix.seeds  # the first repetition of the same seed index
+
+    def start_of(self, cell: PlannedCell, repeat: int) -> str | None:
+        found = self._source_repeat(cell, repeat)
+        if found is None:
+            return None
+        source, source_repeat = found
+        return str(self.folder.cell_dir(source.cell_id, source_repeat) / "checkpoint")
+
+    def missing_start(self, cell: PlannedCell, repeat: int) -> str | None:
+        """Why this repetition cannot start (its source's checkpoint is not there), or None."""
+        found = self._source_repeat(cell, repeat)
+        if found is None:
+            return None
+        source, source_repeat = found
+        if (Path(self.start_of(cell, repeat)) / ".metadata").is_file():
+            return None
+        status = self.folder.finished().get((source.cell_id, source_repeat))
+        return (f"starts from cell {source.cell_id} ({source.label}), repetition {source_repeat}, which "
+                f"{'ended ' + status if status else 'has not run'} and saved no checkpoint")
 
 
 @contextmanager
@@ -307,7 +402,7 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
     done = set(journal.read_text().split("\n")) if journal.exists() else set()
     cells = [c for c in select(matrix.cells, only)
              if c.config.parallel.distributed and not _layout_skip(c, nodes, gpus).skip_reason]
-    todo = [(c, r) for r in range(matrix.repeats) for c in cells if f"{c.cell_id} {r}" not in done]
+    todo = [(c, r) for r in range(matrix.repetitions) for c in cells if f"{c.cell_id} {r}" not in done]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": 0})
     host_env = host_fingerprint()
     for index, (cell, repeat) in enumerate(todo):
@@ -320,15 +415,30 @@ def follow_matrix(matrix: Matrix, run_dir: Path, nodes: Nodes, only: str | None 
     return len(todo)
 
 
+def seed_for(base: int, index: int) -> int:
+    """The training seed of a cell's seed `index`: the configured seed for index 0, then seeds
+    hashed from (base, index), so cells whose train.seed differs never share a seed."""
+    if index == 0:
+        return base
+    import hashlib
+    return int(hashlib.sha256(f"txsuite-seed:{base}:{index}".encode()).hexdigest()[:8], 16) % (2 ** 31)
+
+
 def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, host_env: dict, timeout: float,
             worker_cmd: list[str] | None = None, memory_limit_bytes: int | None = None,
             executor=None, nodes: Nodes = ONE_NODE, code: WorkerCode = THIS_CODE,
-            config: dict | None = None) -> Record:
+            config: dict | None = None, target_loss: float | None = None, init_path: str | None = None,
+            checkpoint_dir: str | None = None) -> Record:
     """One repetition of one cell, in its own process group. `code`: which txsuite runs it;
-    `config`: the resolved config as that txsuite planned it (default: this one's)."""
+    `config`: the resolved config as that txsuite planned it (default: this one's). Repetition
+    `repeat` trains with seed index repeat % seeds; `target_loss`: an auto target, resolved;
+    `init_path`: the checkpoint a train.init: cell:... starts from; `checkpoint_dir`: where this
+    repetition saves its trained weights (None: it does not)."""
     executor = executor or LocalExecutor()
+    seed_index = repeat % matrix.seeds
     base = dict(matrix=matrix.name, run_id=folder.dir.name, cell_id=cell.cell_id, repeat=repeat,
-                config=config if config is not None else cell.config.to_dict(), label=cell.label)
+                config=config if config is not None else cell.config.to_dict(), label=cell.label,
+                seed=seed_for(cell.config.train.seed, seed_index), seed_index=seed_index)
     started = _now()
     if cell.skip_reason:
         return Record(**base, status="skipped", reason=cell.skip_reason, env=host_env,
@@ -337,8 +447,9 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     cell_dir.mkdir(parents=True, exist_ok=True)
     cell_json, result_json, log_path = cell_dir / "cell.json", cell_dir / "result.json", cell_dir / "log.txt"
     result_json.unlink(missing_ok=True)  # a stale result from a killed earlier attempt
-    cell_json.write_text(json.dumps({**base, "timeout_s": timeout, "memory_limit_bytes": memory_limit_bytes},
-                                    indent=2))
+    cell_json.write_text(json.dumps({**base, "timeout_s": timeout, "memory_limit_bytes": memory_limit_bytes,
+                                     "target_loss": target_loss, "init_path": init_path,
+                                     "checkpoint_dir": checkpoint_dir}, indent=2))
     world = cell.config.parallel.world_size
     if worker_cmd:
         launcher = list(worker_cmd)
@@ -384,8 +495,13 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
         cause = _launcher_root_cause(log_path) if returncode else None
         if cause and result["status"] == "failed":  # rank 0 saw a peer vanish; name the peer
             reason = f"{cause}; rank 0 then reported: {reason}"
+        metrics = result.get("metrics", {})
+        if isinstance(metrics.get("train_wall_s"), (int, float)):
+            # everything the repetition spent outside its training steps: fork or process start,
+            # building the model, data, evaluations, inference timing, writing the result
+            metrics["cell_overhead_s"] = round(max(0.0, duration - metrics["train_wall_s"]), 3)
         return Record(**common, status=result["status"], reason=reason,
-                      env={**host_env, **result.get("env", {})}, metrics=result.get("metrics", {}))
+                      env={**host_env, **result.get("env", {})}, metrics=metrics)
     killed_by_oom = (returncode == -signal.SIGKILL and oom_kills_before is not None
                      and (oom_kill_count() or 0) > oom_kills_before)
     if memory_limit_bytes and _log_says_out_of_memory(log_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 import traceback
 from dataclasses import dataclass
@@ -62,16 +63,22 @@ class FinalEval:
     reached: tuple[int, float] | None
 
 
-def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None) -> dict:
+def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None, checkpoint_dir: str | None = None) -> dict:
     """Train and measure one cell. gpu_memory_limit: bytes torch may allocate on the GPU
-    (`txsuite run --memory-limit` for a CUDA cell), None for the whole device."""
+    (`txsuite run --memory-limit` for a CUDA cell), None for the whole device. checkpoint_dir:
+    where to save the trained weights (before any post-training compression changes them)."""
     from suite.train import build_training
 
     started = start(cell, gpu_memory_limit)
     training = build_training(cell, started.device, world=started.world)
     trained = train(training, started)
     final = evaluate(training, trained)
+    saved = {}
+    if checkpoint_dir:
+        from suite.train.checkpoint import save_weights
+        saved["checkpoint"] = str(save_weights(training.setup.model, Path(checkpoint_dir)))
     metrics = finish(training, final)
+    metrics.update(saved)
     metrics.update(measure(training, started, trained, final))
     return {"status": "ok", "reason": None, "metrics": metrics, "env": started.env}
 
@@ -146,12 +153,17 @@ def _machine_probe(torch):
 
 def _step_counter(training, world: int):
     """(context factory for the counted step or None, () -> the counters' metrics)."""
+    from suite.config.spec import OPTIMIZERS
     from suite.measure.counters import StepCounter, not_counted
 
     cell = training.cell
     reason = None
     if cell.compile.enabled:
         reason = "not counted: a compiled model runs fused kernels the dispatcher does not see op by op"
+    elif OPTIMIZERS[cell.train.optimizer].needs == "torchao":
+        # torchao compiles its low-bit optimizer step, and torch.compile refuses to trace under
+        # the dispatch mode that counts operators
+        reason = "not counted: torchao's low-bit optimizers compile their step, which no dispatch mode can count"
     elif world > 1:
         reason = "not counted: distributed cells"
     elif cell.train.warmup_steps < 1:
@@ -225,6 +237,16 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     metrics.update(trained.telemetry)
     metrics.update(trained.machine)
     metrics.update(trained.counters)
+    if training.trainer.noise_scale is not None:
+        metrics.update(training.trainer.noise_scale.metrics(cell.data.seq_len))
+    metrics["optimizer_state_bytes"] = optimizer_state(training.trainer)
+    metrics.update(getattr(getattr(training.trainer, "optimizer", None), "facts", {}))  # e.g. muon_ns_dtype
+    if training.augmenter is not None:
+        metrics.update(training.augmenter.metrics())
+    if hasattr(training.trainer.objective, "metrics"):
+        metrics.update(training.trainer.objective.metrics())
+    if cell.train.init != "scratch":
+        metrics["init_checkpoint"] = cell.train.init
     if device.type == "cuda":
         from suite.measure.memory import cuda_memory
         metrics.update(cuda_memory(torch, device))
@@ -272,7 +294,12 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "time_to_target_s": final.reached[1] if final.reached else None,
         "steps_to_target": final.reached[0] if final.reached else None,
         "target_metric": None if t.target_loss is None else ("val_loss" if t.eval_every else "train_loss"),
+        "target_loss": t.target_loss,
+        "stopped_at_target_step": result.stopped_at,
+        "seed": t.seed,
         "train_wall_s": result.train_wall,
+        "warmup_wall_s": round(result.warmup_wall, 6),
+        "compile_s": compile_seconds(cell, result),
         "tokens_per_step": cell.tokens_per_step,
         "samples_per_step": cell.samples_per_step,
         "params": training.n_params,
@@ -290,19 +317,44 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     return metrics
 
 
+def compile_seconds(cell, result) -> float | None:
+    """torch.compile's cost, measured: the warm-up steps' wall time minus what the same number of
+    steps take once compiled (the measured median). Compilation happens on the first call and on
+    any recompilation, all inside the untimed warm-up. None for eager cells, and for a compiled
+    cell without warm-up steps or measured steps (then there is nothing to subtract from)."""
+    if not cell.compile.enabled or not result.step_times or cell.train.warmup_steps < 1:
+        return None
+    steady = float(statistics.median(result.step_times))
+    return round(max(0.0, result.warmup_wall - cell.train.warmup_steps * steady), 3)
+
+
+def optimizer_state(trainer) -> int | None:
+    """This rank's optimizer state bytes (suite.train.optimizers.state_bytes), or None where the
+    engine's optimizer keeps no per-parameter `state` mapping to read (DeepSpeed's offloaded
+    CPU Adam keeps its own)."""
+    from suite.train.optimizers import state_bytes
+    optimizer = getattr(trainer, "optimizer", None)
+    optimizers = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+    try:
+        return sum(state_bytes(o) for o in optimizers if o is not None)
+    except (AttributeError, TypeError):
+        return None
+
+
 def main(argv: list[str]) -> int:
     from suite.train.distributed import leave_process_group
 
     cell_path, result_path = Path(argv[0]), Path(argv[1])
     payload = json.loads(cell_path.read_text())
-    cell = CellConfig.from_dict(payload["config"])
     memory_limit = payload.get("memory_limit_bytes")
     print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
           flush=True)
     try:
+        cell = as_repetition(CellConfig.from_dict(payload["config"]), payload)
         if cell.device != "cuda":  # a CUDA cell's limit is on the device (start): the CUDA context
             _apply_memory_limit(memory_limit)  # reserves more address space than any host cap allows
-        result = run_cell(cell, gpu_memory_limit=memory_limit if cell.device == "cuda" else None)
+        result = run_cell(cell, gpu_memory_limit=memory_limit if cell.device == "cuda" else None,
+                          checkpoint_dir=payload.get("checkpoint_dir"))
     except Unsupported as exc:
         result = {"status": "skipped", "reason": str(exc), "metrics": {}, "env": {}}
     except Diverged as exc:
@@ -315,6 +367,25 @@ def main(argv: list[str]) -> int:
         write_atomic(result_path, json.dumps(result, allow_nan=True))
     leave_process_group()
     return 0
+
+
+def as_repetition(cell: CellConfig, payload: dict) -> CellConfig:
+    """The cell as this repetition trains it, from what the runner resolved: its seed (seeds: N
+    gives each repetition one; it sets initialisation and data order), an auto target (None: not
+    known yet, the cell runs its full budget and the report measures the target afterwards),
+    and for train.init: cell:<...> the checkpoint folder of that cell's repetition."""
+    import dataclasses
+    t = cell.train
+    changes: dict[str, Any] = {}
+    if payload.get("seed") is not None:
+        changes["seed"] = int(payload["seed"])
+    if t.auto_target:
+        changes["target_loss"] = payload.get("target_loss")
+    if t.init_cell is not None:
+        if not payload.get("init_path"):
+            raise ValueError(f"train.init {t.init!r}: the runner gave no checkpoint for it")
+        changes["init"] = payload["init_path"]
+    return dataclasses.replace(cell, train=dataclasses.replace(t, **changes)) if changes else cell
 
 
 def _apply_memory_limit(limit: int | None) -> None:

@@ -140,9 +140,12 @@ def _dense_metrics(ctx: AfterTraining, model: nn.Module) -> dict[str, Any]:
     if not _is_whole_model(model):
         return {}  # a pipeline stage or sharded parameters: no single-process model to measure
     size = model_bytes(model)
+    # timing inference costs seconds per cell: only where asked (a compression matrix asks it of
+    # its dense controls with measure.inference: true; compressed cells always measure it)
+    speed = _benchmark(ctx, model) if ctx.cell.measure.inference else {}
     return {"compressed_val_loss": ctx.dense_val_loss, "compressed_val_ppl": _ppl(ctx.dense_val_loss),
             "uncompressed_val_loss": ctx.dense_val_loss, "quality_delta_vs_uncompressed": 0.0,
-            "model_size_bytes": size, "dense_model_size_bytes": size, **_benchmark(ctx, model)}
+            "model_size_bytes": size, "dense_model_size_bytes": size, **speed}
 
 
 def _uncompressed_loss(ctx: AfterTraining, model: nn.Module, plan: Plan) -> float | None:

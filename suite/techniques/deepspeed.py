@@ -85,10 +85,10 @@ def initialize(setup: TrainSetup, optimizer, schedule, cell):
     config = deepspeed_config(cell, setup.device.type)
     if cell.parallel.offload != "none" and setup.device.type == "cuda":
         # DeepSpeed's own CPU Adam is the optimizer that makes offload worth having on GPUs (the
-        # plan allows only Adam-family optimizers here, so this is the cell's optimizer)
+        # plan allows only adamw with offload, so this is the cell's optimizer)
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         t = cell.train
-        optimizer = DeepSpeedCPUAdam(optimizer.param_groups, lr=t.lr, betas=(t.beta1, t.beta2))
+        optimizer = DeepSpeedCPUAdam(optimizer.param_groups, lr=t.lr, betas=(t.hyper("beta1"), t.hyper("beta2")))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_lambdas[0])
     # the optimizer that steps the parameters (ZeRO wraps it in its own partitioning optimizer)
     setup.facts.update({"zero_stage": cell.parallel.zero_stage, "offload": cell.parallel.offload,

@@ -15,7 +15,7 @@ parameters (bf16-pure casts, FSDP shards, QAT wraps, pipelining drops other stag
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -46,6 +46,7 @@ class Training:
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]]  # this rank's micro-batches, in order
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]  # the same windows for every cell
     world: int = 1
+    augmenter: Any = None  # suite.data.augment.Augmenter when data.augment corrupts the batches
 
 
 def seed_everything(seed: int) -> None:
@@ -64,20 +65,54 @@ def build_training(cell: CellConfig, device: torch.device | str | None = None, d
     seed_everything(t.seed)
     if dataset is None:
         dataset = build_dataset(cell.data, seed=t.seed)
-    model_cfg = resolve_model(cell.model, dataset.vocab_size, cell.data.seq_len)
+    attention = resolve_attention(cell, device)
+    model_cfg = resolve_model(replace(cell.model, attention=attention["attention"]), dataset.vocab_size,
+                              cell.data.seq_len)
     model = GPT(model_cfg).to(device)  # the same initial weights on every rank (same seed)
+    if t.init != "scratch":  # transfer: trained weights replace the initialisation, before any technique
+        from suite.train.checkpoint import load_weights
+        load_weights(model, t.init)  # the runner resolved cell:<...> to that cell's checkpoint folder
     n_params = model.num_params()
     mesh = build_mesh(cell, device)
     setup = apply_all(TrainSetup(model=model, device=device, mesh=mesh), cell)
+    setup.facts.update(attention)  # the record states the kernel, and why when it was chosen
     del model  # setup holds what this rank trains; under pipelining, the other stages' blocks go
     optimizer = build_optimizer(setup.model, t, device)
-    trainer = make_trainer(setup, optimizer, build_schedule(optimizer, t), cell)
+    objective = language_modelling
+    if t.adversarial_eps is not None:  # the plan allows it for one process, without fp16 or compile
+        from suite.train.adversarial import FastGradient, token_embedding
+        objective = FastGradient(t.adversarial_eps, token_embedding(setup.model))
+    trainer = make_trainer(setup, optimizer, build_schedule(optimizer, t), cell, objective)
+    if cell.measure.noise_scale:  # the plan allows it for one process, grad_accum >= 2, not fp16
+        from suite.train.noise_scale import NoiseScale
+        trainer.noise_scale = NoiseScale(t.micro_batch, t.grad_accum)
     # tp ranks and pipeline stages of one data-parallel replica read the same samples
+    augmenter = None
+    if cell.data.augment != "none":  # training batches only; validation stays clean
+        from suite.data.augment import Augmenter
+        augmenter = Augmenter(cell.data.augment, dataset.vocab_size, t.seed)
     batches = step_batches(dataset, t.micro_batch, t.grad_accum, t.seed, rank=coordinate(mesh, "dp"),
-                           dp=cell.parallel.dp, pin=device.type == "cuda")
+                           dp=cell.parallel.dp, pin=device.type == "cuda", augment=augmenter)
     val_batches = dataset.val_batches(EVAL_BATCH, t.eval_batches)
     return Training(cell=cell, device=device, dataset=dataset, model_cfg=model_cfg, n_params=n_params,
-                    setup=setup, trainer=trainer, batches=batches, val_batches=val_batches, world=world)
+                    setup=setup, trainer=trainer, batches=batches, val_batches=val_batches, world=world,
+                    augmenter=augmenter)
+
+
+def resolve_attention(cell: CellConfig, device: torch.device) -> dict[str, Any]:
+    """{"attention": the kernel the model runs, ...}: the cell's own choice, or for `auto` the
+    measured fastest correct kernel for this rank's attention shape (suite.measure.attention),
+    with its trial times and whether they came from the host's cache."""
+    if cell.model.attention != "auto":
+        return {"attention": cell.model.attention}
+    from suite.measure.attention import choose_attention
+    from suite.measure.device import device_fingerprint
+    _, n_head, d_model, _ = cell.model.dims
+    # tensor parallelism gives each rank n_head / tp heads
+    shape = (cell.train.micro_batch, n_head // cell.parallel.tp, cell.data.seq_len, d_model // n_head)
+    choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"])
+    return {"attention": choice["attention"], "attention_auto": {
+        "times_s": choice["times_s"], "rejected": choice["rejected"], "cached": choice["cached"]}}
 
 
 def make_trainer(setup: TrainSetup, optimizer: torch.optim.Optimizer, schedule, cell: CellConfig,

@@ -30,6 +30,8 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)  # seconds of each measured step
     reached: tuple[int, float] | None = None  # (step, train wall s) when target_loss was first reached
     train_wall: float = 0.0  # training time only: evaluation pauses this clock
+    warmup_wall: float = 0.0  # the part of train_wall spent in warm-up steps (compilation included)
+    stopped_at: int | None = None  # the step after which stop_at_target ended training
 
     def reach(self, step: int, loss: float, target: float | None) -> None:
         if target is not None and self.reached is None and loss <= target:
@@ -64,6 +66,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
     total_steps = t.total_steps
     for step in range(total_steps):
         if step == t.warmup_steps:
+            _meters(training, active=True)  # measured steps only
             if around_measured is not None:
                 around_measured("start")
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
@@ -78,6 +81,8 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
         elapsed = time.perf_counter() - start
         comm.after(step)
         result.train_wall += elapsed
+        if step < t.warmup_steps:
+            result.warmup_wall += elapsed
         if training.world > 1:  # after the clock: the curve shows the mean loss of the ranks that hold one
             loss_t = global_mean(loss_t, trainer.holds_loss)
         loss = float(loss_t)
@@ -94,9 +99,22 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             result.reach(step + 1, eval_loss, t.target_loss)
         elif not t.eval_every:
             result.reach(step + 1, loss, t.target_loss)
+        # stop_at_target: once the target is reached and at least one step was measured
+        if t.stop_at_target and result.reached is not None and result.step_times and step + 1 < total_steps:
+            result.stopped_at = step + 1
+            break
     if around_measured is not None and t.steps:
         around_measured("end")
+    _meters(training, active=False)
     return result
+
+
+def _meters(training, active: bool) -> None:
+    """What accumulates over the measured steps (the noise scale's gradient norms, the
+    adversarial loss) counts only while `active`."""
+    for meter in (training.trainer.noise_scale, training.trainer.objective):
+        if hasattr(meter, "active"):
+            meter.active = active
 
 
 def _check_divergence(curve: list[list[Any]], loss: float, step: int) -> None:

@@ -22,7 +22,10 @@ Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor
 class Trainer:
     """One optimizer step over grad_accum micro-batches of a model this process runs whole or
     as a tensor-parallel / data-parallel shard. `objective(model, x, y) -> loss` is the loss of
-    one micro-batch (language modelling; distillation's mixed loss for a fine-tune)."""
+    one micro-batch (language modelling; distillation's mixed loss for a fine-tune). An objective
+    with a `backward(model, x, y, scale, autocast) -> loss` method runs its own forward and
+    backward passes instead (the adversarial objective: two of each; the plan keeps it to
+    single-process cells without loss scaling) and returns the scaled loss to report."""
 
     holds_loss = True  # this rank computes the step's loss (not so on inner pipeline stages)
 
@@ -41,6 +44,7 @@ class Trainer:
         self.grad_clip = grad_clip
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.non_blocking = self.device.type == "cuda"
+        self.noise_scale = None  # a suite.train.noise_scale.NoiseScale when the cell measures it
 
     def step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Forward/backward over grad_accum micro-batches, then one optimizer step.
@@ -54,13 +58,20 @@ class Trainer:
             y = y.to(self.device, non_blocking=self.non_blocking)  # [B, T]
             # data-parallel engines reduce gradients only on the last micro-batch of the step
             with self.setup.accumulation(micro == self.grad_accum - 1):
-                with self.autocast():
-                    loss = self.objective(self.model, x, y) / self.grad_accum
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
+                if hasattr(self.objective, "backward"):  # an objective with passes of its own (adversarial)
+                    loss = self.objective.backward(self.model, x, y, 1.0 / self.grad_accum, self.autocast)
                 else:
-                    loss.backward()
+                    with self.autocast():
+                        loss = self.objective(self.model, x, y) / self.grad_accum
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+            if self.noise_scale is not None and micro == 0:
+                self.noise_scale.after_first(self.params)
             total += loss.detach()
+        if self.noise_scale is not None:
+            self.noise_scale.after_all(self.params)
         self.apply_gradients()
         return total
 

@@ -60,6 +60,9 @@ CHOICES: dict[str, tuple] = {_dotted(f, leaf): values for f, m in _MODULES.items
 # A few words after the allowed values of a key, where its spelling needs them.
 CHOICE_NOTES: dict[str, str] = {_dotted(f, leaf): note for f, m in _MODULES.items()
                                 for leaf, note in getattr(m, "CHOICE_NOTES", {}).items()}
+# Words a number-typed key also takes (train.target_loss: auto).
+WORDS: dict[str, tuple[str, ...]] = {_dotted(f, leaf): words for f, m in _MODULES.items()
+                                     for leaf, words in getattr(m, "WORDS", {}).items()}
 # Integer keys that must be >= 1 (the other ints must be >= 0).
 POSITIVE_INTS = {_dotted(f, leaf) for f, m in _MODULES.items() for leaf in getattr(m, "POSITIVE", ())}
 # Number keys that must lie in [0, 1).
@@ -95,7 +98,7 @@ __all__ = [
     "ALIASES", "ATTENTIONS", "CHOICE_NOTES", "CHOICES", "COMPILE_MODES", "ENGINES", "FAMILIES", "FP8_MIN_CAPABILITY",
     "FRACTIONS", "MODEL_PRESETS", "MODEL_PRESET_DIMS", "NAMED_DATASETS", "OPTIMIZERS", "POSITIVE_INTS",
     "PRECISIONS", "PRUNING_KINDS", "QUANTIZATIONS", "SCALAR_FAMILIES", "SEMI_STRUCTURED_MIN_CAPABILITY",
-    "SHORTHANDS", "SYNTHETIC_DATASETS", "TOKENIZERS", "CellConfig", "CompileSpec", "CompressSpec",
+    "SHORTHANDS", "SYNTHETIC_DATASETS", "TOKENIZERS", "WORDS", "CellConfig", "CompileSpec", "CompressSpec",
     "DataSpec", "MeasureSpec", "MemorySpec", "ModelSpec", "OptimizerInfo", "ParallelSpec", "TrainSpec", "field_type",
     "is_dataset_path", "keys_of", "upgrade",
 ]

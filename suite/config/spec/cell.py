@@ -49,6 +49,12 @@ class CellConfig:
         """Global tokens per optimizer step."""
         return self.samples_per_step * self.data.seq_len
 
+    @property
+    def train_tokens(self) -> int:
+        """Tokens the whole run trains on (warm-up steps train too): the budget that a batch-size
+        comparison at equal tokens holds constant."""
+        return self.tokens_per_step * self.train.total_steps
+
     # --- rules ---------------------------------------------------------------------------
     def problems(self) -> Iterator[Problem]:
         """What can never work, on any host: each family's rules, in a fixed order."""
@@ -77,9 +83,27 @@ class CellConfig:
         return cls(**kwargs)
 
     def cell_id(self) -> str:
-        """Stable 10-hex-digit hash of the resolved configuration."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable 10-hex-digit hash of the resolved configuration: of the settings that differ
+        from their defaults, so that a setting added in a later version (at its default) leaves
+        every existing cell's id, its resumable runs and its guard baselines as they were.
+        Changing a default is therefore a deliberate act: cells that relied on it keep their id."""
+        canonical = json.dumps(self.differences(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(canonical.encode()).hexdigest()[:10]
+
+    def differences(self) -> dict[str, Any]:
+        """{family: {setting: value}} and {top-level setting: value} for what is not a default."""
+        out: dict[str, Any] = {}
+        default = CellConfig()
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(mine):
+                changed = {g.name: getattr(mine, g.name) for g in dataclasses.fields(mine)
+                           if getattr(mine, g.name) != getattr(theirs, g.name)}
+                if changed:
+                    out[f.name] = changed
+            elif mine != theirs:
+                out[f.name] = mine
+        return out
 
 
 # Family name -> dataclass, for the families that are mappings (precision/device are scalars).

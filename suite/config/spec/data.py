@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 NAMED_DATASETS = ("shakespeare", "bible", "python-stdlib", "copy", "reverse", "modadd", "markov")
 SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
 TOKENIZERS = ("byte", "bpe")
+AUGMENT_KINDS = ("replace", "mask", "delete", "swap")  # suite/data/augment.py
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class DataSpec:
     vocab_size: int | None = None  # BPE vocabulary size (default 4096); ignored for byte
     symbols: int | None = None  # alphabet size of synthetic tasks (markov: 64, copy/reverse: 16)
     val_fraction: float = 0.1
+    # corruption of the training batches: none, replace-<r>, mask-<r>, delete-<r>, swap-<r>
+    # (suite/data/augment.py); validation is never augmented
+    augment: str = "none"
 
     @property
     def synthetic(self) -> bool:
@@ -46,10 +50,27 @@ class DataSpec:
         if self.vocab_size is not None and self.vocab_size < 257:
             yield Problem("data.vocab_size", f"a byte-level BPE vocabulary needs more than 256 entries, "
                                              f"got {self.vocab_size}.")
+        if self.augment != "none":
+            kind, _, rate = self.augment.partition("-")
+            if kind not in AUGMENT_KINDS or not _fraction(rate):
+                yield Problem("data.augment", f"unknown augmentation {self.augment!r}.",
+                              "none, " + ", ".join(f"{k}-<rate>" for k in AUGMENT_KINDS) +
+                              " with a rate strictly between 0 and 1, e.g. delete-0.1")
+            elif self.dataset in ("copy", "reverse", "modadd"):
+                yield Problem("data.augment", f"'{self.dataset}' scores only the answer tokens of a prompt; "
+                                              f"augmentation corrupts text whose targets are its next tokens.",
+                              "a corpus, a path of text files, or markov")
         if not 0.0 < self.val_fraction < 1.0:
             yield Problem("data.val_fraction", f"the share of the text held out for validation must lie "
                                                f"strictly between 0 and 1, got {self.val_fraction:g}.",
                           "a fraction such as 0.1")
+
+
+def _fraction(text: str) -> bool:
+    try:
+        return 0.0 < float(text) < 1.0
+    except ValueError:
+        return False
 
 
 def is_dataset_path(name: str) -> bool:

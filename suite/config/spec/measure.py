@@ -20,11 +20,27 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MeasureSpec:
     threads: int = 0  # intra-op threads per process; 0: torch's default (all cores)
+    # the gradient noise scale B_simple (McCandlish et al. 2018) from the gradient norms of the
+    # first micro-batch and of the whole accumulated step (needs grad_accum >= 2, one process);
+    # two gradient norms per measured step, inside the timed step
+    noise_scale: bool = False
+    # time prefill and decode of the trained dense model (compressed cells always do): the
+    # dense controls of a compression matrix need it; elsewhere it would cost seconds per cell
+    inference: bool = False
 
     def problems(self, cell: "CellConfig") -> Iterator[Problem]:
-        return iter(())
+        if self.noise_scale and cell.train.grad_accum < 2:
+            yield Problem("measure.noise_scale", "the noise scale compares the gradient of one micro-batch with "
+                                                 "that of the accumulated step, so the step needs two or more.",
+                          "train.grad_accum: 2 or more")
+        if self.noise_scale and cell.parallel.distributed:
+            yield Problem("measure.noise_scale", "the noise scale is measured in single-process cells.",
+                          "parallel.engine: none, dp = tp = pp = 1")
+        if self.noise_scale and cell.precision == "fp16":
+            yield Problem("measure.noise_scale", "fp16 gradients are loss-scaled; the noise scale is measured in "
+                                                 "the other precisions.", "fp32, bf16, bf16-pure")
 
 
-CHOICES: dict[str, tuple] = {}
+CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, True)}
 POSITIVE: set[str] = set()
 FRACTIONS: set[str] = set()

@@ -20,7 +20,7 @@ MODEL_PRESET_DIMS: dict[str, tuple[int, int, int]] = {
     "1.3b": (24, 32, 2048),
 }
 MODEL_PRESETS = tuple(MODEL_PRESET_DIMS)
-ATTENTIONS = ("sdpa", "matmul")
+ATTENTIONS = ("auto", "sdpa", "matmul")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,10 @@ class ModelSpec:
     d_model: int | None = None
     d_ff: int | None = None
     dropout: float = 0.0
-    attention: str = "sdpa"  # sdpa: fused kernel; matmul: explicit QK^T/softmax/AV (see README)
+    # auto: the faster correct one of the two for this host, dtype and shape, measured once per
+    # host and cached (suite.measure.attention); sdpa: the fused kernel; matmul: explicit
+    # QK^T / softmax / AV (O(T^2) score memory)
+    attention: str = "auto"
 
     @property
     def dims(self) -> tuple[int, int, int, int]:

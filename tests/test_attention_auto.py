@@ -1,0 +1,74 @@
+"""model.attention: auto — the kernel is measured, checked for correctness, cached, and stated."""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from suite.measure.attention import choose_attention
+from suite.measure.host_cache import cache_dir
+from suite.train import build_training
+
+CPU = torch.device("cpu")
+SHAPE = (2, 4, 32, 16)  # batch, heads, seq, head_dim
+
+
+def causal(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_a_fast_but_wrong_kernel_is_never_chosen():
+    def fast_but_wrong(q, k, v):  # no causal mask: sees the future
+        return F.scaled_dot_product_attention(q, k, v, is_causal=False)
+
+    def slow_but_right(q, k, v):
+        time.sleep(0.002)
+        return causal(q, k, v)
+
+    for precision in ("fp32", "bf16"):
+        choice = choose_attention(torch, CPU, precision, SHAPE, "test-cpu",
+                                  candidates={"wrong": fast_but_wrong, "right": slow_but_right})
+        assert choice["attention"] == "right"
+        assert choice["rejected"]["wrong"].startswith("wrong: max error")
+        assert set(choice["times_s"]) == {"right"}
+
+
+def test_the_faster_correct_kernel_wins_by_its_measured_median():
+    def slower(q, k, v):
+        time.sleep(0.004)  # well beyond any scheduling noise at this shape
+        return causal(q, k, v)
+
+    choice = choose_attention(torch, CPU, "fp32", SHAPE, "test-cpu", candidates={"slower": slower, "plain": causal})
+    assert choice["attention"] == "plain"
+    assert choice["times_s"]["plain"] < choice["times_s"]["slower"]
+    assert choice["times_s"]["slower"] >= 0.004  # a real measurement of the sleep, not a constant
+
+
+def test_the_choice_is_measured_once_per_host_and_shape_then_read_from_the_cache():
+    first = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu")
+    again = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu")
+    assert first["cached"] is False and again["cached"] is True
+    assert again["attention"] == first["attention"] and again["times_s"] == first["times_s"]
+    stored = json.loads((cache_dir() / "attention.json").read_text())
+    assert stored[first["key"]]["attention"] == first["attention"]
+    other = choose_attention(torch, CPU, "fp32", (4, 4, 32, 16), "cache-test-cpu")  # another batch
+    assert other["cached"] is False and other["key"] != first["key"]
+
+
+def _cell(attention: str) -> CellConfig:
+    return CellConfig(model=ModelSpec(preset="tiny", attention=attention), data=DataSpec(seq_len=32),
+                      train=TrainSpec(steps=1, micro_batch=2), device="cpu")
+
+
+def test_a_cell_with_auto_runs_and_states_the_chosen_kernel():
+    training = build_training(_cell("auto"))
+    facts = training.setup.facts
+    assert facts["attention"] in ("sdpa", "matmul")
+    assert facts["attention"] == min(facts["attention_auto"]["times_s"], key=facts["attention_auto"]["times_s"].get)
+    assert all(block.attn.attention == facts["attention"] for block in training.setup.model.blocks)
+    pinned = build_training(_cell("matmul")).setup
+    assert pinned.facts["attention"] == "matmul" and "attention_auto" not in pinned.facts
+    assert all(block.attn.attention == "matmul" for block in pinned.model.blocks)
