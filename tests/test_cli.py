@@ -68,6 +68,11 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
         assert m["val_loss"] < m["loss_curve"][0][2]  # it learned something
         assert m["optimal_loss"] is not None and m["val_loss"] > m["optimal_loss"] - 0.05
         assert m["time_to_target_s"] is not None and m["steps_to_target"] == 1  # target 10 nats: step 1
+        # the repetition's time outside its training steps, and the warm-up's share of training
+        assert m["cell_overhead_s"] == pytest.approx(r.duration_s - m["train_wall_s"], abs=2e-3)
+        assert 0 < m["cell_overhead_s"] < r.duration_s and 0 < m["warmup_wall_s"] < m["train_wall_s"]
+        assert m["compile_s"] is None  # eager cells
+        assert m["attention"] in ("sdpa", "matmul")  # attention: auto resolved, and said
         assert (run_dir / r.log).exists()
     assert (run_dir / "matrix.json").exists() and (run_dir / "env.json").exists()
     assert (tmp_path / "reports" / "unseen" / "r1.html").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from suite.config.matrix import load_matrix
-from suite.config.spec import OPTIMIZERS, CellConfig, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
+from suite.config.spec import OPTIMIZERS, CellConfig, CompileSpec, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
 from suite.measure.estimate import estimate_memory
 from suite.train import build_training, train_steps
 from suite.train import optimizers
@@ -62,3 +62,15 @@ def test_every_trainer_evaluates_with_the_same_signature():
     assert whole.per_sequence is None and len(detail.per_sequence) == 8  # one batch of 8 sequences
     # every sequence has the same number of scored tokens here, so the mean of means is the mean
     assert detail.loss == pytest.approx(sum(detail.per_sequence) / 8, rel=1e-6) == whole.loss
+
+
+def test_compile_seconds_is_the_warm_up_beyond_steady_steps():
+    """compile_s: the warm-up's wall time minus as many steps at the measured median; eager cells
+    and cells with nothing to subtract from have none."""
+    from suite.run.worker import compile_seconds
+    from suite.train.loop import TrainResult
+    compiled = CellConfig(compile=CompileSpec(mode="default"), train=TrainSpec(warmup_steps=3, steps=4))
+    result = TrainResult(step_times=[0.5, 0.4, 0.6, 0.5], warmup_wall=12.0)
+    assert compile_seconds(compiled, result) == pytest.approx(12.0 - 3 * 0.5)
+    assert compile_seconds(CellConfig(train=TrainSpec(warmup_steps=3, steps=4)), result) is None
+    assert compile_seconds(compiled, TrainResult(step_times=[], warmup_wall=12.0)) is None
