@@ -28,6 +28,7 @@ import torch
 from suite.measure.attention import choose_attention
 from suite.measure.env import cpu_model
 from suite.model import GPT, GPTConfig
+from suite.model.gpt import attention_kernels
 
 HAVE_HF = importlib.util.find_spec("transformers") is not None
 HAVE_LITGPT = importlib.util.find_spec("litgpt") is not None
@@ -93,7 +94,7 @@ def package_versions() -> dict[str, str]:
 def test_ours_vs_peers(benchmark, kit, precision):
     head_dim = kit.D_MODEL // kit.N_HEAD
     choice = choose_attention(torch, torch.device("cpu"), precision, (kit.BATCH, kit.N_HEAD, kit.SEQ, head_dim),
-                              cpu_model())
+                              cpu_model(), attention_kernels())
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER,
                          n_head=kit.N_HEAD, d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))

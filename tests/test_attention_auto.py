@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.measure.attention import choose_attention
 from suite.measure.host_cache import cache_dir
+from suite.model.gpt import attention_kernels
 from suite.train import build_training
 
 CPU = torch.device("cpu")
@@ -30,7 +31,7 @@ def test_a_fast_but_wrong_kernel_is_never_chosen():
 
     for precision in ("fp32", "bf16"):
         choice = choose_attention(torch, CPU, precision, SHAPE, "test-cpu",
-                                  candidates={"wrong": fast_but_wrong, "right": slow_but_right})
+                                  {"wrong": fast_but_wrong, "right": slow_but_right}, use_cache=False)
         assert choice["attention"] == "right"
         assert choice["rejected"]["wrong"].startswith("wrong: max error")
         assert set(choice["times_s"]) == {"right"}
@@ -41,20 +42,20 @@ def test_the_faster_correct_kernel_wins_by_its_measured_median():
         time.sleep(0.004)  # well beyond any scheduling noise at this shape
         return causal(q, k, v)
 
-    choice = choose_attention(torch, CPU, "fp32", SHAPE, "test-cpu", candidates={"slower": slower, "plain": causal})
+    choice = choose_attention(torch, CPU, "fp32", SHAPE, "test-cpu", {"slower": slower, "plain": causal}, use_cache=False)
     assert choice["attention"] == "plain"
     assert choice["times_s"]["plain"] < choice["times_s"]["slower"]
     assert choice["times_s"]["slower"] >= 0.004  # a real measurement of the sleep, not a constant
 
 
 def test_the_choice_is_measured_once_per_host_and_shape_then_read_from_the_cache():
-    first = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu")
-    again = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu")
+    first = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu", attention_kernels())
+    again = choose_attention(torch, CPU, "fp32", SHAPE, "cache-test-cpu", attention_kernels())
     assert first["cached"] is False and again["cached"] is True
     assert again["attention"] == first["attention"] and again["times_s"] == first["times_s"]
     stored = json.loads((cache_dir() / "attention.json").read_text())
     assert stored[first["key"]]["attention"] == first["attention"]
-    other = choose_attention(torch, CPU, "fp32", (4, 4, 32, 16), "cache-test-cpu")  # another batch
+    other = choose_attention(torch, CPU, "fp32", (4, 4, 32, 16), "cache-test-cpu", attention_kernels())  # another batch
     assert other["cached"] is False and other["key"] != first["key"]
 
 

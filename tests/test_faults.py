@@ -134,8 +134,11 @@ def test_memory_estimate_tracks_the_techniques():
     from suite.config.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
     base = CellConfig(model=ModelSpec(preset="small"), train=TrainSpec(micro_batch=8))
     e = estimate_memory(base)
-    # AdamW state is twice the parameters; gradients equal them
-    assert e["optimizer_bytes"] == 2 * e["params_bytes"] == 2 * e["grads_bytes"]
+    # AdamW state is twice the parameters plus one fp32 step counter per parameter tensor;
+    # gradients equal the parameters
+    from suite.measure.estimate import parameter_shapes
+    counters = 4 * len(parameter_shapes(base, 256))
+    assert e["optimizer_bytes"] == 2 * e["params_bytes"] + counters and e["params_bytes"] == e["grads_bytes"]
     full = estimate_memory(CellConfig(model=base.model, train=base.train,
                                       memory=MemorySpec(activation_checkpointing="full")))
     assert full["activations_bytes"] < 0.5 * e["activations_bytes"]

@@ -33,29 +33,32 @@ SEPARATED = 1.5  # after 3 rounds: min(slower) / max(leader) beyond this ends th
 MIN_ROUND_S = 0.02  # a round repeats the kernel until it has run this long (short shapes)
 
 
-def kernels() -> dict[str, Callable]:
-    """name -> attention(q, k, v) for [B, H, T, D] tensors, causal, no dropout."""
-    import torch.nn.functional as F
-    from suite.model.gpt import matmul_attention
-    return {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-            "matmul": lambda q, k, v: matmul_attention(q, k, v, 0.0)}
-
-
 def choose_attention(torch, device, precision: str, shape: tuple[int, int, int, int], device_name: str,
-                     candidates: dict[str, Callable] | None = None) -> dict:
+                     kernels: dict[str, Callable], use_cache: bool = True) -> dict:
     """-> {"attention": chosen kernel name, "times_s": {name: median fwd+bwd seconds},
-    "rejected": {name: why}, "key": cache key, "cached": bool}. shape: (batch, heads, seq, head_dim).
-    `candidates` replaces the built-in kernels (tests); it also bypasses the cache."""
+    "rejected": {name: why}, "key": cache key, "cached": bool}. shape: (batch, heads, seq,
+    head_dim); kernels: name -> causal attention(q, k, v) (suite.model.gpt.attention_kernels);
+    use_cache=False measures without reading or writing the host's cache (tests)."""
     dtype = ATTENTION_DTYPE[precision]
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     b, h, t, d = shape
-    key = f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|B{b} H{h} T{t} D{d}"
-    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, candidates or kernels())  # noqa: E731
-    if candidates is not None:
-        entry, cached = measure(), False
-    else:
+    key = (f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|B{b} H{h} T{t} D{d}"
+           f"|{','.join(sorted(kernels))}")
+    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
+    if use_cache:
         entry, cached = measured_once("attention.json", key, measure)
+    else:
+        entry, cached = measure(), False
     return {**entry, "key": key, "cached": cached}
+
+
+def reference_attention(torch, q, k, v):
+    """Causal softmax(q k^T / sqrt(D)) v, written out: the float64 yardstick every kernel is
+    checked against, independent of the kernels under test. [B, H, T, D] -> [B, H, T, D]."""
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
 
 
 def trial(torch, device, dtype, shape, candidates: dict[str, Callable]) -> dict:
@@ -63,8 +66,7 @@ def trial(torch, device, dtype, shape, candidates: dict[str, Callable]) -> dict:
     q, k, v, grad_out = (torch.randn(*shape, generator=gen).to(device) for _ in range(4))
     full = [x.to(dtype) for x in (q, k, v, grad_out)]
     q, k, v, grad_out = (x[:1] for x in (q, k, v, grad_out))  # correctness: one sequence suffices
-    from suite.model.gpt import matmul_attention  # the reference: explicit attention in float64
-    reference, ref_grads = _forward_backward(torch, lambda *x: matmul_attention(*x, 0.0),
+    reference, ref_grads = _forward_backward(torch, lambda *x: reference_attention(torch, *x),
                                              *(x.double() for x in (q, k, v, grad_out)))
     scale = max(float(reference.abs().max()), *(float(g.abs().max()) for g in ref_grads), 1e-12)
     inputs = [x.to(dtype) for x in (q, k, v, grad_out)]

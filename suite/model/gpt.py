@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,13 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, -1)  # [B, T, H * D]
         return self.resid_drop(self.proj(y))
+
+
+def attention_kernels() -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """name -> causal attention(q, k, v) without dropout, for [B, H, T, D] tensors: the kernels
+    `attention` may name (what `model.attention: auto` chooses between, from outside the model)."""
+    return {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            "matmul": lambda q, k, v: matmul_attention(q, k, v, 0.0)}
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:

@@ -53,6 +53,7 @@ class Trained:
     comm_steps: int
     rss_before_train: int
     peak_rss: int  # read right after training, before evaluation can add to it
+    rss_after_train: int  # what the process holds then: weights, gradients, optimizer state, caches
 
 
 @dataclass
@@ -132,7 +133,8 @@ def train(training, started: Started) -> Trained:
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
                    counters=counters(), comm_share=comm.share, comm_steps=comm.steps,
-                   rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes())
+                   rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes(),
+                   rss_after_train=host_current_rss_bytes())
 
 
 def _machine_probe(torch):
@@ -274,7 +276,9 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         torch.distributed.all_reduce(total)
         recompute = setup.facts["recompute_layers"] = round(float(total) / (cell.parallel.dp * cell.parallel.tp))
     flops = flops_per_token(training.model_cfg, cell.data.seq_len, recompute)
-    peak = peak_flops(torch, device, cell.precision, started.env["device_name"])
+    # what this rank achieved in model FLOP/s: a cached peak below it was measured in a bad moment
+    achieved = metrics["tokens_per_s"] * flops["train"] / world if metrics.get("tokens_per_s") else None
+    peak = peak_flops(torch, device, cell.precision, started.env["device_name"], at_least=achieved)
     # the peak is one rank's (one device, or this rank's CPU threads); the run used `world`
     mfu, hfu = utilization(metrics["tokens_per_s"], flops["train"], flops["hardware"], peak["peak_flops"], world)
     mfu_nominal, _ = utilization(metrics["tokens_per_s"], flops["train"], None, peak.get("nominal_peak_flops"), world)
@@ -283,6 +287,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "host_rss_peak_bytes": trained.peak_rss,
         "host_rss_start_bytes": started.rss_start,
         "host_rss_before_train_bytes": trained.rss_before_train,
+        "host_rss_after_train_bytes": trained.rss_after_train,
         "loss_curve": result.loss_curve,
         "eval_curve": final.evals,
         "step_times_s": [round(s, 6) for s in result.step_times],
@@ -307,6 +312,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "achieved_flops": metrics["tokens_per_s"] * flops["train"],
         "peak_flops": peak["peak_flops"],
         "peak_flops_key": peak["peak_key"],
+        "peak_remeasured": peak["peak_remeasured"],
         "mfu": mfu,
         "hfu": hfu,
         "nominal_peak_flops": peak.get("nominal_peak_flops"),

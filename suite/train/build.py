@@ -25,6 +25,7 @@ from suite.config.spec import CellConfig
 from suite.data import build_dataset
 from suite.data.steps import step_batches
 from suite.model import GPT, GPTConfig, resolve_model
+from suite.model.gpt import attention_kernels
 from suite.techniques import TrainSetup, apply_all
 from suite.techniques.mesh import build_mesh, coordinate
 from suite.train.evaluation import EVAL_BATCH
@@ -110,7 +111,8 @@ def resolve_attention(cell: CellConfig, device: torch.device) -> dict[str, Any]:
     _, n_head, d_model, _ = cell.model.dims
     # tensor parallelism gives each rank n_head / tp heads
     shape = (cell.train.micro_batch, n_head // cell.parallel.tp, cell.data.seq_len, d_model // n_head)
-    choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"])
+    choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
+                              attention_kernels())
     return {"attention": choice["attention"], "attention_auto": {
         "times_s": choice["times_s"], "rejected": choice["rejected"], "cached": choice["cached"]}}
 
