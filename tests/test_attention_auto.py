@@ -73,3 +73,11 @@ def test_a_cell_with_auto_runs_and_states_the_chosen_kernel():
     pinned = build_training(_cell("matmul")).setup
     assert pinned.facts["attention"] == "matmul" and "attention_auto" not in pinned.facts
     assert all(block.attn.attention == "matmul" for block in pinned.model.blocks)
+
+
+def test_a_large_batch_is_trialled_at_a_bounded_size():
+    """A cell of 4,096 sequences is ranked on 16 (64 sequence-head pairs), not 4,096: one entry
+    serves every batch from 16 up."""
+    big = choose_attention(torch, CPU, "fp32", (4096, 4, 32, 16), "cap-test-cpu", attention_kernels())
+    also = choose_attention(torch, CPU, "fp32", (32, 4, 32, 16), "cap-test-cpu", attention_kernels())
+    assert "|B16 H4 T32 D16|" in big["key"] and also["key"] == big["key"] and also["cached"]

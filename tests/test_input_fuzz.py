@@ -51,7 +51,7 @@ def record_lines(draw) -> str:
     return line.replace("\n", " ")
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(lines=st.lists(record_lines(), max_size=8), torn=st.booleans())
 def test_any_records_file_reads_as_records_and_warnings(tmp_path_factory, lines, torn):
     run = tmp_path_factory.mktemp("run", numbered=True)

@@ -20,7 +20,7 @@ matrices = st.dictionaries(st.sampled_from(TOP), values, max_size=8).map(
     lambda d: {"name": "fuzz", **d} if "name" not in d and len(d) % 2 else d)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=matrices)
 def test_any_document_gives_cells_or_a_matrix_error(tmp_path_factory, doc):
     folder = tmp_path_factory.mktemp("fuzz", numbered=True)
@@ -37,7 +37,7 @@ def test_any_document_gives_cells_or_a_matrix_error(tmp_path_factory, doc):
     assert matrix.cells and all(c.cell_id for c in matrix.cells)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_never_escapes_as_another_exception(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("txt") / "m.yaml"

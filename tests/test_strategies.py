@@ -338,11 +338,14 @@ def test_an_optimizer_by_augmentation_matrix_runs_on_a_cpu(tmp_path):
     (tmp_path / "m.yaml").write_text(
         "name: oa\nfixed: {model: {preset: tiny, n_layer: 1, d_model: 64, n_head: 2}, data: {dataset: markov, "
         "seq_len: 32}, train: {steps: 2, warmup_steps: 1, micro_batch: 4, eval_batches: 1}, measure: {threads: 1}}\n"
-        f"axes: {{train.optimizer: [{names}], data.augment: [none, swap-0.1]}}\n")
+        f"axes: {{train.optimizer: [{names}], data.augment: [none, swap-0.1]}}\n"
+        # torchao's optimizers compile their step (~10 s a cell): once each is enough
+        "exclude: [{train.optimizer: adamw-8bit, data.augment: swap-0.1}, "
+        "{train.optimizer: adamw-4bit, data.augment: swap-0.1}]\n")
     done = txsuite("run", "m.yaml", "--run-id", "r", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     records = RunFolder(tmp_path / "results" / "oa" / "r").load().records
-    assert len(records) == 2 * len(OPTIMIZERS)
+    assert len(records) == 2 * len(OPTIMIZERS) - 2
     for r in records:
         name = r.config["train"]["optimizer"]
         if name == "adamw-fp8":
