@@ -39,6 +39,15 @@ class FastGradient:
         self._adv_sum: torch.Tensor | None = None  # on the device: no host sync per step
         self._count = 0
 
+    def _loss(self, model, x, y, scale: float, autocast: Callable, hook: Callable) -> torch.Tensor:
+        """The scaled language-modelling loss with `hook` on the token embedding for this one pass."""
+        handle = self.embedding.register_forward_hook(hook)
+        try:
+            with autocast():
+                return language_modelling(model, x, y) * scale
+        finally:
+            handle.remove()
+
     def backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float,
                  autocast: Callable) -> torch.Tensor:
         kept: list[torch.Tensor] = []
@@ -47,22 +56,12 @@ class FastGradient:
             output.retain_grad()
             kept.append(output)
 
-        handle = self.embedding.register_forward_hook(keep)
-        try:
-            with autocast():
-                clean = language_modelling(model, x, y) * scale
-        finally:
-            handle.remove()
+        clean = self._loss(model, x, y, scale, autocast, keep)
         clean.backward()
         grad = kept[0].grad.float()  # [B, T, d]
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
         delta = (self.eps * grad / norm).to(kept[0].dtype).detach()
-        handle = self.embedding.register_forward_hook(lambda module, inputs, output: output + delta)
-        try:
-            with autocast():
-                adversarial = language_modelling(model, x, y) * scale
-        finally:
-            handle.remove()
+        adversarial = self._loss(model, x, y, scale, autocast, lambda module, inputs, output: output + delta)
         adversarial.backward()
         if self.active:
             value = adversarial.detach() / scale

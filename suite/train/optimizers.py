@@ -76,22 +76,16 @@ def lion(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.op
     return Lion(_plain(groups), lr=train.lr, betas=_betas(train))
 
 
-@builder("adamw-8bit")
-def adamw_8bit(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    from torchao.optim import AdamW8bit
-    return AdamW8bit(_plain(groups), lr=train.lr, betas=_betas(train))
+def _torchao_adamw(class_name: str) -> Builder:
+    """A torchao low-bit AdamW (8-bit, 4-bit blockwise, fp8): same arguments, another state."""
+    def build(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
+        import torchao.optim
+        return getattr(torchao.optim, class_name)(_plain(groups), lr=train.lr, betas=_betas(train))
+    return build
 
 
-@builder("adamw-4bit")
-def adamw_4bit(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    from torchao.optim import AdamW4bit
-    return AdamW4bit(_plain(groups), lr=train.lr, betas=_betas(train))
-
-
-@builder("adamw-fp8")
-def adamw_fp8(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    from torchao.optim import AdamWFp8
-    return AdamWFp8(_plain(groups), lr=train.lr, betas=_betas(train))
+for _name, _class_name in (("adamw-8bit", "AdamW8bit"), ("adamw-4bit", "AdamW4bit"), ("adamw-fp8", "AdamWFp8")):
+    builder(_name)(_torchao_adamw(_class_name))
 
 
 def _betas(train: TrainSpec) -> tuple[float, float]:
