@@ -1,10 +1,12 @@
-"""Parallel engines on this CPU (2-4 gloo ranks launched by torchrun through the real runner).
+"""Parallel engines on this CPU (2-4 gloo ranks through the real runner: forked by the fork server
+on one node, started by torchrun across nodes or with TXSUITE_FORKSERVER=0).
 
 Correctness is proved against the single-process control: every engine trains on the same
 global samples, so its loss curve must equal the control's up to the noise of fp32 reduction
 order. That noise is measured, not assumed: a second single-process cell sums the same step
 in another order (2 micro-batches x 2 accumulation steps instead of 1 x 4)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,7 +85,8 @@ def test_every_engine_reproduces_the_single_process_curve(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
+@pytest.mark.parametrize("launcher", ["forkserver", "torchrun"])
+def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path, launcher):
     (tmp_path / "k.yaml").write_text(textwrap.dedent("""\
         name: killrank
         fixed:
@@ -92,8 +95,9 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
           train: {steps: 3000, warmup_steps: 1, micro_batch: 2}
           parallel: {engine: ddp, dp: 2}
         """))
+    env = dict(os.environ, TXSUITE_FORKSERVER="1" if launcher == "forkserver" else "0")
     runner = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "k.yaml", "--run-id", "r"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     log = tmp_path / "results/killrank/r/cells"
     victim = None
     deadline = time.monotonic() + 120
@@ -101,7 +105,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
         time.sleep(0.5)
         logs = list(log.rglob("log.txt")) if log.exists() else []
         if logs and "[txsuite step 5/" in logs[0].read_text():
-            victim = _rank_pid(1, "results/killrank/")
+            victim = _rank_pid(1, log)
     assert victim is not None, "rank 1 never started training"
     os.kill(victim, signal.SIGKILL)
     output, _ = runner.communicate(timeout=120)
@@ -109,7 +113,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path):
     (record,) = RunFolder(tmp_path / "results/killrank/r").records()
     assert record.status == "failed"
     assert record.reason.startswith("rank 1 ended first: exit -9 (SIGKILL)"), record.reason
-    assert _rank_pid(0, "results/killrank/") is None  # rank 0 did not outlive its peer
+    assert _rank_pid(0, log) is None  # rank 0 did not outlive its peer
 
 
 @pytest.mark.parametrize("exitcode_line", [
@@ -127,19 +131,22 @@ def test_the_launchers_root_cause_names_the_signal_whatever_torchrun_prints(tmp_
     assert _launcher_root_cause(log) == "rank 0 ended first: exit 1"
 
 
-def _rank_pid(rank: int, marker: str):
-    """The pid of the worker process with this RANK whose command line mentions `marker`."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if "suite.run.worker" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ:
-            return int(pid)
+def _rank_pid(rank: int, log_dir) -> int | None:
+    """The pid of the live worker with this RANK, from the line each worker prints first into its
+    cell's log (ranks are forked by the fork server or started by torchrun: no command line or
+    start-up environment names them either way)."""
+    for log in log_dir.rglob("log.txt") if log_dir.exists() else []:
+        found = re.search(rf"\[txsuite worker\] pid (\d+) rank {rank} ", log.read_text(errors="replace"))
+        if found and os.path.exists(f"/proc/{found.group(1)}") and not _zombie(int(found.group(1))):
+            return int(found.group(1))
     return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 # --- fast checks of the pieces, in one process ------------------------------------------------

@@ -51,6 +51,7 @@ class MachineState:
     before_s: float | None = None
     after_s: float | None = None
     best_s: float | None = None  # the host's best time for the workload, this one included
+    wall_s: float = 0.0  # what probing cost the cell, both probes and the cache update
 
     @property
     def slowdown(self) -> float | None:

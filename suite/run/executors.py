@@ -87,10 +87,11 @@ class LocalExecutor:
         return os.environ.get("TXSUITE_FORKSERVER", "1") != "0"
 
     def execute_forked(self, launch: tuple[str, ...], args: list[str], env: dict, log_path: Path,
-                       timeout: float) -> Outcome | None:
+                       timeout: float, ranks: int = 1) -> Outcome | None:
         """A CPU cell forked from the fork server of this code (`launch`: the interpreter's
-        arguments that run a module, e.g. ("-m",)), started on first use with `env`. None when
-        this code has no working fork server (an older checkout): start a process instead."""
+        arguments that run a module, e.g. ("-m",)), started on first use with `env`; `ranks` > 1
+        forks that many ranks of a distributed cell. None when this code has no working fork
+        server (an older checkout, or one that cannot launch ranks): start a process instead."""
         if launch in self._unforkable:
             return None
         server = self._servers.get(launch)
@@ -100,7 +101,9 @@ class LocalExecutor:
             except RuntimeError:
                 self._unforkable.add(launch)
                 return None
-        returncode, timed_out = server.run(args, env, log_path, timeout)
+        if ranks > 1 and not server.launches_ranks:
+            return None
+        returncode, timed_out = server.run(args, env, log_path, timeout, ranks)
         return Outcome(returncode, timed_out, f"fork of {server.pid}")
 
     def close(self) -> None:
@@ -177,6 +180,7 @@ class ForkServer:
             self.close()
             raise RuntimeError("the txsuite fork server did not start (run with TXSUITE_FORKSERVER=0 to see why)")
         self.pid = ready["ready"]
+        self.launches_ranks = bool(ready.get("ranks"))
 
     @property
     def alive(self) -> bool:
@@ -189,9 +193,10 @@ class ForkServer:
         line = self.proc.stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, args: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int | None, bool]:
+    def run(self, args: list[str], env: dict, log_path: Path, timeout: float,
+            ranks: int = 1) -> tuple[int | None, bool]:
         changed = {k: v for k, v in env.items() if self.env.get(k) != v}
-        self.proc.stdin.write(json.dumps({"args": args, "log": str(log_path), "env": changed}) + "\n")
+        self.proc.stdin.write(json.dumps({"args": args, "log": str(log_path), "env": changed, "ranks": ranks}) + "\n")
         self.proc.stdin.flush()
         started = self._reply(self.START_TIMEOUT_S)
         if started is None or "pid" not in started:

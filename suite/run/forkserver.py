@@ -8,15 +8,21 @@ own (its own allocator, threads, crash), but starts in milliseconds.
     python -m suite.run.forkserver        # started by suite.run.executors, talks over stdin/stdout
 
 Protocol, one JSON object per line: the runner sends {"args": [cell.json, result.json],
-"log": path, "env": {name: value}}; the server forks, answers {"pid": child}, and when the
-child ends {"pid": child, "status": exit code, or -signal}. The child starts its own process
-group (the runner kills the group on a timeout), sends its output to the log, sets the
+"log": path, "env": {name: value}, "ranks": N}; the server forks, answers {"pid": child}, and
+when the child ends {"pid": child, "status": exit code, or -signal}. The child starts its own
+process group (the runner kills the group on a timeout), sends its output to the log, sets the
 environment and torch's thread count it was given, and runs suite.run.worker.main.
 
-Only CPU cells in one process go through it: forking a process that holds a CUDA context, or
-one that must be started by torchrun, is not safe. The server itself never runs a torch
-operator, so no OpenMP thread exists when it forks (libgomp does not survive a fork of a
-process whose pool has started).
+A distributed CPU cell on one node (ranks > 1) is launched here instead of by torchrun, which
+would start every rank as a new interpreter (~7 s per cell on 2 cores, measured): the child
+becomes the cell's launcher and forks the ranks with torchrun's environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT; one OpenMP thread each unless the cell sets threads, as torchrun
+does), and like torchrun ends them all when one fails, naming that rank in the log.
+
+CUDA cells, and ranks spread over several nodes, are not forked: forking a process that holds
+a CUDA context is not safe, and other nodes need torchrun's rendezvous. The server itself never
+runs a torch operator, so no OpenMP thread exists when it forks (libgomp does not survive a
+fork of a process whose pool has started).
 """
 from __future__ import annotations
 
@@ -42,28 +48,13 @@ def preload() -> None:
     import suite.train.finetune  # noqa: F401
 
 
-def child(args: list[str], log: str, env: dict[str, str]) -> None:
-    """In the forked child: become a process group of its own, run the worker, never return."""
+def child(args: list[str], log: str, env: dict[str, str], ranks: int = 1) -> None:
+    """In the forked child: become a process group of its own with its output in the log, then
+    run the worker (or launch `ranks` of them), never return."""
     code = 1
     try:
-        os.setsid()
-        _die_with_parent()
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = os.fdopen(2, "w", buffering=1)
-        os.environ.update(env)
-        import torch
-        threads = env.get("OMP_NUM_THREADS")
-        if threads:
-            torch.set_num_threads(int(threads))
-        from suite.run.worker import main
-        code = main(args)
+        _become_cell_process(log, env)
+        code = launch_ranks(args, env, ranks) if ranks > 1 else run_worker(args, env)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - the runner reads the log; the exit code says it failed
@@ -78,6 +69,115 @@ def child(args: list[str], log: str, env: dict[str, str]) -> None:
             os._exit(code)
 
 
+def _become_cell_process(log: str, env: dict[str, str]) -> None:
+    os.setsid()
+    _die_with_parent()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    os.environ.update(env)
+
+
+def run_worker(args: list[str], env: dict[str, str]) -> int:
+    import torch
+    threads = env.get("OMP_NUM_THREADS")
+    if threads:  # before the first operator starts the OpenMP pool
+        torch.set_num_threads(int(threads))
+    from suite.run.worker import main
+    return main(args)
+
+
+# After the first rank fails, the others get SIGTERM and this long to end before SIGKILL
+# (torchrun's default grace is 30 s; a rank blocked in a collective never ends by itself).
+RANK_GRACE_S = 3.0
+
+
+def launch_ranks(args: list[str], env: dict[str, str], ranks: int) -> int:
+    """torchrun --standalone for one node, in this process: fork `ranks` workers with the
+    environment torchrun gives them, wait for all; when one fails, end the rest and name it.
+    Returns 0 when every rank exited 0, else 1 (as torchrun)."""
+    import time
+
+    port = _free_port()
+    threads = env.get("OMP_NUM_THREADS") or "1"  # torchrun's default when it starts several ranks
+    pids: dict[int, int] = {}  # pid -> rank
+    for rank in range(ranks):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                rank_env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+                            "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(port), "OMP_NUM_THREADS": threads}
+                os.environ.update(rank_env)
+                code = run_worker(args, {**env, **rank_env})
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        pids[pid] = rank
+    failure: tuple[int, int, int] | None = None  # (rank, pid, exit code or -signal)
+    deadline = None
+    while pids:
+        flags = os.WNOHANG if deadline is not None else 0
+        pid, status = os.waitpid(-1, flags)
+        if pid == 0:  # ranks still ending after the first failure
+            if time.monotonic() > deadline:
+                for other in pids:
+                    _kill(other, signal.SIGKILL)
+            time.sleep(0.05)
+            continue
+        if pid not in pids:
+            continue
+        rank = pids.pop(pid)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if code != 0 and failure is None:
+            failure = (rank, pid, code)
+            print(f"[txsuite launcher] Root cause: rank {rank} (pid {pid}) ended first: exit {code}"
+                  f"{_signal_name(code)}; ending the other ranks", flush=True)
+            for other in pids:
+                _kill(other, signal.SIGTERM)
+            deadline = time.monotonic() + RANK_GRACE_S
+    return 0 if failure is None else 1
+
+
+def _free_port() -> int:
+    """A TCP port free on this host now, for the ranks' rendezvous (torchrun --standalone picks
+    one the same way)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return f" ({signal.Signals(-code).name})" if code < 0 else ""
+    except ValueError:
+        return ""
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _die_with_parent() -> None:
     try:
         import ctypes
@@ -89,14 +189,16 @@ def _die_with_parent() -> None:
 def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
     _die_with_parent()  # the runner's death ends the server, and the server's its child
     preload()
-    print(json.dumps({"ready": os.getpid()}), file=stdout, flush=True)
+    # "ranks": this server launches distributed cells (a server of an older checkout does not
+    # know the field, and would run such a cell as one process)
+    print(json.dumps({"ready": os.getpid(), "ranks": True}), file=stdout, flush=True)
     for line in stdin:
         if not line.strip():
             continue
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            child(request["args"], request["log"], request.get("env", {}))
+            child(request["args"], request["log"], request.get("env", {}), int(request.get("ranks", 1)))
         print(json.dumps({"pid": pid}), file=stdout, flush=True)
         _, status = os.waitpid(pid, 0)
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)

@@ -31,6 +31,9 @@ from suite.results import RunFolder, RunLock, RunMeta
 from suite.run.executors import LocalExecutor
 
 DEFAULT_TIMEOUT_S = 1800.0
+# the worker's own phases in a record's phase_s (suite.run.worker.run_cell); train_steps and
+# probe are parts of "train", not added again
+WORKER_PHASES = ("start", "build", "train", "evaluate", "finish", "measure")
 LOG_TAIL_LINES = 20
 
 
@@ -472,12 +475,16 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
         # PASSIVE 0.23 s; on an idle host default and 10000 both 0.12 s, PASSIVE 0.14 s.
         # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
         env.setdefault("GOMP_SPINCOUNT", "10000")
-    forkable = (not worker_cmd and cell.config.device == "cpu" and not cell.config.parallel.distributed
-                and getattr(executor, "forks", False))
+    # torch already imported in the fork server: the cell starts in milliseconds, and a
+    # distributed CPU cell on this one node has its ranks forked there instead of by torchrun
+    forkable = (not worker_cmd and cell.config.device == "cpu" and getattr(executor, "forks", False)
+                and (not cell.config.parallel.distributed or nodes.count == 1))
     t0 = time.monotonic()
     outcome = None
-    if forkable:  # torch already imported in the fork server: the cell starts in milliseconds
-        outcome = executor.execute_forked(code.launch, [str(cell_json), str(result_json)], env, log_path, timeout)
+    if forkable:
+        ranks = world if cell.config.parallel.distributed else 1
+        outcome = executor.execute_forked(code.launch, [str(cell_json), str(result_json)], env, log_path, timeout,
+                                          ranks=ranks)
     if outcome is None:
         outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
     returncode, timed_out = outcome.returncode, outcome.timed_out
@@ -500,6 +507,10 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
             # everything the repetition spent outside its training steps: fork or process start,
             # building the model, data, evaluations, inference timing, writing the result
             metrics["cell_overhead_s"] = round(max(0.0, duration - metrics["train_wall_s"]), 3)
+        phases = metrics.get("phase_s")
+        if isinstance(phases, dict):  # the rest: starting the process (or fork), reading the cell, writing the result
+            inside = sum(v for k, v in phases.items() if k in WORKER_PHASES)
+            phases["launch"] = round(max(0.0, duration - inside), 3)
         return Record(**common, status=result["status"], reason=reason,
                       env={**host_env, **result.get("env", {})}, metrics=metrics)
     killed_by_oom = (returncode == -signal.SIGKILL and oom_kills_before is not None
@@ -518,12 +529,16 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
 
 
 def _launcher_root_cause(log_path: Path) -> str | None:
-    """torchrun's 'Root Cause (first observed failure)' block as one phrase, e.g.
-    'rank 1 ended first: exit -9 (SIGKILL)'; None when the log has none."""
+    """The launcher's first observed failure as one phrase, e.g. 'rank 1 ended first: exit -9
+    (SIGKILL)': the fork server's launcher line, or torchrun's 'Root Cause' block; None when the
+    log has neither."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return None
+    ours = re.search(r"\[txsuite launcher\] Root cause: rank (\d+) \(pid \d+\) ended first: (exit -?\d+(?: \(\w+\))?)", text)
+    if ours:
+        return f"rank {ours.group(1)} ended first: {ours.group(2)}"
     _, found, block = text.rpartition("Root Cause (first observed failure):")
     if not found:
         return None

@@ -17,11 +17,13 @@ The life of a cell, one function per phase (`run_cell` calls them in order):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import statistics
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ class Trained:
     rss_before_train: int
     peak_rss: int  # read right after training, before evaluation can add to it
     rss_after_train: int  # what the process holds then: weights, gradients, optimizer state, caches
+    probe_s: float  # wall seconds of the machine-state probe before and after the measured steps
 
 
 @dataclass
@@ -70,18 +73,43 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None, checkpoint_d
     where to save the trained weights (before any post-training compression changes them)."""
     from suite.train import build_training
 
-    started = start(cell, gpu_memory_limit)
-    training = build_training(cell, started.device, world=started.world)
-    trained = train(training, started)
-    final = evaluate(training, trained)
+    clock = PhaseClock()
+    with clock("start"):
+        started = start(cell, gpu_memory_limit)
+    with clock("build"):
+        training = build_training(cell, started.device, world=started.world)
+    with clock("train"):
+        trained = train(training, started)
+    with clock("evaluate"):
+        final = evaluate(training, trained)
     saved = {}
-    if checkpoint_dir:
-        from suite.train.checkpoint import save_weights
-        saved["checkpoint"] = str(save_weights(training.setup.model, Path(checkpoint_dir)))
-    metrics = finish(training, final)
+    with clock("finish"):
+        if checkpoint_dir:
+            from suite.train.checkpoint import save_weights
+            saved["checkpoint"] = str(save_weights(training.setup.model, Path(checkpoint_dir)))
+        metrics = finish(training, final)
     metrics.update(saved)
-    metrics.update(measure(training, started, trained, final))
+    with clock("measure"):
+        metrics.update(measure(training, started, trained, final))
+    # where the cell's time went, outside the training steps too (the runner adds the launch)
+    metrics["phase_s"] = {**clock.seconds, "train_steps": round(trained.result.train_wall, 3),
+                          "probe": round(trained.probe_s, 3)}
     return {"status": "ok", "reason": None, "metrics": metrics, "env": started.env}
+
+
+class PhaseClock:
+    """Wall seconds of each named phase of a cell: `with clock("build"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
@@ -134,7 +162,7 @@ def train(training, started: Started) -> Trained:
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
                    counters=counters(), comm_share=comm.share, comm_steps=comm.steps,
                    rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes(),
-                   rss_after_train=host_current_rss_bytes())
+                   rss_after_train=host_current_rss_bytes(), probe_s=machine.wall_s)
 
 
 def _machine_probe(torch):
@@ -145,6 +173,13 @@ def _machine_probe(torch):
     state = MachineState()
 
     def around(moment: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            _probe_at(moment)
+        finally:
+            state.wall_s += time.perf_counter() - t0
+
+    def _probe_at(moment: str) -> None:
         if moment == "start":
             state.before_s = probe(torch)
         else:
@@ -353,8 +388,8 @@ def main(argv: list[str]) -> int:
     cell_path, result_path = Path(argv[0]), Path(argv[1])
     payload = json.loads(cell_path.read_text())
     memory_limit = payload.get("memory_limit_bytes")
-    print(f"[txsuite worker] pid {os.getpid()} cell {payload.get('cell_id')} {payload.get('label', '')}",
-          flush=True)
+    print(f"[txsuite worker] pid {os.getpid()} rank {os.environ.get('RANK', '0')} cell {payload.get('cell_id')} "
+          f"{payload.get('label', '')}", flush=True)
     try:
         cell = as_repetition(CellConfig.from_dict(payload["config"]), payload)
         if cell.device != "cuda":  # a CUDA cell's limit is on the device (start): the CUDA context
