@@ -92,7 +92,9 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        # exact (erf) GELU, as nanoGPT: on CPU its kernels are about twice as fast as the tanh
+        # approximation's (GPT-2's "gelu_new"), 4% of a whole step of the 4 x 256 model in fp32
+        return self.drop(self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
