@@ -8,6 +8,9 @@ Peers (each used when installed; the test is skipped when none is):
   runs rotary embeddings on a quarter of each head (its default), and it does not tie the
   output layer: its parameter count differs by the unembedding (65,536 of ~3.3 M).
 
+For information (not asserted), ours also runs under torch.compile (`compile: true`), the
+fastest configuration found on CPU.
+
 Ours runs at its defaults: `model.attention: auto` resolves the kernel for this host, precision
 and shape exactly as a cell does (suite.measure.attention; cached per host). Same dims (4
 layers x 256 wide, 4 heads, d_ff 1024, byte-level vocab 256, no dropout), same batches, same
@@ -43,7 +46,9 @@ TARGET = 1.05
 WARMUP = 5
 BUDGET_S = 60.0  # measuring time per precision on an idle machine
 MIN_ROUNDS, MAX_ROUNDS = 50, 300  # one step of each model per round
-INFORMATION_ONLY = {"hf-eager"}  # a non-default setting of a peer: shown, not asserted
+# non-default settings, shown, not asserted: a peer's other attention, and ours under
+# torch.compile (`compile: true`; compiled in the warm-up, so the rounds time the steady state)
+INFORMATION_ONLY = {"hf-eager", "ours-compiled"}
 
 
 def hf_model(kit, attn: str) -> torch.nn.Module:
@@ -98,7 +103,9 @@ def test_ours_vs_peers(benchmark, kit, precision):
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER,
                          n_head=kit.N_HEAD, d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
-    models = {"ours": (ours, ours), **peers(kit)}
+    torch.manual_seed(0)
+    ours_compiled = GPT(ours.cfg)
+    models = {"ours": (ours, ours), "ours-compiled": (ours_compiled, torch.compile(ours_compiled)), **peers(kit)}
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
     for name, n in n_params.items():  # the same model size, up to litgpt's untied unembedding
         assert abs(n - n_params["ours"]) <= kit.VOCAB * kit.D_MODEL, (name, n_params)
@@ -155,7 +162,7 @@ def test_ours_vs_peers(benchmark, kit, precision):
              f"  {rounds} interleaved rounds (order rotating), vocab {kit.VOCAB}, {tokens} tokens/step, "
              f"ours with attention {choice['attention']} (auto)"]
     for name, s in samples.items():
-        lines.append(f"  {name:9s} median step {s.median() * 1e3:8.2f} ms  {tps[name]:8.0f} tokens/s  "
+        lines.append(f"  {name:13s} median step {s.median() * 1e3:8.2f} ms  {tps[name]:8.0f} tokens/s  "
                      f"{n_params[name]:,} parameters")
     for name, c in cmp.items():
         lines.append(f"  speed ours/{name}: {kit.fmt_ratio(c, invert=False)}")
