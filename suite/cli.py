@@ -135,6 +135,15 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool, as_j
     console.print(_plan_table(matrix))
     for note in matrix.notes:
         console.print(f"note: {note}")
+    _host_notes(matrix.cells)
+
+
+def _host_notes(cells) -> None:
+    """What this host will make of the planned cells that the plan's table does not say."""
+    from suite.config.host import emulated_bf16_note
+    note = emulated_bf16_note(cells, plan_host())
+    if note:
+        console.print(note, soft_wrap=True, markup=False)
 
 
 @main.command()
@@ -178,6 +187,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     if dry_run:
         matrix.cells = select(matrix.cells, only)
         console.print(_plan_table(matrix))
+        _host_notes(matrix.cells)
         return
     if not select(matrix.cells, only):
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
@@ -192,6 +202,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
         sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
+    _host_notes(select(matrix.cells, only))
     executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
     limit = _parse_size(memory_limit) if memory_limit else None
     report_path = Path(reports_dir) / matrix.name / f"{run_dir.name}.html"

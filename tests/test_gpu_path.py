@@ -587,6 +587,19 @@ def test_plan_marks_fp8_on_cpu_skipped_with_the_fp8_reason(write_matrix):
     assert "on cpu" in reasons["fp8"] and reasons["bf16"] is None
 
 
+def test_bf16_cells_on_a_cpu_that_emulates_bf16_are_run_but_announced(write_matrix):
+    from suite.config.host import emulated_bf16_note
+    text = "name: x\nfixed: {device: cpu}\naxes: {precision: [fp32, bf16, bf16-pure, fp8]}\n"
+    emulating = Host(cpu_bf16=False)
+    m = load_matrix(write_matrix(text), host=emulating)
+    assert [c.skip_reason is None for c in m.cells] == [True, True, True, False]  # bf16 runs; fp8 cannot
+    note = emulated_bf16_note(m.cells, emulating)
+    assert "no bf16 instructions" in note and "2 bf16 cell(s)" in note and "--only precision=fp32" in note
+    assert emulated_bf16_note(m.cells, Host(cpu_bf16=True)) is None  # native bf16: nothing to say
+    assert emulated_bf16_note(m.cells, Host()) is None  # flags unknown: no guess
+    assert emulated_bf16_note([c for c in m.cells if c.config.precision == "fp32"], emulating) is None
+
+
 def test_the_gpu_matrix_plans_on_a_cpu_host_as_skipped_cells():
     m = load_matrix(REPO / "matrices" / "gpu.yaml", host=Host())
     precisions = {c.config.precision for c in m.cells}

@@ -25,6 +25,10 @@ class Host:
     # optional packages that can be imported here (found without importing them); None: not
     # looked at, so no cell is skipped for a package
     packages: frozenset[str] | None = None
+    # whether the CPU has bf16 matmul instructions (AVX512_BF16 or AMX-BF16); None: not known.
+    # Without them torch emulates bf16 and its matmuls run ~10x slower than fp32 (measured on a
+    # 2-core AVX2 host: a bf16 step of `small` 7-12 s against 0.45 s in fp32).
+    cpu_bf16: bool | None = None
 
     def lacks(self, package: str) -> bool:
         """Known not to be installed here."""
@@ -56,3 +60,18 @@ def parse_capability(text: str) -> tuple[int, int] | None:
         return int(major), int(minor or 0)
     except ValueError:
         return None
+
+
+def emulated_bf16_note(cells, host: Host) -> str | None:
+    """A note for the plan when bf16 cells will run on a CPU that emulates bf16: they run (the
+    slowness is a finding), but they take minutes each and the user should know before. None
+    otherwise. cells: PlannedCell-like (`.config`, `.skip_reason`)."""
+    if host.cpu_bf16 is not False:
+        return None
+    slow = [c for c in cells if c.skip_reason is None and host.device_of(c.config) == "cpu"
+            and c.config.precision in ("bf16", "bf16-pure")]
+    if not slow:
+        return None
+    return (f"note: this CPU has no bf16 instructions (AVX512_BF16, AMX-BF16), so torch emulates bf16 and "
+            f"runs its matmuls about 10x slower than fp32; {len(slow)} bf16 cell(s) will take minutes each. "
+            f"They are run and recorded as they are; --only precision=fp32 leaves them out.")

@@ -118,8 +118,10 @@ def plan_host(env=os.environ) -> Host:
     capabilities = [parse_capability(gpu.get("compute_cap", "")) for gpu in gpus]
     known = None if not capabilities or None in capabilities else min(capabilities)
     name = next((gpu.get("name") for gpu, cap in zip(gpus, capabilities) if cap == known), None)
+    flags = cpu_flags()
+    cpu_bf16 = any(f in flags for f in ("avx512_bf16", "amx_bf16")) if flags else None
     return Host(has_cuda=usable > 0, gpu_count=usable, compute_capability=known, gpu_name=name,
-                packages=installed_packages())
+                packages=installed_packages(), cpu_bf16=cpu_bf16)
 
 
 def host_fingerprint() -> dict:
