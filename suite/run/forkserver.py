@@ -51,13 +51,22 @@ def preload() -> None:
 def child(args: list[str], log: str, env: dict[str, str], ranks: int = 1) -> None:
     """In the forked child: become a process group of its own with its output in the log, then
     run the worker (or launch `ranks` of them), never return."""
+    def cell() -> int:
+        _become_cell_process(log, env)
+        return launch_ranks(args, env, ranks) if ranks > 1 else run_worker(args, env)
+    _run_and_exit(cell)
+
+
+def _run_and_exit(body) -> None:
+    """In a forked process: run body() -> exit code, print any exception to the log (the runner
+    reads it; the exit code says it failed), flush, and leave without running the parent's
+    clean-up (os._exit)."""
     code = 1
     try:
-        _become_cell_process(log, env)
-        code = launch_ranks(args, env, ranks) if ranks > 1 else run_worker(args, env)
+        code = body()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001 - the runner reads the log; the exit code says it failed
+    except BaseException:  # noqa: BLE001
         import traceback
         traceback.print_exc()
         code = 1
@@ -110,25 +119,15 @@ def launch_ranks(args: list[str], env: dict[str, str], ranks: int) -> int:
     for rank in range(ranks):
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                _die_with_parent()
-                rank_env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
-                            "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                            "MASTER_PORT": str(port), "OMP_NUM_THREADS": threads}
+            rank_env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+                        "LOCAL_WORLD_SIZE": str(ranks), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port), "OMP_NUM_THREADS": threads}
+
+            def rank_process() -> int:
+                _die_with_parent()  # the launcher's death ends the rank
                 os.environ.update(rank_env)
-                code = run_worker(args, {**env, **rank_env})
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001
-                import traceback
-                traceback.print_exc()
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+                return run_worker(args, {**env, **rank_env})
+            _run_and_exit(rank_process)
         pids[pid] = rank
     failure: tuple[int, int, int] | None = None  # (rank, pid, exit code or -signal)
     deadline = None
