@@ -71,6 +71,13 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
         # the repetition's time outside its training steps, and the warm-up's share of training
         assert m["cell_overhead_s"] == pytest.approx(r.duration_s - m["train_wall_s"], abs=2e-3)
         assert 0 < m["cell_overhead_s"] < r.duration_s and 0 < m["warmup_wall_s"] < m["train_wall_s"]
+        # where the time went: the phases and the launch add up to the repetition's duration,
+        # the steps are the training clock, the probe is inside training
+        phases = m["phase_s"]
+        worker = ("start", "build", "train", "evaluate", "finish", "measure")
+        assert sum(phases[k] for k in worker) + phases["launch"] == pytest.approx(r.duration_s, abs=0.02)
+        assert phases["train_steps"] == pytest.approx(m["train_wall_s"], abs=2e-3)
+        assert phases["train_steps"] + phases["probe"] <= phases["train"] + 2e-3 and phases["evaluate"] > 0
         assert m["compile_s"] is None  # eager cells
         assert m["attention"] in ("sdpa", "matmul")  # attention: auto resolved, and said
         assert (run_dir / r.log).exists()

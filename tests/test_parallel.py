@@ -76,6 +76,8 @@ def test_every_engine_reproduces_the_single_process_curve(tmp_path):
         assert m["world_size"] == world and len(m["per_rank_peak_mem_bytes"]) == world
         assert m["tokens_per_s_per_device"] == pytest.approx(m["tokens_per_s"] / world)
         assert 0 < m["comm_share"] <= 1, r.label  # the profiled warm-up steps saw collectives
+        # forked by the fork server with torchrun's environment: one OpenMP thread per rank
+        assert r.env["torch_threads"] == 1 and "launch" in m["phase_s"], (r.label, r.env.get("torch_threads"))
     by_schedule = {r.config["parallel"]["pp_schedule"]: r.metrics for r in parallel if r.config["parallel"]["pp"] == 2}
     assert by_schedule["1f1b"]["pp_bubble_fraction"] == pytest.approx(1 / 3)  # (p-1)/(m+p-1), m=2
     assert by_schedule["interleaved-1f1b"]["pp_bubble_fraction"] == pytest.approx(1 / 5)  # v=2 virtual stages
