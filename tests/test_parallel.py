@@ -78,6 +78,7 @@ def test_every_engine_reproduces_the_single_process_curve(tmp_path):
         assert 0 < m["comm_share"] <= 1, r.label  # the profiled warm-up steps saw collectives
         # forked by the fork server with torchrun's environment: one OpenMP thread per rank
         assert r.env["torch_threads"] == 1 and "launch" in m["phase_s"], (r.label, r.env.get("torch_threads"))
+        assert r.env["launcher"].startswith("fork server"), r.env["launcher"]
     by_schedule = {r.config["parallel"]["pp_schedule"]: r.metrics for r in parallel if r.config["parallel"]["pp"] == 2}
     assert by_schedule["1f1b"]["pp_bubble_fraction"] == pytest.approx(1 / 3)  # (p-1)/(m+p-1), m=2
     assert by_schedule["interleaved-1f1b"]["pp_bubble_fraction"] == pytest.approx(1 / 5)  # v=2 virtual stages
@@ -323,6 +324,7 @@ def test_two_nodes_run_a_distributed_cell_and_only_node_0_records(tmp_path):
     assert follower.returncode == 0 and "joined 1 distributed cell" in follower_out, follower_out
     records = {r.config["parallel"]["engine"]: r for r in RunFolder(tmp_path / "n0/results/nodes/r").records()}
     assert records["ddp"].status == "ok" and records["ddp"].metrics["world_size"] == 2
+    assert records["ddp"].env["launcher"].startswith("torchrun")  # across nodes: torchrun's rendezvous
     assert _gap(_curve(records["ddp"]), _curve(records["none"])) < 1e-5
     assert records["fsdp"].status == "skipped" and "do not split evenly over the 2 nodes" in records["fsdp"].reason
     assert not (tmp_path / "n1/results/nodes/r/records.jsonl").exists()

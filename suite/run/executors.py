@@ -104,7 +104,7 @@ class LocalExecutor:
         if ranks > 1 and not server.launches_ranks:
             return None
         returncode, timed_out = server.run(args, env, log_path, timeout, ranks)
-        return Outcome(returncode, timed_out, f"fork of {server.pid}")
+        return Outcome(returncode, timed_out, f"server pid {server.pid}")
 
     def close(self) -> None:
         for server in self._servers.values():

@@ -485,10 +485,15 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
         ranks = world if cell.config.parallel.distributed else 1
         outcome = executor.execute_forked(code.launch, [str(cell_json), str(result_json)], env, log_path, timeout,
                                           ranks=ranks)
+    forked = outcome is not None
     if outcome is None:
         outcome = executor.execute(cmd, env, log_path, timeout, cell.uses_one_gpu)
     returncode, timed_out = outcome.returncode, outcome.timed_out
     duration = time.monotonic() - t0
+    # how the repetition was started (its `launch` time depends on it), in every record it gets
+    launcher = "fork server" if forked else ("torchrun" if cell.config.parallel.distributed and not worker_cmd
+                                             else "process")
+    host_env = {**host_env, "launcher": f"{launcher} ({outcome.where})" if outcome.where else launcher}
     rel_log = str(log_path.relative_to(folder.dir))
     finished = _now()
     common = dict(**base, started_at=started, finished_at=finished, duration_s=round(duration, 3), log=rel_log)
