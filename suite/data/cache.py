@@ -14,15 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-CACHE_ENV_VAR = "TXSUITE_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/txsuite"
-
-
-def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
-    """The explicit directory, else $TXSUITE_CACHE, else ~/.cache/txsuite (not created here)."""
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR
-    return Path(cache_dir).expanduser()
+from suite.config.cache_dir import resolve_cache_dir  # noqa: F401 - re-exported for data's users
 
 
 def sha256_hex(data: bytes | str) -> str:

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from suite.config.cache_dir import resolve_cache_dir
+
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TXSUITE_CACHE", Path.home() / ".cache" / "txsuite"))
+    return resolve_cache_dir()
 
 
 def locked_update(file_name: str, update: Callable[[dict[str, Any]], Any]) -> Any:

@@ -1,0 +1,17 @@
+"""Where txsuite keeps what it builds or measures once per host (L0): tokenizers, tokenized
+corpora, the matmul peak, the machine-state probe's best time, the attention choice."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV_VAR = "TXSUITE_CACHE"
+DEFAULT_CACHE_DIR = "~/.cache/txsuite"
+
+
+def resolve_cache_dir(cache_dir: Path | str | None = None) -> Path:
+    """The explicit directory, else $TXSUITE_CACHE (when set and not empty), else
+    ~/.cache/txsuite. Not created here."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR
+    return Path(cache_dir).expanduser()
