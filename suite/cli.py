@@ -158,6 +158,8 @@ def _host_notes(cells) -> None:
 @click.option("--yes", is_flag=True, help="Accept a matrix of more than 500 cells.")
 @click.option("--retry-failed", is_flag=True, help="Re-run repetitions of the resumed run that did not end ok/skipped.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first repetition that is not ok or skipped.")
+@click.option("--no-report", is_flag=True, help="Write the records only; `txsuite report RUN_DIR` renders the "
+                                                "report later (rendering takes a few seconds).")
 @click.option("--executor", "executor_name", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
               show_default=True, help="Where cells run: this host; one Slurm job per cell (submitit); or "
                                       "submitit's local backend (the Slurm code path without a cluster).")
@@ -174,7 +176,7 @@ def _host_notes(cells) -> None:
               help="Cap what each cell may hold (e.g. 4GiB: host memory for CPU cells, GPU memory for CUDA cells) to see what fits a smaller machine; cells beyond it are `oom`.")
 def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
-        fail_fast: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
+        fail_fast: bool, no_report: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
         rdzv_endpoint: str | None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
@@ -223,7 +225,8 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
         console.print(f"{summary.resumed} repetitions were already finished and kept")
-    report = _render(run_dir, report_path)
+    report = (f"not rendered (--no-report; `txsuite report {run_dir}` renders it)" if no_report
+              else _render(run_dir, report_path))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}")
     sys.exit(0 if summary.ok else 1)

@@ -46,7 +46,7 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     assert plan.returncode == 0, plan.stderr
     assert "skipped: fp8" in plan.stdout and plan.stdout.count("will run") == 3
 
-    first = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path)
+    first = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path, report=True)
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "results" / "unseen" / "r1"
     records = RunFolder(run_dir).records()
@@ -88,6 +88,7 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     again = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path)
     assert again.returncode == 0
     assert "4 repetitions were already finished" in again.stdout
+    assert "not rendered (--no-report" in again.stdout  # the helper's default: records only
     assert len(RunFolder(run_dir).records()) == 4
     # without --run-id, a finished run is not resumed: a new run starts
     df = to_dataframe(tmp_path / "results")
