@@ -72,7 +72,8 @@ REGISTRY: tuple[Metric, ...] = (
            description="training wall time until the target loss was reached"),
     Metric("cell_overhead_s", "overhead", "seconds", "lower",
            description="the repetition's wall time outside its training steps: process start or fork, "
-                       "model build, data, evaluations, inference timing, writing the result"),
+                       "model build, data, evaluations, inference timing, writing the result (the "
+                       "record's phase_s says which took what)"),
     Metric("compile_s", "compile", "seconds", "lower",
            description="torch.compile's cost: warm-up wall time minus as many compiled steps at the "
                        "measured median (compiled cells only)"),
