@@ -102,3 +102,32 @@ def test_a_distributed_cell_wider_than_the_hosts_gpus_is_skipped(tmp_path):
     by_dp = {r.config["parallel"]["dp"]: r for r in RunFolder(tmp_path / "run").records()}
     assert by_dp[2].status == "ok"
     assert by_dp[4].status == "skipped" and "need as many GPUs, and this host has 2" in by_dp[4].reason
+
+
+def test_a_fork_server_that_cannot_launch_ranks_is_not_given_a_distributed_cell(tmp_path):
+    """A fork server of an older checkout (txsuite ab's base side) does not announce that it
+    launches ranks; it would run a distributed cell as one process. The executor must then say
+    "not forked" (None), so the runner starts the cell with torchrun instead — and still fork
+    single-process cells to it."""
+    old_server = tmp_path / "old_server.py"
+    old_server.write_text(textwrap.dedent("""\
+        import json, os, sys
+        print(json.dumps({"ready": os.getpid()}), flush=True)  # no "ranks": an older protocol
+        for line in sys.stdin:
+            pid = os.fork()
+            if pid == 0:  # a cell of its own process group, as the real server's
+                os.setsid()
+                os._exit(0)
+            print(json.dumps({"pid": pid}), flush=True)
+            os.waitpid(pid, 0)
+            print(json.dumps({"pid": pid, "status": 0}), flush=True)
+        """))
+    executor = LocalExecutor()
+    launch = (str(old_server),)  # the server is started as: python old_server.py suite.run.forkserver
+    try:
+        log = tmp_path / "log.txt"
+        assert executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=30, ranks=2) is None
+        single = executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=30)
+        assert single is not None and single.returncode == 0 and not single.timed_out
+    finally:
+        executor.close()
