@@ -227,6 +227,10 @@ class ForkServer:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
+    """Signal a cell's process group: one the fork server's child made with setsid, named by the
+    child's pid. Never init's group or the runner's own, whatever a server answered."""
+    if pgid <= 1 or pgid == os.getpgrp():
+        return
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
