@@ -146,8 +146,9 @@ def launch_ranks(args: list[str], env: dict[str, str], ranks: int) -> int:
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         if code != 0 and failure is None:
             failure = (rank, pid, code)
-            print(f"[txsuite launcher] Root cause: rank {rank} (pid {pid}) ended first: exit {code}"
-                  f"{_signal_name(code)}; ending the other ranks", flush=True)
+            # exit code, or -signal (the runner names the signal in the record's reason)
+            print(f"[txsuite launcher] Root cause: rank {rank} (pid {pid}) ended first: exit {code}; "
+                  f"ending the other ranks", flush=True)
             for other in pids:
                 _kill(other, signal.SIGTERM)
             deadline = time.monotonic() + RANK_GRACE_S
@@ -161,13 +162,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _signal_name(code: int) -> str:
-    try:
-        return f" ({signal.Signals(-code).name})" if code < 0 else ""
-    except ValueError:
-        return ""
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -535,23 +535,22 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
 
 def _launcher_root_cause(log_path: Path) -> str | None:
     """The launcher's first observed failure as one phrase, e.g. 'rank 1 ended first: exit -9
-    (SIGKILL)': the fork server's launcher line, or torchrun's 'Root Cause' block; None when the
-    log has neither."""
+    (SIGKILL)': from the fork server's launcher line, or torchrun's 'Root Cause' block; None when
+    the log has neither."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return None
-    ours = re.search(r"\[txsuite launcher\] Root cause: rank (\d+) \(pid \d+\) ended first: (exit -?\d+(?: \(\w+\))?)", text)
+    ours = re.search(r"\[txsuite launcher\] Root cause: rank (\d+) \(pid \d+\) ended first: exit (-?\d+)", text)
     if ours:
-        return f"rank {ours.group(1)} ended first: {ours.group(2)}"
-    _, found, block = text.rpartition("Root Cause (first observed failure):")
-    if not found:
-        return None
-    rank = re.search(r"rank\s*:\s*(\d+)", block)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-    if not rank or not code:
-        return None
-    exit_code = int(code.group(1))
+        rank, exit_code = ours.group(1), int(ours.group(2))
+    else:
+        _, found, block = text.rpartition("Root Cause (first observed failure):")
+        rank_match = re.search(r"rank\s*:\s*(\d+)", block) if found else None
+        code_match = re.search(r"exitcode\s*:\s*(-?\d+)", block) if found else None
+        if not rank_match or not code_match:
+            return None
+        rank, exit_code = rank_match.group(1), int(code_match.group(1))
     # torchrun names the signal in some versions only ("-9 (SIGKILL)" vs "-9 (pid: ...)"), so
     # the name comes from the code itself: a negative exit code is the signal that ended the rank.
     signal_name = ""
@@ -560,7 +559,7 @@ def _launcher_root_cause(log_path: Path) -> str | None:
             signal_name = f" ({signal.Signals(-exit_code).name})"
         except ValueError:
             pass
-    return f"rank {rank.group(1)} ended first: exit {exit_code}{signal_name}"
+    return f"rank {rank} ended first: exit {exit_code}{signal_name}"
 
 
 # Settings that only ever raise activation memory when they grow.
