@@ -5,6 +5,7 @@ paragraph, never a traceback). `guard` and `ab`: 0 PASS, 1 FAIL, 3 INCONCLUSIVE,
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -61,11 +62,18 @@ def _run_id(ctx, param, value):
     return value
 
 
+@functools.cache
+def _this_host():
+    """The plan's view of this host (nvidia-smi, installed packages, CPU flags), read once per
+    command: the plan, its notes and a follower node all ask."""
+    return plan_host()
+
+
 def _load(matrix_path: str, device: str | None, yes: bool) -> Matrix:
     from suite.data import check_data_sources  # stdlib-only at import: keeps torch out of the runner
 
     try:
-        return load_matrix(Path(matrix_path), host=plan_host(), device_override=device,
+        return load_matrix(Path(matrix_path), host=_this_host(), device_override=device,
                            max_cells=None if yes else DEFAULT_MAX_CELLS, check_data=check_data_sources)
     except MatrixError as exc:
         raise UsageProblem(str(exc)) from None
@@ -141,7 +149,7 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool, as_j
 def _host_notes(cells) -> None:
     """What this host will make of the planned cells that the plan's table does not say."""
     from suite.config.host import emulated_bf16_note
-    note = emulated_bf16_note(cells, plan_host())
+    note = emulated_bf16_note(cells, _this_host())
     if note:
         console.print(note, soft_wrap=True, markup=False)
 
@@ -200,7 +208,7 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
         with SweepProgress() as progress:
             joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress,
-                                   gpus=list(range(plan_host().gpu_count)))
+                                   gpus=list(range(_this_host().gpu_count)))
         console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
         sys.exit(0)
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
