@@ -174,17 +174,12 @@ def _machine_probe(torch):
 
     def around(moment: str) -> None:
         t0 = time.perf_counter()
-        try:
-            _probe_at(moment)
-        finally:
-            state.wall_s += time.perf_counter() - t0
-
-    def _probe_at(moment: str) -> None:
         if moment == "start":
             state.before_s = probe(torch)
         else:
             state.after_s = probe(torch)
             state.best_s = record_best(torch, [state.before_s, state.after_s])
+        state.wall_s += time.perf_counter() - t0
     return state, around
 
 
