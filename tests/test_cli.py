@@ -57,6 +57,8 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
         if r.status == "skipped":
             assert "fp8" in r.reason
             continue
+        # the default host allocator was applied (glibc here) and the record says so
+        assert (r.env["host_allocator"], r.env["host_allocator_reason"]) == ("reuse", None)
         m = r.metrics
         assert m["tokens_per_s"] > 0 and m["samples_per_s"] * 32 == pytest.approx(m["tokens_per_s"])
         assert m["step_time_p90_s"] >= m["step_time_p50_s"] > 0

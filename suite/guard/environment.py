@@ -32,6 +32,7 @@ SOFTWARE = (
     ("cuda_runtime", "CUDA runtime"),
     ("mkldnn", "oneDNN (mkldnn)"),
     ("os", "operating system"),
+    ("host_allocator", "host memory allocator (measure.host_allocator)"),
 )
 PEAK_TOLERANCE = 0.10  # measured peaks within 10 % are the same machine speed
 

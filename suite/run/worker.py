@@ -117,12 +117,15 @@ def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
 
     from suite.config.host import host_problems
     from suite.measure.device import device_fingerprint, worker_host
+    from suite.run.host_allocator import apply_host_allocator
     from suite.train.distributed import init_distributed
 
+    # first, so that every allocation of the cell (data, model, steps) is served under it
+    allocator = apply_host_allocator(cell.measure.host_allocator)
     device = torch.device(cell.device)
     if cell.measure.threads:
         torch.set_num_threads(cell.measure.threads)
-    env = device_fingerprint(torch, device)
+    env = {**device_fingerprint(torch, device), **allocator}
     reason = host_problems(cell, worker_host(torch, device))  # the plan's rules, as torch sees the host
     if reason:
         raise Unsupported(reason)

@@ -5,6 +5,11 @@ it sees. On a shared machine a cell with one thread is far steadier from process
 measured here (tiny model, 6 repetitions), the spread of a repetition's tokens/s was 5 % with
 one thread against 10-18 % with two, because other work on the cores stalls a multi-threaded
 operator at every barrier. matrices/smoke.yaml, the CI matrix, uses 1.
+
+`host_allocator`: `reuse` (default) keeps the blocks of up to 32 MiB a step frees inside the
+process so the next step takes them back without page faults; `cache` keeps every block (much
+faster with a large vocabulary, but peak memory then measures the allocator too); `system`
+leaves glibc's malloc at its defaults (suite/run/host_allocator.py has the measurements).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ class MeasureSpec:
     # time prefill and decode of the trained dense model (compressed cells always do): the
     # dense controls of a compression matrix need it; elsewhere it would cost seconds per cell
     inference: bool = False
+    # how the cell's process takes host memory from malloc (suite/run/host_allocator.py)
+    host_allocator: str = "reuse"
 
     def problems(self, cell: "CellConfig") -> Iterator[Problem]:
         if self.noise_scale and cell.train.grad_accum < 2:
@@ -41,6 +48,8 @@ class MeasureSpec:
                                                  "the other precisions.", "fp32, bf16, bf16-pure")
 
 
-CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, True)}
+HOST_ALLOCATORS = ("reuse", "cache", "system")
+CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, True),
+                             "host_allocator": HOST_ALLOCATORS}
 POSITIVE: set[str] = set()
 FRACTIONS: set[str] = set()
