@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 # Time the step under the OpenMP setting the runner gives a CPU worker (suite/run/runner.py:
 # bounded spinning, GOMP_SPINCOUNT=10000, unless the user set OMP_WAIT_POLICY). libgomp reads
 # it when it loads, i.e. when torch is first imported: this must run before that.
+PLAIN_ENV = dict(os.environ)  # the environment as the user gave it: what a peer's process gets
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 OMP_SETTING_APPLIED = "torch" not in sys.modules
@@ -247,7 +248,7 @@ def kit() -> types.SimpleNamespace:
         bare_step=bare_step, Samples=Samples, timed=timed, warm=warm, plan_rounds=plan_rounds,
         rotation=rotation, median_ci=median_ci, drift_corrected_ratios=drift_corrected_ratios,
         paired_bootstrap_ratio=paired_bootstrap_ratio, compare=compare, fmt_ratio=fmt_ratio,
-        host_line=host_line, cycle=cycle,
+        host_line=host_line, cycle=cycle, PLAIN_ENV=PLAIN_ENV,
     )
 
 

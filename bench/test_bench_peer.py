@@ -8,15 +8,21 @@ Peers (each used when installed; the test is skipped when none is):
   runs rotary embeddings on a quarter of each head (its default), and it does not tie the
   output layer: its parameter count differs by the unembedding (65,536 of ~3.3 M).
 
-For information (not asserted), ours also runs under torch.compile (`compile: true`), the
-fastest configuration found on CPU.
+Every model trains in a process of its own (bench/step_server.py), with the settings it has in
+real use: ours those a txsuite cell runs with (the runner's OpenMP spin setting, the worker's
+host allocator policy `measure.host_allocator: reuse`), a peer those of a plain Python process
+(the environment as the user gave it, glibc's malloc defaults). For information (not
+asserted), ours also runs under glibc's defaults (`ours-system-malloc`: how much of the lead
+is the process's configuration and how much the model and its step) and under torch.compile
+(`ours-compiled`).
 
 Ours runs at its defaults: `model.attention: auto` resolves the kernel for this host, precision
 and shape exactly as a cell does (suite.measure.attention; cached per host). Same dims (4
 layers x 256 wide, 4 heads, d_ff 1024, byte-level vocab 256, no dropout), same batches, same
 hand-written step (bench/conftest.py: bare_step) and AdamW settings, bf16 through
-torch.autocast for all. The models' steps are interleaved, the order rotating every round.
-Our step is timed by pytest-benchmark (`--benchmark-compare`), the peers' go into
+torch.autocast for all. The servers' steps are interleaved, one at a time, the order rotating
+every round, and timed inside each server (one monotonic clock for all). Our step, as the
+parent waits for it, is timed by pytest-benchmark (`--benchmark-compare`); the peers' go into
 `extra_info`. Asserted (issue 18): ours at least TARGET x every default-attention peer's speed.
 
     pytest bench/test_bench_peer.py -s -p no:cacheprovider
@@ -24,14 +30,13 @@ Our step is timed by pytest-benchmark (`--benchmark-compare`), the peers' go int
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
-
-from suite.measure.attention import choose_attention
-from suite.measure.env import cpu_model
-from suite.model import GPT, GPTConfig
-from suite.model.gpt import attention_kernels
 
 HAVE_HF = importlib.util.find_spec("transformers") is not None
 HAVE_LITGPT = importlib.util.find_spec("litgpt") is not None
@@ -48,46 +53,41 @@ BUDGET_S = 60.0  # measuring time per precision on an idle machine
 MIN_ROUNDS, MAX_ROUNDS = 50, 300  # one step of each model per round
 # non-default settings, shown, not asserted: a peer's other attention, and ours under
 # torch.compile (`compile: true`; compiled in the warm-up, so the rounds time the steady state)
-INFORMATION_ONLY = {"hf-eager", "ours-compiled"}
+INFORMATION_ONLY = {"hf-eager", "ours-compiled", "ours-system-malloc"}
+STEP_SERVER = Path(__file__).with_name("step_server.py")
 
 
-def hf_model(kit, attn: str) -> torch.nn.Module:
-    import transformers
-    cfg = transformers.GPT2Config(
-        n_layer=kit.N_LAYER, n_embd=kit.D_MODEL, n_head=kit.N_HEAD, n_inner=kit.D_FF,
-        n_positions=kit.SEQ, vocab_size=kit.VOCAB, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, attn_implementation=attn)
-    model = transformers.GPT2LMHeadModel(cfg)
-    assert model.config._attn_implementation == attn
-    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as ours
-    return model
+class StepServer:
+    """A bench/step_server.py process: one model, one step per call."""
+
+    def __init__(self, name: str, precision: str, total_steps: int, env: dict[str, str]):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, str(STEP_SERVER), name, precision, str(total_steps)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the step server of {name} ended before it was built (its stderr is above)")
+        self.info = json.loads(line)
+
+    def step(self) -> tuple[float, float]:
+        """One training step: its (start, duration) on the server's perf_counter clock."""
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        start, duration = self.proc.stdout.readline().split()
+        return float(start), float(duration)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
-def litgpt_model(kit) -> torch.nn.Module:
-    from litgpt.config import Config
-    from litgpt.model import GPT as LitGPT
-    cfg = Config(block_size=kit.SEQ, n_layer=kit.N_LAYER, n_embd=kit.D_MODEL, n_head=kit.N_HEAD,
-                 vocab_size=kit.VOCAB, padded_vocab_size=kit.VOCAB, intermediate_size=kit.D_FF,
-                 norm_class_name="LayerNorm", mlp_class_name="GptNeoxMLP", parallel_residual=False,
-                 bias=True)
-    model = LitGPT(cfg)
-    model.max_seq_length = kit.SEQ
-    return model
-
-
-def peers(kit) -> dict[str, tuple[torch.nn.Module, object]]:
-    """name -> (model, forward(x) -> logits [B, T, V]), each built from seed 0."""
-    out = {}
+def variants() -> list[str]:
+    names = ["ours", "ours-system-malloc", "ours-compiled"]
     if HAVE_HF:
-        for attn in ("sdpa", "eager"):
-            torch.manual_seed(0)
-            m = hf_model(kit, attn)
-            out[f"hf-{attn}"] = (m, lambda x, m=m: m(input_ids=x).logits)
+        names += ["hf-sdpa", "hf-eager"]
     if HAVE_LITGPT:
-        torch.manual_seed(0)
-        m = litgpt_model(kit)
-        out["litgpt"] = (m, m)
-    return out
+        names.append("litgpt")
+    return names
 
 
 def package_versions() -> dict[str, str]:
@@ -97,62 +97,73 @@ def package_versions() -> dict[str, str]:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_ours_vs_peers(benchmark, kit, precision):
-    head_dim = kit.D_MODEL // kit.N_HEAD
-    choice = choose_attention(torch, torch.device("cpu"), precision, (kit.BATCH, kit.N_HEAD, kit.SEQ, head_dim),
-                              cpu_model(), attention_kernels())
-    torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER,
-                         n_head=kit.N_HEAD, d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
-    torch.manual_seed(0)
-    ours_compiled = GPT(ours.cfg)
-    models = {"ours": (ours, ours), "ours-compiled": (ours_compiled, torch.compile(ours_compiled)), **peers(kit)}
-    n_params = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
+    total = WARMUP + MAX_ROUNDS
+    # ours: the environment a cell gets (bench/conftest.py set the runner's OpenMP setting)
+    servers = {name: StepServer(name, precision, total, dict(os.environ) if name.startswith("ours") else kit.PLAIN_ENV)
+               for name in variants()}
+    try:
+        run_rounds(benchmark, kit, precision, servers)
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def run_rounds(benchmark, kit, precision, servers):
+    info = {name: s.info for name, s in servers.items()}
+    n_params = {name: i["params"] for name, i in info.items()}
     for name, n in n_params.items():  # the same model size, up to litgpt's untied unembedding
         assert abs(n - n_params["ours"]) <= kit.VOCAB * kit.D_MODEL, (name, n_params)
+    assert info["ours"]["host_allocator"] == "reuse", info["ours"]  # the default applied, on glibc
+    samples = {name: kit.Samples() for name in servers}
 
-    batches = kit.make_batches()
-    total = WARMUP + MAX_ROUNDS
-    steps = {name: kit.bare_step(forward, m, batches, precision, total) for name, (m, forward) in models.items()}
+    def timed(name):
+        def run() -> None:
+            samples[name].append(servers[name].step())
+        return run
 
-    if benchmark.disabled:  # --benchmark-disable: a smoke run of all three
+    steps = {name: timed(name) for name in servers}
+    if benchmark.disabled:  # --benchmark-disable: a smoke run of every variant
         benchmark.pedantic(steps["ours"], setup=lambda: [step() for name, step in steps.items() if name != "ours"] and None)
         return
 
     round_s = kit.warm(list(steps.values()), WARMUP)
+    for s in samples.values():
+        s.clear()  # the warm-up's steps are not measured
     rounds = kit.plan_rounds(round_s, BUDGET_S, MIN_ROUNDS, MAX_ROUNDS)
-    samples = {name: kit.Samples() for name in steps}
-    timed = {name: kit.timed(fn, samples[name]) for name, fn in steps.items()}
     names = list(steps)
     rnd = 0
 
-    # pytest-benchmark times ours; in each round the peer steps that precede ours in the round's
-    # order run in `setup`, those that follow it in `teardown` (neither is in its timing).
+    # pytest-benchmark times ours; in each round the other steps that precede ours in the
+    # round's order run in `setup`, those that follow it in `teardown` (neither is in its timing).
     def before():
         order = kit.rotation(names, rnd)
         for name in order[:order.index("ours")]:
-            timed[name]()
+            steps[name]()
 
     def after():
         nonlocal rnd
         order = kit.rotation(names, rnd)
         for name in order[order.index("ours") + 1:]:
-            timed[name]()
+            steps[name]()
         rnd += 1
 
     benchmark.group = f"peer-{precision}"
-    benchmark.pedantic(timed["ours"], setup=before, teardown=after, rounds=rounds,
+    benchmark.pedantic(steps["ours"], setup=before, teardown=after, rounds=rounds,
                        iterations=1, warmup_rounds=0)
+    choice = {"attention": info["ours"]["attention"], "times_s": info["ours"]["attention_trial_s"]}
+    threads = info["ours"]["threads"]
 
     tokens = kit.BATCH * kit.SEQ
     tps = {name: tokens / s.median() for name, s in samples.items()}
     # speed ratio ours/peer = peer step time / our step time
-    cmp = {name: kit.compare(samples[name], samples["ours"]) for name in steps if name != "ours"}
+    cmp = {name: kit.compare(samples[name], samples["ours"]) for name in servers if name != "ours"}
     speed = {name: {"ratio": c["paired"], "ci": [c["paired_ci"][0], c["paired_ci"][1]],
                     "ratio_of_medians": c["ratio"], "ratio_of_medians_ci": list(c["ratio_ci"])}
              for name, c in cmp.items()}
     benchmark.extra_info.update({
         "precision": precision, "vocab": kit.VOCAB, "tokens_per_step": tokens, "rounds": rounds,
-        "threads": torch.get_num_threads(), "host": kit.host_line(), "packages": package_versions(),
+        "threads": threads, "host": kit.host_line(), "packages": package_versions(),
+        "host_allocator": {name: i["host_allocator"] for name, i in info.items()},
         "our_attention": choice["attention"], "attention_trial_s": choice["times_s"],
         "params": n_params, "tokens_per_s": tps,
         "speed_ratio_ours_over_peer (time ratio peer/ours)": speed, "confidence": kit.CONFIDENCE,
@@ -162,8 +173,8 @@ def test_ours_vs_peers(benchmark, kit, precision):
              f"  {rounds} interleaved rounds (order rotating), vocab {kit.VOCAB}, {tokens} tokens/step, "
              f"ours with attention {choice['attention']} (auto)"]
     for name, s in samples.items():
-        lines.append(f"  {name:13s} median step {s.median() * 1e3:8.2f} ms  {tps[name]:8.0f} tokens/s  "
-                     f"{n_params[name]:,} parameters")
+        lines.append(f"  {name:18s} median step {s.median() * 1e3:8.2f} ms  {tps[name]:8.0f} tokens/s  "
+                     f"{n_params[name]:,} parameters, malloc {info[name]['host_allocator']}")
     for name, c in cmp.items():
         lines.append(f"  speed ours/{name}: {kit.fmt_ratio(c, invert=False)}")
     print("\n".join(lines))

@@ -1,0 +1,101 @@
+"""One model's training step in a process of its own, run one step at a time on request
+(bench/test_bench_peer.py drives several of these, interleaved).
+
+    python bench/step_server.py NAME PRECISION TOTAL_STEPS
+
+NAME: ours, ours-compiled, ours-system-malloc, hf-sdpa, hf-eager, litgpt. Each model runs in its
+own process so that each has the process settings it has in real use: ours those a txsuite cell
+applies in its worker (the host allocator policy, suite/run/host_allocator.py; the OpenMP spin
+setting the runner gives a CPU cell comes in the environment), a peer the defaults of a plain
+Python process. One process for all would hand the cell's settings to the peers too, or take
+them from ours.
+
+Prints one JSON line once built ({"params", "attention", "host_allocator"}); then, for each
+line on stdin, runs one step and prints "<start> <duration>" in seconds of time.perf_counter
+(CLOCK_MONOTONIC on Linux: one clock for every process, so the parent can interleave and pair
+the steps of all its servers). Exits at the end of stdin.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+# bench/ is this script's folder, first on sys.path: the shared benchmark setting and step
+import conftest as kit  # noqa: E402
+
+OURS = ("ours", "ours-compiled", "ours-system-malloc")
+PEERS = ("hf-sdpa", "hf-eager", "litgpt")
+
+
+def hf_model(attn: str) -> torch.nn.Module:
+    import transformers
+    cfg = transformers.GPT2Config(
+        n_layer=kit.N_LAYER, n_embd=kit.D_MODEL, n_head=kit.N_HEAD, n_inner=kit.D_FF,
+        n_positions=kit.SEQ, vocab_size=kit.VOCAB, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, attn_implementation=attn)
+    model = transformers.GPT2LMHeadModel(cfg)
+    assert model.config._attn_implementation == attn
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as ours
+    return model
+
+
+def litgpt_model() -> torch.nn.Module:
+    from litgpt.config import Config
+    from litgpt.model import GPT as LitGPT
+    cfg = Config(block_size=kit.SEQ, n_layer=kit.N_LAYER, n_embd=kit.D_MODEL, n_head=kit.N_HEAD,
+                 vocab_size=kit.VOCAB, padded_vocab_size=kit.VOCAB, intermediate_size=kit.D_FF,
+                 norm_class_name="LayerNorm", mlp_class_name="GptNeoxMLP", parallel_residual=False,
+                 bias=True)
+    model = LitGPT(cfg)
+    model.max_seq_length = kit.SEQ
+    return model
+
+
+def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
+    """(model, forward(x) -> logits [B, T, V], what to report), the model built from seed 0."""
+    info: dict = {"attention": None, "host_allocator": "system"}
+    if name in OURS:
+        from suite.config.spec.measure import MeasureSpec
+        from suite.measure.attention import choose_attention
+        from suite.measure.env import cpu_model
+        from suite.model import GPT, GPTConfig
+        from suite.model.gpt import attention_kernels
+        from suite.run.host_allocator import apply_host_allocator
+        # first, as the worker does: every allocation after it is served under the policy
+        policy = "system" if name == "ours-system-malloc" else MeasureSpec().host_allocator
+        info["host_allocator"] = apply_host_allocator(policy)["host_allocator"]
+        shape = (kit.BATCH, kit.N_HEAD, kit.SEQ, kit.D_MODEL // kit.N_HEAD)
+        choice = choose_attention(torch, torch.device("cpu"), precision, shape, cpu_model(), attention_kernels())
+        info["attention"], info["attention_trial_s"] = choice["attention"], choice["times_s"]
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER, n_head=kit.N_HEAD,
+                              d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
+        # compiled in the warm-up, so the measured rounds time the steady state
+        return model, (torch.compile(model) if name == "ours-compiled" else model), info
+    torch.manual_seed(0)
+    if name == "litgpt":
+        model = litgpt_model()
+        return model, model, info
+    model = hf_model(name.removeprefix("hf-"))
+    return model, (lambda x: model(input_ids=x).logits), info
+
+
+def main(argv: list[str]) -> int:
+    name, precision, total = argv[0], argv[1], int(argv[2])
+    model, forward, info = build(name, precision)
+    step = kit.bare_step(forward, model, kit.make_batches(), precision, total)
+    info["params"] = sum(p.numel() for p in model.parameters())
+    info["threads"] = torch.get_num_threads()
+    print(json.dumps(info), flush=True)
+    for _ in sys.stdin:
+        t0 = time.perf_counter()
+        step()
+        print(f"{t0!r} {time.perf_counter() - t0!r}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
