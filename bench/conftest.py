@@ -66,13 +66,13 @@ def bare_step(forward: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.M
               total_steps: int, impl: dict | None = None) -> Callable[[], torch.Tensor]:
     """A hand-written PyTorch training step: forward, cross-entropy, backward, clip, AdamW,
     zero_grad, LR schedule. `forward(x)` returns logits [B, T, V]. The AdamW settings are the
-    ones txsuite uses (decay on matrices only; `impl` picks the kernel, by default foreach as
-    txsuite's build_optimizer does on CPU) so that a comparison measures the harness or the
-    model, not a different optimizer implementation."""
+    ones txsuite uses (decay on matrices only). `impl` picks the kernel ({"foreach": ...,
+    "fused": ...}; each caller says which: the overhead bench copies the cell's, the peer
+    bench gives each model its own default); foreach when not given."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, **(impl or {"foreach": True}))
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, **(impl if impl is not None else {"foreach": True}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(total_steps))
     bf16 = precision == "bf16"
     model.train()

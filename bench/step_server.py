@@ -3,12 +3,12 @@
 
     python bench/step_server.py NAME PRECISION TOTAL_STEPS
 
-NAME: ours, ours-compiled, ours-system-malloc, hf-sdpa, hf-eager, litgpt. Each model runs in its
-own process so that each has the process settings it has in real use: ours those a txsuite cell
-applies in its worker (the host allocator policy, suite/run/host_allocator.py; the OpenMP spin
+NAME: ours, ours-compiled, hf-sdpa, hf-eager, litgpt. Each model runs in its own process so
+that each has the process settings it has in real use: ours those a txsuite cell applies in its
+worker at the defaults (the host allocator policy, suite/run/host_allocator.py; the OpenMP spin
 setting the runner gives a CPU cell comes in the environment), a peer the defaults of a plain
-Python process. One process for all would hand the cell's settings to the peers too, or take
-them from ours.
+Python process. One process for all would hand the cell's settings to the peers too (the
+allocator policy is process-wide), or take them from ours.
 
 Prints one JSON line once built ({"params", "attention", "host_allocator"}); then, for each
 line on stdin, runs one step and prints "<start> <duration>" in seconds of time.perf_counter
@@ -26,7 +26,7 @@ import torch
 # bench/ is this script's folder, first on sys.path: the shared benchmark setting and step
 import conftest as kit  # noqa: E402
 
-OURS = ("ours", "ours-compiled", "ours-system-malloc")
+OURS = ("ours", "ours-compiled")
 PEERS = ("hf-sdpa", "hf-eager", "litgpt")
 
 
@@ -55,8 +55,10 @@ def litgpt_model() -> torch.nn.Module:
 
 
 def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
-    """(model, forward(x) -> logits [B, T, V], what to report), the model built from seed 0."""
-    info: dict = {"attention": None, "host_allocator": "system"}
+    """(model, forward(x) -> logits [B, T, V], what to report), the model built from seed 0.
+    info["adamw"]: the AdamW kernel choice (foreach/fused) — for ours what a cell's optimizer
+    builder picks on CPU, for a peer torch's default (what `torch.optim.AdamW(params)` gives)."""
+    info: dict = {"attention": None, "host_allocator": "system", "adamw": {"foreach": None, "fused": None}}
     if name in OURS:
         from suite.config.spec.measure import MeasureSpec
         from suite.measure.attention import choose_attention
@@ -65,14 +67,17 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
         from suite.model.gpt import attention_kernels
         from suite.run.host_allocator import apply_host_allocator
         # first, as the worker does: every allocation after it is served under the policy
-        policy = "system" if name == "ours-system-malloc" else MeasureSpec().host_allocator
-        info["host_allocator"] = apply_host_allocator(policy)["host_allocator"]
+        info["host_allocator"] = apply_host_allocator(MeasureSpec().host_allocator)["host_allocator"]
         shape = (kit.BATCH, kit.N_HEAD, kit.SEQ, kit.D_MODEL // kit.N_HEAD)
         choice = choose_attention(torch, torch.device("cpu"), precision, shape, cpu_model(), attention_kernels())
         info["attention"], info["attention_trial_s"] = choice["attention"], choice["times_s"]
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER, n_head=kit.N_HEAD,
                               d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
+        from suite.config.spec import TrainSpec
+        from suite.train.optimizers import build_optimizer
+        cells_adamw = build_optimizer(model, TrainSpec(), torch.device("cpu")).defaults
+        info["adamw"] = {k: cells_adamw[k] for k in ("foreach", "fused")}
         # compiled in the warm-up, so the measured rounds time the steady state
         return model, (torch.compile(model) if name == "ours-compiled" else model), info
     torch.manual_seed(0)
@@ -86,7 +91,7 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
 def main(argv: list[str]) -> int:
     name, precision, total = argv[0], argv[1], int(argv[2])
     model, forward, info = build(name, precision)
-    step = kit.bare_step(forward, model, kit.make_batches(), precision, total)
+    step = kit.bare_step(forward, model, kit.make_batches(), precision, total, impl=info["adamw"])
     info["params"] = sum(p.numel() for p in model.parameters())
     info["threads"] = torch.get_num_threads()
     print(json.dumps(info), flush=True)

@@ -9,17 +9,16 @@ Peers (each used when installed; the test is skipped when none is):
   output layer: its parameter count differs by the unembedding (65,536 of ~3.3 M).
 
 Every model trains in a process of its own (bench/step_server.py), with the settings it has in
-real use: ours those a txsuite cell runs with (the runner's OpenMP spin setting, the worker's
-host allocator policy `measure.host_allocator: reuse`), a peer those of a plain Python process
-(the environment as the user gave it, glibc's malloc defaults). For information (not
-asserted), ours also runs under glibc's defaults (`ours-system-malloc`: how much of the lead
-is the process's configuration and how much the model and its step) and under torch.compile
-(`ours-compiled`).
+real use: ours those a txsuite cell runs with at its defaults (the runner's OpenMP spin
+setting, the worker's `measure.host_allocator`), a peer those of a plain Python process (the
+environment as the user gave it). For information (not asserted), ours also runs under
+torch.compile (`ours-compiled`).
 
 Ours runs at its defaults: `model.attention: auto` resolves the kernel for this host, precision
 and shape exactly as a cell does (suite.measure.attention; cached per host). Same dims (4
 layers x 256 wide, 4 heads, d_ff 1024, byte-level vocab 256, no dropout), same batches, same
-hand-written step (bench/conftest.py: bare_step) and AdamW settings, bf16 through
+hand-written step (bench/conftest.py: bare_step) and AdamW settings (the kernel: ours the
+fused one a cell's optimizer builder picks on CPU, a peer torch's default), bf16 through
 torch.autocast for all. The servers' steps are interleaved, one at a time, the order rotating
 every round, and timed inside each server (one monotonic clock for all). Our step, as the
 parent waits for it, is timed by pytest-benchmark (`--benchmark-compare`); the peers' go into
@@ -53,7 +52,7 @@ BUDGET_S = 60.0  # measuring time per precision on an idle machine
 MIN_ROUNDS, MAX_ROUNDS = 50, 300  # one step of each model per round
 # non-default settings, shown, not asserted: a peer's other attention, and ours under
 # torch.compile (`compile: true`; compiled in the warm-up, so the rounds time the steady state)
-INFORMATION_ONLY = {"hf-eager", "ours-compiled", "ours-system-malloc"}
+INFORMATION_ONLY = {"hf-eager", "ours-compiled"}
 STEP_SERVER = Path(__file__).with_name("step_server.py")
 
 
@@ -82,7 +81,7 @@ class StepServer:
 
 
 def variants() -> list[str]:
-    names = ["ours", "ours-system-malloc", "ours-compiled"]
+    names = ["ours", "ours-compiled"]
     if HAVE_HF:
         names += ["hf-sdpa", "hf-eager"]
     if HAVE_LITGPT:
@@ -113,7 +112,8 @@ def run_rounds(benchmark, kit, precision, servers):
     n_params = {name: i["params"] for name, i in info.items()}
     for name, n in n_params.items():  # the same model size, up to litgpt's untied unembedding
         assert abs(n - n_params["ours"]) <= kit.VOCAB * kit.D_MODEL, (name, n_params)
-    assert info["ours"]["host_allocator"] == "reuse", info["ours"]  # the default applied, on glibc
+    from suite.config.spec.measure import MeasureSpec
+    assert info["ours"]["host_allocator"] == MeasureSpec().host_allocator, info["ours"]  # the default applied
     samples = {name: kit.Samples() for name in servers}
 
     def timed(name):
@@ -164,6 +164,7 @@ def run_rounds(benchmark, kit, precision, servers):
         "precision": precision, "vocab": kit.VOCAB, "tokens_per_step": tokens, "rounds": rounds,
         "threads": threads, "host": kit.host_line(), "packages": package_versions(),
         "host_allocator": {name: i["host_allocator"] for name, i in info.items()},
+        "adamw": {name: i["adamw"] for name, i in info.items()},
         "our_attention": choice["attention"], "attention_trial_s": choice["times_s"],
         "params": n_params, "tokens_per_s": tps,
         "speed_ratio_ours_over_peer (time ratio peer/ours)": speed, "confidence": kit.CONFIDENCE,
@@ -174,7 +175,8 @@ def run_rounds(benchmark, kit, precision, servers):
              f"ours with attention {choice['attention']} (auto)"]
     for name, s in samples.items():
         lines.append(f"  {name:18s} median step {s.median() * 1e3:8.2f} ms  {tps[name]:8.0f} tokens/s  "
-                     f"{n_params[name]:,} parameters, malloc {info[name]['host_allocator']}")
+                     f"{n_params[name]:,} parameters, malloc {info[name]['host_allocator']}, "
+                     f"AdamW {'fused' if info[name]['adamw']['fused'] else 'foreach' if info[name]['adamw']['foreach'] else 'default'}")
     for name, c in cmp.items():
         lines.append(f"  speed ours/{name}: {kit.fmt_ratio(c, invert=False)}")
     print("\n".join(lines))

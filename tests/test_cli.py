@@ -28,6 +28,7 @@ exclude:
   - {precision: bf16, memory.activation_checkpointing: full}
 include:
   - {precision: fp8}
+  - {precision: fp32, memory.activation_checkpointing: none, measure.host_allocator: cache}
 repeats: 1
 """
 
@@ -44,21 +45,22 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     (tmp_path / "unseen.yaml").write_text(UNSEEN)
     plan = txsuite("plan", "unseen.yaml", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
-    assert "skipped: fp8" in plan.stdout and plan.stdout.count("will run") == 3
+    assert "skipped: fp8" in plan.stdout and plan.stdout.count("will run") == 4
 
     first = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path, report=True)
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "results" / "unseen" / "r1"
     records = RunFolder(run_dir).records()
-    assert sorted(r.status for r in records) == ["ok", "ok", "ok", "skipped"]
+    assert sorted(r.status for r in records) == ["ok", "ok", "ok", "ok", "skipped"]
     for r in records:
         assert set(REQUIRED_METRICS) <= set(r.metrics)
         assert r.env["packages"]["torch"] and r.env["cpu"]
         if r.status == "skipped":
             assert "fp8" in r.reason
             continue
-        # the default host allocator was applied (glibc here) and the record says so
-        assert (r.env["host_allocator"], r.env["host_allocator_reason"]) == ("reuse", None)
+        # the record says which host allocator policy the cell ran with
+        asked = "cache" if "host_allocator=cache" in r.label else "system"
+        assert (r.env["host_allocator"], r.env["host_allocator_reason"]) == (asked, None), r.label
         m = r.metrics
         assert m["tokens_per_s"] > 0 and m["samples_per_s"] * 32 == pytest.approx(m["tokens_per_s"])
         assert m["step_time_p90_s"] >= m["step_time_p50_s"] > 0
@@ -89,12 +91,12 @@ def test_unseen_matrix_plans_runs_records_and_resumes(tmp_path):
     # same command again: nothing re-runs, nothing is duplicated
     again = txsuite("run", "unseen.yaml", "--run-id", "r1", cwd=tmp_path)
     assert again.returncode == 0
-    assert "4 repetitions were already finished" in again.stdout
+    assert "5 repetitions were already finished" in again.stdout
     assert "not rendered (--no-report" in again.stdout  # the helper's default: records only
-    assert len(RunFolder(run_dir).records()) == 4
+    assert len(RunFolder(run_dir).records()) == 5
     # without --run-id, a finished run is not resumed: a new run starts
     df = to_dataframe(tmp_path / "results")
-    assert len(df) == 4 and set(df["status"]) == {"ok", "skipped"}
+    assert len(df) == 5 and set(df["status"]) == {"ok", "skipped"}
 
 
 def test_resume_without_run_id_continues_an_interrupted_run(tmp_path):

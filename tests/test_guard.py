@@ -247,6 +247,15 @@ def test_environment_differences_are_reported():
     assert same.env_differences == [] and "same hardware" in same.to_text()
 
 
+def test_a_baseline_from_before_the_host_allocator_setting_counts_as_glibcs_defaults():
+    rng = np.random.default_rng(8)
+    old = make_side(rng, path="base")  # ENV has no host_allocator: written before the setting
+    cached = compare(make_side(rng, env={**ENV, "host_allocator": "cache"}), old)
+    assert cached.env_differences == [
+        "library: host memory allocator (measure.host_allocator) differs: baseline 'system', run 'cache'"]
+    assert compare(make_side(rng, env={**ENV, "host_allocator": "system"}), old).env_differences == []
+
+
 def test_peak_normalisation_changes_the_verdict_across_machines():
     """Machine B is 30 % slower at matmuls and trains 30 % slower: same code, same MFU. Raw
     throughput calls it a FAIL; normalised by each machine's measured peak, it passes."""

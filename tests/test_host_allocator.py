@@ -39,9 +39,9 @@ fields["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps(fields))
 """
 
-# One 64 MiB block (above 32 MiB, the most glibc's moving mmap threshold reaches, and above
-# `reuse`'s bound) taken, written and freed, again and again; faults counted after 12 rounds,
-# once `cache`'s heap has settled (it strands a few copies first: the module's docstring).
+# One 64 MiB block (above 32 MiB, the most glibc's moving mmap threshold reaches) taken, written
+# and freed, again and again; faults counted after 12 rounds, once `cache`'s heap has settled
+# (it strands a few copies first: the module's docstring).
 FAULTS_OF_A_LARGE_BLOCK = """
 import json, resource, sys
 from suite.run.host_allocator import apply_host_allocator
@@ -67,23 +67,21 @@ def run(code: str, policy: str, **env: str) -> dict:
 
 
 @LINUX
-def test_reuse_serves_training_steps_without_the_page_faults_of_the_defaults():
-    system, reuse = run(FAULTS_OF_TRAINING, "system"), run(FAULTS_OF_TRAINING, "reuse")
-    assert (system["host_allocator"], reuse["host_allocator"]) == ("system", "reuse")
-    # measured: 10,000-57,000 faults in 8 steps under glibc's defaults, 0-1,600 under reuse
+def test_cache_serves_training_steps_without_the_page_faults_of_the_defaults():
+    system, cache = run(FAULTS_OF_TRAINING, "system"), run(FAULTS_OF_TRAINING, "cache")
+    assert (system["host_allocator"], cache["host_allocator"]) == ("system", "cache")
+    # measured: 10,000-57,000 faults in 8 steps under glibc's defaults, 0-1,600 under cache
     assert system["faults"] > 4000, system
-    assert reuse["faults"] < system["faults"] / 4, (reuse, system)
+    assert cache["faults"] < system["faults"] / 4, (cache, system)
 
 
 @LINUX
-@pytest.mark.parametrize("policy, kept", [("system", False), ("reuse", False), ("cache", True)])
-def test_only_cache_keeps_blocks_above_32_mib(policy, kept):
-    fields = run(FAULTS_OF_A_LARGE_BLOCK, policy)
-    assert fields["host_allocator"] == policy
-    if kept:  # handed back from malloc's free lists: no page of it faulted in again
-        assert fields["faults"] < 0.01 * PAGES_OF_THE_BLOCK, fields
-    else:  # mapped afresh each time: the kernel faults in (and zero-fills) every page
-        assert fields["faults"] >= 0.9 * PAGES_OF_THE_BLOCK, fields
+def test_cache_keeps_even_blocks_above_glibcs_largest_moving_threshold():
+    system, cache = run(FAULTS_OF_A_LARGE_BLOCK, "system"), run(FAULTS_OF_A_LARGE_BLOCK, "cache")
+    # the defaults map the block afresh each time: the kernel faults in (and zero-fills) every page
+    assert system["faults"] >= 0.9 * PAGES_OF_THE_BLOCK, system
+    # cache hands it back from malloc's free lists: no page of it is faulted in again
+    assert cache["faults"] < 0.01 * PAGES_OF_THE_BLOCK, cache
 
 
 @LINUX
@@ -106,5 +104,5 @@ def test_a_preloaded_allocator_or_glibc_tunables_keep_the_system_policy(monkeypa
 
 
 def test_an_unknown_policy_is_refused_with_the_allowed_ones():
-    with pytest.raises(ValueError, match="reuse, cache, system"):
+    with pytest.raises(ValueError, match="system, cache"):
         apply_host_allocator("jemalloc")
