@@ -201,8 +201,9 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
         return
     if not select(matrix.cells, only):
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
-    # SIGTERM -> SystemExit, so the runner's cleanup kills the running cell's process group
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM -> Terminated (a KeyboardInterrupt): the runner's cleanup kills the running cell's
+    # process group, and the sweep ends as after Ctrl-C, saying what finished
+    signal.signal(signal.SIGTERM, _raise_terminated)
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     if nodes.rank > 0:
         console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
@@ -223,8 +224,8 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
                                  executor=executor, nodes=nodes)
     except (RunInUse, RunMismatch) as exc:
         raise UsageProblem(str(exc)) from None
-    except KeyboardInterrupt:
-        _interrupted(run_dir, report_path)
+    except KeyboardInterrupt as exc:
+        _interrupted(run_dir, report_path, exc)
     except OSError as exc:
         raise UsageProblem(f"cannot write the run into {run_dir}: {exc.strerror or exc} "
                            f"({exc.filename or run_dir}); what was recorded before is kept. Give a writable "
@@ -240,9 +241,22 @@ def run(matrix_path: str, results_dir: str, reports_dir: str, run_id: str | None
     sys.exit(0 if summary.ok else 1)
 
 
-def _interrupted(run_dir: Path, report_path: Path) -> None:
-    """Ctrl-C: the cell in flight was stopped with its process group; say what finished, render
-    the report of it, and exit 130 as shells expect of an interrupted command."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a sweep (a job scheduler's cancel, `kill`): handled as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _interrupted(run_dir: Path, report_path: Path, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: the cell in flight was stopped with its process group; say what
+    finished, render the report of it, and exit as shells expect of a command ended by that
+    signal (130 after Ctrl-C, 143 after SIGTERM)."""
     from suite.results import RunFolder
 
     finished = RunFolder(run_dir).finished() if run_dir.exists() else {}
@@ -251,9 +265,10 @@ def _interrupted(run_dir: Path, report_path: Path) -> None:
         counts[status] = counts.get(status, 0) + 1
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
     report = _render(run_dir, report_path) if finished else "(nothing to report)"
-    err_console.print(f"interrupted: repetitions finished and recorded: {done}; records in {run_dir}; "
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    err_console.print(f"{how}: repetitions finished and recorded: {done}; records in {run_dir}; "
                       f"report {report}. The same command resumes the sweep.", soft_wrap=True, markup=False)
-    sys.exit(130)
+    sys.exit(getattr(exc, "exit_code", 130))
 
 
 def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None, executor_name: str):

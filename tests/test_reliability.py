@@ -261,7 +261,9 @@ def test_results_follow_the_umask(tmp_path, umask, mode):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_and_says_what_finished(tmp_path):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted:"),
+                                                (signal.SIGTERM, 143, "terminated (SIGTERM):")])
+def test_ctrl_c_or_sigterm_exits_with_the_signals_code_and_says_what_finished(tmp_path, signum, code, said):
     (tmp_path / "m.yaml").write_text(TINY.replace("axes:\n  precision: [fp32]\n",
                                                   "axes:\n  train.seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
     # SIGINT back to its default in the child: a test session started in the background (nohup,
@@ -273,10 +275,10 @@ def test_ctrl_c_exits_130_and_says_what_finished(tmp_path):
     deadline = time.monotonic() + 180
     while not (records.exists() and records.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted: repetitions finished and recorded:" in err and "resumes" in err
+    assert proc.returncode == code, err
+    assert f"{said} repetitions finished and recorded:" in err and "resumes" in err
     assert "Aborted!" not in err and "Traceback" not in err
 
 
