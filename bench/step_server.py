@@ -5,7 +5,7 @@
 
 NAME: ours, ours-compiled, hf-sdpa, hf-eager, litgpt. Each model runs in its own process so
 that each has the process settings it has in real use: ours those a txsuite cell applies in its
-worker at the defaults (the host allocator policy, suite/run/host_allocator.py; the OpenMP spin
+worker at the defaults (the host allocator policy, suite/measure/host_allocator.py; the OpenMP spin
 setting the runner gives a CPU cell comes in the environment), a peer the defaults of a plain
 Python process. One process for all would hand the cell's settings to the peers too (the
 allocator policy is process-wide), or take them from ours.
@@ -65,7 +65,7 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
         from suite.measure.env import cpu_model
         from suite.model import GPT, GPTConfig
         from suite.model.gpt import attention_kernels
-        from suite.run.host_allocator import apply_host_allocator
+        from suite.measure.host_allocator import apply_host_allocator
         # first, as the worker does: every allocation after it is served under the policy
         info["host_allocator"] = apply_host_allocator(MeasureSpec().host_allocator)["host_allocator"]
         shape = (kit.BATCH, kit.N_HEAD, kit.SEQ, kit.D_MODEL // kit.N_HEAD)

@@ -98,9 +98,11 @@ def package_versions() -> dict[str, str]:
 def test_ours_vs_peers(benchmark, kit, precision):
     total = WARMUP + MAX_ROUNDS
     # ours: the environment a cell gets (bench/conftest.py set the runner's OpenMP setting)
-    servers = {name: StepServer(name, precision, total, dict(os.environ) if name.startswith("ours") else kit.PLAIN_ENV)
-               for name in variants()}
+    servers: dict[str, StepServer] = {}
     try:
+        for name in variants():
+            servers[name] = StepServer(name, precision, total,
+                                       dict(os.environ) if name.startswith("ours") else kit.PLAIN_ENV)
         run_rounds(benchmark, kit, precision, servers)
     finally:
         for server in servers.values():

@@ -149,9 +149,10 @@ def plan(matrix_path: str, device: str | None, only: str | None, yes: bool, as_j
 def _host_notes(cells) -> None:
     """What this host will make of the planned cells that the plan's table does not say."""
     from suite.config.host import emulated_bf16_note
-    note = emulated_bf16_note(cells, _this_host())
-    if note:
-        console.print(note, soft_wrap=True, markup=False)
+    from suite.config.spec.measure import cache_allocator_note
+    for note in (emulated_bf16_note(cells, _this_host()), cache_allocator_note(cells)):
+        if note:
+            console.print(note, soft_wrap=True, markup=False)
 
 
 @main.command()

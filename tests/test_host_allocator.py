@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from suite.run.host_allocator import apply_host_allocator
+from suite.measure.host_allocator import apply_host_allocator
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, Linux page-fault counts")
 
@@ -18,7 +18,7 @@ LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's
 # batch 8, fp32, after three warm-up steps.
 FAULTS_OF_TRAINING = """
 import json, resource, sys
-from suite.run.host_allocator import apply_host_allocator
+from suite.measure.host_allocator import apply_host_allocator
 import torch, torch.nn.functional as F
 from suite.model import GPT, GPTConfig
 fields = apply_host_allocator(sys.argv[1])
@@ -44,7 +44,7 @@ print(json.dumps(fields))
 # (it strands a few copies first: the module's docstring).
 FAULTS_OF_A_LARGE_BLOCK = """
 import json, resource, sys
-from suite.run.host_allocator import apply_host_allocator
+from suite.measure.host_allocator import apply_host_allocator
 import torch
 fields = apply_host_allocator(sys.argv[1])
 def once():
@@ -97,7 +97,7 @@ def test_the_users_own_malloc_settings_win_and_the_record_says_so():
     ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}, "GLIBC_TUNABLES"),
 ])
 def test_a_preloaded_allocator_or_glibc_tunables_keep_the_system_policy(monkeypatch, env, fragment):
-    from suite.run import host_allocator
+    from suite.measure import host_allocator
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert fragment in host_allocator._why_not_configurable()

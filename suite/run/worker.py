@@ -117,7 +117,7 @@ def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
 
     from suite.config.host import host_problems
     from suite.measure.device import device_fingerprint, worker_host
-    from suite.run.host_allocator import apply_host_allocator
+    from suite.measure.host_allocator import apply_host_allocator
     from suite.train.distributed import init_distributed
 
     # first, so that every allocation of the cell (data, model, steps) is served under it

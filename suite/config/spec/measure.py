@@ -10,7 +10,7 @@ operator at every barrier. matrices/smoke.yaml, the CI matrix, uses 1.
 step frees inside the process, so the next step takes it back without page faults: 1.4-1.6x
 faster steps with a 32k vocabulary, but peak RSS then includes what the allocator holds, which
 halved the memory saving measured for full activation checkpointing
-(suite/run/host_allocator.py has the measurements).
+(suite/measure/host_allocator.py has the measurements).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class MeasureSpec:
     # time prefill and decode of the trained dense model (compressed cells always do): the
     # dense controls of a compression matrix need it; elsewhere it would cost seconds per cell
     inference: bool = False
-    # how the cell's process takes host memory from malloc (suite/run/host_allocator.py)
+    # how the cell's process takes host memory from malloc (suite/measure/host_allocator.py)
     host_allocator: str = "system"
 
     def problems(self, cell: "CellConfig") -> Iterator[Problem]:
@@ -54,3 +54,16 @@ CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, 
                              "host_allocator": HOST_ALLOCATORS}
 POSITIVE: set[str] = set()
 FRACTIONS: set[str] = set()
+
+
+def cache_allocator_note(cells) -> str | None:
+    """A note for the plan when cells keep freed host memory (`host_allocator: cache`): their
+    peak RSS includes what malloc holds, so it should be compared only with cells of the same
+    policy. None when no planned cell does. cells: PlannedCell-like (`.config`, `.skip_reason`)."""
+    cached = [c for c in cells if c.skip_reason is None and c.config.measure.host_allocator == "cache"]
+    if not cached:
+        return None
+    return (f"note: {len(cached)} cell(s) run with measure.host_allocator: cache, so their peak memory includes "
+            f"the freed blocks malloc keeps for reuse (measured: full activation checkpointing's saving shown as "
+            f"115 MiB instead of 381); compare their peak memory only with cells of the same policy.")
+
