@@ -81,6 +81,10 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("machine_slowdown", "machine state", "plain", "lower",
            description="how much slower than its best this machine ran the probe workload around the "
                        "measured steps (1.0: its best state)"),
+    Metric("host_page_faults_per_step", "page faults/step", "plain", "lower",
+           description="minor page faults of the cell's process per measured step: host memory the "
+                       "kernel mapped and zero-filled afresh (measure.host_allocator: cache removes "
+                       "those of blocks freed and taken again every step)"),
     Metric("step_flops", "FLOPs/step", "rate", "lower", guardable=True, exact=True,
            description="FLOPs one training step dispatches (torch's flop counter)"),
     Metric("step_ops", "ops/step", "plain", "lower", guardable=True, exact=True,

@@ -26,6 +26,12 @@ import resource
 import sys
 
 
+def minor_page_faults() -> int:
+    """Page faults of this process so far that the kernel served without I/O: mostly fresh
+    anonymous pages it had to zero-fill (ru_minflt, all threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def host_peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB

@@ -52,6 +52,8 @@ class MachineState:
     after_s: float | None = None
     best_s: float | None = None  # the host's best time for the workload, this one included
     wall_s: float = 0.0  # what probing cost the cell, both probes and the cache update
+    faults_at_start: int | None = None  # minor page faults when the measured steps began
+    page_faults: int | None = None  # minor page faults during the measured steps (probes excluded)
 
     @property
     def slowdown(self) -> float | None:
@@ -63,7 +65,7 @@ class MachineState:
 
     def metrics(self) -> dict:
         return {"probe_before_s": self.before_s, "probe_after_s": self.after_s, "probe_best_s": self.best_s,
-                "machine_slowdown": self.slowdown}
+                "machine_slowdown": self.slowdown, "host_page_faults": self.page_faults}
 
 
 def host_key(torch) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 from suite.config.record import Unsupported
 from suite.config.spec import CellConfig
-from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes
+from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes, minor_page_faults
 from suite.measure.stats import summarize_steps
 from suite.results.folder import write_atomic
 from suite.train.loop import Diverged
@@ -170,7 +170,8 @@ def train(training, started: Started) -> Trained:
 
 def _machine_probe(torch):
     """The machine-state probe (suite.measure.probe): the calibration workload just before the
-    first measured step and just after the last, folded into this host's best time."""
+    first measured step and just after the last, folded into this host's best time; between
+    them, the process's minor page faults (what the kernel zero-filled for the steps)."""
     from suite.measure.probe import MachineState, probe, record_best
 
     state = MachineState()
@@ -179,7 +180,9 @@ def _machine_probe(torch):
         t0 = time.perf_counter()
         if moment == "start":
             state.before_s = probe(torch)
+            state.faults_at_start = minor_page_faults()  # after the probe: only the steps count
         else:
+            state.page_faults = minor_page_faults() - state.faults_at_start
             state.after_s = probe(torch)
             state.best_s = record_best(torch, [state.before_s, state.after_s])
         state.wall_s += time.perf_counter() - t0
@@ -271,6 +274,8 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     metrics = summarize_steps(result.step_times, cell.tokens_per_step, cell.samples_per_step)
     metrics.update(trained.telemetry)
     metrics.update(trained.machine)
+    if metrics.get("host_page_faults") is not None and metrics.get("measured_steps"):
+        metrics["host_page_faults_per_step"] = metrics["host_page_faults"] / metrics["measured_steps"]
     metrics.update(trained.counters)
     if training.trainer.noise_scale is not None:
         metrics.update(training.trainer.noise_scale.metrics(cell.data.seq_len))
