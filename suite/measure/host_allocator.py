@@ -18,9 +18,11 @@ Policies:
   allocated every step strands a copy or a few before the heap settles.
 
 Measured with `txsuite run` (fp32, 2-core AMD EPYC, glibc 2.36, one process per repetition):
-- 2 layers x 256 with a 32,768-token BPE vocabulary, 12 steps, 2 repeats: `cache` 1,906 and
-  2,085 tokens/s against 1,219 and 1,458 under `system` (MFU 78-85 % against 50-60 %); peak RSS
-  1,519 MiB against 1,292-1,359 (+12-18 %).
+- matrices/allocator.yaml (2 layers x 256, 32,768-token BPE vocabulary, 12 steps, 2 repeats),
+  two runs: `cache` 1,906 / 2,085 and 1,846 / 1,802 tokens/s against 1,219 / 1,458 and
+  1,313 / 1,290 under `system` (1.40-1.57x); 4,700 page faults per step against 241,000; peak
+  RSS 1,519 and 1,822 MiB against 1,292-1,359 and 1,348 (+12-18 % and +35 %: how much `cache`
+  strands depends on the heap's history).
 - matrices/checkpointing.yaml (8 x 512, seq 512): no checkpointing 1,903-1,913 MiB peak against
   1,926-1,927; full checkpointing 1,731-1,798 against 1,546-1,570. The saving full
   checkpointing shows falls from 356-381 MiB to 115-172 MiB: under `cache` the figure measures
