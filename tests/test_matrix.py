@@ -130,6 +130,7 @@ def test_include_entries_each_add_a_cell_and_duplicates_are_noted(write_matrix):
     ("name: x\nfixed: {memory: {compile: maybe}}\n", 2, "memory.compile", ["true", "max-autotune"]),
     ("name: x\nfixed: {train: {lr: .nan}}\n", 2, "train.lr", ["finite"]),
     ("name: x\nfixed: {measure: {host_allocator: jemalloc}}\n", 2, "measure.host_allocator", ["system, cache"]),
+    ("name: x\nfixed: {data: {dataset: markov, symbols: 32768}}\n", 2, "data.symbols", ["8.0 GiB", "2 to 8192"]),
     ("name: x\nfixed: {precision: fp8, train: {micro_batch: 3}, data: {seq_len: 100}}\n", 2, "train.micro_batch",
      ["fp8", "= 300", "multiple of 16"]),
     ("name: x\nfixed: {compress: {quantization: fp8}, train: {micro_batch: 3}, data: {seq_len: 100}}\n", 2,

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 NAMED_DATASETS = ("shakespeare", "bible", "python-stdlib", "copy", "reverse", "modadd", "markov")
 SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
+# markov draws a symbols x symbols float64 transition matrix (suite/data/markov.py), plus
+# Dirichlet temporaries of the same size: 8,192 symbols take 512 MiB; 32,768 took the worker
+# past 24 GiB and the OOM killer ended it.
+MARKOV_MAX_SYMBOLS = 8192
 TOKENIZERS = ("byte", "bpe")
 AUGMENT_KINDS = ("replace", "mask", "delete", "swap")  # suite/data/augment.py
 
@@ -45,6 +49,11 @@ class DataSpec:
         if self.symbols is not None and not self.synthetic:
             yield Problem("data.symbols", "data.symbols only applies to synthetic tasks.",
                           ", ".join(SYNTHETIC_DATASETS))
+        if self.dataset == "markov" and self.symbols is not None and self.symbols > MARKOV_MAX_SYMBOLS:
+            gib = self.symbols ** 2 * 8 / 2**30
+            yield Problem("data.symbols", f"the markov task draws a {self.symbols} x {self.symbols} transition "
+                                          f"matrix of float64, {gib:,.1f} GiB before its temporaries.",
+                          f"2 to {MARKOV_MAX_SYMBOLS}")
         if self.vocab_size is not None and self.tokenizer != "bpe":
             yield Problem("data.vocab_size", "data.vocab_size only applies to tokenizer 'bpe'.")
         if self.vocab_size is not None and self.vocab_size < 257:
