@@ -129,3 +129,23 @@ def test_a_cell_records_the_page_faults_of_its_steps_and_cache_removes_them(tmp_
     block_pages = 8 * 512 * 4096 * 4 // 4096
     assert faults["system"] >= block_pages, faults  # at least one such block zero-filled per step
     assert faults["cache"] < faults["system"] / 4, faults
+
+
+def test_a_cache_cell_that_cannot_have_its_policy_is_skipped_with_the_reason(tmp_path):
+    """With the user's own malloc settings in the environment, `cache` is not applied, and the
+    cell is not run as a `system` cell under the label `cache`."""
+    from cli_helpers import txsuite
+    from suite.results import RunFolder
+    (tmp_path / "m.yaml").write_text(
+        "name: kept\n"
+        "fixed:\n"
+        "  model: {preset: tiny, n_layer: 1}\n"
+        "  data: {dataset: markov, seq_len: 32}\n"
+        "  train: {steps: 2, warmup_steps: 1, micro_batch: 2, eval_batches: 1}\n"
+        "  measure: {host_allocator: cache}\n")
+    out = txsuite("run", "m.yaml", "--run-id", "r", cwd=tmp_path, env={"MALLOC_TRIM_THRESHOLD_": "131072"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    [record] = RunFolder(tmp_path / "results" / "kept" / "r").records()
+    assert record.status == "skipped", record.reason
+    assert "host_allocator: cache cannot be applied" in record.reason and "MALLOC_TRIM_THRESHOLD_" in record.reason
+

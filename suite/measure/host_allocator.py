@@ -37,8 +37,9 @@ beyond noise, and still +6 % peak RSS under full checkpointing.
 This is what the PyTorch CPU tuning guide gets from jemalloc/tcmalloc, without a library to
 preload. A user's own allocator settings win over `cache`: with glibc's malloc tunables in the
 environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES=glibc.malloc...) or
-a jemalloc/tcmalloc/mimalloc in LD_PRELOAD nothing is changed, and the record says `system` and
-why. So does a C library other than glibc (musl, macOS): there is no `mallopt` to call.
+a jemalloc/tcmalloc/mimalloc in LD_PRELOAD nothing is changed, and a `cache` cell is recorded
+as `skipped` with the reason (run as it is, it would be a `system` cell under another label).
+So is one on a C library other than glibc (musl, macOS): there is no `mallopt` to call.
 """
 from __future__ import annotations
 

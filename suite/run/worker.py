@@ -122,6 +122,10 @@ def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
 
     # first, so that every allocation of the cell (data, model, steps) is served under it
     allocator = apply_host_allocator(cell.measure.host_allocator)
+    if allocator["host_allocator"] != cell.measure.host_allocator:
+        # a `cache` cell run under glibc's defaults would be a `system` cell under another label
+        raise Unsupported(f"measure.host_allocator: {cell.measure.host_allocator} cannot be applied here: "
+                          f"{allocator['host_allocator_reason']}")
     device = torch.device(cell.device)
     if cell.measure.threads:
         torch.set_num_threads(cell.measure.threads)
