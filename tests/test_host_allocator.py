@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import run_records
 
 from suite.measure.host_allocator import apply_host_allocator
 
@@ -112,20 +113,14 @@ def test_an_unknown_policy_is_refused_with_the_allowed_ones():
 def test_a_cell_records_the_page_faults_of_its_steps_and_cache_removes_them(tmp_path):
     """Through the CLI and the worker: a wide MLP (d_ff 4096) at seq 512 makes its hidden
     activations 64 MiB blocks (8 x 512 x 4096 fp32), freed and taken again every step."""
-    from cli_helpers import txsuite
-    from suite.results import RunFolder
-    (tmp_path / "m.yaml").write_text(
-        "name: faults\n"
-        "fixed:\n"
-        "  model: {preset: tiny, n_layer: 1, d_model: 128, n_head: 2, d_ff: 4096}\n"
-        "  data: {dataset: markov, seq_len: 512}\n"
-        "  train: {steps: 4, warmup_steps: 3, micro_batch: 8, eval_batches: 1}\n"
-        "axes:\n"
-        "  measure.host_allocator: [system, cache]\n")
-    out = txsuite("run", "m.yaml", "--run-id", "r", cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    faults = {r.env["host_allocator"]: r.metrics["host_page_faults_per_step"]
-              for r in RunFolder(tmp_path / "results" / "faults" / "r").records()}
+    records = run_records(tmp_path, "name: faults\n"
+                                    "fixed:\n"
+                                    "  model: {preset: tiny, n_layer: 1, d_model: 128, n_head: 2, d_ff: 4096}\n"
+                                    "  data: {dataset: markov, seq_len: 512}\n"
+                                    "  train: {steps: 4, warmup_steps: 3, micro_batch: 8, eval_batches: 1}\n"
+                                    "axes:\n"
+                                    "  measure.host_allocator: [system, cache]\n")
+    faults = {r.env["host_allocator"]: r.metrics["host_page_faults_per_step"] for r in records}
     block_pages = 8 * 512 * 4096 * 4 // 4096
     assert faults["system"] >= block_pages, faults  # at least one such block zero-filled per step
     assert faults["cache"] < faults["system"] / 4, faults
@@ -134,18 +129,13 @@ def test_a_cell_records_the_page_faults_of_its_steps_and_cache_removes_them(tmp_
 def test_a_cache_cell_that_cannot_have_its_policy_is_skipped_with_the_reason(tmp_path):
     """With the user's own malloc settings in the environment, `cache` is not applied, and the
     cell is not run as a `system` cell under the label `cache`."""
-    from cli_helpers import txsuite
-    from suite.results import RunFolder
-    (tmp_path / "m.yaml").write_text(
-        "name: kept\n"
-        "fixed:\n"
-        "  model: {preset: tiny, n_layer: 1}\n"
-        "  data: {dataset: markov, seq_len: 32}\n"
-        "  train: {steps: 2, warmup_steps: 1, micro_batch: 2, eval_batches: 1}\n"
-        "  measure: {host_allocator: cache}\n")
-    out = txsuite("run", "m.yaml", "--run-id", "r", cwd=tmp_path, env={"MALLOC_TRIM_THRESHOLD_": "131072"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    [record] = RunFolder(tmp_path / "results" / "kept" / "r").records()
+    [record] = run_records(tmp_path, "name: kept\n"
+                                     "fixed:\n"
+                                     "  model: {preset: tiny, n_layer: 1}\n"
+                                     "  data: {dataset: markov, seq_len: 32}\n"
+                                     "  train: {steps: 2, warmup_steps: 1, micro_batch: 2, eval_batches: 1}\n"
+                                     "  measure: {host_allocator: cache}\n",
+                           env={"MALLOC_TRIM_THRESHOLD_": "131072"})
     assert record.status == "skipped", record.reason
     assert "host_allocator: cache cannot be applied" in record.reason and "MALLOC_TRIM_THRESHOLD_" in record.reason
 
