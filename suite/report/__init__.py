@@ -1,4 +1,4 @@
-"""HTML reports of ablation runs (L2: pandas -> seaborn -> Jinja templates).
+"""HTML reports of ablation runs (L2: pandas -> matplotlib -> Jinja templates).
 
     render_report(run_dir, out_path)          one self-contained HTML file per run
     render_compare(run_a, run_b, out_path)    two runs side by side, per-cell ratios B/A
@@ -6,8 +6,8 @@
 
 Modules, one job each: frame (records -> per-cell table; runs are read through
 suite.results.RunFolder),
-pareto, summary (findings in words), encoding (colours/markers per axis), charts (seaborn ->
-figures), svg (figure -> inline SVG), formatting (units), tableview (tables as shown),
+pareto, summary (findings in words), encoding (colours/markers per axis), palettes (colour lists), charts
+(matplotlib figures), svg (figure -> inline SVG), formatting (units), tableview (tables as shown),
 environment (fingerprint rows and diffs), render (Jinja, autoescaped), and the three entry
 points run_report, compare and export.
 """

@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 
 from suite.report import formatting as fmt
 from suite.report.encoding import Encoding, choose_encoding, ordered_values
 from suite.report.frame import CellTable
-from suite.report.svg import formatter, plot_text, report_style, sns, subplots, to_svg
+from suite.report.svg import formatter, plot_text, report_style, subplots, to_svg
 
 MAX_BARS = 40  # rows of a per-cell bar chart before it shows only the best and the worst
 MAX_POINT_LABELS = 12
@@ -225,13 +226,9 @@ def throughput_heatmap(table: CellTable, enc: Encoding) -> Chart:
     row_height = 0.55 if len(row_values) <= 8 else 0.36
     fig, ax = subplots(figsize=(min(2.6 + 0.95 * len(col_values), 14),
                                 min(1.4 + row_height * len(row_values), 12)))
-    labels = np.vectorize(fmt.si)(grid) if annotate else False
-    frame = pd.DataFrame(grid, index=[plot_text(_short(v, 20)) for v in row_values],
-                         columns=[plot_text(_short(v, 20)) for v in col_values])
-    sns.heatmap(frame, annot=labels, fmt="", cmap="viridis", ax=ax, linewidths=0.6, linecolor="white",
-                cbar_kws={"label": "tokens/s", "format": si_formatter()},
-                annot_kws={"fontsize": 9 if grid.size <= 40 else 7.5})
-    ax.set_facecolor("#f1f2f4")  # combinations without a throughput read as grey, not white
+    _draw_heatmap(ax, grid, [plot_text(_short(v, 20)) for v in row_values],
+                  [plot_text(_short(v, 20)) for v in col_values], annotate=annotate,
+                  fontsize=9 if grid.size <= 40 else 7.5)
     for i, line in enumerate(status):
         for j, text in enumerate(line):
             if text:
@@ -241,6 +238,36 @@ def throughput_heatmap(table: CellTable, enc: Encoding) -> Chart:
     ax.grid(False)
     chart.svg = to_svg(fig)
     return chart
+
+
+def _draw_heatmap(ax, grid: np.ndarray, row_labels: list[str], col_labels: list[str], annotate: bool,
+                  fontsize: float) -> None:
+    """grid (rows x columns of tokens/s, NaN where no throughput) as coloured squares, row 0 at
+    the top, each value written in its square when `annotate`; NaN squares stay grey."""
+    ax.set_facecolor("#f1f2f4")  # combinations without a throughput read as grey, not white
+    cmap = colormaps["viridis"]
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1.0,
+                         edgecolors="white", linewidth=0.6)
+    colorbar = ax.figure.colorbar(mesh, ax=ax, format=si_formatter())
+    colorbar.set_label("tokens/s")
+    colorbar.outline.set_visible(False)
+    ax.set_xlim(0, grid.shape[1])
+    ax.set_ylim(grid.shape[0], 0)  # row 0 at the top, as the table reads
+    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, col_labels)
+    ax.set_yticks(np.arange(grid.shape[0]) + 0.5, row_labels, rotation=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if not annotate:
+        return
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isfinite(value):
+            continue
+        r, g, b, _ = mesh.cmap(mesh.norm(value))
+        light = 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.408  # dark text on light squares
+        ax.text(j + 0.5, i + 0.5, fmt.si(value), ha="center", va="center", fontsize=fontsize,
+                color=".15" if light else "white")
 
 
 def axis_effects(table: CellTable, enc: Encoding) -> Chart:

@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from suite.config.metrics import BY_NAME, REGISTRY
-from suite.report import formatting as fmt
+from suite.report import formatting as fmt, palettes
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
 from suite.report.frame import CellTable
 from suite.report.render import render_to_file
 from suite.report.run_report import table_for
 from suite.results import Run, RunFolder
-from suite.report.svg import formatter, plot_text, report_style, sns, subplots, to_svg
+from suite.report.svg import formatter, plot_text, report_style, subplots, to_svg
 from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key
 
 # (metric, title, kind, higher is better), from the metric registry (suite/config/metrics.py)
@@ -202,7 +202,7 @@ def ratio_bars(c: Comparison) -> Chart:
         p = p.loc[moved.sort_values(ascending=False).index[:MAX_COMPARE_BARS]]
         chart.note = f"showing the {MAX_COMPARE_BARS} cells whose throughput moved most; every cell is in the table"
     # Bars grow from 1× (no change) so a 3% shift is visible; three bars per cell, one per metric.
-    colors = sns.color_palette("deep", len(COMPARED))
+    colors = palettes.deep(len(COMPARED))
     n, height = len(p), 0.8 / len(COMPARED)
     fig, ax = subplots(figsize=(9, 1.2 + 0.5 * n))
     centre = np.arange(n)[::-1].astype(float)

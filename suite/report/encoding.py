@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import seaborn as sns
 from matplotlib.lines import Line2D
 
+from suite.report import palettes
 from suite.report.svg import plot_text
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -73,9 +73,9 @@ def choose_encoding(cells: pd.DataFrame, axes: list[str]) -> Encoding:
         # Numeric axes (batch sizes, sparsities) read best as a ramp; names as distinct hues.
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if numeric and len(values) > 2:
-            palette = sns.color_palette("viridis", len(values))
+            palette = palettes.ramp(len(values))
         else:
-            palette = sns.color_palette("tab10" if len(values) <= 10 else "husl", len(values))
+            palette = palettes.categories(len(values))
         enc.colors = dict(zip(values, palette))
     if style_key:
         values = ordered_values(cells[style_key])

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import matplotlib
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from markupsafe import Markup
@@ -26,6 +25,26 @@ STYLE = {
     "legend.title_fontsize": 9,
     "figure.dpi": 100,
     "svg.hashsalt": None,  # unique ids per figure, so several SVGs can share one HTML page
+    # A light grid behind the data, grey frame, no tick marks (the "whitegrid" look of seaborn,
+    # set here: importing seaborn brings scipy.stats and cost a report ~1.3 s of its ~3.4 s)
+    "figure.facecolor": "white",
+    "axes.facecolor": "white",
+    "axes.edgecolor": ".8",
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "grid.color": ".8",
+    "grid.linestyle": "-",
+    "axes.labelcolor": ".15",
+    "text.color": ".15",
+    "xtick.color": ".15",
+    "ytick.color": ".15",
+    "xtick.bottom": False,
+    "ytick.left": False,
+    "xtick.top": False,
+    "ytick.right": False,
+    "lines.solid_capstyle": "round",
+    "patch.edgecolor": "w",
+    "patch.force_edgecolor": True,
 }
 _PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)  # XML declaration, DOCTYPE, comments before <svg>
 
@@ -43,9 +62,9 @@ def formatter(func) -> FuncFormatter:
 
 @contextmanager
 def report_style() -> Iterator[None]:
-    """seaborn's clean grid style, applied only while our charts are drawn (the caller's
+    """The report's clean grid style, applied only while our charts are drawn (the caller's
     global matplotlib settings are left as they were)."""
-    with sns.axes_style("whitegrid"), matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         yield
 
 
