@@ -15,16 +15,16 @@ here (fp32, 4 heads x 256 x 64) the time per sequence is flat from batch 4 to 32
 matmul 3.8-6.6 ms), and a full trial at a cell's large batch would cost seconds, or the memory
 that cell is about to be refused for. Each kernel's
 output and input gradients are first checked against a float64 reference (a kernel that is fast
-but wrong is never chosen), then the kernels alternate over timed rounds and the lower median
-wins.
+but wrong is never chosen), then the kernels race (suite.measure.kernel_race: alternating timed
+rounds) and the lower median wins.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from typing import Callable
 
 from suite.measure.host_cache import measured_once
+from suite.measure.kernel_race import forward_backward, medians, race, screen
 
 # the dtype a cell's attention computes in, by precision (fp8 casts only the linear layers)
 ATTENTION_DTYPE = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
@@ -32,10 +32,7 @@ ATTENTION_DTYPE = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "bf
 # max |kernel - fp32 reference| allowed, relative to the reference's largest magnitude: a few
 # units in the last place of the dtype, summed over T terms
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
-ROUNDS = 5  # timed rounds per kernel, alternating
 TRIAL_ROWS = 64  # most (sequence, head) pairs a trial runs
-SEPARATED = 1.5  # after 3 rounds: min(slower) / max(leader) beyond this ends the slower one's trial
-MIN_ROUND_S = 0.02  # a round repeats the kernel until it has run this long (short shapes)
 
 
 def choose_attention(torch, device, precision: str, shape: tuple[int, int, int, int], device_name: str,
@@ -72,52 +69,15 @@ def reference_attention(torch, q, k, v):
 def trial(torch, device, dtype, shape, candidates: dict[str, Callable]) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, grad_out = (torch.randn(*shape, generator=gen).to(device) for _ in range(4))
-    full = [x.to(dtype) for x in (q, k, v, grad_out)]
-    q, k, v, grad_out = (x[:1] for x in (q, k, v, grad_out))  # correctness: one sequence suffices
-    reference, ref_grads = _forward_backward(torch, lambda *x: reference_attention(torch, *x),
-                                             *(x.double() for x in (q, k, v, grad_out)))
-    scale = max(float(reference.abs().max()), *(float(g.abs().max()) for g in ref_grads), 1e-12)
-    inputs = [x.to(dtype) for x in (q, k, v, grad_out)]
-    rejected, correct = {}, {}
-    for name, fn in candidates.items():
-        try:
-            out, grads = _forward_backward(torch, fn, *inputs)
-        except RuntimeError as e:  # no kernel for this dtype/device
-            rejected[name] = f"failed: {str(e).splitlines()[0][:160]}"
-            continue
-        error = max(float((x.double() - r).abs().max()) for x, r in zip((out, *grads), (reference, *ref_grads)))
-        if not error <= TOLERANCE[str(dtype).removeprefix("torch.")] * scale:
-            rejected[name] = f"wrong: max error {error:.3g} against float64 (scale {scale:.3g})"
-            continue
-        correct[name] = fn
+    full = [x.to(dtype) for x in (q, k, v)]
+    full_grad = grad_out.to(dtype)
+    correct, rejected = screen(torch, candidates, lambda *x: reference_attention(torch, *x),
+                               [x[:1] for x in (q, k, v)], grad_out[:1],  # one sequence suffices
+                               dtype, TOLERANCE[str(dtype).removeprefix("torch.")])
     if not correct:
         raise RuntimeError(f"no attention kernel computed causal attention correctly: {rejected}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    repeats = {}
-    for name, fn in correct.items():  # how many calls make one round long enough to time
-        start = time.perf_counter()
-        _forward_backward(torch, fn, *full)
-        sync()
-        repeats[name] = max(1, int(MIN_ROUND_S / max(time.perf_counter() - start, 1e-6)))
-    samples: dict[str, list[float]] = {name: [] for name in correct}
-    running = dict(correct)
-    for rnd in range(ROUNDS):  # alternate, so drift of a shared machine hits every kernel alike
-        for name, fn in running.items():
-            start = time.perf_counter()
-            for _ in range(repeats[name]):
-                _forward_backward(torch, fn, *full)
-            sync()
-            samples[name].append((time.perf_counter() - start) / repeats[name])
-        if rnd == 2:  # a kernel whose fastest round is 1.5x the leader's slowest is out of the race
-            leader = min(max(samples[n]) for n in running)
-            running = {n: f for n, f in running.items() if min(samples[n]) <= SEPARATED * leader}
-    times = {name: statistics.median(s) for name, s in samples.items()}
+    samples = race({name: functools.partial(forward_backward, torch, fn, full, full_grad)
+                    for name, fn in correct.items()}, sync)
+    times = medians(samples)
     return {"attention": min(times, key=times.get), "times_s": times, "rejected": rejected}
-
-
-def _forward_backward(torch, fn, q, k, v, grad_out):
-    """(output, (dq, dk, dv)) of fn on leaf copies of q, k, v."""
-    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
-    out = fn(q, k, v)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    return out.detach(), grads

@@ -14,7 +14,8 @@ suite.train.build_training applies them in this order; the reasons are written w
 2. converters       - swap modules of the whole model before anything splits, wraps or traces
                       it (torchtitan's model converters): float8 (precision or quantization
                       fp8), qat (qat-int8 fake quantizers), prune_schedule (masks and a step
-                      hook for pruning while training).
+                      hook for pruning while training), linear_kernel (last: it converts only
+                      the plain nn.Linear layers the others left).
 3. pipeline         - cuts the model into this rank's stage modules; everything after walks
                       `setup.parts` (the stages) instead of the whole model.
 4. tensor_parallel  - shards each block's linears over the tp ranks; before checkpointing and
@@ -32,9 +33,9 @@ The optimizer is built after all of them, from the final module's parameters.
 """
 from suite.techniques.setup import TrainSetup, Unsupported
 from suite.techniques import (checkpointing, compilation, compression, ddp, deepspeed, float8, fsdp, gradients,
-                              pipeline, precision, prune_schedule, qat, tensor_parallel)
+                              linear_kernel, pipeline, precision, prune_schedule, qat, tensor_parallel)
 
-CONVERTERS = (float8, qat, prune_schedule)
+CONVERTERS = (float8, qat, prune_schedule, linear_kernel)
 ORDER = (precision, *CONVERTERS, pipeline, tensor_parallel, checkpointing, ddp, fsdp, deepspeed, compilation,
          gradients, compression)
 

@@ -21,6 +21,7 @@ MODEL_PRESET_DIMS: dict[str, tuple[int, int, int]] = {
 }
 MODEL_PRESETS = tuple(MODEL_PRESET_DIMS)
 ATTENTIONS = ("auto", "sdpa", "matmul")
+LINEARS = ("auto", "torch", "transposed-weight")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class ModelSpec:
     # host and cached (suite.measure.attention); sdpa: the fused kernel; matmul: explicit
     # QK^T / softmax / AV (O(T^2) score memory)
     attention: str = "auto"
+    # auto: transposed-weight where this host's matmul is measurably faster for it, else torch
+    # (suite.measure.linear); torch: nn.Linear as it is; transposed-weight: the input gradient
+    # against a transposed copy of the weight (suite.techniques.linear_kernel)
+    linear: str = "auto"
 
     @property
     def dims(self) -> tuple[int, int, int, int]:
@@ -48,8 +53,21 @@ class ModelSpec:
         _, n_head, d_model, _ = self.dims
         if d_model % n_head:
             yield Problem("model.n_head", f"d_model={d_model} is not divisible by n_head={n_head}.")
+        unsupported = transposed_weight_unsupported(cell)
+        if self.linear == "transposed-weight" and unsupported:
+            yield Problem("model.linear", f"transposed-weight does not work here: {unsupported}. Use auto "
+                                          "(which keeps torch's Linear in such cells) or torch.")
 
 
-CHOICES = {"preset": MODEL_PRESETS, "attention": ATTENTIONS}
+def transposed_weight_unsupported(cell: "CellConfig") -> str | None:
+    """Why `model.linear: transposed-weight` cannot apply to this cell (None: it can)."""
+    if cell.parallel.tp > 1:
+        return "tensor parallelism (tp > 1) shards nn.Linear with its own hooks"
+    if cell.parallel.engine == "deepspeed":
+        return "DeepSpeed replaces torch's linear function (ZeRO-3)"
+    return None
+
+
+CHOICES = {"preset": MODEL_PRESETS, "attention": ATTENTIONS, "linear": LINEARS}
 POSITIVE = {"n_layer", "n_head", "d_model", "d_ff"}
 FRACTIONS = {"dropout"}  # in [0, 1)

@@ -1,0 +1,135 @@
+"""model.linear — the transposed-weight input gradient computes nn.Linear's gradients, the swap
+keeps the model's parameters, `auto` leaves torch's Linear unless the trial separates them, and
+the record states the choice."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite.config.spec import CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
+from suite.measure.linear import choose_linear, decide
+from suite.model import GPT, GPTConfig, lm_loss
+from suite.techniques import TrainSetup, linear_kernel
+from suite.techniques.linear_kernel import TransposedWeightLinear, transposed_weight_linear
+from suite.train import build_training
+
+CPU = torch.device("cpu")
+
+
+def test_its_gradients_are_the_exact_derivatives_of_a_linear_layer():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)  # [batch, tokens, d_in]
+    weight = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(transposed_weight_linear, (x, weight, bias))
+    assert torch.autograd.gradcheck(transposed_weight_linear, (x, weight, None))
+
+
+def _output_and_grads(fn, x, weight, bias, grad, autocast: bool):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = fn(*leaves)
+    out.backward(grad.to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_it_matches_torch_linear_in_fp32_and_under_bf16_autocast(autocast):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(4, 32, 64), torch.randn(48, 64) * 0.1, torch.randn(48)
+    grad = torch.randn(4, 32, 48)
+    ours, our_grads = _output_and_grads(transposed_weight_linear, x, weight, bias, grad, autocast)
+    theirs, their_grads = _output_and_grads(F.linear, x, weight, bias, grad, autocast)
+    assert ours.dtype == theirs.dtype == (torch.bfloat16 if autocast else torch.float32)
+    # fp32: the same products in another operand layout, a few ulps apart; bf16: both round
+    # to 8 significant bits, so they may differ by an ulp of bf16 (2^-8) of the magnitude
+    rel = 2.0 ** -7 if autocast else 1e-5
+    for a, b in zip((ours, *our_grads), (theirs, *their_grads)):
+        assert a.dtype == b.dtype  # the fp32 parameters get fp32 gradients under autocast, as torch's do
+        assert (a.float() - b.float()).abs().max() <= rel * b.float().abs().max()
+
+
+def _cell(linear: str = "transposed-weight", **parallel) -> CellConfig:
+    return CellConfig(model=ModelSpec(preset="tiny", linear=linear), data=DataSpec(seq_len=32),
+                      train=TrainSpec(steps=1, micro_batch=2), device="cpu", parallel=ParallelSpec(**parallel))
+
+
+def test_the_swap_keeps_the_parameters_the_tied_weight_and_the_state_dict_then_restores_nn_linear():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, max_seq_len=32, n_layer=2, n_head=4, d_model=32, d_ff=128))
+    params_before, keys_before = list(model.parameters()), list(model.state_dict())
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    setup = linear_kernel.apply(TrainSetup(model=model, device=CPU, parts=[model]), _cell())
+    assert setup.facts == {"linear": "transposed-weight"}
+    assert all(type(m) is TransposedWeightLinear for m in linears) and len(linears) == 2 * 4 + 1
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert list(model.parameters()) == params_before and list(model.state_dict()) == keys_before
+    for restore in setup.after_training:  # compression and inference timing get torch's Linear back
+        restore(None)
+    assert all(type(m) is nn.Linear for m in linears)
+
+
+def test_a_training_step_gives_the_gradients_of_torch_linear():
+    def grads(linear: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=64, max_seq_len=32, n_layer=2, n_head=4, d_model=32, d_ff=128))
+        linear_kernel.apply(TrainSetup(model=model, device=CPU, parts=[model]), _cell(linear))
+        idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(1))
+        lm_loss(model(idx[:, :-1]), idx[:, 1:]).backward()
+        return [p.grad for p in model.parameters()]
+
+    for ours, theirs in zip(grads("transposed-weight"), grads("torch")):
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_auto_keeps_torch_unless_every_round_of_the_other_kernel_is_faster():
+    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 0.7]}) == "transposed-weight"
+    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 1.05]}) == "torch"  # overlap
+    assert decide({"torch": [1.0, 1.0, 1.0], "transposed-weight": [1.0, 1.0, 1.0]}) == "torch"  # tie
+
+
+def test_a_kernel_slower_in_every_round_is_not_chosen_and_its_time_is_measured():
+    def slower(x, weight, bias=None):
+        time.sleep(0.003)  # far beyond the scheduling noise of a 64 x 32 x 48 product
+        return F.linear(x, weight, bias)
+
+    choice = choose_linear(torch, CPU, "fp32", (64, 32, 48), "test-cpu", {"torch": F.linear, "slower": slower},
+                           use_cache=False)
+    assert choice["linear"] == "torch"
+    assert choice["times_s"]["slower"] >= 0.003 > choice["times_s"]["torch"]
+
+
+def test_a_wrong_kernel_is_rejected_before_it_is_timed():
+    def wrong(x, weight, bias=None):
+        return F.linear(x, weight, -bias)  # the bias's sign flipped
+
+    choice = choose_linear(torch, CPU, "bf16", (64, 32, 48), "test-cpu", {"torch": F.linear, "wrong": wrong},
+                           use_cache=False)
+    assert choice["linear"] == "torch" and set(choice["times_s"]) == {"torch"}
+    assert choice["rejected"]["wrong"].startswith("wrong: max error")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cell_with_auto_states_the_kernel_its_trial_chose(precision):
+    """On a host whose bf16 matmul is emulated the bf16 trial separates the kernels (6x here);
+    with native kernels it keeps torch. Either way the record's choice follows its times."""
+    cell = CellConfig(model=ModelSpec(preset="tiny"), data=DataSpec(seq_len=32), precision=precision,
+                      train=TrainSpec(steps=1, micro_batch=2), device="cpu")
+    training = build_training(cell)
+    facts = training.setup.facts
+    times = facts["linear_auto"]["times_s"]
+    assert set(times) == {"torch", "transposed-weight"}
+    if facts["linear"] == "transposed-weight":
+        assert times["transposed-weight"] < times["torch"]
+    kinds = {type(m) for m in training.setup.model.modules() if isinstance(m, nn.Linear)}
+    assert kinds == {TransposedWeightLinear if facts["linear"] == "transposed-weight" else nn.Linear}
+
+
+def test_auto_keeps_torch_where_the_swap_cannot_apply_and_says_why():
+    facts = linear_kernel.resolve(_cell("auto", tp=2, dp=1), CPU)
+    assert facts == {"linear": "torch", "linear_auto": {"not_tried": "tensor parallelism (tp > 1) shards "
+                                                                      "nn.Linear with its own hooks"}}
