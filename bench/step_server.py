@@ -58,7 +58,7 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
     """(model, forward(x) -> logits [B, T, V], what to report), the model built from seed 0.
     info["adamw"]: the AdamW kernel choice (foreach/fused) — for ours what a cell's optimizer
     builder picks on CPU, for a peer torch's default (what `torch.optim.AdamW(params)` gives)."""
-    info: dict = {"attention": None, "host_allocator": "system", "adamw": {"foreach": None, "fused": None}}
+    info: dict = {"attention": None, "linear": None, "host_allocator": "system", "adamw": {"foreach": None, "fused": None}}
     if name in OURS:
         from suite.config.spec.measure import MeasureSpec
         from suite.measure.attention import choose_attention
@@ -74,6 +74,14 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER, n_head=kit.N_HEAD,
                               d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
+        # model.linear: auto, as a cell resolves it (suite.techniques.linear_kernel)
+        from suite.measure.linear import choose_linear
+        from suite.techniques import linear_kernel
+        linear = choose_linear(torch, torch.device("cpu"), precision, (kit.BATCH * kit.SEQ, kit.D_MODEL, kit.D_FF),
+                               cpu_model(), linear_kernel.KERNELS)
+        info["linear"], info["linear_trial_s"] = linear["linear"], linear["times_s"]
+        if linear["linear"] == linear_kernel.TRIAL_KERNEL:
+            linear_kernel.convert(model)
         from suite.config.spec import TrainSpec
         from suite.train.optimizers import build_optimizer
         cells_adamw = build_optimizer(model, TrainSpec(), torch.device("cpu")).defaults

@@ -85,9 +85,7 @@ KERNELS = {"torch": F.linear, TRIAL_KERNEL: transposed_weight_linear}
 def apply(setup: TrainSetup, cell) -> TrainSetup:
     choice = resolve(cell, setup.device)
     if choice["linear"] == TRIAL_KERNEL:
-        converted = [m for m in setup.model.modules() if type(m) is nn.Linear]
-        for module in converted:
-            module.__class__ = TransposedWeightLinear
+        converted = convert(setup.model)
 
         def restore(_after_training) -> dict[str, Any]:
             # Compression and the inference timing see torch's own Linear: quantizers match
@@ -99,6 +97,14 @@ def apply(setup: TrainSetup, cell) -> TrainSetup:
         setup.after_training.append(restore)
     setup.facts.update(choice)  # the record states the kernel, and why when it was chosen
     return setup
+
+
+def convert(model: nn.Module) -> list[nn.Linear]:
+    """Every plain nn.Linear of model becomes a TransposedWeightLinear, in place; returns them."""
+    converted = [m for m in model.modules() if type(m) is nn.Linear]
+    for module in converted:
+        module.__class__ = TransposedWeightLinear
+    return converted
 
 
 def resolve(cell, device: torch.device) -> dict[str, Any]:
