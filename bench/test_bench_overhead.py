@@ -27,6 +27,7 @@ import torch
 
 from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
 from suite.model import GPT
+from suite.techniques import linear_kernel
 from suite.train import build_training
 from suite.train.loop import train_steps
 
@@ -75,6 +76,8 @@ def test_txsuite_step_vs_bare_loop(benchmark, kit, precision):
     for blk_tx, blk_bare in zip(setup.model.blocks, model_bare.blocks):
         if hasattr(blk_tx.attn, "attention"):
             blk_bare.attn.attention = blk_tx.attn.attention
+    if setup.facts["linear"] == linear_kernel.TRIAL_KERNEL:  # model.linear: auto chose it on this host
+        linear_kernel.convert(model_bare)
 
     # (b) the bare loop, with the same AdamW kernel choice and hyperparameters
     impl = {k: optimizer.defaults[k] for k in ("foreach", "fused")}
