@@ -39,7 +39,7 @@ def step_times(rng, n, center=0.010, noise=0.03, repeat_sd=0.0, busy=0.0):
 
 
 def record(cell_id, repeat, steps, *, peak_mem=4.0e8, train_mem=1.0e8, peak_flops=1.0e12, env=ENV, val_loss=2.0,
-           run_id="r1", slowdown=1.1, counts=None):
+           run_id="r1", slowdown=1.1, counts=None, kernels=None):
     """A record as the worker writes it; `slowdown`: the machine state its probe saw (None: no probe)."""
     tps = statistics.median(TOKENS_PER_STEP / t for t in steps)
     metrics = {"step_times_s": steps, "tokens_per_s": tps, "samples_per_s": tps / 64,
@@ -53,6 +53,7 @@ def record(cell_id, repeat, steps, *, peak_mem=4.0e8, train_mem=1.0e8, peak_flop
     counts = counts or {"aten.mm.default(256x128,128x128)": 12, "aten.gelu.default(4x64x512)": 2}
     metrics.update({"step_op_counts": counts, "step_ops": sum(counts.values()),
                     "step_flops": sum(counts.values()) * 1.0e6})
+    metrics.update(kernels or {})  # e.g. {"attention": "sdpa", "linear": "torch"}, as build_training states them
     precision = CELLS.get(cell_id, "precision=fp32").split("=")[1]
     return Record(matrix="m", run_id=run_id, cell_id=cell_id, repeat=repeat, config={"precision": precision},
                   status="ok", label=CELLS.get(cell_id, cell_id), env=dict(env), metrics=metrics)
@@ -62,7 +63,8 @@ def make_side(rng, *, scale=1.0, repeats=2, steps=30, cells=("c0fp32",), guard=N
               **kw):
     """A Side of `cells`, each `repeats` x `steps`, step times multiplied by `scale`; `slowdowns`:
     the machine state of each repetition (default: a good state)."""
-    extra = {k: kw.pop(k) for k in ("peak_mem", "train_mem", "peak_flops", "env", "val_loss", "counts") if k in kw}
+    extra = {k: kw.pop(k) for k in ("peak_mem", "train_mem", "peak_flops", "env", "val_loss", "counts", "kernels")
+             if k in kw}
     states = slowdowns or [1.1] * repeats
     recs = [record(c, r, [t * scale * (states[r] or 1.0) ** 0 for t in step_times(rng, steps, **kw)],
                    slowdown=states[r], **extra)
@@ -254,6 +256,23 @@ def test_a_baseline_from_before_the_host_allocator_setting_counts_as_glibcs_defa
     assert cached.env_differences == [
         "library: host memory allocator (measure.host_allocator) differs: baseline 'system', run 'cache'"]
     assert compare(make_side(rng, env={**ENV, "host_allocator": "system"}), old).env_differences == []
+
+
+def test_a_kernel_an_auto_setting_chose_differently_is_named_and_survives_the_baseline_file(tmp_path):
+    from suite.guard.baseline import baseline_json, dumps_baseline
+    rng = np.random.default_rng(9)
+    baseline = make_side(rng, path="base", cells=("c0fp32", "c1bf16"), kernels={"attention": "sdpa", "linear": "torch"})
+    run = make_side(rng, scale=0.25, cells=("c0fp32", "c1bf16"),
+                    kernels={"attention": "sdpa", "linear": "transposed-weight"})
+    line = ("kernel: model.linear ran torch in the baseline and transposed-weight in the run "
+            "(precision=fp32, precision=bf16); its speed is the kernel's as much as the code's — pin "
+            "model.linear to compare code alone")
+    assert compare(run, baseline).env_differences == [line]
+    stored = tmp_path / "baseline.json"  # as `txsuite baseline` writes it
+    write_atomic(stored, dumps_baseline(baseline_json(baseline)))
+    assert compare(run, load_side(stored)).env_differences == [line]
+    old = make_side(rng, path="old", cells=("c0fp32", "c1bf16"))  # records from before the facts existed
+    assert compare(run, old).env_differences == []
 
 
 def test_peak_normalisation_changes_the_verdict_across_machines():

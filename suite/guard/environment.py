@@ -6,7 +6,9 @@ in library versions (torch, numpy, CUDA runtime, driver, Python...) are listed a
 `env_differences`: they mean a throughput change may be the machine's, not the code's. The
 txsuite commit and host name are expected to change and go to the notes. The measured matmul
 peaks are compared too: the same CPU model can run at different speeds (another cloud host,
-another clock, a busy neighbour while the peak was measured).
+another clock, a busy neighbour while the peak was measured). And the kernels each cell ran
+where an `auto` setting picks them per host (model.attention, model.linear): the same matrix can
+run another kernel on another host, and its speed with it.
 """
 from __future__ import annotations
 
@@ -119,7 +121,41 @@ def compare_env(run: Side, baseline: Side) -> tuple[list[str], list[str], bool]:
     if peak_diffs:
         diffs.extend(peak_diffs)
         hardware = True
+    diffs.extend(compare_kernels(run, baseline))
     return diffs, notes, hardware
+
+
+MAX_NAMED_CELLS = 3
+
+
+def compare_kernels(run: Side, baseline: Side) -> list[str]:
+    """A cell that ran another kernel on each side (an `auto` setting resolved differently: another
+    host, another torch, a cleared cache): one line per change, naming up to MAX_NAMED_CELLS cells."""
+    changes: dict[tuple[str, str, str], list[str]] = {}
+    for cell_id, cell in run.cells.items():
+        before = baseline.cells.get(cell_id)
+        if before is None:
+            continue
+        ka, kb = _cell_kernels(before), _cell_kernels(cell)
+        for kind in sorted(set(ka) & set(kb)):
+            if ka[kind] != kb[kind]:
+                changes.setdefault((kind, ka[kind], kb[kind]), []).append(cell.label or cell_id)
+    out = []
+    for (kind, was, now), labels in sorted(changes.items()):
+        named = ", ".join(labels[:MAX_NAMED_CELLS]) + (f" and {len(labels) - MAX_NAMED_CELLS} more"
+                                                       if len(labels) > MAX_NAMED_CELLS else "")
+        out.append(f"kernel: model.{kind} ran {was} in the baseline and {now} in the run ({named}); its "
+                   f"speed is the kernel's as much as the code's — pin model.{kind} to compare code alone")
+    return out
+
+
+def _cell_kernels(cell) -> dict[str, str]:
+    """kind -> the kernel the cell's repetitions ran ("a / b" when they differ among themselves)."""
+    seen: dict[str, set[str]] = {}
+    for rep in cell.repeats:
+        for kind, name in (rep.kernels or {}).items():
+            seen.setdefault(kind, set()).add(name)
+    return {kind: " / ".join(sorted(names)) for kind, names in seen.items()}
 
 
 def side_peaks(side: Side) -> dict[str, float]:

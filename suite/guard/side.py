@@ -58,6 +58,9 @@ class GuardInputError(Exception):
     """Input the guard cannot use (exit code 2): one paragraph naming the file and the problem."""
 
 
+# the kernels a repetition ran, where `auto` settings choose them per host (model.attention,
+# model.linear): a change between baseline and run is named (suite.guard.environment)
+KERNEL_FACTS = ("attention", "linear")
 # per-repetition numbers kept as they are (besides the step samples and the summaries)
 REPEAT_FIELDS = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "peak_mem_bytes",
                  "train_mem_bytes", "val_loss", "probe_before_s", "probe_after_s", "probe_best_s",
@@ -84,6 +87,8 @@ class RepeatSamples:
     step_ops: float | None = None
     step_alloc_bytes: float | None = None
     step_op_counts: dict[str, int] | None = None
+    # KERNEL_FACTS -> the kernel's name; None: the record predates the fact
+    kernels: dict[str, str] | None = None
     # recorded per-repetition summaries: used only when there are no per-step samples
     summary: dict[str, float | None] = field(default_factory=dict)
 
@@ -110,6 +115,8 @@ class RepeatSamples:
                 out[key] = value
         if self.step_op_counts is not None:
             out["step_op_counts"] = dict(self.step_op_counts)
+        if self.kernels:
+            out["kernels"] = dict(self.kernels)
         if not self.step_times_s:
             out.update({k: v for k, v in self.summary.items() if v is not None})
         return out
@@ -120,6 +127,7 @@ class RepeatSamples:
         return cls(repeat=int(d.get("repeat", 0)), step_times_s=d.get("step_times_s"),
                    **{k: _num(d.get(k)) for k in REPEAT_FIELDS},
                    step_op_counts=dict(counts) if isinstance(counts, dict) else None,
+                   kernels=_kernels(d.get("kernels") or {}),
                    summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None})
 
 
@@ -252,7 +260,14 @@ def _repeat_from_metrics(repeat: int, m: dict[str, Any]) -> RepeatSamples:
     return RepeatSamples(
         repeat=repeat, step_times_s=steps, **{k: _num(m.get(k)) for k in REPEAT_FIELDS},
         step_op_counts=dict(counts) if isinstance(counts, dict) else None,
+        kernels=_kernels(m),
         summary={k: _num(m.get(k)) for k in SUMMARY_KEYS if _num(m.get(k)) is not None})
+
+
+def _kernels(facts: dict[str, Any]) -> dict[str, str] | None:
+    """The KERNEL_FACTS among a record's metrics (or a baseline's "kernels"), None if none."""
+    found = {k: facts[k] for k in KERNEL_FACTS if isinstance(facts.get(k), str)}
+    return found or None
 
 
 def _rescale_if_edited(rep: RepeatSamples) -> bool:
