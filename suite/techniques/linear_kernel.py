@@ -120,7 +120,7 @@ def resolve(cell, device: torch.device) -> dict[str, Any]:
     from suite.measure.device import device_fingerprint
     from suite.measure.linear import choose_linear
     _, _, d_model, d_ff = cell.model.dims
-    shape = (cell.train.micro_batch * cell.data.seq_len, d_model, d_ff // cell.parallel.tp)
+    shape = (cell.train.micro_batch * cell.data.seq_len, d_model, d_ff)  # the MLP's first linear (tp is 1 here)
     choice = choose_linear(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
                            KERNELS)
     return {"linear": choice["linear"], "linear_auto": {
