@@ -243,7 +243,7 @@ def test_environment_differences_are_reported():
     assert "CPU differs: baseline 'AMD EPYC', run 'Intel Xeon'" in text
     assert "only the baseline has avx512f" in text
     assert "torch differs: baseline '2.13.0+cpu', run '2.6.0+cpu'" in text
-    assert "DIFFERENT hardware or libraries" in result.to_text()
+    assert "DIFFERENT hardware, libraries or kernels" in result.to_text()
     assert any("txsuite commit" in n for n in result.notes)
     same = compare(make_side(rng), make_side(rng, path="base"))
     assert same.env_differences == [] and "same hardware" in same.to_text()
@@ -272,7 +272,9 @@ def test_a_kernel_an_auto_setting_chose_differently_is_named_and_survives_the_ba
     write_atomic(stored, dumps_baseline(baseline_json(baseline)))
     assert compare(run, load_side(stored)).env_differences == [line]
     old = make_side(rng, path="old", cells=("c0fp32", "c1bf16"))  # records from before the facts existed
-    assert compare(run, old).env_differences == []
+    assert compare(run, old).env_differences == [line]  # they ran torch's Linear; their attention is unknown
+    same = make_side(rng, cells=("c0fp32", "c1bf16"), kernels={"attention": "matmul", "linear": "torch"})
+    assert compare(same, old).env_differences == []
 
 
 def test_peak_normalisation_changes_the_verdict_across_machines():

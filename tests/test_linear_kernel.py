@@ -4,6 +4,7 @@ the record states the choice."""
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 import torch
@@ -68,9 +69,14 @@ def test_the_swap_keeps_the_parameters_the_tied_weight_and_the_state_dict_then_r
     assert all(type(m) is TransposedWeightLinear for m in linears) and len(linears) == 2 * 4 + 1
     assert model.lm_head.weight is model.tok_emb.weight
     assert list(model.parameters()) == params_before and list(model.state_dict()) == keys_before
+    trained = types.SimpleNamespace(model=model)  # what the worker hands the after-training steps
     for restore in setup.after_training:  # compression and inference timing get torch's Linear back
-        restore(None)
+        restore(trained)
     assert all(type(m) is nn.Linear for m in linears)
+    distributed = GPT(GPTConfig(vocab_size=64, max_seq_len=32, n_layer=1, n_head=4, d_model=32, d_ff=128))
+    mesh_setup = linear_kernel.apply(TrainSetup(model=distributed, device=CPU, parts=[distributed], mesh=object()),
+                                     _cell())
+    assert mesh_setup.after_training == []  # no compression after a distributed cell: nothing to restore
 
 
 def test_a_training_step_gives_the_gradients_of_torch_linear():
@@ -94,13 +100,13 @@ def test_auto_keeps_torch_unless_every_round_of_the_other_kernel_is_faster():
 
 def test_a_kernel_slower_in_every_round_is_not_chosen_and_its_time_is_measured():
     def slower(x, weight, bias=None):
-        time.sleep(0.003)  # far beyond the scheduling noise of a 64 x 32 x 48 product
+        time.sleep(0.02)  # on top of the same product: slower in every round, however loaded the host
         return F.linear(x, weight, bias)
 
     choice = choose_linear(torch, CPU, "fp32", (64, 32, 48), "test-cpu", {"torch": F.linear, "slower": slower},
                            use_cache=False)
     assert choice["linear"] == "torch"
-    assert choice["times_s"]["slower"] >= 0.003 > choice["times_s"]["torch"]
+    assert choice["times_s"]["slower"] >= 0.02  # a real measurement of the sleep, not a constant
 
 
 def test_a_wrong_kernel_is_rejected_before_it_is_timed():

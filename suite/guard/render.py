@@ -76,7 +76,7 @@ def to_text(result: "GuardResult", all_rows: bool = True, width: int = 200) -> s
     w = con.print
     w(f"txsuite guard: run {result.run} against baseline {result.baseline}")
     if result.env_differences:
-        w("environment: DIFFERENT hardware or libraries; a change below may be the machine's, not the code's:")
+        w("environment: DIFFERENT hardware, libraries or kernels; a change below may be the machine's, not the code's:")
         for d in result.env_differences:
             w(f"  - {d}")
     else:

@@ -61,6 +61,9 @@ class GuardInputError(Exception):
 # the kernels a repetition ran, where `auto` settings choose them per host (model.attention,
 # model.linear): a change between baseline and run is named (suite.guard.environment)
 KERNEL_FACTS = ("attention", "linear")
+# what a record written before a fact existed ran: every record before model.linear (2026-11-30)
+# ran torch's nn.Linear (the attention kernel of older records is not known: not assumed)
+KERNELS_WHEN_ABSENT = {"linear": "torch"}
 # per-repetition numbers kept as they are (besides the step samples and the summaries)
 REPEAT_FIELDS = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "peak_mem_bytes",
                  "train_mem_bytes", "val_loss", "probe_before_s", "probe_after_s", "probe_best_s",
@@ -127,7 +130,7 @@ class RepeatSamples:
         return cls(repeat=int(d.get("repeat", 0)), step_times_s=d.get("step_times_s"),
                    **{k: _num(d.get(k)) for k in REPEAT_FIELDS},
                    step_op_counts=dict(counts) if isinstance(counts, dict) else None,
-                   kernels=_kernels(d.get("kernels") or {}),
+                   kernels=_kernels({**KERNELS_WHEN_ABSENT, **(d.get("kernels") or {})}),
                    summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None})
 
 
@@ -260,7 +263,7 @@ def _repeat_from_metrics(repeat: int, m: dict[str, Any]) -> RepeatSamples:
     return RepeatSamples(
         repeat=repeat, step_times_s=steps, **{k: _num(m.get(k)) for k in REPEAT_FIELDS},
         step_op_counts=dict(counts) if isinstance(counts, dict) else None,
-        kernels=_kernels(m),
+        kernels=_kernels({**KERNELS_WHEN_ABSENT, **m}),
         summary={k: _num(m.get(k)) for k in SUMMARY_KEYS if _num(m.get(k)) is not None})
 
 

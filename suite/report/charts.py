@@ -255,7 +255,9 @@ def _draw_heatmap(ax, grid: np.ndarray, row_labels: list[str], col_labels: list[
     colorbar.outline.set_visible(False)
     ax.set_xlim(0, grid.shape[1])
     ax.set_ylim(grid.shape[0], 0)  # row 0 at the top, as the table reads
-    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, col_labels)
+    crowded = grid.shape[1] > 6 or max((len(label) for label in col_labels), default=0) > 8
+    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, col_labels, rotation=30 if crowded else 0,
+                  ha="right" if crowded else "center")
     ax.set_yticks(np.arange(grid.shape[0]) + 0.5, row_labels, rotation=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -264,10 +266,15 @@ def _draw_heatmap(ax, grid: np.ndarray, row_labels: list[str], col_labels: list[
     for (i, j), value in np.ndenumerate(grid):
         if not np.isfinite(value):
             continue
-        r, g, b, _ = mesh.cmap(mesh.norm(value))
-        light = 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.408  # dark text on light squares
+        light = _relative_luminance(mesh.cmap(mesh.norm(value))) > 0.408  # dark text on light squares
         ax.text(j + 0.5, i + 0.5, fmt.si(value), ha="center", va="center", fontsize=fontsize,
                 color=".15" if light else "white")
+
+
+def _relative_luminance(rgba) -> float:
+    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def axis_effects(table: CellTable, enc: Encoding) -> Chart:

@@ -11,7 +11,7 @@ auto (default)      transposed-weight where the host's matmul is measurably fast
 Why: on CPUs without bf16 instructions torch's fallback bf16 matmul is 10-20x slower when both
 operands are contiguous (the input gradient's layout) than when one is transposed; a `small`
 bf16 step spent 88 % of its time there (README, "Where a bf16 step goes"). The copy of W is
-d_in x d_out elements per layer and step, nothing beside the product.
+d_in x d_out elements per layer and backward pass, nothing beside the product.
 
 The swap changes each plain `nn.Linear`'s class in place (TransposedWeightLinear is an
 nn.Linear: same parameters, the tied lm_head/embedding weight stays one tensor, same
@@ -85,18 +85,24 @@ KERNELS = {"torch": F.linear, TRIAL_KERNEL: transposed_weight_linear}
 def apply(setup: TrainSetup, cell) -> TrainSetup:
     choice = resolve(cell, setup.device)
     if choice["linear"] == TRIAL_KERNEL:
-        converted = convert(setup.model)
-
-        def restore(_after_training) -> dict[str, Any]:
-            # Compression and the inference timing see torch's own Linear: quantizers match
-            # nn.Linear by exact type, and inference has no input gradient to speed up.
-            # Registered before compression's own step (converters come first in the order).
-            for module in converted:
-                module.__class__ = nn.Linear
-            return {}
-        setup.after_training.append(restore)
+        convert(setup.model)
+        if setup.mesh is None:  # only a single-process cell is compressed and timed for inference
+            setup.after_training.append(restore)
     setup.facts.update(choice)  # the record states the kernel, and why when it was chosen
     return setup
+
+
+def restore(after_training) -> dict[str, Any]:
+    """After training (suite.techniques.compression.AfterTraining): the trained model's layers
+    become nn.Linear again, so compression and the inference timing measure the model as it is
+    deployed (inference has no input gradient to speed up). Runs before compression's own step
+    (converters come first in the order); a pruning fine-tune therefore runs torch's Linear.
+    Walks the model it is given rather than keeping a list, which would hold every layer (and,
+    under pipelining, other stages' blocks) alive for the whole run."""
+    for module in after_training.model.modules():
+        if type(module) is TransposedWeightLinear:
+            module.__class__ = nn.Linear
+    return {}
 
 
 def convert(model: nn.Module) -> list[nn.Linear]:
