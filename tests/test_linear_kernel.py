@@ -18,6 +18,8 @@ from suite.techniques import TrainSetup, linear_kernel
 from suite.techniques.linear_kernel import TransposedWeightLinear, transposed_weight_linear
 from suite.train import build_training
 
+from cli_helpers import run_records
+
 CPU = torch.device("cpu")
 
 
@@ -139,3 +141,21 @@ def test_auto_keeps_torch_where_the_swap_cannot_apply_and_says_why():
     facts = linear_kernel.resolve(_cell("auto", tp=2, dp=1), CPU)
     assert facts == {"linear": "torch", "linear_auto": {"not_tried": "tensor parallelism (tp > 1) shards "
                                                                       "nn.Linear with its own hooks"}}
+
+
+def test_a_compression_cell_quantizes_the_same_layers_after_training_with_either_kernel(tmp_path):
+    """Compression after a transposed-weight training finds as many layers to quantize as after
+    torch's Linear, and the compressed model's loss is the same to fp32 rounding (the kernel
+    changes how gradients are computed, not the trained weights beyond rounding)."""
+    records = run_records(tmp_path, "name: squeeze\n"
+                                    "fixed:\n"
+                                    "  model: {preset: tiny, n_layer: 1}\n"
+                                    "  data: {dataset: markov, seq_len: 32}\n"
+                                    "  train: {steps: 2, warmup_steps: 0, micro_batch: 2, eval_batches: 1}\n"
+                                    "  compress: {quantization: int8-dynamic}\n"
+                                    "axes:\n"
+                                    "  model.linear: [torch, transposed-weight]\n")
+    by_kernel = {r.metrics["linear"]: r.metrics for r in records}
+    torch_cell, ours = by_kernel["torch"], by_kernel["transposed-weight"]
+    assert ours["quantized_layers"] == torch_cell["quantized_layers"] > 0
+    assert abs(ours["compressed_val_loss"] - torch_cell["compressed_val_loss"]) <= 1e-4 * torch_cell["compressed_val_loss"]
