@@ -130,7 +130,7 @@ class RepeatSamples:
         return cls(repeat=int(d.get("repeat", 0)), step_times_s=d.get("step_times_s"),
                    **{k: _num(d.get(k)) for k in REPEAT_FIELDS},
                    step_op_counts=dict(counts) if isinstance(counts, dict) else None,
-                   kernels=_kernels({**KERNELS_WHEN_ABSENT, **(d.get("kernels") or {})}),
+                   kernels=_kernels(d.get("kernels") or {}),
                    summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None})
 
 
@@ -263,12 +263,14 @@ def _repeat_from_metrics(repeat: int, m: dict[str, Any]) -> RepeatSamples:
     return RepeatSamples(
         repeat=repeat, step_times_s=steps, **{k: _num(m.get(k)) for k in REPEAT_FIELDS},
         step_op_counts=dict(counts) if isinstance(counts, dict) else None,
-        kernels=_kernels({**KERNELS_WHEN_ABSENT, **m}),
+        kernels=_kernels(m),
         summary={k: _num(m.get(k)) for k in SUMMARY_KEYS if _num(m.get(k)) is not None})
 
 
 def _kernels(facts: dict[str, Any]) -> dict[str, str] | None:
-    """The KERNEL_FACTS among a record's metrics (or a baseline's "kernels"), None if none."""
+    """The KERNEL_FACTS among a record's metrics (or a baseline's "kernels"), those it lacks from
+    KERNELS_WHEN_ABSENT; None if none."""
+    facts = {**KERNELS_WHEN_ABSENT, **facts}
     found = {k: facts[k] for k in KERNEL_FACTS if isinstance(facts.get(k), str)}
     return found or None
 

@@ -20,18 +20,13 @@ rounds) and the lower median wins.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
-from suite.measure.host_cache import measured_once
-from suite.measure.kernel_race import forward_backward, medians, race, screen
+from suite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
 
 # the dtype a cell's attention computes in, by precision (fp8 casts only the linear layers)
 ATTENTION_DTYPE = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
                    "fp16": "float16", "fp8": "bfloat16"}
-# max |kernel - fp32 reference| allowed, relative to the reference's largest magnitude: a few
-# units in the last place of the dtype, summed over T terms
-TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 TRIAL_ROWS = 64  # most (sequence, head) pairs a trial runs
 
 
@@ -43,18 +38,12 @@ def choose_attention(torch, device, precision: str, shape: tuple[int, int, int, 
     attention(q, k, v) (suite.model.gpt.attention_kernels); use_cache=False measures without
     reading or writing the host's cache (tests)."""
     dtype = ATTENTION_DTYPE[precision]
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
     b, h, t, d = shape
     b = max(1, min(b, TRIAL_ROWS // h))
     shape = (b, h, t, d)
-    key = (f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|B{b} H{h} T{t} D{d}"
-           f"|{','.join(sorted(kernels))}")
     measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
-    if use_cache:
-        entry, cached = measured_once("attention.json", key, measure)
-    else:
-        entry, cached = measure(), False
-    return {**entry, "key": key, "cached": cached}
+    return measured_choice("attention.json", torch, device, device_name, dtype, f"B{b} H{h} T{t} D{d}", kernels,
+                           measure, use_cache)
 
 
 def reference_attention(torch, q, k, v):
@@ -69,15 +58,10 @@ def reference_attention(torch, q, k, v):
 def trial(torch, device, dtype, shape, candidates: dict[str, Callable]) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, grad_out = (torch.randn(*shape, generator=gen).to(device) for _ in range(4))
-    full = [x.to(dtype) for x in (q, k, v)]
-    full_grad = grad_out.to(dtype)
     correct, rejected = screen(torch, candidates, lambda *x: reference_attention(torch, *x),
-                               [x[:1] for x in (q, k, v)], grad_out[:1],  # one sequence suffices
-                               dtype, TOLERANCE[str(dtype).removeprefix("torch.")])
+                               [x[:1] for x in (q, k, v)], grad_out[:1], dtype)  # one sequence suffices
     if not correct:
         raise RuntimeError(f"no attention kernel computed causal attention correctly: {rejected}")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    samples = race({name: functools.partial(forward_backward, torch, fn, full, full_grad)
-                    for name, fn in correct.items()}, sync)
+    samples = race_forward_backward(torch, device, correct, [x.to(dtype) for x in (q, k, v)], grad_out.to(dtype))
     times = medians(samples)
     return {"attention": min(times, key=times.get), "times_s": times, "rejected": rejected}

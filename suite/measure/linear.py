@@ -20,12 +20,10 @@ code path every other training script runs.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 from suite.measure.attention import ATTENTION_DTYPE
-from suite.measure.host_cache import measured_once
-from suite.measure.kernel_race import forward_backward, medians, race, screen
+from suite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
 
 DEFAULT = "torch"
 # Most rows a trial's product has. The ratio between the kernels does not depend on it (measured
@@ -33,9 +31,6 @@ DEFAULT = "torch"
 # 2,048) but the trial's time does (1.7 s, 3.2 s, 6.4 s on that host, where torch's kernel is slow).
 TRIAL_TOKENS = 512
 CHECK_TOKENS = 64  # rows checked against float64
-# max |kernel - float64| relative to the largest magnitude: a few units in the last place of
-# the dtype, summed over d_model terms
-TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 
 
 def choose_linear(torch, device, precision: str, shape: tuple[int, int, int], device_name: str,
@@ -44,14 +39,11 @@ def choose_linear(torch, device, precision: str, shape: tuple[int, int, int], de
     {name: why}, "key", "cached"}. shape: (tokens, d_in, d_out), tokens capped at TRIAL_TOKENS;
     kernels: name -> linear(x, weight, bias), DEFAULT among them."""
     dtype = ATTENTION_DTYPE[precision]  # the dtype the cell's matmuls compute in
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
     tokens, d_in, d_out = shape
     shape = (min(tokens, TRIAL_TOKENS), d_in, d_out)
-    key = (f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|M{shape[0]} K{d_in} N{d_out}"
-           f"|{','.join(sorted(kernels))}")
     measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
-    entry, cached = measured_once("linear.json", key, measure) if use_cache else (measure(), False)
-    return {**entry, "key": key, "cached": cached}
+    return measured_choice("linear.json", torch, device, device_name, dtype, f"M{shape[0]} K{d_in} N{d_out}",
+                           kernels, measure, use_cache)
 
 
 def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, Callable]) -> dict:
@@ -62,14 +54,11 @@ def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, 
     bias = torch.randn(d_out, generator=gen)
     x, grad_out, weight, bias = (t.to(device) for t in (x, grad_out, weight, bias))
     correct, rejected = screen(torch, kernels, torch.nn.functional.linear,
-                               [x[:CHECK_TOKENS], weight, bias], grad_out[:CHECK_TOKENS], dtype,
-                               TOLERANCE[str(dtype).removeprefix("torch.")])
+                               [x[:CHECK_TOKENS], weight, bias], grad_out[:CHECK_TOKENS], dtype)
     if DEFAULT not in correct:
         raise RuntimeError(f"torch's own Linear failed its check against float64: {rejected}")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    inputs = [t.to(dtype) for t in (x, weight, bias)]
-    samples = race({name: functools.partial(forward_backward, torch, fn, inputs, grad_out.to(dtype))
-                    for name, fn in correct.items()}, sync)
+    samples = race_forward_backward(torch, device, correct, [t.to(dtype) for t in (x, weight, bias)],
+                                    grad_out.to(dtype))
     return {"linear": decide(samples), "times_s": medians(samples), "rejected": rejected}
 
 
