@@ -159,3 +159,38 @@ def test_a_compression_cell_quantizes_the_same_layers_after_training_with_either
     torch_cell, ours = by_kernel["torch"], by_kernel["transposed-weight"]
     assert ours["quantized_layers"] == torch_cell["quantized_layers"] > 0
     assert abs(ours["compressed_val_loss"] - torch_cell["compressed_val_loss"]) <= 1e-4 * torch_cell["compressed_val_loss"]
+
+
+def test_a_pruning_fine_tune_runs_the_kernel_the_cell_trained_with(tmp_path):
+    """The fine-tune after structured pruning (layers rebuilt smaller as plain nn.Linear) runs
+    transposed-weight where the cell trained with it, to the losses torch's Linear gives, and
+    the layers are nn.Linear again for the compressed model's evaluation and timing."""
+    records = run_records(tmp_path, "name: prune-tune\n"
+                                    "fixed:\n"
+                                    "  model: {preset: tiny, n_layer: 1}\n"
+                                    "  data: {dataset: markov, seq_len: 32}\n"
+                                    "  train: {steps: 2, warmup_steps: 0, micro_batch: 2, eval_batches: 1}\n"
+                                    "  compress: {pruning: structured-0.5, finetune_steps: 3}\n"
+                                    "axes:\n"
+                                    "  model.linear: [torch, transposed-weight]\n")
+    by_kernel = {r.metrics["linear"]: r.metrics for r in records}
+    torch_cell, ours = by_kernel["torch"], by_kernel["transposed-weight"]
+    assert torch_cell["finetune_linear"] == "torch" and ours["finetune_linear"] == "transposed-weight"
+    assert len(ours["finetune_loss_curve"]) == len(torch_cell["finetune_loss_curve"]) == 3
+    for a, b in zip(ours["finetune_loss_curve"], torch_cell["finetune_loss_curve"]):
+        assert abs(a - b) <= 1e-4 * b  # fp32: the kernels differ by summation order only
+    assert abs(ours["compressed_val_loss"] - torch_cell["compressed_val_loss"]) <= 1e-4 * torch_cell["compressed_val_loss"]
+
+
+def test_training_kernel_converts_only_for_the_fine_tune_and_leaves_torch_alone():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, max_seq_len=32, n_layer=1, n_head=4, d_model=32, d_ff=128))
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    with linear_kernel.training_kernel(model, "torch") as kernel:
+        assert kernel == "torch" and all(type(m) is nn.Linear for m in linears)
+    with linear_kernel.training_kernel(model, "transposed-weight") as kernel:
+        assert kernel == "transposed-weight" and all(type(m) is TransposedWeightLinear for m in linears)
+    assert all(type(m) is nn.Linear for m in linears)
+    with pytest.raises(RuntimeError, match="boom"), linear_kernel.training_kernel(model, "transposed-weight"):
+        raise RuntimeError("boom")  # a failed fine-tune still hands back torch's layers
+    assert all(type(m) is nn.Linear for m in linears)

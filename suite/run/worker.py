@@ -236,6 +236,7 @@ def finish(training, final: FinalEval) -> dict[str, Any]:
     leaves a different model, that model is the cell's: its validation loss becomes the cell's
     and the trained model's is kept as `trained_val_loss`. Updates `final` in place."""
     from suite.techniques.compression import AfterTraining
+    from suite.techniques.linear_kernel import training_kernel
     from suite.train.evaluation import val_losses
     from suite.train.finetune import finetune
 
@@ -243,13 +244,16 @@ def finish(training, final: FinalEval) -> dict[str, Any]:
     if not setup.after_training:
         return {}
     latest: dict[str, list[float]] = {}
+    finetuned: dict[str, str] = {}
 
     def evaluate_module(module) -> float:
         mean, latest["per_sequence"] = val_losses(module, training.val_batches, device, setup.autocast)
         return mean
 
     def run_finetune(module, steps, objective, after_step):
-        return finetune(module, steps, training.batches, cell.train, device, objective, setup.autocast, after_step)
+        with training_kernel(module, setup.facts.get("linear")) as kernel:  # the steps run training's kernel
+            finetuned["finetune_linear"] = kernel
+            return finetune(module, steps, training.batches, cell.train, device, objective, setup.autocast, after_step)
 
     context = AfterTraining(model=setup.model, cell=cell, device=device, evaluate=evaluate_module,
                             train_batches=training.batches, dense_val_loss=final.val_loss, finetune=run_finetune,
@@ -257,6 +261,7 @@ def finish(training, final: FinalEval) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for work in setup.after_training:
         metrics.update(work(context))
+    metrics.update(finetuned)
     compressed = metrics.get("compressed_val_loss")
     if compressed is not None and compressed != final.val_loss:
         # the latest evaluation is the compressed model's (AfterTraining.evaluate's contract)
