@@ -97,9 +97,9 @@ def restore(after_training) -> dict[str, Any]:
     """After training (suite.techniques.compression.AfterTraining): the trained model's layers
     become nn.Linear again, so compression and the inference timing measure the model as it is
     deployed (inference has no input gradient to speed up). Runs before compression's own step
-    (converters come first in the order); a pruning fine-tune converts them again for its steps
-    (`training_kernel`). Walks the model it is given rather than keeping a list, which would hold every layer (and,
-    under pipelining, other stages' blocks) alive for the whole run."""
+    (converters come first in the order); a pruning fine-tune converts them again for its
+    steps (`training_kernel`). Walks the model it is given rather than keeping a list, which
+    would hold every layer (and, under pipelining, other stages' blocks) alive for the whole run."""
     for module in after_training.model.modules():
         if type(module) is TransposedWeightLinear:
             module.__class__ = nn.Linear
@@ -119,10 +119,10 @@ def training_kernel(model: nn.Module, kernel: str | None) -> Iterator[str]:
     """While the block runs, model's plain nn.Linear layers run `kernel`, the one the cell
     trained with (its record's `linear`; None or torch: nothing changes); after it, nn.Linear
     again. Yields the kernel the layers run (torch where nothing was converted). For training
-    steps after training (a pruning fine-tune): on a host where the cell's
-    trial chose transposed-weight, torch's Linear would make each such step several times slower
-    than the cell's own (4x for `small` in bf16 on an AVX2 CPU). Layers structured pruning
-    rebuilt are plain nn.Linear and are converted too; the trial measured the unpruned shape."""
+    steps after training (a pruning fine-tune): on a host where the cell's trial chose
+    transposed-weight, torch's Linear would make each such step several times slower than the
+    cell's own (4x for `small` in bf16 on an AVX2 CPU). Layers structured pruning rebuilt are
+    plain nn.Linear and are converted too; the trial measured the unpruned shape."""
     converted = convert(model) if kernel == TRIAL_KERNEL else []
     try:
         yield TRIAL_KERNEL if converted else "torch"
