@@ -143,38 +143,35 @@ def test_auto_keeps_torch_where_the_swap_cannot_apply_and_says_why():
                                                                       "nn.Linear with its own hooks"}}
 
 
-def test_a_compression_cell_quantizes_the_same_layers_after_training_with_either_kernel(tmp_path):
-    """Compression after a transposed-weight training finds as many layers to quantize as after
-    torch's Linear, and the compressed model's loss is the same to fp32 rounding (the kernel
-    changes how gradients are computed, not the trained weights beyond rounding)."""
-    records = run_records(tmp_path, "name: squeeze\n"
+def _compression_cells_by_kernel(tmp_path, compress: str) -> tuple[dict, dict]:
+    """(torch's cell, transposed-weight's cell): the metrics of a one-layer tiny cell trained for
+    2 steps with each kernel and then compressed as `compress` (a YAML mapping) says."""
+    records = run_records(tmp_path, "name: compress-after-kernel\n"
                                     "fixed:\n"
                                     "  model: {preset: tiny, n_layer: 1}\n"
                                     "  data: {dataset: markov, seq_len: 32}\n"
                                     "  train: {steps: 2, warmup_steps: 0, micro_batch: 2, eval_batches: 1}\n"
-                                    "  compress: {quantization: int8-dynamic}\n"
+                                    f"  compress: {compress}\n"
                                     "axes:\n"
                                     "  model.linear: [torch, transposed-weight]\n")
     by_kernel = {r.metrics["linear"]: r.metrics for r in records}
-    torch_cell, ours = by_kernel["torch"], by_kernel["transposed-weight"]
+    return by_kernel["torch"], by_kernel["transposed-weight"]
+
+
+def test_a_compression_cell_quantizes_the_same_layers_after_training_with_either_kernel(tmp_path):
+    """Compression after a transposed-weight training finds as many layers to quantize as after
+    torch's Linear, and the compressed model's loss is the same to fp32 rounding (the kernel
+    changes how gradients are computed, not the trained weights beyond rounding)."""
+    torch_cell, ours = _compression_cells_by_kernel(tmp_path, "{quantization: int8-dynamic}")
     assert ours["quantized_layers"] == torch_cell["quantized_layers"] > 0
     assert abs(ours["compressed_val_loss"] - torch_cell["compressed_val_loss"]) <= 1e-4 * torch_cell["compressed_val_loss"]
 
 
 def test_a_pruning_fine_tune_runs_the_kernel_the_cell_trained_with(tmp_path):
     """The fine-tune after structured pruning (layers rebuilt smaller as plain nn.Linear) runs
-    transposed-weight where the cell trained with it, to the losses torch's Linear gives, and
-    the layers are nn.Linear again for the compressed model's evaluation and timing."""
-    records = run_records(tmp_path, "name: prune-tune\n"
-                                    "fixed:\n"
-                                    "  model: {preset: tiny, n_layer: 1}\n"
-                                    "  data: {dataset: markov, seq_len: 32}\n"
-                                    "  train: {steps: 2, warmup_steps: 0, micro_batch: 2, eval_batches: 1}\n"
-                                    "  compress: {pruning: structured-0.5, finetune_steps: 3}\n"
-                                    "axes:\n"
-                                    "  model.linear: [torch, transposed-weight]\n")
-    by_kernel = {r.metrics["linear"]: r.metrics for r in records}
-    torch_cell, ours = by_kernel["torch"], by_kernel["transposed-weight"]
+    transposed-weight where the cell trained with it (the record says so), to the losses torch's
+    Linear gives, and the compressed model's loss is the same too."""
+    torch_cell, ours = _compression_cells_by_kernel(tmp_path, "{pruning: structured-0.5, finetune_steps: 3}")
     assert torch_cell["finetune_linear"] == "torch" and ours["finetune_linear"] == "transposed-weight"
     assert len(ours["finetune_loss_curve"]) == len(torch_cell["finetune_loss_curve"]) == 3
     for a, b in zip(ours["finetune_loss_curve"], torch_cell["finetune_loss_curve"]):
