@@ -6,6 +6,7 @@ paragraph, never a traceback). `guard` and `ab`: 0 PASS, 1 FAIL, 3 INCONCLUSIVE,
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import signal
@@ -486,7 +487,7 @@ def _percent(text: str) -> float:
     try:
         return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
     except ValueError:
-        raise UsageProblem(f"--run-noise {text!r}: expected a percentage such as 3%.") from None
+        raise UsageProblem(f"--run-noise {text!r}: expected a percentage such as 14%.") from None
 
 
 @main.command()
@@ -499,8 +500,9 @@ def _percent(text: str) -> float:
               help="peak: compare throughput relative to each machine's measured matmul peak; auto: peak "
                    "when the hardware differs.")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm level of each check.")
-@click.option("--run-noise", "run_noise", default="3%", show_default=True,
-              help="Smallest run-to-run noise assumed (sd of a repetition's median).")
+@click.option("--run-noise", "run_noise", default="14%", show_default=True,
+              help="How much a whole run's throughput moves from run to run on this machine (sd; 14% measured "
+                   "on a shared 2-core runner). A baseline of several runs measures it.")
 @click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
               help="Leave out repetitions measured while the machine was this many times slower than its best.")
 @click.option("--confirm", is_flag=True, help="Re-measure each failed cell once; it stays FAIL only if it fails again.")
@@ -683,18 +685,28 @@ def _ab_progress(kind: str, info: dict) -> None:
 
 
 @main.command()
-@click.argument("run_path", metavar="RUN", type=click.Path(exists=True))
+@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The baseline file to write, e.g. baselines/smoke.json (commit it).")
-def baseline(run_path: str, output: str) -> None:
-    """Write a compact baseline of RUN (samples kept) for `txsuite guard --baseline`."""
+def baseline(run_paths: tuple[str, ...], output: str) -> None:
+    """Write a compact baseline of RUN (samples kept) for `txsuite guard --baseline`. Several
+    runs of the same matrix on the same machine make one baseline that measures how much a
+    whole run moves from run to run there (the guard then uses that, not only --run-noise)."""
     from suite.guard import GuardInputError, write_baseline
 
     try:
-        out = write_baseline(run_path, output)
+        out = write_baseline(list(run_paths), output)
     except GuardInputError as exc:
         raise UsageProblem(str(exc)) from None
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    noise = json.loads(out.read_text())["quality"]["noise"]
+    if noise.get("tokens_per_s") is not None:
+        line = f"tokens/s: repetitions within a run vary by {noise['tokens_per_s']:.1%}"
+        if noise.get("runs", 1) > 1:
+            between = noise.get("between_runs")
+            line += (f"; whole runs by {between:.1%} ({noise['runs']} runs)" if between is not None
+                     else f"; whole runs: not measured ({noise['runs']} runs, no cell in two of them)")
+        console.print(line, markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,20 @@ def test_a_baseline_twice_as_fast_fails_with_the_evidence(two_runs):
     assert "Traceback" not in out.stderr
 
 
+def test_a_baseline_of_both_runs_states_how_much_a_whole_run_moved(two_runs):
+    """`txsuite baseline a b`: one file holding both real runs, each repetition tagged with its
+    run; the command prints the run-to-run spread it measured and the guard judges with it."""
+    out = txsuite("baseline", "results/guarded/a", "results/guarded/b", "-o", "both.json", cwd=two_runs)
+    assert out.returncode == 0, out.stdout + out.stderr
+    noise = json.loads((two_runs / "both.json").read_text())["quality"]["noise"]
+    assert noise["runs"] == 2 and f"whole runs by {noise['between_runs']:.1%} (2 runs)" in out.stdout
+    guarded = txsuite("guard", "results/guarded/b", "--baseline", "both.json", cwd=two_runs)
+    assert guarded.returncode in (0, 1, 3), guarded.stdout + guarded.stderr
+    assert "over the baseline's 2 runs" in guarded.stdout
+    mixed = txsuite("baseline", "results/guarded/a", "both.json", "-o", "x.json", cwd=two_runs)
+    assert mixed.returncode == 2 and "takes run folders" in mixed.stderr and "Traceback" not in mixed.stderr
+
+
 def _scale_step_times(obj, factor):
     """Scale every `step_times_s` list and every rate derived from it, wherever it sits."""
     if isinstance(obj, dict):

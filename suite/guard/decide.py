@@ -10,8 +10,9 @@ baseline, each ending in one of three verdicts (docs/guard.md):
 The interval is at level 1 - 2 alpha (each side one-sided at alpha). For the per-step metrics
 (tokens/s, samples/s, MFU, step times) it is the wider of two: a hierarchical bootstrap of the
 ratio (repetitions, then steps inside them) and a t interval of the repetition statistics
-against the run-to-run noise, pooled over the compared cells and never below a floor
-(`RunNoise`). For the per-repetition metrics (memory, validation loss) it is the t interval
+against two noises (suite.guard.noise): the repetitions' own, pooled over the compared cells,
+and the level of a whole run, which every repetition of a run shares and none averages out
+(`--run-noise`, measured when the baseline holds several runs). For the per-repetition metrics (memory, validation loss) it is the t interval
 alone, on their measured noise. The step counters (FLOPs, operators, bytes per step) are
 deterministic: compared exactly, PASS or FAIL.
 
@@ -33,58 +34,16 @@ import numpy as np
 from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
+from suite.guard.noise import RUN_NOISE, RunNoise
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
 from suite.guard.state import SLOW_STATE, best_probe, split_by_state
-from suite.guard.stats import (hierarchical_bootstrap, percentile_interval, pooled_log_sd, repeat_level_p,
-                               t_isf)
+from suite.guard.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval, t_isf
 from suite.measure.counters import describe_difference
 
 NORMALIZATIONS = ("none", "peak", "auto")
 N_BOOT = 2000
-RUN_NOISE = 0.03  # default floor of the run-to-run noise of time (sd of a repetition's log median)
-PRIOR_DF = 4  # the floor counts as an estimate with this many degrees of freedom
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
-
-
-@dataclass(frozen=True)
-class RunNoise:
-    """How much one repetition's statistic varies from run to run (sd of its logarithm).
-
-    The floor is a prior worth `prior_df` degrees of freedom, combined with the pooled estimate
-    from the repetitions the way limma's moderated t-statistic combines a prior variance with
-    a gene's own (Smyth 2004): sigma^2 = (d0 floor^2 + df s^2) / (d0 + df), never below the
-    floor, tested with d0 + df degrees of freedom. A floor of 0 and no prior (memory, loss):
-    the measured noise alone, and none at all with one repetition per cell."""
-    sigma: float | None         # the value used; None: unknown
-    measured: float | None      # pooled estimate from repetitions, None when none had two
-    df: int                     # degrees of freedom of the estimate
-    floor: float
-    prior_df: int = PRIOR_DF
-
-    @property
-    def test_df(self) -> float:
-        return float(self.prior_df + self.df) if self.prior_df + self.df > 0 else math.inf
-
-    @classmethod
-    def from_groups(cls, groups: list[list[float]], floor: float, prior_df: int = PRIOR_DF) -> "RunNoise":
-        measured, df = pooled_log_sd(groups)
-        if prior_df + df == 0:
-            return cls(sigma=None, measured=None, df=0, floor=floor, prior_df=prior_df)
-        var = (prior_df * floor ** 2 + df * (measured or 0.0) ** 2) / (prior_df + df)
-        return cls(sigma=max(math.sqrt(var), floor), measured=measured, df=df, floor=floor, prior_df=prior_df)
-
-    def describe(self) -> str:
-        if self.sigma is None:
-            return "unknown (one repetition per cell)"
-        if self.measured is None:
-            return (f"not measured (one repetition per cell): the floor {self.floor:.1%} is used, "
-                    f"t interval with {self.test_df:.0f} degrees of freedom (`repeats: 2` or more measures it)")
-        if not self.prior_df:
-            return f"measured {self.measured:.2%} over the repetitions ({self.df} degrees of freedom)"
-        return (f"measured {self.measured:.1%} over the repetitions ({self.df} degrees of freedom), combined "
-                f"with the floor {self.floor:.1%}: {self.sigma:.1%} used, t interval with {self.test_df:.0f} "
-                f"degrees of freedom")
 
 
 @dataclass
@@ -142,6 +101,7 @@ class GuardResult:
     machine: list[str] = field(default_factory=list)  # repetitions left out for the machine's state
     confirmation: list[str] = field(default_factory=list)
     slow_state: float = SLOW_STATE
+    run_noise: float = RUN_NOISE
     run_side: Side | None = field(default=None, repr=False)
     baseline_side: Side | None = field(default=None, repr=False)
 
@@ -265,8 +225,8 @@ def _shape(groups: list[np.ndarray]) -> str:
 def check_per_step(cell_id: str, label: str, metric: str, thr: Threshold, run: list[np.ndarray],
                    base: list[np.ndarray], alpha: float, seed: int = 0, n_boot: int = N_BOOT,
                    normalized: bool = False, noise: RunNoise | None = None) -> Check:
-    """A per-step metric from per-repetition arrays of per-step samples. `noise`: the
-    run-to-run noise pooled over the matrix (default: from this cell alone, with the floor)."""
+    """A per-step metric from per-repetition arrays of per-step samples. `noise`: the noise
+    model pooled over the matrix (default: from this cell alone, with the default run noise)."""
     spec = METRICS[metric]
     run = [np.asarray(g, dtype=float) for g in run]
     base = [np.asarray(g, dtype=float) for g in base]
@@ -279,14 +239,15 @@ def check_per_step(cell_id: str, label: str, metric: str, thr: Threshold, run: l
     stats_r = [float(spec.stat(g[None, :])[0]) for g in run]
     stats_b = [float(spec.stat(g[None, :])[0]) for g in base]
     if noise is None:
-        noise = RunNoise.from_groups([stats_r, stats_b], RUN_NOISE)
-    p, se = repeat_level_p(stats_r, stats_b, noise.sigma, noise.test_df, "less" if thr.worse_when_below else "greater")
-    half = t_isf(alpha, noise.test_df) * se
+        noise = RunNoise.for_time([stats_r, stats_b], RUN_NOISE)
+    se, df = noise.se(len(stats_r), len(stats_b)), noise.test_df(len(stats_r), len(stats_b))
+    p = mean_log_difference_p(stats_r, stats_b, se, df, "less" if thr.worse_when_below else "greater")
+    half = t_isf(alpha, df) * se
     ci = (min(boot_lo, ratio * math.exp(-half)), max(boot_hi, ratio * math.exp(half)))
     check = Check(cell_id=cell_id, label=label, metric=metric, threshold=thr.text, baseline=was, now=now,
                   ratio=ratio, ci=ci, ci_label=f"{confidence:.0%} CI", p_value=p, samples_run=_shape(run),
                   samples_base=_shape(base), normalized=normalized)
-    return judge(check, thr, confidence)
+    return _advise_on_run_level(judge(check, thr, confidence), noise, len(stats_r), len(stats_b))
 
 
 def check_per_repeat(cell_id: str, label: str, metric: str, thr: Threshold, run: list[float],
@@ -305,10 +266,21 @@ def check_per_repeat(cell_id: str, label: str, metric: str, thr: Threshold, run:
         return inconclusive(check, f"{ratio - 1:+.1%}, but one repetition per cell: the noise of "
                                    f"{judged_on or metric} is unknown",
                             "`repeats: 2` or more in the matrix, or `txsuite ab`")
-    p, se = repeat_level_p(run, base, noise.sigma, noise.test_df, "less" if thr.worse_when_below else "greater")
-    half = t_isf(alpha, noise.test_df) * se
+    se, df = noise.se(len(run), len(base)), noise.test_df(len(run), len(base))
+    p = mean_log_difference_p(run, base, se, df, "less" if thr.worse_when_below else "greater")
+    half = t_isf(alpha, df) * se
     check.ci, check.p_value = (ratio * math.exp(-half), ratio * math.exp(half)), p
-    return judge(check, thr, confidence)
+    return _advise_on_run_level(judge(check, thr, confidence), noise, len(run), len(base))
+
+
+def _advise_on_run_level(check: Check, noise: RunNoise, n_run: int, n_base: int) -> Check:
+    """An undecided check whose interval is mostly a whole run's level: more repetitions would
+    not narrow it, so say what would."""
+    if check.verdict == INCONCLUSIVE and noise.run_share(n_run, n_base) > 0.5:
+        check.resolve = ("`txsuite ab`, which measures the two versions seconds apart: most of this interval is "
+                         "how much a whole run moves on this machine, which more repetitions do not average out "
+                         "(`--run-noise`; a baseline of several runs measures it)")
+    return check
 
 
 def check_exact(cell_id: str, label: str, metric: str, thr: Threshold, run: list[float], base: list[float]) -> Check:
@@ -385,14 +357,15 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     baseline's). normalize: "none" (raw values), "peak" (throughput / the host's measured matmul
     peak at the cell's precision: MFU-like, for two machines of different speed) or "auto"
     (peak when the hardware or the measured peaks differ, none otherwise). alpha: each side of
-    the interval. run_noise: the smallest run-to-run noise of time assumed. slow_state: the
+    the interval. run_noise: how much a whole run's level of time moves from run to run (sd of
+    its log; suite.guard.noise), before what a baseline of several runs measures. slow_state: the
     machine-state line above which a repetition is left out."""
     if normalize not in NORMALIZATIONS:
         raise GuardInputError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}.")
     if not 0.0 < alpha < 0.5:
         raise GuardInputError(f"alpha must be between 0 and 0.5, got {alpha}.")
     if not 0.0 <= run_noise < 1.0:
-        raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.03 for 3%), got {run_noise}.")
+        raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.14 for 14%), got {run_noise}.")
     if not slow_state > 1.0:
         raise GuardInputError(f"the slow-state line must be above 1 (e.g. 2 for twice slower), got {slow_state}.")
     thresholds, notes = resolve_guard(run, baseline, guard)
@@ -420,7 +393,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     for m, nz in noise.items():
         described.setdefault(nz.describe(), []).append(_judged(m))
     for text, ms in described.items():
-        notes.append(f"run-to-run noise of {', '.join(ms)}: {text}")
+        notes.append(f"noise of {', '.join(ms)}: {text}")
     rows: list[Check] = []
     measured: dict[str, dict[str, bool]] = {m: {"run": False, "baseline": False} for m in thresholds}
     for cid in common:
@@ -438,7 +411,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
                        normalization=description, normalize_mode=mode, notes=notes, alpha=alpha,
                        guard={m: t.text for m, t in thresholds.items()}, seed=seed, noise=noise,
                        counters=counter_differences(run, baseline, common), machine=machine,
-                       slow_state=slow_state, run_side=run, baseline_side=baseline)
+                       slow_state=slow_state, run_noise=run_noise, run_side=run, baseline_side=baseline)
 
 
 def _judged(metric: str) -> str:
@@ -485,26 +458,43 @@ def _prepare(run: Side, baseline: Side, common: list[str], hardware_differs: boo
     return _Prepared(run=kept_run, base=kept_base, baseline_unusable=unusable), lines
 
 
-def _noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode: str, floor: float,
+def _noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode: str, run_noise: float,
            prepared: _Prepared) -> RunNoise:
-    """Pooled over every compared cell and both sides: each (cell, side) is a group of
-    per-repetition statistics. Time has the floor as a prior; memory and loss their measured
-    noise alone."""
+    """Pooled over every compared cell and both sides: each (cell, side, run) is a group of
+    per-repetition statistics. Time adds the level of a whole run (`run_noise`, moderated by
+    what the baseline's runs measure when it holds several); memory and loss have their
+    measured noise alone."""
     judged = METRICS[_judged(spec.name)]
-    groups = []
+    groups: list[list[float]] = []
+    base_runs: list[list[list[float]]] = []
     for cid in common:
-        for reps in (prepared.run[cid], prepared.base[cid]):
-            values = None
-            if judged.per_step:
-                g = _per_step_groups(reps, judged, mode)
-                values = [float(judged.stat(x[None, :])[0]) for x in g] if g is not None else None
-            if values is None:
-                values = _per_repeat_values(reps, judged, mode)
-            if values:
-                groups.append(values)
+        for side, reps in (("run", prepared.run[cid]), ("baseline", prepared.base[cid])):
+            by_run = [_statistics(r, judged, mode) for r in _by_run(reps)]
+            groups.extend(v for v in by_run if v)
+            if side == "baseline":
+                base_runs.append([v for v in by_run if v])
     if judged.per_step:
-        return RunNoise.from_groups(groups, floor)
-    return RunNoise.from_groups(groups, 0.0, prior_df=0)
+        return RunNoise.for_time(groups, run_noise, base_runs)
+    return RunNoise.measured_only(groups)
+
+
+def _by_run(reps: list[RepeatSamples]) -> list[list[RepeatSamples]]:
+    """Repetitions grouped by the run they came from (a baseline may hold several runs)."""
+    out: dict[str | None, list[RepeatSamples]] = {}
+    for r in reps:
+        out.setdefault(r.run, []).append(r)
+    return list(out.values())
+
+
+def _statistics(reps: list[RepeatSamples], judged: MetricSpec, mode: str) -> list[float] | None:
+    """Each repetition's statistic of the metric (its median per-step value, or its recorded value)."""
+    values = None
+    if judged.per_step:
+        g = _per_step_groups(reps, judged, mode)
+        values = [float(judged.stat(x[None, :])[0]) for x in g] if g is not None else None
+    if values is None:
+        values = _per_repeat_values(reps, judged, mode)
+    return values
 
 
 def _decide_metric(rc: CellSamples, bc: CellSamples, metric: str, thr: Threshold, mode: str, alpha: float,
@@ -563,7 +553,7 @@ def _decide_metric_on_peak(rc, bc, metric, thr, mode, alpha, measured, prepared,
     measured[metric]["baseline"] |= vb is not None
     if vr is None or vb is None:
         return _no_data(rc, metric, thr, "the baseline" if vr is not None else "the run", normalized)
-    noise = RunNoise.from_groups([vr, vb], 0.0, prior_df=0)
+    noise = RunNoise.measured_only([vr, vb])
     check = check_per_repeat(rc.cell_id, rc.label, metric, thr, vr, vb, alpha, noise, normalized)
     check.detail = _join(f"a side has no {_judged(metric)} (an older record): judged on the whole peak, which "
                          f"includes the interpreter and libraries", check.detail)
@@ -708,7 +698,8 @@ def merge_confirmation(result_before: GuardResult, rerun_side: Side) -> GuardRes
                         cells={row.cell_id: baseline.cells[row.cell_id]})
             try:
                 redo = compare(sub, base, {row.metric: row.threshold}, normalize=before.normalize_mode,
-                               alpha=before.alpha, seed=before.seed + 1, slow_state=before.slow_state)
+                               alpha=before.alpha, seed=before.seed + 1, slow_state=before.slow_state,
+                               run_noise=before.run_noise)
                 again = redo.rows[0]
             except GuardInputError:
                 again = None

@@ -94,6 +94,9 @@ class RepeatSamples:
     kernels: dict[str, str] | None = None
     # recorded per-repetition summaries: used only when there are no per-step samples
     summary: dict[str, float | None] = field(default_factory=dict)
+    # the run it was measured in, in a baseline of several runs (`txsuite baseline RUN RUN ...`);
+    # None: the side's only run
+    run: str | None = None
 
     @property
     def probe_s(self) -> float | None:
@@ -110,6 +113,8 @@ class RepeatSamples:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"repeat": self.repeat}
+        if self.run is not None:
+            out["run"] = self.run
         if self.step_times_s:
             out["step_times_s"] = [float(t) for t in self.step_times_s]
         for key in REPEAT_FIELDS:
@@ -131,7 +136,8 @@ class RepeatSamples:
                    **{k: _num(d.get(k)) for k in REPEAT_FIELDS},
                    step_op_counts=dict(counts) if isinstance(counts, dict) else None,
                    kernels=_kernels(d.get("kernels") or {}),
-                   summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None})
+                   summary={k: d[k] for k in SUMMARY_KEYS if d.get(k) is not None},
+                   run=str(d["run"]) if d.get("run") is not None else None)
 
 
 @dataclass

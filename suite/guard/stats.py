@@ -28,23 +28,20 @@ false-alarm rate is at most alpha):
    spread, which gives the confidence interval reported in the table, and a one-sided p-value
    (the share of resampled ratios that are not worse than 1, i.e. the inverted percentile
    interval). With one repetition per side it reduces to the ordinary bootstrap over steps.
-3. Repetitions, tested (`repeat_level_p`): the difference of the mean log repetition
-   statistic (each repetition's median) between the sides, against the *run-to-run noise*:
-   the standard deviation of one repetition's log statistic. It is estimated from the data,
-   pooled over every compared cell with two or more repetitions on either side (a shared
-   variance component, as in a one-way random-effects model: a 6-cell matrix with 2 repeats a
-   side gives 12 degrees of freedom, where one cell alone would give 2). A floor (`run_noise`,
-   3 % by default) acts as a prior worth 4 degrees of freedom, combined with the estimate as
-   limma's moderated t does (suite.guard.decide.RunNoise), and the noise used is never below
-   it: repetitions of one run are interleaved minutes apart and share the machine's state of
-   that hour, so they understate how much a run made another day differs. With one
-   repetition per cell nothing in the data measures the noise; the floor alone is used, and
-   the guard says so.
+3. Repetitions, tested (`mean_log_difference_p`): the difference of the mean log repetition
+   statistic (each repetition's median) between the sides, against its standard error. For a
+   run against a baseline that error has two parts (suite.guard.noise): the repetitions' own
+   noise, estimated from the data and pooled over every compared cell (a shared variance
+   component, as in a one-way random-effects model: a 6-cell matrix with 2 repeats a side gives
+   12 degrees of freedom, where one cell alone would give 2), and the level of a whole run,
+   which every repetition of the run shares (the machine's state over tens of seconds), so
+   that repetitions do not average it out: a prior (`--run-noise`), moderated by what a
+   baseline of several runs measures.
 
-   With one repetition a side and the defaults, a change must exceed ~15 % to be significant
-   at alpha = 0.01; with two a side ~9-10 %, three ~7 %, less as more cells pool the noise. That is
-   the honest price of a noisy machine: `repeats:` in the matrix buys power, and `--confirm`
-   a second opinion.
+   With one run a side and the default 14 % run noise, a -5 % limit can be failed only by a
+   slowdown beyond ~45 %, and passed only by an improvement: the honest price of comparing two
+   moments of a shared machine. `txsuite ab`, which alternates the versions seconds apart,
+   needs no run part.
 
 Every function here is pure and seeded; nothing reads a file.
 """
@@ -120,20 +117,18 @@ def pooled_log_sd(groups: list[Sequence[float]]) -> tuple[float | None, int]:
     return (math.sqrt(ss / df), df) if df else (None, 0)
 
 
-def repeat_level_p(run: Sequence[float], base: Sequence[float], sigma: float, df: float,
-                   alternative: str = "less") -> tuple[float, float]:
-    """One-sided test of mean(log run) - mean(log base) (< 0 for `less`), each repetition's log
-    value having standard deviation sigma estimated with df degrees of freedom (inf: taken as
-    known, a z test). -> (p, standard error of the difference)."""
+def mean_log_difference_p(run: Sequence[float], base: Sequence[float], se: float, df: float,
+                          alternative: str = "less") -> float:
+    """One-sided p of mean(log run) - mean(log base) (< 0 for `less`) with the given standard
+    error (estimated with df degrees of freedom; inf: known)."""
     diff = float(np.mean(np.log(run)) - np.mean(np.log(base)))
     if alternative == "greater":
         diff = -diff
     elif alternative != "less":
         raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
-    se = sigma * math.sqrt(1.0 / len(run) + 1.0 / len(base))
     if se <= 0.0:
-        return (0.0 if diff < 0 else 1.0), 0.0
-    return t_sf(-diff / se, df), se
+        return 0.0 if diff < 0 else 1.0
+    return t_sf(-diff / se, df)
 
 
 # ------------------------------------------------------------------ bootstrap ---------------

@@ -1,0 +1,140 @@
+"""How noisy a side's mean is: the noise model behind the guard's t interval (run vs baseline).
+
+A repetition's log statistic (the log of its median tokens/s, say) is, as in a one-way
+random-effects model,
+
+    log value = the code's level + the run's level + the repetition's own noise
+
+- **The repetition's own noise** (`rep_sigma`): repetitions of one run differ by seconds. It is
+  measured, pooled over every compared cell and both sides.
+- **The run's level** (`run_sigma`): a shared machine's speed moves over tens of seconds (other
+  tenants, memory bandwidth, clocks). Measured on this project's 2-core runner: one process
+  timing the same step for 3 minutes wanders 13-22 steps/s in spells of 5-20 s, and 20
+  sequential runs of one matrix (3 repetitions each, seconds apart) differ from run to run by
+  13.6 % (sd of a run's mean log tokens/s beyond its repetitions' spread; consecutive runs
+  0.71x-1.47x). Every repetition of a run shares that run's level, so more repetitions do not
+  average it out, and one run per side cannot measure it. It is a prior, `--run-noise` (14 %
+  by default, the figure above), worth the 19 degrees of freedom of those 20 runs, combined
+  with what a baseline of several runs measures (`txsuite baseline RUN RUN ...`) the way
+  limma's moderated t combines a prior variance with a gene's own (Smyth 2004). On a quieter
+  machine, pass the figure its own multi-run baseline printed as `--run-noise`.
+
+The difference of the two sides' mean log values then has variance
+
+    rep_sigma^2 (1/n_run + 1/n_base) + run_sigma^2 (1 + 1/runs_base)
+
+(n: repetitions; runs_base: the baseline's runs), tested with Student's t and the degrees of
+freedom of the two parts combined by Welch-Satterthwaite. Memory and validation loss do not
+move with the machine's speed: the repetition part alone (run_sigma 0).
+
+Evidence that the single-level model was wrong: with the run part left out (a 3 % floor on the
+repetition noise), 2 of 19 consecutive pairs of those 20 runs of unchanged code FAILed a -5 %
+limit, and so did a CI run (0.776x, 98 % interval [0.673, 0.881]).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from suite.guard.stats import pooled_log_sd
+
+RUN_NOISE = 0.14  # default run-level noise of time: measured 13.6 % on this project's 2-core runner
+PRIOR_DF = 19  # the prior counts as an estimate with the degrees of freedom of the 20 runs behind the default
+
+
+@dataclass(frozen=True)
+class RunNoise:
+    """The two parts of the noise of one metric's repetition statistics (sd of their logs)."""
+    rep_sigma: float | None       # repetitions within a run, measured; None: no cell had two
+    rep_df: int                   # degrees of freedom of rep_sigma
+    run_sigma: float = 0.0        # whole runs: the value used (0: the metric does not move with the machine)
+    run_prior: float = 0.0        # `--run-noise`
+    prior_df: int = PRIOR_DF
+    run_measured: float | None = None  # measured across the baseline's runs; None: one run
+    run_df: int = 0               # degrees of freedom of run_measured
+    base_runs: int = 1            # runs the baseline holds
+
+    @property
+    def sigma(self) -> float | None:
+        """The repetition part (None: unknown, one repetition per cell)."""
+        return self.rep_sigma
+
+    @classmethod
+    def measured_only(cls, groups: list[Sequence[float]]) -> "RunNoise":
+        """Repetition noise alone, from groups of per-repetition values (memory, loss)."""
+        sd, df = pooled_log_sd(groups)
+        return cls(rep_sigma=sd, rep_df=df)
+
+    @classmethod
+    def for_time(cls, groups: list[Sequence[float]], run_prior: float,
+                 base_runs: list[list[list[float]]] | None = None, prior_df: int = PRIOR_DF) -> "RunNoise":
+        """groups: per (cell, side) the per-repetition statistics. base_runs: per cell, the
+        baseline's repetition statistics grouped by run (measures the run part when a cell has
+        two runs or more)."""
+        rep_sd, rep_df = pooled_log_sd(groups)
+        measured, run_df, runs = run_level_sd(base_runs or [], rep_sd)
+        var = (prior_df * run_prior ** 2 + run_df * (measured or 0.0) ** 2) / (prior_df + run_df) \
+            if prior_df + run_df else 0.0
+        return cls(rep_sigma=rep_sd, rep_df=rep_df, run_sigma=math.sqrt(var), run_prior=run_prior,
+                   prior_df=prior_df, run_measured=measured, run_df=run_df, base_runs=max(runs, 1))
+
+    def se(self, n_run: int, n_base: int) -> float:
+        """Standard error of mean(log run) - mean(log base)."""
+        return math.sqrt(self._rep_var(n_run, n_base) + self._run_var())
+
+    def test_df(self, n_run: int, n_base: int) -> float:
+        """Welch-Satterthwaite degrees of freedom of the two parts together (inf: known)."""
+        a, b = self._rep_var(n_run, n_base), self._run_var()
+        da = self.rep_df if self.rep_df else math.inf
+        db = (self.prior_df + self.run_df) if self.prior_df + self.run_df else math.inf
+        den = (a * a / da if a else 0.0) + (b * b / db if b else 0.0)
+        return (a + b) ** 2 / den if den > 0 else math.inf
+
+    def run_share(self, n_run: int, n_base: int) -> float:
+        """The share of the difference's variance that is the run part (more repetitions do not
+        shrink it)."""
+        total = self._rep_var(n_run, n_base) + self._run_var()
+        return self._run_var() / total if total > 0 else 0.0
+
+    def _rep_var(self, n_run: int, n_base: int) -> float:
+        return (self.rep_sigma or 0.0) ** 2 * (1.0 / n_run + 1.0 / n_base)
+
+    def _run_var(self) -> float:
+        return self.run_sigma ** 2 * (1.0 + 1.0 / self.base_runs)
+
+    def describe(self) -> str:
+        if self.rep_sigma is None:
+            return "unknown (one repetition per cell)"
+        rep = f"repetitions within a run {self.rep_sigma:.1%} (measured, {self.rep_df} degrees of freedom)"
+        if not self.run_sigma:
+            return rep
+        if self.run_measured is None:
+            run = (f"whole runs {self.run_sigma:.1%} (not measurable from one baseline run: `--run-noise`; "
+                   f"a baseline of several runs measures this machine's)")
+        else:
+            run = (f"whole runs measured {self.run_measured:.1%} over the baseline's {self.base_runs} runs "
+                   f"({self.run_df} degrees of freedom), combined with `--run-noise` {self.run_prior:.1%}: "
+                   f"{self.run_sigma:.1%} used")
+        return f"{rep}; {run}"
+
+
+def run_level_sd(cells: list[list[list[float]]], rep_sd: float | None) -> tuple[float | None, int, int]:
+    """The run part measured from cells whose repetitions come from several runs: per cell the
+    spread of its runs' mean log values, less what the repetitions' own noise explains (method
+    of moments, never below 0), pooled over cells. -> (sd or None, degrees of freedom, most runs
+    of a cell)."""
+    ss, df, most = 0.0, 0, 0
+    for runs in cells:
+        runs = [r for r in runs if r]
+        most = max(most, len(runs))
+        if len(runs) < 2:
+            continue
+        means = np.array([np.mean(np.log(r)) for r in runs])
+        n_mean = float(np.mean([len(r) for r in runs]))
+        between = float(means.var(ddof=1)) - (rep_sd or 0.0) ** 2 / n_mean
+        ss += max(between, 0.0) * (len(runs) - 1)
+        df += len(runs) - 1
+    return (math.sqrt(ss / df), df, most) if df else (None, 0, most)
