@@ -35,10 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import ab_evidence  # noqa: E402
 from bench.ab_evidence import neighbour  # noqa: E402
 from suite.guard import compare, load_side  # noqa: E402
-from suite.guard.noise import RUN_NOISE, run_level_sd  # noqa: E402
-from suite.guard.state import best_probe, split_by_state  # noqa: E402
+from suite.guard.noise import RUN_NOISE, RUN_NOISE_STATE, run_level_sd  # noqa: E402
+from suite.guard.state import best_probe, split_by_state, state_adjusted  # noqa: E402
 from suite.guard.stats import pooled_log_sd  # noqa: E402
 
 MATRIX = """\
@@ -52,16 +53,28 @@ guard: {tokens_per_s: -5%}
 """
 
 
-def measure(out: Path, runs: int) -> None:
+def measure(out: Path, runs: int, slow_code: Path | None = None) -> None:
+    """`runs` runs of the matrix in a row; with `slow_code`, every second run is a run of that
+    checkout instead (the runs alternate: unchanged, slowed, unchanged, ...)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "drift.yaml").write_text(MATRIX)
     for i in range(runs):
-        run_id = f"run{i + 1:02d}"
+        slowed = slow_code is not None and i % 2 == 1
+        run_id = f"run{i + 1:02d}{'-slow' if slowed else ''}"
         started = time.time()
+        code = slow_code if slowed else ROOT
         proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", "drift.yaml", "--run-id", run_id,
                                "--no-report"], cwd=out, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(code)})
         print(f"{run_id}: exit {proc.returncode} in {time.time() - started:.0f} s", flush=True)
+
+
+def slowed_checkout(scratch: Path, burns: int) -> Path:
+    """A clone of this checkout whose training step does `burns` times bench/ab_evidence.py's
+    extra work (six 256x256 matmuls with an element-wise op each) at its end."""
+    call, helper = ab_evidence.SLOW
+    ab_evidence.VARIANTS["slowed"] = (call.replace("_burn()", f"[_burn() for _ in range({burns})]"), helper)
+    return ab_evidence.prepare("slowed", scratch)
 
 
 def repetition_medians(side, best: float) -> tuple[list[float], list[float]]:
@@ -74,30 +87,60 @@ def repetition_medians(side, best: float) -> tuple[list[float], list[float]]:
     return tps, probes
 
 
+MODES = ((f"none, --run-noise {RUN_NOISE:.0%} (default)", "none", None),
+         ("none, no run part (--run-noise 0)", "none", 0.0),
+         (f"state, --run-noise {RUN_NOISE_STATE:.0%} (default)", "state", None))
+
+
 def analyse(out: Path) -> None:
     folders = sorted(p for p in (out / "results" / "drift").iterdir() if (p / "records.jsonl").exists())
-    sides = [load_side(p) for p in folders]
-    best = best_probe([r for side in sides for cell in side.cells.values() for r in cell.repeats])
-    runs, probes = [], []
-    for folder, side in zip(folders, sides):
-        tps, pr = repetition_medians(side, best)
-        print(f"{folder.name}  tokens/s {' '.join(f'{t:7,.0f}' for t in tps)}   probe ms "
-              f"{' '.join(f'{p:5.1f}' for p in pr)}{'' if len(tps) == 3 else f'   ({3 - len(tps)} in a slow state)'}")
-        if tps:
-            runs.append(tps)
-            probes.append(statistics.mean(pr))
-    within, df = pooled_log_sd(runs)
-    level, level_df, _ = run_level_sd([runs], within)
-    means = [float(np.mean(np.log(r))) for r in runs]
-    consecutive = [math.exp(b - a) for a, b in zip(means, means[1:])]
-    print(f"\n{len(runs)} runs with a repetition in a good state: within a run {within:.1%} ({df} degrees of freedom); sd of run means "
-          f"{statistics.stdev(means):.1%}; whole-run level {level:.1%} ({level_df} degrees of freedom)")
-    print(f"consecutive runs: ratios {min(consecutive):.3f}-{max(consecutive):.3f}; "
-          f"corr(run level, mean probe) = {np.corrcoef(means, probes)[0, 1]:+.2f}")
-    for label, run_noise in ((f"--run-noise {RUN_NOISE:.0%} (default)", RUN_NOISE), ("--run-noise 0", 0.0)):
-        verdicts = Counter(compare(later, earlier, run_noise=run_noise).verdict
+    same = [p for p in folders if not p.name.endswith("-slow")]
+    _noise_report([load_side(p) for p in same], [p.name for p in same])
+    if len(same) < len(folders):
+        _slowdown_report(folders)
+        return
+    sides = [load_side(p) for p in same]
+    for label, mode, run_noise in MODES:
+        verdicts = Counter(compare(later, earlier, normalize=mode, run_noise=run_noise).verdict
                            for earlier, later in zip(sides, sides[1:]))
         print(f"guard, unchanged code, {len(sides) - 1} consecutive pairs, {label}: "
+              + ", ".join(f"{v} {verdicts.get(v, 0)}" for v in ("PASS", "FAIL", "INCONCLUSIVE")))
+
+
+def _noise_report(sides, names) -> None:
+    """Per run the kept repetitions; the two parts of the noise, raw and state-adjusted."""
+    reps = [r for side in sides for cell in side.cells.values() for r in cell.repeats]
+    best = best_probe(reps)
+    for label, view in (("raw", sides), ("state-adjusted", [state_adjusted(s, best) for s in sides])):
+        runs, probes = [], []
+        for name, side in zip(names, view):
+            tps, pr = repetition_medians(side, best)
+            if label == "raw":
+                print(f"{name}  tokens/s {' '.join(f'{t:7,.0f}' for t in tps)}   probe ms "
+                      f"{' '.join(f'{p:5.1f}' for p in pr)}"
+                      f"{'' if len(tps) == 3 else f'   ({3 - len(tps)} in a slow state)'}")
+            if tps:
+                runs.append(tps)
+                probes.append(statistics.mean(pr))
+        within, df = pooled_log_sd(runs)
+        level, level_df, _ = run_level_sd([runs], within)
+        means = [float(np.mean(np.log(r))) for r in runs]
+        consecutive = [math.exp(b - a) for a, b in zip(means, means[1:])]
+        print(f"{label}: {len(runs)} runs with a repetition in a good state: within a run {within:.1%} "
+              f"({df} degrees of freedom); whole-run level {level:.1%} ({level_df} degrees of freedom); "
+              f"consecutive runs {min(consecutive):.3f}-{max(consecutive):.3f}x; "
+              f"corr(run level, mean probe) {np.corrcoef(means, probes)[0, 1]:+.2f}")
+
+
+def _slowdown_report(folders) -> None:
+    """Each slowed run against the unchanged run just before it, as its baseline."""
+    pairs = [(load_side(a), load_side(b)) for a, b in zip(folders, folders[1:]) if b.name.endswith("-slow")]
+    ratios = [compare(slow, base).rows[0].ratio for base, slow in pairs]
+    print(f"slowed code: {len(pairs)} runs, each against the unchanged run before it; raw ratios "
+          f"{min(ratios):.3f}-{max(ratios):.3f} (median {statistics.median(ratios):.3f})")
+    for label, mode, run_noise in MODES:
+        verdicts = Counter(compare(slow, base, normalize=mode, run_noise=run_noise).verdict for base, slow in pairs)
+        print(f"guard, slowed code, {label}: "
               + ", ".join(f"{v} {verdicts.get(v, 0)}" for v in ("PASS", "FAIL", "INCONCLUSIVE")))
 
 
@@ -106,15 +149,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
+    parser.add_argument("--slow", type=int, default=0, metavar="BURNS",
+                        help="alternate with runs of code whose step does BURNS times extra work")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     args = parser.parse_args()
     if not args.analyse_only:
+        slow_code = slowed_checkout(args.out / "code", args.slow) if args.slow else None
         load = None
         if args.load:
             load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
             load.start()
         try:
-            measure(args.out, args.runs)
+            measure(args.out, args.runs, slow_code)
         finally:
             if load is not None:
                 load.terminate()

@@ -17,6 +17,7 @@ from suite.guard import (GuardInputError, cells_to_confirm, compare, load_side, 
                          side_from_records, write_baseline)
 from suite.guard.paired import decide_pairs, look_schedule, paired_cells
 from suite.guard.noise import RunNoise, run_level_sd
+from suite.guard.state import state_adjusted, state_factor
 from suite.guard.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd, t_isf, t_sf
 from suite.results import RunFolder, write_atomic
 from suite.results.folder import RecordsWarning
@@ -345,6 +346,35 @@ def test_peak_normalisation_changes_the_verdict_across_machines():
     assert compare(slow, base, normalize="peak", run_noise=0.01).verdict == "FAIL"
 
 
+def test_state_normalisation_takes_the_machine_out_and_leaves_the_code_in():
+    """One machine, the run measured in a spell 30 % slower (its probes say so: the geometric
+    mean of before and after is 1.3x the best) and its steps 30 % longer. Raw, that is a -23 %
+    throughput change; brought to the machine's best state, none. A real 30 % slowdown of the
+    code (probes as in the baseline) stays a 30 % slowdown."""
+    rng = np.random.default_rng(23)
+    base = make_side(rng, repeats=3, steps=30, noise=0.01, path="base", slowdowns=[1.0] * 3)
+    spell = make_side(rng, repeats=3, steps=30, noise=0.01, scale=1.3, slowdowns=[1.3 ** 2] * 3)
+    code = make_side(rng, repeats=3, steps=30, noise=0.01, scale=1.3, slowdowns=[1.0] * 3)
+    raw = compare(spell, base, run_noise=0.01)
+    state = compare(spell, base, normalize="state", run_noise=0.01)
+    assert raw.rows[0].ratio == pytest.approx(1 / 1.3, rel=0.02) and raw.verdict == "FAIL"
+    assert state.rows[0].ratio == pytest.approx(1.0, abs=0.02) and state.verdict == "PASS"
+    assert state.normalization.startswith("state: tokens_per_s brought to this machine's best state")
+    slower = compare(code, base, normalize="state", run_noise=0.01)
+    assert slower.rows[0].ratio == pytest.approx(1 / 1.3, rel=0.02) and slower.verdict == "FAIL"
+    # a repetition's factor: probes 0.020 s and 0.0338 s around it, best 0.020 s -> sqrt(1.69) = 1.3
+    rep = spell.cells["c0fp32"].repeats[0]
+    assert state_factor(rep, 0.020) == pytest.approx(1.3)
+    adjusted = state_adjusted(spell, 0.020).cells["c0fp32"].repeats[0]
+    assert adjusted.step_times_s == pytest.approx([t / 1.3 for t in rep.step_times_s])
+    # the default run noise follows the normalisation: what the runs measured after adjusting
+    assert any("whole runs 6.0%" in n for n in compare(spell, base, normalize="state").notes)
+    # two machines have two bests: refused, naming what to use instead
+    other = make_side(rng, repeats=3, env={**ENV, "cpu": "Slower CPU"})
+    with pytest.raises(GuardInputError, match="ran on different hardware: use --normalize peak"):
+        compare(other, base, normalize="state")
+
+
 def test_baseline_file_round_trip_keeps_samples_and_states_its_quality(tmp_path):
     rng = np.random.default_rng(10)
     recs = [record(c, r, step_times(rng, 12)) for c in CELLS for r in range(2)]
@@ -408,7 +438,7 @@ def test_a_baseline_of_several_runs_refuses_runs_it_cannot_combine(tmp_path):
     write_run(other, [record("c0fp32", 0, step_times(rng, 5), run_id="b")])
     doc = json.loads((other / "matrix.json").read_text())
     RunFolder(other).write_json("matrix.json", {**doc, "name": "other"})
-    with pytest.raises(GuardInputError, match=r"a run of matrix 'other'.*a baseline of several runs needs runs of one matrix"):
+    with pytest.raises(GuardInputError, match=r"a run of matrix 'other'.*needs runs of one matrix"):
         write_baseline([a, other], tmp_path / "x.json")
     with pytest.raises(GuardInputError, match="given twice"):
         write_baseline([a, a], tmp_path / "x.json")

@@ -12,8 +12,8 @@ The interval is at level 1 - 2 alpha (each side one-sided at alpha). For the per
 ratio (repetitions, then steps inside them) and a t interval of the repetition statistics
 against two noises (suite.guard.noise): the repetitions' own, pooled over the compared cells,
 and the level of a whole run, which every repetition of a run shares and none averages out
-(`--run-noise`, measured when the baseline holds several runs). For the per-repetition metrics (memory, validation loss) it is the t interval
-alone, on their measured noise. The step counters (FLOPs, operators, bytes per step) are
+(`--run-noise`, measured when the baseline holds several runs). For the per-repetition
+metrics (memory, validation loss) it is the t interval alone, on their measured noise. The step counters (FLOPs, operators, bytes per step) are
 deterministic: compared exactly, PASS or FAIL.
 
 Before deciding on time, repetitions measured while the machine was in a slow state (its
@@ -34,13 +34,13 @@ import numpy as np
 from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
-from suite.guard.noise import RUN_NOISE, RunNoise
+from suite.guard.noise import RUN_NOISE, RUN_NOISE_STATE, RunNoise
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
-from suite.guard.state import SLOW_STATE, best_probe, split_by_state
+from suite.guard.state import SLOW_STATE, best_probe, split_by_state, state_adjusted
 from suite.guard.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval, t_isf
 from suite.measure.counters import describe_difference
 
-NORMALIZATIONS = ("none", "peak", "auto")
+NORMALIZATIONS = ("none", "peak", "auto", "state")
 N_BOOT = 2000
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
@@ -349,21 +349,25 @@ class _Prepared:
 
 
 def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, normalize: str = "none",
-            alpha: float = 0.01, seed: int = 0, n_boot: int = N_BOOT, run_noise: float = RUN_NOISE,
+            alpha: float = 0.01, seed: int = 0, n_boot: int = N_BOOT, run_noise: float | None = None,
             slow_state: float = SLOW_STATE) -> GuardResult:
     """Compare every cell of `run` with the same cell of `baseline` on the guarded metrics.
 
     guard: metric -> signed percentage ("-5%"); None: the run's matrix guard block (else the
     baseline's). normalize: "none" (raw values), "peak" (throughput / the host's measured matmul
-    peak at the cell's precision: MFU-like, for two machines of different speed) or "auto"
-    (peak when the hardware or the measured peaks differ, none otherwise). alpha: each side of
+    peak at the cell's precision: MFU-like, for two machines of different speed), "auto" (peak
+    when the hardware or the measured peaks differ, none otherwise) or "state" (one machine:
+    time metrics brought to its best state by each repetition's probe). alpha: each side of
     the interval. run_noise: how much a whole run's level of time moves from run to run (sd of
-    its log; suite.guard.noise), before what a baseline of several runs measures. slow_state: the
+    its log; suite.guard.noise), before what a baseline of several runs measures; None: the
+    default for the normalisation (RUN_NOISE, or RUN_NOISE_STATE for "state"). slow_state: the
     machine-state line above which a repetition is left out."""
     if normalize not in NORMALIZATIONS:
         raise GuardInputError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}.")
     if not 0.0 < alpha < 0.5:
         raise GuardInputError(f"alpha must be between 0 and 0.5, got {alpha}.")
+    if run_noise is None:
+        run_noise = RUN_NOISE_STATE if normalize == "state" else RUN_NOISE
     if not 0.0 <= run_noise < 1.0:
         raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.14 for 14%), got {run_noise}.")
     if not slow_state > 1.0:
@@ -376,6 +380,9 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     _note_unmatched(run, baseline, notes)
     env_diffs, env_notes, hardware = compare_env(run, baseline)
     notes.extend(env_notes)
+    sides = run, baseline  # as given: what a --confirm re-measurement is compared with
+    if normalize == "state":
+        run, baseline = _state_adjusted(run, baseline, common, hardware)
     mode = normalize
     if normalize == "auto":
         mode = "peak" if hardware and _needs_peak(thresholds) and _has_peaks(run, baseline, common) else "none"
@@ -411,7 +418,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
                        normalization=description, normalize_mode=mode, notes=notes, alpha=alpha,
                        guard={m: t.text for m, t in thresholds.items()}, seed=seed, noise=noise,
                        counters=counter_differences(run, baseline, common), machine=machine,
-                       slow_state=slow_state, run_noise=run_noise, run_side=run, baseline_side=baseline)
+                       slow_state=slow_state, run_noise=run_noise, run_side=sides[0], baseline_side=sides[1])
 
 
 def _judged(metric: str) -> str:
@@ -614,7 +621,27 @@ def _require_peaks(run: Side, baseline: Side, common: list[str], thresholds: dic
                         f"--normalize none.")
 
 
+def _state_adjusted(run: Side, baseline: Side, common: list[str], hardware_differs: bool) -> tuple[Side, Side]:
+    """Both sides brought to the machine's best state (suite.guard.state.state_adjusted), the
+    best being the fastest probe either side saw."""
+    if hardware_differs:
+        raise GuardInputError(
+            f"--normalize state compares two runs of one machine (each repetition against that machine's best "
+            f"probe), but {run.describe()} and {baseline.describe()} ran on different hardware: use "
+            f"--normalize peak.")
+    best = best_probe([r for side in (run, baseline) for cid in common for r in side.cells[cid].repeats])
+    if best is None:
+        raise GuardInputError(
+            f"--normalize state needs the machine-state probe, and neither {run.describe()} nor "
+            f"{baseline.describe()} recorded one (made by an older txsuite): use --normalize none.")
+    return state_adjusted(run, best), state_adjusted(baseline, best)
+
+
 def _describe_normalization(mode: str, asked: str, hardware: bool, thresholds: dict[str, Threshold]) -> str:
+    if mode == "state":
+        timed = ", ".join(m for m in thresholds if METRICS[m].scales_with_peak) or "no guarded metric"
+        return (f"state: {timed} brought to this machine's best state (each repetition's time x its probe's "
+                f"best / its probe, the geometric mean of the probes before and after it)")
     why = ""
     if asked == "auto":
         why = " (auto: the hardware differs)" if mode == "peak" else " (auto: same hardware)"

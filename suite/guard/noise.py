@@ -42,6 +42,7 @@ import numpy as np
 from suite.guard.stats import pooled_log_sd
 
 RUN_NOISE = 0.14  # default run-level noise of time: measured 13.6 % on this project's 2-core runner
+RUN_NOISE_STATE = 0.06  # the same after `--normalize state` (suite.guard.state): measured 5.6 %
 PRIOR_DF = 19  # the prior counts as an estimate with the degrees of freedom of the 20 runs behind the default
 
 

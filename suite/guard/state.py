@@ -7,13 +7,19 @@ when both ran on the same hardware). A repetition whose slowdown exceeds the slo
 (2x by default: idle, this project's machine stays within 1.2-1.6x; with another process on the
 cores it goes to 3-7x) ran while something else held the machine, and its step times say
 nothing about the code: the guard leaves it out and says so.
+
+Below that line the machine still moves: a whole run's throughput follows its probes
+(correlation -0.72 over 20 idle runs on this project's runner). `--normalize state` brings every
+repetition's time metrics to the machine's best state (`state_adjusted`), which took the
+run-to-run noise of those runs from 13.6 % to 5.6 % (bench/run_drift.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from suite.guard.side import RepeatSamples
+from suite.guard.side import RepeatSamples, Side
 
 SLOW_STATE = 2.0
 
@@ -46,6 +52,44 @@ class StateSplit:
         worst = max(s for _, s in self.slow)
         return (f"{len(self.slow)} of {self.total} repetitions of the {side} ran while this machine was "
                 f"{worst:.1f}x slower than its best (the line is {limit:g}x); excluded")
+
+
+def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
+    """How much slower than its best the machine was around a repetition, for `--normalize
+    state`: the geometric mean of the two probes / the best (the slower probe alone, which
+    `slowdown` uses for the slow-state line, tracks a run's level less closely: measured over 20
+    runs, the run-level noise left after adjusting was 5.6 % with the mean of the two, 4.9 % with
+    the slower but at 14.3 % within a run against 11.1 %)."""
+    probes = [t for t in (rep.probe_before_s, rep.probe_after_s) if t]
+    if not probes or not best:
+        return None
+    return math.exp(sum(math.log(t) for t in probes) / len(probes)) / best
+
+
+# per-repetition summaries (records without step samples) and how each moves with the machine's
+# speed: a throughput is multiplied by the slowdown factor, a time divided by it
+_SUMMARY_POWER = {"tokens_per_s": 1, "samples_per_s": 1, "mfu": 1, "step_time_p50_s": -1, "step_time_p90_s": -1}
+
+
+def state_adjusted(side: Side, best: float) -> Side:
+    """The side with every repetition's time metrics brought to the machine's best state: step
+    times divided by the repetition's state factor (so throughput is multiplied by it).
+    Repetitions without a probe are kept as they are (the guard then has no time verdict from
+    a baseline without one: suite.guard.decide)."""
+    cells = {}
+    for cid, cell in side.cells.items():
+        repeats = []
+        for rep in cell.repeats:
+            f = state_factor(rep, best)
+            if f is None:
+                repeats.append(rep)
+                continue
+            steps = [t / f for t in rep.step_times_s] if rep.step_times_s else rep.step_times_s
+            summary = {k: (v * f ** _SUMMARY_POWER[k] if v is not None and k in _SUMMARY_POWER else v)
+                       for k, v in rep.summary.items()}
+            repeats.append(replace(rep, step_times_s=steps, summary=summary))
+        cells[cid] = replace(cell, repeats=repeats)
+    return replace(side, cells=cells)
 
 
 def split_by_state(repeats: Iterable[RepeatSamples], best: float | None, limit: float = SLOW_STATE) -> StateSplit:
