@@ -10,7 +10,7 @@ block plays one repetition of a cell), REPEATS blocks each, the order of the blo
 from round to round so that the machine's drift hits every variant alike. Then each
 candidate is judged against that trial's baseline by `suite.guard.compare` with the smoke
 matrix's threshold `tokens_per_s: -5%`, the default alpha (0.01) and a run noise of 3 % (not
-the guard's default 14 %, which is how much separate runs move: these blocks interleave in one
+the guard's default 16 %, which is how much separate runs move: these blocks interleave in one
 process seconds apart, as `txsuite ab`'s pairs do):
 
 - detection rate = share of trials in which a slowed candidate is flagged;

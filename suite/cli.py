@@ -487,7 +487,7 @@ def _percent(text: str) -> float:
     try:
         return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
     except ValueError:
-        raise UsageProblem(f"--run-noise {text!r}: expected a percentage such as 14%.") from None
+        raise UsageProblem(f"--run-noise {text!r}: expected a percentage such as 16%.") from None
 
 
 @main.command()
@@ -502,8 +502,8 @@ def _percent(text: str) -> float:
                    "repetition's probe (halves the run-to-run noise on a shared machine).")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm level of each check.")
 @click.option("--run-noise", "run_noise", default=None,
-              help="How much a whole run's throughput moves from run to run on this machine (sd). Default 14%, "
-                   "6% with --normalize state (measured on a shared 2-core runner). A baseline of several runs "
+              help="How much a whole run's throughput moves from run to run on this machine (sd). Default 16%, "
+                   "7% with --normalize state (measured on a shared 2-core runner). A baseline of several runs "
                    "measures it.")
 @click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
               help="Leave out repetitions measured while the machine was this many times slower than its best.")

@@ -369,7 +369,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     if run_noise is None:
         run_noise = RUN_NOISE_STATE if normalize == "state" else RUN_NOISE
     if not 0.0 <= run_noise < 1.0:
-        raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.14 for 14%), got {run_noise}.")
+        raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.16 for 16%), got {run_noise}.")
     if not slow_state > 1.0:
         raise GuardInputError(f"the slow-state line must be above 1 (e.g. 2 for twice slower), got {slow_state}.")
     thresholds, notes = resolve_guard(run, baseline, guard)

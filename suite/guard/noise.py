@@ -9,15 +9,19 @@ random-effects model,
   measured, pooled over every compared cell and both sides.
 - **The run's level** (`run_sigma`): a shared machine's speed moves over tens of seconds (other
   tenants, memory bandwidth, clocks). Measured on this project's 2-core runner: one process
-  timing the same step for 3 minutes wanders 13-22 steps/s in spells of 5-20 s, and 20
-  sequential runs of one matrix (3 repetitions each, seconds apart) differ from run to run by
-  13.6 % (sd of a run's mean log tokens/s beyond its repetitions' spread; consecutive runs
-  0.71x-1.47x). Every repetition of a run shares that run's level, so more repetitions do not
-  average it out, and one run per side cannot measure it. It is a prior, `--run-noise` (14 %
-  by default, the figure above), worth the 19 degrees of freedom of those 20 runs, combined
-  with what a baseline of several runs measures (`txsuite baseline RUN RUN ...`) the way
-  limma's moderated t combines a prior variance with a gene's own (Smyth 2004). On a quieter
-  machine, pass the figure its own multi-run baseline printed as `--run-noise`.
+  timing the same step for 3 minutes wanders 13-22 steps/s in spells of 5-20 s, and runs of one
+  matrix in a row (3 repetitions each, seconds apart) differ from run to run by 13.6 %, 21.0 %
+  and 6.7 % in three sessions of 20, 20 and 10 runs (sd of a run's mean log tokens/s beyond its
+  repetitions' spread; pooled 16.2 % over 47 degrees of freedom; bench/run_drift.py). Every
+  repetition of a run shares that run's level, so more repetitions do not average it out, and
+  one run per side cannot measure it. It is a prior, `--run-noise` (16 % by default; 7 % with
+  `--normalize state`, which takes out what the probe sees: 5.6 %, 10.0 % and 0.0 % in those
+  sessions, pooled 7.3 %), combined with what a baseline of several runs measures (`txsuite
+  baseline RUN RUN ...`) the way limma's moderated t combines a prior variance with a gene's own
+  (Smyth 2004). The prior counts as 19 degrees of freedom, not the 47 it was measured with: it
+  was measured on one machine, and a baseline of several runs of the user's should be able to
+  move it. On a quieter machine, pass the figure its own multi-run baseline printed as
+  `--run-noise`.
 
 The difference of the two sides' mean log values then has variance
 
@@ -28,8 +32,8 @@ freedom of the two parts combined by Welch-Satterthwaite. Memory and validation 
 move with the machine's speed: the repetition part alone (run_sigma 0).
 
 Evidence that the single-level model was wrong: with the run part left out (a 3 % floor on the
-repetition noise), 2 of 19 consecutive pairs of those 20 runs of unchanged code FAILed a -5 %
-limit, and so did a CI run (0.776x, 98 % interval [0.673, 0.881]).
+repetition noise), 2 of 19 consecutive pairs of the first 20 runs of unchanged code FAILed a
+-5 % limit, and so did a CI run (0.776x, 98 % interval [0.673, 0.881]).
 """
 from __future__ import annotations
 
@@ -41,9 +45,9 @@ import numpy as np
 
 from suite.guard.stats import pooled_log_sd
 
-RUN_NOISE = 0.14  # default run-level noise of time: measured 13.6 % on this project's 2-core runner
-RUN_NOISE_STATE = 0.06  # the same after `--normalize state` (suite.guard.state): measured 5.6 %
-PRIOR_DF = 19  # the prior counts as an estimate with the degrees of freedom of the 20 runs behind the default
+RUN_NOISE = 0.16  # default run-level noise of time: 16.2 % pooled over 50 runs on this project's 2-core runner
+RUN_NOISE_STATE = 0.07  # the same after `--normalize state` (suite.guard.state): 7.3 % pooled
+PRIOR_DF = 19  # the weight of the prior, in degrees of freedom (see above)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ cores it goes to 3-7x) ran while something else held the machine, and its step t
 nothing about the code: the guard leaves it out and says so.
 
 Below that line the machine still moves: a whole run's throughput follows its probes
-(correlation -0.72 over 20 idle runs on this project's runner). `--normalize state` brings every
-repetition's time metrics to the machine's best state (`state_adjusted`), which took the
-run-to-run noise of those runs from 13.6 % to 5.6 % (bench/run_drift.py).
+(correlation -0.72 to -0.86 over three sessions of runs on this project's runner).
+`--normalize state` brings every repetition's time metrics to the machine's best state
+(`state_adjusted`), which took the run-to-run noise of those runs from 13.6 %, 21.0 % and 6.7 %
+to 5.6 %, 10.0 % and 0.0 % (bench/run_drift.py).
 """
 from __future__ import annotations
 

@@ -38,8 +38,9 @@ false-alarm rate is at most alpha):
    that repetitions do not average it out: a prior (`--run-noise`), moderated by what a
    baseline of several runs measures.
 
-   With one run a side and the default 14 % run noise, a -5 % limit can be failed only by a
-   slowdown beyond ~45 %, and passed only by an improvement: the honest price of comparing two
+   With one run a side and the default 16 % run noise, a -5 % limit can be failed only by a
+   slowdown beyond ~50 % (~30 % with `--normalize state`), and passed only by an improvement:
+   the honest price of comparing two
    moments of a shared machine. `txsuite ab`, which alternates the versions seconds apart,
    needs no run part.
 
