@@ -373,6 +373,10 @@ def test_state_normalisation_takes_the_machine_out_and_leaves_the_code_in():
     other = make_side(rng, repeats=3, env={**ENV, "cpu": "Slower CPU"})
     with pytest.raises(GuardInputError, match="ran on different hardware: use --normalize peak"):
         compare(other, base, normalize="state")
+    # a side recorded without the probe cannot be brought to the best state: refused, not mixed
+    unprobed = make_side(rng, repeats=2, slowdowns=[None, None])
+    with pytest.raises(GuardInputError, match=r"needs the machine-state probe of every repetition.*repeat 0"):
+        compare(unprobed, base, normalize="state")
 
 
 def test_baseline_file_round_trip_keeps_samples_and_states_its_quality(tmp_path):

@@ -13,8 +13,10 @@ ratio (repetitions, then steps inside them) and a t interval of the repetition s
 against two noises (suite.guard.noise): the repetitions' own, pooled over the compared cells,
 and the level of a whole run, which every repetition of a run shares and none averages out
 (`--run-noise`, measured when the baseline holds several runs). For the per-repetition
-metrics (memory, validation loss) it is the t interval alone, on their measured noise. The step counters (FLOPs, operators, bytes per step) are
-deterministic: compared exactly, PASS or FAIL.
+metrics (memory, validation loss) it is the t interval alone, on their measured noise. The
+step counters (FLOPs, operators, bytes per step) are deterministic: compared exactly, PASS or
+FAIL. `--normalize state` first brings both sides' time metrics to the machine's best state
+(suite.guard.state).
 
 Before deciding on time, repetitions measured while the machine was in a slow state (its
 probe, suite.guard.state) are left out, and a baseline recorded in a slow state, without a
@@ -629,11 +631,15 @@ def _state_adjusted(run: Side, baseline: Side, common: list[str], hardware_diffe
             f"--normalize state compares two runs of one machine (each repetition against that machine's best "
             f"probe), but {run.describe()} and {baseline.describe()} ran on different hardware: use "
             f"--normalize peak.")
+    for side in (run, baseline):
+        unprobed = [f"{side.cells[cid].label} repeat {r.repeat}" for cid in common for r in side.cells[cid].repeats
+                    if r.probe_s is None]
+        if unprobed:
+            raise GuardInputError(
+                f"--normalize state needs the machine-state probe of every repetition, and {side.describe()} has "
+                f"none for {', '.join(unprobed[:3])}{' ...' if len(unprobed) > 3 else ''} (recorded by an older "
+                f"txsuite): use --normalize none, or re-measure it.")
     best = best_probe([r for side in (run, baseline) for cid in common for r in side.cells[cid].repeats])
-    if best is None:
-        raise GuardInputError(
-            f"--normalize state needs the machine-state probe, and neither {run.describe()} nor "
-            f"{baseline.describe()} recorded one (made by an older txsuite): use --normalize none.")
     return state_adjusted(run, best), state_adjusted(baseline, best)
 
 

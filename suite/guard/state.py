@@ -58,9 +58,9 @@ class StateSplit:
 def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
     """How much slower than its best the machine was around a repetition, for `--normalize
     state`: the geometric mean of the two probes / the best (the slower probe alone, which
-    `slowdown` uses for the slow-state line, tracks a run's level less closely: measured over 20
-    runs, the run-level noise left after adjusting was 5.6 % with the mean of the two, 4.9 % with
-    the slower but at 14.3 % within a run against 11.1 %)."""
+    `slowdown` uses for the slow-state line, tracks a run's level less closely: over the first
+    20 runs of bench/run_drift.py, the run-level noise left after adjusting was 5.6 % with the
+    mean of the two, 4.9 % with the slower but with 14.3 % within a run against 11.1 %)."""
     probes = [t for t in (rep.probe_before_s, rep.probe_after_s) if t]
     if not probes or not best:
         return None
@@ -75,8 +75,8 @@ _SUMMARY_POWER = {"tokens_per_s": 1, "samples_per_s": 1, "mfu": 1, "step_time_p5
 def state_adjusted(side: Side, best: float) -> Side:
     """The side with every repetition's time metrics brought to the machine's best state: step
     times divided by the repetition's state factor (so throughput is multiplied by it).
-    Repetitions without a probe are kept as they are (the guard then has no time verdict from
-    a baseline without one: suite.guard.decide)."""
+    Repetitions without a probe are kept as they are (the guard refuses to compare such a side
+    in this mode: suite.guard.decide)."""
     cells = {}
     for cid, cell in side.cells.items():
         repeats = []
