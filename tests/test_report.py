@@ -272,6 +272,22 @@ def test_compare_matches_cells_and_computes_b_over_a(tmp_path):
     assert c.only_a == ["precision=fp16 (c3)"] and c.only_b == ["precision=tf32 (c4)"]
 
 
+def test_compare_colours_throughput_only_beyond_how_much_a_whole_run_moves(tmp_path):
+    """Two repetitions a side, every one of B faster than every one of A: memory-like metrics
+    would be coloured, but a 1.3x throughput ratio is inside what a whole run's level moves
+    between two runs of unchanged code (16 % sd: docs/guard.md), so it stays uncoloured; 2x is
+    beyond it."""
+    def runs(name, ratio):
+        a = write_run(tmp_path / name / "a", [record("c1", "precision=fp32", config(), repeat=r, tokens_per_s=t)
+                                              for r, t in enumerate((100, 102))])
+        b = write_run(tmp_path / name / "b", [record("c1", "precision=fp32", config(), repeat=r, run_id="r2",
+                                                     tokens_per_s=t * ratio) for r, t in enumerate((100, 102))])
+        pairs = compare_tables(table_for(RunFolder(a).load()), table_for(RunFolder(b).load())).pairs
+        return bool(pairs.loc[0, "tokens_per_s_separated"])
+    assert not runs("moved", 1.3)  # every repetition separated, yet within a run's level
+    assert runs("changed", 2.0)
+
+
 def test_compare_report_shows_ratios_unmatched_cells_and_env_differences(tmp_path):
     a, b = compare_runs(tmp_path)
     html = render_compare(a, b, tmp_path / "cmp.html").read_text()

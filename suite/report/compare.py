@@ -5,8 +5,11 @@ in an irrelevant way keeps its label, so unmatched cells are then paired by labe
 B / A: above 1 means run B has more of it (faster for tokens/s, heavier for memory).
 
 A ratio is coloured better or worse only when the runs' repetitions back it: two or more on each
-side, every repetition of B beyond every repetition of A, and a change of at least 3 %, the
-same separation rule the guard uses with few repetitions. Memory is judged on the part the cell
+side, every repetition of B beyond every repetition of A, and a change of at least 3 %. A
+throughput ratio must also lie beyond what a whole run's level moves between two runs of
+unchanged code (suite.guard.noise: 16 % sd on a shared 2-core runner, so beyond 0.59x-1.69x at
+the guard's 1 % level): the repetitions of one run share its level, so their separation alone
+says little. Memory is judged on the part the cell
 controls (train memory: peak minus the memory before training); the peak, which includes the
 interpreter's own start-up size, is shown uncoloured.
 """
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from suite.config.metrics import BY_NAME, REGISTRY
+from suite.guard.noise import RUN_NOISE
 from suite.report import formatting as fmt, palettes
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
@@ -33,6 +37,7 @@ from suite.report.tableview import Column, TableCell, TableView, ratio_class, so
 
 # (metric, title, kind, higher is better), from the metric registry (suite/config/metrics.py)
 COMPARED = [(m.name, m.title, m.kind, m.higher_is_better) for m in REGISTRY if m.compared]
+RUN_BAND_Z = 2.326  # one-sided 1 %, the guard's default alpha: the band a run-to-run ratio of time stays in
 MAX_COMPARE_BARS = 40
 
 
@@ -118,13 +123,20 @@ def different_experiments(a: Run, b: Run) -> list[str]:
 
 
 def _separated(ra: pd.Series, rb: pd.Series, metric: str) -> bool:
-    """Two or more repetitions a side, and every repetition of one run beyond every repetition
-    of the other: then, and only then, is a ratio a change rather than noise."""
+    """Two or more repetitions a side, every repetition of one run beyond every repetition of
+    the other, and for time the ratio beyond the run-level band: then, and only then, is a
+    ratio a change rather than noise."""
     lo_a, hi_a = ra.get(f"{metric}_min"), ra.get(f"{metric}_max")
     lo_b, hi_b = rb.get(f"{metric}_min"), rb.get(f"{metric}_max")
     if min(ra["repeats_ok"], rb["repeats_ok"]) < 2 or not all(fmt.is_number(v) for v in (lo_a, hi_a, lo_b, hi_b)):
         return False
-    return bool(lo_b > hi_a or hi_b < lo_a)
+    if not (lo_b > hi_a or hi_b < lo_a):
+        return False
+    if BY_NAME[metric].per_step:
+        va, vb = ra[metric], rb[metric]
+        return fmt.is_number(va) and fmt.is_number(vb) and va > 0 and vb > 0 and \
+            abs(math.log(vb / va)) > RUN_BAND_Z * math.sqrt(2.0) * RUN_NOISE
+    return True
 
 
 def compare_findings(c: Comparison) -> list[str]:
