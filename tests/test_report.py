@@ -20,7 +20,7 @@ from suite.report.compare import compare_tables
 from suite.report.frame import build_cell_table, export_frame
 from suite.report.pareto import pareto_optimal
 from suite.report.run_report import table_for
-from suite.report.summary import fastest_finding
+from suite.report.summary import fastest_finding, least_memory_finding
 
 from suite.results import RunFolder
 
@@ -157,14 +157,18 @@ def test_summary_names_best_cells_pareto_set_and_every_problem(tmp_path):
 def test_fastest_is_named_only_when_its_lead_is_beyond_noise_paired_by_round(tmp_path):
     """Rounds move together (the machine's state of that stretch): a 2 % lead that the rounds do
     not back is a tie, named as one; a lead in every round is the fastest; with one repetition
-    per cell the card says it is untested."""
-    def fastest(speeds_a, speeds_b):
-        records = [record(cid, f"cell {cid}", config(), repeat, tokens_per_s=tok)
+    per cell the card says it is untested. Least memory is tested the same way."""
+    def table(speeds_a, speeds_b):
+        records = [record(cid, f"cell {cid}", config(), repeat, tokens_per_s=tok)  # the same 1 GiB peak each
                    for cid, speeds in (("a", speeds_a), ("b", speeds_b)) for repeat, tok in enumerate(speeds)]
-        run = write_run(tmp_path / f"run{speeds_a[0]}-{len(speeds_a)}", records)
-        return fastest_finding(table_for(RunFolder(run).load()))
+        return table_for(RunFolder(write_run(tmp_path / f"run{speeds_a[0]}-{len(speeds_a)}", records)).load())
+
+    def fastest(speeds_a, speeds_b):
+        return fastest_finding(table(speeds_a, speeds_b))
     tie = fastest([102, 90, 118], [100, 95, 110])  # a leads by ~2 %, rounds disagree
     assert tie.what == "Fastest: not separated" and tie.cell == "cell a, cell b" and "within noise" in tie.detail
+    lightest = least_memory_finding(table([101, 91, 119], [100, 95, 110]))
+    assert lightest.what == "Least memory: not separated"  # equal peaks: no lighter cell
     lead = fastest([120, 100, 140], [100, 84, 118])  # a leads by ~19 % in every round
     assert lead.what == "Fastest" and lead.cell == "cell a" and "beyond noise" in lead.detail
     once = fastest([120], [100])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -73,15 +74,10 @@ def summarize(table: CellTable) -> Summary:
         return f", {fmt.ratio(row['speedup'])} the reference's speed and {fmt.ratio(row['mem_ratio'])} its memory"
 
     ok = table.ok
-    fastest = fastest_finding(table)
-    if fastest is not None:
-        fastest.detail += vs_base(table.row(fastest.cell_id))
-        summary.findings.append(fastest)
-    if ok["peak_mem_bytes"].notna().any():
-        row = ok.loc[ok["peak_mem_bytes"].idxmin()]
-        summary.findings.append(Finding("Least memory", row["label"] or row["short_label"],
-                                        f"{fmt.bytes_(row['peak_mem_bytes'])} peak, "
-                                        f"{fmt.si(row['tokens_per_s'])} tokens/s{vs_base(row)}"))
+    for finding in (fastest_finding(table), least_memory_finding(table)):
+        if finding is not None:
+            finding.detail += vs_base(table.row(finding.cell_id))
+            summary.findings.append(finding)
     best_loss = best_loss_finding(table)
     if best_loss is not None:
         summary.findings.append(best_loss)
@@ -110,23 +106,37 @@ def summarize(table: CellTable) -> Summary:
 
 
 def fastest_finding(table: CellTable) -> Finding | None:
-    """The cell with the highest tokens/s, tested against every other cell paired by round: the
+    """The cell with the highest tokens/s, tested against every other cell (`leader_finding`)."""
+    return leader_finding(table, "tokens_per_s", highest=True, what="Fastest", better="faster",
+                          detail=lambda r: f"{fmt.si(r['tokens_per_s'])} tokens/s, peak memory "
+                                           f"{fmt.bytes_(r['peak_mem_bytes'])}")
+
+
+def least_memory_finding(table: CellTable) -> Finding | None:
+    """The cell with the lowest peak memory, tested against every other cell (`leader_finding`)."""
+    return leader_finding(table, "peak_mem_bytes", highest=False, what="Least memory", better="lighter",
+                          detail=lambda r: f"{fmt.bytes_(r['peak_mem_bytes'])} peak, "
+                                           f"{fmt.si(r['tokens_per_s'])} tokens/s")
+
+
+def leader_finding(table: CellTable, metric: str, highest: bool, what: str, better: str,
+                   detail: Callable[[pd.Series], str]) -> Finding | None:
+    """The cell that leads on `metric`, tested against every other cell paired by round: the
     runner measures repetition r of every cell before repetition r + 1 of any, so the two
     repetitions of a round share that stretch of the machine's state. A cell whose paired log
-    ratio to the fastest has a 95 % t interval that reaches 0 is not separated from it, and the
+    ratio to the leader has a 95 % t interval that reaches 0 is not separated from it, and the
     card names it; with one round there is no interval, and the card says so."""
     from suite.report.quality import t_quantile
 
     ok = table.ok
-    if not ok["tokens_per_s"].notna().any():
+    if not ok[metric].notna().any():
         return None
-    row = ok.loc[ok["tokens_per_s"].idxmax()]
-    label = row["label"] or row["short_label"]
-    detail = f"{fmt.si(row['tokens_per_s'])} tokens/s, peak memory {fmt.bytes_(row['peak_mem_bytes'])}"
-    others = ok[(ok["cell_id"] != row["cell_id"]) & ok["tokens_per_s"].notna()]
+    row = ok.loc[ok[metric].idxmax() if highest else ok[metric].idxmin()]
+    label, text = row["label"] or row["short_label"], detail(row)
+    others = ok[(ok["cell_id"] != row["cell_id"]) & ok[metric].notna()]
     if others.empty:
-        return Finding("Fastest", label, detail, cell_id=row["cell_id"])
-    rounds = _throughput_by_round(table.repeats)
+        return Finding(what, label, text, cell_id=row["cell_id"])
+    rounds = _by_round(table.repeats, metric)
     lead = rounds.get(row["cell_id"], {})
     tied, untested = [], 0
     for _, other in others.iterrows():
@@ -136,29 +146,29 @@ def fastest_finding(table: CellTable) -> Finding | None:
             untested += 1
             tied.append(other["label"] or other["short_label"])
             continue
-        d = np.log([lead[r] / theirs[r] for r in common])
+        d = np.log([lead[r] / theirs[r] for r in common]) * (1 if highest else -1)  # > 0: the leader leads
         if d.mean() - t_quantile(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) <= 0:
             tied.append(other["label"] or other["short_label"])
     if untested == len(others):
-        return Finding("Fastest", label, detail + " (one repetition per cell: not tested against noise)",
+        return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
                        cell_id=row["cell_id"])
     if not tied:
-        return Finding("Fastest", label, detail + "; faster than every other cell beyond noise (paired by round)",
+        return Finding(what, label, text + f"; {better} than every other cell beyond noise (paired by round)",
                        cell_id=row["cell_id"])
     names = ", ".join(tied[:MAX_LISTED]) + (f" and {len(tied) - MAX_LISTED} more" if len(tied) > MAX_LISTED else "")
-    return Finding("Fastest: not separated", f"{label}, {names}",
-                   detail + f"; the paired difference to {'each of these' if len(tied) > 1 else 'it'} is within "
-                            f"noise; no single fastest", cell_id=row["cell_id"])
+    return Finding(f"{what}: not separated", f"{label}, {names}",
+                   text + f"; the paired difference to {'each of these' if len(tied) > 1 else 'it'} is within "
+                          f"noise; no single leader", cell_id=row["cell_id"])
 
 
-def _throughput_by_round(repeats: pd.DataFrame) -> dict[str, dict[int, float]]:
-    """cell id -> repetition index -> tokens/s, ok repetitions only."""
+def _by_round(repeats: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+    """cell id -> repetition index -> the metric's value, ok repetitions only."""
     out: dict[str, dict[int, float]] = {}
-    if repeats.empty or "tokens_per_s" not in repeats:
+    if repeats.empty or metric not in repeats:
         return out
     for _, rec in repeats[repeats["status"] == "ok"].iterrows():
-        if fmt.is_number(rec["tokens_per_s"]) and rec["tokens_per_s"] > 0:
-            out.setdefault(str(rec["cell_id"]), {})[int(rec["repeat"])] = float(rec["tokens_per_s"])
+        if fmt.is_number(rec[metric]) and rec[metric] > 0:
+            out.setdefault(str(rec["cell_id"]), {})[int(rec["repeat"])] = float(rec[metric])
     return out
 
 
