@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from bench import ab_evidence  # noqa: E402
 from bench.ab_evidence import neighbour  # noqa: E402
 from suite.guard import compare, load_side  # noqa: E402
-from suite.guard.noise import RUN_NOISE, RUN_NOISE_STATE, run_level_sd  # noqa: E402
+from suite.guard.noise import run_level_sd  # noqa: E402
+from suite.measure.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
 from suite.guard.state import best_probe, split_by_state, state_adjusted  # noqa: E402
 from suite.guard.stats import pooled_log_sd  # noqa: E402
 

@@ -36,11 +36,12 @@ import numpy as np
 from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
-from suite.guard.noise import RUN_NOISE, RUN_NOISE_STATE, RunNoise
+from suite.guard.noise import RunNoise
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
 from suite.guard.state import SLOW_STATE, best_probe, split_by_state, state_adjusted
 from suite.guard.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval, t_isf
 from suite.measure.counters import describe_difference
+from suite.measure.run_noise import RUN_NOISE, RUN_NOISE_STATE
 
 NORMALIZATIONS = ("none", "peak", "auto", "state")
 N_BOOT = 2000

@@ -14,11 +14,11 @@ random-effects model,
   and 6.7 % in three sessions of 20, 20 and 10 runs (sd of a run's mean log tokens/s beyond its
   repetitions' spread; pooled 16.2 % over 47 degrees of freedom; bench/run_drift.py). Every
   repetition of a run shares that run's level, so more repetitions do not average it out, and
-  one run per side cannot measure it. It is a prior, `--run-noise` (16 % by default; 7 % with
-  `--normalize state`, which takes out what the probe sees: 5.6 %, 10.0 % and 0.0 % in those
-  sessions, pooled 7.3 %), combined with what a baseline of several runs measures (`txsuite
-  baseline RUN RUN ...`) the way limma's moderated t combines a prior variance with a gene's own
-  (Smyth 2004). The prior counts as 19 degrees of freedom, not the 47 it was measured with: it
+  one run per side cannot measure it. It is a prior, `--run-noise` (suite.measure.run_noise:
+  16 % by default; 7 % with `--normalize state`, which takes out what the probe sees: 5.6 %,
+  10.0 % and 0.0 % in those sessions, pooled 7.3 %), combined with what a baseline of several
+  runs measures (`txsuite baseline RUN RUN ...`) the way limma's moderated t combines a prior
+  variance with a gene's own (Smyth 2004). The prior counts as 19 degrees of freedom, not the 47 it was measured with: it
   was measured on one machine, and a baseline of several runs of the user's should be able to
   move it. On a quieter machine, pass the figure its own multi-run baseline printed as
   `--run-noise`.
@@ -45,8 +45,6 @@ import numpy as np
 
 from suite.guard.stats import pooled_log_sd
 
-RUN_NOISE = 0.16  # default run-level noise of time: 16.2 % pooled over 50 runs on this project's 2-core runner
-RUN_NOISE_STATE = 0.07  # the same after `--normalize state` (suite.guard.state): 7.3 % pooled
 PRIOR_DF = 19  # the weight of the prior, in degrees of freedom (see above)
 
 

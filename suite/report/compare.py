@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from suite.config.metrics import BY_NAME, REGISTRY
-from suite.guard.noise import RUN_NOISE
+from suite.measure.run_noise import RUN_NOISE
 from suite.report import formatting as fmt, palettes
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
