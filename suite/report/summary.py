@@ -84,10 +84,10 @@ def summarize(table: CellTable) -> Summary:
     soonest = soonest_finding(ok)
     if soonest is not None:
         summary.findings.append(soonest)
-    if ok["mfu"].notna().any():
-        row = ok.loc[ok["mfu"].idxmax()]
-        summary.findings.append(Finding("Highest MFU", row["label"] or row["short_label"],
-                                        fmt.percent(row["mfu"])))
+    mfu = leader_finding(table, "mfu", highest=True, what="Highest MFU", better="higher",
+                         detail=lambda r: fmt.percent(r["mfu"]))
+    if mfu is not None:
+        summary.findings.append(mfu)
     if base is not None:
         summary.findings.append(Finding("Reference", base["label"] or base["short_label"],
                                         f"{fmt.si(base['tokens_per_s'])} tokens/s, "
