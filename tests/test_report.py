@@ -18,7 +18,7 @@ from suite.report import export_table, render_compare, render_report
 from suite.report.charts import representative_curves
 from suite.report.compare import compare_tables
 from suite.report.frame import build_cell_table, export_frame
-from suite.report.pareto import pareto_optimal
+from suite.report.pareto import front_with_noise, pareto_optimal
 from suite.report.run_report import table_for
 from suite.report.summary import fastest_finding, least_memory_finding
 
@@ -98,6 +98,48 @@ def test_pareto_front_respects_senses_and_rejects_unknown_ones():
     assert pareto_optimal(points, ("max", "max")) == [False, True, True]
     with pytest.raises(ValueError, match="'max' or 'min'"):
         pareto_optimal(points, ("up", "min"))
+
+
+def test_points_off_the_front_are_judged_against_noise():
+    """Point 0 is on the front; 1, 2 and 3 are dominated by it on the estimates. The verdicts
+    (what paired.py would say) decide: beaten beyond noise on one objective and not worse on the
+    other -> dominated; tested but never separated -> within noise; never tested -> untested."""
+    points = [(10, 1), (9, 1), (8, 1), (7, 1), (float("nan"), 0)]
+    verdicts = {(0, 1): ("within noise", "within noise"),
+                (0, 2): ("better", "within noise"), (1, 2): ("within noise", "within noise"),
+                (0, 3): ("better", "worse"), (1, 3): ("untested", "untested"), (2, 3): ("within noise", "untested")}
+    place = front_with_noise(points, ("max", "min"), lambda i, j, k: verdicts[(i, j)][k])
+    assert place == ["front", "within noise", "dominated", "within noise", None]
+    untested = front_with_noise(points, ("max", "min"), lambda i, j, k: "untested")
+    assert untested == ["front", "untested", "untested", "untested", None]
+
+
+def three_speed_run(run_dir: Path, speeds: dict[str, list[float]]) -> Path:
+    """Cells a, b, c ... with these tokens/s per round and the same 1 GiB peak; a is the reference."""
+    records = [record(cid, f"cell {cid}", config(micro_batch=2 + i), repeat, tokens_per_s=tok)
+               for i, (cid, per_round) in enumerate(speeds.items()) for repeat, tok in enumerate(per_round)]
+    return write_run(run_dir, records, meta={"name": "m", "baseline": "cell a"})
+
+
+def test_front_and_ratio_colours_follow_the_paired_test_not_the_medians(tmp_path):
+    """b is 2 % behind a on the medians but the rounds disagree: within noise of the front, an
+    uncoloured speed-up. c is ~20 % behind in every round: dominated, its speed-up red. With one
+    round each, nothing is tested and the summary says so."""
+    run = three_speed_run(tmp_path / "run", {"a": [102, 90, 118], "b": [100, 95, 110], "c": [82, 72, 95]})
+    cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
+    assert cells["front"].to_dict() == {"a": "front", "b": "within noise", "c": "dominated"}
+    assert cells.loc["b", "speedup_verdict"] == "within noise" and cells.loc["c", "speedup_verdict"] == "worse"
+    assert cells.loc["c", "mem_ratio_verdict"] == "within noise"  # the same peak every round
+    html = html_of(run, tmp_path)
+    near = summary_part(html).split('id="near-front-cells"', 1)[1].split("</div>", 1)[0]
+    assert "cell b" in near and "cell c" not in near
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr[^>]*>\s*<td[^>]*>(cell [abc])<.*?</tr>", html, re.S)}
+    assert "≈" in rows["cell b"] and "≈" not in rows["cell c"] and "✓" in rows["cell a"]
+    assert 'class="num worse"' in rows["cell c"] and 'class="num worse"' not in rows["cell b"]
+
+    once = three_speed_run(tmp_path / "once", {"a": [102], "b": [100], "c": [82]})
+    summary = summary_part(html_of(once, tmp_path))
+    assert 'id="near-front-cells"' not in summary and "not tested against noise" in summary
 
 
 # ---------------------------------------------------------------- run report

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from suite.report import formatting as fmt
 from suite.report.encoding import Encoding, choose_encoding, ordered_values
 from suite.report.frame import CellTable
+from suite.report.pareto import NEAR_FRONT
 from suite.report.svg import formatter, plot_text, report_style, subplots, to_svg
 
 MAX_BARS = 40  # rows of a per-cell bar chart before it shows only the best and the worst
@@ -61,7 +62,9 @@ def build_charts(table: CellTable) -> list[Chart]:
 def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
     chart = Chart("pareto", "Throughput vs peak memory",
                   "Up and to the left is better. Ringed cells are Pareto-optimal: no other cell is "
-                  "both faster and lighter; the line joins them. Whiskers span the repeats.")
+                  "both faster and lighter; the line joins them. Cells in a dashed ring are off the "
+                  "front on the medians but within noise of it (no cell beats them beyond noise, "
+                  "paired by round). Whiskers span the repeats.")
     cells = _with(table.cells, "tokens_per_s", "peak_mem_bytes")
     if cells.empty:
         chart.note = "no cell reported both throughput and peak memory"
@@ -77,12 +80,17 @@ def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
     _scatter(ax, cells, x, y, enc)
     ax.scatter(front["peak_mem_bytes"] / scale, front["tokens_per_s"], s=170, facecolors="none",
                edgecolors="#222", linewidths=1.3, zorder=4)
+    near = cells[cells["front"] == NEAR_FRONT]
+    if len(near):
+        ax.scatter(near["peak_mem_bytes"] / scale, near["tokens_per_s"], s=170, facecolors="none",
+                   edgecolors="#555", linewidths=1.1, linestyles="--", zorder=4, label="within noise of the front")
     _label_points(ax, cells, x, y, _points_to_label(cells, table, ["pareto"]))
     ax.set_xlabel(f"peak memory ({unit})")
     ax.set_ylabel("tokens/s")
     ax.yaxis.set_major_formatter(si_formatter())
     _corner_note(ax, "↖ better", "upper left")
-    _legend(ax, enc, extra=["Pareto frontier"] if len(front) > 1 else [])
+    _legend(ax, enc, extra=(["Pareto frontier"] if len(front) > 1 else []) +
+            (["within noise of the front"] if len(near) else []))
     chart.svg = to_svg(fig)
     return chart
 

@@ -18,7 +18,8 @@ import pandas as pd
 from suite.config.metrics import REGISTRY, SPREAD
 from suite.config.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
-from suite.report.pareto import pareto_optimal
+from suite.report.paired import by_round, paired_verdict
+from suite.report.pareto import front_with_noise, pareto_optimal
 from suite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
 from suite.report.values import comparable
 from suite.results import to_dataframe
@@ -29,6 +30,9 @@ METRICS: list[tuple[str, str, str]] = [(m.name, m.title, m.kind) for m in REGIST
 # Metrics whose spread over repeats is kept (min/max columns): the ones charts draw error bars for.
 SPREAD_METRICS = SPREAD
 CONFIG = "config."
+# (metric, higher is better) of the Pareto plot's two objectives, in front_with_noise's order.
+FRONT_OBJECTIVES = (("tokens_per_s", True), ("peak_mem_bytes", False))
+FRONT_SENSES = tuple("max" if higher_is_better else "min" for _, higher_is_better in FRONT_OBJECTIVES)
 
 
 @dataclass
@@ -104,7 +108,9 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     _add_ratios(cells, repeats, base_id)
     add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
     add_quality_columns(cells, repeats, base_id)  # final loss with its noise, time to target, vs the reference
-    cells["pareto"] = pareto_optimal(list(zip(cells["tokens_per_s"], cells["peak_mem_bytes"])), ("max", "min"))
+    points = list(zip(*(cells[metric] for metric, _ in FRONT_OBJECTIVES)))
+    cells["pareto"] = pareto_optimal(points, FRONT_SENSES)
+    cells["front"] = _front_with_noise(cells, repeats)
     cells["is_reference"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
                      reference=base_id, reference_note=note)
@@ -171,19 +177,38 @@ def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
     return None
 
 
+def _front_with_noise(cells: pd.DataFrame, repeats: pd.DataFrame) -> list[str | None]:
+    """Each cell's place against the throughput/memory front, its dominance tested paired by round."""
+    rounds = [by_round(repeats, metric) for metric, _ in FRONT_OBJECTIVES]
+    ids = cells["cell_id"].tolist()
+
+    def verdict(i: int, j: int, k: int) -> str:
+        return paired_verdict(rounds[k].get(ids[i], {}), rounds[k].get(ids[j], {}), FRONT_OBJECTIVES[k][1])
+    points = list(zip(*(cells[metric] for metric, _ in FRONT_OBJECTIVES)))
+    return front_with_noise(points, FRONT_SENSES, verdict)
+
+
 def _add_ratios(cells: pd.DataFrame, repeats: pd.DataFrame, base_id: str | None) -> None:
     """Speed-up (tokens/s) and memory ratio against the reference cell's median. The error bar is
-    the range of the cell's own repeats divided by that same median."""
-    for col, metric in (("speedup", "tokens_per_s"), ("mem_ratio", "peak_mem_bytes")):
+    the range of the cell's own repeats divided by that same median; `<col>_verdict` says whether
+    the cell is better or worse than the reference beyond noise, paired by round (paired.py), and
+    is None for the reference itself."""
+    for col, (metric, higher_is_better) in zip(("speedup", "mem_ratio"), FRONT_OBJECTIVES):
         base = np.nan
         if base_id is not None:
             base = float(cells.loc[cells["cell_id"] == base_id, metric].iloc[0])
         if not base or math.isnan(base):
             cells[col] = cells[f"{col}_lo"] = cells[f"{col}_hi"] = np.nan
+            cells[f"{col}_verdict"] = None
             continue
         cells[col] = cells[metric] / base
         cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
         cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
+        rounds = by_round(repeats, metric)
+        cells[f"{col}_verdict"] = [
+            None if cid == base_id or pd.isna(value) else
+            paired_verdict(rounds.get(cid, {}), rounds.get(base_id, {}), higher_is_better)
+            for cid, value in zip(cells["cell_id"], cells[col])]
 
 
 def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:
@@ -210,8 +235,9 @@ def export_frame(table: CellTable) -> pd.DataFrame:
             keep += [f"{name}_min", f"{name}_max"]
         if name == "tokens_per_s":
             keep.append("tokens_per_s_spread_pct")
-    keep += ["speedup", "speedup_lo", "speedup_hi", "mem_ratio", "mem_ratio_lo", "mem_ratio_hi",
-             "pareto", "is_reference", *QUALITY_COLUMNS, *COMPRESSION_COLUMNS]
+    keep += ["speedup", "speedup_lo", "speedup_hi", "speedup_verdict",
+             "mem_ratio", "mem_ratio_lo", "mem_ratio_hi", "mem_ratio_verdict",
+             "pareto", "front", "is_reference", *QUALITY_COLUMNS, *COMPRESSION_COLUMNS]
     keep = list(dict.fromkeys(keep))  # time_to_target_s is both a record metric and a quality column
     return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
 

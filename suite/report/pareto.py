@@ -1,8 +1,11 @@
-"""Pareto front of two objectives (e.g. tokens/s to maximise, peak memory to minimise)."""
+"""Pareto front of two objectives (e.g. tokens/s to maximise, peak memory to minimise), on point
+estimates and, with a verdict per pair of points, judged against noise."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
+
+from suite.report.paired import BETTER, UNTESTED, WORSE
 
 
 def pareto_optimal(points: Sequence[tuple[float, float]],
@@ -48,3 +51,42 @@ def _finite(v: object) -> bool:
         return v is not None and not isinstance(v, bool) and math.isfinite(float(v))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
+
+
+# What a point off the front is, once noise is weighed (front_with_noise).
+FRONT, NEAR_FRONT, DOMINATED, UNTESTED_OFF_FRONT = "front", "within noise", "dominated", "untested"
+
+
+def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, str],
+                     verdict: Callable[[int, int, int], str]) -> list[str | None]:
+    """The Pareto front with each point off it judged against noise. `verdict(i, j, k)` says
+    whether point i is "better" or "worse" than point j on objective k beyond noise, "within
+    noise", or "untested" (suite/report/paired.py's verdicts).
+
+    For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a
+    point that dominates it on the estimates is better beyond noise on one objective and not
+    worse beyond noise on the other; NEAR_FRONT when some dominating point was tested and none
+    separates; UNTESTED_OFF_FRONT when no dominating point could be tested; None for a point with a
+    missing coordinate (a failed cell is no option)."""
+    optimal = pareto_optimal(points, senses)
+    signs = [1.0 if sense == "max" else -1.0 for sense in senses]
+    scored = [(signs[0] * float(a), signs[1] * float(b)) if _finite(a) and _finite(b) else None
+              for a, b in points]
+    out = []
+    for j, mine in enumerate(scored):
+        if mine is None:
+            out.append(None)
+            continue
+        if optimal[j]:
+            out.append(FRONT)
+            continue
+        dominators = [i for i, theirs in enumerate(scored) if theirs is not None and i != j
+                      and theirs[0] >= mine[0] and theirs[1] >= mine[1] and theirs != mine]
+        verdicts = [(verdict(i, j, 0), verdict(i, j, 1)) for i in dominators]
+        if any(BETTER in pair and WORSE not in pair for pair in verdicts):
+            out.append(DOMINATED)
+        elif all(pair == (UNTESTED, UNTESTED) for pair in verdicts):
+            out.append(UNTESTED_OFF_FRONT)
+        else:
+            out.append(NEAR_FRONT)
+    return out

@@ -10,11 +10,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
 from suite.report.frame import CellTable
+from suite.report.paired import BETTER, UNTESTED, by_round, paired_verdict
+from suite.report.pareto import DOMINATED, NEAR_FRONT, UNTESTED_OFF_FRONT
 
 NOISY_SPREAD_PCT = 10.0  # tokens/s range over repeats above this share of the median: flag it
 MAX_LISTED = 20
@@ -53,6 +54,9 @@ class Summary:
     findings: list[Finding] = field(default_factory=list)
     pareto: list[str] = field(default_factory=list)
     pareto_more: int = 0
+    # Cells off the front on the estimates that no cell beats beyond noise (pareto.NEAR_FRONT).
+    near_front: list[str] = field(default_factory=list)
+    front_note: str = ""  # why the front could not be tested against noise, where it could not
     noisy: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -98,6 +102,10 @@ def summarize(table: CellTable) -> Summary:
     front = ok[ok["pareto"]].sort_values("tokens_per_s", ascending=False)
     labels = [r["label"] or r["short_label"] for _, r in front.iterrows()]
     summary.pareto, summary.pareto_more = labels[:MAX_LISTED], max(0, len(labels) - MAX_LISTED)
+    summary.near_front = [r["label"] or r["short_label"] for _, r in ok[ok["front"] == NEAR_FRONT].iterrows()][:MAX_LISTED]
+    off_front = ok[ok["front"].isin([NEAR_FRONT, DOMINATED, UNTESTED_OFF_FRONT])]
+    if len(off_front) and (off_front["front"] == UNTESTED_OFF_FRONT).all():
+        summary.front_note = "one repetition per cell: the cells off the front were not tested against noise"
     noisy = ok[ok["tokens_per_s_spread_pct"] > NOISY_SPREAD_PCT]
     summary.noisy = [f"{r['label'] or r['short_label']} (±{r['tokens_per_s_spread_pct'] / 2:.0f}%)"
                      for _, r in noisy.iterrows()][:MAX_LISTED]
@@ -121,13 +129,9 @@ def least_memory_finding(table: CellTable) -> Finding | None:
 
 def leader_finding(table: CellTable, metric: str, highest: bool, what: str, better: str,
                    detail: Callable[[pd.Series], str]) -> Finding | None:
-    """The cell that leads on `metric`, tested against every other cell paired by round: the
-    runner measures repetition r of every cell before repetition r + 1 of any, so the two
-    repetitions of a round share that stretch of the machine's state. A cell whose paired log
-    ratio to the leader has a 95 % t interval that reaches 0 is not separated from it, and the
-    card names it; with one round there is no interval, and the card says so."""
-    from suite.report.quality import t_quantile
-
+    """The cell that leads on `metric`, tested against every other cell paired by round
+    (suite/report/paired.py). A cell the leader does not beat beyond noise is not separated from
+    it, and the card names it; with one round there is no interval, and the card says so."""
     ok = table.ok
     if not ok[metric].notna().any():
         return None
@@ -136,22 +140,14 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     others = ok[(ok["cell_id"] != row["cell_id"]) & ok[metric].notna()]
     if others.empty:
         return Finding(what, label, text, cell_id=row["cell_id"])
-    rounds = _by_round(table.repeats, metric)
+    rounds = by_round(table.repeats, metric)
     lead = rounds.get(row["cell_id"], {})
-    tied, untested = [], 0
-    for _, other in others.iterrows():
-        theirs = rounds.get(other["cell_id"], {})
-        common = sorted(set(lead) & set(theirs))
-        if len(common) < 2:
-            untested += 1
-            tied.append(other["label"] or other["short_label"])
-            continue
-        d = np.log([lead[r] / theirs[r] for r in common]) * (1 if highest else -1)  # > 0: the leader leads
-        if d.mean() - t_quantile(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) <= 0:
-            tied.append(other["label"] or other["short_label"])
-    if untested == len(others):
+    verdicts = {other["label"] or other["short_label"]: paired_verdict(lead, rounds.get(other["cell_id"], {}), highest)
+                for _, other in others.iterrows()}
+    if all(v == UNTESTED for v in verdicts.values()):
         return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
                        cell_id=row["cell_id"])
+    tied = [name for name, verdict in verdicts.items() if verdict != BETTER]
     if not tied:
         return Finding(what, label, text + f"; {better} than every other cell beyond noise (paired by round)",
                        cell_id=row["cell_id"])
@@ -159,17 +155,6 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     return Finding(f"{what}: not separated", f"{label}, {names}",
                    text + f"; the paired difference to {'each of these' if len(tied) > 1 else 'it'} is within "
                           f"noise; no single leader", cell_id=row["cell_id"])
-
-
-def _by_round(repeats: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
-    """cell id -> repetition index -> the metric's value, ok repetitions only."""
-    out: dict[str, dict[int, float]] = {}
-    if repeats.empty or metric not in repeats:
-        return out
-    for _, rec in repeats[repeats["status"] == "ok"].iterrows():
-        if fmt.is_number(rec[metric]) and rec[metric] > 0:
-            out.setdefault(str(rec["cell_id"]), {})[int(rec["repeat"])] = float(rec[metric])
-    return out
 
 
 def best_loss_finding(table: CellTable) -> Finding | None:

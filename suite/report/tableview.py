@@ -11,6 +11,8 @@ import pandas as pd
 from suite.config.metrics import BY_NAME
 from suite.report import formatting as fmt
 from suite.report.frame import METRICS, CellTable
+from suite.report.paired import BETTER, WORSE
+from suite.report.pareto import FRONT, NEAR_FRONT
 
 
 @dataclass
@@ -48,7 +50,8 @@ def cell_table_view(table: CellTable) -> TableView:
             columns.append(Column("speed-up", True, "tokens/s ÷ the reference's"))
         if name == "peak_mem_bytes" and cells["mem_ratio"].notna().any():
             columns.append(Column("memory ratio", True, "peak memory ÷ the reference's"))
-    columns.append(Column("Pareto", hint="no other cell is both faster and lighter"))
+    columns.append(Column("Pareto", hint="✓: no other cell is both faster and lighter; ≈: another is, on the "
+                                         "medians, but not beyond noise (paired by round)"))
     view = TableView(columns)
 
     for _, row in cells.iterrows():
@@ -65,10 +68,10 @@ def cell_table_view(table: CellTable) -> TableView:
                 sub = f"±{row['tokens_per_s_spread_pct'] / 2:.1f}%"
             line.append(TableCell(fmt.by_kind(value, kind), sort_key(value), "num", sub=sub))
             if name == "tokens_per_s" and columns_has(columns, "speed-up"):
-                line.append(TableCell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + ratio_class(row["speedup"], True)))
+                line.append(TableCell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + verdict_class(row["speedup_verdict"])))
             if name == "peak_mem_bytes" and columns_has(columns, "memory ratio"):
-                line.append(TableCell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + ratio_class(row["mem_ratio"], False)))
-        line.append(TableCell("✓" if row["pareto"] else "", "1" if row["pareto"] else "0", "flag"))
+                line.append(TableCell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + verdict_class(row["mem_ratio_verdict"])))
+        line.append(front_flag(row["front"]))
         view.rows.append(line)
         view.row_classes.append(" ".join(c for c in (
             "reference" if row["is_reference"] else "", "pareto" if row["pareto"] else "",
@@ -88,6 +91,21 @@ def sort_key(value: Any) -> str:
 
 def _is_numeric(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+# The Pareto column's mark and sort key per place against the front (suite/report/pareto.py).
+FRONT_FLAGS = {FRONT: ("✓", "2"), NEAR_FRONT: ("≈", "1")}
+
+
+def front_flag(place: str | None) -> TableCell:
+    text, key = FRONT_FLAGS.get(place, ("", "0"))
+    return TableCell(text, key, "flag")
+
+
+def verdict_class(verdict: str | None) -> str:
+    """Colour a ratio against the reference only when the paired test separates the two cells
+    (suite/report/paired.py): green for better, red for worse; within noise or untested: none."""
+    return {BETTER: "better", WORSE: "worse"}.get(verdict, "")
 
 
 def ratio_class(value: Any, higher_is_better: bool) -> str:
