@@ -460,12 +460,12 @@ def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
     from suite.report.frame import build_cell_table, export_frame
     from suite.results import RunFolder
 
-    def record(cid, quantization="none", pruning="none", lr=1e-3, **metrics):
+    def record(cid, quantization="none", pruning="none", lr=1e-3, repeat=0, **metrics):
         config = make_cell(CompressSpec(quantization=quantization, pruning=pruning)).to_dict()
         config["train"]["lr"] = lr
         base = {"tokens_per_s": 1000.0, "val_loss": 2.0, "peak_mem_bytes": 1e9,
                 "loss_curve": [[1, 0.1, 3.0], [2, 0.2, 2.5]]}
-        return Record(matrix="c", run_id="r", cell_id=cid, repeat=0, config=config, status="ok", reason=None,
+        return Record(matrix="c", run_id="r", cell_id=cid, repeat=repeat, config=config, status="ok", reason=None,
                       label=f"{quantization} {pruning} lr={lr}", env={}, metrics={**base, **metrics})
 
     records = [
@@ -488,6 +488,17 @@ def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
     assert row["dense"]["control_loss_delta"] == 0.0
     assert math.isnan(row["orphan"]["control_loss_delta"])
     assert {"control_loss_delta", "size_ratio", "decode_speedup"} <= set(export_frame(table).columns)
+    # One repetition: the decode speed-up is not tested against noise, and not coloured.
+    assert row["int8"]["decode_speedup_verdict"] == "untested" and not isinstance(row["dense"]["decode_speedup_verdict"], str)
+    # A second round: int8's 1.5x holds in both (better); magnitude pruning's 0-2 % is within noise.
+    second = [record("dense", repeat=1, compressed_val_loss=2.0, model_size_bytes=1000, decode_tokens_per_s=52.0),
+              record("int8", "int8-dynamic", repeat=1, compressed_val_loss=2.01, model_size_bytes=400,
+                     decode_tokens_per_s=80.0),
+              record("mag", pruning="magnitude-0.5", repeat=1, compressed_val_loss=2.3, model_size_bytes=1000,
+                     decode_tokens_per_s=51.0, sparsity_achieved=0.5)]
+    twice = build_cell_table(records + second).cells.set_index("cell_id")
+    assert twice.loc["int8", "decode_speedup_verdict"] == "better"
+    assert twice.loc["mag", "decode_speedup_verdict"] == "within noise"
 
     run_dir = tmp_path / "results" / "c" / "r"
     store = RunFolder(run_dir)

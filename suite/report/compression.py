@@ -17,6 +17,9 @@ Columns added to the per-cell table (NaN where a cell has no control or no such 
                                             windows (first ok repeat of each); |delta| under two
                                             of them is within the noise of the validation set
     size_ratio, decode_speedup, prefill_speedup   the cell's ÷ the control's
+    decode_speedup_verdict, prefill_speedup_verdict   better / worse than the control beyond noise,
+                                            within noise, or untested (one repetition), paired
+                                            by round (suite/report/paired.py)
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
+from suite.report.paired import by_round, paired_verdict
 from suite.report.values import comparable
 from suite.config.spec import CompressSpec
 
@@ -35,7 +39,7 @@ COMPRESS = "config.compress."
 MEDIANS = ("compressed_val_loss", "model_size_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
            "sparsity_achieved")
 DERIVED = ("compress_control", "control_loss_delta", "control_loss_delta_se", "control_ppl_delta", "size_ratio",
-           "decode_speedup", "prefill_speedup")
+           "decode_speedup", "prefill_speedup", "decode_speedup_verdict", "prefill_speedup_verdict")
 EXPORT_COLUMNS = MEDIANS + DERIVED
 
 
@@ -76,6 +80,12 @@ def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
     cells["size_ratio"] = cells["model_size_bytes"] / of_control(cells["model_size_bytes"])
     cells["decode_speedup"] = cells["decode_tokens_per_s"] / of_control(cells["decode_tokens_per_s"])
     cells["prefill_speedup"] = cells["prefill_tokens_per_s"] / of_control(cells["prefill_tokens_per_s"])
+    for column, metric in (("decode_speedup", "decode_tokens_per_s"), ("prefill_speedup", "prefill_tokens_per_s")):
+        rounds = by_round(repeats, metric)
+        cells[f"{column}_verdict"] = [
+            paired_verdict(rounds.get(cid, {}), rounds.get(ctl, {}), True)
+            if isinstance(ctl, str) and ctl != cid and fmt.is_number(value) else None
+            for cid, ctl, value in zip(cells["cell_id"], cells["compress_control"], cells[column])]
 
 
 def paired_se(cell: Any, control: Any) -> float:

@@ -10,7 +10,7 @@ from suite.report import formatting as fmt
 from suite.report.charts import Chart
 from suite.report.compression import COMPRESS, is_compressed
 from suite.report.svg import plot_text, report_style, subplots, to_svg
-from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key
+from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key, verdict_class
 
 
 def compression_section(table) -> dict[str, Any] | None:
@@ -41,7 +41,9 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
                Column("size ratio", True, "model size ÷ the dense control's"),
                Column("prefill tokens/s", True, "one forward over [4, seq_len] prompts"),
                Column("decode tokens/s", True, "greedy, one token at a time, batch 1, no KV cache"),
-               Column("decode speed-up", True, "decode tokens/s ÷ the dense control's"),
+               Column("decode speed-up", True, "decode tokens/s ÷ the dense control's; coloured when the paired "
+                                               "test over the repetitions separates it from 1 (one repetition: "
+                                               "not tested, no colour)"),
                Column("sparsity", True, "zeros among the pruned weights")]
     view = TableView(columns)
     for _, row in rows.iterrows():
@@ -62,7 +64,7 @@ def _table_view(rows: pd.DataFrame, configs: pd.DataFrame, compressed: dict[str,
             TableCell(fmt.si(row["prefill_tokens_per_s"]), sort_key(row["prefill_tokens_per_s"]), "num"),
             TableCell(fmt.si(row["decode_tokens_per_s"]), sort_key(row["decode_tokens_per_s"]), "num"),
             TableCell(fmt.ratio(row["decode_speedup"]), sort_key(row["decode_speedup"]),
-                 "num " + ratio_class(row["decode_speedup"], True)),
+                 "num " + verdict_class(row.get("decode_speedup_verdict"))),
             TableCell(fmt.percent(row["sparsity_achieved"]), sort_key(row["sparsity_achieved"]), "num"),
         ])
         view.row_classes.append("reference" if control else "")
