@@ -83,7 +83,7 @@ def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
     for column, metric in (("decode_speedup", "decode_tokens_per_s"), ("prefill_speedup", "prefill_tokens_per_s")):
         rounds = by_round(repeats, metric)
         cells[f"{column}_verdict"] = [
-            paired_verdict(rounds.get(cid, {}), rounds.get(ctl, {}), True)
+            paired_verdict(rounds.get(cid, {}), rounds.get(ctl, {}), True, metric)
             if isinstance(ctl, str) and ctl != cid and fmt.is_number(value) else None
             for cid, ctl, value in zip(cells["cell_id"], cells["compress_control"], cells[column])]
 

@@ -178,12 +178,17 @@ def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
 
 
 def _front_with_noise(cells: pd.DataFrame, repeats: pd.DataFrame) -> list[str | None]:
-    """Each cell's place against the throughput/memory front, its dominance tested paired by round."""
+    """Each cell's place against the throughput/memory front, its dominance tested paired by
+    round. A cell is dominated when any of its `tests` comparisons (two per cell that dominates
+    it on the medians) separates, so each is made at 95 % / tests (Bonferroni): the chance of
+    calling an equal cell dominated stays at 5 % however many cells the run has."""
     rounds = [by_round(repeats, metric) for metric, _ in FRONT_OBJECTIVES]
     ids = cells["cell_id"].tolist()
 
-    def verdict(i: int, j: int, k: int) -> str:
-        return paired_verdict(rounds[k].get(ids[i], {}), rounds[k].get(ids[j], {}), FRONT_OBJECTIVES[k][1])
+    def verdict(i: int, j: int, k: int, tests: int) -> str:
+        metric, higher_is_better = FRONT_OBJECTIVES[k]
+        return paired_verdict(rounds[k].get(ids[i], {}), rounds[k].get(ids[j], {}), higher_is_better, metric,
+                              level=1 - 0.05 / tests)
     points = list(zip(*(cells[metric] for metric, _ in FRONT_OBJECTIVES)))
     return front_with_noise(points, FRONT_SENSES, verdict)
 
@@ -207,7 +212,7 @@ def _add_ratios(cells: pd.DataFrame, repeats: pd.DataFrame, base_id: str | None)
         rounds = by_round(repeats, metric)
         cells[f"{col}_verdict"] = [
             None if cid == base_id or pd.isna(value) else
-            paired_verdict(rounds.get(cid, {}), rounds.get(base_id, {}), higher_is_better)
+            paired_verdict(rounds.get(cid, {}), rounds.get(base_id, {}), higher_is_better, metric)
             for cid, value in zip(cells["cell_id"], cells[col])]
 
 

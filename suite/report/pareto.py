@@ -58,10 +58,11 @@ FRONT, NEAR_FRONT, DOMINATED, UNTESTED_OFF_FRONT = "front", "within noise", "dom
 
 
 def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, str],
-                     verdict: Callable[[int, int, int], str]) -> list[str | None]:
-    """The Pareto front with each point off it judged against noise. `verdict(i, j, k)` says
-    whether point i is "better" or "worse" than point j on objective k beyond noise, "within
-    noise", or "untested" (suite/report/paired.py's verdicts).
+                     verdict: Callable[[int, int, int, int], str]) -> list[str | None]:
+    """The Pareto front with each point off it judged against noise. `verdict(i, j, k, tests)`
+    says whether point i is "better" or "worse" than point j on objective k beyond noise, "within
+    noise", or "untested" (suite/report/paired.py's verdicts), as one of `tests` comparisons made
+    for point j (two per point that dominates it: the caller may widen each test for them).
 
     For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a
     point that dominates it on the estimates is better beyond noise on one objective and not
@@ -82,7 +83,8 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
             continue
         dominators = [i for i, theirs in enumerate(scored) if theirs is not None and i != j
                       and theirs[0] >= mine[0] and theirs[1] >= mine[1] and theirs != mine]
-        verdicts = [(verdict(i, j, 0), verdict(i, j, 1)) for i in dominators]
+        tests = 2 * len(dominators)
+        verdicts = [(verdict(i, j, 0, tests), verdict(i, j, 1, tests)) for i in dominators]
         if any(BETTER in pair and WORSE not in pair for pair in verdicts):
             out.append(DOMINATED)
         elif all(pair == (UNTESTED, UNTESTED) for pair in verdicts):

@@ -54,9 +54,10 @@ SEED_NOISE = "seeds (t interval over {n} seeds{paired})"
 VALSET_NOISE = "validation sequences only (one seed: seed-to-seed training noise is not measured; use seeds: 3)"
 
 
-def t_quantile(df: int) -> float:
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """The t quantile of a two-sided `level` interval with `df` degrees of freedom."""
     from scipy.special import stdtrit  # the t distribution's inverse CDF; scipy.stats costs ~1 s to import
-    return float(stdtrit(df, 0.975))
+    return float(stdtrit(df, 1 - (1 - level) / 2))
 
 
 @dataclass

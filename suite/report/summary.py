@@ -142,7 +142,7 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
         return Finding(what, label, text, cell_id=row["cell_id"])
     rounds = by_round(table.repeats, metric)
     lead = rounds.get(row["cell_id"], {})
-    verdicts = {other["label"] or other["short_label"]: paired_verdict(lead, rounds.get(other["cell_id"], {}), highest)
+    verdicts = {other["label"] or other["short_label"]: paired_verdict(lead, rounds.get(other["cell_id"], {}), highest, metric)
                 for _, other in others.iterrows()}
     if all(v == UNTESTED for v in verdicts.values()):
         return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
