@@ -4,11 +4,11 @@ see the ones that are there, on real runs of this machine.
     python bench/report_verdicts.py --runs 8 --out /tmp/verdicts [--load]   # measure, then analyse
     python bench/report_verdicts.py --out /tmp/verdicts --analyse-only      # analyse runs already there
 
-Each run is a `txsuite run` of one matrix: four cells that do the same work (they differ in the
-learning rate only, which costs nothing), plus two that do not: one thread instead of two
+Each run is a `txsuite run` of one matrix: four cells (`--equal N`: N) that do the same work
+(they differ in the learning rate only, which costs nothing), plus two that do not: one thread instead of two
 (slower, about the same memory) and full activation checkpointing (slower, lighter). For every
-run it builds the report's cell table (suite/report/frame.py) and counts, among the four equal
-cells alone, what the report would say:
+run it builds the report's cell table (suite/report/frame.py) and counts, among the equal cells
+alone, what the report would say:
 - the Fastest and Least memory cards: a leader "beyond noise" is a false call;
 - the Pareto column: an equal cell marked dominated is a false call; the point-estimate front
   the report drew before (every equal cell but one off the front) for comparison;
@@ -44,18 +44,19 @@ fixed:
   data: {dataset: markov, seq_len: 128, symbols: 16}
   train: {steps: 25, warmup_steps: 3, micro_batch: 4}
 axes:
-  train.lr: [1.0e-3, 1.1e-3, 1.2e-3, 1.3e-3]   # four cells that do the same work
+  train.lr: [LRS]   # cells that do the same work
 include:
   - {train.lr: 1.0e-3, measure.threads: 1}                        # slower, the same memory
   - {train.lr: 1.0e-3, memory.activation_checkpointing: full}     # slower, lighter
 repeats: 5
 """
-EQUAL_LRS = (1.0e-3, 1.1e-3, 1.2e-3, 1.3e-3)
+FIRST_LR = 1.0e-3
 
 
-def measure(out: Path, runs: int) -> None:
+def measure(out: Path, runs: int, equal: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "verdicts.yaml").write_text(MATRIX)
+    lrs = ", ".join(f"{FIRST_LR * (1 + 0.1 * i):.2e}" for i in range(equal))
+    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs))
     for i in range(runs):
         run_id = f"run{i + 1:02d}"
         started = time.time()
@@ -73,7 +74,7 @@ def is_equal_cell(record) -> bool:
 
 def reference_of(cells):
     """The first equal cell (lr 1e-3, two threads, no checkpointing)."""
-    return next(c for c, lr in zip(cells["cell_id"], cells["train.lr"]) if float(lr) == EQUAL_LRS[0])
+    return next(c for c, lr in zip(cells["cell_id"], cells["train.lr"]) if float(lr) == FIRST_LR)
 
 
 def analyse(out: Path) -> None:
@@ -110,7 +111,7 @@ def analyse(out: Path) -> None:
                         f"{cell['mem_ratio']:.3f}x memory ({cell['mem_ratio_verdict']}), {cell['front']}")
         spread = ", ".join(f"{s:.3f}" for s in cells["speedup"])
         print(f"{folder.name}: equal cells' speed-ups {spread}; fastest: {fastest.what}; " + "; ".join(line))
-    print("\nfour equal cells per run:")
+    print("\nequal cells:")
     for key, n in equal.items():
         print(f"  {key}: {n}")
     print("cells that differ, against the reference:")
@@ -121,6 +122,7 @@ def analyse(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--equal", type=int, default=4, help="cells that do the same work (default 4)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
@@ -131,7 +133,7 @@ def main() -> None:
             load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
             load.start()
         try:
-            measure(args.out, args.runs)
+            measure(args.out, args.runs, args.equal)
         finally:
             if load is not None:
                 load.terminate()
