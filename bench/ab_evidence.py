@@ -13,8 +13,10 @@ Markdown (the table of docs/guard.md), and keeps every A/B folder under --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -80,6 +82,29 @@ def neighbour(stop_at: float) -> None:
         time.sleep(min(60, max(0.0, stop_at - time.time())))
 
 
+@contextlib.contextmanager
+def neighbour_if(enabled: bool):
+    """With `enabled`, another process runs `neighbour` for as long as the block does."""
+    load = None
+    if enabled:
+        load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
+        load.start()
+    try:
+        yield
+    finally:
+        if load is not None:
+            load.terminate()
+
+
+def txsuite_run(folder: Path, matrix: str, run_id: str, code: Path = REPO) -> None:
+    """One `txsuite run` of `matrix` (a file in `folder`) with `code`'s txsuite, records only;
+    prints how it ended and how long it took."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", matrix, "--run-id", run_id, "--no-report"],
+                          cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(code)})
+    print(f"{run_id}: exit {proc.returncode} in {time.time() - started:.0f} s", flush=True)
+
+
 def run_one(clone: Path, out: Path, run_id: str) -> dict:
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "suite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
@@ -102,12 +127,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    load = None
-    if args.load:
-        load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
-        load.start()
     results: dict[str, list[dict]] = {}
-    try:
+    with neighbour_if(args.load):
         for variant in args.variants.split(","):
             clone = prepare(variant, args.out / "clones")
             for trial in range(args.trials):
@@ -119,9 +140,6 @@ def main(argv: list[str]) -> int:
                       f"({result['minutes']:.1f} min): {ratios}; counters: {result['counters'] or 'identical'}"
                       + (f"; {result['stderr']}" if result["stderr"] else ""), flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    finally:
-        if load is not None:
-            load.terminate()
     print("\n| code | runs | PASS | FAIL | INCONCLUSIVE | counters report a change | median rounds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for variant, runs in results.items():

@@ -21,18 +21,14 @@ Then, for the two cells that differ, the same verdicts against the reference (wh
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ab_evidence import neighbour  # noqa: E402
+from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
 from suite.report.frame import build_cell_table  # noqa: E402
 from suite.report.summary import fastest_finding, least_memory_finding  # noqa: E402
 from suite.results import RunFolder  # noqa: E402
@@ -59,11 +55,7 @@ def measure(out: Path, runs: int, equal: int) -> None:
     (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs))
     for i in range(runs):
         run_id = f"run{i + 1:02d}"
-        started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", "verdicts.yaml", "--run-id", run_id,
-                               "--no-report"], cwd=out, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        print(f"{run_id}: exit {proc.returncode} in {time.time() - started:.0f} s", flush=True)
+        txsuite_run(out, "verdicts.yaml", run_id)
 
 
 def is_equal_cell(record) -> bool:
@@ -128,15 +120,8 @@ def main() -> None:
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     args = parser.parse_args()
     if not args.analyse_only:
-        load = None
-        if args.load:
-            load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
-            load.start()
-        try:
+        with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal)
-        finally:
-            if load is not None:
-                load.terminate()
     analyse(args.out)
 
 

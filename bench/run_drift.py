@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import os
 import statistics
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import ab_evidence  # noqa: E402
-from bench.ab_evidence import neighbour  # noqa: E402
+from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
 from suite.guard import compare, load_side  # noqa: E402
 from suite.guard.noise import run_level_sd  # noqa: E402
 from suite.measure.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
@@ -62,12 +58,7 @@ def measure(out: Path, runs: int, slow_code: Path | None = None) -> None:
     for i in range(runs):
         slowed = slow_code is not None and i % 2 == 1
         run_id = f"run{i + 1:02d}{'-slow' if slowed else ''}"
-        started = time.time()
-        code = slow_code if slowed else ROOT
-        proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", "drift.yaml", "--run-id", run_id,
-                               "--no-report"], cwd=out, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(code)})
-        print(f"{run_id}: exit {proc.returncode} in {time.time() - started:.0f} s", flush=True)
+        txsuite_run(out, "drift.yaml", run_id, slow_code if slowed else ROOT)
 
 
 def slowed_checkout(scratch: Path, burns: int) -> Path:
@@ -156,15 +147,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.analyse_only:
         slow_code = slowed_checkout(args.out / "code", args.slow) if args.slow else None
-        load = None
-        if args.load:
-            load = multiprocessing.Process(target=neighbour, args=(time.time() + 24 * 3600,), daemon=True)
-            load.start()
-        try:
+        with neighbour_if(args.load):
             measure(args.out, args.runs, slow_code)
-        finally:
-            if load is not None:
-                load.terminate()
     analyse(args.out)
 
 
