@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import psutil
+
 from suite.results import RunFolder
 from cli_helpers import txsuite
 
@@ -66,10 +68,12 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
         fixed:
           model: {preset: tiny, n_layer: 1}
           data: {dataset: markov, seq_len: 64, symbols: 16}
-          train: {steps: 30, warmup_steps: 1, micro_batch: 4}
+          train: {steps: 400, warmup_steps: 1, micro_batch: 4}
         axes:
           train.seed: [1, 2, 3]
         """))
+    # 400 steps: ~1.3 s of training per cell here. With 30 (0.1 s) a warm worker finished the
+    # other two cells inside the second this test used to wait, and the kill found nothing to cut.
     runner = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "k.yaml"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = None
@@ -81,12 +85,17 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
             break
         time.sleep(0.2)
     assert records is not None
-    time.sleep(1.0)  # the second cell's worker is now running
+    # A cell runs in a process forked by the runner's fork server (suite/run/forkserver.py):
+    # wait until the runner has both, then kill it mid-cell.
+    descendants: list[psutil.Process] = []
+    while time.monotonic() < deadline and len(descendants) < 2:
+        descendants = psutil.Process(runner.pid).children(recursive=True)
+        time.sleep(0.05)
+    assert len(descendants) >= 2, "no cell was running after the first record"
     runner.send_signal(signal.SIGKILL)
     runner.wait()
-    time.sleep(0.5)
-    workers = subprocess.run(["pgrep", "-f", "suite.run.worker results/killed/"], capture_output=True, text=True)
-    assert workers.stdout.strip() == ""  # the running cell died with its runner (PDEATHSIG)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert not alive  # the fork server and the running cell died with the runner (PDEATHSIG)
     done_before = len(RunFolder(records.parent).records())
     assert 1 <= done_before < 3
     again = txsuite("run", "k.yaml", cwd=tmp_path)  # same command, no run id: resumes that run
