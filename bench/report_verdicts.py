@@ -21,6 +21,7 @@ Then, for the two cells that differ, the same verdicts against the reference (wh
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -111,6 +112,55 @@ def analyse(out: Path) -> None:
         print(f"  {name}, {what}: {verdict} {n}")
 
 
+def pooled_vs_paired(out: Path) -> None:
+    """Offline, on the kept records: the paired test as the report makes it (each pair's own
+    variance over its rounds) against a moderated one that also borrows the run's pooled
+    residual variance (cells x rounds, additive in logs: randomized blocks), with the first 2, 3
+    and 5 rounds of each run: equal pairs separated (false calls) and the two differing cells
+    separated from the reference (power), at 95 %."""
+    import itertools
+
+    import numpy as np
+
+    from suite.report.quality import t_quantile
+    folders = sorted(p for p in (out / "results" / "verdicts").iterdir() if (p / "records.jsonl").exists())
+    for k in (2, 3, 5):
+        false, power, pairs, runs = Counter(), Counter(), 0, 0
+        for folder in folders:
+            values: dict[str, dict[int, float]] = {}
+            for r in RunFolder(folder).records():
+                if r.status == "ok" and r.repeat < k:
+                    name = (f"equal {r.config['train']['lr']}" if is_equal_cell(r) else
+                            "1 thread" if r.config.get("measure", {}).get("threads") == 1 else "checkpointing")
+                    values.setdefault(name, {})[r.repeat] = math.log(r.metrics["tokens_per_s"])
+            names = sorted(values)
+            if any(len(values[n]) < k for n in names):
+                continue
+            logs = np.array([[values[n][r] for r in range(k)] for n in names])  # [cells, rounds]
+            resid = logs - logs.mean(1, keepdims=True) - logs.mean(0, keepdims=True) + logs.mean()
+            d0 = (len(names) - 1) * (k - 1)
+            pooled = float((resid ** 2).sum()) / d0  # one cell's variance; a difference has twice it
+
+            def separated(a: str, b: str, moderated: bool) -> bool:
+                d = logs[names.index(a)] - logs[names.index(b)]
+                var, df = float(d.var(ddof=1)), k - 1
+                if moderated:
+                    var, df = (d0 * 2 * pooled + (k - 1) * var) / (d0 + k - 1), d0 + k - 1
+                return abs(d.mean()) > t_quantile(df) * math.sqrt(var / k)
+            equal = [n for n in names if n.startswith("equal")]
+            runs += 1
+            for a, b in itertools.combinations(equal, 2):
+                pairs += 1
+                for moderated in (False, True):
+                    false[moderated] += separated(a, b, moderated)
+            for other in ("1 thread", "checkpointing"):
+                for moderated in (False, True):
+                    power[other, moderated] += separated(other, min(equal), moderated)
+        print(f"{k} rounds, {runs} runs: equal pairs separated {false[False]}/{pairs} paired, {false[True]}/{pairs} "
+              f"moderated; " + "; ".join(f"{o} vs the reference {power[o, False]}/{runs} paired, {power[o, True]}/{runs} "
+                                          f"moderated" for o in ("1 thread", "checkpointing")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
@@ -118,11 +168,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
+    parser.add_argument("--pooled", action="store_true",
+                        help="also compare the paired test with a pooled (moderated) one, at 2, 3 and 5 rounds")
     args = parser.parse_args()
     if not args.analyse_only:
         with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal)
     analyse(args.out)
+    if args.pooled:
+        pooled_vs_paired(args.out)
 
 
 if __name__ == "__main__":
