@@ -19,7 +19,7 @@ from suite.config.metrics import REGISTRY, SPREAD
 from suite.config.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
 from suite.report.paired import by_round, paired_verdict
-from suite.report.pareto import front_with_noise, pareto_optimal
+from suite.report.pareto import FRONT, front_with_noise
 from suite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
 from suite.report.values import comparable
 from suite.results import to_dataframe
@@ -108,9 +108,8 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     _add_ratios(cells, repeats, base_id)
     add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
     add_quality_columns(cells, repeats, base_id)  # final loss with its noise, time to target, vs the reference
-    points = list(zip(*(cells[metric] for metric, _ in FRONT_OBJECTIVES)))
-    cells["pareto"] = pareto_optimal(points, FRONT_SENSES)
     cells["front"] = _front_with_noise(cells, repeats)
+    cells["pareto"] = cells["front"] == FRONT  # Pareto-optimal on the medians
     cells["is_reference"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
                      reference=base_id, reference_note=note)
