@@ -12,7 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from suite.guard.side import BASELINE_FORMAT, BASELINE_SCHEMA, CellSamples, GuardInputError, Side, load_side
+from suite.guard.side import (BASELINE_FORMAT, BASELINE_SCHEMA, CellSamples, GuardInputError, Side, group_by_run,
+                              load_side)
 from suite.guard.state import SLOW_STATE, best_probe, slowdown
 from suite.guard.stats import pooled_log_sd
 from suite.results import write_atomic
@@ -30,12 +31,11 @@ def quality(side: Side) -> dict[str, Any]:
     reps = [r for c in side.cells.values() for r in c.repeats]
     groups, cells_by_run = [], []
     for cell in side.cells.values():
-        runs: dict[str | None, list[float]] = {}
-        for r in cell.repeats:
-            if r.step_times_s and r.tokens_per_step:
-                runs.setdefault(r.run, []).append(statistics.median(r.tokens_per_step / t for t in r.step_times_s))
-        groups.extend(runs.values())
-        cells_by_run.append(list(runs.values()))
+        timed = (r for r in cell.repeats if r.step_times_s and r.tokens_per_step)
+        runs = [[statistics.median(r.tokens_per_step / t for t in r.step_times_s) for r in group]
+                for group in group_by_run(timed)]
+        groups.extend(runs)
+        cells_by_run.append(runs)
     noise, df = pooled_log_sd(groups)
     between, between_df, _ = run_level_sd(cells_by_run, noise)
     best = best_probe(reps)

@@ -37,7 +37,7 @@ from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
 from suite.guard.noise import RunNoise
-from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side
+from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side, group_by_run
 from suite.guard.state import SLOW_STATE, best_probe, split_by_state, state_adjusted
 from suite.guard.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval, t_isf
 from suite.measure.counters import describe_difference
@@ -264,7 +264,7 @@ def check_per_repeat(cell_id: str, label: str, metric: str, thr: Threshold, run:
     check = Check(cell_id=cell_id, label=label, metric=metric, threshold=thr.text, baseline=was, now=now,
                   ratio=ratio, ci_label=f"{confidence:.0%} CI", samples_run=f"{len(run)} rep",
                   samples_base=f"{len(base)} rep", normalized=normalized, judged_on=judged_on)
-    if noise.sigma is None:
+    if noise.rep_sigma is None:
         check.ci = (ratio, ratio)
         return inconclusive(check, f"{ratio - 1:+.1%}, but one repetition per cell: the noise of "
                                    f"{judged_on or metric} is unknown",
@@ -478,22 +478,13 @@ def _noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode:
     groups: list[list[float]] = []
     base_runs: list[list[list[float]]] = []
     for cid in common:
-        for side, reps in (("run", prepared.run[cid]), ("baseline", prepared.base[cid])):
-            by_run = [_statistics(r, judged, mode) for r in _by_run(reps)]
-            groups.extend(v for v in by_run if v)
-            if side == "baseline":
-                base_runs.append([v for v in by_run if v])
+        run_groups, base_groups = ([v for v in (_statistics(r, judged, mode) for r in group_by_run(reps)) if v]
+                                   for reps in (prepared.run[cid], prepared.base[cid]))
+        groups += run_groups + base_groups
+        base_runs.append(base_groups)
     if judged.per_step:
         return RunNoise.for_time(groups, run_noise, base_runs)
     return RunNoise.measured_only(groups)
-
-
-def _by_run(reps: list[RepeatSamples]) -> list[list[RepeatSamples]]:
-    """Repetitions grouped by the run they came from (a baseline may hold several runs)."""
-    out: dict[str | None, list[RepeatSamples]] = {}
-    for r in reps:
-        out.setdefault(r.run, []).append(r)
-    return list(out.values())
 
 
 def _statistics(reps: list[RepeatSamples], judged: MetricSpec, mode: str) -> list[float] | None:

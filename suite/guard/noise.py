@@ -60,11 +60,6 @@ class RunNoise:
     run_df: int = 0               # degrees of freedom of run_measured
     base_runs: int = 1            # runs the baseline holds
 
-    @property
-    def sigma(self) -> float | None:
-        """The repetition part (None: unknown, one repetition per cell)."""
-        return self.rep_sigma
-
     @classmethod
     def measured_only(cls, groups: list[Sequence[float]]) -> "RunNoise":
         """Repetition noise alone, from groups of per-repetition values (memory, loss)."""

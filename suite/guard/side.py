@@ -140,6 +140,15 @@ class RepeatSamples:
                    run=str(d["run"]) if d.get("run") is not None else None)
 
 
+def group_by_run(reps: Iterable[RepeatSamples]) -> list[list[RepeatSamples]]:
+    """Repetitions grouped by the run they came from (a baseline may hold several runs), in
+    first-seen order."""
+    out: dict[str | None, list[RepeatSamples]] = {}
+    for r in reps:
+        out.setdefault(r.run, []).append(r)
+    return list(out.values())
+
+
 @dataclass
 class CellSamples:
     cell_id: str
