@@ -8,7 +8,7 @@ Runs the guard test's matrix (tests/test_guard_cli.py: small model, 2 layers, 3 
 25 steps) `--runs` times in a row, each a `txsuite run` of its own, then prints:
 - per run: each repetition's median tokens/s and its slower machine-state probe (those the
   guard keeps: measured while the machine was not in a slow state);
-- the noise in two parts as the guard models it (suite.guard.noise): within a run, and of a
+- the noise in two parts as the guard models it (suite.verdict.runs): within a run, and of a
   whole run's level (the sd of run means beyond what the repetitions explain), the range of
   consecutive-run ratios, and how the run level follows the probe;
 - the guard's verdict on every consecutive pair (the later run against the earlier as its
@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 from bench import ab_evidence  # noqa: E402
 from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
 from suite.guard import compare, load_side  # noqa: E402
-from suite.guard.noise import run_level_sd  # noqa: E402
-from suite.measure.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
+from suite.verdict.runs import run_level_sd  # noqa: E402
+from suite.verdict.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
 from suite.guard.state import best_probe, split_by_state, state_adjusted  # noqa: E402
-from suite.guard.stats import pooled_log_sd  # noqa: E402
+from suite.verdict.stats import pooled_log_sd  # noqa: E402
 
 MATRIX = """\
 name: drift

@@ -22,6 +22,7 @@ from suite.report.summary import best_loss_finding
 from suite.results import RunFolder
 from suite.run.runner import seed_for
 from suite.run.worker import as_repetition
+from suite.verdict import seeds
 from suite.train import build_training, train_steps
 
 TINY = ModelSpec(preset="tiny", n_layer=1, d_model=64, n_head=2)
@@ -261,19 +262,39 @@ def test_noise_scale_arithmetic_recovers_a_known_gradient_and_noise():
 
 # ---------------------------------------------------------------- one seed
 
-def test_one_seed_falls_back_to_paired_per_sequence_noise_and_says_so():
-    def cell(cid: str, losses: list[float]) -> pd.DataFrame:
-        return pd.DataFrame([{"cell_id": cid, "status": "ok", "repeat": 0, "seed_index": 0,
-                              "val_loss": float(np.mean(losses)), "val_seq_losses": losses}])
-    base = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 2.1, 1.9]
-    clear = quality.paired_difference(cell("a", [v + 0.1 for v in base]), cell("b", base))
-    assert clear.verdict == "worse" and clear.delta == pytest.approx(0.1)
-    assert clear.noise == quality.VALSET_NOISE and "seed-to-seed training noise is not measured" in clear.noise
-    rng = np.random.default_rng(0)
-    noisy = quality.paired_difference(cell("a", [v + rng.normal(0, 0.2) for v in base]), cell("b", base))
-    assert noisy.verdict == "within noise"
-    bare = pd.DataFrame([{"cell_id": "a", "status": "ok", "repeat": 0, "val_loss": 2.0}])
-    assert quality.paired_difference(bare, bare.assign(cell_id="b")).verdict == "inconclusive"
+def test_one_seed_cannot_tell_unless_the_run_measured_training_noise():
+    """The per-sequence spread of one model is evaluation noise, not training noise: with one seed
+    a difference gets no verdict unless other cells of the run have several seeds, whose paired
+    spread then stands for it. bf16 at +0.0005 nats beside a seed noise of ~0.003 is not worse."""
+    one = seeds.loss_difference({0: 2.0005}, {0: 2.0})
+    assert one.verdict == "untested" and one.noise == seeds.ONE_SEED
+    assert math.isnan(one.low) and one.delta == pytest.approx(0.0005)
+    run_noise = seeds.TrainingNoise.fit([[0.004, -0.002, 0.001], [0.0, 0.005, -0.003]])
+    assert run_noise.df == 4 and run_noise.pairs == 2
+    assert seeds.loss_difference({0: 2.0005}, {0: 2.0}, run_noise).verdict == "within noise"
+    clear = seeds.loss_difference({0: 2.1}, {0: 2.0}, run_noise)
+    assert clear.verdict == "worse" and "training noise from the run's 2 pair(s)" in clear.noise
+    assert seeds.loss_difference({0: 1.9}, {0: 2.0}, run_noise).verdict == "better"
+    assert seeds.loss_difference({1: 1.9}, {0: 2.0}, run_noise) is None  # no common seed
+    assert seeds.TrainingNoise.fit([[0.1], [0.2]]) is None  # one seed per pair measures nothing
+
+
+def test_cells_that_saw_different_token_counts_are_compared_at_the_common_budget():
+    """A micro-batch 4 cell saw half the tokens of the micro-batch 8 reference: its final loss is
+    compared with the reference's evaluation curve at the same number of tokens; without an
+    evaluation there, the comparison is untested, never "worse"."""
+    def cell(cid: str, tokens_per_step: int, curves: list[list[list[float]]]) -> pd.DataFrame:
+        return pd.DataFrame([{"cell_id": cid, "status": "ok", "repeat": k, "seed_index": k,
+                              "val_loss": curve[-1][2], "eval_curve": curve, "tokens_per_step": tokens_per_step,
+                              "config.train.steps": 10} for k, curve in enumerate(curves)])
+    small = cell("mb4", 1024, [[[5, 1.0, 3.0], [10, 2.0, 2.50]], [[5, 1.0, 3.1], [10, 2.0, 2.52]]])
+    big = cell("mb8", 2048, [[[5, 1.0, 2.5], [10, 2.0, 2.0]], [[5, 1.0, 2.49], [10, 2.0, 2.01]]])
+    at = quality.compare_losses(small, big, None)
+    assert at.delta == pytest.approx(0.015) and "common budget of" in at.noise  # 2.51 vs 2.495
+    assert at.verdict == "within noise"
+    final_only = cell("mb8", 2048, [[[10, 2.0, 2.0]], [[10, 2.0, 2.01]]])
+    untested = quality.compare_losses(small, final_only, None)
+    assert untested.verdict == "untested" and "no evaluation falls at the common budget" in untested.noise
 
 
 # ---------------------------------------------------------------- report and exports
@@ -309,13 +330,10 @@ def test_exports_carry_the_quality_columns(seeded_run):
 def test_a_difference_below_the_resolution_is_within_noise_even_when_consistent():
     """Reduction-order noise can be consistent in sign over three seeds; a 1e-8 difference is
     never called worse."""
-    def cell(cid: str, losses: list[float]) -> pd.DataFrame:
-        return pd.DataFrame([{"cell_id": cid, "status": "ok", "repeat": k, "seed_index": k, "val_loss": v}
-                             for k, v in enumerate(losses)])
-    base = [2.0, 2.1, 1.95]
-    tiny = quality.paired_difference(cell("a", [v + d for v, d in zip(base, (1e-8, 2e-8, 1.5e-8))]), cell("b", base))
-    assert tiny.lo > 0 and tiny.verdict == "within noise"
-    real = quality.paired_difference(cell("a", [v + d for v, d in zip(base, (0.01, 0.012, 0.011))]), cell("b", base))
+    base = {0: 2.0, 1: 2.1, 2: 1.95}
+    tiny = seeds.loss_difference({k: v + d for (k, v), d in zip(base.items(), (1e-8, 2e-8, 1.5e-8))}, base)
+    assert tiny.low > 0 and tiny.verdict == "within noise"
+    real = seeds.loss_difference({k: v + d for (k, v), d in zip(base.items(), (0.01, 0.012, 0.011))}, base)
     assert real.verdict == "worse"
 
 

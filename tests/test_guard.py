@@ -16,9 +16,10 @@ from suite.config.record import Record
 from suite.guard import (GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation, parse_threshold,
                          side_from_records, write_baseline)
 from suite.guard.paired import decide_pairs, look_schedule, paired_cells
-from suite.guard.noise import RunNoise, run_level_sd
+from suite.verdict.runs import RunNoise, run_level_sd
 from suite.guard.state import state_adjusted, state_factor
-from suite.guard.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd, t_isf, t_sf
+from suite.verdict.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd
+from suite.verdict.distributions import t_isf, t_sf
 from suite.results import RunFolder, write_atomic
 from suite.results.folder import RecordsWarning
 
@@ -101,7 +102,7 @@ def test_scipy_backed_statistics():
 
 
 def test_a_whole_run_level_is_not_averaged_out_by_repetitions():
-    """The two-level noise (suite.guard.noise): the repetition part shrinks with repetitions,
+    """The two-level noise (suite.verdict.runs): the repetition part shrinks with repetitions,
     the run part only with the baseline's runs; degrees of freedom by Welch-Satterthwaite."""
     one_level = RunNoise(rep_sigma=0.03, rep_df=10)
     assert one_level.se(3, 3) == pytest.approx(0.03 * math.sqrt(2 / 3)) and one_level.test_df(3, 3) == 10
@@ -118,13 +119,13 @@ def test_a_whole_run_level_is_not_averaged_out_by_repetitions():
     assert (df, most) == (2, 2) and sd == pytest.approx(math.sqrt(0.005 / 2))
     # what the repetitions' own noise explains is taken out (never below 0)
     assert run_level_sd([[[1.0, 1.0], [e ** 0.1, e ** 0.1]]], rep_sd=1.0)[0] == 0.0
-    moderated = RunNoise.for_time([[1.0, 1.0]], 0.16, [[[1.0, 1.0], [e ** 0.1, e ** 0.1]]])
+    moderated = RunNoise.two_level([[1.0, 1.0]], 0.16, [[[1.0, 1.0], [e ** 0.1, e ** 0.1]]])
     assert moderated.run_sigma == pytest.approx(math.sqrt((19 * 0.16 ** 2 + 1 * 0.005) / 20))
     assert moderated.base_runs == 2 and "measured 7.1% over the baseline's 2 runs" in moderated.describe()
 
 
 def test_same_code_on_a_machine_whose_level_moves_between_runs_does_not_fail():
-    """What a shared runner does (suite.guard.noise): every repetition of a run shares the run's
+    """What a shared runner does (suite.verdict.runs): every repetition of a run shares the run's
     level, drawn anew for each run (sd 16 %, as measured), on top of the repetitions' own noise.
     With the run part in the model no same-code pair FAILs beyond alpha; left out (run noise 0:
     the repetitions' spread taken for the whole noise), pairs of the same code fail many times

@@ -16,7 +16,7 @@ SUITE = Path(__file__).resolve().parents[1] / "suite"
 LEVELS: list[tuple[str, int]] = [
     ("suite.config.matrix", 1),
     ("suite.config", 0),
-    ("suite.results", 1), ("suite.model", 1), ("suite.data", 1), ("suite.measure", 1),
+    ("suite.results", 1), ("suite.model", 1), ("suite.data", 1), ("suite.measure", 1), ("suite.verdict", 1),
     ("suite.compress", 2), ("suite.guard", 2), ("suite.report", 2),
     ("suite.techniques", 3),
     ("suite.train", 4),

@@ -17,7 +17,8 @@ import pytest
 from suite.config.record import Record
 from suite.report import export_table, render_compare, render_report
 from suite.report.charts import representative_curves
-from suite.report.compare import compare_tables
+from suite.report.compare import compare_findings, compare_tables
+from suite.report.environment import env_diff
 from suite.report.frame import build_cell_table, export_frame
 from suite.report.pareto import front_with_noise, pareto_optimal
 from suite.report.run_report import table_for
@@ -129,8 +130,8 @@ def test_front_and_ratio_colours_follow_the_paired_test_not_the_medians(tmp_path
     run = three_speed_run(tmp_path / "run", {"a": [102, 90, 118], "b": [100, 95, 110], "c": [82, 72, 95]})
     cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
     assert cells["front"].to_dict() == {"a": "front", "b": "within noise", "c": "dominated"}
-    assert cells.loc["b", "speedup_verdict"] == "within noise" and cells.loc["c", "speedup_verdict"] == "worse"
-    assert cells.loc["c", "mem_ratio_verdict"] == "within noise"  # the same peak every round
+    assert cells.loc["b", "speed_verdict"] == "within noise" and cells.loc["c", "speed_verdict"] == "slower"
+    assert cells.loc["c", "memory_verdict"] == "within noise"  # the same peak every round
     html = html_of(run, tmp_path)
     near = summary_part(html).split('id="near-front-cells"', 1)[1].split("</div>", 1)[0]
     assert "cell b" in near and "cell c" not in near
@@ -151,7 +152,7 @@ def test_a_cell_is_dominated_only_when_its_whole_family_of_tests_allows_it(tmp_p
     b = [tok / math.exp(d) for tok, d in zip(a, (0.07, 0.10, 0.13))]
     run = three_speed_run(tmp_path / "run", {"a": a, "b": b})
     cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
-    assert cells.loc["b", "speedup_verdict"] == "worse"
+    assert cells.loc["b", "speed_verdict"] == "slower"
     assert cells.loc["b", "front"] == "within noise"
 
 
@@ -163,11 +164,11 @@ def test_peak_memory_differences_below_its_resolution_are_not_called(tmp_path):
                           peak_mem_bytes=GiB * (1 + excess * i) + 4096 * repeat)
                    for i, cid in enumerate("ab") for repeat, tok in enumerate((100, 110, 95))]
         table = table_for(RunFolder(write_run(tmp_path / f"run{excess}", records)).load())
-        return least_memory_finding(table), table.cells.set_index("cell_id").loc["b", "mem_ratio_verdict"]
+        return least_memory_finding(table), table.cells.set_index("cell_id").loc["b", "memory_verdict"]
     card, verdict = lightest(0.0004)
     assert card.what == "Least memory: not separated" and verdict == "within noise"
     card, verdict = lightest(0.005)
-    assert card.what == "Least memory" and "beyond noise" in card.detail and verdict == "worse"
+    assert card.what == "Least memory" and "beyond noise" in card.detail and verdict == "heavier"
 
 
 # ---------------------------------------------------------------- run report
@@ -364,20 +365,28 @@ def test_compare_matches_cells_and_computes_b_over_a(tmp_path):
     assert c.only_a == ["precision=fp16 (c3)"] and c.only_b == ["precision=tf32 (c4)"]
 
 
-def test_compare_colours_throughput_only_beyond_how_much_a_whole_run_moves(tmp_path):
-    """Two repetitions a side, every one of B faster than every one of A: memory-like metrics
-    would be coloured, but a 1.3x throughput ratio is inside what a whole run's level moves
-    between two runs of unchanged code (16 % sd: docs/guard.md), so it stays uncoloured; 2x is
-    beyond it."""
-    def runs(name, ratio):
-        a = write_run(tmp_path / name / "a", [record("c1", "precision=fp32", config(), repeat=r, tokens_per_s=t)
+def test_compare_calls_a_change_only_beyond_how_much_a_whole_run_moves(tmp_path):
+    """Two repetitions a side, every one of B faster than every one of A: a 1.3x throughput ratio
+    is inside what a whole run's level moves between two runs of unchanged code (the run-noise
+    prior), so it is within noise and the summary says no change; 2x is faster beyond noise.
+    The fork server's pid is no environment difference."""
+    def runs(name, ratio, pid_b=2463):
+        a = write_run(tmp_path / name / "a", [record("c1", "precision=fp32", config(), repeat=r, tokens_per_s=t,
+                                                     env={"launcher": "fork server (server pid 2463)"})
                                               for r, t in enumerate((100, 102))])
         b = write_run(tmp_path / name / "b", [record("c1", "precision=fp32", config(), repeat=r, run_id="r2",
-                                                     tokens_per_s=t * ratio) for r, t in enumerate((100, 102))])
-        pairs = compare_tables(table_for(RunFolder(a).load()), table_for(RunFolder(b).load())).pairs
-        return bool(pairs.loc[0, "tokens_per_s_separated"])
-    assert not runs("moved", 1.3)  # every repetition separated, yet within a run's level
-    assert runs("changed", 2.0)
+                                                     tokens_per_s=t * ratio,
+                                                     env={"launcher": f"fork server (server pid {pid_b})"})
+                                              for r, t in enumerate((100, 102))])
+        comparison = compare_tables(table_for(RunFolder(a).load()), table_for(RunFolder(b).load()))
+        return comparison.pairs.loc[0, "tokens_per_s_verdict"], compare_findings(comparison), a, b
+    verdict, findings, a, b = runs("moved", 1.3, pid_b=9999)
+    assert verdict == "within noise"
+    assert any(line.startswith("No change beyond noise") for line in findings), findings
+    assert not [row.key for row in env_diff(RunFolder(a).load(), RunFolder(b).load()) if row.differs]
+    verdict, findings, _, _ = runs("changed", 2.0)
+    assert verdict == "faster"
+    assert any(line.startswith("tokens/s: faster beyond noise in 1 cell") for line in findings), findings
 
 
 def test_compare_report_shows_ratios_unmatched_cells_and_env_differences(tmp_path):

@@ -19,6 +19,8 @@ describe is still stored and exported; it is simply not summarised.
     compared    `txsuite compare` shows its ratio between two runs
     exact       deterministic for a given code and configuration (the step counters): compared
                 exactly, no noise model
+    resolution  the smallest relative difference a verdict calls a difference at all (0: any
+                difference the noise separates); see suite/verdict/rounds.py
     judged_on   another metric that measures the part of this one the cell controls; the guard
                 and `compare` judge that one instead, and say so (peak memory -> train memory)
     description what the number is, for table headers
@@ -40,6 +42,7 @@ class Metric:
     spread: bool = False
     compared: bool = False
     exact: bool = False
+    resolution: float = 0.0
     judged_on: str | None = None
     description: str = "median over repeats"
 
@@ -56,9 +59,10 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("step_time_p50_s", "step p50", "seconds", "lower", per_step=True, required=True, guardable=True),
     Metric("step_time_p90_s", "step p90", "seconds", "lower", per_step=True, required=True, guardable=True),
     Metric("peak_mem_bytes", "peak memory", "bytes", "lower", required=True, guardable=True, spread=True,
-           compared=True, judged_on="train_mem_bytes",
+           compared=True, judged_on="train_mem_bytes", resolution=0.001,
            description="device memory reserved on GPU, peak resident set on CPU"),
     Metric("train_mem_bytes", "train memory", "bytes", "lower", guardable=True, spread=True, compared=True,
+           resolution=0.001,
            description="the memory the cell controls: peak resident set minus the resident set before "
                        "training (CPU), the allocator's peak of live tensors (CUDA)"),
     Metric("optimizer_state_bytes", "optimizer state", "bytes", "lower",
@@ -66,7 +70,8 @@ REGISTRY: tuple[Metric, ...] = (
                        "opened to their codes and scales; one rank's share under ZeRO / FSDP)"),
     Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True,
            description="model FLOPs utilisation against the peak measured on this host"),
-    Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True),
+    Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True,
+           resolution=1e-4),
     Metric("val_ppl", "val ppl", "plain", "lower"),
     Metric("time_to_target_s", "time to target", "seconds", "lower", required=True,
            description="training wall time until the target loss was reached"),

@@ -11,7 +11,7 @@ Three verdicts: PASS (the evidence says within the limits), FAIL (beyond them), 
     decide_pairs(...)                                    # `txsuite ab`: paired, sequential
 
 How it decides: suite/guard/decide.py (run vs baseline), suite/guard/paired.py (same-job A/B),
-suite/guard/state.py (the machine's state), suite/guard/stats.py (statistics); explained for
+suite/guard/state.py (the machine's state), suite/verdict/stats.py (statistics); explained for
 users in docs/guard.md. Never imports torch.
 """
 from suite.guard.baseline import write_baseline

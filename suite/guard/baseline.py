@@ -15,7 +15,7 @@ from typing import Any
 from suite.guard.side import (BASELINE_FORMAT, BASELINE_SCHEMA, CellSamples, GuardInputError, Side, group_by_run,
                               load_side)
 from suite.guard.state import SLOW_STATE, best_probe, slowdown
-from suite.guard.stats import pooled_log_sd
+from suite.verdict.stats import pooled_log_sd
 from suite.results import write_atomic
 
 
@@ -23,10 +23,10 @@ def quality(side: Side) -> dict[str, Any]:
     """How much the baseline can be trusted: repetitions per cell, the measured noise of its
     throughput (sd of a repetition's log median within a run, pooled over cells; None with one
     repetition per cell) and, for a baseline of several runs, of a whole run's level
-    (suite.guard.noise), and the machine's state while it ran."""
+    (suite.verdict.runs), and the machine's state while it ran."""
     import statistics
 
-    from suite.guard.noise import run_level_sd
+    from suite.verdict.runs import run_level_sd
 
     reps = [r for c in side.cells.values() for r in c.repeats]
     groups, cells_by_run = [], []

@@ -10,7 +10,7 @@ baseline, each ending in one of three verdicts (docs/guard.md):
 The interval is at level 1 - 2 alpha (each side one-sided at alpha). For the per-step metrics
 (tokens/s, samples/s, MFU, step times) it is the wider of two: a hierarchical bootstrap of the
 ratio (repetitions, then steps inside them) and a t interval of the repetition statistics
-against two noises (suite.guard.noise): the repetitions' own, pooled over the compared cells,
+against two noises (suite.verdict.runs): the repetitions' own, pooled over the compared cells,
 and the level of a whole run, which every repetition of a run shares and none averages out
 (`--run-noise`, measured when the baseline holds several runs). For the per-repetition
 metrics (memory, validation loss) it is the t interval alone, on their measured noise. The
@@ -36,12 +36,13 @@ import numpy as np
 from suite.config.metrics import BY_NAME, GUARDABLE
 from suite.guard.environment import compare_env
 from suite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
-from suite.guard.noise import RunNoise
+from suite.verdict.runs import RunNoise
 from suite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side, group_by_run
 from suite.guard.state import SLOW_STATE, best_probe, split_by_state, state_adjusted
-from suite.guard.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval, t_isf
+from suite.verdict.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval
+from suite.verdict.distributions import t_isf
 from suite.measure.counters import describe_difference
-from suite.measure.run_noise import RUN_NOISE, RUN_NOISE_STATE
+from suite.verdict.run_noise import RUN_NOISE, RUN_NOISE_STATE
 
 NORMALIZATIONS = ("none", "peak", "auto", "state")
 N_BOOT = 2000
@@ -242,7 +243,7 @@ def check_per_step(cell_id: str, label: str, metric: str, thr: Threshold, run: l
     stats_r = [float(spec.stat(g[None, :])[0]) for g in run]
     stats_b = [float(spec.stat(g[None, :])[0]) for g in base]
     if noise is None:
-        noise = RunNoise.for_time([stats_r, stats_b], RUN_NOISE)
+        noise = RunNoise.two_level([stats_r, stats_b], RUN_NOISE)
     se, df = noise.se(len(stats_r), len(stats_b)), noise.test_df(len(stats_r), len(stats_b))
     p = mean_log_difference_p(stats_r, stats_b, se, df, "less" if thr.worse_when_below else "greater")
     half = t_isf(alpha, df) * se
@@ -362,7 +363,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     when the hardware or the measured peaks differ, none otherwise) or "state" (one machine:
     time metrics brought to its best state by each repetition's probe). alpha: each side of
     the interval. run_noise: how much a whole run's level of time moves from run to run (sd of
-    its log; suite.guard.noise), before what a baseline of several runs measures; None: the
+    its log; suite.verdict.runs), before what a baseline of several runs measures; None: the
     default for the normalisation (RUN_NOISE, or RUN_NOISE_STATE for "state"). slow_state: the
     machine-state line above which a repetition is left out."""
     if normalize not in NORMALIZATIONS:
@@ -483,7 +484,7 @@ def _noise(run: Side, baseline: Side, common: list[str], spec: MetricSpec, mode:
         groups += run_groups + base_groups
         base_runs.append(base_groups)
     if judged.per_step:
-        return RunNoise.for_time(groups, run_noise, base_runs)
+        return RunNoise.two_level(groups, run_noise, base_runs)
     return RunNoise.measured_only(groups)
 
 

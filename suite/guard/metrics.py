@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from suite.config.metrics import BY_NAME, GUARDABLE
-from suite.guard.stats import Statistic, median_stat, quantile_stat
+from suite.verdict.stats import Statistic, median_stat, quantile_stat
 
 THRESHOLD_RE = re.compile(r"^([+-])(\d+(?:\.\d+)?)%$")
 

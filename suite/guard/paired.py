@@ -30,7 +30,7 @@ from suite.guard.decide import (FAIL, INCONCLUSIVE, PASS, Check, GuardResult, Th
 from suite.guard.metrics import METRICS, per_step_values
 from suite.guard.side import CellSamples, Side
 from suite.guard.state import SLOW_STATE, best_probe, slowdown
-from suite.guard.stats import t_isf
+from suite.verdict import Comparison
 from suite.measure.counters import describe_difference
 
 
@@ -109,7 +109,7 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
             pairs = [(_statistic(b, judged), _statistic(h, judged))
                      for (b, h), ok in zip(zip(cell.base[:n], cell.head[:n]), good) if ok or not time_metric]
             pairs = [(b, h) for b, h in pairs if b and h]
-            rows.append(_paired_check(check, thr, pairs, confidence, alpha_look))
+            rows.append(_paired_check(check, thr, pairs, confidence))
     result = GuardResult(run=head_name, baseline=base_name, rows=rows, env_differences=[],
                          normalization="none: the two sides ran in one job on this machine",
                          normalize_mode="none", notes=[], alpha=alpha, guard={m: t.text for m, t in thresholds.items()},
@@ -119,21 +119,19 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
     return PairedOutcome(result=result, pairs_used=used)
 
 
-def _paired_check(check: Check, thr: Threshold, pairs: list[tuple[float, float]], confidence: float,
-                  alpha_look: float) -> Check:
+def _paired_check(check: Check, thr: Threshold, pairs: list[tuple[float, float]], confidence: float) -> Check:
     check.samples_run = check.samples_base = f"{len(pairs)} pairs"
     check.ci_label = f"{confidence:.2%} CI"
     if len(pairs) < 2:
         return inconclusive(check, f"{len(pairs)} pair(s) measured in a good machine state; at least 2 are needed",
                             "more rounds (--max-rounds), on a quieter machine")
     d = np.log([h / b for b, h in pairs])
-    mean = float(d.mean())
     sd = float(d.std(ddof=1))
-    half = t_isf(alpha_look, len(d) - 1) * sd / math.sqrt(len(d))
+    interval = Comparison.of_log_ratio(float(d.mean()), sd / math.sqrt(len(d)), len(d) - 1.0, confidence, True)
     check.baseline = statistics.median(b for b, _ in pairs)
     check.now = statistics.median(h for _, h in pairs)
-    check.ratio = math.exp(mean)
-    check.ci = (math.exp(mean - half), math.exp(mean + half))
+    check.ratio = interval.ratio
+    check.ci = (interval.low, interval.high)
     check.detail = f"geometric mean of {len(pairs)} paired ratios, sd {sd:.1%}"
     judge(check, thr, confidence)
     if check.verdict == INCONCLUSIVE:

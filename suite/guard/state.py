@@ -16,13 +16,12 @@ to 5.6 %, 10.0 % and 0.0 % (bench/run_drift.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from suite.guard.side import RepeatSamples, Side
-
-SLOW_STATE = 2.0
+from suite.verdict import state as machine
+from suite.verdict.state import SLOW_STATE
 
 
 def best_probe(repeats: Iterable[RepeatSamples]) -> float | None:
@@ -61,15 +60,8 @@ def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
     `slowdown` uses for the slow-state line, tracks a run's level less closely: over the first
     20 runs of bench/run_drift.py, the run-level noise left after adjusting was 5.6 % with the
     mean of the two, 4.9 % with the slower but with 14.3 % within a run against 11.1 %)."""
-    probes = [t for t in (rep.probe_before_s, rep.probe_after_s) if t]
-    if not probes or not best:
-        return None
-    return math.exp(sum(math.log(t) for t in probes) / len(probes)) / best
+    return machine.state_factor(rep.probe_before_s, rep.probe_after_s, best)
 
-
-# per-repetition summaries (records without step samples) and how each moves with the machine's
-# speed: a throughput is multiplied by the slowdown factor, a time divided by it
-_SUMMARY_POWER = {"tokens_per_s": 1, "samples_per_s": 1, "mfu": 1, "step_time_p50_s": -1, "step_time_p90_s": -1}
 
 
 def state_adjusted(side: Side, best: float) -> Side:
@@ -86,8 +78,7 @@ def state_adjusted(side: Side, best: float) -> Side:
                 repeats.append(rep)
                 continue
             steps = [t / f for t in rep.step_times_s] if rep.step_times_s else rep.step_times_s
-            summary = {k: (v * f ** _SUMMARY_POWER[k] if v is not None and k in _SUMMARY_POWER else v)
-                       for k, v in rep.summary.items()}
+            summary = {k: (machine.adjust(k, v, f) if v is not None else v) for k, v in rep.summary.items()}
             repeats.append(replace(rep, step_times_s=steps, summary=summary))
         cells[cid] = replace(cell, repeats=repeats)
     return replace(side, cells=cells)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from suite.config.host import Host, parse_capability
 
+# Keys whose value differs between two runs of the same code on the same machine (which process
+# started a cell): never an environment difference.
+EPHEMERAL = ("launched_on",)
+
 PACKAGES = ("torch", "numpy", "deepspeed", "torchao", "transformers", "tokenizers", "triton",
             "nvidia-ml-py")
 

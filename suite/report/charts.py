@@ -59,33 +59,41 @@ def build_charts(table: CellTable) -> list[Chart]:
 
 # ------------------------------------------------------------------ charts
 
+MEMORY_TITLES = {"train_mem_bytes": "train memory", "peak_mem_bytes": "peak memory"}
+MEMORY_NOTES = {"train_mem_bytes": " Train memory is what the cell controls: the peak minus the memory before "
+                                   "training (the interpreter and libraries); the table also gives the whole peak.",
+                "peak_mem_bytes": ""}
+
+
 def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
-    chart = Chart("pareto", "Throughput vs peak memory",
+    memory = table.memory_metric
+    title = MEMORY_TITLES[memory]
+    chart = Chart("pareto", f"Throughput vs {title}",
                   "Up and to the left is better. Ringed cells are Pareto-optimal: no other cell is "
                   "both faster and lighter; the line joins them. Cells in a dashed ring are off the "
                   "front on the medians but within noise of it (no cell beats them beyond noise, "
-                  "paired by round). Whiskers span the repeats.")
-    cells = _with(table.cells, "tokens_per_s", "peak_mem_bytes")
+                  "paired by round). Whiskers span the repeats." + MEMORY_NOTES[memory])
+    cells = _with(table.cells, "tokens_per_s", memory)
     if cells.empty:
-        chart.note = "no cell reported both throughput and peak memory"
+        chart.note = f"no cell reported both throughput and {title}"
         return chart
-    scale, unit = _bytes_scale(cells["peak_mem_bytes"].max())
+    scale, unit = _bytes_scale(cells[memory].max())
     fig, ax = subplots(figsize=(8.2, 5.0))
-    x, y = cells["peak_mem_bytes"] / scale, cells["tokens_per_s"]
-    _whiskers(ax, cells, x, y, xcol="peak_mem_bytes", ycol="tokens_per_s", xscale=scale)
-    front = cells[cells["pareto"]].sort_values("peak_mem_bytes")
+    x, y = cells[memory] / scale, cells["tokens_per_s"]
+    _whiskers(ax, cells, x, y, xcol=memory, ycol="tokens_per_s", xscale=scale)
+    front = cells[cells["pareto"]].sort_values(memory)
     if len(front) > 1:
-        ax.step(front["peak_mem_bytes"] / scale, front["tokens_per_s"], where="post", color="#333",
+        ax.step(front[memory] / scale, front["tokens_per_s"], where="post", color="#333",
                 lw=1.2, ls="--", zorder=1, label="Pareto frontier")
     _scatter(ax, cells, x, y, enc)
-    ax.scatter(front["peak_mem_bytes"] / scale, front["tokens_per_s"], s=170, facecolors="none",
+    ax.scatter(front[memory] / scale, front["tokens_per_s"], s=170, facecolors="none",
                edgecolors="#222", linewidths=1.3, zorder=4)
     near = cells[cells["front"] == NEAR_FRONT]
     if len(near):
-        ax.scatter(near["peak_mem_bytes"] / scale, near["tokens_per_s"], s=170, facecolors="none",
+        ax.scatter(near[memory] / scale, near["tokens_per_s"], s=170, facecolors="none",
                    edgecolors="#555", linewidths=1.1, linestyles="--", zorder=4, label="within noise of the front")
     _label_points(ax, cells, x, y, _points_to_label(cells, table, ["pareto"]))
-    ax.set_xlabel(f"peak memory ({unit})")
+    ax.set_xlabel(f"{title} ({unit})")
     ax.set_ylabel("tokens/s")
     ax.yaxis.set_major_formatter(si_formatter())
     _corner_note(ax, "↖ better", "upper left")
@@ -98,7 +106,8 @@ def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
 def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
     base_label = table.row(table.reference)["short_label"] if table.reference else ""
     chart = Chart("ratios", "Speed-up and memory against the reference",
-                  f"Each cell's tokens/s and peak memory divided by the reference's ({base_label}). "
+                  f"Each cell's tokens/s and {MEMORY_TITLES[table.memory_metric]} divided by the reference's "
+                  f"({base_label}). "
                   "Right of 1× is faster / uses more memory. Whiskers span the repeats.")
     if table.reference is None:
         chart.note = table.reference_note or "no reference cell with a throughput"
@@ -112,7 +121,7 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
     ypos = np.arange(n)[::-1]
     colors = [enc.color(row) for _, row in shown.iterrows()]
     for ax, col, title in ((left, "speedup", "speed-up (tokens/s ÷ reference)"),
-                           (right, "mem_ratio", "peak memory ÷ reference")):
+                           (right, "mem_ratio", f"{MEMORY_TITLES[table.memory_metric]} ÷ reference")):
         values = shown[col].to_numpy(dtype=float)
         err = np.vstack([values - shown[f"{col}_lo"].to_numpy(dtype=float),
                          shown[f"{col}_hi"].to_numpy(dtype=float) - values])

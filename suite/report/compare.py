@@ -4,14 +4,14 @@ Cells are matched by cell id (the hash of the resolved config); a cell whose con
 in an irrelevant way keeps its label, so unmatched cells are then paired by label. Ratios are
 B / A: above 1 means run B has more of it (faster for tokens/s, heavier for memory).
 
-A ratio is coloured better or worse only when the runs' repetitions back it: two or more on each
-side, every repetition of B beyond every repetition of A, and a change of at least 3 %. A
-throughput ratio must also lie beyond what a whole run's level moves between two runs of
-unchanged code (suite.guard.noise: 16 % sd on a shared 2-core runner, so beyond 0.59x-1.69x at
-the guard's 1 % level): the repetitions of one run share its level, so their separation alone
-says little. Memory is judged on the part the cell
-controls (train memory: peak minus the memory before training); the peak, which includes the
-interpreter's own start-up size, is shown uncoloured.
+A ratio is called a change (faster, slower, lighter, heavier, better, worse) only when the
+verdict engine separates it (suite/verdict/runs.py): the two runs' repetitions of the cell, with
+the repetitions' noise pooled over every matched cell, and for time the level of a whole run,
+which all repetitions of a run share (`run_prior`, suite/verdict/run_noise.py). Every test of
+the page is made at 95 % for the whole family (Bonferroni over cells x metrics), so two runs of
+the same code read "no change beyond noise" at least 95 % of the time. Memory is judged on the
+part the cell controls (train memory); the peak, which includes the interpreter, is shown
+uncoloured.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from suite.config.metrics import BY_NAME, REGISTRY
-from suite.measure.run_noise import RUN_NOISE
 from suite.report import formatting as fmt, palettes
 from suite.report.charts import Chart, si_formatter
 from suite.report.environment import env_diff
@@ -33,27 +32,33 @@ from suite.report.render import render_to_file
 from suite.report.run_report import table_for
 from suite.results import Run, RunFolder
 from suite.report.svg import formatter, plot_text, report_style, subplots, to_svg
-from suite.report.tableview import Column, TableCell, TableView, ratio_class, sort_key
+from suite.report.tableview import Column, TableCell, TableView, sort_key, verdict_class
+from suite.verdict import Comparison, in_words
+from suite.verdict.words import is_better, is_worse
+from suite.verdict.run_noise import run_prior
+from suite.verdict.runs import RunNoise
 
 # (metric, title, kind, higher is better), from the metric registry (suite/config/metrics.py)
 COMPARED = [(m.name, m.title, m.kind, m.higher_is_better) for m in REGISTRY if m.compared]
-RUN_BAND_Z = 2.326  # one-sided 1 %, the guard's default alpha: the band a run-to-run ratio of time stays in
+FAMILY_LEVEL = 0.95  # the chance that two runs of the same code show no change beyond noise anywhere
 MAX_COMPARE_BARS = 40
 
 
 @dataclass
-class Comparison:
-    pairs: pd.DataFrame  # one row per matched cell: label, a_/b_ metrics, <metric>_ratio
+class RunComparison:
+    pairs: pd.DataFrame  # one row per matched cell: label, a_/b_ metrics, <metric>_ratio, <metric>_verdict
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     matched_by_label: int = 0
+    tests: int = 0  # cell x metric comparisons the engine made (the Bonferroni family)
+    noise: dict[str, RunNoise] = field(default_factory=dict)  # metric judged -> its noise model
 
 
-def compare_tables(a: CellTable, b: CellTable) -> Comparison:
+def compare_tables(a: CellTable, b: CellTable) -> RunComparison:
     cells_a, cells_b = a.cells, b.cells
     if cells_a.empty or cells_b.empty:
         empty = pd.DataFrame(columns=["cell_id", "label"])
-        return Comparison(empty, only_a=_labels(cells_a), only_b=_labels(cells_b))
+        return RunComparison(empty, only_a=_labels(cells_a), only_b=_labels(cells_b))
     matches: list[tuple[int, int, str]] = []
     ids_b = {cid: i for i, cid in enumerate(cells_b["cell_id"])}
     used_b: set[int] = set()
@@ -91,11 +96,47 @@ def compare_tables(a: CellTable, b: CellTable) -> Comparison:
             va, vb = ra[metric], rb[metric]
             row[f"a_{metric}"], row[f"b_{metric}"] = va, vb
             row[f"{metric}_ratio"] = vb / va if fmt.is_number(va) and fmt.is_number(vb) and va else np.nan
-            row[f"{metric}_separated"] = _separated(ra, rb, metric)
         rows.append(row)
     only_b = [j for j in range(len(cells_b)) if j not in used_b]
-    return Comparison(pd.DataFrame(rows), only_a=[_label(cells_a.iloc[i]) for i in still_a],
-                      only_b=[_label(cells_b.iloc[j]) for j in only_b], matched_by_label=by_label)
+    out = RunComparison(pd.DataFrame(rows), only_a=[_label(cells_a.iloc[i]) for i in still_a],
+                        only_b=[_label(cells_b.iloc[j]) for j in only_b], matched_by_label=by_label)
+    _judge(out, a.repeats, b.repeats)
+    return out
+
+
+def _repetitions(repeats: pd.DataFrame, cell_id: str, metric: str) -> list[float]:
+    """The metric's positive values over the cell's ok repetitions."""
+    if metric not in repeats:
+        return []
+    ok = repeats[(repeats["cell_id"] == cell_id) & (repeats["status"] == "ok")]
+    return [float(v) for v in ok[metric] if fmt.is_number(v) and v > 0]
+
+
+def _judge(c: RunComparison, reps_a: pd.DataFrame, reps_b: pd.DataFrame) -> None:
+    """`<metric>_verdict` (B than A, in the metric's words) and `<metric>_judged` for every
+    matched cell and compared metric: one family of tests at FAMILY_LEVEL."""
+    p = c.pairs
+    judged = {metric: BY_NAME[metric].judged_on or metric for metric, _, _, _ in COMPARED}
+    values = {(k, metric): (_repetitions(reps_a, row["cell_id"], judged[metric]),
+                            _repetitions(reps_b, row["cell_id_b"], judged[metric]))
+              for k, row in p.iterrows() for metric in judged if judged[metric] == metric}
+    for metric in set(judged.values()):
+        groups = [g for (_, m), pair in values.items() if m == metric for g in pair if len(g) >= 2]
+        prior = run_prior(metric)
+        c.noise[metric] = RunNoise.two_level(groups, prior) if prior else RunNoise.measured_only(groups)
+    c.tests = sum(1 for va, vb in values.values() if va and vb)
+    level = 1.0 - (1.0 - FAMILY_LEVEL) / max(c.tests, 1)
+    for metric in judged:
+        verdicts = []
+        for k, _ in p.iterrows():
+            va, vb = values.get((k, metric), ([], []))
+            if judged[metric] != metric or not va or not vb:
+                verdicts.append(None)  # the whole peak: shown, judged through train memory
+                continue
+            spec = BY_NAME[metric]
+            comparison: Comparison = c.noise[metric].compare(vb, va, bool(spec.higher_is_better), level, spec.resolution)
+            verdicts.append(in_words(comparison.verdict, metric))
+        p[f"{metric}_verdict"] = verdicts
 
 
 def render_compare(run_a: Path, run_b: Path, out_path: Path) -> Path:
@@ -122,55 +163,57 @@ def different_experiments(a: Run, b: Run) -> list[str]:
             f"their settings, so a ratio compares two experiments, not two machines or two commits."]
 
 
-def _separated(ra: pd.Series, rb: pd.Series, metric: str) -> bool:
-    """Two or more repetitions a side, every repetition of one run beyond every repetition of
-    the other, and for time the ratio beyond the run-level band: then, and only then, is a
-    ratio a change rather than noise."""
-    lo_a, hi_a = ra.get(f"{metric}_min"), ra.get(f"{metric}_max")
-    lo_b, hi_b = rb.get(f"{metric}_min"), rb.get(f"{metric}_max")
-    if min(ra["repeats_ok"], rb["repeats_ok"]) < 2 or not all(fmt.is_number(v) for v in (lo_a, hi_a, lo_b, hi_b)):
-        return False
-    if not (lo_b > hi_a or hi_b < lo_a):
-        return False
-    if BY_NAME[metric].per_step:
-        va, vb = ra[metric], rb[metric]
-        return fmt.is_number(va) and fmt.is_number(vb) and va > 0 and vb > 0 and \
-            abs(math.log(vb / va)) > RUN_BAND_Z * math.sqrt(2.0) * RUN_NOISE
-    return True
-
-
-def compare_findings(c: Comparison) -> list[str]:
-    """Plain sentences for the top of the compare report."""
+def compare_findings(c: RunComparison) -> list[str]:
+    """Plain sentences for the top of the compare report: what changed beyond noise, and only that."""
     p = c.pairs
     out = [f"{len(p)} cell{'s' if len(p) != 1 else ''} in both runs"
            + (f" ({c.matched_by_label} matched by label because their config changed)" if c.matched_by_label else "")
            + f"; {len(c.only_a)} only in A, {len(c.only_b)} only in B."]
     if p.empty:
         return out
-    tok = p["tokens_per_s_ratio"].dropna()
-    if len(tok):
-        geo = math.exp(np.log(tok).mean())
-        out.append(f"Throughput B/A: geometric mean {geo:.3f}× over {len(tok)} cells "
-                   f"(range {tok.min():.2f}× to {tok.max():.2f}×).")
-        worst, best = p.loc[tok.idxmin()], p.loc[tok.idxmax()]
-        if tok.min() < 0.97:
-            out.append(f"Largest slow-down: {worst['label']} at {tok.min():.2f}×.")
-        if tok.max() > 1.03:
-            out.append(f"Largest speed-up: {best['label']} at {tok.max():.2f}×.")
-    mem = p["peak_mem_bytes_ratio"].dropna()
-    if len(mem):
-        out.append(f"Peak memory B/A: geometric mean {math.exp(np.log(mem).mean()):.3f}× "
-                   f"(range {mem.min():.2f}× to {mem.max():.2f}×).")
-    val = p["val_loss_ratio"].dropna()
-    if len(val):
-        out.append(f"Validation loss B/A: {val.min():.3f}× to {val.max():.3f}×.")
+    changes = []
+    for metric, title, _, _ in COMPARED:
+        column = f"{metric}_verdict"
+        if column not in p:
+            continue
+        moved = p[p[column].map(lambda v: is_better(v) or is_worse(v))]
+        for word in dict.fromkeys(moved[column]):
+            rows = moved[moved[column] == word]
+            listed = ", ".join(f"{r['label']} {_ratio_text(r[f'{metric}_ratio'], metric)}" for _, r in rows.iterrows())
+            changes.append(f"{title}: {word} beyond noise in {len(rows)} cell{'s' if len(rows) != 1 else ''} "
+                           f"({listed}).")
+    if changes:
+        out += changes
+    elif c.tests:
+        out.append(f"No change beyond noise: none of the {c.tests} comparisons (cells x metrics) separates the two "
+                   f"runs at {FAMILY_LEVEL:.0%} for the whole family.")
+    else:
+        out.append("Not tested against noise: a cell needs two repetitions in each run.")
+    out.append(_spread_sentence(p, c))
     changed = p[p["status_a"] != p["status_b"]]
     for _, row in changed.iterrows():
         out.append(f"Status changed for {row['label']}: {row['status_a']} in A, {row['status_b']} in B.")
     return out
 
 
-def comparison_view(c: Comparison) -> TableView:
+def _spread_sentence(p: pd.DataFrame, c: RunComparison) -> str:
+    """How far throughput moved overall, against how far a whole run moves by itself."""
+    tok = p["tokens_per_s_ratio"].dropna()
+    if not len(tok):
+        return "No cell has a throughput in both runs."
+    noise = c.noise.get("tokens_per_s")
+    run = (f"; a whole run's throughput moves by {noise.run_sigma:.0%} (sd) between runs of the same code "
+           f"({noise.describe_run_part()})") if noise is not None and noise.run_sigma else ""
+    return (f"Throughput B/A: geometric mean {math.exp(np.log(tok).mean()):.3f}× over {len(tok)} cells "
+            f"(range {tok.min():.2f}× to {tok.max():.2f}×){run}.")
+
+
+def _ratio_text(ratio: object, metric: str) -> str:
+    return f"{float(ratio):.3f}×" if metric == "val_loss" and fmt.is_number(ratio) else \
+        f"{float(ratio):.2f}×" if fmt.is_number(ratio) else fmt.MISSING
+
+
+def comparison_view(c: RunComparison) -> TableView:
     columns = [Column("cell")]
     for _, title, _, _ in COMPARED:
         columns += [Column(f"{title} A", True), Column(f"{title} B", True), Column(f"{title} B/A", True)]
@@ -181,11 +224,11 @@ def comparison_view(c: Comparison) -> TableView:
                      sub=row["cell_id"] + (" · matched by label" if row["matched_by"] == "label" else ""))]
         for metric, _, kind, higher_better in COMPARED:
             ratio = row[f"{metric}_ratio"]
-            judged = BY_NAME[metric].judged_on is None and row[f"{metric}_separated"]
             line += [TableCell(fmt.by_kind(row[f"a_{metric}"], kind), sort_key(row[f"a_{metric}"]), "num"),
                      TableCell(fmt.by_kind(row[f"b_{metric}"], kind), sort_key(row[f"b_{metric}"]), "num"),
                      TableCell(fmt.ratio(ratio) if metric != "val_loss" else _ratio3(ratio), sort_key(ratio),
-                               "num ratio " + (ratio_class(ratio, higher_better) if judged else ""))]
+                               "num ratio " + verdict_class(row.get(f"{metric}_verdict")),
+                               sub=_verdict_sub(row.get(f"{metric}_verdict")))]
         line += [TableCell(row["status_a"], row["status_a"], f"status-{row['status_a']}"),
                  TableCell(row["status_b"], row["status_b"], f"status-{row['status_b']}")]
         view.rows.append(line)
@@ -195,7 +238,7 @@ def comparison_view(c: Comparison) -> TableView:
 
 # ------------------------------------------------------------------ charts
 
-def ratio_bars(c: Comparison) -> Chart:
+def ratio_bars(c: RunComparison) -> Chart:
     chart = Chart("compare-ratios", "Ratios B / A per cell",
                   "Bars right of 1× mean run B has more: faster for tokens/s, heavier for memory, "
                   "worse for validation loss.")
@@ -244,7 +287,7 @@ def ratio_bars(c: Comparison) -> Chart:
     return chart
 
 
-def throughput_a_vs_b(c: Comparison, name_a: str, name_b: str) -> Chart:
+def throughput_a_vs_b(c: RunComparison, name_a: str, name_b: str) -> Chart:
     chart = Chart("compare-scatter", "Throughput, run A against run B",
                   "One dot per cell. On the diagonal the two runs agree; above it B is faster.")
     p = c.pairs.dropna(subset=["a_tokens_per_s", "b_tokens_per_s"]) if not c.pairs.empty else c.pairs
@@ -285,6 +328,11 @@ def _label(row: pd.Series) -> str:
 
 def _labels(cells: pd.DataFrame) -> list[str]:
     return [_label(row) for _, row in cells.iterrows()]
+
+
+def _verdict_sub(verdict: object) -> str:
+    """Below a ratio: the verdict when it separates, so the table reads without the colours."""
+    return str(verdict) if is_better(verdict) or is_worse(verdict) else ""
 
 
 def _ratio3(value: object) -> str:

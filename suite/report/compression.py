@@ -19,7 +19,7 @@ Columns added to the per-cell table (NaN where a cell has no control or no such 
     size_ratio, decode_speedup, prefill_speedup   the cell's ÷ the control's
     decode_speedup_verdict, prefill_speedup_verdict   better / worse than the control beyond noise,
                                             within noise, or untested (one repetition), paired
-                                            by round (suite/report/paired.py)
+                                            by round (suite/verdict/rounds.py)
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
-from suite.report.paired import by_round, paired_verdict
+from suite.report.verdicts import RunVerdicts
 from suite.report.values import comparable
 from suite.config.spec import CompressSpec
 
@@ -80,10 +80,10 @@ def add_compression_columns(cells: pd.DataFrame, repeats: pd.DataFrame) -> None:
     cells["size_ratio"] = cells["model_size_bytes"] / of_control(cells["model_size_bytes"])
     cells["decode_speedup"] = cells["decode_tokens_per_s"] / of_control(cells["decode_tokens_per_s"])
     cells["prefill_speedup"] = cells["prefill_tokens_per_s"] / of_control(cells["prefill_tokens_per_s"])
+    verdicts = RunVerdicts(repeats)
     for column, metric in (("decode_speedup", "decode_tokens_per_s"), ("prefill_speedup", "prefill_tokens_per_s")):
-        rounds = by_round(repeats, metric)
         cells[f"{column}_verdict"] = [
-            paired_verdict(rounds.get(cid, {}), rounds.get(ctl, {}), True, metric)
+            verdicts.verdict(cid, ctl, metric)
             if isinstance(ctl, str) and ctl != cid and fmt.is_number(value) else None
             for cid, ctl, value in zip(cells["cell_id"], cells["compress_control"], cells[column])]
 

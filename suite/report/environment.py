@@ -6,9 +6,11 @@ the two hosts side by side with every difference marked.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from suite.measure.env import EPHEMERAL
 from suite.results import Run
 from suite.results import flatten
 
@@ -54,9 +56,17 @@ def env_rows(run: Run) -> list[EnvRow]:
 
 
 def env_diff(a: Run, b: Run) -> list[EnvDiffRow]:
-    env_a, env_b = run_environment(a), run_environment(b)
+    """Key by key, without the keys that change from run to run on one machine (measure.env.EPHEMERAL)."""
+    env_a, env_b = _stable(run_environment(a)), _stable(run_environment(b))
     keys = list(dict.fromkeys([*env_a, *env_b]))
     return [EnvDiffRow(k, env_a.get(k, "—"), env_b.get(k, "—")) for k in keys]
+
+
+def _stable(env: dict[str, str]) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k not in EPHEMERAL}
+    if "launcher" in out:  # records before launched_on: "fork server (server pid 2463)"
+        out["launcher"] = re.sub(r" \((server pid|slurm job) [^)]*\)", "", out["launcher"])
+    return out
 
 
 def _flat_text(env: dict[str, Any]) -> dict[str, str]:

@@ -18,10 +18,10 @@ import pandas as pd
 from suite.config.metrics import REGISTRY, SPREAD
 from suite.config.record import Record
 from suite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
-from suite.report.paired import by_round, paired_verdict
 from suite.report.pareto import FRONT, front_with_noise
 from suite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
 from suite.report.values import comparable
+from suite.report.verdicts import RunVerdicts
 from suite.results import to_dataframe
 
 # Scalar metrics summarised per cell: (record metric, column title, formatting kind), from the
@@ -30,9 +30,9 @@ METRICS: list[tuple[str, str, str]] = [(m.name, m.title, m.kind) for m in REGIST
 # Metrics whose spread over repeats is kept (min/max columns): the ones charts draw error bars for.
 SPREAD_METRICS = SPREAD
 CONFIG = "config."
-# (metric, higher is better) of the Pareto plot's two objectives, in front_with_noise's order.
-FRONT_OBJECTIVES = (("tokens_per_s", True), ("peak_mem_bytes", False))
-FRONT_SENSES = tuple("max" if higher_is_better else "min" for _, higher_is_better in FRONT_OBJECTIVES)
+# The Pareto plot's two objectives, in front_with_noise's order: throughput (maximised) and the
+# memory the cell controls (minimised; CellTable.memory_metric).
+FRONT_SENSES = ("max", "min")
 
 
 @dataclass
@@ -47,6 +47,10 @@ class CellTable:
     fixed: dict[str, Any]  # config keys equal in every cell
     reference: str | None  # cell id, None when no cell has throughput
     reference_note: str | None = None  # why the reference is not the one asked for
+    # The memory the headlines judge: train memory (what the cell controls) when every measured
+    # cell has it; the whole peak for records older than it. The table shows both.
+    memory_metric: str = "peak_mem_bytes"
+    verdicts: RunVerdicts | None = None  # every comparison between two cells of this run
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -105,14 +109,22 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     cells["short_label"] = short_labels(cells, measured_axes)
 
     base_id, note = choose_reference(cells, reference)
-    _add_ratios(cells, repeats, base_id)
+    verdicts = RunVerdicts(repeats)
+    memory = memory_metric(measured)
+    _add_ratios(cells, verdicts, base_id, memory)
     add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
     add_quality_columns(cells, repeats, base_id)  # final loss with its noise, time to target, vs the reference
-    cells["front"] = _front_with_noise(cells, repeats)
+    cells["front"] = _front_with_noise(cells, verdicts, memory)
     cells["pareto"] = cells["front"] == FRONT  # Pareto-optimal on the medians
     cells["is_reference"] = cells["cell_id"] == base_id
     return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
-                     reference=base_id, reference_note=note)
+                     reference=base_id, reference_note=note, memory_metric=memory, verdicts=verdicts)
+
+
+def memory_metric(measured: pd.DataFrame) -> str:
+    """train_mem_bytes when every measured cell has it, else peak_mem_bytes (older records)."""
+    has = "train_mem_bytes" in measured and len(measured) and measured["train_mem_bytes"].notna().all()
+    return "train_mem_bytes" if has else "peak_mem_bytes"
 
 
 def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, Any]:
@@ -176,43 +188,39 @@ def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
     return None
 
 
-def _front_with_noise(cells: pd.DataFrame, repeats: pd.DataFrame) -> list[str | None]:
-    """Each cell's place against the throughput/memory front, its dominance tested paired by
-    round. A cell is dominated when any of its `tests` comparisons (two per cell that dominates
+def _front_with_noise(cells: pd.DataFrame, verdicts: RunVerdicts, memory: str) -> list[str | None]:
+    """Each cell's place against the throughput/memory front, its dominance tested by the verdict
+    engine. A cell is dominated when any of its `tests` comparisons (two per cell that dominates
     it on the medians) separates, so each is made at 95 % / tests (Bonferroni): the chance of
     calling an equal cell dominated stays at 5 % however many cells the run has."""
-    rounds = [by_round(repeats, metric) for metric, _ in FRONT_OBJECTIVES]
+    objectives = ("tokens_per_s", memory)
     ids = cells["cell_id"].tolist()
 
     def verdict(i: int, j: int, k: int, tests: int) -> str:
-        metric, higher_is_better = FRONT_OBJECTIVES[k]
-        return paired_verdict(rounds[k].get(ids[i], {}), rounds[k].get(ids[j], {}), higher_is_better, metric,
-                              level=1 - 0.05 / tests)
-    points = list(zip(*(cells[metric] for metric, _ in FRONT_OBJECTIVES)))
+        return verdicts.verdict(ids[i], ids[j], objectives[k], level=1 - 0.05 / tests)
+    points = list(zip(*(cells[metric] for metric in objectives)))
     return front_with_noise(points, FRONT_SENSES, verdict)
 
 
-def _add_ratios(cells: pd.DataFrame, repeats: pd.DataFrame, base_id: str | None) -> None:
-    """Speed-up (tokens/s) and memory ratio against the reference cell's median. The error bar is
-    the range of the cell's own repeats divided by that same median; `<col>_verdict` says whether
-    the cell is better or worse than the reference beyond noise, paired by round (paired.py), and
-    is None for the reference itself."""
-    for col, (metric, higher_is_better) in zip(("speedup", "mem_ratio"), FRONT_OBJECTIVES):
+def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None, memory: str) -> None:
+    """Speed-up (tokens/s) and memory ratio (`memory`) against the reference cell's median. The
+    error bar is the range of the cell's own repeats divided by that same median; `speed_verdict`
+    (faster / slower) and `memory_verdict` (lighter / heavier) say whether the cell differs from
+    the reference beyond noise (or within noise, untested), None for the reference itself."""
+    for col, verdict_col, metric in (("speedup", "speed_verdict", "tokens_per_s"),
+                                     ("mem_ratio", "memory_verdict", memory)):
         base = np.nan
         if base_id is not None:
             base = float(cells.loc[cells["cell_id"] == base_id, metric].iloc[0])
         if not base or math.isnan(base):
             cells[col] = cells[f"{col}_lo"] = cells[f"{col}_hi"] = np.nan
-            cells[f"{col}_verdict"] = None
+            cells[verdict_col] = None
             continue
         cells[col] = cells[metric] / base
         cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
         cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
-        rounds = by_round(repeats, metric)
-        cells[f"{col}_verdict"] = [
-            None if cid == base_id or pd.isna(value) else
-            paired_verdict(rounds.get(cid, {}), rounds.get(base_id, {}), higher_is_better, metric)
-            for cid, value in zip(cells["cell_id"], cells[col])]
+        cells[verdict_col] = [None if cid == base_id or pd.isna(value) else verdicts.worded(cid, base_id, metric)
+                              for cid, value in zip(cells["cell_id"], cells[col])]
 
 
 def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:
@@ -239,8 +247,8 @@ def export_frame(table: CellTable) -> pd.DataFrame:
             keep += [f"{name}_min", f"{name}_max"]
         if name == "tokens_per_s":
             keep.append("tokens_per_s_spread_pct")
-    keep += ["speedup", "speedup_lo", "speedup_hi", "speedup_verdict",
-             "mem_ratio", "mem_ratio_lo", "mem_ratio_hi", "mem_ratio_verdict",
+    keep += ["speedup", "speedup_lo", "speedup_hi", "speed_verdict",
+             "mem_ratio", "mem_ratio_lo", "mem_ratio_hi", "memory_verdict",
              "pareto", "front", "is_reference", *QUALITY_COLUMNS, *COMPRESSION_COLUMNS]
     keep = list(dict.fromkeys(keep))  # time_to_target_s is both a record metric and a quality column
     return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)

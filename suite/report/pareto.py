@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from suite.report.paired import BETTER, UNTESTED, WORSE
+from suite.verdict.words import BETTER, UNTESTED, WORSE
 
 
 def pareto_optimal(points: Sequence[tuple[float, float]],
@@ -61,7 +61,7 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
                      verdict: Callable[[int, int, int, int], str]) -> list[str | None]:
     """The Pareto front with each point off it judged against noise. `verdict(i, j, k, tests)`
     says whether point i is "better" or "worse" than point j on objective k beyond noise, "within
-    noise", or "untested" (suite/report/paired.py's verdicts), as one of `tests` comparisons made
+    noise", or "untested" (suite/verdict's verdicts), as one of `tests` comparisons made
     for point j (two per point that dominates it: the caller may widen each test for them).
 
     For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a

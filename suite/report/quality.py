@@ -5,16 +5,16 @@ Per cell (columns added to the per-cell table; NaN where not measured):
     seeds                   distinct training seeds with an ok repetition
     val_loss_mean           final validation loss, mean over seeds (a seed's value: the median of
                             its repetitions, which differ only in timing)
-    val_loss_ci_low/high    95 % interval of that mean: Student's t over seeds; with one seed, the
-                            validation-set noise of the mean per-sequence loss
-    val_loss_delta          mean of the differences to the reference cell, paired by seed index
-    val_loss_delta_ci_low/high   95 % interval of the paired differences (t over the pairs); with
-                            one pair, from the paired per-sequence differences on the same
-                            validation windows (validation-set noise only: training noise is
-                            then not measured, and `quality_noise` says so)
-    quality_verdict         better / worse (the interval excludes 0 and |delta| >= RESOLUTION) /
-                            within noise / reference / inconclusive (nothing measured its noise)
-    quality_noise           which noise the verdict used
+    val_loss_ci_low/high    95 % interval of that mean: Student's t over seeds (none with one seed:
+                            the validation set's noise is not the noise of training)
+    val_loss_delta          mean of the differences to the reference cell, paired by seed index;
+                            at the common token budget when the two cells saw different numbers
+                            of tokens (from their evaluation curves)
+    val_loss_delta_ci_low/high   its 95 % interval (suite/verdict/seeds.py: t over the paired seeds;
+                            with one seed, the training noise of the run's cells with several seeds)
+    quality_verdict         better / worse / within noise / untested (one seed and no training noise
+                            in the run, or no evaluation at the common budget) / reference
+    quality_noise           which noise the verdict used, and at what budget
     target_loss             the cell's target: train.target_loss, or for `auto` the reference's
                             final validation loss (median over its seeds) plus target_tolerance
     time_to_target_s, tokens_to_target (+ _ci_low/_ci_high)   interpolated on each seed's
@@ -36,13 +36,10 @@ import numpy as np
 import pandas as pd
 
 from suite.report import formatting as fmt
+from suite.verdict.distributions import t_quantile
+from suite.verdict.seeds import LossDifference, TrainingNoise, loss_difference
+from suite.verdict.words import UNTESTED, WORSE
 
-Z95 = 1.959963984540054
-# The smallest loss difference a verdict calls better or worse (nats). Floating-point reduction
-# order alone (measure.threads 1 vs 2, same seeds) moved final losses by ~3e-9 with a t interval
-# of +-2e-8 (tests/test_convergence.py); such an interval can exclude 0 by chance, and a
-# difference in the fifth decimal of a loss is not one a user can act on.
-RESOLUTION = 1e-4
 EXPORT_COLUMNS = ("seeds", "val_loss_mean", "val_loss_ci_low", "val_loss_ci_high", "val_loss_delta",
                   "val_loss_delta_ci_low", "val_loss_delta_ci_high", "quality_verdict", "quality_noise",
                   "target_loss", "time_to_target_s", "time_to_target_ci_low", "time_to_target_ci_high",
@@ -50,34 +47,6 @@ EXPORT_COLUMNS = ("seeds", "val_loss_mean", "val_loss_ci_low", "val_loss_ci_high
                   "tokens_to_target_delta", "tokens_to_target_delta_ci_low", "tokens_to_target_delta_ci_high",
                   "target_reached",
                   "grad_noise_scale", "gap_to_optimum")
-SEED_NOISE = "seeds (t interval over {n} seeds{paired})"
-VALSET_NOISE = "validation sequences only (one seed: seed-to-seed training noise is not measured; use seeds: 3)"
-
-
-def t_quantile(df: int, level: float = 0.95) -> float:
-    """The t quantile of a two-sided `level` interval with `df` degrees of freedom."""
-    from scipy.special import stdtrit  # the t distribution's inverse CDF; scipy.stats costs ~1 s to import
-    return float(stdtrit(df, 1 - (1 - level) / 2))
-
-
-@dataclass
-class Difference:
-    delta: float
-    lo: float
-    hi: float
-    noise: str
-
-    @property
-    def verdict(self) -> str:
-        if not (fmt.is_number(self.lo) and fmt.is_number(self.hi)):
-            return "inconclusive"
-        if abs(self.delta) < RESOLUTION:
-            return "within noise"
-        if self.hi < 0:
-            return "better"
-        if self.lo > 0:
-            return "worse"
-        return "within noise"
 
 
 def seed_losses(group: pd.DataFrame) -> dict[int, float]:
@@ -89,47 +58,81 @@ def seed_losses(group: pd.DataFrame) -> dict[int, float]:
     return {int(k): float(v) for k, v in ok.groupby(index)["val_loss"].median().items()}
 
 
-def _sequences(group: pd.DataFrame, seed_index: int) -> list[float] | None:
-    if "val_seq_losses" not in group:
-        return None
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): Student's t over seeds; no interval with one seed."""
+    return _interval(values)
+
+
+def train_tokens(group: pd.DataFrame) -> float | None:
+    """Tokens a cell trained on: tokens per step x measured steps (None when not recorded)."""
     ok = group[group["status"] == "ok"]
-    if "seed_index" in ok:
-        ok = ok[ok["seed_index"].fillna(0).astype(int) == seed_index]
-    for value in ok.sort_values("repeat")["val_seq_losses"]:
-        if isinstance(value, list) and len(value) >= 2 and all(fmt.is_number(v) for v in value):
-            return [float(v) for v in value]
-    return None
+    if ok.empty or "tokens_per_step" not in ok or "config.train.steps" not in ok:
+        return None
+    per_step, steps = ok["tokens_per_step"].iloc[0], ok["config.train.steps"].iloc[0]
+    return float(per_step) * float(steps) if fmt.is_number(per_step) and fmt.is_number(steps) else None
 
 
-def mean_interval(values: list[float], sequences: list[float] | None) -> tuple[float, float, float]:
-    """(mean, low, high): t over seeds, or the validation-set noise of one seed."""
-    mean = float(np.mean(values))
-    if len(values) >= 2:
-        half = t_quantile(len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-        return mean, mean - half, mean + half
-    if sequences:
-        half = Z95 * float(np.std(sequences, ddof=1)) / math.sqrt(len(sequences))
-        return mean, mean - half, mean + half
-    return mean, np.nan, np.nan
+def loss_at_tokens(curve, tokens_per_step: float, budget: float) -> float | None:
+    """The evaluation loss at `budget` tokens, linearly interpolated between the two evaluations
+    around it (exactly at an evaluation when one falls there); None when the curve does not
+    span it."""
+    if not isinstance(curve, list) or not tokens_per_step:
+        return None
+    points = sorted((float(p[0]) * tokens_per_step, float(p[2])) for p in curve
+                    if isinstance(p, (list, tuple)) and len(p) >= 3 and fmt.is_number(p[0]) and fmt.is_number(p[2]))
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
+        if t0 <= budget <= t1:
+            return l0 if t1 == t0 else l0 + (budget - t0) / (t1 - t0) * (l1 - l0)
+    return next((loss for tokens, loss in points if math.isclose(tokens, budget, rel_tol=1e-9)), None)
 
 
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> Difference | None:
-    """a - b, final validation loss, paired by seed index; None when they share no seed."""
+def losses_at_budget(group: pd.DataFrame, budget: float) -> dict[int, float]:
+    """seed index -> evaluation loss at `budget` tokens, for the seeds whose curve spans it."""
+    out = {}
+    for k, rec in seed_records(group).items():
+        loss = loss_at_tokens(rec.get("eval_curve"), _tokens_per_step(rec), budget)
+        if loss is not None:
+            out[k] = loss
+    return out
+
+
+def compare_losses(a: pd.DataFrame, b: pd.DataFrame, noise: TrainingNoise | None) -> LossDifference | None:
+    """Cell a's final validation loss against cell b's, paired by seed (suite/verdict/seeds.py).
+    Cells that trained on different numbers of tokens are compared at the smaller budget, on
+    their evaluation curves; where a curve does not reach there, the comparison is untested."""
+    ta, tb = train_tokens(a), train_tokens(b)
     la, lb = seed_losses(a), seed_losses(b)
+    if ta is None or tb is None or math.isclose(ta, tb, rel_tol=1e-9):
+        return loss_difference(la, lb, noise)
+    budget = min(ta, tb)
+    at = f" at the common budget of {fmt.si(budget)} tokens (one cell saw {max(ta, tb) / budget:.2g}x as many)"
     common = sorted(set(la) & set(lb))
     if not common:
         return None
-    diffs = [la[k] - lb[k] for k in common]
-    delta = float(np.mean(diffs))
-    if len(common) >= 2:
-        half = t_quantile(len(common) - 1) * float(np.std(diffs, ddof=1)) / math.sqrt(len(common))
-        return Difference(delta, delta - half, delta + half, SEED_NOISE.format(n=len(common), paired=", paired"))
-    sa, sb = _sequences(a, common[0]), _sequences(b, common[0])
-    if sa is None or sb is None or len(sa) != len(sb):
-        return Difference(delta, np.nan, np.nan, "none measured (one seed and no per-sequence losses)")
-    d = np.asarray(sa) - np.asarray(sb)
-    half = Z95 * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return Difference(delta, delta - half, delta + half, VALSET_NOISE)
+    ba, bb = losses_at_budget(a, budget), losses_at_budget(b, budget)
+    if not set(common) <= set(ba) & set(bb):
+        delta = float(np.mean([la[k] - lb[k] for k in common]))
+        return LossDifference(delta, math.nan, math.nan,
+                              f"not compared: the cells saw different numbers of tokens ({fmt.si(ta)} and "
+                              f"{fmt.si(tb)}) and no evaluation falls at the common budget (set train.eval_every)",
+                              UNTESTED)
+    return loss_difference(ba, bb, noise, where=at)
+
+
+def training_noise(groups: dict[str, pd.DataFrame], anchor: str) -> TrainingNoise | None:
+    """The run's training noise: the per-seed differences of every cell with two seeds or more
+    to the `anchor` cell, on the same token budget, pooled."""
+    mine = seed_losses(groups[anchor])
+    anchor_tokens = train_tokens(groups[anchor])
+    differences = []
+    for cid, group in groups.items():
+        tokens = train_tokens(group)
+        if cid == anchor or (tokens is not None and anchor_tokens is not None
+                             and not math.isclose(tokens, anchor_tokens, rel_tol=1e-9)):
+            continue
+        theirs = seed_losses(group)
+        differences.append([theirs[k] - mine[k] for k in sorted(set(theirs) & set(mine))])
+    return TrainingNoise.fit(differences)
 
 
 def crossing(curve, target: float, tokens_per_step: float) -> tuple[float, float] | None:
@@ -226,6 +229,7 @@ def add_quality_columns(cells: pd.DataFrame, repeats: pd.DataFrame, reference: s
     """Add the columns of the module docstring to `cells` (in place)."""
     groups = {cid: g for cid, g in repeats.groupby("cell_id", sort=False)}
     ref_group = groups.get(reference) if reference else None
+    noise = training_noise(groups, reference) if ref_group is not None else None
     ref_losses = seed_losses(ref_group) if ref_group is not None else {}
     ref_median = float(np.median(list(ref_losses.values()))) if ref_losses else None
     rows = []
@@ -236,15 +240,14 @@ def add_quality_columns(cells: pd.DataFrame, repeats: pd.DataFrame, reference: s
         losses = seed_losses(group)
         row["seeds"] = len(losses)
         if losses:
-            first = min(losses)
-            mean, lo, hi = mean_interval(list(losses.values()), _sequences(group, first) if len(losses) == 1 else None)
+            mean, lo, hi = mean_interval(list(losses.values()))
             row.update(val_loss_mean=mean, val_loss_ci_low=lo, val_loss_ci_high=hi)
         if cid == reference and losses:
             row.update(val_loss_delta=0.0, quality_verdict="reference")
         elif ref_group is not None and losses:
-            diff = paired_difference(group, ref_group)
+            diff = compare_losses(group, ref_group, noise)
             if diff is not None:
-                row.update(val_loss_delta=diff.delta, val_loss_delta_ci_low=diff.lo, val_loss_delta_ci_high=diff.hi,
+                row.update(val_loss_delta=diff.delta, val_loss_delta_ci_low=diff.low, val_loss_delta_ci_high=diff.high,
                            quality_verdict=diff.verdict, quality_noise=diff.noise)
         target = cell_target(group, ref_median)
         crossings[cid] = seed_crossings(group, target)
@@ -310,11 +313,12 @@ def tied_with_best(cells: pd.DataFrame, repeats: pd.DataFrame) -> tuple[str | No
         return None, []
     best = str(measured.loc[measured["val_loss_mean"].idxmin(), "cell_id"])
     groups = {cid: g for cid, g in repeats.groupby("cell_id", sort=False)}
+    noise = training_noise(groups, best)
     tied = []
     for cid in measured["cell_id"]:
         if cid == best:
             continue
-        diff = paired_difference(groups[cid], groups[best])
-        if diff is None or diff.verdict != "worse":
+        diff = compare_losses(groups[cid], groups[best], noise)
+        if diff is None or diff.verdict != WORSE:
             tied.append(str(cid))
     return best, tied

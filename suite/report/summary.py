@@ -14,8 +14,9 @@ import pandas as pd
 
 from suite.report import formatting as fmt
 from suite.report.frame import CellTable
-from suite.report.paired import BETTER, UNTESTED, by_round, paired_verdict
 from suite.report.pareto import DOMINATED, NEAR_FRONT, UNTESTED_OFF_FRONT
+from suite.verdict import BETTER, UNTESTED
+from suite.verdict.state import SLOW_STATE
 
 NOISY_SPREAD_PCT = 10.0  # tokens/s range over repeats above this share of the median: flag it
 MAX_LISTED = 20
@@ -60,6 +61,7 @@ class Summary:
     noisy: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    method: str = ""  # how the verdicts between cells were reached
     status_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -95,7 +97,7 @@ def summarize(table: CellTable) -> Summary:
     if base is not None:
         summary.findings.append(Finding("Reference", base["label"] or base["short_label"],
                                         f"{fmt.si(base['tokens_per_s'])} tokens/s, "
-                                        f"{fmt.bytes_(base['peak_mem_bytes'])} peak; every ratio is against it"))
+                                        f"{_memory_text(table, base)}; every ratio is against it"))
     if table.reference_note:
         summary.notes.append(table.reference_note[0].upper() + table.reference_note[1:] + ".")
 
@@ -110,7 +112,18 @@ def summarize(table: CellTable) -> Summary:
     summary.noisy = [f"{r['label'] or r['short_label']} (±{r['tokens_per_s_spread_pct'] / 2:.0f}%)"
                      for _, r in noisy.iterrows()][:MAX_LISTED]
     summary.problems = problems(table)
+    summary.method = verdict_note(table)
     return summary
+
+
+def verdict_note(table: CellTable) -> str:
+    """How the verdicts between cells were reached: the noise they used, what was left out."""
+    noise = table.verdicts.noise("tokens_per_s")
+    slow = table.verdicts.slow.get("tokens_per_s", 0)
+    left = (f"; {slow} repetition{'s' if slow != 1 else ''} measured while the machine ran over "
+            f"{SLOW_STATE:g}x slower than its best left out") if slow else ""
+    return (f"Verdicts between cells: paired by round, 95 % intervals; throughput noise: {noise.describe()}; "
+            f"time brought to the machine's best state by each repetition's probe{left}.")
 
 
 def fastest_finding(table: CellTable) -> Finding | None:
@@ -121,16 +134,23 @@ def fastest_finding(table: CellTable) -> Finding | None:
 
 
 def least_memory_finding(table: CellTable) -> Finding | None:
-    """The cell with the lowest peak memory, tested against every other cell (`leader_finding`)."""
-    return leader_finding(table, "peak_mem_bytes", highest=False, what="Least memory", better="lighter",
-                          detail=lambda r: f"{fmt.bytes_(r['peak_mem_bytes'])} peak, "
-                                           f"{fmt.si(r['tokens_per_s'])} tokens/s")
+    """The cell with the least memory, judged on the memory the cell controls (train memory)
+    where the records have it, tested against every other cell (`leader_finding`)."""
+    return leader_finding(table, table.memory_metric, highest=False, what="Least memory", better="lighter",
+                          detail=lambda r: f"{_memory_text(table, r)}, {fmt.si(r['tokens_per_s'])} tokens/s")
+
+
+def _memory_text(table: CellTable, row: pd.Series) -> str:
+    """'412 MiB train memory (1.2 GiB peak)', or the peak alone for records without train memory."""
+    if table.memory_metric == "train_mem_bytes":
+        return f"{fmt.bytes_(row['train_mem_bytes'])} train memory ({fmt.bytes_(row['peak_mem_bytes'])} peak)"
+    return f"{fmt.bytes_(row['peak_mem_bytes'])} peak"
 
 
 def leader_finding(table: CellTable, metric: str, highest: bool, what: str, better: str,
                    detail: Callable[[pd.Series], str]) -> Finding | None:
-    """The cell that leads on `metric`, tested against every other cell paired by round
-    (suite/report/paired.py). A cell the leader does not beat beyond noise is not separated from
+    """The cell that leads on `metric`, tested against every other cell by the verdict engine
+    (paired by round, with the run's pooled noise: suite/verdict/rounds.py). A cell the leader does not beat beyond noise is not separated from
     it, and the card names it; with one round there is no interval, and the card says so."""
     ok = table.ok
     if not ok[metric].notna().any():
@@ -140,16 +160,14 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     others = ok[(ok["cell_id"] != row["cell_id"]) & ok[metric].notna()]
     if others.empty:
         return Finding(what, label, text, cell_id=row["cell_id"])
-    rounds = by_round(table.repeats, metric)
-    lead = rounds.get(row["cell_id"], {})
-    verdicts = {other["label"] or other["short_label"]: paired_verdict(lead, rounds.get(other["cell_id"], {}), highest, metric)
+    verdicts = {other["label"] or other["short_label"]: table.verdicts.verdict(row["cell_id"], other["cell_id"], metric)
                 for _, other in others.iterrows()}
     if all(v == UNTESTED for v in verdicts.values()):
         return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
                        cell_id=row["cell_id"])
     tied = [name for name, verdict in verdicts.items() if verdict != BETTER]
     if not tied:
-        return Finding(what, label, text + f"; {better} than every other cell beyond noise (paired by round)",
+        return Finding(what, label, text + f"; {better} than every other cell beyond noise",
                        cell_id=row["cell_id"])
     names = ", ".join(tied[:MAX_LISTED]) + (f" and {len(tied) - MAX_LISTED} more" if len(tied) > MAX_LISTED else "")
     return Finding(f"{what}: not separated", f"{label}, {names}",
@@ -168,6 +186,10 @@ def best_loss_finding(table: CellTable) -> Finding | None:
     row = table.row(best)
     label = row["label"] or row["short_label"]
     loss = f"{fmt.plain(row['val_loss_mean'], 4)}" + _interval_text(row, "val_loss", lambda v: fmt.plain(v, 4))
+    if tied and table.ok["seeds"].max() < 2:
+        return Finding("Lowest validation loss: untested", label,
+                       f"{loss}; one seed per cell: training noise is not measured, so no cell is called better or "
+                       f"worse (`seeds: 3` measures it)", cell_id=best)
     if not tied:
         return Finding("Best validation loss", label, f"{loss}; every other cell is worse beyond noise "
                                                       f"({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})")

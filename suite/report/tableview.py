@@ -11,8 +11,8 @@ import pandas as pd
 from suite.config.metrics import BY_NAME
 from suite.report import formatting as fmt
 from suite.report.frame import METRICS, CellTable
-from suite.report.paired import BETTER, WORSE
 from suite.report.pareto import FRONT, NEAR_FRONT
+from suite.verdict.words import is_better, is_worse
 
 
 @dataclass
@@ -48,8 +48,8 @@ def cell_table_view(table: CellTable) -> TableView:
         columns.append(Column(title, True, BY_NAME[name].description))
         if name == "tokens_per_s" and cells["speedup"].notna().any():
             columns.append(Column("speed-up", True, "tokens/s ÷ the reference's"))
-        if name == "peak_mem_bytes" and cells["mem_ratio"].notna().any():
-            columns.append(Column("memory ratio", True, "peak memory ÷ the reference's"))
+        if name == table.memory_metric and cells["mem_ratio"].notna().any():
+            columns.append(Column("memory ratio", True, f"{BY_NAME[name].title} ÷ the reference's"))
     columns.append(Column("Pareto", hint="✓: no other cell is both faster and lighter; ≈: another is, on the "
                                          "medians, but not beyond noise (paired by round)"))
     view = TableView(columns)
@@ -68,9 +68,9 @@ def cell_table_view(table: CellTable) -> TableView:
                 sub = f"±{row['tokens_per_s_spread_pct'] / 2:.1f}%"
             line.append(TableCell(fmt.by_kind(value, kind), sort_key(value), "num", sub=sub))
             if name == "tokens_per_s" and columns_has(columns, "speed-up"):
-                line.append(TableCell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + verdict_class(row["speedup_verdict"])))
-            if name == "peak_mem_bytes" and columns_has(columns, "memory ratio"):
-                line.append(TableCell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + verdict_class(row["mem_ratio_verdict"])))
+                line.append(TableCell(fmt.ratio(row["speedup"]), sort_key(row["speedup"]), "num " + verdict_class(row["speed_verdict"])))
+            if name == table.memory_metric and columns_has(columns, "memory ratio"):
+                line.append(TableCell(fmt.ratio(row["mem_ratio"]), sort_key(row["mem_ratio"]), "num " + verdict_class(row["memory_verdict"])))
         line.append(front_flag(row["front"]))
         view.rows.append(line)
         view.row_classes.append(" ".join(c for c in (
@@ -103,9 +103,10 @@ def front_flag(place: str | None) -> TableCell:
 
 
 def verdict_class(verdict: str | None) -> str:
-    """Colour a ratio against the reference only when the paired test separates the two cells
-    (suite/report/paired.py): green for better, red for worse; within noise or untested: none."""
-    return {BETTER: "better", WORSE: "worse"}.get(verdict, "")
+    """Colour a ratio against the reference only when the verdict engine separates the two cells
+    (suite/verdict/rounds.py): green for better (faster, lighter), red for worse; within noise or
+    untested: none."""
+    return "better" if is_better(verdict) else "worse" if is_worse(verdict) else ""
 
 
 def ratio_class(value: Any, higher_is_better: bool) -> str:

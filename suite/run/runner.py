@@ -493,7 +493,9 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     # how the repetition was started (its `launch` time depends on it), in every record it gets
     launcher = "fork server" if forked else ("torchrun" if cell.config.parallel.distributed and not worker_cmd
                                              else "process")
-    host_env = {**host_env, "launcher": f"{launcher} ({outcome.where})" if outcome.where else launcher}
+    host_env = {**host_env, "launcher": launcher}
+    if outcome.where:  # which process, GPU or job: differs from run to run (measure.env.EPHEMERAL)
+        host_env["launched_on"] = outcome.where
     rel_log = str(log_path.relative_to(folder.dir))
     finished = _now()
     common = dict(**base, started_at=started, finished_at=finished, duration_s=round(duration, 3), log=rel_log)

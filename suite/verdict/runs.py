@@ -14,7 +14,7 @@ random-effects model,
   and 6.7 % in three sessions of 20, 20 and 10 runs (sd of a run's mean log tokens/s beyond its
   repetitions' spread; pooled 16.2 % over 47 degrees of freedom; bench/run_drift.py). Every
   repetition of a run shares that run's level, so more repetitions do not average it out, and
-  one run per side cannot measure it. It is a prior, `--run-noise` (suite.measure.run_noise:
+  one run per side cannot measure it. It is a prior, `--run-noise` (suite.verdict.run_noise:
   16 % by default; 7 % with `--normalize state`, which takes out what the probe sees: 5.6 %,
   10.0 % and 0.0 % in those sessions, pooled 7.3 %), combined with what a baseline of several
   runs measures (`txsuite baseline RUN RUN ...`) the way limma's moderated t combines a prior
@@ -43,7 +43,10 @@ from typing import Sequence
 
 import numpy as np
 
-from suite.guard.stats import pooled_log_sd
+from suite.verdict.comparison import Comparison
+from suite.verdict.run_noise import PRIOR_SOURCE
+from suite.verdict.stats import pooled_log_sd
+from suite.verdict.words import UNTESTED
 
 PRIOR_DF = 19  # the weight of the prior, in degrees of freedom (see above)
 
@@ -67,7 +70,7 @@ class RunNoise:
         return cls(rep_sigma=sd, rep_df=df)
 
     @classmethod
-    def for_time(cls, groups: list[Sequence[float]], run_prior: float,
+    def two_level(cls, groups: list[Sequence[float]], run_prior: float,
                  base_runs: list[list[list[float]]] | None = None, prior_df: int = PRIOR_DF) -> "RunNoise":
         """groups: per (cell, side) the per-repetition statistics. base_runs: per cell, the
         baseline's repetition statistics grouped by run (measures the run part when a cell has
@@ -91,6 +94,17 @@ class RunNoise:
         den = (a * a / da if a else 0.0) + (b * b / db if b else 0.0)
         return (a + b) ** 2 / den if den > 0 else math.inf
 
+    def compare(self, run: Sequence[float], base: Sequence[float], higher_is_better: bool, level: float = 0.95,
+                resolution: float = 0.0) -> Comparison:
+        """One cell's repetitions in a run against its repetitions in a baseline run: the ratio
+        of their geometric means, its interval with both noises, and the verdict (run than base).
+        UNTESTED when the repetitions' noise is unknown (one repetition per cell)."""
+        mean = float(np.mean(np.log(run)) - np.mean(np.log(base)))
+        if self.rep_sigma is None:
+            return Comparison(UNTESTED, math.exp(mean), samples=min(len(run), len(base)))
+        return Comparison.of_log_ratio(mean, self.se(len(run), len(base)), self.test_df(len(run), len(base)), level,
+                                       higher_is_better, resolution, samples=min(len(run), len(base)), pooled=True)
+
     def run_share(self, n_run: int, n_base: int) -> float:
         """The share of the difference's variance that is the run part (more repetitions do not
         shrink it)."""
@@ -102,6 +116,13 @@ class RunNoise:
 
     def _run_var(self) -> float:
         return self.run_sigma ** 2 * (1.0 + 1.0 / self.base_runs)
+
+    def describe_run_part(self) -> str:
+        """Where the run-level figure comes from, in words."""
+        if self.run_measured is None:
+            return f"{PRIOR_SOURCE}; a baseline of several runs measures this machine's"
+        return (f"measured {self.run_measured:.1%} over the baseline's {self.base_runs} runs, combined with "
+                f"{PRIOR_SOURCE} at {self.run_prior:.1%}")
 
     def describe(self) -> str:
         if self.rep_sigma is None:

@@ -30,7 +30,7 @@ false-alarm rate is at most alpha):
    interval). With one repetition per side it reduces to the ordinary bootstrap over steps.
 3. Repetitions, tested (`mean_log_difference_p`): the difference of the mean log repetition
    statistic (each repetition's median) between the sides, against its standard error. For a
-   run against a baseline that error has two parts (suite.guard.noise): the repetitions' own
+   run against a baseline that error has two parts (suite.verdict.runs): the repetitions' own
    noise, estimated from the data and pooled over every compared cell (a shared variance
    component, as in a one-way random-effects model: a 6-cell matrix with 2 repeats a side gives
    12 degrees of freedom, where one cell alone would give 2), and the level of a whole run,
@@ -52,6 +52,8 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+
+from suite.verdict.distributions import t_sf
 
 Statistic = Callable[[np.ndarray], np.ndarray]  # reduces the last axis
 
@@ -91,18 +93,6 @@ def mann_whitney_p(x: Sequence[float], y: Sequence[float], alternative: str = "l
 def min_attainable_p(m: int, n: int) -> float:
     """The smallest one-sided p-value Mann-Whitney can give for samples of m and n values."""
     return 1.0 / math.comb(m + n, m) if m and n else 1.0
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom (a standard normal when df is inf)."""
-    from scipy.stats import norm, t as student_t
-    return float(norm.sf(t) if math.isinf(df) else student_t.sf(t, df))
-
-
-def t_isf(p: float, df: float) -> float:
-    """The t (normal when df is infinite) with P(T > t) = p."""
-    from scipy.stats import norm, t as student_t
-    return float(norm.isf(p) if math.isinf(df) else student_t.isf(p, df))
 
 
 def pooled_log_sd(groups: list[Sequence[float]]) -> tuple[float | None, int]:

@@ -1,0 +1,126 @@
+"""The verdict engine (suite/verdict/): its arithmetic, on constructed and simulated data. How
+often it is wrong on real runs is measured by bench/report_verdicts.py (docs/verdicts.md)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special, stats
+
+from suite.report.verdicts import RunVerdicts, by_round
+from suite.verdict import BETTER, UNTESTED, WITHIN_NOISE, WORSE, Comparison, RoundNoise, in_words
+from suite.verdict.distributions import t_isf, t_quantile, t_sf, trigamma_inverse
+from suite.verdict.moderated import Prior, fit_prior, moderate
+from suite.verdict.runs import RunNoise
+from suite.verdict.state import SLOW_STATE, adjust, slowdown, state_factor
+from suite.verdict.words import is_better, is_worse
+
+
+def test_distributions_match_scipy():
+    assert t_quantile(1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile(7, 0.99) == pytest.approx(stats.t.ppf(0.995, 7))
+    assert t_quantile(math.inf) == pytest.approx(1.95996, abs=1e-5)
+    assert t_sf(t_isf(0.01, 4.5), 4.5) == pytest.approx(0.01)
+    for x in (0.05, 1.0, 4.9, 300.0):
+        assert float(special.polygamma(1, trigamma_inverse(x))) == pytest.approx(x, rel=1e-6)
+
+
+def test_the_prior_pools_alike_variances_and_not_an_outlier():
+    rng = np.random.default_rng(1)
+    strong = []
+    for _ in range(50):
+        alike = [float(rng.chisquare(1)) * 0.01 for _ in range(12)]  # one true variance, 1 df each
+        strong.append(fit_prior(alike, [1.0] * 12).df)
+    assert np.median(strong) > 20  # mostly infinite: alike groups pool
+    outlier = [float(rng.chisquare(3)) / 3 * 0.01 for _ in range(12)] + [100.0, 150.0]
+    assert fit_prior(outlier, [3.0] * 14).df < 5
+    assert fit_prior([0.1, 0.2], [1.0, 1.0]) == Prior.none()  # two groups fit no prior
+    assert moderate(0.5, 1.0, Prior(0.1, 3.0), most_df=10.0) == pytest.approx(((3 * 0.1 + 0.5) / 4, 4.0))
+    assert moderate(0.5, 1.0, Prior(0.1, math.inf), most_df=7.0) == (0.1, 7.0)
+    assert moderate(0.5, 1.0, Prior.none(), most_df=7.0) == (0.5, 1.0)
+
+
+def _run(gaps: dict[str, float], rounds: int, noise: dict[str, float] | float, rng, shift: float = 0.3):
+    """cell -> round -> value: exp(gap + the round's shift + the cell's noise)."""
+    shifts = rng.normal(0, shift, rounds)
+    sd = noise if isinstance(noise, dict) else {c: noise for c in gaps}
+    return {c: {r: math.exp(g + shifts[r] + rng.normal(0, sd[c])) for r in range(rounds)} for c, g in gaps.items()}
+
+
+def test_eight_alike_cells_at_two_rounds_pool_their_noise_and_separate_fifteen_percent():
+    """With two rounds a pair alone has one degree of freedom (t = 12.7); eight cells whose
+    noise is alike give seven. A consistent 15 % gap with 2 % noise is then separated in nearly
+    every simulated run, and equal cells are called apart in about 5 % of their pairs."""
+    rng = np.random.default_rng(7)
+    separated = alone = false = pairs = 0
+    for _ in range(200):
+        gaps = {f"c{i}": 0.0 for i in range(7)} | {"slow": math.log(0.85)}
+        noise = RoundNoise.fit(_run(gaps, 2, 0.02, rng))
+        separated += noise.compare("slow", "c0", True).verdict == WORSE
+        d = [noise.logs["slow"][r] - noise.logs["c0"][r] for r in (0, 1)]
+        alone += abs(np.mean(d)) > t_quantile(1) * np.std(d, ddof=1) / math.sqrt(2)
+        for i in range(1, 7):
+            pairs += 1
+            false += noise.compare(f"c{i}", "c0", True).separated
+    assert separated >= 190 and alone < 120
+    assert false / pairs < 0.08
+
+
+def test_a_noisy_cell_keeps_a_wider_interval_than_quiet_cells():
+    """One cell 20x noisier than the others: the prior is weak, and its pairs' intervals are
+    several times wider than the quiet cells' (with three rounds the cell's own noise is seen)."""
+    rng = np.random.default_rng(3)
+    noisy_width, quiet_width = [], []
+    for _ in range(100):
+        gaps = {f"c{i}": 0.0 for i in range(6)} | {"noisy": 0.0}
+        noise = RoundNoise.fit(_run(gaps, 3, {**{f"c{i}": 0.01 for i in range(6)}, "noisy": 0.2}, rng))
+        wide, narrow = noise.compare("noisy", "c0", True), noise.compare("c1", "c0", True)
+        noisy_width.append(math.log(wide.high / wide.low))
+        quiet_width.append(math.log(narrow.high / narrow.low))
+    assert np.median(noisy_width) > 5 * np.median(quiet_width)
+
+
+def test_comparisons_are_untested_below_two_rounds_and_respect_the_resolution():
+    noise = RoundNoise.fit({"a": {0: 110.0}, "b": {0: 100.0}, "c": {0: 90.0, 1: 95.0}})
+    once = noise.compare("a", "b", True)
+    assert once.verdict == UNTESTED and once.ratio == pytest.approx(1.1) and once.samples == 1
+    assert noise.compare("a", "missing", True).verdict == UNTESTED
+    steady = {"a": {0: 1000.4, 1: 1000.4, 2: 1000.4}, "b": {0: 1000.0, 1: 1000.0, 2: 1000.0}}
+    assert RoundNoise.fit(steady).compare("a", "b", False).verdict == WORSE
+    assert RoundNoise.fit(steady).compare("a", "b", False, resolution=0.001).verdict == WITHIN_NOISE
+    low = Comparison.of_log_ratio(math.log(1.2), 0.01, 5, 0.95, higher_is_better=False)
+    assert low.verdict == WORSE and low.low < 1.2 < low.high
+    assert Comparison.of_log_ratio(0.1, math.nan, 0, 0.95, True).verdict == UNTESTED
+
+
+def test_words_follow_the_metric():
+    assert in_words(BETTER, "tokens_per_s") == "faster" and in_words(WORSE, "train_mem_bytes") == "heavier"
+    assert in_words(WORSE, "val_loss") == "worse" and in_words(WITHIN_NOISE, "tokens_per_s") == WITHIN_NOISE
+    assert is_better("lighter") and is_worse("slower") and not is_better(WITHIN_NOISE) and not is_worse(None)
+
+
+def test_the_machine_state_adjusts_time_and_leaves_out_slow_repetitions():
+    assert state_factor(0.012, 0.012, 0.010) == pytest.approx(1.2)
+    assert slowdown(0.011, 0.025, 0.010) == pytest.approx(2.5)
+    assert adjust("tokens_per_s", 1000.0, 1.2) == pytest.approx(1200.0)
+    assert adjust("step_time_p50_s", 0.12, 1.2) == pytest.approx(0.1)
+    assert adjust("peak_mem_bytes", 5.0, 1.2) == 5.0 and adjust("tokens_per_s", 5.0, None) == 5.0
+    rows = [{"cell_id": c, "repeat": r, "status": "ok", "tokens_per_s": tok, "probe_before_s": pb,
+             "probe_after_s": pa, "probe_best_s": 0.010}
+            for c, r, tok, pb, pa in (("a", 0, 1000.0, 0.012, 0.012), ("a", 1, 500.0, 0.011, 0.030),
+                                      ("b", 0, 900.0, 0.010, 0.010), ("b", 1, 900.0, 0.010, 0.010))]
+    values, slow = by_round(pd.DataFrame(rows), "tokens_per_s")
+    assert slow == 1 and 1 not in values["a"] and values["a"][0] == pytest.approx(1200.0)
+    assert SLOW_STATE == 2.0
+    assert RunVerdicts(pd.DataFrame(rows)).verdict("a", "b", "tokens_per_s") == UNTESTED  # one round left
+
+
+def test_two_runs_of_a_cell_carry_the_level_of_a_whole_run():
+    noise = RunNoise.two_level([[100.0, 102.0], [101.0, 99.0]], run_prior=0.16)
+    assert noise.compare([130.0, 133.0], [100.0, 102.0], True).verdict == WITHIN_NOISE
+    assert noise.compare([200.0, 204.0], [100.0, 102.0], True).verdict == BETTER
+    alone = RunNoise.measured_only([[100.0, 102.0], [101.0, 99.0]])
+    assert alone.compare([130.0, 133.0], [100.0, 102.0], True).verdict == BETTER
+    assert RunNoise.measured_only([[100.0], [101.0]]).compare([130.0], [100.0], True).verdict == UNTESTED
