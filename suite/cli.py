@@ -460,10 +460,14 @@ def compare(run_a: str, run_b: str, output: str | None) -> None:
         if not (run / "records.jsonl").exists():
             raise UsageProblem(f"{run} is not a run folder (no records.jsonl in it).")
     out = Path(output) if output else Path("reports") / "compare" / f"{a.name}_vs_{b.name}.html"
-    from suite.report.compare import different_experiments
+    from suite.report.compare import compare_findings, compare_tables, different_experiments
+    from suite.report.run_report import table_for
     from suite.results import RunFolder
-    for warning in different_experiments(RunFolder(a).load(), RunFolder(b).load()):
+    run_a, run_b = RunFolder(a).load(), RunFolder(b).load()
+    for warning in different_experiments(run_a, run_b):
         err_console.print(warning, soft_wrap=True, markup=False)
+    for line in compare_findings(compare_tables(table_for(run_a), table_for(run_b))):
+        console.print(line, soft_wrap=True, markup=False)
     try:
         console.print(f"wrote {render_compare(a, b, out)}")
     except OSError as exc:

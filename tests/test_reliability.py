@@ -205,6 +205,7 @@ def test_reports_and_compare_survive_records_of_the_wrong_type(tmp_path, status,
     assert out.returncode == 0 and (tmp_path / "r.html").exists(), out.stdout + out.stderr
     both = txsuite("compare", str(run), str(run), "-o", str(tmp_path / "c.html"), cwd=tmp_path)
     assert both.returncode == 0, both.stdout + both.stderr
+    assert "in both runs" in both.stdout and "Not tested against noise" in both.stdout  # the summary, in the terminal
 
 
 # ------------------------------------------------------------------ 7. inputs that mean something else

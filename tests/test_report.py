@@ -114,6 +114,8 @@ def test_points_off_the_front_are_judged_against_noise():
     assert place == ["front", "within noise", "dominated", "within noise", None]
     untested = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: "untested")
     assert untested == ["front", "untested", "untested", "untested", None]
+    half = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: ("better", "untested")[k])
+    assert half == ["front", "within noise", "within noise", "within noise", None]  # lighter, speed untested
 
 
 def three_speed_run(run_dir: Path, speeds: dict[str, list[float]]) -> Path:

@@ -124,7 +124,8 @@ def _judge(c: RunComparison, reps_a: pd.DataFrame, reps_b: pd.DataFrame) -> None
         groups = [g for (_, m), pair in values.items() if m == metric for g in pair if len(g) >= 2]
         prior = run_prior(metric)
         c.noise[metric] = RunNoise.two_level(groups, prior) if prior else RunNoise.measured_only(groups)
-    c.tests = sum(1 for va, vb in values.values() if va and vb)
+    # a comparison is tested when both runs have the cell and its metric's repetition noise is known
+    c.tests = sum(1 for (_, metric), (va, vb) in values.items() if va and vb and c.noise[metric].rep_sigma is not None)
     level = 1.0 - (1.0 - FAMILY_LEVEL) / max(c.tests, 1)
     for metric in judged:
         verdicts = []

@@ -65,8 +65,9 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
     for point j (two per point that dominates it: the caller may widen each test for them).
 
     For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a
-    point that dominates it on the estimates is better beyond noise on one objective and not
-    worse beyond noise on the other; NEAR_FRONT when some dominating point was tested and none
+    point that dominates it on the estimates is better beyond noise on one objective and, tested,
+    not worse beyond noise on the other (an untested objective backs no dominance: its medians may
+    hold repetitions the verdicts left out); NEAR_FRONT when some dominating point was tested and none
     separates; UNTESTED_OFF_FRONT when no dominating point could be tested; None for a point with a
     missing coordinate (a failed cell is no option)."""
     optimal = pareto_optimal(points, senses)
@@ -85,7 +86,7 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
                       and theirs[0] >= mine[0] and theirs[1] >= mine[1] and theirs != mine]
         tests = 2 * len(dominators)
         verdicts = [(verdict(i, j, 0, tests), verdict(i, j, 1, tests)) for i in dominators]
-        if any(BETTER in pair and WORSE not in pair for pair in verdicts):
+        if any(BETTER in pair and WORSE not in pair and UNTESTED not in pair for pair in verdicts):
             out.append(DOMINATED)
         elif all(pair == (UNTESTED, UNTESTED) for pair in verdicts):
             out.append(UNTESTED_OFF_FRONT)

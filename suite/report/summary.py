@@ -129,8 +129,7 @@ def verdict_note(table: CellTable) -> str:
 def fastest_finding(table: CellTable) -> Finding | None:
     """The cell with the highest tokens/s, tested against every other cell (`leader_finding`)."""
     return leader_finding(table, "tokens_per_s", highest=True, what="Fastest", better="faster",
-                          detail=lambda r: f"{fmt.si(r['tokens_per_s'])} tokens/s, peak memory "
-                                           f"{fmt.bytes_(r['peak_mem_bytes'])}")
+                          detail=lambda r: f"{fmt.si(r['tokens_per_s'])} tokens/s, {_memory_text(table, r)}")
 
 
 def least_memory_finding(table: CellTable) -> Finding | None:
@@ -150,7 +149,8 @@ def _memory_text(table: CellTable, row: pd.Series) -> str:
 def leader_finding(table: CellTable, metric: str, highest: bool, what: str, better: str,
                    detail: Callable[[pd.Series], str]) -> Finding | None:
     """The cell that leads on `metric`, tested against every other cell by the verdict engine
-    (paired by round, with the run's pooled noise: suite/verdict/rounds.py). A cell the leader does not beat beyond noise is not separated from
+    (paired by round, with the run's pooled noise: suite/verdict/rounds.py). A cell the leader
+    does not beat beyond noise is not separated from
     it, and the card names it; with one round there is no interval, and the card says so."""
     ok = table.ok
     if not ok[metric].notna().any():
@@ -170,9 +170,12 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
         return Finding(what, label, text + f"; {better} than every other cell beyond noise",
                        cell_id=row["cell_id"])
     names = ", ".join(tied[:MAX_LISTED]) + (f" and {len(tied) - MAX_LISTED} more" if len(tied) > MAX_LISTED else "")
+    ratios = [float(other[metric]) / float(row[metric]) for _, other in others.iterrows()
+              if (other["label"] or other["short_label"]) in tied]
+    span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
-                   text + f"; the paired difference to {'each of these' if len(tied) > 1 else 'it'} is within "
-                          f"noise; no single leader", cell_id=row["cell_id"])
+                   text + f"; {'these are' if len(tied) > 1 else 'it is'} at {span} of it, within noise: no single "
+                          f"leader", cell_id=row["cell_id"])
 
 
 def best_loss_finding(table: CellTable) -> Finding | None:

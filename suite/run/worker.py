@@ -31,7 +31,7 @@ from typing import Any
 
 from suite.config.record import Unsupported
 from suite.config.spec import CellConfig
-from suite.measure.memory import host_current_rss_bytes, host_peak_rss_bytes, minor_page_faults
+from suite.measure.memory import TrainingWindow, host_current_rss_bytes, host_peak_rss_bytes, minor_page_faults
 from suite.measure.stats import summarize_steps
 from suite.results.folder import write_atomic
 from suite.train.loop import Diverged
@@ -54,6 +54,7 @@ class Trained:
     comm_share: float | None
     comm_steps: int
     rss_before_train: int
+    train_peak_rss: int | None  # the high-water mark of the training steps alone (None: not measurable here)
     peak_rss: int  # read right after training, before evaluation can add to it
     rss_after_train: int  # what the process holds then: weights, gradients, optimizer state, caches
     probe_s: float  # wall seconds of the machine-state probe before and after the measured steps
@@ -153,7 +154,8 @@ def train(training, started: Started) -> Trained:
     from suite.train import train_steps
 
     device, t = started.device, training.cell.train
-    rss_before_train = host_current_rss_bytes()
+    build_peak = host_peak_rss_bytes()
+    window = TrainingWindow().open()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -168,7 +170,8 @@ def train(training, started: Started) -> Trained:
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
                    counters=counters(), comm_share=comm.share, comm_steps=comm.steps,
-                   rss_before_train=rss_before_train, peak_rss=host_peak_rss_bytes(),
+                   rss_before_train=window.before, peak_rss=max(build_peak, host_peak_rss_bytes()),
+                   train_peak_rss=window.peak(),
                    rss_after_train=host_current_rss_bytes(), probe_s=machine.wall_s)
 
 
@@ -312,7 +315,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     # the memory the cell controls: what training added to the process (CPU), or what torch's
     # allocator held for tensors at its peak (CUDA); the rest is the interpreter and libraries
     metrics["train_mem_bytes"] = (metrics.get("cuda_max_allocated_bytes") if device.type == "cuda"
-                                  else max(0, trained.peak_rss - trained.rss_before_train))
+                                  else max(0, (trained.train_peak_rss or trained.peak_rss) - trained.rss_before_train))
     metrics["world_size"] = world
     metrics["comm_share"] = trained.comm_share
     metrics["comm_share_steps"] = trained.comm_steps
@@ -338,6 +341,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "loss_curve": result.loss_curve,
         "eval_curve": final.evals,
         "step_times_s": [round(s, 6) for s in result.step_times],
+        "step_cpu_times_s": [round(s, 6) for s in result.step_cpu_times],
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss) if val_loss < 700 else None,
         # mean loss of each fixed validation sequence (the same windows in every cell)

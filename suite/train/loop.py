@@ -28,6 +28,9 @@ class TrainResult:
     loss_curve: list[list[float]] = field(default_factory=list)  # [step, train wall s, loss], every step
     evals: list[list[float]] = field(default_factory=list)  # [step, train wall s, val loss]
     step_times: list[float] = field(default_factory=list)  # seconds of each measured step
+    # CPU seconds of this process (all its threads) in each measured step: what a neighbour on
+    # the cores slows less than wall time, recorded to be judged on real runs (docs/verdicts.md)
+    step_cpu_times: list[float] = field(default_factory=list)
     reached: tuple[int, float] | None = None  # (step, train wall s) when target_loss was first reached
     train_wall: float = 0.0  # training time only: evaluation pauses this clock
     warmup_wall: float = 0.0  # the part of train_wall spent in warm-up steps (compilation included)
@@ -72,13 +75,13 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         counting = count_step is not None and step == t.warmup_steps - 1
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with count_step() if counting else contextlib.nullcontext():
             loss_t = trainer.step(training.batches)
         for hook in hooks:
             hook(step + 1)
         sync()  # the one host sync per step, needed to time it
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         comm.after(step)
         result.train_wall += elapsed
         if step < t.warmup_steps:
@@ -91,6 +94,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
         log(f"[txsuite step {step + 1}/{total_steps}] loss {loss:.4f}")
         if step >= t.warmup_steps:
             result.step_times.append(elapsed)
+            result.step_cpu_times.append(cpu)
         _check_divergence(result.loss_curve, loss, step + 1)
         if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < total_steps:
             with telemetry.paused():  # evaluation is outside train_wall, so outside energy per token too
