@@ -503,12 +503,12 @@ def _percent(text: str) -> float:
 @click.option("--normalize", type=click.Choice(["none", "peak", "auto", "state"]), default="none", show_default=True,
               help="peak: compare throughput relative to each machine's measured matmul peak; auto: peak "
                    "when the hardware differs; state: one machine, time brought to its best state by each "
-                   "repetition's probe (halves the run-to-run noise on a shared machine).")
+                   "repetition's probe (docs/guard.md).")
 @click.option("--alpha", type=float, default=0.01, show_default=True, help="False-alarm level of each check.")
 @click.option("--run-noise", "run_noise", default=None,
-              help="How much a whole run's throughput moves from run to run on this machine (sd). Default 16%, "
-                   "7% with --normalize state (measured on a shared 2-core runner). A baseline of several runs "
-                   "measures it.")
+              help="How much a whole run's throughput moves from run to run on this machine (sd), e.g. 2%. "
+                   "Default: the prior of docs/verdicts.md, combined with what a baseline of several runs "
+                   "measures (the guard's notes name both).")
 @click.option("--slow-state", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
               help="Leave out repetitions measured while the machine was this many times slower than its best.")
 @click.option("--confirm", is_flag=True, help="Re-measure each failed cell once; it stays FAIL only if it fails again.")

@@ -174,8 +174,8 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
               if (other["label"] or other["short_label"]) in tied]
     span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
-                   text + f"; {'these are' if len(tied) > 1 else 'it is'} at {span} of it, within noise: no single "
-                          f"leader", cell_id=row["cell_id"])
+                   text + f"; {'these reach' if len(tied) > 1 else 'the other reaches'} {span} of it, within noise: "
+                          f"no single leader", cell_id=row["cell_id"])
 
 
 def best_loss_finding(table: CellTable) -> Finding | None:

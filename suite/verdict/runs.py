@@ -1,4 +1,5 @@
-"""How noisy a side's mean is: the noise model behind the guard's t interval (run vs baseline).
+"""How noisy a side's mean is: the noise model behind the guard's t interval (run vs baseline)
+and `compare`'s verdicts.
 
 A repetition's log statistic (the log of its median tokens/s, say) is, as in a one-way
 random-effects model,
@@ -8,32 +9,21 @@ random-effects model,
 - **The repetition's own noise** (`rep_sigma`): repetitions of one run differ by seconds. It is
   measured, pooled over every compared cell and both sides.
 - **The run's level** (`run_sigma`): a shared machine's speed moves over tens of seconds (other
-  tenants, memory bandwidth, clocks). Measured on this project's 2-core runner: one process
-  timing the same step for 3 minutes wanders 13-22 steps/s in spells of 5-20 s, and runs of one
-  matrix in a row (3 repetitions each, seconds apart) differ from run to run by 13.6 %, 21.0 %
-  and 6.7 % in three sessions of 20, 20 and 10 runs (sd of a run's mean log tokens/s beyond its
-  repetitions' spread; pooled 16.2 % over 47 degrees of freedom; bench/run_drift.py). Every
+  tenants, memory bandwidth, clocks), and a process's memory with how it started. Every
   repetition of a run shares that run's level, so more repetitions do not average it out, and
-  one run per side cannot measure it. It is a prior, `--run-noise` (suite.verdict.run_noise:
-  16 % by default; 7 % with `--normalize state`, which takes out what the probe sees: 5.6 %,
-  10.0 % and 0.0 % in those sessions, pooled 7.3 %), combined with what a baseline of several
-  runs measures (`txsuite baseline RUN RUN ...`) the way limma's moderated t combines a prior
-  variance with a gene's own (Smyth 2004). The prior counts as 19 degrees of freedom, not the 47 it was measured with: it
-  was measured on one machine, and a baseline of several runs of the user's should be able to
-  move it. On a quieter machine, pass the figure its own multi-run baseline printed as
-  `--run-noise`.
+  one run per side cannot measure it. It is a prior (suite/verdict/run_noise.py, `--run-noise`),
+  combined with what a baseline of several runs measures (`txsuite baseline RUN RUN ...`) the
+  way limma's moderated t combines a prior variance with a gene's own (Smyth 2004). The prior
+  counts as PRIOR_DF degrees of freedom: it was measured on other machines, and a baseline of
+  several runs of the user's should be able to move it.
 
 The difference of the two sides' mean log values then has variance
 
     rep_sigma^2 (1/n_run + 1/n_base) + run_sigma^2 (1 + 1/runs_base)
 
 (n: repetitions; runs_base: the baseline's runs), tested with Student's t and the degrees of
-freedom of the two parts combined by Welch-Satterthwaite. Memory and validation loss do not
-move with the machine's speed: the repetition part alone (run_sigma 0).
-
-Evidence that the single-level model was wrong: with the run part left out (a 3 % floor on the
-repetition noise), 2 of 19 consecutive pairs of the first 20 runs of unchanged code FAILed a
--5 % limit, and so did a CI run (0.776x, 98 % interval [0.673, 0.881]).
+freedom of the two parts combined by Welch-Satterthwaite. docs/guard.md has the runs that
+showed a single-level model wrong and measured the priors.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The statistics of the regression guard (numpy and SciPy; no torch).
+"""The statistics of the regression guard, run against a baseline (numpy and SciPy; no torch).
 
 What is compared
 ----------------
@@ -38,11 +38,10 @@ false-alarm rate is at most alpha):
    that repetitions do not average it out: a prior (`--run-noise`), moderated by what a
    baseline of several runs measures.
 
-   With one run a side and the default 16 % run noise, a -5 % limit can be failed only by a
-   slowdown beyond ~50 % (~30 % with `--normalize state`), and passed only by an improvement:
-   the honest price of comparing two
-   moments of a shared machine. `txsuite ab`, which alternates the versions seconds apart,
-   needs no run part.
+   With one run a side and the default run-noise prior, a -5 % limit can be failed only by a
+   large slowdown and passed only by an improvement: the honest price of comparing two moments
+   of a shared machine (docs/guard.md). `txsuite ab`, which alternates the versions seconds
+   apart, needs no run part.
 
 Every function here is pure and seeded; nothing reads a file.
 """
