@@ -424,8 +424,8 @@ def _render(run_dir: Path, out: Path) -> Path | str:
 @click.argument("results", type=click.Path(exists=True, file_okay=False))
 @click.option("--reports-dir", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write.")
-@click.option("--format", "fmt", type=click.Choice(["html", "csv", "parquet", "markdown"]), default="html",
-              show_default=True, help="html report, or the per-cell table as csv/parquet/markdown.")
+@click.option("--format", "fmt", type=click.Choice(["html", "csv", "parquet", "json", "markdown"]), default="html",
+              show_default=True, help="html report, or the per-cell table as csv/parquet/json/markdown.")
 def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None:
     """(Re)render the report of a run folder (results/<matrix>/<run id>)."""
     from suite.report import export_table, render_report
@@ -436,7 +436,7 @@ def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None
         raise UsageProblem(f"{results} holds no records.jsonl: give a run folder such as results/<matrix>/<run id>.")
     for run_dir in runs:
         meta_name = run_dir.parent.name
-        suffix = {"html": ".html", "csv": ".csv", "parquet": ".parquet", "markdown": ".md"}[fmt]
+        suffix = {"html": ".html", "csv": ".csv", "parquet": ".parquet", "json": ".json", "markdown": ".md"}[fmt]
         out = Path(output) if output and len(runs) == 1 else Path(reports_dir) / meta_name / f"{run_dir.name}{suffix}"
         try:
             path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)

@@ -5,6 +5,7 @@ expected ratio and Pareto set can be worked out by hand.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -19,6 +20,7 @@ from suite.report import export_table, render_compare, render_report
 from suite.report.charts import representative_curves
 from suite.report.compare import compare_findings, compare_tables
 from suite.report.environment import env_diff
+from suite.report.export import with_provenance
 from suite.report.frame import build_cell_table, export_frame
 from suite.report.pareto import front_with_noise, pareto_optimal
 from suite.report.run_report import table_for
@@ -409,13 +411,19 @@ def test_compare_report_shows_ratios_unmatched_cells_and_env_differences(tmp_pat
 def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
     extra = [record("bad", "precision=fp32 micro_batch=64 | wide", config("fp32", 64), status="oom", reason="OOM")]
     run = grid_run(tmp_path / "run", extra=extra, meta={"name": "m", "axes": {}})
-    expected = export_frame(table_for(RunFolder(run).load()))
+    loaded = RunFolder(run).load()
+    expected = with_provenance(export_frame(table_for(loaded)), loaded)
 
     csv = pd.read_csv(export_table(run, tmp_path / "t.csv", "csv"))
-    pd.testing.assert_frame_equal(csv, expected, check_dtype=False)
+    unknown = ["txsuite_commit"]  # these test records carry no commit: None in the frame, NaN in csv
+    pd.testing.assert_frame_equal(csv.drop(columns=unknown), expected.drop(columns=unknown), check_dtype=False)
     parquet = pd.read_parquet(export_table(run, tmp_path / "t.parquet", "parquet"))
     pd.testing.assert_frame_equal(parquet, expected, check_dtype=False)
-    assert {"tokens_per_s", "peak_mem_bytes", "speedup", "pareto", "precision", "train.micro_batch"} <= set(csv)
+    rows = json.loads(export_table(run, tmp_path / "t.json", "json").read_text())
+    assert len(rows) == len(expected) and rows[0]["matrix"] == "m" and rows[0]["run_id"] == loaded.run_id
+    assert list(csv.columns[:3]) == ["matrix", "run_id", "txsuite_commit"]  # rows of many runs stack
+    assert {"tokens_per_s", "peak_mem_bytes", "speedup", "pareto", "precision", "train.micro_batch",
+            "speed_verdict", "memory_verdict", "quality_verdict"} <= set(csv)
 
     text = export_table(run, tmp_path / "t.md", "markdown").read_text()
     cells_md, quality_md = text.split("\n## Convergence\n\n")  # two tables: the cells, then the quality aggregates
@@ -428,7 +436,7 @@ def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
     assert quality_lines[0].startswith("| cell | seeds | val_loss_mean |")
     assert len(quality_lines) == 2 + int(expected["val_loss_mean"].notna().sum())
 
-    with pytest.raises(ValueError, match="csv, parquet, markdown"):
+    with pytest.raises(ValueError, match="csv, parquet, json, markdown"):
         export_table(run, tmp_path / "t.xlsx", "xlsx")
 
 

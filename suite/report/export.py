@@ -1,8 +1,10 @@
-"""export_table: the per-cell table of a run as csv, parquet or markdown.
+"""export_table: the per-cell table of a run as csv, parquet, json or markdown.
 
-csv and parquet carry the raw numbers (bytes, tokens/s, fractions) under machine-friendly
-column names, for notebooks and spreadsheets; markdown carries the table exactly as the HTML
-report shows it (formatted units), for pasting into a pull request or an issue.
+csv, parquet and json carry the raw numbers (bytes, tokens/s, fractions) under machine-friendly
+column names, for notebooks and spreadsheets, each row led by where it came from (`matrix`,
+`run_id`, `txsuite_commit`) so that rows of many runs can be stacked; json is a list of one
+object per cell, missing values null. markdown carries the table exactly as the HTML report
+shows it (formatted units), for pasting into a pull request or an issue.
 """
 from __future__ import annotations
 
@@ -16,26 +18,41 @@ from suite.report.tableview import Column, TableCell, TableView, cell_table_view
 from suite.results import RunFolder, write_atomic
 from suite.results.folder import ensure_replaceable
 
-FORMATS = ("csv", "parquet", "markdown")
+FORMATS = ("csv", "parquet", "json", "markdown")
 TEXT_COLUMNS = ("quality_verdict", "quality_noise", "target_reached")
 
 
 def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; allowed formats: {', '.join(FORMATS)}")
-    table = table_for(RunFolder(run_dir).load())
+    run = RunFolder(run_dir).load()
+    table = table_for(run)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        write_atomic(out_path, export_frame(table).to_csv(index=False))
+        write_atomic(out_path, with_provenance(export_frame(table), run).to_csv(index=False))
+    elif fmt == "json":
+        write_atomic(out_path, with_provenance(export_frame(table), run).to_json(orient="records", indent=1) + "\n")
     elif fmt == "parquet":
         ensure_replaceable(out_path)
         tmp = out_path.with_name(f".{out_path.name}.tmp")
-        export_frame(table).to_parquet(tmp, index=False, engine="pyarrow")
+        with_provenance(export_frame(table), run).to_parquet(tmp, index=False, engine="pyarrow")
         tmp.replace(out_path)  # atomic, like every other file txsuite writes
     else:
         write_atomic(out_path, markdown(cell_table_view(table)) + quality_markdown(export_frame(table)))
     return out_path
+
+
+def with_provenance(frame, run):
+    """The frame with the run's matrix, run id and txsuite commit as its first columns."""
+    commit = (run.env or {}).get("txsuite_commit")
+    if commit is None:  # a run folder without env.json: the records carry it
+        commit = next((r.env.get("txsuite_commit") for r in run.records if r.env), None)
+    out = frame.copy()
+    for position, (column, value) in enumerate((("matrix", run.name), ("run_id", run.run_id),
+                                                 ("txsuite_commit", commit))):
+        out.insert(position, column, value)
+    return out
 
 
 def quality_markdown(frame) -> str:
