@@ -21,6 +21,10 @@ describe is still stored and exported; it is simply not summarised.
                 exactly, no noise model
     resolution  the smallest relative difference a verdict calls a difference at all (0: any
                 difference the noise separates); see suite/verdict/rounds.py
+    statistic   how a repetition's per-step samples make its value: "median", or "p90"
+    speed       how the value moves with the machine's speed: +1 a rate (twice as fast, twice
+                the value), -1 a duration, 0 not at all (memory, loss, counters); the verdicts
+                bring a repetition to the machine's best state with it (suite/verdict/state.py)
     judged_on   another metric that measures the part of this one the cell controls; the guard
                 and `compare` judge that one instead, and say so (peak memory -> train memory)
     description what the number is, for table headers
@@ -43,6 +47,8 @@ class Metric:
     compared: bool = False
     exact: bool = False
     resolution: float = 0.0
+    statistic: str = "median"
+    speed: int = 0
     judged_on: str | None = None
     description: str = "median over repeats"
 
@@ -53,11 +59,13 @@ class Metric:
 
 REGISTRY: tuple[Metric, ...] = (
     Metric("tokens_per_s", "tokens/s", "rate", "higher", per_step=True, required=True, guardable=True,
-           spread=True, compared=True,
+           spread=True, compared=True, speed=+1,
            description="median over repeats of each repeat's median per-step rate; ± is half the range over repeats"),
-    Metric("samples_per_s", "samples/s", "rate", "higher", per_step=True, required=True, guardable=True),
-    Metric("step_time_p50_s", "step p50", "seconds", "lower", per_step=True, required=True, guardable=True),
-    Metric("step_time_p90_s", "step p90", "seconds", "lower", per_step=True, required=True, guardable=True),
+    Metric("samples_per_s", "samples/s", "rate", "higher", per_step=True, required=True, guardable=True, speed=+1),
+    Metric("step_time_p50_s", "step p50", "seconds", "lower", per_step=True, required=True, guardable=True,
+           speed=-1),
+    Metric("step_time_p90_s", "step p90", "seconds", "lower", per_step=True, required=True, guardable=True,
+           statistic="p90", speed=-1),
     Metric("peak_mem_bytes", "peak memory", "bytes", "lower", required=True, guardable=True, spread=True,
            compared=True, judged_on="train_mem_bytes", resolution=0.001,
            description="device memory reserved on GPU, peak resident set on CPU"),
@@ -68,7 +76,7 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("optimizer_state_bytes", "optimizer state", "bytes", "lower",
            description="bytes of the optimizer's state tensors after training, measured (quantized states "
                        "opened to their codes and scales; one rank's share under ZeRO / FSDP)"),
-    Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True,
+    Metric("mfu", "MFU", "fraction", "higher", per_step=True, required=True, guardable=True, speed=+1,
            description="model FLOPs utilisation against the peak measured on this host"),
     Metric("val_loss", "val loss", "loss", "lower", required=True, guardable=True, spread=True, compared=True,
            resolution=1e-4),

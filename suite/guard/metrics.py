@@ -66,22 +66,22 @@ class MetricSpec:
     scales_with_peak: int     # 0: not normalised; -1: divided by the peak; +1: multiplied
 
 
-# metric -> (statistic over its samples, unit, scaling with the peak)
-_GUARD_VIEW = {
-    "tokens_per_s": (median_stat, "tok/s", -1),
-    "samples_per_s": (median_stat, "samples/s", -1),
-    "mfu": (median_stat, "", 0),
-    "step_time_p50_s": (median_stat, "s", +1),
-    "step_time_p90_s": (quantile_stat(0.9), "s", +1),
-    "peak_mem_bytes": (median_stat, "B", 0),
-    "train_mem_bytes": (median_stat, "B", 0),
-    "val_loss": (median_stat, "", 0),
-    "step_flops": (median_stat, "FLOP", 0),
-    "step_ops": (median_stat, "ops", 0),
-    "step_alloc_bytes": (median_stat, "B", 0),
-}
+STATISTICS = {"median": median_stat, "p90": quantile_stat(0.9)}  # the registry's `statistic` names
+UNITS = {"tokens_per_s": "tok/s", "samples_per_s": "samples/s", "step_time_p50_s": "s", "step_time_p90_s": "s",
+         "peak_mem_bytes": "B", "train_mem_bytes": "B", "step_flops": "FLOP", "step_ops": "ops",
+         "step_alloc_bytes": "B"}
+
+
+def _scales_with_peak(name: str) -> int:
+    """-1: a throughput, divided by the host's matmul peak under `--normalize peak`; +1: a time,
+    multiplied by it; 0: compared raw (MFU is already relative to the peak)."""
+    metric = BY_NAME[name]
+    return 0 if metric.kind == "fraction" else -metric.speed
+
+
 METRICS: dict[str, MetricSpec] = {
-    name: MetricSpec(name, BY_NAME[name].per_step, -1 if BY_NAME[name].higher_is_better else +1, *_GUARD_VIEW[name])
+    name: MetricSpec(name, BY_NAME[name].per_step, -1 if BY_NAME[name].higher_is_better else +1,
+                     STATISTICS[BY_NAME[name].statistic], UNITS.get(name, ""), _scales_with_peak(name))
     for name in GUARDABLE
 }
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
+from suite.config.metrics import REGISTRY
+
 SLOW_STATE = 2.0
 
-# How a time metric moves with the machine's speed: a rate is multiplied by the state factor,
-# a duration divided by it; other metrics do not move with it.
-POWER = {"tokens_per_s": 1, "samples_per_s": 1, "mfu": 1, "step_time_p50_s": -1, "step_time_p90_s": -1}
+# How each metric moves with the machine's speed (the registry's `speed`): a rate is multiplied
+# by the state factor, a duration divided by it; the others do not move with it.
+POWER = {m.name: m.speed for m in REGISTRY if m.speed}
 
 
 def state_factor(before_s: float | None, after_s: float | None, best_s: float | None) -> float | None:
