@@ -84,7 +84,9 @@ class RoundNoise:
             return Comparison(UNTESTED, ratio=math.exp(d[0]) if n else None, samples=n)
         if a in self.cells and b in self.cells:
             na, nb = self.cells[a], self.cells[b]
-            variance, df, pooled = na.variance + nb.variance, _welch_df(na, nb), True
+            # both variances lean on the same prior, so their sum is worth no more degrees of
+            # freedom than the better-informed of the two (Welch would count the prior twice)
+            variance, df, pooled = na.variance + nb.variance, min(_welch_df(na, nb), max(na.df, nb.df)), True
         else:
             variance, df, pooled = float(d.var(ddof=1)), n - 1.0, False
         return Comparison.of_log_ratio(float(d.mean()), math.sqrt(variance / n), df, level, higher_is_better,
