@@ -59,7 +59,7 @@ def _run_id(ctx, param, value):
         return None
     problem = name_problem(value)
     if problem:
-        raise click.BadParameter(f"{value!r} {problem}; e.g. --run-id nightly-2026-11-30")
+        raise click.BadParameter(f"{value!r} {problem}; e.g. --run-id nightly-main")
     return value
 
 

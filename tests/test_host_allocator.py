@@ -169,6 +169,6 @@ def test_the_training_window_counts_what_training_adds_not_what_the_build_left()
     out = subprocess.run([sys.executable, "-c", TRAINING_WINDOW], capture_output=True, text=True, check=True)
     got = json.loads(out.stdout)
     if not got["reset"]:
-        pytest.skip("this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+        pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
     assert got["before"] < got["held"] - (60 << 20)  # the freed build memory went back
     assert 38 << 20 <= got["peak"] - got["before"] <= 60 << 20

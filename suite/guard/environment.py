@@ -36,8 +36,8 @@ SOFTWARE = (
     ("os", "operating system"),
     ("host_allocator", "host memory allocator (measure.host_allocator)"),
 )
-# What a record written before a key existed ran with: records before measure.host_allocator
-# (2026-11-30) ran under glibc's malloc defaults.
+# What a record written before a key existed ran with: records written before
+# measure.host_allocator existed ran under glibc's malloc defaults.
 ASSUMED_WHEN_ABSENT = {"host_allocator": "system"}
 PEAK_TOLERANCE = 0.10  # measured peaks within 10 % are the same machine speed
 

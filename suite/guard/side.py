@@ -10,8 +10,8 @@ truth in the file. Layout (one repetition per line, so a diff stays readable):
     {
      "format": "txsuite-baseline",
      "schema": 2,
-     "created_at": "2026-11-29T03:40:00",
-     "matrix": "smoke", "run_id": "20261129-031050", "source": "matrices/smoke.yaml",
+     "created_at": "<when the file was written>",
+     "matrix": "smoke", "run_id": "<the run's id>", "source": "matrices/smoke.yaml",
      "guard": {"tokens_per_s": "-5%"},
      "quality": {"repetitions_per_cell": 2, "noise": {"tokens_per_s": 0.021}, "machine_slowdown_max": 1.3, ...},
      "env": {... the environment fingerprint of the run ...},
@@ -61,8 +61,8 @@ class GuardInputError(Exception):
 # the kernels a repetition ran, where `auto` settings choose them per host (model.attention,
 # model.linear): a change between baseline and run is named (suite.guard.environment)
 KERNEL_FACTS = ("attention", "linear")
-# what a record written before a fact existed ran: every record before model.linear (2026-11-30)
-# ran torch's nn.Linear (the attention kernel of older records is not known: not assumed)
+# what a record written before a fact existed ran: every record written before model.linear
+# existed ran torch's nn.Linear (the attention kernel of older records is not known: not assumed)
 KERNELS_WHEN_ABSENT = {"linear": "torch"}
 # per-repetition numbers kept as they are (besides the step samples and the summaries)
 REPEAT_FIELDS = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "peak_mem_bytes",

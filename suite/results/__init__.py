@@ -1,6 +1,6 @@
 """Results on disk (L1): run folders, their records and metadata, and records as a DataFrame.
 
-    folder = RunFolder("results/precision/20261129-101500")
+    folder = RunFolder("results/precision/<run id>")
     folder.records(), folder.meta (RunMeta: matrix.json, typed), folder.env
     run = folder.load()             # Run: records, meta and env read once (report, guard)
     to_dataframe("results/")        # every record below a path, config flattened into columns
