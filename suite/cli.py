@@ -453,23 +453,22 @@ def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="HTML file to write.")
 def compare(run_a: str, run_b: str, output: str | None) -> None:
     """Side-by-side report of two runs (same matrix on two machines or two commits)."""
-    from suite.report import render_compare
+    from suite.report.compare import different_experiments, render_runs
+    from suite.results import RunFolder
 
     a, b = Path(run_a), Path(run_b)
     for run in (a, b):
         if not (run / "records.jsonl").exists():
             raise UsageProblem(f"{run} is not a run folder (no records.jsonl in it).")
     out = Path(output) if output else Path("reports") / "compare" / f"{a.name}_vs_{b.name}.html"
-    from suite.report.compare import compare_findings, compare_tables, different_experiments
-    from suite.report.run_report import table_for
-    from suite.results import RunFolder
-    run_a, run_b = RunFolder(a).load(), RunFolder(b).load()
-    for warning in different_experiments(run_a, run_b):
+    loaded_a, loaded_b = RunFolder(a).load(), RunFolder(b).load()
+    for warning in different_experiments(loaded_a, loaded_b):
         err_console.print(warning, soft_wrap=True, markup=False)
-    for line in compare_findings(compare_tables(table_for(run_a), table_for(run_b))):
-        console.print(line, soft_wrap=True, markup=False)
     try:
-        console.print(f"wrote {render_compare(a, b, out)}")
+        path, findings = render_runs(loaded_a, loaded_b, out)
+        for line in findings:
+            console.print(line, soft_wrap=True, markup=False)
+        console.print(f"wrote {path}")
     except OSError as exc:
         raise UsageProblem(f"cannot write the comparison to {exc.filename or out}: {exc.strerror or exc}; "
                            f"give a writable -o path.") from None

@@ -113,8 +113,9 @@ def _repetitions(repeats: pd.DataFrame, cell_id: str, metric: str) -> list[float
 
 
 def _judge(c: RunComparison, reps_a: pd.DataFrame, reps_b: pd.DataFrame) -> None:
-    """`<metric>_verdict` (B than A, in the metric's words) and `<metric>_judged` for every
-    matched cell and compared metric: one family of tests at FAMILY_LEVEL."""
+    """`<metric>_verdict` (B than A, in the metric's words; None for a metric judged through
+    another, and where a run lacks the cell's values) for every matched cell and compared
+    metric: one family of tests at FAMILY_LEVEL."""
     p = c.pairs
     judged = {metric: BY_NAME[metric].judged_on or metric for metric, _, _, _ in COMPARED}
     values = {(k, metric): (_repetitions(reps_a, row["cell_id"], judged[metric]),
@@ -141,18 +142,24 @@ def _judge(c: RunComparison, reps_a: pd.DataFrame, reps_b: pd.DataFrame) -> None
 
 
 def render_compare(run_a: Path, run_b: Path, out_path: Path) -> Path:
-    a, b = RunFolder(run_a).load(), RunFolder(run_b).load()
+    return render_runs(RunFolder(run_a).load(), RunFolder(run_b).load(), out_path)[0]
+
+
+def render_runs(a: Run, b: Run, out_path: Path) -> tuple[Path, list[str]]:
+    """Write the comparison page of two loaded runs; -> (its path, the summary's sentences)."""
     comparison = compare_tables(table_for(a), table_for(b))
     with report_style():
         charts = [ratio_bars(comparison), throughput_a_vs_b(comparison, _name(a), _name(b))]
     diff = env_diff(a, b)
-    return render_to_file(
+    findings = compare_findings(comparison)
+    path = render_to_file(
         "compare.j2", out_path, a=a, b=b, name_a=_name(a), name_b=_name(b),
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        findings=different_experiments(a, b) + compare_findings(comparison), comparison=comparison,
+        findings=different_experiments(a, b) + findings, comparison=comparison,
         table=comparison_view(comparison), charts=charts, env=diff,
         env_differences=[row.key for row in diff if row.differs],
     )
+    return path, findings
 
 
 def different_experiments(a: Run, b: Run) -> list[str]:
