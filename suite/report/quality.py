@@ -58,11 +58,6 @@ def seed_losses(group: pd.DataFrame) -> dict[int, float]:
     return {int(k): float(v) for k, v in ok.groupby(index)["val_loss"].median().items()}
 
 
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): Student's t over seeds; no interval with one seed."""
-    return _interval(values)
-
-
 def train_tokens(group: pd.DataFrame) -> float | None:
     """Tokens a cell trained on: tokens per step x measured steps (None when not recorded)."""
     ok = group[group["status"] == "ok"]
@@ -72,14 +67,18 @@ def train_tokens(group: pd.DataFrame) -> float | None:
     return float(per_step) * float(steps) if fmt.is_number(per_step) and fmt.is_number(steps) else None
 
 
+def same_budget(a: float | None, b: float | None) -> bool:
+    """Two cells trained on the same number of tokens (or one of them did not record it)."""
+    return a is None or b is None or math.isclose(a, b, rel_tol=1e-9)
+
+
 def loss_at_tokens(curve, tokens_per_step: float, budget: float) -> float | None:
     """The evaluation loss at `budget` tokens, linearly interpolated between the two evaluations
     around it (exactly at an evaluation when one falls there); None when the curve does not
     span it."""
-    if not isinstance(curve, list) or not tokens_per_step:
+    if not tokens_per_step:
         return None
-    points = sorted((float(p[0]) * tokens_per_step, float(p[2])) for p in curve
-                    if isinstance(p, (list, tuple)) and len(p) >= 3 and fmt.is_number(p[0]) and fmt.is_number(p[2]))
+    points = [(tokens, loss) for tokens, _, loss in curve_points(curve, tokens_per_step)]
     for (t0, l0), (t1, l1) in zip(points, points[1:]):
         if t0 <= budget <= t1:
             return l0 if t1 == t0 else l0 + (budget - t0) / (t1 - t0) * (l1 - l0)
@@ -102,7 +101,7 @@ def compare_losses(a: pd.DataFrame, b: pd.DataFrame, noise: TrainingNoise | None
     their evaluation curves; where a curve does not reach there, the comparison is untested."""
     ta, tb = train_tokens(a), train_tokens(b)
     la, lb = seed_losses(a), seed_losses(b)
-    if ta is None or tb is None or math.isclose(ta, tb, rel_tol=1e-9):
+    if same_budget(ta, tb):
         return loss_difference(la, lb, noise)
     budget = min(ta, tb)
     at = f" at the common budget of {fmt.si(budget)} tokens (one cell saw {max(ta, tb) / budget:.2g}x as many)"
@@ -127,23 +126,27 @@ def training_noise(groups: dict[str, pd.DataFrame], anchor: str) -> TrainingNois
     differences = []
     for cid, group in groups.items():
         tokens = train_tokens(group)
-        if cid == anchor or (tokens is not None and anchor_tokens is not None
-                             and not math.isclose(tokens, anchor_tokens, rel_tol=1e-9)):
+        if cid == anchor or not same_budget(tokens, anchor_tokens):
             continue
         theirs = seed_losses(group)
         differences.append([theirs[k] - mine[k] for k in sorted(set(theirs) & set(mine))])
     return TrainingNoise.fit(differences)
 
 
+def curve_points(curve, tokens_per_step: float) -> list[tuple[float, float, float]]:
+    """An evaluation curve [[step, wall_s, loss], ...] as sorted (tokens, wall_s, loss) points,
+    malformed entries left out; [] when it is no curve."""
+    if not isinstance(curve, list):
+        return []
+    return sorted((float(p[0]) * tokens_per_step, float(p[1]), float(p[2])) for p in curve
+                  if isinstance(p, (list, tuple)) and len(p) >= 3 and all(fmt.is_number(v) for v in p[:3]))
+
+
 def crossing(curve, target: float, tokens_per_step: float) -> tuple[float, float] | None:
     """(tokens, training seconds) at which an evaluation curve [[step, wall_s, loss], ...] first
     reaches `target`, linearly interpolated between the two evaluations around the crossing (at
     the first evaluation if it is already below). None when it never gets there."""
-    if not isinstance(curve, list):
-        return None
-    points = [(float(p[0]) * tokens_per_step, float(p[1]), float(p[2])) for p in curve
-              if isinstance(p, (list, tuple)) and len(p) >= 3 and all(fmt.is_number(v) for v in p[:3])]
-    points.sort()
+    points = curve_points(curve, tokens_per_step)
     for i, (tokens, wall, loss) in enumerate(points):
         if loss <= target:
             if i == 0:
@@ -240,7 +243,7 @@ def add_quality_columns(cells: pd.DataFrame, repeats: pd.DataFrame, reference: s
         losses = seed_losses(group)
         row["seeds"] = len(losses)
         if losses:
-            mean, lo, hi = mean_interval(list(losses.values()))
+            mean, lo, hi = _interval(list(losses.values()))  # no interval with one seed
             row.update(val_loss_mean=mean, val_loss_ci_low=lo, val_loss_ci_high=hi)
         if cid == reference and losses:
             row.update(val_loss_delta=0.0, quality_verdict="reference")
