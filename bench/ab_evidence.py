@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER = "suite/train/trainer.py"
+TRAINER = "txsuite/train/trainer.py"
 ANCHOR = "        self.apply_gradients()\n        return total\n"  # the end of Trainer.step
 
 # ~25 % of the smoke matrix's plain fp32 step (20 ms at one thread on this machine): six
@@ -104,14 +104,14 @@ def txsuite_run(folder: Path, matrix: str, run_id: str, code: Path = REPO) -> No
     """One `txsuite run` of `matrix` (a file in `folder`) with `code`'s txsuite, records only;
     prints how it ended and how long it took."""
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", matrix, "--run-id", run_id, "--no-report"],
+    proc = subprocess.run([sys.executable, "-m", "txsuite.cli", "run", matrix, "--run-id", run_id, "--no-report"],
                           cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(code)})
     print(f"{run_id}: exit {proc.returncode} in {time.time() - started:.0f} s", flush=True)
 
 
 def run_one(clone: Path, out: Path, run_id: str) -> dict:
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "suite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
+    proc = subprocess.run([sys.executable, "-m", "txsuite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
                            "--results-dir", str(out), "--run-id", run_id], cwd=clone, capture_output=True, text=True)
     verdict_file = out / "ab" / "smoke" / run_id / "ab.json"
     verdict = json.loads(verdict_file.read_text()) if verdict_file.exists() else {}

@@ -19,7 +19,7 @@ import time
 import types
 from typing import Callable, Iterator, Sequence
 
-# Time the step under the OpenMP setting the runner gives a CPU worker (suite/run/runner.py:
+# Time the step under the OpenMP setting the runner gives a CPU worker (txsuite/run/runner.py:
 # bounded spinning, GOMP_SPINCOUNT=10000, unless the user set OMP_WAIT_POLICY). libgomp reads
 # it when it loads, i.e. when torch is first imported: this must run before that.
 PLAIN_ENV = dict(os.environ)  # the environment as the user gave it: what a peer's process gets
@@ -231,7 +231,7 @@ def fmt_ratio(c: dict, invert: bool = False) -> str:
 
 
 def host_line() -> str:
-    from suite.measure.env import cpu_model
+    from txsuite.measure.env import cpu_model
     omp = ", ".join(f"{k}={os.environ[k]}" for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ)
     if not OMP_SETTING_APPLIED:
         omp += " (torch was imported before bench/conftest.py: the OpenMP setting may not apply)"

@@ -72,7 +72,7 @@ else
   PY="$VENV/bin/python"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-TXSUITE=("$PY" -m suite.cli)
+TXSUITE=("$PY" -m txsuite.cli)
 # What the check needs beside torch. A missing one is named here and in host.txt (its cells
 # then skip or fail with the reason in their record); nothing is installed behind the user's back.
 MISSING="$("$PY" - <<'EOF'

@@ -11,13 +11,13 @@ thread instead of two (slower, about the same memory), full activation checkpoin
 lighter) and checkpointing of one block of two (about 15 % slower). `--rounds K` analyses each
 run as if it had stopped after K rounds (the repetitions run round by round, so its first K
 rounds are a run with `repeats: K`). For every run it builds the report's cell table
-(suite/report/frame.py) over all its cells, as a user's report does, and counts:
+(txsuite/report/frame.py) over all its cells, as a user's report does, and counts:
 - calibration: every pair of equal cells, as the verdict engine judges it (tokens/s, train
   memory, peak memory): a call (faster, slower, lighter, heavier) is a false call; and what the
   report prints among them: the Fastest card "beyond noise", an equal cell marked dominated,
   a coloured ratio of an equal cell against the reference (an equal cell);
 - power: each differing cell against the reference (speed and memory verdicts, its place);
-- compare: each run against the next with `txsuite compare`'s engine (suite/report/compare.py):
+- compare: each run against the next with `txsuite compare`'s engine (txsuite/report/compare.py):
   two runs of the same code should read "no change beyond noise".
 
 `--load`: another process keeps both cores busy 40 s of every 100 s (bench/ab_evidence.py).
@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
-from suite.report.compare import compare_findings, compare_tables  # noqa: E402
-from suite.report.frame import build_cell_table  # noqa: E402
-from suite.report.summary import fastest_finding  # noqa: E402
-from suite.results import RunFolder  # noqa: E402
+from txsuite.report.compare import compare_findings, compare_tables  # noqa: E402
+from txsuite.report.frame import build_cell_table  # noqa: E402
+from txsuite.report.summary import fastest_finding  # noqa: E402
+from txsuite.results import RunFolder  # noqa: E402
 
 MATRIX = """\
 name: verdicts

@@ -8,7 +8,7 @@ Runs the guard test's matrix (tests/test_guard_cli.py: small model, 2 layers, 3 
 25 steps) `--runs` times in a row, each a `txsuite run` of its own, then prints:
 - per run: each repetition's median tokens/s and its slower machine-state probe (those the
   guard keeps: measured while the machine was not in a slow state);
-- the noise in two parts as the guard models it (suite.verdict.runs): within a run, and of a
+- the noise in two parts as the guard models it (txsuite.verdict.runs): within a run, and of a
   whole run's level (the sd of run means beyond what the repetitions explain), the range of
   consecutive-run ratios, and how the run level follows the probe;
 - the guard's verdict on every consecutive pair (the later run against the earlier as its
@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench import ab_evidence  # noqa: E402
 from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
-from suite.guard import compare, load_side  # noqa: E402
-from suite.verdict.runs import run_level_sd  # noqa: E402
-from suite.verdict.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
-from suite.guard.state import best_probe, split_by_state, state_adjusted  # noqa: E402
-from suite.verdict.stats import pooled_log_sd  # noqa: E402
+from txsuite.guard import compare, load_side  # noqa: E402
+from txsuite.verdict.runs import run_level_sd  # noqa: E402
+from txsuite.verdict.run_noise import RUN_NOISE, RUN_NOISE_STATE  # noqa: E402
+from txsuite.guard.state import best_probe, split_by_state, state_adjusted  # noqa: E402
+from txsuite.verdict.stats import pooled_log_sd  # noqa: E402
 
 MATRIX = """\
 name: drift
@@ -70,7 +70,7 @@ def slowed_checkout(scratch: Path, burns: int) -> Path:
 
 
 def repetition_medians(side, best: float) -> tuple[list[float], list[float]]:
-    """Per repetition the guard keeps (the machine not in a slow state: suite.guard.state),
+    """Per repetition the guard keeps (the machine not in a slow state: txsuite.guard.state),
     median tokens/s and the slower probe, in ms."""
     (cell,) = side.cells.values()
     kept = split_by_state(cell.repeats, best).kept

@@ -5,7 +5,7 @@
 
 NAME: ours, ours-compiled, hf-sdpa, hf-eager, litgpt. Each model runs in its own process so
 that each has the process settings it has in real use: ours those a txsuite cell applies in its
-worker at the defaults (the host allocator policy, suite/measure/host_allocator.py; the OpenMP spin
+worker at the defaults (the host allocator policy, txsuite/measure/host_allocator.py; the OpenMP spin
 setting the runner gives a CPU cell comes in the environment), a peer the defaults of a plain
 Python process. One process for all would hand the cell's settings to the peers too (the
 allocator policy is process-wide), or take them from ours.
@@ -60,12 +60,12 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
     builder picks on CPU, for a peer torch's default (what `torch.optim.AdamW(params)` gives)."""
     info: dict = {"attention": None, "linear": None, "host_allocator": "system", "adamw": {"foreach": None, "fused": None}}
     if name in OURS:
-        from suite.config.spec.measure import MeasureSpec
-        from suite.measure.attention import choose_attention
-        from suite.measure.env import cpu_model
-        from suite.model import GPT, GPTConfig
-        from suite.model.gpt import attention_kernels
-        from suite.measure.host_allocator import apply_host_allocator
+        from txsuite.config.spec.measure import MeasureSpec
+        from txsuite.measure.attention import choose_attention
+        from txsuite.measure.env import cpu_model
+        from txsuite.model import GPT, GPTConfig
+        from txsuite.model.gpt import attention_kernels
+        from txsuite.measure.host_allocator import apply_host_allocator
         # first, as the worker does: every allocation after it is served under the policy
         info["host_allocator"] = apply_host_allocator(MeasureSpec().host_allocator)["host_allocator"]
         shape = (kit.BATCH, kit.N_HEAD, kit.SEQ, kit.D_MODEL // kit.N_HEAD)
@@ -74,16 +74,16 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER, n_head=kit.N_HEAD,
                               d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
-        # model.linear: auto, as a cell resolves it (suite.techniques.linear_kernel)
-        from suite.measure.linear import choose_linear
-        from suite.techniques import linear_kernel
+        # model.linear: auto, as a cell resolves it (txsuite.techniques.linear_kernel)
+        from txsuite.measure.linear import choose_linear
+        from txsuite.techniques import linear_kernel
         linear = choose_linear(torch, torch.device("cpu"), precision, (kit.BATCH * kit.SEQ, kit.D_MODEL, kit.D_FF),
                                cpu_model(), linear_kernel.KERNELS)
         info["linear"], info["linear_trial_s"] = linear["linear"], linear["times_s"]
         if linear["linear"] == linear_kernel.TRIAL_KERNEL:
             linear_kernel.convert(model)
-        from suite.config.spec import TrainSpec
-        from suite.train.optimizers import build_optimizer
+        from txsuite.config.spec import TrainSpec
+        from txsuite.train.optimizers import build_optimizer
         cells_adamw = build_optimizer(model, TrainSpec(), torch.device("cpu")).defaults
         info["adamw"] = {k: cells_adamw[k] for k in ("foreach", "fused")}
         # compiled in the warm-up, so the measured rounds time the steady state

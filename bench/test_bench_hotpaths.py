@@ -1,9 +1,9 @@
 """pytest-benchmark suite of txsuite's hot paths, for `--benchmark-compare-fail` in CI.
 
 - one training step per precision (fp32, bf16, bf16-pure) on the tiny reference model, built
-  as the worker builds it (suite.train.build_training), over a few fixed batches of its data;
-- matrix expansion of a shipped matrix (suite.config.matrix.load_matrix on matrices/precision.yaml);
-- the guard's own comparison of a 6-cell, 2-repeat run (suite.guard.compare).
+  as the worker builds it (txsuite.train.build_training), over a few fixed batches of its data;
+- matrix expansion of a shipped matrix (txsuite.config.matrix.load_matrix on matrices/precision.yaml);
+- the guard's own comparison of a 6-cell, 2-repeat run (txsuite.guard.compare).
 Report rendering is timed by bench/test_bench_report.py.
 
 Save a reference once, then compare every later run with it (docs/guard.md):
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from suite.config.host import Host
-from suite.config.matrix import load_matrix
-from suite.config.record import Record
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.guard import compare, side_from_records
-from suite.train import Trainer, build_training
+from txsuite.config.host import Host
+from txsuite.config.matrix import load_matrix
+from txsuite.config.record import Record
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.guard import compare, side_from_records
+from txsuite.train import Trainer, build_training
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ, BATCH, VOCAB = 128, 8, 256

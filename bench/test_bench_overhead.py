@@ -1,7 +1,7 @@
 """A txsuite cell's training against its own model in a plain PyTorch loop, side by side.
 
 Target (README, issue 18): a cell runs at >= 0.98x the plain loop, i.e. its step time is at most
-1.02x. The txsuite side is what a cell really runs per step: `suite.train.loop.train_steps`
+1.02x. The txsuite side is what a cell really runs per step: `txsuite.train.loop.train_steps`
 (the trainer's step on the cell's own data pipeline, the per-step hooks, the host sync, the
 loss read back as a float, the divergence check and the per-step log line written to a file,
 as the worker's stdout is). The plain side is the loop a user would write: the same model and
@@ -25,11 +25,11 @@ import os
 import pytest
 import torch
 
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.model import GPT
-from suite.techniques import linear_kernel
-from suite.train import build_training
-from suite.train.loop import train_steps
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.model import GPT
+from txsuite.techniques import linear_kernel
+from txsuite.train import build_training
+from txsuite.train.loop import train_steps
 
 TARGET = 1.02  # txsuite step time / bare step time: the upper confidence bound must not exceed it
 WARMUP = 6  # interleaved warm-up rounds

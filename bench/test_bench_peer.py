@@ -15,7 +15,7 @@ environment as the user gave it). For information (not asserted), ours also runs
 torch.compile (`ours-compiled`).
 
 Ours runs at its defaults: `model.attention: auto` resolves the kernel for this host, precision
-and shape exactly as a cell does (suite.measure.attention; cached per host). Same dims (4
+and shape exactly as a cell does (txsuite.measure.attention; cached per host). Same dims (4
 layers x 256 wide, 4 heads, d_ff 1024, byte-level vocab 256, no dropout), same batches, same
 hand-written step (bench/conftest.py: bare_step) and AdamW settings (the kernel: ours the
 fused one a cell's optimizer builder picks on CPU, a peer torch's default), bf16 through
@@ -114,7 +114,7 @@ def run_rounds(benchmark, kit, precision, servers):
     n_params = {name: i["params"] for name, i in info.items()}
     for name, n in n_params.items():  # the same model size, up to litgpt's untied unembedding
         assert abs(n - n_params["ours"]) <= kit.VOCAB * kit.D_MODEL, (name, n_params)
-    from suite.config.spec.measure import MeasureSpec
+    from txsuite.config.spec.measure import MeasureSpec
     assert info["ours"]["host_allocator"] == MeasureSpec().host_allocator, info["ours"]  # the default applied
     samples = {name: kit.Samples() for name in servers}
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from suite.config.record import Record
-from suite.report import render_report
-from suite.results import RunFolder, write_atomic
+from txsuite.config.record import Record
+from txsuite.report import render_report
+from txsuite.results import RunFolder, write_atomic
 
 LRS = [round(1e-4 * 1.25**i, 7) for i in range(20)]
 MICRO_BATCHES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]

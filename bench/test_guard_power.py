@@ -2,13 +2,13 @@
 
 The experiment: txsuite's training step on the tiny reference model at the smoke matrix's
 setting (2 layers x 128, seq 64, micro-batch 4, fp32, CPU), built the way the worker builds it
-(suite.train.build_training). A *candidate*
+(txsuite.train.build_training). A *candidate*
 step is the same step followed by extra real work (small matmuls) calibrated to cost 0 %, 5 %,
 10 % or 30 % of a step: a slower commit, measured for real, not a multiplied number. Each
 trial measures the baseline and the four candidates in blocks of STEPS consecutive steps (a
 block plays one repetition of a cell), REPEATS blocks each, the order of the blocks rotating
 from round to round so that the machine's drift hits every variant alike. Then each
-candidate is judged against that trial's baseline by `suite.guard.compare` with the smoke
+candidate is judged against that trial's baseline by `txsuite.guard.compare` with the smoke
 matrix's threshold `tokens_per_s: -5%`, the default alpha (0.01) and a run noise of 3 % (not
 the guard's default 16 %, which is how much separate runs move: these blocks interleave in one
 process seconds apart, as `txsuite ab`'s pairs do):
@@ -35,10 +35,10 @@ import time
 import numpy as np
 import torch
 
-from suite.config.record import Record
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.guard import compare, side_from_records
-from suite.train import build_training
+from txsuite.config.record import Record
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.guard import compare, side_from_records
+from txsuite.train import build_training
 
 SLOWDOWNS = (0.0, 0.05, 0.10, 0.30)
 TRIALS = int(os.environ.get("TXSUITE_GUARD_TRIALS", "40"))

@@ -10,7 +10,7 @@ def txsuite(*args, cwd, env=None, report=False):
     tests that read a run's report ask for it)."""
     if args and args[0] == "run" and not report and "--dry-run" not in args:
         args = (*args, "--no-report")
-    return subprocess.run([sys.executable, "-m", "suite.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "txsuite.cli", *args], cwd=cwd, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -18,7 +18,7 @@ def run_records(tmp_path, matrix_text: str, env=None) -> list:
     """Write MATRIX_TEXT to tmp_path/m.yaml, `txsuite run` it (run id `r`), check it exited 0,
     and return the run's records."""
     import yaml
-    from suite.results import RunFolder
+    from txsuite.results import RunFolder
     (tmp_path / "m.yaml").write_text(matrix_text)
     out = txsuite("run", "m.yaml", "--run-id", "r", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -53,7 +53,7 @@ def test_ab_alternates_the_two_versions_and_decides_on_pairs(tmp_path):
     assert sides["base"][0]["started_at"] <= sides["head"][0]["started_at"]
     assert sides["head"][1]["started_at"] <= sides["base"][1]["started_at"]
     flops = next(row for row in verdict["rows"] if row["metric"] == "step_flops")
-    clean = not subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "suite"],
+    clean = not subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "txsuite"],
                                capture_output=True, text=True).stdout.strip()
     if clean:  # the same code on both sides: the counters agree exactly
         assert flops["verdict"] == "PASS" and flops["ratio"] == 1.0 and verdict["counters"] == []

@@ -7,11 +7,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.measure.attention import choose_attention
-from suite.measure.host_cache import cache_dir
-from suite.model.gpt import attention_kernels
-from suite.train import build_training
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.measure.attention import choose_attention
+from txsuite.measure.host_cache import cache_dir
+from txsuite.model.gpt import attention_kernels
+from txsuite.train import build_training
 
 CPU = torch.device("cpu")
 SHAPE = (2, 4, 32, 16)  # batch, heads, seq, head_dim

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from suite.config.matrix import load_matrix
-from suite.config.record import REQUIRED_METRICS
-from suite.run.runner import run_matrix
-from suite.results import RunFolder, to_dataframe
+from txsuite.config.matrix import load_matrix
+from txsuite.config.record import REQUIRED_METRICS
+from txsuite.run.runner import run_matrix
+from txsuite.results import RunFolder, to_dataframe
 from cli_helpers import txsuite
 
 # A matrix no other test uses, written as a user would from README.md alone.
@@ -36,7 +36,7 @@ repeats: 1
 
 
 def test_runner_and_cli_never_import_torch():
-    code = "import sys, suite.cli, suite.run.runner, suite.config.matrix, suite.results, suite.guard; print('torch' in sys.modules)"
+    code = "import sys, txsuite.cli, txsuite.run.runner, txsuite.config.matrix, txsuite.results, txsuite.guard; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -106,7 +106,7 @@ def test_resume_without_run_id_continues_an_interrupted_run(tmp_path):
     path.write_text(UNSEEN.replace("name: unseen", "name: partial"))
     matrix = load_matrix(path)
     # simulate an interrupted sweep: only one cell finished, run marked incomplete
-    from suite.run.runner import choose_run_dir
+    from txsuite.run.runner import choose_run_dir
     run_dir, resuming = choose_run_dir(tmp_path / "results", matrix, None)
     assert not resuming
     run_matrix(matrix, run_dir, only="fp8")  # the cheap skipped cell only: leaves the run incomplete

@@ -1,4 +1,4 @@
-"""Compression (suite.compress): quantization, pruning, distillation, their sizes and speeds, the
+"""Compression (txsuite.compress): quantization, pruning, distillation, their sizes and speeds, the
 matrix rules and the report's deltas to the dense control.
 
 One tiny model is trained once per session (shakespeare bytes, 2 layers, d_model 64, 30 steps)
@@ -22,19 +22,19 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from suite.compress import prune as prune_mod  # noqa: E402
-from suite.compress import structured  # noqa: E402
-from suite.compress.distill import Distillation, distillation_loss  # noqa: E402
-from suite.compress.inference import benchmark  # noqa: E402
-from suite.compress.size import model_bytes  # noqa: E402
-from suite.config.host import Host, host_problems  # noqa: E402
-from suite.config.matrix import MatrixError, load_matrix  # noqa: E402
-from suite.config.spec import CellConfig, CompressSpec, DataSpec, MeasureSpec, ModelSpec, TrainSpec  # noqa: E402
-from suite.model import GPT, GPTConfig, lm_loss  # noqa: E402
-from suite.techniques import Unsupported  # noqa: E402
-from suite.techniques.compression import AfterTraining, finish  # noqa: E402
-from suite.train import build_training, train_steps  # noqa: E402
-from suite.train.finetune import finetune  # noqa: E402
+from txsuite.compress import prune as prune_mod  # noqa: E402
+from txsuite.compress import structured  # noqa: E402
+from txsuite.compress.distill import Distillation, distillation_loss  # noqa: E402
+from txsuite.compress.inference import benchmark  # noqa: E402
+from txsuite.compress.size import model_bytes  # noqa: E402
+from txsuite.config.host import Host, host_problems  # noqa: E402
+from txsuite.config.matrix import MatrixError, load_matrix  # noqa: E402
+from txsuite.config.spec import CellConfig, CompressSpec, DataSpec, MeasureSpec, ModelSpec, TrainSpec  # noqa: E402
+from txsuite.model import GPT, GPTConfig, lm_loss  # noqa: E402
+from txsuite.techniques import Unsupported  # noqa: E402
+from txsuite.techniques.compression import AfterTraining, finish  # noqa: E402
+from txsuite.train import build_training, train_steps  # noqa: E402
+from txsuite.train.finetune import finetune  # noqa: E402
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -407,8 +407,8 @@ def test_two_four_sparsity_asks_for_half_precision(write_matrix):
 
 
 def test_semi_structured_weights_are_stored_in_the_cells_half_precision():
-    from suite.compress.plan import plan_for
-    from suite.config.spec import CellConfig
+    from txsuite.compress.plan import plan_for
+    from txsuite.config.spec import CellConfig
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         plan = plan_for(CellConfig(precision=precision, compress=CompressSpec(pruning="2:4")))
         assert plan.sparse_dtype == dtype
@@ -418,7 +418,7 @@ def test_semi_structured_weights_are_stored_in_the_cells_half_precision():
 def test_a_host_without_sparse_kernels_is_told_before_training():
     """The probe converts and multiplies one 2:4 layer; this CPU has no sparse kernels, and the
     skip reason carries torch's own words."""
-    from suite.compress.prune import probe_semi_structured
+    from txsuite.compress.prune import probe_semi_structured
     before = torch.get_rng_state()
     with pytest.raises(Unsupported, match="2:4 semi-structured sparsity cannot run on this cpu host in bfloat16"):
         probe_semi_structured(CPU, torch.bfloat16)
@@ -434,11 +434,11 @@ def test_matrix_accepts_compress_patterns_and_qat_implies_training(write_matrix)
 
 
 def test_each_quantization_runs_once_in_training_or_after_it():
-    """One list says which quantizations are training methods (suite/config/spec/compress.py);
+    """One list says which quantizations are training methods (txsuite/config/spec/compress.py);
     the compression plan follows it, so the two can never disagree."""
-    from suite.compress.plan import plan_for
-    from suite.config.spec import QUANTIZATIONS
-    from suite.config.spec.compress import TRAINING_QUANTIZATIONS
+    from txsuite.compress.plan import plan_for
+    from txsuite.config.spec import QUANTIZATIONS
+    from txsuite.config.spec.compress import TRAINING_QUANTIZATIONS
     for q in QUANTIZATIONS[1:]:
         phase = plan_for(CellConfig(compress=CompressSpec(quantization=q))).quantization_phase
         assert phase == ("train" if q in TRAINING_QUANTIZATIONS else "post")
@@ -455,10 +455,10 @@ def test_shipped_compression_matrices_plan(name):
 # ------------------------------------------------------------------------------ report
 
 def test_report_sets_each_compressed_cell_against_its_dense_control(tmp_path):
-    from suite.config.record import Record
-    from suite.report import render_report
-    from suite.report.frame import build_cell_table, export_frame
-    from suite.results import RunFolder
+    from txsuite.config.record import Record
+    from txsuite.report import render_report
+    from txsuite.report.frame import build_cell_table, export_frame
+    from txsuite.results import RunFolder
 
     def record(cid, quantization="none", pruning="none", lr=1e-3, repeat=0, **metrics):
         config = make_cell(CompressSpec(quantization=quantization, pruning=pruning)).to_dict()
@@ -550,8 +550,8 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
 
     from cli_helpers import txsuite
 
-    from suite.report.frame import build_cell_table
-    from suite.results import RunFolder
+    from txsuite.report.frame import build_cell_table
+    from txsuite.results import RunFolder
 
     (tmp_path / "c.yaml").write_text(textwrap.dedent("""\
         name: judged
@@ -590,8 +590,8 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
 
 
 def test_gpu_only_methods_are_skipped_at_plan_time_on_a_cpu(tmp_path):
-    from suite.config.host import Host
-    from suite.config.matrix import load_matrix
+    from txsuite.config.host import Host
+    from txsuite.config.matrix import load_matrix
 
     path = tmp_path / "m.yaml"
     path.write_text('name: x\nfixed: {device: cpu, precision: bf16}\naxes:\n  compress: [{quantization: fp8}, {pruning: "2:4"}, {quantization: int8-weight}]\n')
@@ -604,7 +604,7 @@ def test_gpu_only_methods_are_skipped_at_plan_time_on_a_cpu(tmp_path):
 def test_paired_standard_error_of_a_loss_difference():
     import math
 
-    from suite.report.compression import paired_se
+    from txsuite.report.compression import paired_se
 
     control = [2.0, 3.0, 4.0, 5.0]
     shifted = [v + 0.1 for v in control]  # the same change on every sequence: no uncertainty

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from cli_helpers import txsuite
-from suite.config.matrix import load_matrix
-from suite.config.spec import CellConfig, DataSpec, MeasureSpec, ModelSpec, TrainSpec
-from suite.data import build_dataset
-from suite.report import quality
-from suite.report.frame import build_cell_table
-from suite.report.summary import best_loss_finding
-from suite.results import RunFolder
-from suite.run.runner import seed_for
-from suite.run.worker import as_repetition
-from suite.verdict import seeds
-from suite.train import build_training, train_steps
+from txsuite.config.matrix import load_matrix
+from txsuite.config.spec import CellConfig, DataSpec, MeasureSpec, ModelSpec, TrainSpec
+from txsuite.data import build_dataset
+from txsuite.report import quality
+from txsuite.report.frame import build_cell_table
+from txsuite.report.summary import best_loss_finding
+from txsuite.results import RunFolder
+from txsuite.run.runner import seed_for
+from txsuite.run.worker import as_repetition
+from txsuite.verdict import seeds
+from txsuite.train import build_training, train_steps
 
 TINY = ModelSpec(preset="tiny", n_layer=1, d_model=64, n_head=2)
 MARKOV = DataSpec(dataset="markov", seq_len=32)
@@ -190,7 +190,7 @@ def test_stop_at_target_ends_training_once_the_target_is_reached():
 
 
 def test_auto_target_and_stop_at_target_name_what_they_need(write_matrix):
-    from suite.config.matrix import MatrixError
+    from txsuite.config.matrix import MatrixError
     with pytest.raises(MatrixError, match="eval_every"):
         load_matrix(write_matrix("name: m\nfixed: {model: tiny, train: {target_loss: auto}}\n"))
     with pytest.raises(MatrixError, match="target_loss"):
@@ -241,7 +241,7 @@ def test_noise_scale_agrees_with_an_estimate_from_per_example_gradients():
 def test_noise_scale_arithmetic_recovers_a_known_gradient_and_noise():
     """Gradients drawn as G + noise / sqrt(B) with known |G|^2 and tr(Sigma): the two-batch
     solution returns tr(Sigma) / |G|^2."""
-    from suite.train.noise_scale import NoiseScale
+    from txsuite.train.noise_scale import NoiseScale
 
     gen = torch.Generator().manual_seed(0)
     true = torch.full((100,), 0.1)  # |G|^2 = 1
@@ -338,7 +338,7 @@ def test_a_difference_below_the_resolution_is_within_noise_even_when_consistent(
 
 
 def test_soonest_to_target_card_names_cells_it_is_not_separated_from():
-    from suite.report.summary import soonest_finding
+    from txsuite.report.summary import soonest_finding
 
     def cells(*rows):
         return pd.DataFrame([{"cell_id": c, "label": c, "short_label": c, "time_to_target_s": t,

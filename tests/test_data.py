@@ -1,4 +1,4 @@
-"""suite.data: corpora, split, tokenizers, synthetic tasks and batches behave as the contract says."""
+"""txsuite.data: corpora, split, tokenizers, synthetic tasks and batches behave as the contract says."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from suite.data import build_dataset, check_data_sources
-from suite.data import corpora, tokenization
-from suite.data.base import IGNORE_INDEX
-from suite.data.cache import resolve_cache_dir
-from suite.data.corpora import MissingDataPackage, load_corpus
-from suite.data.markov import entropy_rate, stationary_distribution
-from suite.data.split import split_text
-from suite.data.tokenization import ByteTokenizer
-from suite.config.spec import NAMED_DATASETS, SYNTHETIC_DATASETS, DataSpec
+from txsuite.data import build_dataset, check_data_sources
+from txsuite.data import corpora, tokenization
+from txsuite.data.base import IGNORE_INDEX
+from txsuite.data.cache import resolve_cache_dir
+from txsuite.data.corpora import MissingDataPackage, load_corpus
+from txsuite.data.markov import entropy_rate, stationary_distribution
+from txsuite.data.split import split_text
+from txsuite.data.tokenization import ByteTokenizer
+from txsuite.config.spec import NAMED_DATASETS, SYNTHETIC_DATASETS, DataSpec
 
 TRICKY_TEXT = "héllo wörld — 世界 🎉\ttabs\r\nCRLF  two  spaces\x00nul\n\n  leading"
 LINE_ID = re.compile(r"(?<=\n)(\d{6})(?=\n)")  # a whole line of the numbered corpus

@@ -6,11 +6,11 @@ import textwrap
 import pytest
 from cli_helpers import txsuite
 
-from suite.run.executors import LocalExecutor, host_gpu_ids
-from suite.config.host import Host
-from suite.config.matrix import load_matrix
-from suite.run.runner import run_matrix
-from suite.results import RunFolder
+from txsuite.run.executors import LocalExecutor, host_gpu_ids
+from txsuite.config.host import Host
+from txsuite.config.matrix import load_matrix
+from txsuite.run.runner import run_matrix
+from txsuite.results import RunFolder
 
 
 def test_submitit_executor_runs_every_cell_as_a_job(tmp_path):
@@ -123,7 +123,7 @@ def test_a_fork_server_that_cannot_launch_ranks_is_not_given_a_distributed_cell(
             print(json.dumps({"pid": pid, "status": 0}), flush=True)
         """))
     executor = LocalExecutor()
-    launch = (str(old_server),)  # the server is started as: python old_server.py suite.run.forkserver
+    launch = (str(old_server),)  # the server is started as: python old_server.py txsuite.run.forkserver
     try:
         log = tmp_path / "log.txt"
         assert executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=30, ranks=2) is None

@@ -6,7 +6,7 @@ import textwrap
 
 import psutil
 
-from suite.results import RunFolder
+from txsuite.results import RunFolder
 from cli_helpers import txsuite
 
 
@@ -74,7 +74,7 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
         """))
     # 400 steps: ~1.3 s of training per cell here. With 30 (0.1 s) a warm worker finished the
     # other two cells inside the second this test used to wait, and the kill found nothing to cut.
-    runner = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "k.yaml"], cwd=tmp_path,
+    runner = subprocess.Popen([sys.executable, "-m", "txsuite.cli", "run", "k.yaml"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = None
     deadline = time.monotonic() + 120
@@ -85,7 +85,7 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
             break
         time.sleep(0.2)
     assert records is not None
-    # A cell runs in a process forked by the runner's fork server (suite/run/forkserver.py):
+    # A cell runs in a process forked by the runner's fork server (txsuite/run/forkserver.py):
     # wait until the runner has both, then kill it mid-cell.
     descendants: list[psutil.Process] = []
     while time.monotonic() < deadline and len(descendants) < 2:
@@ -124,9 +124,9 @@ def test_after_an_oom_larger_cells_on_the_same_axis_are_skipped(tmp_path):
 
 
 def test_oom_rule_needs_all_else_equal():
-    from suite.config.matrix import PlannedCell as Cell
-    from suite.run.runner import _needs_more_than_an_oom
-    from suite.config.spec import CellConfig, DataSpec, TrainSpec
+    from txsuite.config.matrix import PlannedCell as Cell
+    from txsuite.run.runner import _needs_more_than_an_oom
+    from txsuite.config.spec import CellConfig, DataSpec, TrainSpec
 
     def cell(mb, seq, lr=1e-3):
         return Cell(CellConfig(train=TrainSpec(micro_batch=mb, lr=lr), data=DataSpec(seq_len=seq)), f"{mb}/{seq}", "axes")
@@ -139,13 +139,13 @@ def test_oom_rule_needs_all_else_equal():
 
 
 def test_memory_estimate_tracks_the_techniques():
-    from suite.measure.estimate import estimate_memory
-    from suite.config.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
+    from txsuite.measure.estimate import estimate_memory
+    from txsuite.config.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
     base = CellConfig(model=ModelSpec(preset="small"), train=TrainSpec(micro_batch=8))
     e = estimate_memory(base)
     # AdamW state is twice the parameters plus one fp32 step counter per parameter tensor;
     # gradients equal the parameters
-    from suite.measure.estimate import parameter_shapes
+    from txsuite.measure.estimate import parameter_shapes
     counters = 4 * len(parameter_shapes(base, 256))
     assert e["optimizer_bytes"] == 2 * e["params_bytes"] + counters and e["params_bytes"] == e["grads_bytes"]
     full = estimate_memory(CellConfig(model=base.model, train=base.train,

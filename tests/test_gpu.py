@@ -3,7 +3,7 @@ them with `pytest -m gpu`. What the CPU can check with fakes is in tests/test_gp
 
 The two worker tests (`test_bf16_cell_on_cuda_records_nvml_fields`,
 `test_fp8_cell_on_cuda`) check the worker's contract: NVML telemetry and the allocator
-statistics in every CUDA record, and fp8 applied through suite.techniques.float8."""
+statistics in every CUDA record, and fp8 applied through txsuite.techniques.float8."""
 import json
 import math
 import os
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite.measure import peak
-from suite.measure.memory import cuda_memory
-from suite.measure.nominal import nominal_key
-from suite.measure.nvml import Telemetry
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.techniques import TrainSetup, Unsupported
-from suite.techniques import float8
+from txsuite.measure import peak
+from txsuite.measure.memory import cuda_memory
+from txsuite.measure.nominal import nominal_key
+from txsuite.measure.nvml import Telemetry
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.techniques import TrainSetup, Unsupported
+from txsuite.techniques import float8
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -96,7 +96,7 @@ def test_peak_is_measured_once_and_cached_per_device(tmp_path, monkeypatch):
 
 
 def test_fp8_converts_linear_layers_and_trains():
-    from suite.model import GPT, GPTConfig, lm_loss
+    from txsuite.model import GPT, GPTConfig, lm_loss
     model = GPT(GPTConfig(vocab_size=256, max_seq_len=64, n_layer=2, n_head=4, d_model=128, d_ff=512)).to(cuda0())
     setup = TrainSetup(model=model, device=cuda0())
     if not FP8_CAPABLE:
@@ -118,7 +118,7 @@ def test_fp8_converts_linear_layers_and_trains():
 
 def _trainer_on(device, precision: str):
     """A tiny model's Trainer and its pinned host batches, as the worker builds them."""
-    from suite.train import build_training
+    from txsuite.train import build_training
     c = cell(precision=precision, train=TrainSpec(steps=20, warmup_steps=3, micro_batch=4, grad_accum=2,
                                                   eval_batches=2))
     training = build_training(c, device)
@@ -146,7 +146,7 @@ def _run_worker(tmp_path, c: CellConfig, memory_limit_bytes: int | None = None) 
     cell_json, result_json = tmp_path / "cell.json", tmp_path / "result.json"
     cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id(),
                                      "memory_limit_bytes": memory_limit_bytes}))
-    out = subprocess.run([sys.executable, "-m", "suite.run.worker", str(cell_json), str(result_json)],
+    out = subprocess.run([sys.executable, "-m", "txsuite.run.worker", str(cell_json), str(result_json)],
                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(result_json.read_text())

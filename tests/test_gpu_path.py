@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from suite.config.host import Host
-from suite.config.matrix import load_matrix
-from suite.measure import nominal, peak
-from suite.measure.memory import cuda_memory_from_stats
-from suite.measure.nvml import FIELDS, NullTelemetry, Telemetry, nvml_device_ref
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
-from suite.techniques import TrainSetup, Unsupported
-from suite.techniques import float8
+from txsuite.config.host import Host
+from txsuite.config.matrix import load_matrix
+from txsuite.measure import nominal, peak
+from txsuite.measure.memory import cuda_memory_from_stats
+from txsuite.measure.nvml import FIELDS, NullTelemetry, Telemetry, nvml_device_ref
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.techniques import TrainSetup, Unsupported
+from txsuite.techniques import float8
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -33,7 +33,7 @@ class FakeNVMLError(Exception):
 
 
 class FakeNvml:
-    """The subset of pynvml that suite.measure.nvml calls, with pynvml's units (bytes, %, MHz,
+    """The subset of pynvml that txsuite.measure.nvml calls, with pynvml's units (bytes, %, MHz,
     mW, mJ) and struct shapes. `values` may be changed between samples; a function named in
     `unsupported` raises like NVML_ERROR_NOT_SUPPORTED; `calls` counts every call by name."""
     NVML_CLOCK_SM = 1
@@ -533,7 +533,7 @@ def cell(**kw):
 
 
 def test_fp8_is_unsupported_on_cpu_and_before_compute_capability_8_9():
-    from suite.model import GPT, GPTConfig
+    from txsuite.model import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=64, max_seq_len=16, n_layer=1, n_head=2, d_model=32, d_ff=64))
     with pytest.raises(Unsupported, match=r"compute capability >= 8.9.*runs on cpu"):
         float8.apply(TrainSetup(model=model, device=CPU), cell(precision="fp8"))
@@ -551,7 +551,7 @@ def test_fp8_filter_converts_aligned_linears_and_keeps_the_lm_head():
     from torchao.float8 import convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    from suite.model import GPT, GPTConfig
+    from txsuite.model import GPT, GPTConfig
     # d_ff = 40: the MLP's two layers are not 16-aligned and stay in high precision
     model = GPT(GPTConfig(vocab_size=64, max_seq_len=16, n_layer=2, n_head=2, d_model=32, d_ff=40))
     converted, kept = float8.convert(model, convert_to_float8_training)  # conversion runs on CPU
@@ -566,7 +566,7 @@ def _run_worker(tmp_path, c: CellConfig) -> dict:
     cell_json, result_json = tmp_path / "cell.json", tmp_path / "result.json"
     cell_json.write_text(json.dumps({"config": c.to_dict(), "cell_id": c.cell_id()}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "suite.run.worker", str(cell_json), str(result_json)],
+    out = subprocess.run([sys.executable, "-m", "txsuite.run.worker", str(cell_json), str(result_json)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(result_json.read_text())
@@ -588,7 +588,7 @@ def test_plan_marks_fp8_on_cpu_skipped_with_the_fp8_reason(write_matrix):
 
 
 def test_bf16_cells_on_a_cpu_that_emulates_bf16_are_run_but_announced(write_matrix):
-    from suite.config.host import emulated_bf16_note
+    from txsuite.config.host import emulated_bf16_note
     text = "name: x\nfixed: {device: cpu}\naxes: {precision: [fp32, bf16, bf16-pure, fp8]}\n"
     emulating = Host(cpu_bf16=False)
     m = load_matrix(write_matrix(text), host=emulating)
@@ -617,10 +617,10 @@ def test_the_gpu_matrix_plans_on_a_cpu_host_as_skipped_cells():
 
 
 def test_txsuite_plan_of_the_gpu_matrix_does_not_crash_without_a_gpu():
-    from suite.measure.env import gpus_from_nvidia_smi
+    from txsuite.measure.env import gpus_from_nvidia_smi
     if gpus_from_nvidia_smi():
         pytest.skip(reason="this host has a GPU: the cells would be planned to run")
-    out = subprocess.run([sys.executable, "-m", "suite.cli", "plan", "matrices/gpu.yaml"],
+    out = subprocess.run([sys.executable, "-m", "txsuite.cli", "plan", "matrices/gpu.yaml"],
                          cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, COLUMNS="250"))
     assert out.returncode == 0, out.stderr
@@ -646,7 +646,7 @@ def test_plan_skips_fp8_on_a_gpu_too_old_for_it(tmp_path):
     (tmp_path / "m.yaml").write_text('name: x\nfixed: {device: cuda}\naxes:\n  precision: [bf16, fp8]\n'
                                      'include:\n  - {precision: bf16, compress: {pruning: "2:4"}}\n')
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
-    out = subprocess.run([sys.executable, "-m", "suite.cli", "plan", "m.yaml"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "txsuite.cli", "plan", "m.yaml"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if "│" in line and ("precision" in line or "2:4" in line)]
@@ -660,7 +660,7 @@ def test_nvidia_smi_is_asked_once_and_an_old_driver_still_reports_its_gpus(tmp_p
     listed (capability unknown, so the plan leaves fp8 to the worker); the answer is cached."""
     import stat
 
-    from suite.measure import env as host_env
+    from txsuite.measure import env as host_env
     log = tmp_path / "calls"
     fake = tmp_path / "nvidia-smi"
     fake.write_text(f'#!/bin/sh\necho "$1" >> {log}\ncase "$1" in\n  *compute_cap*) exit 2 ;;\n'

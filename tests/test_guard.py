@@ -12,16 +12,16 @@ import sys
 import numpy as np
 import pytest
 
-from suite.config.record import Record
-from suite.guard import (GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation, parse_threshold,
+from txsuite.config.record import Record
+from txsuite.guard import (GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation, parse_threshold,
                          side_from_records, write_baseline)
-from suite.guard.paired import decide_pairs, look_schedule, paired_cells
-from suite.verdict.runs import RunNoise, run_level_sd
-from suite.guard.state import state_adjusted, state_factor
-from suite.verdict.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd
-from suite.verdict.distributions import t_isf, t_sf
-from suite.results import RunFolder, write_atomic
-from suite.results.folder import RecordsWarning
+from txsuite.guard.paired import decide_pairs, look_schedule, paired_cells
+from txsuite.verdict.runs import RunNoise, run_level_sd
+from txsuite.guard.state import state_adjusted, state_factor
+from txsuite.verdict.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd
+from txsuite.verdict.distributions import t_isf, t_sf
+from txsuite.results import RunFolder, write_atomic
+from txsuite.results.folder import RecordsWarning
 
 ENV = {"host": "ci-1", "cpu": "AMD EPYC", "cpu_flags": ["avx2", "avx512f"], "cpu_count": 2, "gpus": [],
        "packages": {"torch": "2.13.0+cpu", "numpy": "2.4.6"}, "torch": "2.13.0+cpu", "torch_threads": 2,
@@ -102,7 +102,7 @@ def test_scipy_backed_statistics():
 
 
 def test_a_whole_run_level_is_not_averaged_out_by_repetitions():
-    """The two-level noise (suite.verdict.runs): the repetition part shrinks with repetitions,
+    """The two-level noise (txsuite.verdict.runs): the repetition part shrinks with repetitions,
     the run part only with the baseline's runs; degrees of freedom by Welch-Satterthwaite."""
     one_level = RunNoise(rep_sigma=0.03, rep_df=10)
     assert one_level.se(3, 3) == pytest.approx(0.03 * math.sqrt(2 / 3)) and one_level.test_df(3, 3) == 10
@@ -125,7 +125,7 @@ def test_a_whole_run_level_is_not_averaged_out_by_repetitions():
 
 
 def test_same_code_on_a_machine_whose_level_moves_between_runs_does_not_fail():
-    """What a shared runner does (suite.verdict.runs): every repetition of a run shares the run's
+    """What a shared runner does (txsuite.verdict.runs): every repetition of a run shares the run's
     level, drawn anew for each run (sd 16 %, as measured), on top of the repetitions' own noise.
     With the run part in the model no same-code pair FAILs beyond alpha; left out (run noise 0:
     the repetitions' spread taken for the whole noise), pairs of the same code fail many times
@@ -308,7 +308,7 @@ def test_a_baseline_from_before_the_host_allocator_setting_counts_as_glibcs_defa
 
 
 def test_a_kernel_an_auto_setting_chose_differently_is_named_and_survives_the_baseline_file(tmp_path):
-    from suite.guard.baseline import baseline_json, dumps_baseline
+    from txsuite.guard.baseline import baseline_json, dumps_baseline
     rng = np.random.default_rng(9)
     baseline = make_side(rng, path="base", cells=("c0fp32", "c1bf16"), kernels={"attention": "sdpa", "linear": "torch"})
     run = make_side(rng, scale=0.25, cells=("c0fp32", "c1bf16"),
@@ -600,6 +600,6 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_guard_does_not_import_torch():
-    code = ("import sys, suite.guard, suite.guard.paired; "
+    code = ("import sys, txsuite.guard, txsuite.guard.paired; "
             "assert 'torch' not in sys.modules and 'scipy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,7 @@ import sys
 import pytest
 from cli_helpers import run_records
 
-from suite.measure.host_allocator import apply_host_allocator
+from txsuite.measure.host_allocator import apply_host_allocator
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, Linux page-fault counts")
 
@@ -21,9 +21,9 @@ LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's
 # ~1,000-7,000 every step; over 8 steps one CI run had 4,546 against 14,882.
 FAULTS_OF_TRAINING = """
 import json, resource, sys
-from suite.measure.host_allocator import apply_host_allocator
+from txsuite.measure.host_allocator import apply_host_allocator
 import torch, torch.nn.functional as F
-from suite.model import GPT, GPTConfig
+from txsuite.model import GPT, GPTConfig
 fields = apply_host_allocator(sys.argv[1])
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=256, max_seq_len=256, n_layer=4, n_head=4, d_model=256, d_ff=1024))
@@ -47,7 +47,7 @@ print(json.dumps(fields))
 # (it strands a few copies first: the module's docstring).
 FAULTS_OF_A_LARGE_BLOCK = """
 import json, resource, sys
-from suite.measure.host_allocator import apply_host_allocator
+from txsuite.measure.host_allocator import apply_host_allocator
 import torch
 fields = apply_host_allocator(sys.argv[1])
 def once():
@@ -101,7 +101,7 @@ def test_the_users_own_malloc_settings_win_and_the_record_says_so():
     ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}, "GLIBC_TUNABLES"),
 ])
 def test_a_preloaded_allocator_or_glibc_tunables_keep_the_system_policy(monkeypatch, env, fragment):
-    from suite.measure import host_allocator
+    from txsuite.measure import host_allocator
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert fragment in host_allocator._why_not_configurable()
@@ -146,7 +146,7 @@ def test_a_cache_cell_that_cannot_have_its_policy_is_skipped_with_the_reason(tmp
 
 TRAINING_WINDOW = r"""
 import json, sys
-from suite.measure.memory import TrainingWindow, host_current_rss_bytes
+from txsuite.measure.memory import TrainingWindow, host_current_rss_bytes
 def touched(n):  # n bytes, every page written
     buf = bytearray(n)
     for i in range(0, n, 4096):

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from suite.cli import main
-from suite.config.matrix import name_problem
-from suite.config.record import STATUSES, Record
-from suite.report.frame import build_cell_table
-from suite.report.summary import summarize
-from suite.results import RecordsWarning, RunFolder
+from txsuite.cli import main
+from txsuite.config.matrix import name_problem
+from txsuite.config.record import STATUSES, Record
+from txsuite.report.frame import build_cell_table
+from txsuite.report.summary import summarize
+from txsuite.results import RecordsWarning, RunFolder
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -69,7 +69,7 @@ def test_any_records_file_reads_as_records_and_warnings(tmp_path_factory, lines,
 @settings(max_examples=8, **SETTINGS)
 @given(lines=st.lists(record_lines(), min_size=1, max_size=6))
 def test_any_records_file_renders_a_report(tmp_path_factory, lines):
-    from suite.report import render_report
+    from txsuite.report import render_report
     run = tmp_path_factory.mktemp("run", numbered=True)
     (run / "records.jsonl").write_text("\n".join(lines) + "\n")
     with warnings.catch_warnings():

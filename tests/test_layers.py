@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-SUITE = Path(__file__).resolve().parents[1] / "suite"
+SUITE = Path(__file__).resolve().parents[1] / "txsuite"
 
 # module prefix -> level, most specific first (docs/design.md, "Levels")
 LEVELS: list[tuple[str, int]] = [
-    ("suite.config.matrix", 1),
-    ("suite.config", 0),
-    ("suite.results", 1), ("suite.model", 1), ("suite.data", 1), ("suite.measure", 1), ("suite.verdict", 1),
-    ("suite.compress", 2), ("suite.guard", 2), ("suite.report", 2),
-    ("suite.techniques", 3),
-    ("suite.train", 4),
-    ("suite.run.worker", 5),
-    ("suite.run", 6),
-    ("suite.cli", 7),
+    ("txsuite.config.matrix", 1),
+    ("txsuite.config", 0),
+    ("txsuite.results", 1), ("txsuite.model", 1), ("txsuite.data", 1), ("txsuite.measure", 1), ("txsuite.verdict", 1),
+    ("txsuite.compress", 2), ("txsuite.guard", 2), ("txsuite.report", 2),
+    ("txsuite.techniques", 3),
+    ("txsuite.train", 4),
+    ("txsuite.run.worker", 5),
+    ("txsuite.run", 6),
+    ("txsuite.cli", 7),
 ]
 
 
@@ -34,7 +34,7 @@ def level(module: str) -> int | None:
 
 
 def package(module: str) -> str:
-    """suite.<package>: modules of one package and one level may import each other."""
+    """txsuite.<package>: modules of one package and one level may import each other."""
     return ".".join(module.split(".")[:2])
 
 
@@ -63,9 +63,9 @@ def imports_of(name: str, path: Path) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            # `from suite.x import y` may import the module suite.x.y
+            # `from txsuite.x import y` may import the module txsuite.x.y
             found.update(f"{target}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.startswith("suite.") and level(m) is not None and _exists(m)}
+    return {m for m in found if m.startswith("txsuite.") and level(m) is not None and _exists(m)}
 
 
 def _exists(module: str) -> bool:
@@ -75,7 +75,7 @@ def _exists(module: str) -> bool:
 
 
 def test_every_module_has_a_level():
-    assert [name for name, _ in modules() if name != "suite" and level(name) is None] == []
+    assert [name for name, _ in modules() if name != "txsuite" and level(name) is None] == []
 
 
 def test_modules_import_only_from_lower_levels_or_their_own_package_at_their_level():
@@ -93,7 +93,7 @@ def test_modules_import_only_from_lower_levels_or_their_own_package_at_their_lev
 
 
 @pytest.mark.parametrize("modules_imported", [
-    "suite.cli, suite.run.runner, suite.config.matrix, suite.results, suite.guard, suite.data, suite.measure.env",
+    "txsuite.cli, txsuite.run.runner, txsuite.config.matrix, txsuite.results, txsuite.guard, txsuite.data, txsuite.measure.env",
 ])
 def test_plan_runner_and_guard_stay_free_of_torch(modules_imported):
     code = f"import sys, {modules_imported}; print('torch' in sys.modules)"

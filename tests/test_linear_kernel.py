@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.config.spec import CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
-from suite.measure.linear import choose_linear, decide
-from suite.model import GPT, GPTConfig, lm_loss
-from suite.techniques import TrainSetup, linear_kernel
-from suite.techniques.linear_kernel import TransposedWeightLinear, transposed_weight_linear
-from suite.train import build_training
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
+from txsuite.measure.linear import choose_linear, decide
+from txsuite.model import GPT, GPTConfig, lm_loss
+from txsuite.techniques import TrainSetup, linear_kernel
+from txsuite.techniques.linear_kernel import TransposedWeightLinear, transposed_weight_linear
+from txsuite.train import build_training
 
 from cli_helpers import run_records
 

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from suite.config.matrix import Host, MatrixError, MatrixTooLarge, load_matrix
+from txsuite.config.matrix import Host, MatrixError, MatrixTooLarge, load_matrix
 
 BASIC = """\
 name: precision
@@ -201,7 +201,7 @@ def test_a_cell_id_depends_only_on_the_settings_that_differ_from_their_defaults(
     import dataclasses
     import hashlib
     import json as _json
-    from suite.config.spec import CellConfig, TrainSpec
+    from txsuite.config.spec import CellConfig, TrainSpec
 
     assert CellConfig().cell_id() == hashlib.sha1(b"{}").hexdigest()[:10]
     explicit = CellConfig(train=TrainSpec(lr=TrainSpec().lr, seed=0))

@@ -4,8 +4,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from suite.config.matrix import MatrixError, load_matrix
-from suite.config import spec
+from txsuite.config.matrix import MatrixError, load_matrix
+from txsuite.config import spec
 
 KEYS = list(spec.FAMILIES) + list(spec.SCALAR_FAMILIES) + [
     f"{family}.{key}" for family in spec.FAMILIES for key in spec.keys_of(family)] + ["train.", ".x", "a.b.c", ""]

@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from suite.model import GPT, GPTConfig, flops_per_token, lm_loss, matmul_params, resolve_model
-from suite.config.spec import MODEL_PRESETS, ModelSpec
+from txsuite.model import GPT, GPTConfig, flops_per_token, lm_loss, matmul_params, resolve_model
+from txsuite.config.spec import MODEL_PRESETS, ModelSpec
 
 
 def tiny(**kw) -> GPTConfig:
@@ -44,7 +44,7 @@ def test_too_long_sequence_is_refused():
 def test_model_has_no_device_precision_or_parallel_code():
     import ast
     import inspect
-    import suite.model.gpt as gpt
+    import txsuite.model.gpt as gpt
     tree = ast.parse(inspect.getsource(gpt))
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

@@ -16,8 +16,8 @@ import time
 import pytest
 from cli_helpers import txsuite
 
-from suite.config.matrix import MatrixError, load_matrix
-from suite.results import RunFolder
+from txsuite.config.matrix import MatrixError, load_matrix
+from txsuite.results import RunFolder
 
 ENGINE_MATRIX = """\
     name: engines
@@ -99,7 +99,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path, launche
           parallel: {engine: ddp, dp: 2}
         """))
     env = dict(os.environ, TXSUITE_FORKSERVER="1" if launcher == "forkserver" else "0")
-    runner = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "k.yaml", "--run-id", "r"], cwd=tmp_path,
+    runner = subprocess.Popen([sys.executable, "-m", "txsuite.cli", "run", "k.yaml", "--run-id", "r"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     log = tmp_path / "results/killrank/r/cells"
     victim = None
@@ -124,7 +124,7 @@ def test_a_killed_rank_fails_the_cell_and_takes_its_peers_down(tmp_path, launche
     "exitcode  : -9 (SIGKILL)",     # other versions name it beside the code
 ])
 def test_the_launchers_root_cause_names_the_signal_whatever_torchrun_prints(tmp_path, exitcode_line):
-    from suite.run.runner import _launcher_root_cause
+    from txsuite.run.runner import _launcher_root_cause
     log = tmp_path / "log.txt"
     log.write_text("noise\nRoot Cause (first observed failure):\n[0]:\n  time      : 2026-11-29_10:37:31\n"
                    f"  host      : h\n  rank      : 1 (local_rank: 1)\n  {exitcode_line}\n"
@@ -188,14 +188,14 @@ def test_a_tensor_parallel_cell_needs_no_data_parallel_engine(tmp_path):
 
 
 def test_bubble_fraction_follows_the_schedule_formula():
-    from suite.techniques.pipeline import bubble_fraction
+    from txsuite.techniques.pipeline import bubble_fraction
     assert bubble_fraction(pp=4, n_microbatches=4) == pytest.approx(3 / 7)
     assert bubble_fraction(pp=4, n_microbatches=4, virtual=2) == pytest.approx(3 / 11)
     assert bubble_fraction(pp=1, n_microbatches=8) == 0
 
 
 def test_layers_split_into_contiguous_balanced_stages():
-    from suite.techniques.pipeline import layer_bounds
+    from txsuite.techniques.pipeline import layer_bounds
     assert layer_bounds(4, 2) == [(0, 2), (2, 4)]
     assert layer_bounds(5, 3) == [(0, 2), (2, 4), (4, 5)]
     assert [hi - lo for lo, hi in layer_bounds(12, 4)] == [3, 3, 3, 3]
@@ -203,9 +203,9 @@ def test_layers_split_into_contiguous_balanced_stages():
 
 def test_stage_modules_compose_to_the_whole_model():
     import torch
-    from suite.model import GPT
-    from suite.model.gpt import GPTConfig
-    from suite.techniques.pipeline import layer_bounds, stage_module
+    from txsuite.model import GPT
+    from txsuite.model.gpt import GPTConfig
+    from txsuite.techniques.pipeline import layer_bounds, stage_module
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=32, max_seq_len=16, n_layer=4, n_head=2, d_model=32, d_ff=64))
@@ -225,8 +225,8 @@ def test_grouping_heads_lets_each_column_shard_compute_its_own_heads():
     import copy
 
     import torch
-    from suite.model.gpt import CausalSelfAttention, GPTConfig
-    from suite.techniques.tensor_parallel import group_heads_by_rank
+    from txsuite.model.gpt import CausalSelfAttention, GPTConfig
+    from txsuite.techniques.tensor_parallel import group_heads_by_rank
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=8, max_seq_len=8, n_layer=1, n_head=4, d_model=32, d_ff=64)
@@ -252,8 +252,8 @@ def test_grouping_heads_lets_each_column_shard_compute_its_own_heads():
 
 
 def test_deepspeed_config_carries_the_cell():
-    from suite.config.spec import CellConfig, ParallelSpec, TrainSpec
-    from suite.techniques.deepspeed import deepspeed_config
+    from txsuite.config.spec import CellConfig, ParallelSpec, TrainSpec
+    from txsuite.techniques.deepspeed import deepspeed_config
 
     cell = CellConfig(train=TrainSpec(micro_batch=4, grad_accum=3, grad_clip=0.5), precision="bf16",
                       parallel=ParallelSpec(engine="deepspeed", dp=2, zero_stage=3, offload="optimizer+params"))
@@ -269,7 +269,7 @@ def test_deepspeed_config_carries_the_cell():
 
 
 def test_comm_share_merges_overlapping_transfers():
-    from suite.measure.comm import COMM_EVENT, busy_share
+    from txsuite.measure.comm import COMM_EVENT, busy_share
     assert busy_share([(0, 10), (5, 15), (20, 30)], 100) == pytest.approx(0.25)
     assert busy_share([], 10) == 0 and busy_share([(0, 50)], 10) == 1.0
     assert all(COMM_EVENT.search(n) for n in ("gloo:all_reduce", "nccl:all_gather", "ncclDevKernel_AllReduce"))
@@ -277,8 +277,8 @@ def test_comm_share_merges_overlapping_transfers():
 
 
 def test_memory_estimate_divides_what_each_layout_shards():
-    from suite.measure.estimate import estimate_memory
-    from suite.config.spec import CellConfig, ModelSpec, ParallelSpec
+    from txsuite.measure.estimate import estimate_memory
+    from txsuite.config.spec import CellConfig, ModelSpec, ParallelSpec
 
     def est(**parallel):
         return estimate_memory(CellConfig(model=ModelSpec(preset="small"), parallel=ParallelSpec(**parallel)))
@@ -314,7 +314,7 @@ def test_two_nodes_run_a_distributed_cell_and_only_node_0_records(tmp_path):
         (tmp_path / node).mkdir()
         (tmp_path / node / "m.yaml").write_text(matrix)
     port = 29500 + os.getpid() % 1000
-    args = [sys.executable, "-m", "suite.cli", "run", "m.yaml", "--run-id", "r", "--nnodes", "2",
+    args = [sys.executable, "-m", "txsuite.cli", "run", "m.yaml", "--run-id", "r", "--nnodes", "2",
             "--rdzv-endpoint", f"127.0.0.1:{port}"]
     follower = subprocess.Popen(args + ["--node-rank", "1"], cwd=tmp_path / "n1", stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -342,10 +342,10 @@ def test_multi_node_options_are_checked_before_anything_runs(tmp_path):
 
 
 def test_the_report_pairs_each_distributed_cell_with_its_single_process_control():
-    from suite.config.record import Record
-    from suite.report.formatting import bytes_
-    from suite.report.parallel_view import parallel_section
-    from suite.config.spec import CellConfig, ParallelSpec, TrainSpec
+    from txsuite.config.record import Record
+    from txsuite.report.formatting import bytes_
+    from txsuite.report.parallel_view import parallel_section
+    from txsuite.config.spec import CellConfig, ParallelSpec, TrainSpec
 
     def record(cell_id, config, curve, val, **metrics):
         return Record(matrix="m", run_id="r", cell_id=cell_id, repeat=0, config=config.to_dict(), status="ok",

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import txsuite
 
-from suite.config.matrix import MatrixError, MatrixTooLarge, load_matrix
-from suite.config.record import Record
-from suite.config.yamlsource import YamlError, load_located
-from suite.results import RecordsWarning, RunFolder, RunInUse, RunLock, to_dataframe, write_atomic
+from txsuite.config.matrix import MatrixError, MatrixTooLarge, load_matrix
+from txsuite.config.record import Record
+from txsuite.config.yamlsource import YamlError, load_located
+from txsuite.results import RecordsWarning, RunFolder, RunInUse, RunLock, to_dataframe, write_atomic
 
 TINY = """\
 name: rel
@@ -43,7 +43,7 @@ def record(cell_id: str, repeat: int = 0, status: str = "ok", **metrics) -> Reco
 
 HOLD_LOCK = """
 import sys, time
-from suite.results import RunLock
+from txsuite.results import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)
@@ -68,7 +68,7 @@ def test_a_run_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(tmp_path):
 @pytest.mark.slow
 def test_a_second_runner_on_the_same_run_is_refused(tmp_path):
     (tmp_path / "m.yaml").write_text(TINY.replace("steps: 3", "steps: 400"))
-    first = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "m.yaml", "--run-id", "r"], cwd=tmp_path,
+    first = subprocess.Popen([sys.executable, "-m", "txsuite.cli", "run", "m.yaml", "--run-id", "r"], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         lock = tmp_path / "results" / "rel" / "r" / ".run.lock"
@@ -211,7 +211,7 @@ def test_reports_and_compare_survive_records_of_the_wrong_type(tmp_path, status,
 # ------------------------------------------------------------------ 7. inputs that mean something else
 
 def test_a_glob_through_a_symlink_loop_counts_each_file_once(tmp_path):
-    from suite.data.corpora import user_files
+    from txsuite.data.corpora import user_files
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("hello\n")
     (tmp_path / "d" / "loop").symlink_to(tmp_path / "d")
@@ -269,7 +269,7 @@ def test_ctrl_c_or_sigterm_exits_with_the_signals_code_and_says_what_finished(tm
                                                   "axes:\n  train.seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
     # SIGINT back to its default in the child: a test session started in the background (nohup,
     # `&`) ignores SIGINT, children inherit that, and Python then installs no handler for it
-    proc = subprocess.Popen([sys.executable, "-m", "suite.cli", "run", "m.yaml", "--run-id", "r"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "txsuite.cli", "run", "m.yaml", "--run-id", "r"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = tmp_path / "results" / "rel" / "r" / "records.jsonl"
@@ -300,8 +300,8 @@ def test_val_fraction_out_of_range_names_the_key_and_one_rule(write_matrix, frac
 
 
 def test_an_empty_data_file_and_a_fifo_are_named_at_plan_time(tmp_path, write_matrix):
-    from suite.data import check_data_sources
-    from suite.config.spec import DataSpec
+    from txsuite.data import check_data_sources
+    from txsuite.config.spec import DataSpec
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(ValueError, match="empty or blank"):
         check_data_sources(DataSpec(dataset=str(tmp_path / "empty.txt")))
@@ -311,7 +311,7 @@ def test_an_empty_data_file_and_a_fifo_are_named_at_plan_time(tmp_path, write_ma
 
 
 def test_the_report_of_an_empty_run_does_not_claim_every_cell_finished(tmp_path):
-    from suite.report import render_report
+    from txsuite.report import render_report
     run = tmp_path / "run"
     write_atomic(run / "records.jsonl", "")
     html = render_report(run, tmp_path / "r.html").read_text()

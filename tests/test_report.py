@@ -15,18 +15,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from suite.config.record import Record
-from suite.report import export_table, render_compare, render_report
-from suite.report.charts import representative_curves
-from suite.report.compare import compare_findings, compare_tables
-from suite.report.environment import env_diff
-from suite.report.export import with_provenance
-from suite.report.frame import build_cell_table, export_frame
-from suite.report.pareto import front_with_noise, pareto_optimal
-from suite.report.run_report import table_for
-from suite.report.summary import fastest_finding, least_memory_finding
+from txsuite.config.record import Record
+from txsuite.report import export_table, render_compare, render_report
+from txsuite.report.charts import representative_curves
+from txsuite.report.compare import compare_findings, compare_tables
+from txsuite.report.environment import env_diff
+from txsuite.report.export import with_provenance
+from txsuite.report.frame import build_cell_table, export_frame
+from txsuite.report.pareto import front_with_noise, pareto_optimal
+from txsuite.report.run_report import table_for
+from txsuite.report.summary import fastest_finding, least_memory_finding
 
-from suite.results import RunFolder
+from txsuite.results import RunFolder
 
 XSS = "<script>alert(1)</script>"
 GiB = 2**30

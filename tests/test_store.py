@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from suite.config.record import REQUIRED_METRICS, Record
-from suite.results import RunFolder, load_records, to_dataframe
+from txsuite.config.record import REQUIRED_METRICS, Record
+from txsuite.results import RunFolder, load_records, to_dataframe
 
 
 def record(cell="c1", repeat=0, status="ok", **metrics) -> Record:

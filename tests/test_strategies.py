@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from cli_helpers import txsuite
-from suite.config.host import Host, host_problems
-from suite.config.matrix import MatrixError, load_matrix
-from suite.config.spec import OPTIMIZERS, CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
-from suite.data import build_dataset
-from suite.data.augment import MASK_TOKEN, Augmenter
-from suite.train.muon import Muon, newton_schulz_dtype
-from suite.measure.estimate import optimizer_state_bytes, parameter_shapes
-from suite.results import RunFolder
-from suite.train import build_training, train_steps
-from suite.train.optimizers import state_bytes
+from txsuite.config.host import Host, host_problems
+from txsuite.config.matrix import MatrixError, load_matrix
+from txsuite.config.spec import OPTIMIZERS, CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
+from txsuite.data import build_dataset
+from txsuite.data.augment import MASK_TOKEN, Augmenter
+from txsuite.train.muon import Muon, newton_schulz_dtype
+from txsuite.measure.estimate import optimizer_state_bytes, parameter_shapes
+from txsuite.results import RunFolder
+from txsuite.train import build_training, train_steps
+from txsuite.train.optimizers import state_bytes
 
 TINY = ModelSpec(preset="tiny", n_layer=1, d_model=64, n_head=2)
 MARKOV = DataSpec(dataset="markov", seq_len=32)
@@ -126,7 +126,7 @@ def test_muon_is_torchs_muon_with_the_iteration_in_the_dtype_the_host_runs_fast(
 
 def test_lion_is_the_papers_update():
     """One Lion step against the algorithm written out by hand."""
-    from suite.train.lion import Lion
+    from txsuite.train.lion import Lion
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.randn(5, generator=gen))
     m0, g = torch.randn(5, generator=gen), torch.randn(5, generator=gen)
@@ -217,7 +217,7 @@ def test_augmentation_is_refused_where_targets_are_not_the_next_tokens(write_mat
 # ---------------------------------------------------------------- adversarial
 
 def test_fgm_perturbs_each_sequences_embeddings_by_eps_and_costs_a_second_pass(monkeypatch):
-    from suite.train import adversarial
+    from txsuite.train import adversarial
     cell = _cell(adversarial="fgm-0.5", steps=2)
     training = build_training(cell)
     objective = training.trainer.objective
@@ -252,7 +252,7 @@ def test_adversarial_training_is_refused_where_it_is_not_measured(write_matrix):
 # ---------------------------------------------------------------- transfer
 
 def test_weights_saved_are_the_weights_loaded_and_a_wrong_shape_is_named(tmp_path):
-    from suite.train.checkpoint import load_weights, save_weights
+    from txsuite.train.checkpoint import load_weights, save_weights
     trained = build_training(dataclasses.replace(_cell(), model=TINY))
     train_steps(trained, sync=lambda: None, log=lambda line: None)
     save_weights(trained.setup.model, tmp_path / "ckpt")
@@ -299,7 +299,7 @@ def test_a_pretrained_start_reaches_the_target_on_fewer_tokens_beyond_noise(tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     run = RunFolder(tmp_path / "results" / "transfer" / "r").load()
     assert all(r.status == "ok" for r in run.records)
-    from suite.report.frame import build_cell_table
+    from txsuite.report.frame import build_cell_table
     table = build_cell_table(run.records, run.meta.axes, run.meta.reference)
     pretrained = table.cells[table.cells["train.init"] == "cell:data.dataset=bible"].iloc[0]
     assert pretrained["target_reached"] == "3 of 3 seeds"

@@ -6,10 +6,10 @@ import itertools
 import pytest
 import torch
 
-from suite.config.spec import CellConfig, DataSpec, MemorySpec, ModelSpec, TrainSpec
-from suite.model import lm_loss
-from suite.techniques import TrainSetup
-from suite.train import Training, build_schedule, build_training
+from txsuite.config.spec import CellConfig, DataSpec, MemorySpec, ModelSpec, TrainSpec
+from txsuite.model import lm_loss
+from txsuite.techniques import TrainSetup
+from txsuite.train import Training, build_schedule, build_training
 
 CPU = torch.device("cpu")
 # the model these tests train: 4 layers x 64 wide over a 64-symbol Markov task, 32 tokens
@@ -144,9 +144,9 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 def test_worker_feeds_equal_step_batches_whatever_the_accumulation_split():
     from itertools import islice
 
-    from suite.data import build_dataset
-    from suite.config.spec import DataSpec
-    from suite.data.steps import step_batches
+    from txsuite.data import build_dataset
+    from txsuite.config.spec import DataSpec
+    from txsuite.data.steps import step_batches
     ds = build_dataset(DataSpec(dataset="markov", seq_len=16), seed=0)
     one = list(islice(step_batches(ds, 8, 1, seed=3), 3))        # 3 steps of 8
     four = list(islice(step_batches(ds, 2, 4, seed=3), 12))      # 3 steps of 4 x 2

@@ -1,4 +1,4 @@
-"""suite.train: one builder for every training, and optimizers that are a spec entry plus a
+"""txsuite.train: one builder for every training, and optimizers that are a spec entry plus a
 function."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from suite.config.matrix import load_matrix
-from suite.config.spec import OPTIMIZERS, CellConfig, CompileSpec, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
-from suite.measure.estimate import estimate_memory
-from suite.train import build_training, train_steps
-from suite.train import optimizers
+from txsuite.config.matrix import load_matrix
+from txsuite.config.spec import OPTIMIZERS, CellConfig, CompileSpec, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
+from txsuite.measure.estimate import estimate_memory
+from txsuite.train import build_training, train_steps
+from txsuite.train import optimizers
 
 CELL = CellConfig(model=ModelSpec(preset="tiny", n_layer=1, d_model=64, n_head=2),
                   data=DataSpec(dataset="markov", seq_len=16),
@@ -67,8 +67,8 @@ def test_every_trainer_evaluates_with_the_same_signature():
 def test_compile_seconds_is_the_warm_up_beyond_steady_steps():
     """compile_s: the warm-up's wall time minus as many steps at the measured median; eager cells
     and cells with nothing to subtract from have none."""
-    from suite.run.worker import compile_seconds
-    from suite.train.loop import TrainResult
+    from txsuite.run.worker import compile_seconds
+    from txsuite.train.loop import TrainResult
     compiled = CellConfig(compile=CompileSpec(mode="default"), train=TrainSpec(warmup_steps=3, steps=4))
     result = TrainResult(step_times=[0.5, 0.4, 0.6, 0.5], warmup_wall=12.0)
     assert compile_seconds(compiled, result) == pytest.approx(12.0 - 3 * 0.5)

@@ -1,4 +1,4 @@
-"""The verdict engine (suite/verdict/): its arithmetic, on constructed and simulated data. How
+"""The verdict engine (txsuite/verdict/): its arithmetic, on constructed and simulated data. How
 often it is wrong on real runs is measured by bench/report_verdicts.py (docs/verdicts.md)."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from scipy import special, stats
 
-from suite.report.verdicts import RunVerdicts, by_round
-from suite.verdict import BETTER, UNTESTED, WITHIN_NOISE, WORSE, Comparison, RoundNoise, in_words
-from suite.verdict.distributions import t_isf, t_quantile, t_sf, trigamma_inverse
-from suite.verdict.moderated import Prior, fit_prior, moderate
-from suite.verdict.runs import RunNoise
-from suite.verdict.state import SLOW_STATE, adjust, slowdown, state_factor
-from suite.verdict.words import is_better, is_worse
+from txsuite.report.verdicts import RunVerdicts, by_round
+from txsuite.verdict import BETTER, UNTESTED, WITHIN_NOISE, WORSE, Comparison, RoundNoise, in_words
+from txsuite.verdict.distributions import t_isf, t_quantile, t_sf, trigamma_inverse
+from txsuite.verdict.moderated import Prior, fit_prior, moderate
+from txsuite.verdict.runs import RunNoise
+from txsuite.verdict.state import SLOW_STATE, adjust, slowdown, state_factor
+from txsuite.verdict.words import is_better, is_worse
 
 
 def test_distributions_match_scipy():

@@ -1,0 +1,176 @@
+"""Same-job A/B (`txsuite ab`): the two versions of the code measured in one job, alternating
+repetition by repetition, and decided on the paired ratios (as `asv continuous` compares two
+commits on one machine).
+
+Round i runs one repetition of each cell on each side, back to back, the order alternating
+from round to round (ABBA...), so the two repetitions of a pair share the machine's state of
+that minute. For each pair the statistic of each side (the median of its per-step values for
+time, its value for memory and loss) gives one log ratio d_i = log(head_i / base_i). A pair
+is left out when either repetition ran while the machine was in a slow state (its probe,
+txsuite.guard.state). The interval of the ratio is exp(mean d +- t * sd(d) / sqrt(n)), with
+Student's t on n - 1 degrees of freedom; the three verdicts follow from it as in
+txsuite.guard.decide.judge. The step counters are compared exactly.
+
+Sequential looks: the orchestrator may decide after a few rounds and, while a check is
+INCONCLUSIVE, run more rounds and look again. Every look spends part of alpha (Bonferroni over
+the planned looks, `looks`), so the chance of a false FAIL over all looks together stays at
+most alpha, and so does the chance of a false PASS.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from txsuite.config.metrics import BY_NAME
+from txsuite.guard.decide import (FAIL, INCONCLUSIVE, PASS, Check, GuardResult, Threshold, check_exact, inconclusive,
+                                judge)
+from txsuite.guard.metrics import METRICS, per_step_values
+from txsuite.guard.side import CellSamples, Side
+from txsuite.guard.state import SLOW_STATE, best_probe, slowdown
+from txsuite.verdict import Comparison
+from txsuite.measure.counters import describe_difference
+
+
+def look_schedule(min_rounds: int, max_rounds: int) -> list[int]:
+    """The rounds after which the pairs are looked at: min_rounds, then doubling, and
+    max_rounds last (e.g. 4, 8, 16)."""
+    looks, n = [], max(2, min_rounds)
+    while n < max_rounds:
+        looks.append(n)
+        n *= 2
+    looks.append(max_rounds)
+    return sorted(set(looks))
+
+
+@dataclass
+class PairedCell:
+    """The repetitions of one cell on both sides, round by round (the same index, one pair)."""
+    label: str
+    cell_id: str
+    base: list  # RepeatSamples, round order
+    head: list
+
+
+@dataclass
+class PairedOutcome:
+    result: GuardResult
+    pairs_used: dict[str, int] = field(default_factory=dict)  # cell label -> pairs in a good state
+
+
+def _statistic(rep, metric: str) -> float | None:
+    spec = METRICS[metric]
+    if spec.per_step:
+        if not rep.step_times_s:
+            return rep.summary.get(metric)
+        values = per_step_values(metric, np.asarray(rep.step_times_s, dtype=float), rep)
+        return None if values is None else float(spec.stat(values[None, :])[0])
+    value = getattr(rep, metric, None)
+    return float(value) if value is not None and value > 0 else None
+
+
+def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alpha: float, looks: int,
+                 base_name: str, head_name: str, slow_state: float = SLOW_STATE) -> PairedOutcome:
+    """Decide every cell x guarded metric on the pairs so far, spending alpha / looks."""
+    alpha_look = alpha / max(1, looks)
+    confidence = 1.0 - 2.0 * alpha_look
+    all_reps = [r for c in cells for r in c.base + c.head]
+    best = best_probe(all_reps)
+    rows: list[Check] = []
+    machine: list[str] = []
+    used: dict[str, int] = {}
+    for cell in cells:
+        n = min(len(cell.base), len(cell.head))
+        good = []
+        for b, h in zip(cell.base[:n], cell.head[:n]):
+            sb, sh = slowdown(b, best), slowdown(h, best)
+            worst = max(s for s in (sb, sh, 1.0) if s is not None)
+            good.append(worst <= slow_state)
+        excluded = good.count(False)
+        if excluded:
+            worst = max(max(s for s in (slowdown(b, best), slowdown(h, best), 1.0) if s is not None)
+                        for b, h, ok in zip(cell.base, cell.head, good) if not ok)
+            machine.append(f"{cell.label}: {excluded} of {n} pairs ran while this machine was up to {worst:.1f}x "
+                           f"slower than its best (the line is {slow_state:g}x); excluded")
+        used[cell.label] = good.count(True)
+        for metric, thr in thresholds.items():
+            judged = BY_NAME[metric].judged_on or metric
+            check = Check(cell_id=cell.cell_id, label=cell.label, metric=metric, threshold=thr.text,
+                          judged_on=judged if judged != metric else None)
+            if BY_NAME[judged].exact:
+                run = [getattr(r, judged) for r in cell.head[:n] if getattr(r, judged) is not None]
+                base = [getattr(r, judged) for r in cell.base[:n] if getattr(r, judged) is not None]
+                rows.append(check_exact(cell.cell_id, cell.label, metric, thr, run, base) if run and base else
+                            inconclusive(check, f"{judged} is not counted for this cell", "a cell that is counted"))
+                continue
+            time_metric = METRICS[judged].per_step
+            pairs = [(_statistic(b, judged), _statistic(h, judged))
+                     for (b, h), ok in zip(zip(cell.base[:n], cell.head[:n]), good) if ok or not time_metric]
+            pairs = [(b, h) for b, h in pairs if b and h]
+            rows.append(_paired_check(check, thr, pairs, confidence))
+    result = GuardResult(run=head_name, baseline=base_name, rows=rows, env_differences=[],
+                         normalization="none: the two sides ran in one job on this machine",
+                         normalize_mode="none", notes=[], alpha=alpha, guard={m: t.text for m, t in thresholds.items()},
+                         counters=_counter_differences(cells), machine=machine, slow_state=slow_state)
+    result.notes.append(f"paired decision: each look spends alpha/{looks} = {alpha_look:.2g} per side "
+                        f"({confidence:.2%} intervals), so over all looks a false FAIL stays below {alpha:g}")
+    return PairedOutcome(result=result, pairs_used=used)
+
+
+def _paired_check(check: Check, thr: Threshold, pairs: list[tuple[float, float]], confidence: float) -> Check:
+    check.samples_run = check.samples_base = f"{len(pairs)} pairs"
+    check.ci_label = f"{confidence:.2%} CI"
+    if len(pairs) < 2:
+        return inconclusive(check, f"{len(pairs)} pair(s) measured in a good machine state; at least 2 are needed",
+                            "more rounds (--max-rounds), on a quieter machine")
+    d = np.log([h / b for b, h in pairs])
+    sd = float(d.std(ddof=1))
+    interval = Comparison.of_log_ratio(float(d.mean()), sd / math.sqrt(len(d)), len(d) - 1.0, confidence, True)
+    check.baseline = statistics.median(b for b, _ in pairs)
+    check.now = statistics.median(h for _, h in pairs)
+    check.ratio = interval.ratio
+    check.ci = (interval.low, interval.high)
+    check.detail = f"geometric mean of {len(pairs)} paired ratios, sd {sd:.1%}"
+    judge(check, thr, confidence)
+    if check.verdict == INCONCLUSIVE:
+        check.resolve = "more rounds (--max-rounds, --budget): the interval narrows as pairs accumulate"
+    return check
+
+
+def _counter_differences(cells: list[PairedCell]) -> list[str]:
+    lines = []
+    for cell in cells:
+        base = next((r.step_op_counts for r in cell.base if r.step_op_counts is not None), None)
+        head = next((r.step_op_counts for r in cell.head if r.step_op_counts is not None), None)
+        if base is None or head is None:
+            continue
+        diff = describe_difference(base, head)
+        if diff:
+            b, h = cell.base[0], cell.head[0]
+            flops = (f"; FLOPs per step {h.step_flops / b.step_flops - 1:+.2%}"
+                     if h.step_flops and b.step_flops else "")
+            lines.append(f"{cell.label}: per step {'; '.join(diff)}{flops}")
+    return lines
+
+
+def paired_cells(base: Side, head: Side, labels: list[str]) -> list[PairedCell]:
+    """Cells matched by label (the two versions may hash a cell differently), repetitions in
+    round order."""
+    def by_label(side: Side) -> dict[str, CellSamples]:
+        return {c.label: c for c in side.cells.values()}
+    b, h = by_label(base), by_label(head)
+    out = []
+    for label in labels:
+        if label in b and label in h:
+            bc, hc = b[label], h[label]
+            rounds = sorted({r.repeat for r in bc.repeats} & {r.repeat for r in hc.repeats})
+            out.append(PairedCell(label=label, cell_id=hc.cell_id,
+                                  base=[next(r for r in bc.repeats if r.repeat == i) for i in rounds],
+                                  head=[next(r for r in hc.repeats if r.repeat == i) for i in rounds]))
+    return out
+
+
+__all__ = ["FAIL", "INCONCLUSIVE", "PASS", "PairedCell", "PairedOutcome", "decide_pairs", "look_schedule",
+           "paired_cells"]

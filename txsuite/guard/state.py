@@ -1,0 +1,98 @@
+"""The machine's state while a repetition was measured, from its probe (txsuite.measure.probe).
+
+Every repetition timed a fixed calibration workload just before and just after its measured
+steps. Its slowdown is the slower of the two probes divided by the best time the same machine
+ever gave the workload (the best recorded by any repetition being compared, from either side
+when both ran on the same hardware). A repetition whose slowdown exceeds the slow-state line
+(2x by default: idle, this project's machine stays within 1.2-1.6x; with another process on the
+cores it goes to 3-7x) ran while something else held the machine, and its step times say
+nothing about the code: the guard leaves it out and says so.
+
+Below that line the machine still moves: a whole run's throughput follows its probes
+(correlation -0.72 to -0.86 over three sessions of runs on this project's runner).
+`--normalize state` brings every repetition's time metrics to the machine's best state
+(`state_adjusted`), which took the run-to-run noise of those runs from 13.6 %, 21.0 % and 6.7 %
+to 5.6 %, 10.0 % and 0.0 % (bench/run_drift.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from txsuite.guard.side import RepeatSamples, Side
+from txsuite.verdict import state as machine
+from txsuite.verdict.state import SLOW_STATE
+
+
+def best_probe(repeats: Iterable[RepeatSamples]) -> float | None:
+    """The best (lowest) probe time among repetitions of one machine, and the best each
+    recorded for its host when it ran."""
+    times = [t for r in repeats for t in (r.probe_best_s, r.probe_before_s, r.probe_after_s) if t]
+    return min(times) if times else None
+
+
+def slowdown(rep: RepeatSamples, best: float | None) -> float | None:
+    probe = rep.probe_s
+    return probe / best if probe and best else None
+
+
+@dataclass
+class StateSplit:
+    kept: list[RepeatSamples] = field(default_factory=list)
+    slow: list[tuple[RepeatSamples, float]] = field(default_factory=list)  # (repetition, its slowdown)
+    unknown: int = 0  # repetitions without a probe (recorded by an older txsuite)
+
+    @property
+    def total(self) -> int:
+        return len(self.kept) + len(self.slow)
+
+    def describe(self, side: str, limit: float) -> str | None:
+        if not self.slow:
+            return None
+        worst = max(s for _, s in self.slow)
+        return (f"{len(self.slow)} of {self.total} repetitions of the {side} ran while this machine was "
+                f"{worst:.1f}x slower than its best (the line is {limit:g}x); excluded")
+
+
+def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
+    """How much slower than its best the machine was around a repetition, for `--normalize
+    state`: the geometric mean of the two probes / the best (the slower probe alone, which
+    `slowdown` uses for the slow-state line, tracks a run's level less closely: over the first
+    20 runs of bench/run_drift.py, the run-level noise left after adjusting was 5.6 % with the
+    mean of the two, 4.9 % with the slower but with 14.3 % within a run against 11.1 %)."""
+    return machine.state_factor(rep.probe_before_s, rep.probe_after_s, best)
+
+
+
+def state_adjusted(side: Side, best: float) -> Side:
+    """The side with every repetition's time metrics brought to the machine's best state: step
+    times divided by the repetition's state factor (so throughput is multiplied by it).
+    Repetitions without a probe are kept as they are (the guard refuses to compare such a side
+    in this mode: txsuite.guard.decide)."""
+    cells = {}
+    for cid, cell in side.cells.items():
+        repeats = []
+        for rep in cell.repeats:
+            f = state_factor(rep, best)
+            if f is None:
+                repeats.append(rep)
+                continue
+            steps = [t / f for t in rep.step_times_s] if rep.step_times_s else rep.step_times_s
+            summary = {k: (machine.adjust(k, v, f) if v is not None else v) for k, v in rep.summary.items()}
+            repeats.append(replace(rep, step_times_s=steps, summary=summary))
+        cells[cid] = replace(cell, repeats=repeats)
+    return replace(side, cells=cells)
+
+
+def split_by_state(repeats: Iterable[RepeatSamples], best: float | None, limit: float = SLOW_STATE) -> StateSplit:
+    split = StateSplit()
+    for rep in repeats:
+        s = slowdown(rep, best)
+        if s is None:
+            split.unknown += 1
+            split.kept.append(rep)
+        elif s > limit:
+            split.slow.append((rep, s))
+        else:
+            split.kept.append(rep)
+    return split

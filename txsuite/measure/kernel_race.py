@@ -1,0 +1,108 @@
+"""Timing candidate kernels against each other on a shared machine (the `auto` choices:
+txsuite.measure.attention, txsuite.measure.linear).
+
+Each candidate is a zero-argument callable that runs the kernel once (forward and backward on
+inputs it already holds). A round calls it enough times to last MIN_ROUND_S; candidates
+alternate round by round, so a neighbour's load or the clock's drift hits every kernel alike.
+After EARLY_ROUNDS a candidate whose fastest round is SEPARATED times the leader's slowest is
+out of the race: it has lost beyond any noise, and timing it further only costs the cell time
+(an emulated bf16 kernel takes a second per call).
+"""
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from typing import Callable
+
+from txsuite.measure.host_cache import measured_once
+
+ROUNDS = 5  # timed rounds per candidate, alternating
+EARLY_ROUNDS = 3  # rounds every candidate runs before the clearly slower ones stop
+SEPARATED = 1.5  # min(candidate) / max(leader) beyond this ends the candidate's race
+MIN_ROUND_S = 0.02  # a round repeats the kernel until it has run this long (short shapes)
+# max |kernel - float64 reference| allowed, relative to the reference's largest magnitude: a few
+# units in the last place of the dtype, summed over the products' reduction (T terms for
+# attention, d_in for a linear layer)
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
+
+
+def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str, shape_key: str,
+                    kernels: dict[str, Callable], measure: Callable[[], dict], use_cache: bool) -> dict:
+    """measure()'s entry for this host, torch, thread count, dtype, shape and set of kernels, from
+    the host's cache_file when it has one (txsuite.measure.host_cache), with "key" and "cached"
+    added. use_cache=False measures without reading or writing the cache (tests)."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    key = (f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|{shape_key}"
+           f"|{','.join(sorted(kernels))}")
+    entry, cached = measured_once(cache_file, key, measure) if use_cache else (measure(), False)
+    return {**entry, "key": key, "cached": cached}
+
+
+def race_forward_backward(torch, device, candidates: dict[str, Callable], inputs, grad_out) -> dict[str, list[float]]:
+    """race() of each candidate's forward + backward on `inputs` (leaf copies) with `grad_out`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return race({name: functools.partial(forward_backward, torch, fn, inputs, grad_out)
+                 for name, fn in candidates.items()}, sync)
+
+
+def race(candidates: dict[str, Callable[[], object]], sync: Callable[[], None] = lambda: None
+         ) -> dict[str, list[float]]:
+    """{name: seconds per call of each round it ran}. `sync` waits for the device (CUDA)."""
+    repeats = {}
+    for name, run in candidates.items():  # how many calls make one round long enough to time
+        start = time.perf_counter()
+        run()
+        sync()
+        repeats[name] = max(1, int(MIN_ROUND_S / max(time.perf_counter() - start, 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    running = dict(candidates)
+    for rnd in range(ROUNDS):
+        for name, run in running.items():
+            start = time.perf_counter()
+            for _ in range(repeats[name]):
+                run()
+            sync()
+            samples[name].append((time.perf_counter() - start) / repeats[name])
+        if rnd == EARLY_ROUNDS - 1:
+            leader = min(max(samples[n]) for n in running)
+            running = {n: r for n, r in running.items() if min(samples[n]) <= SEPARATED * leader}
+    return samples
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def forward_backward(torch, fn, inputs, grad_out):
+    """(output, input gradients) of fn(*inputs) on leaf copies of inputs, given the output's
+    gradient."""
+    leaves = tuple(x.detach().requires_grad_() for x in inputs)
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return out.detach(), grads
+
+
+def screen(torch, candidates: dict[str, Callable], reference: Callable, inputs, grad_out, dtype
+           ) -> tuple[dict[str, Callable], dict[str, str]]:
+    """(correct, rejected): each candidate's output and input gradients on `inputs` (cast to
+    dtype) against `reference` in float64; max |error| beyond TOLERANCE[dtype] x the reference's
+    largest magnitude rejects it, so a kernel that is fast but wrong is never chosen. rejected:
+    name -> why (an exception: no kernel for this dtype or device)."""
+    tolerance = TOLERANCE[str(dtype).removeprefix("torch.")]
+    expected, expected_grads = forward_backward(torch, reference, [x.double() for x in inputs], grad_out.double())
+    scale = max(float(expected.abs().max()), *(float(g.abs().max()) for g in expected_grads), 1e-12)
+    rejected, correct = {}, {}
+    for name, fn in candidates.items():
+        try:
+            out, grads = forward_backward(torch, fn, [x.to(dtype) for x in inputs], grad_out.to(dtype))
+        except RuntimeError as e:
+            rejected[name] = f"failed: {str(e).splitlines()[0][:160]}"
+            continue
+        error = max(float((x.double() - r).abs().max())
+                    for x, r in zip((out, *grads), (expected, *expected_grads)))
+        if not error <= tolerance * scale:
+            rejected[name] = f"wrong: max error {error:.3g} against float64 (scale {scale:.3g})"
+            continue
+        correct[name] = fn
+    return correct, rejected

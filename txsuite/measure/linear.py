@@ -1,0 +1,73 @@
+"""`model.linear: auto`: whether this host needs the linear layers' input gradient computed
+against a transposed copy of the weight, measured once per host, dtype and shape and cached
+(txsuite.measure.host_cache), like the attention kernel and the matmul peak.
+
+Why: a Linear's three products meet three operand layouts (forward x W^T, input gradient g W,
+weight gradient g^T x). Where torch has no native kernel for a dtype, its fallback matmul is fast
+for some layouts and slow for others: on a CPU without bf16 instructions (AVX2 only) a bf16
+2048 x 256 @ 256 x 1024 product takes 925 ms with both operands contiguous, the input gradient's
+layout, and 84 ms with the second transposed (`python bench/matmul_layouts.py`). Where the
+kernels are native (fp32 anywhere, bf16 with AVX512-BF16/AMX or on GPUs) every layout runs at
+the same speed and the copy only costs. A rule written from one machine would be wrong on the
+next, so the suite measures.
+
+The trial: one Linear of the cell's MLP shape (d_model -> d_ff, per rank) forward + backward on
+min(micro_batch x seq_len, TRIAL_TOKENS) random tokens in the dtype its matmuls compute in.
+Each kernel's output and gradients are checked against float64 first; then they race
+(txsuite.measure.kernel_race). torch's own Linear stays unless the other kernel is faster in
+every round than torch's Linear in any round: a tie, or an overlap of their rounds, keeps the
+code path every other training script runs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from txsuite.measure.attention import ATTENTION_DTYPE
+from txsuite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
+
+DEFAULT = "torch"
+# Most rows a trial's product has. The ratio between the kernels does not depend on it (measured
+# here, bf16 256 -> 1024: torch / transposed-weight 6.2x at 512 tokens, 5.9x at 1,024, 5.8x at
+# 2,048) but the trial's time does (1.7 s, 3.2 s, 6.4 s on that host, where torch's kernel is slow).
+TRIAL_TOKENS = 512
+CHECK_TOKENS = 64  # rows checked against float64
+
+
+def choose_linear(torch, device, precision: str, shape: tuple[int, int, int], device_name: str,
+                  kernels: dict[str, Callable], use_cache: bool = True) -> dict:
+    """-> {"linear": chosen kernel, "times_s": {name: median fwd+bwd seconds}, "rejected":
+    {name: why}, "key", "cached"}. shape: (tokens, d_in, d_out), tokens capped at TRIAL_TOKENS;
+    kernels: name -> linear(x, weight, bias), DEFAULT among them."""
+    dtype = ATTENTION_DTYPE[precision]  # the dtype the cell's matmuls compute in
+    tokens, d_in, d_out = shape
+    shape = (min(tokens, TRIAL_TOKENS), d_in, d_out)
+    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
+    return measured_choice("linear.json", torch, device, device_name, dtype, f"M{shape[0]} K{d_in} N{d_out}",
+                           kernels, measure, use_cache)
+
+
+def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, Callable]) -> dict:
+    tokens, d_in, d_out = shape
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x, grad_out = torch.randn(tokens, d_in, generator=gen), torch.randn(tokens, d_out, generator=gen)
+    weight = torch.randn(d_out, d_in, generator=gen) * d_in ** -0.5
+    bias = torch.randn(d_out, generator=gen)
+    x, grad_out, weight, bias = (t.to(device) for t in (x, grad_out, weight, bias))
+    correct, rejected = screen(torch, kernels, torch.nn.functional.linear,
+                               [x[:CHECK_TOKENS], weight, bias], grad_out[:CHECK_TOKENS], dtype)
+    if DEFAULT not in correct:
+        raise RuntimeError(f"torch's own Linear failed its check against float64: {rejected}")
+    samples = race_forward_backward(torch, device, correct, [t.to(dtype) for t in (x, weight, bias)],
+                                    grad_out.to(dtype))
+    return {"linear": decide(samples), "times_s": medians(samples), "rejected": rejected}
+
+
+def decide(samples: dict[str, list[float]]) -> str:
+    """DEFAULT, unless another kernel's slowest round beat DEFAULT's fastest (then the fastest
+    such kernel by median): a choice away from torch's own Linear must be beyond the noise."""
+    floor = min(samples[DEFAULT])
+    clear = {name: s for name, s in samples.items() if name != DEFAULT and max(s) < floor}
+    if not clear:
+        return DEFAULT
+    times = medians(clear)
+    return min(times, key=times.get)

@@ -1,0 +1,146 @@
+"""The host's matmul peak at a given precision, measured once and cached (never a table).
+
+MFU = achieved model FLOP/s / this peak (`utilization`). The peak is the best of several timed
+square matmuls large enough to saturate the device; it is cached per (device model, torch
+version, thread count, precision) under the txsuite cache folder, so every cell on a host
+shares one figure. On CUDA the precisions are bf16/fp16 tensor cores, tf32 tensor cores, fp32
+with tf32 explicitly off, and fp8 (`torch._scaled_mm`, e4m3 x e4m3 -> bf16, compute capability
+>= 8.9). The vendor's nominal dense peak (txsuite.measure.nominal) is returned beside it, for
+reference only: a datasheet figure is never used as the denominator of `mfu`.
+"""
+from __future__ import annotations
+
+import time
+
+from txsuite.measure.host_cache import locked_update
+
+# matmul dtype of each cell precision
+MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
+                "fp16": "float16", "fp8": "float8"}
+
+
+def utilization(tokens_per_s: float | None, flops_per_token: float | None,
+                hardware_flops_per_token: float | None, peak_flops: float | None,
+                world: int = 1) -> tuple[float | None, float | None]:
+    """(MFU, HFU) of a run (pure arithmetic).
+
+    tokens_per_s              global tokens per second (all ranks together)
+    flops_per_token           model FLOPs per token for forward + backward (no recomputation)
+    hardware_flops_per_token  FLOPs per token the hardware actually executes (model FLOPs plus
+                              the forward passes recomputed under activation checkpointing)
+    peak_flops                one device's peak FLOP/s at the cell's precision
+    world                     devices (ranks) the run used
+
+    MFU = tokens_per_s * flops_per_token / (peak_flops * world), HFU likewise with the hardware
+    FLOPs. Either is None when an input is missing or the peak is not positive."""
+    if tokens_per_s is None or not peak_flops or peak_flops <= 0 or world < 1:
+        return None, None
+    capacity = peak_flops * world
+    mfu = tokens_per_s * flops_per_token / capacity if flops_per_token is not None else None
+    hfu = tokens_per_s * hardware_flops_per_token / capacity if hardware_flops_per_token is not None else None
+    return mfu, hfu
+
+
+def peak_flops(torch, device, precision: str, device_name: str, at_least: float | None = None) -> dict:
+    """-> {"peak_flops": measured FLOP/s, "peak_key": cache key, "peak_cached": bool,
+    "peak_remeasured": bool, "nominal_peak_flops": the vendor's dense FLOP/s for this device and
+    precision, or None}.
+
+    A peak is the most the device does; a measurement can only fall short of it (another
+    process on the cores, a clock not yet up). So the cache keeps the best measurement, and a
+    cached peak below `at_least` (FLOP/s a cell has just achieved with matmuls, which cannot
+    exceed the true peak) is measured again and replaced by the better of the two. Found here:
+    a 2-thread fp32 peak cached while a neighbour loaded the cores (89 GFLOP/s against 74 for
+    one thread) made a cell report 111 % MFU."""
+    from txsuite.measure.nominal import nominal_peak_flops
+    nominal = nominal_peak_flops(device_name, precision) if device.type == "cuda" else None
+    kind = MATMUL_DTYPE[precision]
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    # "linear": measured with the op nn.Linear runs (an earlier version timed `a @ b`, which for
+    # fp16 on a CPU takes a ~100x slower path than F.linear; those entries are not reused)
+    key = f"{device_name}|torch {torch.__version__}|threads {threads}|linear|{kind}"
+
+    def best(cache: dict) -> tuple[float, bool, bool]:
+        entry = cache.get(key)
+        if entry is not None and (at_least is None or entry["flops"] >= at_least or _recent(entry)):
+            return entry["flops"], True, False
+        flops = max(measure_matmul_flops(torch, device, kind), entry["flops"] if entry else 0.0)
+        cache[key] = {"flops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return flops, False, entry is not None
+    flops, cached, remeasured = locked_update("peaks.json", best)
+    return {"peak_flops": flops, "peak_key": key, "peak_cached": cached, "peak_remeasured": remeasured,
+            "nominal_peak_flops": nominal}
+
+
+REMEASURE_AFTER_S = 600  # a peak measured this recently is not measured again for one cell
+
+
+def _recent(entry: dict) -> bool:
+    """Measured less than REMEASURE_AFTER_S ago: then a cell above it is not a reason to measure
+    again (by the FLOP-counting convention a cell can exceed a fresh peak; cells would otherwise
+    each pay a measurement)."""
+    try:
+        measured = time.mktime(time.strptime(entry["measured_at"], "%Y-%m-%dT%H:%M:%S"))
+    except (KeyError, ValueError):
+        return False
+    return time.time() - measured < REMEASURE_AFTER_S
+
+
+def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> float:
+    """Best FLOP/s over `trials` timed bursts of n x n x n matmuls (2 n^3 FLOPs each).
+
+    n grows (CPU: 512 -> 2048, CUDA: 4096 -> 8192) while one matmul stays short, so a slow
+    precision (fp16 on a CPU without fp16 units runs at ~1 GFLOP/s) is still measured in about
+    a second, and a fast one gets a matrix large enough to saturate it."""
+    sizes = (4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
+    try:
+        for n in sizes:
+            mm = _matmul(torch, device, kind, n)
+            mm()
+            sync()
+            start = time.perf_counter()
+            mm()
+            sync()
+            if time.perf_counter() - start > 0.05:
+                break
+        best = 0.0
+        for _ in range(trials):
+            count, start = 0, time.perf_counter()
+            while True:
+                mm()
+                count += 1
+                # CUDA launches are asynchronous: synchronise only every few launches
+                if device.type != "cuda" or count % 8 == 0:
+                    sync()
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= seconds:
+                        break
+            best = max(best, 2 * n ** 3 * count / elapsed)
+        return best
+    finally:
+        if tf32_before is not None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+
+
+def _matmul(torch, device, kind: str, n: int):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    if kind == "float8":
+        # _scaled_mm wants the second operand column-major
+        a, b = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()
+        one = torch.tensor(1.0, device=device)
+        # fast accumulation: the faster mode on Hopper, which torchao's forward GEMM uses; the
+        # peak must be the best the device does, or fp8 MFU would be flattered
+        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
+                                        use_fast_accum=True)
+    if device.type == "cuda":  # fp32 must not silently run on tf32 tensor cores (restored after)
+        torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+    if kind != "tf32":
+        a, b = a.to(getattr(torch, kind)), b.to(getattr(torch, kind))
+    # F.linear (a @ b.T), the op the model's nn.Linear layers run: on a CPU without fp16 units
+    # `a @ b` in fp16 takes a reference path ~100x slower (0.3-0.8 vs 51-56 GFLOP/s measured
+    # here), which made fp16 cells report MFU above 100%. Same FLOPs, same cuBLAS on CUDA.
+    return lambda: torch.nn.functional.linear(a, b)

@@ -1,0 +1,85 @@
+"""Machine-state probe: how fast is this machine *right now*, compared with its best?
+
+A shared machine moves between states: for minutes at a time another process holds the cores
+and every step of a repetition runs several times slower, the fastest included. A repetition
+measured in such a state says nothing about the code. So every repetition times the same
+fixed workload (`probe_workload`: small fp32 matmuls and an element-wise pass, on the
+cell's own torch threads, ~20 ms on an idle 2-core CPU) just before and just after its
+measured steps, and compares the slower of the two with the best time this host has ever
+given the workload (cached beside the matmul peaks). The ratio, `machine_slowdown`, is the
+factor by which the machine was slower than its best while the cell was measured; the guard
+leaves out repetitions measured in a slow state (docs/guard.md).
+
+Measured on this project's 2-core machine (each probe the fastest of 3 runs): idle, two probes
+a moment apart differ from the host's best by 1.2x (median) to 1.6x; with another process
+busy on the cores, 3x to 7x. The guard's default line for a slow state is 2x.
+
+The workload is deterministic; only its duration varies, and only with the machine.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from txsuite.measure.host_cache import locked_update
+
+PROBE_TRIALS = 3  # each probe is the fastest of three runs of the workload: one hiccup is not a state
+
+
+def probe_workload(torch) -> float:
+    """Seconds for one run of the fixed calibration workload on the current device (CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 256, generator=gen)
+    b = torch.randn(256, 256, generator=gen)
+    v = torch.randn(1 << 18, generator=gen)
+    start = time.perf_counter()
+    for _ in range(40):
+        a = torch.tanh(a @ b * 0.05)  # compute-bound, through the cell's OpenMP threads
+    for _ in range(16):
+        v = v * 0.999 + 0.001  # memory-bound
+    float(a.sum() + v.sum())  # use the results
+    return time.perf_counter() - start
+
+
+def probe(torch) -> float:
+    """The fastest of PROBE_TRIALS runs of the workload, in seconds."""
+    return min(probe_workload(torch) for _ in range(PROBE_TRIALS))
+
+
+@dataclass
+class MachineState:
+    before_s: float | None = None
+    after_s: float | None = None
+    best_s: float | None = None  # the host's best time for the workload, this one included
+    wall_s: float = 0.0  # what probing cost the cell, both probes and the cache update
+    faults_at_start: int | None = None  # minor page faults when the measured steps began
+    page_faults: int | None = None  # minor page faults during the measured steps (probes excluded)
+
+    @property
+    def slowdown(self) -> float | None:
+        """The slower probe of the repetition / the host's best (1.0: the machine's best state)."""
+        times = [t for t in (self.before_s, self.after_s) if t is not None]
+        if not times or not self.best_s:
+            return None
+        return max(times) / self.best_s
+
+    def metrics(self) -> dict:
+        return {"probe_before_s": self.before_s, "probe_after_s": self.after_s, "probe_best_s": self.best_s,
+                "machine_slowdown": self.slowdown, "host_page_faults": self.page_faults}
+
+
+def host_key(torch) -> str:
+    from txsuite.measure.env import cpu_model
+    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v2"
+
+
+def record_best(torch, seconds: list[float]) -> float:
+    """Fold this repetition's probe times into the host's best (kept in the txsuite cache, one
+    writer at a time) and return the best."""
+    key = host_key(torch)
+
+    def fold(cache: dict) -> float:
+        cache[key] = min([s for s in seconds if s is not None] + ([cache[key]] if key in cache else []))
+        return cache[key]
+    best = locked_update("probe.json", fold)
+    return best

@@ -1,0 +1,610 @@
+"""The charts of a run report, chosen from what the run varied and what it measured.
+
+Each builder returns a Chart: an inline SVG, or a one-line note saying why it is not drawn
+(missing data is normal: a CPU host has no energy counter, a one-axis matrix has no heatmap).
+Cost matters (a 200-cell matrix must render in seconds): one figure per chart, never one per
+cell; bar charts and labels are capped and say so.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+
+from txsuite.report import formatting as fmt
+from txsuite.report.encoding import Encoding, choose_encoding, ordered_values
+from txsuite.report.frame import CellTable
+from txsuite.report.pareto import NEAR_FRONT
+from txsuite.report.svg import formatter, plot_text, report_style, subplots, to_svg
+
+MAX_BARS = 40  # rows of a per-cell bar chart before it shows only the best and the worst
+MAX_POINT_LABELS = 12
+MAX_CURVE_POINTS = 300  # per line; a loss curve needs no more to show its shape
+MAX_ANNOTATED_HEATMAP = 240
+# matplotlib 3.10 renamed boxplot's vert=False to orientation="horizontal" (vert goes in 3.13).
+_HORIZONTAL = ({"orientation": "horizontal"}
+               if "orientation" in inspect.signature(Axes.boxplot).parameters else {"vert": False})
+
+
+@dataclass
+class Chart:
+    key: str
+    title: str
+    caption: str = ""
+    svg: Any = None  # Markup when drawn
+    note: str | None = None  # why it is not drawn / what was left out
+
+    @property
+    def drawn(self) -> bool:
+        return self.svg is not None
+
+
+def build_charts(table: CellTable) -> list[Chart]:
+    """Every chart in reading order; each one decides for itself whether it has the data."""
+    measured = table.ok if len(table.ok) else table.cells
+    enc = choose_encoding(measured, table.measured_axes)  # colours only for what is plotted
+    builders: list[Callable[[CellTable, Encoding], Chart]] = [
+        throughput_vs_memory, ratios_vs_reference, loss_curves, val_loss_vs_throughput,
+        throughput_heatmap, axis_effects, mfu_per_cell, energy_per_token, step_time_spread,
+    ]
+    with report_style():
+        return [build(table, enc) for build in builders]
+
+
+# ------------------------------------------------------------------ charts
+
+MEMORY_TITLES = {"train_mem_bytes": "train memory", "peak_mem_bytes": "peak memory"}
+MEMORY_NOTES = {"train_mem_bytes": " Train memory is what the cell controls: the peak minus the memory before "
+                                   "training (the interpreter and libraries); the table also gives the whole peak.",
+                "peak_mem_bytes": ""}
+
+
+def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
+    memory = table.memory_metric
+    title = MEMORY_TITLES[memory]
+    chart = Chart("pareto", f"Throughput vs {title}",
+                  "Up and to the left is better. Ringed cells are Pareto-optimal: no other cell is "
+                  "both faster and lighter; the line joins them. Cells in a dashed ring are off the "
+                  "front on the medians but within noise of it (no cell beats them beyond noise, "
+                  "paired by round). Whiskers span the repeats." + MEMORY_NOTES[memory])
+    cells = _with(table.cells, "tokens_per_s", memory)
+    if cells.empty:
+        chart.note = f"no cell reported both throughput and {title}"
+        return chart
+    scale, unit = _bytes_scale(cells[memory].max())
+    fig, ax = subplots(figsize=(8.2, 5.0))
+    x, y = cells[memory] / scale, cells["tokens_per_s"]
+    _whiskers(ax, cells, x, y, xcol=memory, ycol="tokens_per_s", xscale=scale)
+    front = cells[cells["pareto"]].sort_values(memory)
+    if len(front) > 1:
+        ax.step(front[memory] / scale, front["tokens_per_s"], where="post", color="#333",
+                lw=1.2, ls="--", zorder=1, label="Pareto frontier")
+    _scatter(ax, cells, x, y, enc)
+    ax.scatter(front[memory] / scale, front["tokens_per_s"], s=170, facecolors="none",
+               edgecolors="#222", linewidths=1.3, zorder=4)
+    near = cells[cells["front"] == NEAR_FRONT]
+    if len(near):
+        ax.scatter(near[memory] / scale, near["tokens_per_s"], s=170, facecolors="none",
+                   edgecolors="#555", linewidths=1.1, linestyles="--", zorder=4, label="within noise of the front")
+    _label_points(ax, cells, x, y, _points_to_label(cells, table, ["pareto"]))
+    ax.set_xlabel(f"{title} ({unit})")
+    ax.set_ylabel("tokens/s")
+    ax.yaxis.set_major_formatter(si_formatter())
+    _corner_note(ax, "↖ better", "upper left")
+    _legend(ax, enc, extra=(["Pareto frontier"] if len(front) > 1 else []) +
+            (["within noise of the front"] if len(near) else []))
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
+    base_label = table.row(table.reference)["short_label"] if table.reference else ""
+    chart = Chart("ratios", "Speed-up and memory against the reference",
+                  f"Each cell's tokens/s and {MEMORY_TITLES[table.memory_metric]} divided by the reference's "
+                  f"({base_label}). "
+                  "Right of 1× is faster / uses more memory. Whiskers span the repeats.")
+    if table.reference is None:
+        chart.note = table.reference_note or "no reference cell with a throughput"
+        return chart
+    cells = _with(table.cells, "speedup")
+    shown, cap_note = cap_rows(cells, "speedup", ascending=False, keep={table.reference})
+    chart.note = cap_note
+    n = len(shown)
+    fig, (left, right) = subplots(1, 2, sharey=True, figsize=(10, 1.0 + 0.3 * n),
+                                  gridspec_kw={"wspace": 0.08})
+    ypos = np.arange(n)[::-1]
+    colors = [enc.color(row) for _, row in shown.iterrows()]
+    for ax, col, title in ((left, "speedup", "speed-up (tokens/s ÷ reference)"),
+                           (right, "mem_ratio", f"{MEMORY_TITLES[table.memory_metric]} ÷ reference")):
+        values = shown[col].to_numpy(dtype=float)
+        err = np.vstack([values - shown[f"{col}_lo"].to_numpy(dtype=float),
+                         shown[f"{col}_hi"].to_numpy(dtype=float) - values])
+        err = np.where(np.isfinite(err), np.clip(err, 0, None), 0)
+        ends = np.fmax(values, shown[f"{col}_hi"].to_numpy(dtype=float))  # value text goes past the whisker
+        ax.barh(ypos, np.nan_to_num(values), xerr=err, color=colors, height=0.7,
+                error_kw={"ecolor": "#333", "elinewidth": 0.9, "capsize": 2})
+        ax.axvline(1.0, color="#222", lw=1, ls="--")
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(formatter(lambda v, _: f"{v:g}×"))
+        ax.set_xlim(0, max(1.15, np.nanmax(np.append(ends, 1)) * 1.28))
+        for yv, v, end in zip(ypos, values, ends):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.2f}×", (end, yv), xytext=(4, 0), textcoords="offset points",
+                            va="center", ha="left", fontsize=8)
+        ax.grid(axis="y", visible=False)
+        mark_gaps(ax, shown, ypos)
+    left.set_yticks(ypos)
+    left.set_yticklabels([plot_text(t) for t in shown["short_label"]])
+    for tick, is_base in zip(left.get_yticklabels(), shown["is_reference"]):
+        if is_base:
+            tick.set_fontweight("bold")
+    left.set_ylim(-0.6, n - 0.4)
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def loss_curves(table: CellTable, enc: Encoding) -> Chart:
+    chart = Chart("loss", "Training loss over steps and over wall time",
+                  "One line per cell (its repeat with the median throughput). Over wall time, "
+                  "a faster cell reaches a given loss sooner. × marks where a diverged run stopped.")
+    curves = representative_curves(table)
+    if not curves:
+        chart.note = "no cell recorded a loss curve"
+        return chart
+    fig, (by_step, by_time) = subplots(1, 2, sharey=True, figsize=(11, 4.4), gridspec_kw={"wspace": 0.06})
+    lw = 1.4 if len(curves) <= 20 else 0.9
+    every = []
+    for row, points, diverged in curves:
+        every.append(points[:, 2])
+        style = dict(color=enc.color(row), ls=enc.dash(row), lw=lw, alpha=0.9)
+        for ax, column in ((by_step, 0), (by_time, 1)):
+            ax.plot(points[:, column], points[:, 2], **style)
+            if diverged:
+                ax.plot(points[-1, column], points[-1, 2], marker="x", color=style["color"], ms=8, mew=2)
+    values = np.concatenate(every)
+    top = np.percentile(values, 99) if len(values) > 50 else values.max()  # early spikes hide the rest
+    span = max(top - values.min(), 1e-6)
+    by_step.set_ylim(values.min() - 0.04 * span, top + 0.04 * span)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("training wall time (s)")
+    by_step.set_ylabel("training loss")
+    if enc.hue_key or enc.style_key:
+        by_time.legend(handles=enc.legend_handles("line"), loc="upper left", bbox_to_anchor=(1.01, 1),
+                       frameon=False)
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def val_loss_vs_throughput(table: CellTable, enc: Encoding) -> Chart:
+    chart = Chart("quality", "Validation loss vs throughput",
+                  "Down and to the right is better: faster cells that still learn as well. "
+                  "Whiskers span the repeats.")
+    cells = _with(table.cells, "tokens_per_s", "val_loss")
+    if cells.empty:
+        chart.note = "no cell reported both validation loss and throughput"
+        return chart
+    fig, ax = subplots(figsize=(8.2, 4.8))
+    x, y = cells["tokens_per_s"], cells["val_loss"]
+    _whiskers(ax, cells, x, y, xcol="tokens_per_s", ycol="val_loss")
+    _scatter(ax, cells, x, y, enc)
+    optimum = known_optimum(table)
+    extra = []
+    if optimum is not None:
+        ax.axhline(optimum, color="#888", ls=":", lw=1.2, label="known optimum (synthetic task)")
+        extra.append("known optimum (synthetic task)")
+    best = cells.nsmallest(1, "val_loss")["cell_id"].tolist()
+    _label_points(ax, cells, x, y, _points_to_label(cells, table, [], extra_ids=best))
+    ax.set_xlabel("tokens/s")
+    ax.set_ylabel("validation loss")
+    ax.xaxis.set_major_formatter(si_formatter())
+    _corner_note(ax, "better ↘", "lower right")
+    _legend(ax, enc, extra=extra)
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def throughput_heatmap(table: CellTable, enc: Encoding) -> Chart:
+    chart = Chart("heatmap", "Throughput grid",
+                  "Median tokens/s of every combination of the two varying axes; empty squares "
+                  "name the status of cells that produced no throughput.")
+    axes = table.measured_axes
+    if len(axes) != 2:
+        chart.note = (f"drawn only when exactly two axes vary; this run varies {len(axes)}"
+                      + (f" ({', '.join(axes)})" if axes else ""))
+        return chart
+    rows_key, cols_key = axes
+    # Measured cells first, so a cell that differs only elsewhere (an include skipped on this
+    # host) never hides a measured square.
+    cells = table.cells.sort_values("repeats_ok", ascending=False, kind="stable")
+    if cells["tokens_per_s"].notna().sum() == 0:
+        chart.note = "no cell reported a throughput"
+        return chart
+    row_values, col_values = ordered_values(table.cells[rows_key]), ordered_values(table.cells[cols_key])
+    combos = len(row_values) * len(col_values)
+    if len(cells) * 2 < combos:
+        chart.note = (f"{rows_key} and {cols_key} vary together ({len(cells)} of {combos} combinations "
+                      "were run), so a grid would be mostly empty")
+        return chart
+    grid = np.full((len(row_values), len(col_values)), np.nan)
+    status = [[""] * len(col_values) for _ in row_values]
+    for _, cell in cells.iterrows():
+        i, j = row_values.index(_plain(cell[rows_key])), col_values.index(_plain(cell[cols_key]))
+        if np.isfinite(grid[i, j]) or status[i][j]:
+            continue
+        grid[i, j] = cell["tokens_per_s"]
+        status[i][j] = "" if cell["repeats_ok"] else cell["status"]
+    annotate = grid.size <= MAX_ANNOTATED_HEATMAP
+    row_height = 0.55 if len(row_values) <= 8 else 0.36
+    fig, ax = subplots(figsize=(min(2.6 + 0.95 * len(col_values), 14),
+                                min(1.4 + row_height * len(row_values), 12)))
+    _draw_heatmap(ax, grid, [plot_text(_short(v, 20)) for v in row_values],
+                  [plot_text(_short(v, 20)) for v in col_values], annotate=annotate,
+                  fontsize=9 if grid.size <= 40 else 7.5)
+    for i, line in enumerate(status):
+        for j, text in enumerate(line):
+            if text:
+                ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8, color="#b00020")
+    ax.set_ylabel(plot_text(rows_key))
+    ax.set_xlabel(plot_text(cols_key))
+    ax.grid(False)
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def _draw_heatmap(ax, grid: np.ndarray, row_labels: list[str], col_labels: list[str], annotate: bool,
+                  fontsize: float) -> None:
+    """grid (rows x columns of tokens/s, NaN where no throughput) as coloured squares, row 0 at
+    the top, each value written in its square when `annotate`; NaN squares stay grey."""
+    ax.set_facecolor("#f1f2f4")  # combinations without a throughput read as grey, not white
+    cmap = colormaps["viridis"]
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1.0,
+                         edgecolors="white", linewidth=0.6)
+    colorbar = ax.figure.colorbar(mesh, ax=ax, format=si_formatter())
+    colorbar.set_label("tokens/s")
+    colorbar.outline.set_visible(False)
+    ax.set_xlim(0, grid.shape[1])
+    ax.set_ylim(grid.shape[0], 0)  # row 0 at the top, as the table reads
+    crowded = grid.shape[1] > 6 or max((len(label) for label in col_labels), default=0) > 8
+    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, col_labels, rotation=30 if crowded else 0,
+                  ha="right" if crowded else "center")
+    ax.set_yticks(np.arange(grid.shape[0]) + 0.5, row_labels, rotation=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if not annotate:
+        return
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isfinite(value):
+            continue
+        light = _relative_luminance(mesh.cmap(mesh.norm(value))) > 0.408  # dark text on light squares
+        ax.text(j + 0.5, i + 0.5, fmt.si(value), ha="center", va="center", fontsize=fontsize,
+                color=".15" if light else "white")
+
+
+def _relative_luminance(rgba) -> float:
+    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def axis_effects(table: CellTable, enc: Encoding) -> Chart:
+    chart = Chart("axes", "Throughput by axis value",
+                  "Each dot is a cell; the bar is the median over the other axes. A wide spread "
+                  "within one value means the other axes matter more than this one.")
+    cells = _with(table.cells, "tokens_per_s")
+    if len(table.measured_axes) < 2:
+        chart.note = "needs two or more varying axes (the speed-up chart covers a single axis)"
+        return chart
+    if cells.empty:
+        chart.note = "no cell reported a throughput"
+        return chart
+    axes = table.measured_axes[:6]
+    fig, panels = subplots(1, len(axes), sharey=True, figsize=(min(2.0 + 2.6 * len(axes), 15), 3.8),
+                           squeeze=False)
+    for ax, key in zip(panels[0], axes):
+        values = ordered_values(cells[key])
+        position = {v: i for i, v in enumerate(values)}
+        xs = cells[key].map(lambda v: position[_plain(v)]).to_numpy(dtype=float)
+        jitter = (np.random.default_rng(0).random(len(xs)) - 0.5) * 0.3
+        ax.scatter(xs + jitter, cells["tokens_per_s"], s=22, alpha=0.75,
+                   c=[enc.color(row) for _, row in cells.iterrows()], edgecolors="white", linewidths=0.4)
+        medians = cells.groupby(xs)["tokens_per_s"].median()
+        ax.hlines(medians.to_numpy(), medians.index - 0.3, medians.index + 0.3, color="#222", lw=2)
+        every = max(1, math.ceil(len(values) / 8))  # at most ~8 tick labels per panel
+        ticks = list(range(0, len(values), every))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([plot_text(_short(values[i])) for i in ticks], rotation=30 if len(ticks) > 4 else 0,
+                           ha="right" if len(ticks) > 4 else "center")
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_title(plot_text(key), fontsize=10)
+    panels[0][0].set_ylabel("tokens/s")
+    panels[0][0].yaxis.set_major_formatter(si_formatter())
+    if len(table.measured_axes) > len(axes):
+        chart.note = f"showing the first {len(axes)} of {len(table.measured_axes)} varying axes"
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def mfu_per_cell(table: CellTable, enc: Encoding) -> Chart:
+    return _bar_per_cell(table, enc, "mfu", "mfu", "Model FLOPs utilisation",
+                         "Achieved model FLOP/s as a share of the peak measured on this host.",
+                         "MFU", lambda v: f"{v * 100:.1f}%", ascending=False,
+                         missing="no cell reported MFU")
+
+
+def energy_per_token(table: CellTable, enc: Encoding) -> Chart:
+    return _bar_per_cell(table, enc, "energy", "energy_per_token_j", "Energy per token",
+                         "GPU energy (NVML) divided by tokens trained; lower is better.",
+                         "joules per token", fmt.energy, ascending=True,
+                         missing="no cell reported energy per token (it needs NVML on a GPU host)")
+
+
+def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
+    chart = Chart("steps", "Step-time distribution",
+                  "Every measured step of every repeat. Long whiskers or outliers mean jitter "
+                  "(data loading, GC, a noisy neighbour) rather than a slow cell.")
+    reps = table.repeats
+    if "step_times_s" not in reps:
+        chart.note = "no cell recorded per-step times"
+        return chart
+    samples: dict[str, list[float]] = {}
+    for _, rec in reps[reps["status"] == "ok"].iterrows():
+        times = rec["step_times_s"]
+        if isinstance(times, list):
+            samples.setdefault(rec["cell_id"], []).extend(float(t) for t in times if fmt.is_number(t))
+    cells = table.cells[table.cells["cell_id"].isin([k for k, v in samples.items() if v])].copy()
+    if cells.empty:
+        chart.note = "no cell recorded per-step times"
+        return chart
+    cells["step_median"] = cells["cell_id"].map(lambda c: float(np.median(samples[c])))
+    shown, chart.note = cap_rows(cells, "step_median", ascending=True, keep={table.reference}, limit=30)
+    fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * len(shown)))
+    data = [np.asarray(samples[c]) * 1e3 for c in shown["cell_id"]][::-1]
+    box = ax.boxplot(data, **_HORIZONTAL, widths=0.6, patch_artist=True, showfliers=True,
+                     flierprops={"markersize": 2.5, "alpha": 0.5}, medianprops={"color": "#222"})
+    for patch, (_, row) in zip(box["boxes"], list(shown.iterrows())[::-1]):
+        patch.set_facecolor(enc.color(row))
+        patch.set_alpha(0.8)
+    mark_gaps(ax, shown, np.arange(len(shown), 0, -1))
+    ax.set_yticks(range(1, len(shown) + 1))
+    ax.set_yticklabels([plot_text(t) for t in shown["short_label"]][::-1])
+    ax.set_xlabel("step time (ms)")
+    # log only when the times span more than 8x and are all positive (a log axis has no place
+    # for 0: a record with a zero step time, as the records fuzz test writes, stays linear)
+    low, high = min(d.min() for d in data), max(d.max() for d in data)
+    ax.set_xscale("log" if low > 0 and high > 8 * low else "linear")
+    chart.svg = to_svg(fig)
+    return chart
+
+
+# ------------------------------------------------------------------ shared pieces
+
+def _bar_per_cell(table: CellTable, enc: Encoding, key: str, metric: str, title: str, caption: str,
+                  xlabel: str, text: Callable[[float], str], ascending: bool, missing: str) -> Chart:
+    chart = Chart(key, title, caption)
+    cells = _with(table.cells, metric)
+    if cells.empty:
+        chart.note = missing
+        return chart
+    shown, chart.note = cap_rows(cells, metric, ascending=ascending, keep={table.reference})
+    n = len(shown)
+    fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * n))
+    ypos = np.arange(n)[::-1]
+    values = shown[metric].to_numpy(dtype=float)
+    ax.barh(ypos, values, color=[enc.color(row) for _, row in shown.iterrows()], height=0.7)
+    for yv, v in zip(ypos, values):
+        ax.annotate(text(v), (v, yv), xytext=(4, 0), textcoords="offset points", va="center",
+                    ha="left", fontsize=8)
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([plot_text(t) for t in shown["short_label"]])
+    ax.set_xlim(0, values.max() * 1.22 if values.max() > 0 else 1)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_formatter(formatter(lambda v, _: text(v) if v else "0"))
+    ax.grid(axis="y", visible=False)
+    mark_gaps(ax, shown, ypos)
+    chart.svg = to_svg(fig)
+    return chart
+
+
+def _with(cells: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    mask = np.ones(len(cells), dtype=bool)
+    for col in columns:
+        mask &= cells[col].notna().to_numpy() if col in cells else False
+    return cells[mask]
+
+
+def cap_rows(cells: pd.DataFrame, column: str, ascending: bool, keep: set, limit: int = MAX_BARS
+              ) -> tuple[pd.DataFrame, str | None]:
+    """Sorted rows; past `limit`, the best (limit-10) and the worst 10, plus the reference.
+    The first row after the cut is marked in a `_after_gap` column, for a separator line."""
+    ordered = cells.sort_values(column, ascending=ascending, kind="stable")
+    if len(ordered) <= limit:
+        return ordered.assign(_after_gap=False), None
+    worst = 10
+    head, tail = ordered.iloc[: limit - worst], ordered.iloc[-worst:]
+    extra = ordered[ordered["cell_id"].isin(keep) & ~ordered.index.isin(head.index.union(tail.index))]
+    shown = pd.concat([head, extra, tail]).assign(_after_gap=False)
+    shown.iloc[len(head) + len(extra), shown.columns.get_loc("_after_gap")] = True
+    if len(extra):
+        shown.iloc[len(head), shown.columns.get_loc("_after_gap")] = True
+    return shown, (f"showing the {limit - worst} best and {worst} worst of {len(ordered)} cells"
+                   f"{' and the reference' if len(extra) else ''}; every cell is in the table")
+
+
+def mark_gaps(ax, shown: pd.DataFrame, ypos: np.ndarray) -> None:
+    """A dotted line where cap_rows left cells out, so the cut is not mistaken for a trend."""
+    for y, gap in zip(ypos, shown["_after_gap"]):
+        if gap:
+            ax.axhline(y + 0.5, color="#999", ls=":", lw=1.2)
+
+
+def _scatter(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, enc: Encoding) -> None:
+    colors = [enc.color(row) for _, row in cells.iterrows()]
+    markers = [enc.marker(row) for _, row in cells.iterrows()]
+    size = 60 if len(cells) <= 50 else 28
+    for marker in dict.fromkeys(markers):  # one call per marker shape, not per cell
+        pick = np.array([m == marker for m in markers])
+        ax.scatter(x[pick], y[pick], c=[c for c, p in zip(colors, pick) if p], marker=marker, s=size,
+                   edgecolors="white", linewidths=0.6, zorder=3)
+
+
+def _whiskers(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, xcol: str, ycol: str,
+              xscale: float = 1.0) -> None:
+    if not (cells["repeats_ok"] > 1).any():
+        return
+    def err(col: str, centre: pd.Series, scale: float) -> np.ndarray | None:
+        if f"{col}_min" not in cells:
+            return None
+        lo = centre - cells[f"{col}_min"] / scale
+        hi = cells[f"{col}_max"] / scale - centre
+        return np.nan_to_num(np.clip(np.vstack([lo, hi]), 0, None))
+    ax.errorbar(x, y, xerr=err(xcol, x, xscale), yerr=err(ycol, y, 1.0), fmt="none",
+                ecolor="#999", elinewidth=0.8, zorder=2)
+
+
+def _points_to_label(cells: pd.DataFrame, table: CellTable, flags: list[str],
+                     extra_ids: list[str] | None = None) -> list[str]:
+    """Cells to label, most important first: the reference, the fastest, the extra ones, the
+    flagged ones (Pareto...), then, when there are few cells, all the others."""
+    ids: list[str] = []
+    if table.reference in set(cells["cell_id"]):
+        ids.append(table.reference)
+    ids += cells.nlargest(1, "tokens_per_s")["cell_id"].tolist() + list(extra_ids or [])
+    for flag in flags:
+        flagged = cells[cells[flag]].sort_values("tokens_per_s", ascending=False)["cell_id"].tolist()
+        if len(flagged) > MAX_POINT_LABELS:  # evenly along the frontier, not all at one end
+            step = len(flagged) / MAX_POINT_LABELS
+            flagged = [flagged[int(i * step)] for i in range(MAX_POINT_LABELS)]
+        ids += flagged
+    if len(cells) <= MAX_POINT_LABELS:
+        ids += cells["cell_id"].tolist()
+    return list(dict.fromkeys(ids))[:MAX_POINT_LABELS + 2]
+
+
+def _label_points(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, ids: list[str]) -> None:
+    """Label the chosen points, in the order given (most important first). Each label tries a
+    few spots around its point and takes the first that overlaps no earlier label and stays
+    inside the axes; a label with no free spot is left out (the table has every cell)."""
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling before mapping data to pixels
+    px = ax.figure.dpi / 72.0
+    frame = ax.get_window_extent()
+    placed: list[tuple[float, float, float, float]] = []
+    order = {cid: k for k, cid in enumerate(ids)}
+    chosen = sorted((row for _, row in cells.iterrows() if row["cell_id"] in order),
+                    key=lambda row: order[row["cell_id"]])
+    for row in chosen:
+        text = row["short_label"] + (" (reference)" if row["is_reference"] else "")
+        width, height = len(text) * LABEL_FONT * 0.56 * px, LABEL_FONT * 1.35 * px
+        cx, cy = ax.transData.transform((x[row.name], y[row.name]))
+        for dx, dy in LABEL_SPOTS:
+            left = cx + dx * px if dx > 0 else cx + dx * px - width
+            bottom = cy + dy * px
+            box = (left, bottom, left + width, bottom + height)
+            inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] and box[3] <= frame.y1
+            if inside and not any(_overlap(box, other) for other in placed):
+                placed.append(box)
+                ax.annotate(plot_text(text), (x[row.name], y[row.name]), xytext=(dx, dy),
+                            textcoords="offset points", fontsize=LABEL_FONT, color="#222",
+                            ha="left" if dx > 0 else "right", va="bottom",
+                            bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8})
+                break
+
+
+# Offsets (points) from a point to its label's lower corner: right-above first, then around.
+LABEL_SPOTS = [(7, 3), (7, -13), (-7, 3), (-7, -13), (7, 14), (-7, 14), (7, -24), (-7, -24), (0, 22)]
+LABEL_FONT = 7.5
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _legend(ax, enc: Encoding, extra: list[str]) -> None:
+    handles = enc.legend_handles("marker")
+    own = [h for h in ax.get_legend_handles_labels()[0] if h.get_label() in extra]
+    if handles or own:
+        ax.legend(handles=handles + own, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+
+
+def _corner_note(ax, text: str, where: str) -> None:
+    x = 0.02 if "left" in where else 0.98
+    y = 0.97 if "upper" in where else 0.03
+    ax.text(x, y, text, transform=ax.transAxes, ha="left" if "left" in where else "right",
+            va="top" if "upper" in where else "bottom", fontsize=9, color="#777", style="italic")
+
+
+def representative_curves(table: CellTable) -> list[tuple[pd.Series, np.ndarray, bool]]:
+    """Per cell: the ok repeat whose tokens/s is nearest the cell median (else a diverged repeat,
+    drawn up to where it stopped), as an array of (step, wall_s, loss) with finite loss."""
+    reps = table.repeats
+    if "loss_curve" not in reps:
+        return []
+    out = []
+    by_cell = {cid: g for cid, g in reps.groupby("cell_id", sort=False)}
+    for _, cell in table.cells.iterrows():
+        group = by_cell.get(cell["cell_id"])
+        if group is None:
+            continue
+        ok = group[group["status"] == "ok"]
+        diverged = False
+        if len(ok):
+            target = cell["tokens_per_s"] if fmt.is_number(cell["tokens_per_s"]) else 0.0
+            distance = np.abs(ok["tokens_per_s"].to_numpy(dtype=float, na_value=np.nan) - target)
+            pick = ok.iloc[int(np.argmin(np.nan_to_num(distance, nan=np.inf)))]
+        elif (group["status"] == "diverged").any():
+            pick, diverged = group[group["status"] == "diverged"].iloc[0], True
+        else:
+            continue
+        points = _curve_array(pick["loss_curve"])
+        if points is not None:
+            out.append((cell, points, diverged))
+    return out
+
+
+def _curve_array(curve: Any) -> np.ndarray | None:
+    if not isinstance(curve, list) or not curve:
+        return None
+    rows = [p for p in curve if isinstance(p, (list, tuple)) and len(p) >= 3
+            and all(fmt.is_number(v) for v in p[:3])]
+    if not rows:
+        return None
+    points = np.asarray([p[:3] for p in rows], dtype=float)
+    if len(points) > MAX_CURVE_POINTS:
+        keep = np.unique(np.linspace(0, len(points) - 1, MAX_CURVE_POINTS).astype(int))
+        points = points[keep]
+    return points
+
+
+def known_optimum(table: CellTable) -> float | None:
+    reps = table.repeats
+    if "optimal_loss" not in reps:
+        return None
+    values = pd.to_numeric(reps["optimal_loss"], errors="coerce").dropna().unique()
+    return float(values[0]) if len(values) == 1 else None
+
+
+def _bytes_scale(largest: float) -> tuple[float, str]:
+    return (2**30, "GiB") if largest >= 2**30 else (2**20, "MiB")
+
+
+def si_formatter():
+    return formatter(lambda v, _: fmt.si(v) if v else "0")
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return value.item() if hasattr(value, "item") else value
+
+
+def _short(value: Any, limit: int = 14) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

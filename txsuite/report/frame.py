@@ -1,0 +1,331 @@
+"""Records -> tidy tables: one row per repetition, then one row per cell.
+
+The per-cell table is the single source of every number in a report (summary sentences,
+charts, the sortable table and the csv/parquet/markdown export), so they cannot disagree.
+Which config keys matter is read from the records themselves: a key is an *axis* of this run
+when its value differs between cells, so the report adapts to any matrix.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from txsuite.config.metrics import REGISTRY, SPREAD
+from txsuite.config.record import Record
+from txsuite.report.compression import EXPORT_COLUMNS as COMPRESSION_COLUMNS, add_compression_columns
+from txsuite.report.pareto import FRONT, front_with_noise
+from txsuite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
+from txsuite.report.values import comparable
+from txsuite.report.verdicts import RunVerdicts
+from txsuite.results import to_dataframe
+
+# Scalar metrics summarised per cell: (record metric, column title, formatting kind), from the
+# one metric registry (txsuite/config/metrics.py).
+METRICS: list[tuple[str, str, str]] = [(m.name, m.title, m.kind) for m in REGISTRY]
+# Metrics whose spread over repeats is kept (min/max columns): the ones charts draw error bars for.
+SPREAD_METRICS = SPREAD
+CONFIG = "config."
+# The Pareto plot's two objectives, in front_with_noise's order: throughput (maximised) and the
+# memory the cell controls (minimised; CellTable.memory_metric).
+FRONT_SENSES = ("max", "min")
+
+
+@dataclass
+class CellTable:
+    """The per-cell table plus what it was computed against."""
+    cells: pd.DataFrame  # one row per cell, in first-seen order
+    repeats: pd.DataFrame  # one row per record
+    axes: list[str]  # varying config keys, dotted, in matrix order
+    # The axes that vary among cells with measurements: a key that only an `include` cell
+    # skipped on this host changes (device=cuda) would otherwise crowd every chart label.
+    measured_axes: list[str]
+    fixed: dict[str, Any]  # config keys equal in every cell
+    reference: str | None  # cell id, None when no cell has throughput
+    reference_note: str | None = None  # why the reference is not the one asked for
+    # The memory the headlines judge: train memory (what the cell controls) when every measured
+    # cell has it; the whole peak for records older than it. The table shows both.
+    memory_metric: str = "peak_mem_bytes"
+    verdicts: RunVerdicts | None = None  # every comparison between two cells of this run
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.cells[self.cells["repeats_ok"] > 0]
+
+    def row(self, cell_id: str) -> pd.Series:
+        return self.cells.loc[self.cells["cell_id"] == cell_id].iloc[0]
+
+
+def repeats_frame(records: list[Record]) -> pd.DataFrame:
+    """One row per record with flattened config and numeric scalar metrics (NaN when absent)."""
+    if not records:
+        cols = ["cell_id", "repeat", "label", "status", "reason"] + [m for m, _, _ in METRICS]
+        return pd.DataFrame(columns=cols)
+    df = to_dataframe(records)
+    for name, _, _ in METRICS:
+        df[name] = pd.to_numeric(df[name], errors="coerce") if name in df else np.nan
+        df[name] = df[name].astype(float).replace([np.inf, -np.inf], np.nan)
+    # A failed repeat's leftover numbers (a partial result) must not count as a measurement.
+    df.loc[df["status"] != "ok", [m for m, _, _ in METRICS]] = np.nan
+    return df
+
+
+def varying_keys(repeats: pd.DataFrame, axes_order: list[str] | dict[str, Any] | None = None
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """(config keys whose value differs between cells, {key: value} of the keys that do not)."""
+    config_cols = [c for c in repeats.columns if c.startswith(CONFIG)]
+    per_cell = repeats.drop_duplicates("cell_id")
+    varying, fixed = [], {}
+    for col in config_cols:
+        values = per_cell[col].map(comparable)
+        if values.nunique(dropna=False) > 1:
+            varying.append(col[len(CONFIG):])
+        else:
+            value = per_cell[col].iloc[0]
+            fixed[col[len(CONFIG):]] = value.item() if isinstance(value, np.generic) else value
+    labels = per_cell["label"].tolist() if "label" in per_cell else []
+    return _in_matrix_order(varying, axes_order or [], labels), fixed
+
+
+def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, Any] | None = None,
+                     reference: Any = None) -> CellTable:
+    """`axes_order`: matrix.json's `axes` (or just their names), to order the varying keys."""
+    repeats = repeats_frame(records)
+    axes, fixed = varying_keys(repeats, axes_order)
+    rows = [_cell_row(cell_id, group, axes) for cell_id, group in repeats.groupby("cell_id", sort=False)]
+    columns = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *axes]
+    cells = pd.DataFrame(rows, columns=None if rows else columns)
+    if not rows:
+        return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=axes, fixed=fixed, reference=None)
+    for key in axes:
+        cells[key] = _tidy_axis_column(cells[key])
+    measured = cells[cells["repeats_ok"] > 0]
+    measured_axes = [k for k in axes if measured[k].map(comparable).nunique(dropna=False) > 1] \
+        if len(measured) > 1 else axes
+    cells["short_label"] = short_labels(cells, measured_axes)
+
+    base_id, note = choose_reference(cells, reference)
+    verdicts = RunVerdicts(repeats)
+    memory = memory_metric(measured)
+    _add_ratios(cells, verdicts, base_id, memory)
+    add_compression_columns(cells, repeats)  # deltas of compressed cells to their dense control
+    add_quality_columns(cells, repeats, base_id)  # final loss with its noise, time to target, vs the reference
+    cells["front"] = _front_with_noise(cells, verdicts, memory)
+    cells["pareto"] = cells["front"] == FRONT  # Pareto-optimal on the medians
+    cells["is_reference"] = cells["cell_id"] == base_id
+    return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=measured_axes, fixed=fixed,
+                     reference=base_id, reference_note=note, memory_metric=memory, verdicts=verdicts)
+
+
+def memory_metric(measured: pd.DataFrame) -> str:
+    """train_mem_bytes when every measured cell has it, else peak_mem_bytes (older records)."""
+    has = "train_mem_bytes" in measured and len(measured) and measured["train_mem_bytes"].notna().all()
+    return "train_mem_bytes" if has else "peak_mem_bytes"
+
+
+def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, Any]:
+    ok = group[group["status"] == "ok"]
+    bad = group[group["status"] != "ok"]
+    row: dict[str, Any] = {
+        "cell_id": cell_id,
+        "label": _first_text(group["label"]) or "",
+        # A cell with any good repeat has numbers to show; its bad repeats are listed as problems.
+        "status": "ok" if len(ok) else str(bad["status"].iloc[0]),
+        "reason": _first_text(bad["reason"]) if len(bad) else None,
+        "repeats": int(len(group)),
+        "repeats_ok": int(len(ok)),
+    }
+    first = group.iloc[0]
+    for key in axes:
+        row[key] = first.get(CONFIG + key)
+    for name, _, _ in METRICS:
+        values = ok[name].dropna()
+        row[name] = float(values.median()) if len(values) else np.nan
+        if name in SPREAD_METRICS:
+            row[f"{name}_min"] = float(values.min()) if len(values) else np.nan
+            row[f"{name}_max"] = float(values.max()) if len(values) else np.nan
+    med = row["tokens_per_s"]
+    row["tokens_per_s_spread_pct"] = (
+        (row["tokens_per_s_max"] - row["tokens_per_s_min"]) / med * 100 if med and not math.isnan(med) else np.nan)
+    return row
+
+
+def choose_reference(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str | None]:
+    """The cell every ratio is taken against: matrix.json's `reference` (a cell id, a label or a
+    mapping of axis values), else the first cell; it must have a throughput to divide by."""
+    usable = cells[cells["tokens_per_s"].notna()]
+    if usable.empty:
+        return None, "no cell has a throughput, so no ratios are shown"
+    if wanted in (None, "", {}):
+        return str(usable["cell_id"].iloc[0]), None
+    match = _match_cell(cells, wanted)
+    shown = json.dumps(wanted) if isinstance(wanted, dict) else str(wanted)
+    fallback = str(usable["cell_id"].iloc[0])
+    fallback_label = usable["label"].iloc[0] or fallback
+    if match is None:
+        return fallback, f"reference {shown} matches no cell of this run; ratios use {fallback_label} instead"
+    if match not in set(usable["cell_id"]):
+        return fallback, (f"reference {shown} has no throughput (it did not finish); "
+                          f"ratios use {fallback_label} instead")
+    return match, None
+
+
+def _match_cell(cells: pd.DataFrame, wanted: Any) -> str | None:
+    if isinstance(wanted, dict):
+        for _, row in cells.iterrows():
+            if all(_same(row.get(k), v) for k, v in wanted.items() if k in row.index):
+                return str(row["cell_id"])
+        return None
+    text = " ".join(str(wanted).split())
+    for column in ("cell_id", "label"):
+        hit = cells[cells[column].map(lambda v: " ".join(str(v).split())) == text]
+        if len(hit):
+            return str(hit["cell_id"].iloc[0])
+    return None
+
+
+def _front_with_noise(cells: pd.DataFrame, verdicts: RunVerdicts, memory: str) -> list[str | None]:
+    """Each cell's place against the throughput/memory front, its dominance tested by the verdict
+    engine. A cell is dominated when any of its `tests` comparisons (two per cell that dominates
+    it on the medians) separates, so each is made at 95 % / tests (Bonferroni): the chance of
+    calling an equal cell dominated stays at 5 % however many cells the run has."""
+    objectives = ("tokens_per_s", memory)
+    ids = cells["cell_id"].tolist()
+
+    def verdict(i: int, j: int, k: int, tests: int) -> str:
+        return verdicts.verdict(ids[i], ids[j], objectives[k], level=1 - 0.05 / tests)
+    points = list(zip(*(cells[metric] for metric in objectives)))
+    return front_with_noise(points, FRONT_SENSES, verdict)
+
+
+def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None, memory: str) -> None:
+    """Speed-up (tokens/s) and memory ratio (`memory`) against the reference cell's median. The
+    error bar is the range of the cell's own repeats divided by that same median; `speed_verdict`
+    (faster / slower) and `memory_verdict` (lighter / heavier) say whether the cell differs from
+    the reference beyond noise (or within noise, untested), None for the reference itself."""
+    for col, verdict_col, metric in (("speedup", "speed_verdict", "tokens_per_s"),
+                                     ("mem_ratio", "memory_verdict", memory)):
+        base = np.nan
+        if base_id is not None:
+            base = float(cells.loc[cells["cell_id"] == base_id, metric].iloc[0])
+        if not base or math.isnan(base):
+            cells[col] = cells[f"{col}_lo"] = cells[f"{col}_hi"] = np.nan
+            cells[verdict_col] = None
+            continue
+        cells[col] = cells[metric] / base
+        cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
+        cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
+        cells[verdict_col] = [None if cid == base_id or pd.isna(value) else verdicts.worded(cid, base_id, metric)
+                              for cid, value in zip(cells["cell_id"], cells[col])]
+
+
+def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:
+    """Compact labels for charts: 'precision=bf16 micro_batch=4' from the varying keys (the
+    last part of a dotted key is enough there), else the record's label, else the cell id."""
+    out = []
+    for _, row in cells.iterrows():
+        if axes:
+            text = " ".join(f"{k.rsplit('.', 1)[-1]}={_compact(row[k])}" for k in axes)
+        else:
+            text = row["label"] or row["cell_id"]
+        if row["label"] and str(row["label"]).startswith("+"):
+            text = row["label"]  # an `include` cell: its own label says what was added
+        out.append(text if len(text) <= limit else text[: limit - 1] + "…")
+    return _deduplicate(out)
+
+
+def export_frame(table: CellTable) -> pd.DataFrame:
+    """The per-cell table as exported: raw numbers, machine-friendly column names."""
+    keep = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *table.axes]
+    for name, _, _ in METRICS:
+        keep.append(name)
+        if name in SPREAD_METRICS:
+            keep += [f"{name}_min", f"{name}_max"]
+        if name == "tokens_per_s":
+            keep.append("tokens_per_s_spread_pct")
+    keep += ["speedup", "speedup_lo", "speedup_hi", "speed_verdict",
+             "mem_ratio", "mem_ratio_lo", "mem_ratio_hi", "memory_verdict",
+             "pareto", "front", "is_reference", *QUALITY_COLUMNS, *COMPRESSION_COLUMNS]
+    keep = list(dict.fromkeys(keep))  # time_to_target_s is both a record metric and a quality column
+    return table.cells[[c for c in keep if c in table.cells.columns]].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _in_matrix_order(keys: list[str], axes: list[str] | dict[str, list[Any]], labels: list[str] = ()
+                     ) -> list[str]:
+    """The order the matrix declares its axes in. matrix.json is written with sorted keys, so
+    the order is read from the cell labels first ('precision=bf16 train.micro_batch=4',
+    'train={micro_batch: 16, grad_accum: 1}' are written in declaration order), then from
+    matrix.json's axes (an axis `model` covers `model.preset`), then alphabetically."""
+    label = next((text for text in labels if text and not text.startswith("+")), "")
+    names = list(axes)
+
+    def in_label(key: str) -> float:
+        at = label.find(f"{key}=")
+        if at >= 0:
+            return at
+        family, _, tail = key.partition(".")
+        start = label.find(f"{family}=")
+        if tail and start >= 0:
+            inner = label.find(f"{tail}:", start)
+            if inner >= 0:
+                return inner
+        return math.inf
+
+    def in_meta(key: str) -> int:
+        for i, axis in enumerate(names):
+            if key == axis or key.startswith(axis + "."):
+                return i
+        return len(names)
+    return sorted(keys, key=lambda k: (in_label(k), in_meta(k), k))
+
+
+def _tidy_axis_column(column: pd.Series) -> pd.Series:
+    """Numbers stay numbers (sortable, heatmap-able); anything mixed becomes text so the table
+    exports cleanly to parquet."""
+    values = [v for v in column if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return pd.to_numeric(column)
+    if values and all(isinstance(v, bool) for v in values) and len(values) == len(column):
+        return column.astype(bool)
+    return column.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                      else (v if isinstance(v, str) else _compact(v))).astype(object)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _first_text(series: pd.Series) -> str | None:
+    for v in series:
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _deduplicate(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for text in labels:
+        n = seen.get(text, 0)
+        seen[text] = n + 1
+        out.append(text if n == 0 else f"{text} ({n + 1})")
+    return out

@@ -1,0 +1,72 @@
+"""The run report's questions between two of its cells, put to the verdict engine
+(txsuite/verdict/rounds.py): the leader cards, the noise-aware Pareto front, the coloured ratios
+and the compression table's speed-ups all ask `RunVerdicts.compare`, so one test with the run's
+pooled noise stands behind every one of them.
+
+Time metrics are judged as the machine at its best would have given them (txsuite/verdict/
+state.py): each repetition brought to the best state by its probe, and a repetition measured
+in a slow state left out. The table and charts show the values as measured.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from txsuite.config.metrics import BY_NAME
+from txsuite.report import formatting as fmt
+from txsuite.verdict import RoundNoise, in_words, state
+from txsuite.verdict.comparison import Comparison
+
+PROBES = ("probe_before_s", "probe_after_s", "probe_best_s")  # record metrics, in state.state_factor's order
+
+
+def by_round(repeats: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], int]:
+    """(cell id -> repetition index -> the metric's value, repetitions left out for a slow
+    state): ok repetitions with a positive value; time metrics state-adjusted (module text)."""
+    out: dict[str, dict[int, float]] = {}
+    slow = 0
+    if repeats.empty or metric not in repeats:
+        return out, slow
+    timed = metric in state.POWER and all(c in repeats for c in PROBES)
+    for _, rec in repeats[repeats["status"] == "ok"].iterrows():
+        value = rec[metric]
+        if not (fmt.is_number(value) and value > 0):
+            continue
+        if timed:
+            probes = [float(rec[c]) if fmt.is_number(rec[c]) else None for c in PROBES]
+            worst = state.slowdown(*probes)
+            if worst is not None and worst > state.SLOW_STATE:
+                slow += 1
+                continue
+            value = state.adjust(metric, float(value), state.state_factor(*probes))
+        out.setdefault(str(rec["cell_id"]), {})[int(rec["repeat"])] = float(value)
+    return out, slow
+
+
+class RunVerdicts:
+    """Every comparison between two cells of one run, the noise of each metric fitted once."""
+
+    def __init__(self, repeats: pd.DataFrame):
+        self.repeats = repeats
+        self._noise: dict[str, RoundNoise] = {}
+        self.slow: dict[str, int] = {}  # metric -> repetitions left out for a slow machine state
+
+    def noise(self, metric: str) -> RoundNoise:
+        if metric not in self._noise:
+            values, self.slow[metric] = by_round(self.repeats, metric)
+            self._noise[metric] = RoundNoise.fit(values)
+        return self._noise[metric]
+
+    def compare(self, a: str, b: str, metric: str, level: float = 0.95) -> Comparison:
+        """Cell a against cell b on `metric`, in the metric's direction and at its resolution
+        (a metric outside the registry, such as decode tokens/s: higher is better, no resolution)."""
+        spec = BY_NAME.get(metric)
+        higher = True if spec is None else bool(spec.higher_is_better)
+        return self.noise(metric).compare(str(a), str(b), higher, level, spec.resolution if spec else 0.0)
+
+    def verdict(self, a: str, b: str, metric: str, level: float = 0.95) -> str:
+        """BETTER, WORSE, WITHIN_NOISE or UNTESTED."""
+        return self.compare(a, b, metric, level).verdict
+
+    def worded(self, a: str, b: str, metric: str) -> str:
+        """The verdict in the metric's words: faster, lighter, within noise, untested ..."""
+        return in_words(self.verdict(a, b, metric), metric)

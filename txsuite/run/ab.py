@@ -1,0 +1,260 @@
+"""`txsuite ab MATRIX --base REF [--head REF]`: the two versions of the code measured in one job
+(L6, never imports torch).
+
+The base side runs from a temporary `git worktree` of REF; the head side from another one, or
+from the working tree itself when no --head is given. Both run with this interpreter and its
+packages (nothing is installed): each worker is started through a small bootstrap that puts its
+side's checkout first on sys.path. Each side plans the matrix file with its own code
+(`txsuite plan --json`), and the cells are paired by label.
+
+Then rounds: in round i every cell runs one repetition on each side, in its own worker process,
+the side that goes first alternating from cell to cell and round to round (ABBA...). After the
+rounds of the look schedule (txsuite.guard.paired.look_schedule) the pairs are decided; the job
+stops as soon as no check is INCONCLUSIVE, or at --max-rounds, or when --budget seconds have
+gone (that look is then the last). Records go to <results-dir>/ab/<matrix>/<run id>/{base,head},
+the verdict to ab.json beside them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from txsuite.config.matrix import Matrix, PlannedCell
+from txsuite.guard.metrics import Threshold
+from txsuite.guard.paired import PairedOutcome, decide_pairs, look_schedule, paired_cells
+from txsuite.guard.side import load_side
+from txsuite.measure.env import host_fingerprint
+from txsuite.results import RunFolder
+from txsuite.run.executors import LocalExecutor
+from txsuite.run.runner import WorkerCode, run_one
+
+BOOTSTRAP = '''"""Run a txsuite module from one checkout, whatever is installed (written by `txsuite ab`)."""
+import runpy
+import sys
+
+sys.path.insert(0, {root!r})
+module = sys.argv.pop(1)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+'''
+
+
+class AbError(Exception):
+    """Input `txsuite ab` cannot use (exit code 2): one paragraph."""
+
+
+@dataclass
+class CodeSide:
+    """One version of the code: a name for people, the checkout it runs from, how to start it."""
+    name: str  # "base" or "head"
+    ref: str  # the git ref, or "working tree"
+    root: Path
+    commit: str | None
+    bootstrap: Path
+
+    @property
+    def code(self) -> WorkerCode:
+        return WorkerCode(launch=(str(self.bootstrap),), env=(("PYTHONPATH", str(self.root)),))
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.ref}{', ' + self.commit[:10] if self.commit else ''})"
+
+
+@dataclass
+class Checkouts:
+    """The temporary worktrees of an A/B job; removed by `close`."""
+    repo: Path
+    made: list[Path] = field(default_factory=list)
+
+    def close(self) -> None:
+        for path in self.made:
+            subprocess.run(["git", "-C", str(self.repo), "worktree", "remove", "--force", str(path)],
+                           capture_output=True, text=True)
+        self.made.clear()
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if out.returncode:
+        raise AbError(f"git {' '.join(args)} failed in {repo}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def repo_root(start: Path) -> Path:
+    try:
+        return Path(_git(start, "rev-parse", "--show-toplevel"))
+    except AbError:
+        raise AbError(f"{start} is not inside a git checkout of txsuite: `txsuite ab` compares two versions of "
+                      f"the code by their git refs, so it runs from a clone.") from None
+
+
+def prepare_side(name: str, ref: str | None, repo: Path, work: Path, checkouts: Checkouts) -> CodeSide:
+    """A side from a git ref (a temporary worktree), or the working tree (ref None)."""
+    if ref is None:
+        root, commit, shown = repo, _commit(repo, "HEAD"), "working tree"
+    else:
+        try:
+            commit = _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
+        except AbError:
+            raise AbError(f"--{name} {ref!r} is not a commit of {repo} (a branch, tag or commit hash is "
+                          f"expected; `git fetch` first if it is remote).") from None
+        root = work / name
+        _git(repo, "worktree", "add", "--detach", str(root), commit)
+        checkouts.made.append(root)
+        shown = ref
+    bootstrap = work / f"bootstrap_{name}.py"
+    bootstrap.write_text(BOOTSTRAP.format(root=str(root)))
+    return CodeSide(name=name, ref=shown, root=root, commit=commit, bootstrap=bootstrap)
+
+
+def _commit(repo: Path, ref: str) -> str | None:
+    try:
+        return _git(repo, "rev-parse", ref)
+    except AbError:
+        return None
+
+
+def plan_side(side: CodeSide, matrix_path: Path, device: str | None) -> dict:
+    """The matrix as this side's code plans it (its cells, labels and resolved configs)."""
+    cmd = [sys.executable, str(side.bootstrap), "txsuite.cli", "plan", str(matrix_path), "--json", "--yes"]
+    if device:
+        cmd += ["--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(side.root)))
+    if out.returncode:
+        message = " ".join((out.stderr or out.stdout).split())[-1500:]
+        raise AbError(f"the {side.describe()} side could not plan {matrix_path}: {message}")
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        raise AbError(f"the {side.describe()} side's `txsuite plan --json` printed no JSON: is {side.ref} older "
+                      f"than `txsuite ab`? Compare commits that both have it.") from None
+
+
+@dataclass
+class AbPlan:
+    """The cells both sides can run, paired by label, each side with its own config of it."""
+    matrix: Matrix  # head's plan (names, guard thresholds, timeout)
+    cells: list[PlannedCell]  # head's cells that both sides plan and this host runs
+    base_configs: dict[str, dict]  # label -> the base side's resolved config
+    notes: list[str] = field(default_factory=list)
+
+
+def pair_plans(matrix: Matrix, base_plan: dict, head_plan: dict) -> AbPlan:
+    base_cells = {c["label"]: c for c in base_plan.get("cells", [])}
+    head_cells = {c["label"]: c for c in head_plan.get("cells", [])}
+    notes, cells, configs = [], [], {}
+    for cell in matrix.cells:
+        if cell.label not in head_cells:
+            continue
+        if cell.label not in base_cells:
+            notes.append(f"{cell.label}: only the head plans this cell; not compared")
+            continue
+        reason = cell.skip_reason or base_cells[cell.label].get("skip_reason")
+        if reason:
+            notes.append(f"{cell.label}: skipped on this host ({reason})")
+            continue
+        if base_cells[cell.label]["config"] != head_cells[cell.label]["config"]:
+            notes.append(f"{cell.label}: the two versions resolve its settings differently; compared by label")
+        cells.append(cell)
+        configs[cell.label] = base_cells[cell.label]["config"]
+    for label in base_cells:
+        if label not in head_cells:
+            notes.append(f"{label}: only the base plans this cell; not compared")
+    if not cells:
+        raise AbError(f"{matrix.source}: no cell that both versions plan can run on this host.")
+    return AbPlan(matrix=matrix, cells=cells, base_configs=configs, notes=notes)
+
+
+@dataclass
+class AbSettings:
+    thresholds: dict[str, Threshold]
+    alpha: float = 0.01
+    min_rounds: int = 4
+    max_rounds: int = 16
+    budget_s: float | None = None
+    timeout_s: float = 1800.0
+    slow_state: float = 2.0
+
+
+def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings: AbSettings,
+           on_event: Callable[[str, dict], None] = lambda kind, info: None) -> PairedOutcome:
+    """Alternate the two sides round by round until every check is decided (or the rounds or
+    the budget run out); return the last decision."""
+    folders = {side.name: RunFolder(out_dir / side.name) for side in (base, head)}
+    for side in (base, head):
+        folders[side.name].create()
+        meta = plan.matrix.to_json()
+        meta.update({"fingerprint": plan.matrix.fingerprint(), "complete": False, "side": side.describe()})
+        folders[side.name].write_json("matrix.json", meta)
+    host_env = host_fingerprint()
+    looks = look_schedule(settings.min_rounds, settings.max_rounds)
+    labels = [c.label for c in plan.cells]
+    executor = LocalExecutor()  # one fork server per side, started on first use
+    try:
+        rounds_done, outcome = _rounds(plan, base, head, folders, settings, host_env, looks, labels, executor, on_event)
+    finally:
+        executor.close()
+    outcome.result.notes[:0] = plan.notes + [f"{rounds_done} rounds, sides alternating (ABBA), looks after rounds "
+                                             f"{', '.join(map(str, looks))}"]
+    for folder in folders.values():
+        meta = folder.read_json("matrix.json")
+        meta["complete"] = True
+        folder.write_json("matrix.json", meta)
+    (out_dir / "ab.json").write_text(json.dumps({**outcome.result.to_dict(), "rounds": rounds_done,
+                                                 "base": base.describe(), "head": head.describe()},
+                                                indent=1, default=str) + "\n")
+    return outcome
+
+
+def _rounds(plan: AbPlan, base: CodeSide, head: CodeSide, folders: dict[str, RunFolder], settings: AbSettings,
+            host_env: dict, looks: list[int], labels: list[str], executor: LocalExecutor,
+            on_event: Callable[[str, dict], None]) -> tuple[int, PairedOutcome]:
+    started = time.monotonic()
+    outcome: PairedOutcome | None = None
+    for round_index in range(settings.max_rounds):
+        for k, cell in enumerate(plan.cells):
+            order = (base, head) if (round_index + k) % 2 == 0 else (head, base)
+            for side in order:
+                on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
+                config = plan.base_configs[cell.label] if side is base else None
+                record = run_one(plan.matrix, folders[side.name], cell, round_index, host_env, settings.timeout_s,
+                                 executor=executor, code=side.code, config=config)
+                folders[side.name].append(record)
+                on_event("cell_end", {"round": round_index, "label": cell.label, "side": side.name,
+                                      "record": record})
+                if record.status not in ("ok", "skipped"):
+                    raise AbError(f"{cell.label} failed on the {side.describe()} side in round {round_index + 1}: "
+                                  f"{record.status}: {record.reason}")
+        rounds_done = round_index + 1
+        out_of_budget = settings.budget_s is not None and time.monotonic() - started >= settings.budget_s
+        if rounds_done in looks or out_of_budget or rounds_done == settings.max_rounds:
+            outcome = decide_pairs(paired_cells(load_side(folders["base"].dir), load_side(folders["head"].dir), labels),
+                                   settings.thresholds, settings.alpha, len(looks), base.describe(), head.describe(),
+                                   settings.slow_state)
+            on_event("look", {"rounds": rounds_done, "verdict": outcome.result.verdict})
+            if outcome.result.verdict != "INCONCLUSIVE" or out_of_budget:
+                if out_of_budget and outcome.result.verdict == "INCONCLUSIVE":
+                    outcome.result.notes.append(f"stopped by the budget of {settings.budget_s:g} s after "
+                                                f"{rounds_done} rounds")
+                break
+    assert outcome is not None
+    return rounds_done, outcome
+
+
+def work_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="txsuite-ab-"))
+
+
+def remove_work_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["AbError", "AbPlan", "AbSettings", "Checkouts", "CodeSide", "pair_plans", "plan_side",
+           "prepare_side", "repo_root", "run_ab", "work_folder", "remove_work_folder"]
