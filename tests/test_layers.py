@@ -14,7 +14,7 @@ SUITE = Path(__file__).resolve().parents[1] / "txsuite"
 
 # module prefix -> level, most specific first (docs/design.md, "Levels")
 LEVELS: list[tuple[str, int]] = [
-    ("txsuite.config.matrix", 1),
+    ("txsuite.config.matrix", 1), ("txsuite.config.schema", 1),
     ("txsuite.config", 0),
     ("txsuite.results", 1), ("txsuite.model", 1), ("txsuite.data", 1), ("txsuite.measure", 1), ("txsuite.verdict", 1),
     ("txsuite.compress", 2), ("txsuite.guard", 2), ("txsuite.report", 2),

@@ -1,5 +1,5 @@
-"""A JSON Schema (draft 2020-12) of a matrix file, generated from the settings' own spec (L0:
-stdlib only), so that editors complete and check matrices as they are typed.
+"""A JSON Schema (draft 2020-12) of a matrix file, generated from the settings' own spec (L1:
+stdlib and the loader's top level), so that editors complete and check matrices as they are typed.
 
 Every cell setting comes from `txsuite.config.spec`: the families and their dataclass fields
 (type, default, the comments written beside or above a field), CHOICES (enum), WORDS, the
@@ -26,36 +26,15 @@ import tokenize
 from typing import Any
 
 from txsuite.config import spec
+from txsuite.config.matrix import (CONSTANT_QUANTITIES, MAX_NAME_LENGTH, NAME_RE, TOP_LEVEL_ALIASES,
+                                   TOP_LEVEL_KEYS)
 from txsuite.config.metrics import BY_NAME, GUARDABLE
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 REGENERATE = "python -m txsuite.config.schema > matrix.schema.json"
 
-# The top level of a matrix file as txsuite/config/matrix.py reads it. That module is L1 and
-# this one L0 (tests/test_layers.py), so these are restated here; tests/test_schema.py fails as
-# soon as they differ from matrix.TOP_LEVEL_KEYS, TOP_LEVEL_ALIASES, CONSTANT_QUANTITIES,
-# NAME_RE and MAX_NAME_LENGTH.
-TOP_LEVEL_KEYS = {
-    "name": "the matrix name (letters, digits, - and _), used for the results folder",
-    "description": "free text",
-    "extends": "a matrix file (or list of files) merged first, relative to this file",
-    "fixed": "settings shared by every cell",
-    "axes": "dotted key -> list of values; cells are their cartesian product",
-    "exclude": "list of mappings; drops cells matching every key of an entry",
-    "include": "list of mappings; each adds one cell (overrides of fixed)",
-    "repeats": "timing repetitions of each cell (integer >= 1)",
-    "seeds": "training seeds per cell, each changing initialisation and data order (integer >= 1; a seed's run "
-             "is also a timing repetition)",
-    "guard": "metric -> allowed change, e.g. {tokens_per_s: -5%}",
-    "reference": "mapping of settings naming the report's reference cell (ratios and deltas are against it)",
-    "constant": "derived quantities that must be equal in every cell: tokens_per_step, samples_per_step, "
-                "train_tokens",
-    "timeout_s": "seconds one cell repetition may run before it is killed",
-}
-TOP_LEVEL_ALIASES = {"baseline": "reference"}
-CONSTANT_QUANTITIES = ("tokens_per_step", "samples_per_step", "train_tokens")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-MAX_NAME_LENGTH = 100
+# The top level of a matrix file is the loader's own (txsuite/config/matrix.py).
+NAME_PATTERN = NAME_RE.pattern
 # the loader strips a guard's change, then matches [+-]\d+(\.\d+)?%
 GUARD_PATTERN = r"^\s*[+-][0-9]+(\.[0-9]+)?%\s*$"
 
