@@ -415,19 +415,20 @@ def test_exports_round_trip_and_reject_unknown_formats(tmp_path):
     expected = with_provenance(export_frame(table_for(loaded)), loaded)
 
     csv = pd.read_csv(export_table(run, tmp_path / "t.csv", "csv"))
-    unknown = ["txsuite_commit"]  # these test records carry no commit: None in the frame, NaN in csv
+    unknown = ["txsuite_commit", "host"]  # these test records carry neither: None in the frame, NaN in csv
     pd.testing.assert_frame_equal(csv.drop(columns=unknown), expected.drop(columns=unknown), check_dtype=False)
     parquet = pd.read_parquet(export_table(run, tmp_path / "t.parquet", "parquet"))
     pd.testing.assert_frame_equal(parquet, expected, check_dtype=False)
     rows = json.loads(export_table(run, tmp_path / "t.json", "json").read_text())
     assert len(rows) == len(expected) and rows[0]["matrix"] == "m" and rows[0]["run_id"] == loaded.run_id
-    assert list(csv.columns[:3]) == ["matrix", "run_id", "txsuite_commit"]  # rows of many runs stack
+    assert list(csv.columns[:4]) == ["matrix", "run_id", "txsuite_commit", "host"]  # rows of many runs stack
     assert {"tokens_per_s", "peak_mem_bytes", "speedup", "pareto", "precision", "train.micro_batch",
             "speed_verdict", "memory_verdict", "quality_verdict"} <= set(csv)
 
     text = export_table(run, tmp_path / "t.md", "markdown").read_text()
     cells_md, quality_md = text.split("\n## Convergence\n\n")  # two tables: the cells, then the quality aggregates
-    md = cells_md.splitlines()
+    origin, md = cells_md.splitlines()[0], cells_md.splitlines()[2:]
+    assert origin.startswith(f"matrix `m`, run_id `{loaded.run_id}`")  # where the pasted table came from
     assert md[0].startswith("| cell | status |") and set(md[1]) <= set("|-: ")
     assert len(md) == 2 + len(expected)
     assert any("micro_batch=64 \\| wide" in line for line in md)

@@ -16,7 +16,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import yaml
 
 from txsuite.config import spec
 from txsuite.config.host import Host, host_problems
@@ -116,10 +118,12 @@ class Matrix:
     reference: str | None = None  # cell id of the report's reference cell
     timeout_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # `key=value` from the command line, as typed
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "source": self.source,
+            "overrides": self.overrides,
             "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "seeds": self.seeds,
             "repetitions": self.repetitions, "guard": self.guard,
             "reference": self.reference, "timeout_s": self.timeout_s, "notes": self.notes,
@@ -170,7 +174,7 @@ class _Source:
         entry, the axis or `fixed`), or at the section if the value is a default."""
         family, _, leaf = dotted.partition(".")
         spellings = [(family, leaf), (dotted,), (family,)] if leaf else [(family,)]
-        for section in (where, ("axes",), ("fixed",)):
+        for section in (where, (COMMAND_LINE,), ("axes",), ("fixed",)):
             for spelling in spellings:
                 if section + spelling in self.where:
                     return self.error(section + spelling, problem, allowed, key=dotted)
@@ -398,14 +402,17 @@ def _show(choice: Any) -> str:
 
 def load_matrix(path: Path | str, host: Host | None = None, device_override: str | None = None,
                 max_cells: int | None = DEFAULT_MAX_CELLS,
-                check_data: Callable[[Any], None] | None = None) -> Matrix:
+                check_data: Callable[[Any], None] | None = None,
+                overrides: Sequence[str] = ()) -> Matrix:
     """`check_data(DataSpec)` (optional, e.g. txsuite.data.validate_data_spec) raises for data that
     cannot be found on this machine (a missing corpus package, a glob matching no file); the
-    error is reported against the matrix line that chose that dataset."""
+    error is reported against the matrix line that chose that dataset. `overrides` are
+    `key=value` texts from the command line (see `_apply_overrides`)."""
     path = Path(path)
     if not path.exists():
         raise MatrixError(str(path), None, None, "the matrix file does not exist.")
     src = _load_chain(path)
+    command_line = _apply_overrides(src, overrides)
     host = host or Host()
     data = src.data
     for key in data:
@@ -427,7 +434,10 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     fixed: dict[str, Any] = {}
     for layer in src.fixed_layers:  # base files first; a later file overrides an earlier one
         fixed.update(_normalise(src, ("fixed",), layer))
-    axes = _read_axes(src, data.get("axes"))
+    fixed.update(command_line)
+    # an axis whose every setting the command line fixes is no axis any more (its labels would lie)
+    axes = [(key, values) for key, values in _read_axes(src, data.get("axes"))
+            if not set(values[0][1]) <= set(command_line)]
     repeats = data.get("repeats", 1)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise src.error(("repeats",), f"expected an integer >= 1, got {_kind(repeats)}.")
@@ -499,6 +509,7 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     for i, entry in enumerate(includes):
         flat = dict(fixed)
         flat.update(entry)
+        flat.update(command_line)  # the command line wins over the file, include entries too
         label = "+ " + " ".join(f"{k}={_compact(v)}" for k, v in entry.items())
         add(flat, label, f"include[{i}]", ("include", i))
 
@@ -511,7 +522,66 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     return Matrix(name=name, description=description, source=file, cells=cells,
                   axes={k: [_compact(v) for v, _ in vals] for k, vals in axes},
                   fixed=fixed, repeats=repeats, seeds=seeds, guard=guard, reference=reference,
-                  timeout_s=float(timeout_s) if timeout_s else None, notes=notes)
+                  timeout_s=float(timeout_s) if timeout_s else None, notes=notes, overrides=list(overrides))
+
+
+COMMAND_LINE = "<command line>"  # the section of the document that overrides come from
+# Top-level keys a `key=value` override may set; the others shape the matrix and live in its file.
+OVERRIDABLE_TOP_LEVEL = ("name", "description", "repeats", "seeds", "timeout_s", "guard.<metric>")
+
+
+def _apply_overrides(src: _Source, overrides: Sequence[str]) -> dict[str, Any]:
+    """`key=value` texts from the command line, applied over the file: a top-level key (`repeats=3`,
+    `guard.tokens_per_s=-5%`) replaces the file's; a cell setting (`train.steps=3`) is returned as
+    flat validated settings that win over `fixed`, the axes and the include entries; a list value
+    (`precision=[fp32,bf16]`) makes or replaces an axis. Values are read as YAML scalars, so they
+    mean what they would in the file. Errors name the override as typed."""
+    src.where[(COMMAND_LINE,)] = ("the command line", None)
+    settings: dict[str, Any] = {}
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        where = ("the command line", None)
+        if not sep or not key:
+            raise MatrixError(where[0], None, None, f"'{text}' is not a setting: expected KEY=VALUE, "
+                              f"e.g. train.steps=3 or precision=bf16.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        top, _, rest = key.partition(".")
+        if top == "fixed" and rest:  # `fixed.train.steps=3` says what `train.steps=3` says
+            key, (top, _, rest) = rest, rest.partition(".")
+        if top in TOP_LEVEL_KEYS or top in TOP_LEVEL_ALIASES:
+            _override_top_level(src, text, key, value)
+            continue
+        if isinstance(value, list):  # an axis from the command line
+            src.data.setdefault("axes", {})
+            if not isinstance(src.data["axes"], dict):
+                src.data["axes"] = {}
+            src.data["axes"][key] = value
+            src.where[("axes", key)] = where
+            continue
+        src.where[(COMMAND_LINE, key)] = where
+        _flatten_setting(src, (COMMAND_LINE, key), key, value, settings, {})
+    return settings
+
+
+def _override_top_level(src: _Source, text: str, key: str, value: Any) -> None:
+    top, _, metric = key.partition(".")
+    where = ("the command line", None)
+    allowed = ", ".join(OVERRIDABLE_TOP_LEVEL) + ", or a cell setting such as train.steps"
+    if top == "guard" and metric:
+        if not isinstance(src.data.get("guard"), dict):
+            src.data["guard"] = {}
+        src.data["guard"][metric] = value
+        src.where[("guard", metric)] = where
+    elif top in OVERRIDABLE_TOP_LEVEL and not metric:
+        src.data[top] = value
+        src.where[(top,)] = where
+    else:
+        raise MatrixError(where[0], None, key, f"'{top}' shapes the matrix and cannot be set from the "
+                          f"command line; edit the matrix file.", allowed)
 
 
 def _read_axes(src: _Source, axes: Any) -> list[tuple[str, list[tuple[Any, dict]]]]:

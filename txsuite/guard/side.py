@@ -169,6 +169,7 @@ class Side:
     matrix: str | None = None
     run_id: str | None = None
     source: str | None = None  # the matrix file the run came from
+    overrides: tuple[str, ...] = ()  # the `key=value` settings the run was given on the command line
     guard: dict[str, str] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     cells: dict[str, CellSamples] = field(default_factory=dict)
@@ -234,8 +235,8 @@ def side_from_records(records: Iterable[Record], path: str = "<records>", kind: 
     records = list(records)
     meta = meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)
     order = [c.get("cell_id") for c in meta.cells]
-    side = Side(path=path, kind=kind, matrix=meta.name, source=meta.source, guard=dict(meta.guard),
-                env=dict(env or {}))
+    side = Side(path=path, kind=kind, matrix=meta.name, source=meta.source, overrides=tuple(meta.overrides),
+                guard=dict(meta.guard), env=dict(env or {}))
     side.labels.update(meta.labels())
     env_taken = False
     edited: list[str] = []

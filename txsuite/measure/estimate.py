@@ -115,3 +115,13 @@ def approx_vocab(cell: CellConfig, bpe_limit: int | None = None) -> int:
         return 256
     asked = d.vocab_size or 4096
     return min(asked, bpe_limit) if bpe_limit else asked
+
+
+def training_flops(cell: CellConfig, vocab_size: int) -> float:
+    """The FLOPs of a cell's whole training, without building it: 6 per matmul parameter and
+    token (forward and backward; the output head included) plus the attention scores, 12·L·s·d
+    per token. What a plan scales one cell's measured time by to estimate another's."""
+    n_layer, _, d, _ = cell.model.dims
+    matmul = sum(shape[0] * shape[1] for shape, hidden in parameter_shapes(cell, vocab_size) if hidden)
+    per_token = 6 * (matmul + vocab_size * d) + 12 * n_layer * cell.data.seq_len * d
+    return float(per_token * cell.train_tokens)

@@ -2,9 +2,10 @@
 
 csv, parquet and json carry the raw numbers (bytes, tokens/s, fractions) under machine-friendly
 column names, for notebooks and spreadsheets, each row led by where it came from (`matrix`,
-`run_id`, `txsuite_commit`) so that rows of many runs can be stacked; json is a list of one
-object per cell, missing values null. markdown carries the table exactly as the HTML report
-shows it (formatted units), for pasting into a pull request or an issue.
+`run_id`, `txsuite_commit`, `host`) so that rows of many runs can be stacked; json is a list of
+one object per cell, missing values null. markdown carries the table exactly as the HTML report
+shows it (formatted units), under a line naming the same provenance, for pasting into a pull
+request or an issue.
 """
 from __future__ import annotations
 
@@ -39,18 +40,25 @@ def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
         with_provenance(export_frame(table), run).to_parquet(tmp, index=False, engine="pyarrow")
         tmp.replace(out_path)  # atomic, like every other file txsuite writes
     else:
-        write_atomic(out_path, markdown(cell_table_view(table)) + quality_markdown(export_frame(table)))
+        origin = ", ".join(f"{name} `{value}`" for name, value in provenance(run).items() if value)
+        write_atomic(out_path, f"{origin}\n\n" + markdown(cell_table_view(table))
+                     + quality_markdown(export_frame(table)))
     return out_path
 
 
+def provenance(run) -> dict[str, str | None]:
+    """Where a run's rows came from: its matrix, run id, txsuite commit and host."""
+    env = run.env or {}
+    recorded = [r.env for r in run.records if r.env]  # a run folder without env.json: the records carry it
+    commit = env.get("txsuite_commit") or next((e.get("txsuite_commit") for e in recorded), None)
+    host = env.get("host") or next((e.get("host") for e in recorded), None)
+    return {"matrix": run.name, "run_id": run.run_id, "txsuite_commit": commit, "host": host}
+
+
 def with_provenance(frame, run):
-    """The frame with the run's matrix, run id and txsuite commit as its first columns."""
-    commit = (run.env or {}).get("txsuite_commit")
-    if commit is None:  # a run folder without env.json: the records carry it
-        commit = next((r.env.get("txsuite_commit") for r in run.records if r.env), None)
+    """The frame with the run's provenance (matrix, run id, txsuite commit, host) as its first columns."""
     out = frame.copy()
-    for position, (column, value) in enumerate((("matrix", run.name), ("run_id", run.run_id),
-                                                 ("txsuite_commit", commit))):
+    for position, (column, value) in enumerate(provenance(run).items()):
         out.insert(position, column, value)
     return out
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from txsuite.report import formatting as fmt
+from txsuite.report.answers import answer_lines
 from txsuite.report.charts import build_charts
 from txsuite.report.compression_view import compression_section
 from txsuite.report.convergence_view import convergence_section
@@ -20,15 +21,22 @@ from txsuite.report.tableview import cell_table_view
 
 
 def render_report(run_dir: Path, out_path: Path) -> Path:
+    return render_run(run_dir, out_path)[0]
+
+
+def render_run(run_dir: Path, out_path: Path) -> tuple[Path, list[str]]:
+    """(the report written, its answers as plain lines for a terminal)."""
     run = RunFolder(run_dir).load()
     table = table_for(run)
-    return render_to_file(
+    summary = summarize(table)
+    path = render_to_file(
         "report.j2", out_path,
         run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
-        summary=summarize(table), charts=build_charts(table), table=cell_table_view(table),
+        summary=summary, charts=build_charts(table), table=cell_table_view(table),
         convergence=convergence_section(table), compression=compression_section(table), parallel=parallel_section(run.records),
         matrix=matrix_view(run, table), env=env_rows(run),
     )
+    return path, answer_lines(summary)
 
 
 def table_for(run: Run) -> CellTable:

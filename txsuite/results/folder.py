@@ -85,6 +85,7 @@ class RunMeta:
     name: str | None = None
     description: str = ""
     source: str | None = None  # the matrix file the run came from
+    overrides: list[str] = field(default_factory=list)  # `key=value` settings given on the command line
     axes: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     repeats: int | None = None
@@ -110,6 +111,7 @@ class RunMeta:
         meta.guard = meta.guard if isinstance(meta.guard, dict) else {}
         meta.cells = [c for c in meta.cells if isinstance(c, dict)] if isinstance(meta.cells, list) else []
         meta.notes = [str(n) for n in meta.notes] if isinstance(meta.notes, list) else []
+        meta.overrides = [str(o) for o in meta.overrides] if isinstance(meta.overrides, list) else []
         return meta
 
     def labels(self) -> dict[str, str]:

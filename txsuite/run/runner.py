@@ -28,6 +28,7 @@ from txsuite.config.record import Record
 from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
 from txsuite.results import RunFolder, RunLock, RunMeta
+from txsuite.run import durations
 from txsuite.run.executors import LocalExecutor
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -227,6 +228,8 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
 
     def finish(index: int, cell: PlannedCell, record: Record) -> None:
         folder.append(record)  # file-locked: safe from several threads
+        if record.status == "ok" and isinstance(executor, LocalExecutor):  # a Slurm job's time holds its queueing
+            durations.remember(cell, record.duration_s, record.metrics.get("train_wall_s"))
         with lock:
             if record.status == "oom":
                 ooms.append(cell)

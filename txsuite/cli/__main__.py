@@ -1,0 +1,3 @@
+from txsuite.cli import main
+
+main()
