@@ -473,10 +473,10 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
         # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
-        # the host, spinning threads starve the ones doing work. Measured here (`small`, bf16,
-        # one busy process beside it): default 2-3 s/step, GOMP_SPINCOUNT=10000 0.36 s,
-        # PASSIVE 0.23 s; on an idle host default and 10000 both 0.12 s, PASSIVE 0.14 s.
-        # 10000 costs nothing idle and removes the collapse. A user's own setting wins.
+        # the host, spinning threads starve the ones doing work and a step collapses. A bounded
+        # spin (10000) costs nothing on an idle host and removes the collapse; PASSIVE removes it
+        # too but slows idle steps. A user's own setting wins. The figures, dated, with host and
+        # command: docs/measurements.md, "OpenMP on a shared host".
         env.setdefault("GOMP_SPINCOUNT", "10000")
     # torch already imported in the fork server: the cell starts in milliseconds, and a
     # distributed CPU cell on this one node has its ranks forked there instead of by torchrun
