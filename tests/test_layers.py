@@ -22,7 +22,7 @@ LEVELS: list[tuple[str, int]] = [
     ("txsuite.train", 4),
     ("txsuite.run.worker", 5),
     ("txsuite.run", 6),
-    ("txsuite.cli", 7),
+    ("txsuite.cli", 7), ("txsuite.api", 7),
 ]
 
 

@@ -1,0 +1,54 @@
+"""txsuite from Python (a notebook, a script): run a matrix, load a run or every run as pandas.
+
+    import txsuite
+    run = txsuite.run("matrices/smoke.yaml", overrides={"train.steps": 3})
+    cells = txsuite.load(run.dir)                 # one row per repetition, with provenance
+    history = txsuite.load_history("results")     # every run under results/, oldest first
+
+The same code paths as the command line (the matrix loader with its overrides, the runner, the
+report), without the terminal. Errors are raised (MatrixError, RunInUse, RunMismatch), not
+printed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from txsuite.run.sweep import override_texts, run_sweep as run
+
+__all__ = ["run", "load", "load_history", "override_texts"]
+
+PROVENANCE = ("matrix", "run_id", "txsuite_commit", "host", "started_at")
+
+
+def load(run_dir: str | Path):
+    """One run as a DataFrame: a row per repetition (txsuite.results.to_dataframe), led by its
+    provenance (matrix, run id, txsuite commit, host, when the run started)."""
+    return load_history(run_dir)
+
+
+def load_history(results: str | Path):
+    """Every run at or below `results` (a run, a matrix folder, the results root) as one
+    DataFrame, oldest run first, each row led by its provenance, so runs of many commits stack."""
+    import pandas as pd
+
+    from txsuite.results import RunFolder, find_runs, to_dataframe
+
+    frames = []
+    for run_dir in find_runs(results):
+        loaded = RunFolder(run_dir).load()
+        if not loaded.records:
+            continue
+        frame = to_dataframe(loaded.records)
+        env = loaded.env or {}
+        recorded = [r.env for r in loaded.records if r.env]
+        commit = env.get("txsuite_commit") or next((e.get("txsuite_commit") for e in recorded), None)
+        host = env.get("host") or next((e.get("host") for e in recorded), None)
+        frame = frame.drop(columns=[c for c in ("matrix", "run_id") if c in frame])
+        for position, (column, value) in enumerate(zip(PROVENANCE, (loaded.name, loaded.run_id, commit, host,
+                                                                     loaded.time_span[0]))):
+            frame.insert(position, column, value)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(PROVENANCE))
+    history = pd.concat(frames, ignore_index=True)
+    return history.sort_values(["started_at", "run_id"], kind="stable", na_position="first").reset_index(drop=True)
