@@ -12,7 +12,7 @@ The fastest of a few timed repetitions after one warm-up (interference from othe
 only ever slows a run down, and a shared CPU has plenty), timed with time.perf_counter and
 torch.cuda.synchronize on CUDA. Inputs are fixed random tokens (content does not change the
 cost) from a private generator, so the global RNG is not disturbed. The whole measurement
-takes well under 2 s for the tiny preset on a CPU.
+takes a second or two for the tiny preset on a CPU (docs/measurements.md, "Compression").
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ class Host:
     # looked at, so no cell is skipped for a package
     packages: frozenset[str] | None = None
     # whether the CPU has bf16 matmul instructions (AVX512_BF16 or AMX-BF16); None: not known.
-    # Without them torch emulates bf16 (measured on a 2-core AVX2 host, `small`, micro-batch 4:
-    # a bf16 step 1.8 s with model.linear auto, 7.2 s with torch's Linear, against 0.22 s in fp32).
+    # Without them torch emulates bf16, and a bf16 step takes several times an fp32 one, many
+    # times with torch's Linear (docs/measurements.md, "bf16 on a CPU without bf16 instructions").
     cpu_bf16: bool | None = None
 
     def lacks(self, package: str) -> bool:
@@ -73,6 +73,6 @@ def emulated_bf16_note(cells, host: Host) -> str | None:
     if not slow:
         return None
     return (f"note: this CPU has no bf16 instructions (AVX512_BF16, AMX-BF16), so torch emulates bf16 and "
-            f"runs bf16 steps several times slower than fp32 (measured on a 2-core AVX2 host: 8x, and 30x with "
-            f"model.linear: torch); {len(slow)} bf16 cell(s) will take minutes each. "
+            f"runs bf16 steps several times slower than fp32, many times with model.linear: torch "
+            f"(docs/measurements.md); {len(slow)} bf16 cell(s) will take minutes each. "
             f"They are run and recorded as they are; --only precision=fp32 leaves them out.")

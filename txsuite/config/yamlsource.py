@@ -13,8 +13,9 @@ import yaml
 Path_ = tuple  # a key path: ("fixed", "train", "steps") or ("include", 0, "precision")
 
 # Bounds checked before anything is built from the document: a matrix is a few kilobytes, and
-# YAML aliases can make a tiny file expand exponentially (the "billion laughs" bomb: 47 s and
-# 6 GB before a MemoryError, unbounded). The expanded size is counted on the node graph
+# YAML aliases can make a tiny file expand exponentially (the "billion laughs" bomb: tens of
+# seconds and gigabytes before a MemoryError, unbounded; docs/measurements.md, "Matrix files").
+# The expanded size is counted on the node graph
 # without expanding it.
 MAX_BYTES = 1 << 20  # 1 MiB of YAML
 MAX_NODES = 100_000  # nodes once every alias is expanded

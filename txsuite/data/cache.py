@@ -1,7 +1,7 @@
 """Where derived data lives (trained tokenizers, token arrays) and how it is written safely.
 
 Only results that cost real time to recompute are cached: reading the corpora takes well under
-a second (measured: shakespeare 0.02 s, bible 0.07 s, python-stdlib 0.03 s), but training a BPE
+a second (docs/measurements.md, "Data"), but training a BPE
 vocabulary takes seconds and encoding a corpus with it one to several seconds more.
 Entries are keyed by content hashes, so a stale entry can never be picked up; they are written
 to a temporary file and renamed into place, so concurrent cells never see a torn file.

@@ -7,7 +7,7 @@ sees the same chain. A model that knows P and the previous token reaches
 and no model can do better on average, because each window starts in a state drawn from pi.
 
 Sequences are pre-generated once per build (about 2 M train and 256 k validation tokens, in
-~0.1 s): many independent chains, each started from pi, stored as the rows of a TokenStream;
+a fraction of a second): many independent chains, each started from pi, stored as the rows of a TokenStream;
 batches are windows inside a row, so every scored transition is a true step of the chain.
 """
 from __future__ import annotations

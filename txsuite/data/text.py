@@ -38,7 +38,7 @@ def build_text_dataset(spec, seed: int, cache_dir: Path | str | None) -> TextDat
 
     if spec.tokenizer == "byte":
         tokenizer = ByteTokenizer()
-        train_ids = tokenizer.encode_pieces(split.train_pieces)  # 0.02 s for 5 MB: not worth caching
+        train_ids = tokenizer.encode_pieces(split.train_pieces)  # a fraction of a second: not worth caching
         val_ids = tokenizer.encode_pieces(split.val_pieces)
     else:
         root = resolve_cache_dir(cache_dir)
@@ -56,7 +56,8 @@ def build_text_dataset(spec, seed: int, cache_dir: Path | str | None) -> TextDat
 
 
 def cached_bpe_streams(tokenizer: BPETokenizer, split: TextSplit, train_identity: str, cache_dir: Path):
-    """(train_ids, val_ids) for this split and tokenizer; BPE encoding of 5 MB takes ~1-4 s here."""
+    """(train_ids, val_ids) for this split and tokenizer; BPE encoding of a corpus takes seconds
+    (docs/measurements.md, "Data")."""
     key = sha256_hex(f"{train_identity}|{tokenizer.sha256}")[:20]
     path = cache_dir / "tokens" / f"bpe-{key}.npz"
     if path.is_file():

@@ -4,15 +4,15 @@ Every repetition timed a fixed calibration workload just before and just after i
 steps. Its slowdown is the slower of the two probes divided by the best time the same machine
 ever gave the workload (the best recorded by any repetition being compared, from either side
 when both ran on the same hardware). A repetition whose slowdown exceeds the slow-state line
-(2x by default: idle, this project's machine stays within 1.2-1.6x; with another process on the
-cores it goes to 3-7x) ran while something else held the machine, and its step times say
+(2x by default: idle, this project's machine stays well below it; with another process on the
+cores it goes well above) ran while something else held the machine, and its step times say
 nothing about the code: the guard leaves it out and says so.
 
 Below that line the machine still moves: a whole run's throughput follows its probes
-(correlation -0.72 to -0.86 over three sessions of runs on this project's runner).
+(strongly correlated over three sessions of runs on this project's runner).
 `--normalize state` brings every repetition's time metrics to the machine's best state
-(`state_adjusted`), which took the run-to-run noise of those runs from 13.6 %, 21.0 % and 6.7 %
-to 5.6 %, 10.0 % and 0.0 % (bench/run_drift.py).
+(`state_adjusted`), which took the run-to-run noise of those runs to about half or less
+(bench/run_drift.py; the figures: docs/measurements.md, "Regression guard").
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
     """How much slower than its best the machine was around a repetition, for `--normalize
     state`: the geometric mean of the two probes / the best (the slower probe alone, which
     `slowdown` uses for the slow-state line, tracks a run's level less closely: over the first
-    20 runs of bench/run_drift.py, the run-level noise left after adjusting was 5.6 % with the
-    mean of the two, 4.9 % with the slower but with 14.3 % within a run against 11.1 %)."""
+    20 runs of bench/run_drift.py it left about the same run-level noise but more within a run;
+    docs/measurements.md, "Regression guard")."""
     return machine.state_factor(rep.probe_before_s, rep.probe_after_s, best)
 
 

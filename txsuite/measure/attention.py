@@ -3,17 +3,16 @@ attention shape, measured once and cached (txsuite.measure.host_cache), like the
 
 Why measure instead of a rule: which kernel wins depends on the host. On CPUs SDPA's fused
 kernel is the faster one in fp32 but its bf16 path can be slower than two plain bf16 matmuls
-and a softmax (README, attention.yaml); on GPUs flash attention wins and also saves the T x T
+and a softmax (docs/measurements.md, attention.yaml); on GPUs flash attention wins and also saves the T x T
 scores. A rule written from one machine would be wrong on the next.
 
 The trial: causal attention forward + backward on random q, k, v of the cell's per-rank shape
 [micro_batch, heads, seq_len, head_dim] in the dtype its attention computes in. Not one sequence
-to save time: the ranking depends on the batch (measured here, fp32, 4 heads x 256 x 64: SDPA
-wins at batch 8 but takes twice matmul's time at batch 1, its threads split over batch x heads).
-Beyond TRIAL_ROWS (sequence, head) pairs the trial runs TRIAL_ROWS // heads sequences: measured
-here (fp32, 4 heads x 256 x 64) the time per sequence is flat from batch 4 to 32 (SDPA 2.3-2.6 ms,
-matmul 3.8-6.6 ms), and a full trial at a cell's large batch would cost seconds, or the memory
-that cell is about to be refused for. Each kernel's
+to save time: the ranking depends on the batch (SDPA can win at batch 8 and lose at batch 1,
+its threads split over batch x heads). Beyond TRIAL_ROWS (sequence, head) pairs the trial runs
+TRIAL_ROWS // heads sequences: there the time per sequence is flat (docs/measurements.md,
+"Precision, attention, batch and checkpointing", has both measurements), and a full trial at a
+cell's large batch would cost seconds, or the memory that cell is about to be refused for. Each kernel's
 output and input gradients are first checked against a float64 reference (a kernel that is fast
 but wrong is never chosen), then the kernels race (txsuite.measure.kernel_race: alternating timed
 rounds) and the lower median wins.

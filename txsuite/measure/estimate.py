@@ -23,8 +23,8 @@ Parallel layouts (the busiest rank):
   fsdp        parameters, gradients and optimizer state / dp, plus one block gathered in full
   deepspeed   ZeRO-1 optimizer / dp, ZeRO-2 also gradients / dp, ZeRO-3 also parameters / dp;
               offloaded state leaves the device (on a CUDA host) for host memory
-It ignores allocator slack, communication buffers and the interpreter (CPU runs add ~0.3 GB of
-RSS for Python+torch).
+It ignores allocator slack, communication buffers and the interpreter (CPU runs add a few
+hundred MB of RSS for Python+torch; docs/measurements.md, "`--memory-limit`").
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ A CPU training step frees and re-allocates the same activations every step. glib
 hands large blocks back to the kernel: a block above its mmap threshold (128 KiB, raised on the
 fly up to 32 MiB) is unmapped when freed, and free memory at the top of the heap beyond the trim
 threshold is trimmed. The next step maps that memory again and the kernel zero-fills it page by
-page. Measured (fp32, 2-core AMD EPYC, glibc 2.36): the `small` model (4 x 256, seq 256, batch
-8) took 1,000-21,000 page faults per step, and a 2-layer model with GPT-2's 50,257-token
-vocabulary 440,000 (1.7 GB zero-filled) per step.
+page. The `small` model takes thousands of page faults per step that way, and a 2-layer model
+with GPT-2's 50,257-token vocabulary hundreds of thousands, gigabytes zero-filled per step (the
+figures, their date and host: docs/measurements.md, "Host memory allocator").
 
 Policies:
 - `system` (default): malloc as the C library configures it.
@@ -17,22 +17,20 @@ Policies:
   alignment) cannot give a freed block back for a request of the same size, so a large buffer
   allocated every step strands a copy or a few before the heap settles.
 
-Measured with `txsuite run` (fp32, 2-core AMD EPYC, glibc 2.36, one process per repetition):
-- matrices/allocator.yaml (2 layers x 256, 32,768-token BPE vocabulary, 12 steps, 2 repeats),
-  two runs: `cache` 1,906 / 2,085 and 1,846 / 1,802 tokens/s against 1,219 / 1,458 and
-  1,313 / 1,290 under `system` (1.40-1.57x); 4,700 page faults per step against 241,000; peak
-  RSS 1,519 and 1,822 MiB against 1,292-1,359 and 1,348 (+12-18 % and +35 %: how much `cache`
-  strands depends on the heap's history).
-- matrices/checkpointing.yaml (8 x 512, seq 512): no checkpointing 1,903-1,913 MiB peak against
-  1,926-1,927; full checkpointing 1,731-1,798 against 1,546-1,570. The saving full
-  checkpointing shows falls from 356-381 MiB to 115-172 MiB: under `cache` the figure measures
-  the allocator as much as the technique. Hence `system` is the default, as peak memory is one
-  of the suite's two headline figures; `cache` is for throughput studies, where it is what
-  the CPU runs at without the kernel zero-filling freed memory again every step.
-- The `small` model (vocabulary 256, no block above 8 MiB): 1,000-21,000 faults per step
-  become ~0, and steps ran 1.00-1.04x faster in three interleaved comparisons, within noise.
+What `txsuite run` measured (docs/measurements.md, "Host memory allocator", has the figures
+with their date, host and command):
+- matrices/allocator.yaml (a large BPE vocabulary): `cache` made steps markedly faster and took
+  a small fraction of the page faults, for a higher peak RSS (how much `cache` strands depends
+  on the heap's history).
+- matrices/checkpointing.yaml: under `cache` the saving full checkpointing shows falls to a
+  fraction of what it is under `system`: the figure measures the allocator as much as the
+  technique. Hence `system` is the default, as peak memory is one of the suite's two headline
+  figures; `cache` is for throughput studies, where it is what the CPU runs at without the
+  kernel zero-filling freed memory again every step.
+- The `small` model (vocabulary 256, no block above 8 MiB): its faults per step all but vanish,
+  and its steps ran no faster beyond noise.
 An intermediate policy (keep only blocks up to 32 MiB) was tried and dropped: no speed gain
-beyond noise, and still +6 % peak RSS under full checkpointing.
+beyond noise, and still a higher peak RSS under full checkpointing.
 
 This is what the PyTorch CPU tuning guide gets from jemalloc/tcmalloc, without a library to
 preload. A user's own allocator settings win over `cache`: with glibc's malloc tunables in the

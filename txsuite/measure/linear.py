@@ -5,8 +5,9 @@ against a transposed copy of the weight, measured once per host, dtype and shape
 Why: a Linear's three products meet three operand layouts (forward x W^T, input gradient g W,
 weight gradient g^T x). Where torch has no native kernel for a dtype, its fallback matmul is fast
 for some layouts and slow for others: on a CPU without bf16 instructions (AVX2 only) a bf16
-2048 x 256 @ 256 x 1024 product takes 925 ms with both operands contiguous, the input gradient's
-layout, and 84 ms with the second transposed (`python bench/matmul_layouts.py`). Where the
+product is more than ten times slower with both operands contiguous, the input gradient's
+layout, than with the second transposed (`python bench/matmul_layouts.py`; docs/measurements.md,
+"bf16 on a CPU without bf16 instructions"). Where the
 kernels are native (fp32 anywhere, bf16 with AVX512-BF16/AMX or on GPUs) every layout runs at
 the same speed and the copy only costs. A rule written from one machine would be wrong on the
 next, so the suite measures.
@@ -26,9 +27,9 @@ from txsuite.measure.attention import ATTENTION_DTYPE
 from txsuite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
 
 DEFAULT = "torch"
-# Most rows a trial's product has. The ratio between the kernels does not depend on it (measured
-# here, bf16 256 -> 1024: torch / transposed-weight 6.2x at 512 tokens, 5.9x at 1,024, 5.8x at
-# 2,048) but the trial's time does (1.7 s, 3.2 s, 6.4 s on that host, where torch's kernel is slow).
+# Most rows a trial's product has. The ratio between the kernels hardly depends on it but the
+# trial's time grows with it, to seconds where torch's kernel is slow (docs/measurements.md,
+# "bf16 on a CPU without bf16 instructions").
 TRIAL_TOKENS = 512
 CHECK_TOKENS = 64  # rows checked against float64
 

@@ -1,7 +1,7 @@
 """Peak memory of the cell's own process.
 
 - host RSS: `ru_maxrss` of this process, the kernel's high-water mark of resident memory since
-  the process started (includes the Python interpreter and torch's libraries, ~0.3-0.5 GB; the
+  the process started (includes the Python interpreter and torch's libraries, a few hundred MB; the
   baseline before the model is built is reported beside it so the delta can be read).
 - CUDA: torch's caching allocator, read from `torch.cuda.memory_stats` (docs/gpu.md):
   max allocated (`allocated_bytes.all.peak`: bytes of live tensors at their high-water mark),

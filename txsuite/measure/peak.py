@@ -50,14 +50,14 @@ def peak_flops(torch, device, precision: str, device_name: str, at_least: float 
     process on the cores, a clock not yet up). So the cache keeps the best measurement, and a
     cached peak below `at_least` (FLOP/s a cell has just achieved with matmuls, which cannot
     exceed the true peak) is measured again and replaced by the better of the two. Found here:
-    a 2-thread fp32 peak cached while a neighbour loaded the cores (89 GFLOP/s against 74 for
-    one thread) made a cell report 111 % MFU."""
+    a 2-thread fp32 peak cached while a neighbour loaded the cores made a cell report MFU above
+    100 % (docs/measurements.md, "Precision, attention, batch and checkpointing")."""
     from txsuite.measure.nominal import nominal_peak_flops
     nominal = nominal_peak_flops(device_name, precision) if device.type == "cuda" else None
     kind = MATMUL_DTYPE[precision]
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     # "linear": measured with the op nn.Linear runs (an earlier version timed `a @ b`, which for
-    # fp16 on a CPU takes a ~100x slower path than F.linear; those entries are not reused)
+    # fp16 on a CPU takes a far slower path than F.linear; those entries are not reused)
     key = f"{device_name}|torch {torch.__version__}|threads {threads}|linear|{kind}"
 
     def best(cache: dict) -> tuple[float, bool, bool]:
@@ -90,7 +90,7 @@ def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials:
     """Best FLOP/s over `trials` timed bursts of n x n x n matmuls (2 n^3 FLOPs each).
 
     n grows (CPU: 512 -> 2048, CUDA: 4096 -> 8192) while one matmul stays short, so a slow
-    precision (fp16 on a CPU without fp16 units runs at ~1 GFLOP/s) is still measured in about
+    precision (fp16 on a CPU without fp16 units, through `a @ b`) is still measured in about
     a second, and a fast one gets a matrix large enough to saturate it."""
     sizes = (4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -141,6 +141,7 @@ def _matmul(torch, device, kind: str, n: int):
     if kind != "tf32":
         a, b = a.to(getattr(torch, kind)), b.to(getattr(torch, kind))
     # F.linear (a @ b.T), the op the model's nn.Linear layers run: on a CPU without fp16 units
-    # `a @ b` in fp16 takes a reference path ~100x slower (0.3-0.8 vs 51-56 GFLOP/s measured
-    # here), which made fp16 cells report MFU above 100%. Same FLOPs, same cuBLAS on CUDA.
+    # `a @ b` in fp16 takes a reference path far slower (docs/measurements.md,
+    # "Precision, attention, batch and checkpointing"), which made fp16 cells report MFU above
+    # 100%. Same FLOPs, same cuBLAS on CUDA.
     return lambda: torch.nn.functional.linear(a, b)

@@ -4,15 +4,15 @@ A shared machine moves between states: for minutes at a time another process hol
 and every step of a repetition runs several times slower, the fastest included. A repetition
 measured in such a state says nothing about the code. So every repetition times the same
 fixed workload (`probe_workload`: small fp32 matmuls and an element-wise pass, on the
-cell's own torch threads, ~20 ms on an idle 2-core CPU) just before and just after its
+cell's own torch threads, tens of milliseconds on an idle CPU) just before and just after its
 measured steps, and compares the slower of the two with the best time this host has ever
 given the workload (cached beside the matmul peaks). The ratio, `machine_slowdown`, is the
 factor by which the machine was slower than its best while the cell was measured; the guard
 leaves out repetitions measured in a slow state (docs/guard.md).
 
-Measured on this project's 2-core machine (each probe the fastest of 3 runs): idle, two probes
-a moment apart differ from the host's best by 1.2x (median) to 1.6x; with another process
-busy on the cores, 3x to 7x. The guard's default line for a slow state is 2x.
+On this project's 2-core machine, idle, two probes a moment apart stay below twice the host's
+best; with another process busy on the cores they go well above it (docs/measurements.md,
+"Regression guard"). The guard's default line for a slow state is 2x.
 
 The workload is deterministic; only its duration varies, and only with the machine.
 """

@@ -27,9 +27,10 @@ class GPTConfig:
     d_ff: int
     dropout: float = 0.0
     # "sdpa": F.scaled_dot_product_attention (flash/efficient kernels where available);
-    # "matmul": the same maths as two explicit matmuls and a softmax. Measured on a 2-core AMX
-    # CPU in bf16, the matmul form made a whole training step 1.21x faster than SDPA's CPU
-    # kernel (fp32: SDPA 1.02x faster). It materialises the [T, T] scores: O(T^2) memory.
+    # "matmul": the same maths as two explicit matmuls and a softmax. On CPUs with native bf16
+    # the matmul form is the faster one in bf16, SDPA's CPU kernel in fp32 (docs/measurements.md,
+    # "Precision, attention, batch and checkpointing"). It materialises the [T, T] scores:
+    # O(T^2) memory.
     attention: str = "sdpa"
 
     def __post_init__(self) -> None:
@@ -92,8 +93,9 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # exact (erf) GELU, as nanoGPT: on CPU its kernels are about twice as fast as the tanh
-        # approximation's (GPT-2's "gelu_new"), 4% of a whole step of the 4 x 256 model in fp32
+        # exact (erf) GELU, as nanoGPT: on CPU its kernels are faster than the tanh
+        # approximation's (GPT-2's "gelu_new"); docs/measurements.md, "The harness against a
+        # plain loop and against peers"
         return self.drop(self.proj(F.gelu(self.fc(x))))
 
 

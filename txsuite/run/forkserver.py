@@ -1,7 +1,8 @@
 """A fork server for CPU cells (L5): torch and txsuite imported once, each cell in a fork.
 
-Starting a worker process costs ~3.5 s on this 2-core machine before the cell does anything
-(importing torch and txsuite); the cell's own set-up is under 1 s. The fork server imports
+Starting a worker process costs seconds before the cell does anything (importing torch and
+txsuite), more than the cell's own set-up (docs/measurements.md, "Per-cell overhead, the fork
+server and torch.compile"). The fork server imports
 them once and forks a child per cell repetition: every repetition still has a process of its
 own (its own allocator, threads, crash), but starts in milliseconds.
 
@@ -14,7 +15,7 @@ process group (the runner kills the group on a timeout), sends its output to the
 environment and torch's thread count it was given, and runs txsuite.run.worker.main.
 
 A distributed CPU cell on one node (ranks > 1) is launched here instead of by torchrun, which
-would start every rank as a new interpreter (~7 s per cell on 2 cores, measured): the child
+would start every rank as a new interpreter (seconds per cell; docs/measurements.md): the child
 becomes the cell's launcher and forks the ranks with torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT; one OpenMP thread each unless the cell sets threads, as torchrun
 does), and like torchrun ends them all when one fails, naming that rank in the log.

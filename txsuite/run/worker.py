@@ -450,8 +450,9 @@ def _apply_memory_limit(limit: int | None) -> None:
     see which cells would fit a smaller machine (allocations beyond it fail and the cell is recorded as `oom`).
 
     The only unprivileged hard cap is the address space (RLIMIT_AS), and address space is not
-    memory: a CUDA build of torch maps ~2.5 GB of libraries it never touches (VmSize 3.0 GB
-    against 0.6 GB for the CPU build, both at import). So torch is imported first and the
+    memory: a CUDA build of torch maps gigabytes of libraries it never touches (its VmSize at
+    import is several times the CPU build's; docs/measurements.md, "`--memory-limit`"). So
+    torch is imported first and the
     address space mapped then but not resident is granted on top: the limit then charges what
     is resident (interpreter, libraries) and everything mapped afterwards, whichever build."""
     if limit:

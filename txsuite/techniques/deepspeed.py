@@ -49,7 +49,8 @@ def deepspeed_config(cell, device_type: str) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
     }
     if p.offload != "none" and device_type == "cpu":
-        # DeepSpeedCPUAdam compiles a C++ extension on first use (~3.5 min on this 2-core host);
+        # DeepSpeedCPUAdam compiles a C++ extension on first use (minutes on a 2-core host;
+        # docs/measurements.md, "Parallelism");
         # on a CPU host the offloaded step runs torch's fused AdamW instead (recorded as a fact).
         config["zero_force_ds_cpu_optimizer"] = False
     return config

@@ -8,9 +8,10 @@ transposed-weight   the same forward; the input gradient g @ W is computed as
 auto (default)      transposed-weight where the host's matmul is measurably faster for it,
                     else torch (txsuite.measure.linear: measured once per host and cached)
 
-Why: on CPUs without bf16 instructions torch's fallback bf16 matmul is 10-20x slower when both
-operands are contiguous (the input gradient's layout) than when one is transposed; a `small`
-bf16 step spent 88 % of its time there (README, "Where a bf16 step goes"). The copy of W is
+Why: on CPUs without bf16 instructions torch's fallback bf16 matmul is more than ten times slower
+when both operands are contiguous (the input gradient's layout) than when one is transposed; a
+`small` bf16 step spent most of its time there (docs/measurements.md, "bf16 on a CPU without
+bf16 instructions"). The copy of W is
 d_in x d_out elements per layer and backward pass, nothing beside the product.
 
 The swap changes each plain `nn.Linear`'s class in place (TransposedWeightLinear is an
@@ -121,7 +122,8 @@ def training_kernel(model: nn.Module, kernel: str | None) -> Iterator[str]:
     again. Yields the kernel the layers run (torch where nothing was converted). For training
     steps after training (a pruning fine-tune): on a host where the cell's trial chose
     transposed-weight, torch's Linear would make each such step several times slower than the
-    cell's own (4x for `small` in bf16 on an AVX2 CPU). Layers structured pruning rebuilt are
+    cell's own (docs/measurements.md, "bf16 on a CPU without bf16 instructions"). Layers
+    structured pruning rebuilt are
     plain nn.Linear and are converted too; the trial measured the unpruned shape."""
     converted = convert(model) if kernel == TRIAL_KERNEL else []
     try:

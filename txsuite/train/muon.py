@@ -6,8 +6,9 @@ iterations with coefficients (3.4445, -4.775, 2.0315), decoupled weight decay, t
 scaled by `adjust_lr_fn`), with one difference: the dtype the iteration runs in. torch's runs
 it in bf16 always. Where bf16 matmuls are native (GPUs, CPUs with AVX512-BF16 or AMX) that is
 the fast choice; on a CPU without them bf16 is emulated and the iteration costs ~16 GFLOP per
-step of the `small` model: measured here (AVX2 host, one thread) ~14 s per step against AdamW's
-0.2 s. fp32 is both faster there and at least as accurate, so `ns_dtype` follows the hardware
+step of the `small` model, which makes a step many times slower than AdamW's there
+(docs/measurements.md, "Training strategies"). fp32 is both faster there and at least as
+accurate, so `ns_dtype` follows the hardware
 (`newton_schulz_dtype`), and the record states which ran.
 """
 from __future__ import annotations

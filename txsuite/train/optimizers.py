@@ -46,8 +46,9 @@ def _plain(groups: list[dict]) -> list[dict]:
 
 @builder("adamw")
 def adamw(groups: list[dict], train: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    # Fused kernels exist for CUDA and CPU. On CPU, measured on the 4x256 model (bench/README.md):
-    # foreach 7.5 ms per optimizer step, a plain loop 4.6 ms, fused 2.05 ms.
+    # Fused kernels exist for CUDA and CPU. On CPU the fused step is the fastest of the three,
+    # then a plain loop, then foreach (docs/measurements.md, "The harness against a plain loop
+    # and against peers").
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(split_by_dtensor(_plain(groups)), lr=train.lr, betas=_betas(train),
                              fused=fused or None, foreach=None if fused else True)

@@ -14,7 +14,7 @@ NAMED_DATASETS = ("shakespeare", "bible", "python-stdlib", "copy", "reverse", "m
 SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
 # markov draws a symbols x symbols float64 transition matrix (txsuite/data/markov.py), plus
 # Dirichlet temporaries of the same size: 8,192 symbols take 512 MiB; 32,768 took the worker
-# past 24 GiB and the OOM killer ended it.
+# past the host's memory and the OOM killer ended it (docs/measurements.md, "Data").
 MARKOV_MAX_SYMBOLS = 8192
 TOKENIZERS = ("byte", "bpe")
 AUGMENT_KINDS = ("replace", "mask", "delete", "swap")  # txsuite/data/augment.py

@@ -1,16 +1,16 @@
 """`measure`: how a cell is measured, not what it trains (txsuite/run/runner.py and the worker).
 
 `threads`: torch's intra-op (OpenMP) threads per process; 0 keeps torch's default, every core
-it sees. On a shared machine a cell with one thread is far steadier from process to process:
-measured here (tiny model, 6 repetitions), the spread of a repetition's tokens/s was 5 % with
-one thread against 10-18 % with two, because other work on the cores stalls a multi-threaded
+it sees. On a shared machine a cell with one thread is far steadier from process to process
+(a repetition's tokens/s spreads several times less than with two: docs/measurements.md,
+"OpenMP on a shared host"), because other work on the cores stalls a multi-threaded
 operator at every barrier. matrices/smoke.yaml, the CI matrix, uses 1.
 
 `host_allocator`: `system` (default) leaves glibc's malloc as it is; `cache` keeps every block a
-step frees inside the process, so the next step takes it back without page faults: 1.4-1.6x
-faster steps with a 32k vocabulary, but peak RSS then includes what the allocator holds, which
-halved the memory saving measured for full activation checkpointing
-(txsuite/measure/host_allocator.py has the measurements).
+step frees inside the process, so the next step takes it back without page faults: much
+faster steps with a large vocabulary, but peak RSS then includes what the allocator holds, which
+hid most of the memory saving measured for full activation checkpointing (why:
+txsuite/measure/host_allocator.py; the figures: docs/measurements.md, "Host memory allocator").
 """
 from __future__ import annotations
 
@@ -64,6 +64,6 @@ def cache_allocator_note(cells) -> str | None:
     if not cached:
         return None
     return (f"note: {len(cached)} cell(s) run with measure.host_allocator: cache, so their peak memory includes "
-            f"the freed blocks malloc keeps for reuse (measured: full activation checkpointing's saving shown as "
-            f"115 MiB instead of 381); compare their peak memory only with cells of the same policy.")
+            f"the freed blocks malloc keeps for reuse (measured: it hid most of full activation checkpointing's "
+            f"saving; docs/measurements.md); compare their peak memory only with cells of the same policy.")
 
