@@ -1,7 +1,8 @@
 """A txsuite cell's training against its own model in a plain PyTorch loop, side by side.
 
-Target (README, issue 18): a cell runs at >= 0.98x the plain loop, i.e. its step time is at most
-1.02x. The txsuite side is what a cell really runs per step: `txsuite.train.loop.train_steps`
+Target (docs/measurements.md, "The harness against a plain loop and against peers"; issue 18):
+a cell runs at >= 0.98x the plain loop, i.e. its step time is at most 1.02x. The txsuite side
+is what a cell really runs per step: `txsuite.train.loop.train_steps`
 (the trainer's step on the cell's own data pipeline, the per-step hooks, the host sync, the
 loss read back as a float, the divergence check and the per-step log line written to a file,
 as the worker's stdout is). The plain side is the loop a user would write: the same model and

@@ -23,7 +23,8 @@ process seconds apart, as `txsuite ab`'s pairs do):
 
 TXSUITE_GUARD_TRIALS (default 40) sets the number of trials, TXSUITE_GUARD_THREADS (default 1,
 so a shared 2-core machine keeps a core for its other work) torch's thread count. About two
-minutes here. The markdown table printed at the end is the one in README.md.
+minutes here. The markdown table printed at the end is not kept in the docs; docs/guard.md
+("pytest-benchmark: the hot paths") says what this test is evidence of.
 """
 from __future__ import annotations
 
@@ -170,6 +171,6 @@ def test_guard_detection_and_false_alarm_rates():
         kind = "false alarms" if s == 0 else "detected"
         print(f"| {s:.0%} | {real:+.1%} | {d2:.0%} {kind} | {d1:.0%} | {c:.0%} |")
     by = {s: (d2, d1, c) for s, _, d2, d1, c in rows}
-    # the claims README makes: 30 % is caught, identical code is (almost) never flagged
+    # what this test holds the guard to: 30 % is caught, identical code is (almost) never flagged
     assert by[0.30][0] >= 0.8, rows
     assert by[0.0][0] <= 0.1 and by[0.0][2] <= 0.05, rows

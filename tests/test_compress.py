@@ -585,7 +585,7 @@ def test_the_judged_cells_run_through_the_cli_with_deltas_against_the_dense_cont
     assert deltas["compress={pruning: magnitude-0.5}"] > max(0.001, 4 * errors["compress={pruning: magnitude-0.5}"])
     for label in ("compress={quantization: int8-dynamic}", "compress={quantization: qat-int8}"):
         # int8 costs little on this small model: the delta is real but tiny, and its sign is
-        # not reliable (README, Compression), so only its size is checked
+        # not reliable (docs/measurements.md, Compression), so only its size is checked
         assert deltas[label] != 0 and abs(deltas[label]) < 0.01, (label, deltas[label])
 
 
