@@ -25,7 +25,7 @@ class Encoding:
     colors: dict[Any, Any] = field(default_factory=dict)
     markers: dict[Any, str] = field(default_factory=dict)
     dashes: dict[Any, str] = field(default_factory=dict)
-    default_color: Any = palettes.DEEP[0]
+    default_color: Any = field(default_factory=lambda: palettes.deep(1)[0])
 
     def color(self, row: pd.Series) -> Any:
         return self.colors.get(_key(row[self.hue_key]), self.default_color) if self.hue_key else self.default_color
