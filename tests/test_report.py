@@ -17,7 +17,7 @@ import pytest
 
 from txsuite.config.record import Record
 from txsuite.report import export_table, render_compare, render_report
-from txsuite.report.charts import representative_curves
+from txsuite.report import curves as report_curves
 from txsuite.report.compare import compare_findings, compare_tables
 from txsuite.report.environment import env_diff
 from txsuite.report.export import with_provenance
@@ -334,9 +334,9 @@ def test_diverged_cell_curve_is_drawn_up_to_where_it_stopped(tmp_path):
                       loss_curve=[[0, 0.0, 4.0], [5, 0.3, 9.0], [7, 0.4, float("nan")]])
     run = write_run(tmp_path / "run", [record("a", "precision=fp32", config("fp32")), diverged])
     table = table_for(RunFolder(run).load())
-    curves = {row["cell_id"]: (points, div) for row, points, div in representative_curves(table)}
-    points, was_diverged = curves["d"]
-    assert was_diverged and points[:, 0].tolist() == [0, 5]  # the NaN point is dropped
+    curves = report_curves.collect(table.cells, table.repeats, "loss_curve")
+    assert curves.diverged == {"d"}
+    assert curves.frame[curves.frame["cell"] == "d"]["step"].tolist() == [0, 5]  # the NaN point is dropped
     assert "loss became NaN" in summary_part(html_of(run, tmp_path))
 
 

@@ -4,6 +4,12 @@ Each builder returns a Chart: an inline SVG, or a one-line note saying why it is
 (missing data is normal: a CPU host has no energy counter, a one-axis matrix has no heatmap).
 Cost matters (a 200-cell matrix must render in seconds): one figure per chart, never one per
 cell; bar charts and labels are capped and say so.
+
+Drawn by seaborn under its theme (svg.report_style): scatterplot for cells against two metrics,
+lineplot for loss curves over seeds with their band and small multiples (report/curves.py),
+heatmap. The bars stay matplotlib's barh: their lengths and whiskers are the table's
+medians and repeat spans, which seaborn's barplot would estimate again from raw rows; the step
+times stay matplotlib's boxplot (step_time_spread says why).
 """
 from __future__ import annotations
 
@@ -14,10 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 
-from txsuite.report import formatting as fmt
+from txsuite.report import curves, formatting as fmt
 from txsuite.report.encoding import Encoding, choose_encoding, ordered_values
 from txsuite.report.frame import CellTable
 from txsuite.report.pareto import NEAR_FRONT
@@ -25,7 +30,6 @@ from txsuite.report.svg import formatter, plot_text, report_style, subplots, to_
 
 MAX_BARS = 40  # rows of a per-cell bar chart before it shows only the best and the worst
 MAX_POINT_LABELS = 12
-MAX_CURVE_POINTS = 300  # per line; a loss curve needs no more to show its shape
 MAX_ANNOTATED_HEATMAP = 240
 # matplotlib 3.10 renamed boxplot's vert=False to orientation="horizontal" (vert goes in 3.13).
 _HORIZONTAL = ({"orientation": "horizontal"}
@@ -151,32 +155,20 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
 
 def loss_curves(table: CellTable, enc: Encoding) -> Chart:
     chart = Chart("loss", "Training loss over steps and over wall time",
-                  "One line per cell (its repeat with the median throughput). Over wall time, "
-                  "a faster cell reaches a given loss sooner. × marks where a diverged run stopped.")
-    curves = representative_curves(table)
-    if not curves:
+                  "One line per cell: the mean over its seeds (one seed: its loss; repetitions of a seed train "
+                  "the same model), with a band from the lowest to the highest seed. Over wall time each step "
+                  "sits at the median time the cell's repetitions took to reach it: a faster cell reaches a "
+                  "given loss sooner. × marks where a diverged run stopped.")
+    data = curves.collect(table.cells, table.repeats, "loss_curve", tokens_per_step=False)
+    if data is None:
         chart.note = "no cell recorded a loss curve"
         return chart
-    fig, (by_step, by_time) = subplots(1, 2, sharey=True, figsize=(11, 4.4), gridspec_kw={"wspace": 0.06})
-    lw = 1.4 if len(curves) <= 20 else 0.9
-    every = []
-    for row, points, diverged in curves:
-        every.append(points[:, 2])
-        style = dict(color=enc.color(row), ls=enc.dash(row), lw=lw, alpha=0.9)
-        for ax, column in ((by_step, 0), (by_time, 1)):
-            ax.plot(points[:, column], points[:, 2], **style)
-            if diverged:
-                ax.plot(points[-1, column], points[-1, 2], marker="x", color=style["color"], ms=8, mew=2)
-    values = np.concatenate(every)
-    top = np.percentile(values, 99) if len(values) > 50 else values.max()  # early spikes hide the rest
-    span = max(top - values.min(), 1e-6)
-    by_step.set_ylim(values.min() - 0.04 * span, top + 0.04 * span)
-    by_step.set_xlabel("step")
-    by_time.set_xlabel("training wall time (s)")
-    by_step.set_ylabel("training loss")
-    if enc.hue_key or enc.style_key:
-        by_time.legend(handles=enc.legend_handles("line"), loc="upper left", bbox_to_anchor=(1.01, 1),
-                       frameon=False)
+    facet = curves.facet_axis(data.cells, table.measured_axes, enc)
+    fig, _, coinciding = curves.draw(
+        data, enc, [curves.XSpec("step", "step", aligned=True),
+                    curves.XSpec("time", "training wall time (s)", aligned=False)], "training loss", facet,
+        table.measured_axes)
+    chart.note = curves.coincide_note(coinciding)
     chart.svg = to_svg(fig)
     return chart
 
@@ -259,39 +251,23 @@ def throughput_heatmap(table: CellTable, enc: Encoding) -> Chart:
 
 def _draw_heatmap(ax, grid: np.ndarray, row_labels: list[str], col_labels: list[str], annotate: bool,
                   fontsize: float) -> None:
-    """grid (rows x columns of tokens/s, NaN where no throughput) as coloured squares, row 0 at
-    the top, each value written in its square when `annotate`; NaN squares stay grey."""
+    """grid (rows x columns of tokens/s, NaN where no throughput) as seaborn's heatmap, row 0 at
+    the top, each value written in its square when `annotate` (seaborn picks dark text on light
+    squares); NaN squares stay grey."""
+    import seaborn as sns
+
     ax.set_facecolor("#f1f2f4")  # combinations without a throughput read as grey, not white
-    cmap = colormaps["viridis"]
     finite = grid[np.isfinite(grid)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    mesh = ax.pcolormesh(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1.0,
-                         edgecolors="white", linewidth=0.6)
-    colorbar = ax.figure.colorbar(mesh, ax=ax, format=si_formatter())
-    colorbar.set_label("tokens/s")
-    colorbar.outline.set_visible(False)
-    ax.set_xlim(0, grid.shape[1])
-    ax.set_ylim(grid.shape[0], 0)  # row 0 at the top, as the table reads
+    text = np.vectorize(lambda v: fmt.si(v) if np.isfinite(v) else "", otypes=[object])(grid) if annotate else False
+    sns.heatmap(grid, mask=~np.isfinite(grid), cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1.0,
+                annot=text, fmt="", annot_kws={"fontsize": fontsize}, linewidths=0.6, linecolor="white",
+                cbar_kws={"format": si_formatter(), "label": "tokens/s"}, xticklabels=col_labels,
+                yticklabels=row_labels, ax=ax)
     crowded = grid.shape[1] > 6 or max((len(label) for label in col_labels), default=0) > 8
     ax.set_xticks(np.arange(grid.shape[1]) + 0.5, col_labels, rotation=30 if crowded else 0,
                   ha="right" if crowded else "center")
     ax.set_yticks(np.arange(grid.shape[0]) + 0.5, row_labels, rotation=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if not annotate:
-        return
-    for (i, j), value in np.ndenumerate(grid):
-        if not np.isfinite(value):
-            continue
-        light = _relative_luminance(mesh.cmap(mesh.norm(value))) > 0.408  # dark text on light squares
-        ax.text(j + 0.5, i + 0.5, fmt.si(value), ha="center", va="center", fontsize=fontsize,
-                color=".15" if light else "white")
-
-
-def _relative_luminance(rgba) -> float:
-    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
-    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
-    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def axis_effects(table: CellTable, enc: Encoding) -> Chart:
@@ -312,9 +288,8 @@ def axis_effects(table: CellTable, enc: Encoding) -> Chart:
         values = ordered_values(cells[key])
         position = {v: i for i, v in enumerate(values)}
         xs = cells[key].map(lambda v: position[_plain(v)]).to_numpy(dtype=float)
-        jitter = (np.random.default_rng(0).random(len(xs)) - 0.5) * 0.3
-        ax.scatter(xs + jitter, cells["tokens_per_s"], s=22, alpha=0.75,
-                   c=[enc.color(row) for _, row in cells.iterrows()], edgecolors="white", linewidths=0.4)
+        jitter = (np.random.default_rng(0).random(len(xs)) - 0.5) * 0.3  # seaborn's stripplot jitters unseeded
+        _scatter(ax, cells, pd.Series(xs + jitter), cells["tokens_per_s"], enc, size=26, alpha=0.8)
         medians = cells.groupby(xs)["tokens_per_s"].median()
         ax.hlines(medians.to_numpy(), medians.index - 0.3, medians.index + 0.3, color="#222", lw=2)
         every = max(1, math.ceil(len(values) / 8))  # at most ~8 tick labels per panel
@@ -323,6 +298,7 @@ def axis_effects(table: CellTable, enc: Encoding) -> Chart:
         ax.set_xticklabels([plot_text(_short(values[i])) for i in ticks], rotation=30 if len(ticks) > 4 else 0,
                            ha="right" if len(ticks) > 4 else "center")
         ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_xlabel("")
         ax.set_title(plot_text(key), fontsize=10)
     panels[0][0].set_ylabel("tokens/s")
     panels[0][0].yaxis.set_major_formatter(si_formatter())
@@ -367,6 +343,8 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
     shown, chart.note = cap_rows(cells, "step_median", ascending=True, keep={table.reference}, limit=30)
     fig, ax = subplots(figsize=(8.2, 1.0 + 0.3 * len(shown)))
     data = [np.asarray(samples[c]) * 1e3 for c in shown["cell_id"]][::-1]
+    # matplotlib's boxplot, not seaborn's: seaborn 0.13.2 passes bxp the vert= that matplotlib
+    # 3.11 deprecates and 3.13 removes.
     box = ax.boxplot(data, **_HORIZONTAL, widths=0.6, patch_artist=True, showfliers=True,
                      flierprops={"markersize": 2.5, "alpha": 0.5}, medianprops={"color": "#222"})
     for patch, (_, row) in zip(box["boxes"], list(shown.iterrows())[::-1]):
@@ -379,9 +357,23 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
     # log only when the times span more than 8x and are all positive (a log axis has no place
     # for 0: a record with a zero step time, as the records fuzz test writes, stays linear)
     low, high = min(d.min() for d in data), max(d.max() for d in data)
-    ax.set_xscale("log" if low > 0 and high > 8 * low else "linear")
+    if low > 0 and high > 8 * low:
+        ax.set_xscale("log")
+        log_ticks(ax.xaxis, low, high)
     chart.svg = to_svg(fig)
     return chart
+
+
+def log_ticks(axis, low: float, high: float) -> None:
+    """Labels on a log axis at 1, 2 and 5 times each power of ten (matplotlib labels only the
+    powers, so an axis from 300 to 3,000 ms reads "10^3" alone), as plain numbers; at 1 and 3
+    times each power over more than three decades."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    subs = (1.0, 2.0, 5.0) if high / low <= 1e3 else (1.0, 3.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(formatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -446,14 +438,25 @@ def mark_gaps(ax, shown: pd.DataFrame, ypos: np.ndarray) -> None:
             ax.axhline(y + 0.5, color="#999", ls=":", lw=1.2)
 
 
-def _scatter(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, enc: Encoding) -> None:
-    colors = [enc.color(row) for _, row in cells.iterrows()]
-    markers = [enc.marker(row) for _, row in cells.iterrows()]
-    size = 60 if len(cells) <= 50 else 28
-    for marker in dict.fromkeys(markers):  # one call per marker shape, not per cell
-        pick = np.array([m == marker for m in markers])
-        ax.scatter(x[pick], y[pick], c=[c for c, p in zip(colors, pick) if p], marker=marker, s=size,
-                   edgecolors="white", linewidths=0.6, zorder=3)
+def _scatter(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, enc: Encoding, size: float | None = None,
+             **kwargs: Any) -> None:
+    """seaborn's scatterplot, with the report's encoding as its hue and style mappings (so a
+    colour or a marker means the same axis value in every chart)."""
+    import seaborn as sns
+
+    data = pd.DataFrame({"x": x.to_numpy(dtype=float), "y": y.to_numpy(dtype=float)})
+    if enc.hue_key:
+        data["hue"] = [str(_plain(v)) for v in cells[enc.hue_key]]
+        kwargs.update(hue="hue", palette={lvl: enc.color(row) for lvl, (_, row) in zip(data["hue"], cells.iterrows())})
+    else:
+        kwargs["color"] = enc.default_color
+    if enc.style_key:
+        data["style"] = [str(_plain(v)) for v in cells[enc.style_key]]
+        kwargs.update(style="style",
+                      markers={lvl: enc.marker(row) for lvl, (_, row) in zip(data["style"], cells.iterrows())})
+    size = size or (60 if len(cells) <= 50 else 28)
+    sns.scatterplot(data=data, x="x", y="y", s=size, edgecolor="white", linewidth=0.6, zorder=3, legend=False,
+                    ax=ax, **kwargs)
 
 
 def _whiskers(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, xcol: str, ycol: str,
@@ -535,52 +538,12 @@ def _legend(ax, enc: Encoding, extra: list[str]) -> None:
 
 
 def _corner_note(ax, text: str, where: str) -> None:
-    x = 0.02 if "left" in where else 0.98
-    y = 0.97 if "upper" in where else 0.03
-    ax.text(x, y, text, transform=ax.transAxes, ha="left" if "left" in where else "right",
-            va="top" if "upper" in where else "bottom", fontsize=9, color="#777", style="italic")
-
-
-def representative_curves(table: CellTable) -> list[tuple[pd.Series, np.ndarray, bool]]:
-    """Per cell: the ok repeat whose tokens/s is nearest the cell median (else a diverged repeat,
-    drawn up to where it stopped), as an array of (step, wall_s, loss) with finite loss."""
-    reps = table.repeats
-    if "loss_curve" not in reps:
-        return []
-    out = []
-    by_cell = {cid: g for cid, g in reps.groupby("cell_id", sort=False)}
-    for _, cell in table.cells.iterrows():
-        group = by_cell.get(cell["cell_id"])
-        if group is None:
-            continue
-        ok = group[group["status"] == "ok"]
-        diverged = False
-        if len(ok):
-            target = cell["tokens_per_s"] if fmt.is_number(cell["tokens_per_s"]) else 0.0
-            distance = np.abs(ok["tokens_per_s"].to_numpy(dtype=float, na_value=np.nan) - target)
-            pick = ok.iloc[int(np.argmin(np.nan_to_num(distance, nan=np.inf)))]
-        elif (group["status"] == "diverged").any():
-            pick, diverged = group[group["status"] == "diverged"].iloc[0], True
-        else:
-            continue
-        points = _curve_array(pick["loss_curve"])
-        if points is not None:
-            out.append((cell, points, diverged))
-    return out
-
-
-def _curve_array(curve: Any) -> np.ndarray | None:
-    if not isinstance(curve, list) or not curve:
-        return None
-    rows = [p for p in curve if isinstance(p, (list, tuple)) and len(p) >= 3
-            and all(fmt.is_number(v) for v in p[:3])]
-    if not rows:
-        return None
-    points = np.asarray([p[:3] for p in rows], dtype=float)
-    if len(points) > MAX_CURVE_POINTS:
-        keep = np.unique(np.linspace(0, len(points) - 1, MAX_CURVE_POINTS).astype(int))
-        points = points[keep]
-    return points
+    """Which way is better, written outside the frame beside the corner it names (above the
+    upper corners, on the x label's line below the lower ones), where no point or label is."""
+    left, upper = "left" in where, "upper" in where
+    ax.annotate(text, xy=(0.0 if left else 1.0, 1.0 if upper else 0.0), xycoords="axes fraction",
+                xytext=(0, 4 if upper else -24), textcoords="offset points", ha="left" if left else "right",
+                va="bottom" if upper else "top", fontsize=9, color="#777", style="italic")
 
 
 def known_optimum(table: CellTable) -> float | None:

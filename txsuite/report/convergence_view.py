@@ -4,8 +4,9 @@ fast it got there (numbers: txsuite.report.quality).
     verdict table   final validation loss (mean, 95 % CI over seeds), the paired difference to
                     the reference with its CI and verdict, the target and time / tokens to it,
                     the gap to the known optimum, the gradient noise scale
-    curves          validation loss against tokens and against training wall time; the line is
-                    the mean over seeds, the band spans the lowest and highest seed
+    curves          validation loss against tokens and against training wall time (report/curves.py,
+                    seaborn's lineplot): the line is the mean over seeds, the band spans the lowest
+                    and highest seed
     to target       time and tokens to the target as bars with their 95 % CIs over seeds
     batch           the gradient noise scale B_simple beside steps to the target, against the
                     batch size: where the batch passes B_simple, doubling it stops halving the steps
@@ -17,11 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from txsuite.report import formatting as fmt
+from txsuite.report import curves, formatting as fmt
 from txsuite.report.charts import Chart, cap_rows, known_optimum, mark_gaps, si_formatter
 from txsuite.report.encoding import choose_encoding
 from txsuite.report.frame import CellTable
-from txsuite.report.quality import seed_band
 from txsuite.report.svg import plot_text, report_style, subplots, to_svg
 from txsuite.report.tableview import Column, TableCell, TableView, sort_key
 
@@ -102,38 +102,27 @@ def verdict_table(table: CellTable, rows: pd.DataFrame) -> TableView:
 def validation_curves(table: CellTable) -> Chart:
     chart = Chart("convergence", "Validation loss against tokens and against training time",
                   "Line: the mean over seeds at each evaluation; band: the lowest to the highest seed. Over "
-                  "training time (evaluation excluded), a faster cell reaches a given loss sooner. Dashed: the "
-                  "target; dotted: the task's known optimum.")
-    bands = []
-    by_cell = {cid: g for cid, g in table.repeats.groupby("cell_id", sort=False)}
-    for _, row in table.cells.iterrows():
-        band = seed_band(by_cell[row["cell_id"]]) if row["cell_id"] in by_cell else None
-        if band is not None and len(band.steps) >= 2:
-            bands.append((row, band))
-    if not bands:
+                  "training time (evaluation excluded; the median over the cell's repetitions), a faster cell "
+                  "reaches a given loss sooner. Dashed: the target; dotted: the task's known optimum.")
+    data = curves.collect(table.cells, table.repeats, "eval_curve", min_steps=2)
+    if data is None:
         chart.note = "no cell evaluated more than once (set train.eval_every to draw validation curves)"
         return chart
-    enc = choose_encoding(pd.DataFrame([row for row, _ in bands]), table.measured_axes)
-    fig, (by_tokens, by_time) = subplots(1, 2, sharey=True, figsize=(11, 4.4), gridspec_kw={"wspace": 0.06})
-    for row, band in bands:
-        color = enc.color(row)
-        for ax, x in ((by_tokens, band.tokens), (by_time, band.wall_s)):
-            ax.plot(x, band.mean, color=color, ls=enc.dash(row), lw=1.4)
-            if band.seeds > 1:
-                ax.fill_between(x, band.low, band.high, color=color, alpha=0.18, lw=0)
+    enc = choose_encoding(data.cells, table.measured_axes)
+    facet = curves.facet_axis(data.cells, table.measured_axes, enc)
     targets = table.cells["target_loss"].dropna().unique() if "target_loss" in table.cells else []
     optimum = known_optimum(table)
-    for ax in (by_tokens, by_time):
+    lines = ([float(targets[0])] if len(targets) == 1 else []) + ([optimum] if optimum is not None else [])
+    fig, grid, coinciding = curves.draw(
+        data, enc, [curves.XSpec("tokens", "tokens", aligned=True, format=si_formatter()),
+                    curves.XSpec("time", "training wall time (s)", aligned=False)], "validation loss", facet,
+        table.measured_axes, y_include=tuple(lines))
+    for ax in grid.flat:
         if len(targets) == 1:
             ax.axhline(float(targets[0]), color="#444", ls="--", lw=1)
         if optimum is not None:
             ax.axhline(optimum, color="#888", ls=":", lw=1.2)
-    by_tokens.set_xlabel("tokens")
-    by_tokens.xaxis.set_major_formatter(si_formatter())
-    by_time.set_xlabel("training wall time (s)")
-    by_tokens.set_ylabel("validation loss")
-    if enc.hue_key or enc.style_key:
-        by_time.legend(handles=enc.legend_handles("line"), loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    chart.note = curves.coincide_note(coinciding)
     chart.svg = to_svg(fig)
     return chart
 
