@@ -19,12 +19,15 @@ from txsuite.config.record import Record
 from txsuite.report import export_table, render_compare, render_report
 from txsuite.report import curves as report_curves
 from txsuite.report.compare import compare_findings, compare_tables
+from txsuite.report.convergence_view import short_noise
+from txsuite.report.encoding import choose_encoding
 from txsuite.report.environment import env_diff
 from txsuite.report.export import with_provenance
 from txsuite.report.frame import build_cell_table, export_frame
 from txsuite.report.pareto import front_with_noise, pareto_optimal
 from txsuite.report.run_report import table_for
 from txsuite.report.summary import fastest_finding, least_memory_finding
+from txsuite.report.tableview import breakable
 
 from txsuite.results import RunFolder
 
@@ -85,7 +88,8 @@ def html_of(run_dir: Path, tmp_path: Path) -> str:
 
 
 def summary_part(html: str) -> str:
-    return html.split('id="summary"', 1)[1].split('id="charts"', 1)[0]
+    """The summary as text to search: cell names carry <wbr> line-break opportunities."""
+    return html.split('id="summary"', 1)[1].split('id="charts"', 1)[0].replace("<wbr>", "")
 
 
 # ---------------------------------------------------------------- Pareto
@@ -139,7 +143,9 @@ def test_front_and_ratio_colours_follow_the_paired_test_not_the_medians(tmp_path
     html = html_of(run, tmp_path)
     near = summary_part(html).split('id="near-front-cells"', 1)[1].split("</div>", 1)[0]
     assert "cell b" in near and "cell c" not in near
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr[^>]*>\s*<td[^>]*>(cell [abc])<.*?</tr>", html, re.S)}
+    cell_table = html.split('id="cell-table"', 1)[1].split("</table>", 1)[0]  # not the other metrics' table
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr[^>]*>\s*<td[^>]*>(cell [abc])<.*?</tr>", cell_table,
+                                                        re.S)}
     assert "≈" in rows["cell b"] and "≈" not in rows["cell c"] and "✓" in rows["cell a"]
     assert 'class="num worse"' in rows["cell c"] and 'class="num worse"' not in rows["cell b"]
 
@@ -340,6 +346,73 @@ def test_diverged_cell_curve_is_drawn_up_to_where_it_stopped(tmp_path):
     assert "loss became NaN" in summary_part(html_of(run, tmp_path))
 
 
+def chart_of(html: str, key: str) -> str:
+    return html.split(f'data-chart="{key}"', 1)[1].split("</figure>", 1)[0]
+
+
+def test_loss_curves_that_coincide_are_drawn_striped_and_named(tmp_path):
+    """fp32 and bf16 that train the same curve would hide each other: they are drawn as one line
+    striped in both colours and the chart's note names them; a cell whose curve differs is not."""
+    curve = [[s, s * 0.05, 4.0 - 0.1 * s] for s in range(20)]
+    records = [record("a", "precision=fp32", config("fp32"), loss_curve=curve),
+               record("b", "precision=bf16", config("bf16"), loss_curve=[[s, w / 2, v + 1e-4] for s, w, v in curve]),
+               record("c", "precision=fp16", config("fp16"), loss_curve=[[s, w, v + 0.5] for s, w, v in curve])]
+    chart = chart_of(html_of(write_run(tmp_path / "run", records), tmp_path), "loss")
+    note = chart.split('class="note">', 1)[1].split("</div>", 1)[0]
+    assert "striped" in note and "precision=fp32 and precision=bf16" in note and "fp16" not in note
+    assert chart.count("stroke-dasharray") == 2  # the two striped lines; fp16's is solid
+
+
+def test_an_axis_that_neither_colour_nor_line_style_shows_gets_a_row_of_panels_per_value(tmp_path):
+    """One axis is the colour, another the line style: the third would give two cells one look, so
+    the loss curves have a row of panels per value of it."""
+    run = grid_run(tmp_path / "run", axes=("precision", "micro_batch", "grad_accum"))
+    table = table_for(RunFolder(run).load())
+    enc = choose_encoding(table.ok, table.measured_axes)
+    third = (set(table.measured_axes) - {enc.hue_key, enc.style_key}).pop()
+    assert report_curves.facet_axis(table.cells, table.measured_axes, enc) == third
+    chart = chart_of(html_of(run, tmp_path), "loss")
+    name = third.rsplit(".", 1)[-1]
+    assert all(f"{name} = {v}" in chart for v in table.cells[third].unique())
+    two = table_for(RunFolder(grid_run(tmp_path / "two")).load())
+    assert report_curves.facet_axis(two.cells, two.measured_axes, choose_encoding(two.ok, two.measured_axes)) is None
+
+
+def test_a_log_step_time_axis_labels_1_2_and_5_times_each_power_of_ten(tmp_path):
+    records = [record("a", "precision=fp32", config("fp32"), step_times_s=[0.3, 0.4, 0.5] * 4),
+               record("b", "precision=bf16", config("bf16"), step_times_s=[2.0, 2.5, 3.0] * 4)]
+    chart = chart_of(html_of(write_run(tmp_path / "run", records), tmp_path), "steps")
+    texts = {t.strip() for t in re.findall(r"<text[^>]*>([^<]*)</text>", chart)}  # text stays <text>
+    assert {"500", "1,000", "2,000"} <= texts
+
+
+def test_cell_names_wrap_between_their_names_never_inside_a_word(tmp_path):
+    assert breakable("memory.activation_checkpointing=none") == \
+        '<span class="w">memory.<wbr>activation_<wbr>checkpointing=<wbr>none</span>'
+    assert breakable("lr: 0.003") == "lr: 0.003"  # no break inside a number
+    assert breakable(XSS) == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    run = write_run(tmp_path / "run", [record("a", "memory.activation_checkpointing=none", config())])
+    table = html_of(run, tmp_path).split('id="cell-table"', 1)[1].split("</table>", 1)[0]
+    assert "memory.<wbr>activation_<wbr>checkpointing=<wbr>none" in table
+    assert 'data-sort="memory.activation_checkpointing=none"' in table  # sorting reads the plain text
+    markdown = export_table(run, tmp_path / "t.md", "markdown").read_text()
+    assert "<wbr>" not in markdown and "memory.activation_checkpointing=none" in markdown
+
+
+def test_the_noise_used_is_a_few_words_with_the_sentence_as_tooltip_and_footnote(tmp_path):
+    assert short_noise("seeds (t interval over 3 seeds, paired)") == "3 seeds, paired"
+    assert short_noise("seeds (t interval over 3 seeds, paired) at the common budget of 102k tokens (one cell "
+                       "saw 2x as many)") == "3 seeds, paired, at 102k tokens"
+    assert short_noise("one seed; training noise from the run's 2 pair(s) of cells with several seeds (4 degrees "
+                       "of freedom)") == "1 seed + the run's seed noise"
+    section = html_of(grid_run(tmp_path / "run"), tmp_path).split('<section id="convergence">', 1)[1]
+    section = section.split("</section>", 1)[0]  # one seed per cell, no target
+    sentence = "one seed: training noise is not measured, so one seed cannot tell (use seeds: 3)"
+    assert f'<td class="small noise" title="{sentence}" data-sort="{sentence}">1 seed: not measured</td>' in section
+    assert 'id="noise-used"' in section and sentence in section.split('id="noise-used"', 1)[1]
+    assert "tokens to target" not in section.split("</thead>", 1)[0]  # a column of dashes only is left out
+
+
 # ---------------------------------------------------------------- compare
 
 def compare_runs(tmp_path: Path) -> tuple[Path, Path]:
@@ -481,3 +554,43 @@ def test_report_opens_in_a_headless_browser_without_errors(tmp_path):
     for log in (dom.stderr, result.stderr):
         errors = [line for line in log.splitlines() if "Uncaught" in line or re.search(r"CONSOLE.*(error|Error)", line)]
         assert not errors, errors
+
+
+WIDTHS_JS = """<script>window.addEventListener("load", function () {
+  var out = Array.prototype.map.call(document.querySelectorAll(".table-scroll"), function (box) {
+    var table = box.querySelector("table");
+    return (table.id || table.className.replace(/ /g, ".")) + " " + box.clientWidth + " " + box.scrollWidth; });
+  var pre = document.createElement("pre"); pre.id = "widths"; pre.textContent = out.join("\\n");
+  document.body.appendChild(pre); });</script>"""
+
+
+def table_widths(page: Path, tmp_path: Path, window: str) -> dict[str, tuple[int, int]]:
+    """table id -> (visible, full) width of its scroll box, laid out by headless chromium."""
+    probe = page.with_name(page.stem + "-widths.html")
+    probe.write_text(page.read_text().replace("</body>", WIDTHS_JS + "</body>"))
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--hide-scrollbars", f"--user-data-dir={tmp_path / ('widths-' + probe.stem)}",
+                           f"--window-size={window}", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=45)
+    lines = re.search(r'<pre id="widths">(.*?)</pre>', done.stdout, re.S).group(1).splitlines()
+    return {name: (int(visible), int(full)) for name, visible, full in (line.split() for line in lines)}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_the_tables_fit_a_1400_px_window_without_sideways_scrolling(tmp_path):
+    """Every measured metric of a real CPU run (25 columns as one table needed 2,564 px), long
+    names, and compare's three columns per metric, at 1,400 px."""
+    more = {"train_mem_bytes": 0.3 * GiB, "optimizer_state_bytes": 25e6, "val_ppl": 16.1, "cell_overhead_s": 4.9,
+            "machine_slowdown": 20.7, "host_page_faults_per_step": 2060, "step_flops": 19.7e9, "step_ops": 447,
+            "step_alloc_bytes": 190e6}
+    records = [record(f"c{i}", f"precision={p} memory.activation_checkpointing={c}", config(p), repeat=r,
+                      tokens_per_s=1000 + 100 * i + r, **more)
+               for i, (p, c) in enumerate([(p, c) for p in ("fp32", "bf16", "bf16-pure") for c in ("none", "full")])
+               for r in range(2)]
+    run = write_run(tmp_path / "run", records)
+    widths = table_widths(render_report(run, tmp_path / "report.html"), tmp_path, "1400,2000")
+    assert {"cell-table", "diagnostics-table", "convergence-table"} <= set(widths)
+    assert all(full <= visible for visible, full in widths.values()), widths
+    a, b = compare_runs(tmp_path)
+    widths = table_widths(render_compare(a, b, tmp_path / "cmp.html"), tmp_path, "1400,2000")
+    assert all(full <= visible for visible, full in widths.values()), widths

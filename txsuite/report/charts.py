@@ -165,8 +165,8 @@ def loss_curves(table: CellTable, enc: Encoding) -> Chart:
         return chart
     facet = curves.facet_axis(data.cells, table.measured_axes, enc)
     fig, _, coinciding = curves.draw(
-        data, enc, [curves.XSpec("step", "step", aligned=True),
-                    curves.XSpec("time", "training wall time (s)", aligned=False)], "training loss", facet,
+        data, enc, [curves.XSpec("step", "step"),
+                    curves.XSpec("time", "training wall time (s)")], "training loss", facet,
         table.measured_axes)
     chart.note = curves.coincide_note(coinciding)
     chart.svg = to_svg(fig)

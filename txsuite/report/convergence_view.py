@@ -13,6 +13,7 @@ fast it got there (numbers: txsuite.report.quality).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,8 @@ def convergence_section(table: CellTable) -> dict[str, Any] | None:
     with report_style():
         charts = [validation_curves(table), to_target_bars(table), noise_scale_vs_batch(table)]
     seeds = sorted({int(s) for s in measured["seeds"] if fmt.is_number(s)})
-    return {"table": verdict_table(table, measured), "charts": charts, "notes": _notes(table, measured, seeds)}
+    return {"table": verdict_table(table, measured), "charts": charts, "notes": _notes(table, measured, seeds),
+            "noise": noise_footnotes(measured)}
 
 
 def _notes(table: CellTable, measured: pd.DataFrame, seeds: list[int]) -> list[str]:
@@ -84,7 +86,7 @@ def verdict_table(table: CellTable, rows: pd.DataFrame) -> TableView:
             TableCell(fmt.signed(row.get("val_loss_delta")), sort_key(row.get("val_loss_delta")),
                       "num " + VERDICT_CLASS.get(verdict, ""), sub=_ci(row, "val_loss_delta_ci", fmt.signed)),
             TableCell(verdict, verdict, VERDICT_CLASS.get(verdict, "")),
-            TableCell(_text(row.get("quality_noise")), _text(row.get("quality_noise")), "small"),
+            _noise_cell(row.get("quality_noise")),
             TableCell(fmt.si(row.get("tokens_to_target")), sort_key(row.get("tokens_to_target")), "num",
                       sub=_ci(row, "tokens_to_target_ci", fmt.si)),
             TableCell(fmt.seconds(row.get("time_to_target_s")), sort_key(row.get("time_to_target_s")), "num",
@@ -96,7 +98,54 @@ def verdict_table(table: CellTable, rows: pd.DataFrame) -> TableView:
             TableCell(fmt.si(row.get("grad_noise_scale")), sort_key(row.get("grad_noise_scale")), "num"),
         ])
         view.row_classes.append("reference" if row["is_reference"] else "")
-    return view
+    return _without_empty_columns(view)
+
+
+def _without_empty_columns(view: TableView) -> TableView:
+    """Leave out the columns no row has a value in (a run without a target has no tokens to
+    target): a column of dashes only widens the table."""
+    keep = [j for j, _ in enumerate(view.columns)
+            if j == 0 or any(row[j].text not in (fmt.MISSING, "") or row[j].sub for row in view.rows)]
+    return TableView([view.columns[j] for j in keep], [[row[j] for j in keep] for row in view.rows],
+                     view.row_classes)
+
+
+# The noise a verdict used (txsuite/verdict/seeds.py, report/quality.py) in a few words, for the
+# table; the whole sentence is the cell's tooltip and a footnote under the table.
+_NOISE_SHORT = [
+    (re.compile(r"^seeds \(t interval over (\d+) seeds, paired\)"), r"\1 seeds, paired"),
+    (re.compile(r"^one seed; training noise from the run's"), "1 seed + the run's seed noise"),
+    (re.compile(r"^one seed: training noise is not measured"), "1 seed: not measured"),
+    (re.compile(r"^not compared: the cells saw different numbers of tokens"), "not compared: unequal tokens"),
+]
+_AT_BUDGET = re.compile(r" at the common budget of (\S+) tokens")
+
+
+def short_noise(text: str) -> str:
+    for pattern, short in _NOISE_SHORT:
+        match = pattern.match(text)
+        if match:
+            words = match.expand(short)
+            break
+    else:
+        words = re.split(r"[:;(]", text, maxsplit=1)[0].strip()
+        words = words if len(words) <= 32 else words[:31] + "…"
+    budget = _AT_BUDGET.search(text)
+    return words + (f", at {budget.group(1)} tokens" if budget else "")
+
+
+def _noise_cell(noise: Any) -> TableCell:
+    text = _text(noise)
+    if text == fmt.MISSING:
+        return TableCell(text, text, "small")
+    return TableCell(short_noise(text), text, "small noise", title=text)
+
+
+def noise_footnotes(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(short words, whole sentence) for each distinct noise in the table."""
+    texts = [t for t in dict.fromkeys(rows["quality_noise"]) if isinstance(t, str) and t] \
+        if "quality_noise" in rows else []
+    return [(short_noise(t), t) for t in texts]
 
 
 def validation_curves(table: CellTable) -> Chart:
@@ -114,8 +163,8 @@ def validation_curves(table: CellTable) -> Chart:
     optimum = known_optimum(table)
     lines = ([float(targets[0])] if len(targets) == 1 else []) + ([optimum] if optimum is not None else [])
     fig, grid, coinciding = curves.draw(
-        data, enc, [curves.XSpec("tokens", "tokens", aligned=True, format=si_formatter()),
-                    curves.XSpec("time", "training wall time (s)", aligned=False)], "validation loss", facet,
+        data, enc, [curves.XSpec("tokens", "tokens", format=si_formatter()),
+                    curves.XSpec("time", "training wall time (s)")], "validation loss", facet,
         table.measured_axes, y_include=tuple(lines))
     for ax in grid.flat:
         if len(targets) == 1:

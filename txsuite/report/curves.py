@@ -40,7 +40,6 @@ STRIPE = 4.0  # stripe length, in line widths
 class XSpec:
     column: str  # in the long frame
     label: str
-    aligned: bool  # every cell has its points at the same x (steps, tokens): lines can coincide
     format: Callable | None = None  # tick formatter
 
 
@@ -134,15 +133,14 @@ def draw(curves: Curves, enc: Encoding, xs: list[XSpec], ylabel: str, facet: str
         plain = {row["cell_id"]: _dashes(enc.dash(row)) for _, row in members.iterrows()}
         for ax, x in zip(panels, xs):
             dashes = dict(plain)
-            if x.aligned:
-                groups = coinciding(data, x.column, order, COINCIDE * span)
-                for group in groups:
-                    styles = {enc.dash(members[members["cell_id"] == cid].iloc[0]) for cid in group}
-                    gap = 0.0 if styles != {"--"} and styles != {":"} and styles != {"-."} else STRIPE / 2
-                    for k, cid in enumerate(group):
-                        dashes[cid] = _stripe(k, len(group), gap)
-                    if ax is panels[0]:
-                        coincide_notes.append(_group_name(cells, group, axes))
+            for group in coinciding(data, x.column, order, COINCIDE * span):
+                styles = {enc.dash(members[members["cell_id"] == cid].iloc[0]) for cid in group}
+                gap = STRIPE / 2 if len(styles) == 1 and styles != {"-"} else 0.0  # dashed lines stay dashed
+                for k, cid in enumerate(group):
+                    dashes[cid] = _stripe(k, len(group), gap)
+                name = _group_name(cells, group, axes)
+                if name not in coincide_notes:
+                    coincide_notes.append(name)
             sns.lineplot(data=data, x=x.column, y="loss", hue="cell", hue_order=order, palette=palette,
                          style="cell", style_order=order, dashes=dashes, estimator="mean",
                          errorbar=("pi", 100) if curves.seeds > 1 else None, err_kws={"alpha": 0.18, "lw": 0},

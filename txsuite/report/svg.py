@@ -29,6 +29,7 @@ STYLE = {
     "figure.dpi": 100,
     "svg.hashsalt": None,  # unique ids per figure, so several SVGs can share one HTML page
 }
+MIN_WIDTH_PX = 600
 _PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)  # XML declaration, DOCTYPE, comments before <svg>
 
 
@@ -71,9 +72,12 @@ def to_svg(fig) -> Markup:
     fig.savefig(buf, format="svg", bbox_inches="tight",
                 metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     text = _PROLOGUE.sub("", buf.getvalue(), count=1)
-    # Scale down to narrow screens (the viewBox keeps the aspect) but never beyond natural size.
+    # Scale down to narrow screens (the viewBox keeps the aspect) but never beyond natural size,
+    # nor below MIN_WIDTH_PX: on a phone a chart scaled to the screen has 5 px text, so it keeps
+    # a legible width and its box scrolls sideways (.plot in base.j2).
     text = re.sub(r'<svg([^>]*?) width="([0-9.]+)pt" height="[0-9.]+pt"',
-                  r'<svg\1 style="width:100%;max-width:\2pt;height:auto"', text, count=1)
+                  rf'<svg\1 style="width:100%;max-width:\2pt;min-width:min(\2pt,{MIN_WIDTH_PX}px);height:auto"',
+                  text, count=1)
     return Markup(text)
 
 
