@@ -14,9 +14,17 @@ from rich.console import Console
 from txsuite.config.matrix import DEFAULT_MAX_CELLS, Matrix, MatrixError, load_matrix
 from txsuite.measure.env import plan_host
 
-# a pipe or CI log is not 80 columns wide: do not wrap tables as if it were
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream and stream.isatty())
+    except (OSError, ValueError):  # a closed stream (`>&-` leaves sys.stdout None)
+        return False
+
+
+# A pipe or CI log is not 80 columns wide: do not wrap tables as if it were. No emoji codes:
+# user text (a label ':x:', a reason) is printed as written, never as a picture.
+console = Console(highlight=False, emoji=False, width=None if _isatty(sys.stdout) else 160)
+err_console = Console(stderr=True, highlight=False, emoji=False, width=None if _isatty(sys.stderr) else 160)
 
 
 class UsageProblem(click.ClickException):
@@ -149,3 +157,190 @@ def print_lines(lines: list[str]) -> None:
     """Sentences made of user text (labels, reasons), printed as they are: no markup, no emoji."""
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False, emoji=False)
+
+
+# --- what every command does with its output streams and with signals (main, in __init__.py) ---
+
+class GuardedStream:
+    """sys.stdout or sys.stderr for the length of a command. A write that fails (a full disk,
+    a reader gone from the pipe, a closed descriptor) is remembered instead of raised, and what
+    follows is dropped: the command finishes its work (a sweep still records every cell) and
+    then exits 2, saying so on stderr (OutputGuard.exit_code)."""
+
+    def __init__(self, name: str, stream) -> None:
+        self.name, self.stream = name, stream
+        self.error: str | None = None if stream is not None else "it is closed"
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self.error is None:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError) as exc:  # ValueError: I/O operation on a closed file
+                self._failed(exc)
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.error = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+        # what the stream still buffers must not fail again (a traceback) when Python exits
+        if self.stream is getattr(sys, f"__{self.name}__", None):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self.stream.fileno())
+                os.close(null)
+            except (OSError, ValueError):
+                pass
+
+    def isatty(self) -> bool:
+        return _isatty(self.stream) if self.error is None else False
+
+    def fileno(self) -> int:
+        if self.stream is None:
+            import io
+            raise io.UnsupportedOperation(f"{self.name} is closed")
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return getattr(self.stream, "errors", None) or "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str):
+        if name == "buffer" or self.stream is None:  # bytes written past the guard would fail unseen
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+
+class OutputGuard:
+    """For the length of a command: stdout and stderr guarded, a closed standard descriptor
+    reopened on /dev/null (so that no file the command opens takes its number and a child's
+    output never lands in it), and SIGTERM raised as `Terminated`, handled as Ctrl-C is."""
+
+    def __enter__(self) -> "OutputGuard":
+        for fd in (0, 1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+        self.saved = sys.stdout, sys.stderr
+        self.out, self.err = GuardedStream("stdout", sys.stdout), GuardedStream("stderr", sys.stderr)
+        sys.stdout, sys.stderr = self.out, self.err
+        import signal
+        import threading
+        self.handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+            signal.signal(signal.SIGTERM, raise_terminated)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        for signum, handler in self.handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self.out.flush()
+        self.err.flush()
+        sys.stdout, sys.stderr = self.saved
+
+    def exit_code(self, code: int) -> int:
+        """The command's exit code, or 2 when its output could not be written (a signal's 130
+        or 143 stays: the sweep was stopped, and that is what a caller must learn first)."""
+        self.out.flush()
+        self.err.flush()
+        broken = [s for s in (self.out, self.err) if s.error]
+        if not broken or code in (130, 143):
+            return code
+        if self.err.error is None:
+            said = " and ".join(f"{s.name} ({s.error})" for s in broken)
+            own = f" (its own exit code: {code})" if code != 2 else ""
+            self.err.write(f"txsuite: could not write to {said}, so its printed output is incomplete; the command "
+                           f"ran to its end{own} and what it wrote to files is kept.\n")
+            self.err.flush()
+        return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's cancel, `kill`): handled as Ctrl-C is, exit 143."""
+
+    def __init__(self, signum: int):
+        import signal
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def interrupted_exit(exc: KeyboardInterrupt, what: str):
+    """Ctrl-C or SIGTERM: say what finished in one paragraph on stderr and exit as shells expect
+    of a command ended by that signal (130 after Ctrl-C, 143 after SIGTERM). A further signal
+    while saying it is ignored: the summary is the point."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    err_console.print(f"{how}: {what}", soft_wrap=True, markup=False)
+    sys.exit(getattr(exc, "exit_code", 130))
+
+
+REPORT_OWNERS = ".txsuite-reports.json"  # in each reports folder: report file name -> the run it shows
+
+
+def report_path(folder: Path, stem: str, suffix: str, owner: str) -> tuple[Path, str | None]:
+    """Where the report of OWNER (a run folder's resolved path, or two of them for a comparison)
+    goes in FOLDER: STEM+SUFFIX, unless that file is the report of another run (the same run id
+    under another --results-dir); then STEM-2+SUFFIX, -3, ..., with a sentence saying so (else
+    None). Which run each report shows is kept in FOLDER/.txsuite-reports.json, claimed here
+    under a lock before the report is written; a report from before that file is claimed by
+    whichever run renders it next. An OSError (a folder that cannot be written) is the caller's
+    to say."""
+    import fcntl
+    import json
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / REPORT_OWNERS, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        try:
+            owners = json.loads(fh.read() or "{}")
+        except ValueError:
+            owners = {}
+        owners = owners if isinstance(owners, dict) else {}
+        n = 1
+        while owners.get(name := f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}") not in (None, owner):
+            n += 1
+        if owners.get(name) != owner:
+            owners[name] = owner
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(owners, indent=1, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    if n == 1:
+        return folder / name, None
+    first = f"{stem}{suffix}"
+    return folder / name, (f"{folder / first} is the report of another run ({owners[first]}); this one's report "
+                           f"is {folder / name}")
