@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from txsuite.cli.common import UsageProblem, console, print_lines, reports_dir_option
+from txsuite.cli.common import UsageProblem, console, print_lines, report_path, reports_dir_option
 
 
 @click.command()
@@ -32,6 +32,9 @@ def compare(run_a: str, run_b: str, reports_dir: str, output: str | None, force:
         raise UsageProblem(" ".join(warnings) + " Pass --force to compare them anyway.")
     print_lines(warnings)
     try:
+        if not output:  # never over the comparison of two other runs of those ids
+            out, note = report_path(out.parent, f"{a.name}_vs_{b.name}", ".html", f"{a.resolve()} vs {b.resolve()}")
+            print_lines([note] if note else [])
         path, findings = render_runs(loaded_a, loaded_b, out)
     except OSError as exc:
         raise UsageProblem(f"cannot write the comparison to {exc.filename or out}: {exc.strerror or exc}; "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from txsuite.cli.common import UsageProblem, console, reports_dir_option
+from txsuite.cli.common import UsageProblem, console, report_path, reports_dir_option
 
 
 @click.command()
@@ -25,8 +25,13 @@ def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None
     for run_dir in runs:
         meta_name = run_dir.parent.name
         suffix = {"html": ".html", "csv": ".csv", "parquet": ".parquet", "json": ".json", "markdown": ".md"}[fmt]
-        out = Path(output) if output and len(runs) == 1 else Path(reports_dir) / meta_name / f"{run_dir.name}{suffix}"
+        chosen = bool(output and len(runs) == 1)
+        out = Path(output) if chosen else Path(reports_dir) / meta_name / f"{run_dir.name}{suffix}"
         try:
+            if not chosen:  # never over the report of another run of that id
+                out, note = report_path(out.parent, run_dir.name, suffix, str(run_dir.resolve()))
+                if note:
+                    console.print(note, markup=False, soft_wrap=True)
             path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)
         except OSError as exc:
             raise UsageProblem(f"cannot write the {fmt} report of {run_dir} to {exc.filename or out}: "

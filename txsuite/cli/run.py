@@ -3,15 +3,15 @@ its answers."""
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from pathlib import Path
+from shlex import quote
 
 import click
 
-from txsuite.cli.common import (OVERRIDES_HELP, Seconds, UsageProblem, console, device_option, err_console, load,
-                                matrix_argument, only_option, overrides_argument, print_lines, reports_dir_option,
-                                results_dir_option, run_id_option, this_host, yes_option)
+from txsuite.cli.common import (OVERRIDES_HELP, Seconds, UsageProblem, console, device_option, interrupted_exit, load,
+                                matrix_argument, only_option, overrides_argument, print_lines, report_path,
+                                reports_dir_option, results_dir_option, run_id_option, this_host, yes_option)
 from txsuite.cli.plan import host_notes, show_plan
 from txsuite.cli.progress import SweepProgress
 from txsuite.measure.env import gpus_from_nvidia_smi
@@ -59,28 +59,31 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, run_id, executor_name)
 
     matrix = load(matrix_path, device, yes, overrides)
+    if not select(matrix.cells, only):  # a dry run too: `plan` and `run` answer the same
+        raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
     if dry_run:
         matrix.cells = select(matrix.cells, only)
         show_plan(matrix)
         return
-    if not select(matrix.cells, only):
-        raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
-    # SIGTERM -> Terminated (a KeyboardInterrupt): the runner's cleanup kills the running cell's
-    # process group, and the sweep ends as after Ctrl-C, saying what finished
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGTERM arrives as Terminated (a KeyboardInterrupt, set up for every command in
+    # txsuite.cli.Txsuite): the runner's cleanup kills the running cell's process group, and the
+    # sweep ends as after Ctrl-C, saying what finished
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
     if nodes.rank > 0:
-        console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}")
+        console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}",
+                      markup=False)
         with SweepProgress() as progress:
             joined = follow_matrix(matrix, run_dir, nodes, only=only, on_event=progress,
                                    gpus=list(range(this_host().gpu_count)))
         console.print(f"done: joined {joined} distributed cell repetitions; node 0 holds the records")
         sys.exit(0)
-    console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}")
+    out = None if no_report else _report_path(Path(reports_dir), matrix.name, run_dir)
+    console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}", markup=False)
     host_notes(select(matrix.cells, only))
     executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
     limit = _parse_size(memory_limit) if memory_limit else None
-    report_path = Path(reports_dir) / matrix.name / f"{run_dir.name}.html"
+    elsewhere = "" if reports_dir == "reports" else f" --reports-dir {quote(reports_dir)}"
+    retry = f"`txsuite report {quote(str(run_dir))}{elsewhere}`"
     try:
         with SweepProgress() as progress:
             summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
@@ -89,7 +92,7 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     except (RunInUse, RunMismatch) as exc:
         raise UsageProblem(str(exc)) from None
     except KeyboardInterrupt as exc:
-        _interrupted(run_dir, report_path, exc)
+        _interrupted(run_dir, out, retry, exc)
     except OSError as exc:
         raise UsageProblem(f"cannot write the run into {run_dir}: {exc.strerror or exc} "
                            f"({exc.filename or run_dir}); what was recorded before is kept. Give a writable "
@@ -98,30 +101,43 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
         console.print("stopped early (--fail-fast); the same command resumes the sweep")
     if summary.resumed:
         console.print(f"{summary.resumed} repetitions were already finished and kept")
-    report, answers = ((f"not rendered (--no-report; `txsuite report {run_dir}` renders it)", []) if no_report
-                       else _render(run_dir, report_path))
-    print_lines(answers)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    if out is None:
+        report, answers, problem = f"not rendered (--no-report; {retry} renders it)", [], None
+    else:
+        try:
+            report, answers, problem = _render(run_dir, out)
+        except KeyboardInterrupt as exc:  # the sweep is done: what finished is all of it
+            _interrupted(run_dir, None, retry, exc, rendering=True)
+    print_lines(answers)
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}", markup=False)
+    if problem:
+        # the cells are fine, but the report asked for is not there: exit 2, not 0 (docs: README)
+        raise UsageProblem(f"the report of {run_dir} could not be written to {out}: {problem}. The run's records "
+                           f"are complete and untouched ({counts}); give a writable --reports-dir (or free space) and "
+                           f"render it with {retry}.")
     sys.exit(0 if summary.ok else 1)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during a sweep (a job scheduler's cancel, `kill`): handled as Ctrl-C is."""
+def _report_path(reports_dir: Path, matrix_name: str, run_dir: Path) -> Path:
+    """The run's report file, claimed before the first cell: a reports folder that cannot be
+    written is said now, not after the sweep; a report of another run of the same id is kept."""
+    try:
+        out, note = report_path(reports_dir / matrix_name, run_dir.name, ".html", str(run_dir.resolve()))
+    except OSError as exc:
+        raise UsageProblem(f"cannot write reports into {reports_dir / matrix_name}: {exc.strerror or exc} "
+                           f"({exc.filename or reports_dir}); give a writable --reports-dir, or --no-report to "
+                           f"write the records only (`txsuite report RUN` renders the report later).") from None
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
+    return out
 
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
 
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated(signum)
-
-
-def _interrupted(run_dir: Path, report_path: Path, exc: KeyboardInterrupt) -> None:
+def _interrupted(run_dir: Path, out: Path | None, retry: str, exc: KeyboardInterrupt, rendering: bool = False):
     """Ctrl-C or SIGTERM: the cell in flight was stopped with its process group; say what
-    finished, render the report of it, and exit as shells expect of a command ended by that
-    signal (130 after Ctrl-C, 143 after SIGTERM)."""
+    finished, render the report of it (unless --no-report, or the signal came while rendering),
+    and exit as shells expect of a command ended by that signal (130 after Ctrl-C, 143 after
+    SIGTERM). A second Ctrl-C while the report renders stops the rendering, not the summary."""
     from txsuite.results import RunFolder
 
     finished = RunFolder(run_dir).finished() if run_dir.exists() else {}
@@ -129,11 +145,18 @@ def _interrupted(run_dir: Path, report_path: Path, exc: KeyboardInterrupt) -> No
     for status in finished.values():
         counts[status] = counts.get(status, 0) + 1
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
-    report = _render(run_dir, report_path)[0] if finished else "(nothing to report)"
-    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    err_console.print(f"{how}: repetitions finished and recorded: {done}; records in {run_dir}; "
-                      f"report {report}. The same command resumes the sweep.", soft_wrap=True, markup=False)
-    sys.exit(getattr(exc, "exit_code", 130))
+    if not finished:
+        report = "(nothing to report)"
+    elif out is None or rendering:
+        report = f"not rendered ({retry} renders it)"
+    else:
+        try:
+            path, _, problem = _render(run_dir, out)
+            report = f"not rendered ({problem}; {retry} renders it)" if problem else str(path)
+        except KeyboardInterrupt:
+            report = f"not rendered (interrupted again; {retry} renders it)"
+    interrupted_exit(exc, f"repetitions finished and recorded: {done}; records in {run_dir}; report {report}. "
+                          f"The same command resumes the sweep.")
 
 
 def _nodes(nnodes: int, node_rank: int, endpoint: str | None, run_id: str | None, executor_name: str):
@@ -181,12 +204,13 @@ def _parse_size(text: str) -> int:
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def _render(run_dir: Path, out: Path) -> tuple[Path | str, list[str]]:
-    """(the report's path, its answers); a report that cannot be rendered is said, never raised."""
+def _render(run_dir: Path, out: Path) -> tuple[Path | str, list[str], str | None]:
+    """(the report's path, its answers, None), or ("not rendered", [], why) when it could not be
+    rendered or written: said by the caller, never raised (the finished records stay as they are)."""
     try:
         from txsuite.report.run_report import render_run
-        return render_run(run_dir, out)
+        return (*render_run(run_dir, out), None)
+    except OSError as exc:
+        return "not rendered", [], f"{exc.strerror or exc} ({exc.filename or out})"
     except Exception as exc:  # noqa: BLE001 - a report problem must never lose the finished records
-        err_console.print(f"report not rendered ({type(exc).__name__}: {exc}); records are safe in {run_dir}; "
-                          f"retry with `txsuite report {run_dir}`", style="yellow", markup=False, soft_wrap=True)
-        return "(not rendered)", []
+        return "not rendered", [], f"{type(exc).__name__}: {exc}"
