@@ -2,15 +2,15 @@
 paired ratios (exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE)."""
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, device_option, json_option, load,
-                                markdown_option, matrix_argument, only_option, parse_thresholds, results_dir_option,
-                                run_id_callback, slow_state_option, thresholds_option, write_verdict)
+from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, device_option, interrupted_exit,
+                                json_option, load, markdown_option, matrix_argument, only_option, parse_thresholds,
+                                results_dir_option, run_id_callback, slow_state_option, thresholds_option,
+                                write_verdict)
 
 
 @click.command()
@@ -64,7 +64,9 @@ def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thres
     except GuardInputError as exc:
         raise UsageProblem(str(exc)) from None
     work = abrun.work_folder()
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM arrives as Terminated, like Ctrl-C (txsuite.cli.Txsuite): the cell in flight is
+    # stopped with its process group, the worktrees removed, and the rounds done are said
+    progress = AbProgress(max_rounds)
     try:
         repo = abrun.repo_root(Path.cwd())
         checkouts = abrun.Checkouts(repo)
@@ -77,15 +79,19 @@ def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thres
             plan.cells = [c for c in plan.cells if c in matrix.cells]
             out_dir = Path(results_dir) / "ab" / matrix.name / (run_id or datetime.now().strftime("%Y%m%d-%H%M%S"))
             console.print(f"A/B of {matrix.source}: {base.describe()} against {head.describe()}, "
-                          f"{len(plan.cells)} cell(s), {min_rounds} to {max_rounds} rounds; records in {out_dir}")
+                          f"{len(plan.cells)} cell(s), {min_rounds} to {max_rounds} rounds; records in {out_dir}",
+                          markup=False)
+            progress.begin(out_dir, len(plan.cells))
             settings = abrun.AbSettings(thresholds=limits, alpha=alpha, min_rounds=min_rounds, max_rounds=max_rounds,
                                         budget_s=budget_s, slow_state=slow_state,
                                         timeout_s=timeout_s or matrix.timeout_s or 1800.0)
-            outcome = abrun.run_ab(plan, base, head, out_dir, settings, on_event=_ab_progress)
+            outcome = abrun.run_ab(plan, base, head, out_dir, settings, on_event=progress)
         finally:
             checkouts.close()
     except abrun.AbError as exc:
         raise UsageProblem(str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: 130/143 with the rounds done, never FAIL's 1
+        interrupted_exit(exc, progress.summary())
     finally:
         abrun.remove_work_folder(work)
     result = outcome.result
@@ -94,13 +100,37 @@ def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thres
     sys.exit(result.exit_code)
 
 
-def _ab_progress(kind: str, info: dict) -> None:
-    if kind == "cell_end":
-        r = info["record"]
-        tps = r.metrics.get("tokens_per_s")
-        state = r.metrics.get("machine_slowdown")
-        console.print(f"  round {info['round'] + 1} {info['side']:4s} {info['label']}: {r.status}"
-                      + (f", {tps:,.0f} tokens/s" if tps else "")
-                      + (f", machine state {state:.2f}x its best" if state else ""))
-    elif kind == "look":
-        console.print(f"after {info['rounds']} rounds: {info['verdict']}")
+class AbProgress:
+    """A line per cell repetition and per look, and the tally an interrupted A/B reports: the
+    rounds finished on both sides, the repetitions recorded, the last look's verdict."""
+
+    def __init__(self, max_rounds: int) -> None:
+        self.max_rounds, self.out_dir, self.cells = max_rounds, None, 0
+        self.ended: dict[int, int] = {}  # round -> cell repetitions recorded in it (both sides)
+        self.last_look: str | None = None
+
+    def begin(self, out_dir: Path, cells: int) -> None:
+        self.out_dir, self.cells = out_dir, cells
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "cell_end":
+            r = info["record"]
+            self.ended[info["round"]] = self.ended.get(info["round"], 0) + 1
+            tps = r.metrics.get("tokens_per_s")
+            state = r.metrics.get("machine_slowdown")
+            console.print(f"  round {info['round'] + 1} {info['side']:4s} {info['label']}: {r.status}"
+                          + (f", {tps:,.0f} tokens/s" if tps else "")
+                          + (f", machine state {state:.2f}x its best" if state else ""), markup=False)
+        elif kind == "look":
+            self.last_look = f"{info['verdict']} after {info['rounds']} rounds"
+            console.print(f"after {info['rounds']} rounds: {info['verdict']}", markup=False)
+
+    def summary(self) -> str:
+        if self.out_dir is None:
+            return "stopped while preparing the two versions; nothing was measured."
+        rounds = sum(1 for n in self.ended.values() if n == 2 * self.cells)
+        recorded = sum(self.ended.values())
+        look = f"the last look said {self.last_look}" if self.last_look else "no look yet"
+        return (f"{rounds} of at most {self.max_rounds} rounds finished on both sides ({recorded} cell repetitions "
+                f"recorded in {self.out_dir}); {look}. No verdict: an interrupted A/B decides nothing; run it again "
+                f"to decide.")

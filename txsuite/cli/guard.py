@@ -1,14 +1,13 @@
 """`txsuite guard`: PASS, FAIL or INCONCLUSIVE of a run against a baseline (exit 0, 1, 3)."""
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, json_option, load, markdown_option,
-                                parse_thresholds, slow_state_option, thresholds_option, write_verdict)
+from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, interrupted_exit, json_option, load,
+                                markdown_option, parse_thresholds, slow_state_option, thresholds_option, write_verdict)
 from txsuite.cli.progress import SweepProgress
 
 
@@ -73,10 +72,13 @@ def guard(run_path, baseline_path, thresholds, normalize, alpha, run_noise, slow
         base_dir = Path(results_dir) / matrix.name if results_dir else run_side.run_dir.parent
         confirm_dir = base_dir / f"{run_side.run_dir.name}-confirm"
         console.print(f"re-measuring {len(matrix.cells)} flagged cell(s) into {confirm_dir}: "
-                      + ", ".join(label for _, label in flagged))
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-        with SweepProgress() as progress:
-            run_matrix(matrix, confirm_dir, timeout_s=timeout_s, on_event=progress)
+                      + ", ".join(label for _, label in flagged), markup=False)
+        try:  # SIGTERM arrives as Terminated, like Ctrl-C (txsuite.cli.Txsuite)
+            with SweepProgress() as progress:
+                run_matrix(matrix, confirm_dir, timeout_s=timeout_s, on_event=progress)
+        except KeyboardInterrupt as exc:  # 130/143, never FAIL's 1
+            interrupted_exit(exc, f"the re-measurement of the flagged cells stopped (what finished is recorded in "
+                                  f"{confirm_dir}); no verdict. The same command re-measures and decides.")
         try:
             result = merge_confirmation(result, load_side(confirm_dir))
         except GuardInputError as exc:

@@ -32,7 +32,7 @@ from txsuite.guard.metrics import Threshold
 from txsuite.guard.paired import PairedOutcome, decide_pairs, look_schedule, paired_cells
 from txsuite.guard.side import load_side
 from txsuite.measure.env import host_fingerprint
-from txsuite.results import RunFolder
+from txsuite.results import RunFolder, write_atomic
 from txsuite.run.executors import LocalExecutor
 from txsuite.run.runner import WorkerCode, run_one
 
@@ -207,9 +207,10 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
         meta = folder.read_json("matrix.json")
         meta["complete"] = True
         folder.write_json("matrix.json", meta)
-    (out_dir / "ab.json").write_text(json.dumps({**outcome.result.to_dict(), "rounds": rounds_done,
-                                                 "base": base.describe(), "head": head.describe()},
-                                                indent=1, default=str) + "\n")
+    # whole or not at all: a signal while writing must not leave half a verdict
+    write_atomic(out_dir / "ab.json", json.dumps({**outcome.result.to_dict(), "rounds": rounds_done,
+                                                  "base": base.describe(), "head": head.describe()},
+                                                 indent=1, default=str) + "\n")
     return outcome
 
 
