@@ -22,7 +22,11 @@ def baseline(run_paths: tuple[str, ...], output: str) -> None:
         out = write_baseline(list(run_paths), output)
     except GuardInputError as exc:
         raise UsageProblem(str(exc)) from None
-    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    except OSError as exc:  # exit 2, not a traceback's 1 (which `guard` uses for FAIL)
+        raise UsageProblem(f"-o {output}: cannot write the baseline there ({exc.strerror or exc}"
+                           f"{f': {exc.filename}' if exc.filename and str(exc.filename) != output else ''}); "
+                           f"give a writable file path. The runs are untouched.") from None
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)", markup=False)
     noise = json.loads(out.read_text())["quality"]["noise"]
     if noise.get("tokens_per_s") is not None:
         line = f"tokens/s: repetitions within a run vary by {noise['tokens_per_s']:.1%}"

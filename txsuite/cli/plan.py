@@ -7,8 +7,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from txsuite.cli.common import (OVERRIDES_HELP, console, device_option, load, matrix_argument, only_option,
-                                overrides_argument, this_host, yes_option)
+from txsuite.cli.common import (OVERRIDES_HELP, UsageProblem, console, device_option, load, matrix_argument,
+                                only_option, overrides_argument, this_host, yes_option)
 from txsuite.config.matrix import Matrix
 from txsuite.measure.estimate import approx_vocab, estimate_memory
 
@@ -30,6 +30,8 @@ def plan(matrix_path: str, overrides: tuple[str, ...], device: str | None, only:
 
     matrix = load(matrix_path, device, yes, overrides)
     matrix.cells = select(matrix.cells, only)
+    if not matrix.cells:  # as `run --only` answers: a pattern that matches nothing is a typo, not a plan
+        raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
     if as_json:
         click.echo(json.dumps({**matrix.to_json(), "fingerprint": matrix.fingerprint()}, default=str))
         return

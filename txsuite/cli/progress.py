@@ -24,7 +24,8 @@ class SweepProgress:
     def __enter__(self) -> "SweepProgress":
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            # the description is a cell label (user text): shown as written, never as markup
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                 TimeRemainingColumn(), console=console, transient=True)
             self.bar.start()
             self.log, self.label = None, ""
