@@ -52,6 +52,10 @@ DEFAULT_MAX_CELLS = 500  # more than this needs an explicit --yes
 DEFAULT_MAX_REPETITIONS = 5000  # cells x repeats beyond this needs --yes too
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_NAME_LENGTH = 100  # a matrix name or run id is a folder name, inside paths of their own
+# What txsuite names inside a run or results folder (txsuite.results.folder, runner, ab): a run id
+# or matrix name equal to one would make its folder read as a run (compared without case: macOS)
+RESERVED_NAMES = frozenset({"records.jsonl", "records.rejected.jsonl", "matrix.json", "env.json", "cells",
+                            "submitit", "ab.json", "ab"})
 
 
 def name_problem(name: object) -> str | None:
@@ -62,6 +66,9 @@ def name_problem(name: object) -> str | None:
         return "must be letters, digits, '-', '_' or '.', starting with a letter or digit (it names a folder)"
     if len(name) > MAX_NAME_LENGTH:
         return f"is {len(name)} characters long; at most {MAX_NAME_LENGTH} (it names a folder)"
+    if name.casefold() in RESERVED_NAMES:
+        return (f"is a name txsuite gives its own files and folders ({', '.join(sorted(RESERVED_NAMES))}); "
+                f"a run or matrix so named (it names a folder) would be taken for one of them: give another name")
     return None
 
 
