@@ -31,7 +31,7 @@ def export_table(run_dir: Path, out_path: Path, fmt: str) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        write_atomic(out_path, with_provenance(export_frame(table), run).to_csv(index=False))
+        write_atomic(out_path, spreadsheet_safe(with_provenance(export_frame(table), run)).to_csv(index=False))
     elif fmt == "json":
         write_atomic(out_path, with_provenance(export_frame(table), run).to_json(orient="records", indent=1) + "\n")
     elif fmt == "parquet":
@@ -60,6 +60,23 @@ def with_provenance(frame, run):
     out = frame.copy()
     for position, (column, value) in enumerate(provenance(run).items()):
         out.insert(position, column, value)
+    return out
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def spreadsheet_safe(frame):
+    """The frame with every text cell that a spreadsheet would run as a formula (a label
+    `=HYPERLINK(...)`, `+1`, `@SUM`, `-x`) led by a single quote, as OWASP advises against CSV
+    injection: the cell then shows the text as written. Numbers stay numbers (a negative number
+    is not text); only csv needs this (parquet and json carry values, not formulas)."""
+    from pandas.api.types import is_numeric_dtype
+    out = frame.copy()
+    for column in out.columns:
+        if not is_numeric_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v)
     return out
 
 
