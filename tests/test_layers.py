@@ -17,7 +17,7 @@ LEVELS: list[tuple[str, int]] = [
     ("txsuite.config.matrix", 1), ("txsuite.config.schema", 1),
     ("txsuite.config", 0),
     ("txsuite.results", 1), ("txsuite.model", 1), ("txsuite.data", 1), ("txsuite.measure", 1), ("txsuite.verdict", 1),
-    ("txsuite.compress", 2), ("txsuite.guard", 2), ("txsuite.report", 2),
+    ("txsuite.compress", 2), ("txsuite.guard", 2), ("txsuite.report", 2), ("txsuite.trackers", 2),
     ("txsuite.techniques", 3),
     ("txsuite.train", 4),
     ("txsuite.run.worker", 5),

@@ -16,6 +16,7 @@ from txsuite.cli.ab import ab
 from txsuite.cli.baseline import baseline
 from txsuite.cli.common import OutputGuard, interrupted_exit
 from txsuite.cli.compare import compare
+from txsuite.cli.export import export
 from txsuite.cli.guard import guard
 from txsuite.cli.history import history
 from txsuite.cli.plan import plan
@@ -61,5 +62,5 @@ def main() -> None:
     """txsuite: what does each training technique cost and buy, on this hardware?"""
 
 
-for command in (plan, run, report, compare, history, guard, ab, baseline):
+for command in (plan, run, report, export, compare, history, guard, ab, baseline):
     main.add_command(command)

@@ -47,11 +47,13 @@ from txsuite.run.executors import host_gpu_ids
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
 @click.option("--memory-limit", "memory_limit", metavar="SIZE",
               help="Cap what each cell may hold (e.g. 4GiB: host memory for CPU cells, GPU memory for CUDA cells) to see what fits a smaller machine; cells beyond it are `oom`.")
+@click.option("--mlflow", "to_mlflow", is_flag=True, help="Also export to MLflow as each repetition ends "
+              "(MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): as `txsuite export RUN --mlflow`.")
 def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
         fail_fast: bool, no_report: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
-        rdzv_endpoint: str | None) -> None:
+        rdzv_endpoint: str | None, to_mlflow: bool = False) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
     from txsuite.results import RunInUse
     from txsuite.run.runner import RunMismatch, choose_run_dir, follow_matrix, run_matrix, select
@@ -69,6 +71,10 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     # txsuite.cli.Txsuite): the runner's cleanup kills the running cell's process group, and the
     # sweep ends as after Ctrl-C, saying what finished
     run_dir, resuming = choose_run_dir(Path(results_dir), matrix, run_id)
+    tracker = None
+    if to_mlflow and nodes.rank == 0:  # said now, before anything runs, when mlflow is not installed
+        from txsuite.cli.export import MlflowFollower
+        tracker = MlflowFollower(run_dir)
     if nodes.rank > 0:
         console.print(f"node {nodes.rank} of {nodes.count}: joining the distributed cells led from {nodes.endpoint}",
                       markup=False)
@@ -86,6 +92,7 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     retry = f"`txsuite report {quote(str(run_dir))}{elsewhere}`"
     try:
         with SweepProgress() as progress:
+            progress = tracker.wrap(progress) if tracker else progress
             summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
                                  retry_failed=retry_failed, fail_fast=fail_fast, memory_limit_bytes=limit,
                                  executor=executor, nodes=nodes)
@@ -109,6 +116,8 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
             report, answers, problem = _render(run_dir, out)
         except KeyboardInterrupt as exc:  # the sweep is done: what finished is all of it
             _interrupted(run_dir, None, retry, exc, rendering=True)
+    if tracker:
+        tracker.finish(report)
     print_lines(answers)
     console.print(f"done: {counts}; records in {run_dir / 'records.jsonl'}; report {report}", markup=False)
     if problem:
