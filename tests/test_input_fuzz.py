@@ -4,8 +4,11 @@ result, a warning naming the file and line, or a one-paragraph error with exit c
 a traceback."""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import string
+import sys
 import warnings
 from pathlib import Path
 
@@ -90,7 +93,8 @@ def test_a_run_id_is_valid_and_stays_inside_or_is_refused(name):
 
 timeouts = st.one_of(st.sampled_from(["0", "-5", "nan", "inf", "1e309", "", "abc", "3"]), st.floats().map(str))
 sizes = st.one_of(st.sampled_from(["4GiB", "0", "-1GiB", "12 parsecs", "1e3", "", "nanGiB"]), st.text(max_size=6))
-run_ids = st.one_of(st.sampled_from(["../x", ".", "a/b", "ok-id", "x" * 200]), st.text(max_size=10))
+run_ids = st.one_of(st.sampled_from(["../x", ".", "a/b", "ok-id", "x" * 200, "records.jsonl", "Matrix.json", "cells",
+                                     "env.json", "ab"]), st.text(max_size=10))
 
 
 @settings(max_examples=200, **SETTINGS)
@@ -104,3 +108,67 @@ def test_any_run_flags_dry_run_or_exit_2(tmp_path_factory, timeout, memory, run_
     assert result.exit_code in (0, 2), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert not (folder / "res").exists()  # a dry run writes nothing
+
+
+# --- every command's output, whatever happens to stdout (issue 28) -----------------------------
+
+EXIT_CODES = {0, 1, 2, 3, 130, 143}
+user_text = st.lists(st.sampled_from(list(":x[]/\\=+-@ab") + ["\u274c", ":x:", "[/]", "[bold]", " red"]),
+                     max_size=8).map("".join)
+
+
+class FailingStdout(io.StringIO):
+    """A stdout that fails after LIMIT characters as a full disk (ENOSPC), a pipe without reader
+    (EPIPE) or a closed file (ValueError) fails."""
+
+    def __init__(self, limit: int, how: str) -> None:
+        super().__init__()
+        self.limit, self.how, self.failed = limit, how, False
+
+    def write(self, text):
+        if self.tell() + len(text) > self.limit:
+            self.failed = True
+            if self.how == "full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if self.how == "pipe":
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            raise ValueError("I/O operation on closed file.")
+        return super().write(text)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(command=st.sampled_from(["help", "plan", "plan-json", "dry-run", "only", "run-id", "ab-help", "guard-help"]),
+       limit=st.one_of(st.just(0), st.integers(1, 4000)), how=st.sampled_from(["full", "pipe", "closed", "none"]),
+       text=user_text)
+def test_any_command_with_a_failing_stdout_exits_with_a_documented_code(tmp_path_factory, command, limit, how,
+                                                                        text):
+    """Closed, full or piped-to-nobody stdout, odd run ids, emoji and markup in user text: the
+    exit code is one the README documents, never a traceback, and 2 whenever output failed."""
+    folder = tmp_path_factory.mktemp("out", numbered=True)
+    (folder / "m.yaml").write_text("name: m\nfixed: {model: tiny, data: {dataset: markov}}\n")
+    matrix = str(folder / "m.yaml")
+    args = {"help": ["--help"], "plan": ["plan", matrix], "plan-json": ["plan", matrix, "--json"],
+            "dry-run": ["run", matrix, "--dry-run", "--results-dir", str(folder / "res")],
+            "only": ["plan", matrix, "--only", text],
+            "run-id": ["run", matrix, "--dry-run", "--run-id", text or "x", "--results-dir", str(folder / "res")],
+            "ab-help": ["ab", "--help"], "guard-help": ["guard", "--help"]}[command]
+    stream = None if how == "closed" else FailingStdout(limit if how != "none" else 10**9, how)
+    saved, err = (sys.stdout, sys.stderr), io.StringIO()
+    sys.stdout, sys.stderr = stream, err
+    try:
+        main.main(args=args, prog_name="txsuite", standalone_mode=True)
+        code = 0
+    except SystemExit as exc:  # anything else (a traceback) fails the test
+        code = exc.code or 0
+    finally:
+        sys.stdout, sys.stderr = saved
+    assert code in EXIT_CODES, err.getvalue()
+    if how == "closed" or (stream is not None and stream.failed):
+        assert code == 2 and "could not write to stdout" in err.getvalue(), err.getvalue()
+    else:
+        shown = stream.getvalue() + err.getvalue()
+        assert "\u274c" not in shown or "\u274c" in text  # ':x:' is never drawn as an emoji
+        if command == "only" and code == 2:  # the refusal quotes the pattern as typed, markup and all
+            assert f"--only {text!r} matches no cell" in err.getvalue(), err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert not (folder / "res").exists()
