@@ -133,4 +133,4 @@ class AbProgress:
         look = f"the last look said {self.last_look}" if self.last_look else "no look yet"
         return (f"{rounds} of at most {self.max_rounds} rounds finished on both sides ({recorded} cell repetitions "
                 f"recorded in {self.out_dir}); {look}. No verdict: an interrupted A/B decides nothing; run it again "
-                f"to decide.")
+                f"with another --run-id (or none) to decide.")
