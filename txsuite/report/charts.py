@@ -156,9 +156,9 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
 def loss_curves(table: CellTable, enc: Encoding) -> Chart:
     chart = Chart("loss", "Training loss over steps and over wall time",
                   "One line per cell: the mean over its seeds (one seed: its loss; repetitions of a seed train "
-                  "the same model), with a band from the lowest to the highest seed. Over wall time each step "
-                  "sits at the median time the cell's repetitions took to reach it: a faster cell reaches a "
-                  "given loss sooner. × marks where a diverged run stopped.")
+                  "the same model); over steps a band spans the lowest to the highest seed. Over wall time each "
+                  "step sits at the median time the cell's repetitions took to reach it: a faster cell reaches "
+                  "a given loss sooner. × marks where a diverged run stopped.")
     data = curves.collect(table.cells, table.repeats, "loss_curve", tokens_per_step=False)
     if data is None:
         chart.note = "no cell recorded a loss curve"
@@ -168,7 +168,7 @@ def loss_curves(table: CellTable, enc: Encoding) -> Chart:
         data, enc, [curves.XSpec("step", "step"),
                     curves.XSpec("time", "training wall time (s)")], "training loss", facet,
         table.measured_axes)
-    chart.note = curves.coincide_note(coinciding)
+    chart.note = curves.note(data, coinciding)
     chart.svg = to_svg(fig)
     return chart
 

@@ -150,7 +150,8 @@ def noise_footnotes(rows: pd.DataFrame) -> list[tuple[str, str]]:
 
 def validation_curves(table: CellTable) -> Chart:
     chart = Chart("convergence", "Validation loss against tokens and against training time",
-                  "Line: the mean over seeds at each evaluation; band: the lowest to the highest seed. Over "
+                  "Line: the mean over seeds at each evaluation; band (over tokens): the lowest to the highest "
+                  "seed. Over "
                   "training time (evaluation excluded; the median over the cell's repetitions), a faster cell "
                   "reaches a given loss sooner. Dashed: the target; dotted: the task's known optimum.")
     data = curves.collect(table.cells, table.repeats, "eval_curve", min_steps=2)
@@ -171,7 +172,7 @@ def validation_curves(table: CellTable) -> Chart:
             ax.axhline(float(targets[0]), color="#444", ls="--", lw=1)
         if optimum is not None:
             ax.axhline(optimum, color="#888", ls=":", lw=1.2)
-    chart.note = curves.coincide_note(coinciding)
+    chart.note = curves.note(data, coinciding)
     chart.svg = to_svg(fig)
     return chart
 

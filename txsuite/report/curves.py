@@ -4,8 +4,9 @@ validation loss of the Convergence section.
     long frame      one row per (cell, seed, step): the loss of that seed's model, the step's
                     tokens, and the step's training wall time as the median over the cell's ok
                     repetitions (repetitions of one seed train the same model; their clocks differ)
-    panels          seaborn's lineplot per panel: the line is the mean over seeds, the band the
-                    lowest to the highest seed; one panel per x (steps or tokens, wall time)
+    panels          seaborn's lineplot per panel, one panel per x (steps or tokens, wall time): the
+                    line is the mean over seeds; on the first panel seaborn's errorbar band spans the
+                    lowest to the highest seed (on the wall-time panel it would repeat it, shifted)
     small multiples one row of panels per value of a varying axis that the colour and the line
                     style do not show, so that no two cells share a line's look in one panel
     coinciding      lines that lie on each other (a precision that does not move the loss) are
@@ -30,8 +31,13 @@ from txsuite.report.svg import plot_text, subplots
 
 MAX_FACETS = 4  # rows of small multiples; an axis with more values is not faceted
 MAX_CURVE_POINTS = 300  # per line; a loss curve needs no more to show its shape
-POINT_BUDGET = 6000  # points over all the lines of one panel: seaborn aggregates each x in Python
+POINT_BUDGET = 6000  # points over all the lines of one panel
 MIN_CURVE_POINTS = 40
+# seaborn computes a band point by point in Python (~0.4 ms each on a 2-core host): the points of
+# all the banded lines of a chart, and the cells beyond which a chart draws no band (their bands
+# would cover each other; the table has every cell's interval)
+BAND_BUDGET = 800
+MAX_BAND_CELLS = 24
 COINCIDE = 0.01  # lines closer than this share of the y axis at every x are drawn striped
 STRIPE = 4.0  # stripe length, in line widths
 
@@ -50,6 +56,7 @@ class Curves:
     frame: pd.DataFrame
     cells: pd.DataFrame  # the cells drawn, in drawing order, indexed like table.cells
     diverged: set = field(default_factory=set)
+    band_seeds: int = 1  # most seeds of any cell, where the chart draws their band (1: no band)
     seeds: int = 1  # most seeds of any cell
 
 
@@ -86,7 +93,10 @@ def collect(table_cells: pd.DataFrame, repeats: pd.DataFrame, curve_column: str,
         return None
     frame = pd.concat(parts, ignore_index=True)
     seeds = int(frame.groupby("cell")["seed"].nunique().max())
-    return Curves(_thin(frame), table_cells.loc[drawn], diverged, seeds)
+    cells = frame["cell"].nunique()
+    banded = seeds > 1 and cells <= MAX_BAND_CELLS
+    return Curves(_thin(frame, BAND_BUDGET if banded else POINT_BUDGET), table_cells.loc[drawn], diverged,
+                  seeds if banded else 1, seeds)
 
 
 def facet_axis(cells: pd.DataFrame, axes: list[str], enc: Encoding) -> str | None:
@@ -131,9 +141,12 @@ def draw(curves: Curves, enc: Encoding, xs: list[XSpec], ylabel: str, facet: str
         data = frame[frame["cell"].isin(order)]
         palette = {row["cell_id"]: enc.color(row) for _, row in members.iterrows()}
         plain = {row["cell_id"]: _dashes(enc.dash(row)) for _, row in members.iterrows()}
-        for ax, x in zip(panels, xs):
+        for k_panel, (ax, x) in enumerate(zip(panels, xs)):
+            band = k_panel == 0 and curves.band_seeds > 1
+            # Without a band seaborn still averages the seeds point by point: give it the means.
+            drawn = data if band else data.groupby(["cell", x.column], as_index=False, sort=False)["loss"].mean()
             dashes = dict(plain)
-            for group in coinciding(data, x.column, order, COINCIDE * span):
+            for group in coinciding(drawn, x.column, order, COINCIDE * span):
                 styles = {enc.dash(members[members["cell_id"] == cid].iloc[0]) for cid in group}
                 gap = STRIPE / 2 if len(styles) == 1 and styles != {"-"} else 0.0  # dashed lines stay dashed
                 for k, cid in enumerate(group):
@@ -141,9 +154,9 @@ def draw(curves: Curves, enc: Encoding, xs: list[XSpec], ylabel: str, facet: str
                 name = _group_name(cells, group, axes)
                 if name not in coincide_notes:
                     coincide_notes.append(name)
-            sns.lineplot(data=data, x=x.column, y="loss", hue="cell", hue_order=order, palette=palette,
+            sns.lineplot(data=drawn, x=x.column, y="loss", hue="cell", hue_order=order, palette=palette,
                          style="cell", style_order=order, dashes=dashes, estimator="mean",
-                         errorbar=("pi", 100) if curves.seeds > 1 else None, err_kws={"alpha": 0.18, "lw": 0},
+                         errorbar=_seed_range if band else None, err_kws={"alpha": 0.18, "lw": 0},
                          legend=False, lw=lw, ax=ax)
             for cid in curves.diverged & set(order):
                 last = data[data["cell"] == cid].sort_values("step").iloc[-1]
@@ -184,11 +197,16 @@ def coinciding(data: pd.DataFrame, x: str, order: list[str], tolerance: float) -
     return [g for g in groups if len(g) > 1]
 
 
-def coincide_note(groups: list[str]) -> str | None:
-    if not groups:
-        return None
-    return (f"Lines within {COINCIDE:.0%} of the loss axis of each other at every point are drawn as one line "
-            "striped in their colours: " + "; ".join(groups) + ".")
+def note(curves: Curves, groups: list[str]) -> str | None:
+    """The chart's note: which lines are drawn striped, and why there is no band if there is none."""
+    notes = []
+    if groups:
+        notes.append(f"Lines within {COINCIDE:.0%} of the loss axis of each other at every point are drawn as one "
+                     "line striped in their colours: " + "; ".join(groups) + ".")
+    if curves.seeds > 1 and curves.band_seeds == 1:
+        notes.append(f"No seed bands: {len(curves.cells)} cells (bands are drawn for up to {MAX_BAND_CELLS}, "
+                     "beyond that they cover each other); the table gives each cell's interval.")
+    return " ".join(notes) or None
 
 
 # ------------------------------------------------------------------ pieces
@@ -216,11 +234,11 @@ def _tokens_per_step(group: pd.DataFrame) -> float:
     return float(values.iloc[0]) if len(values) else 0.0
 
 
-def _thin(frame: pd.DataFrame) -> pd.DataFrame:
+def _thin(frame: pd.DataFrame, budget: int) -> pd.DataFrame:
     """At most MAX_CURVE_POINTS steps per cell, fewer when many cells share the budget; the same
     steps for every seed of a cell, so that seaborn finds each step's seeds together."""
     cells = frame["cell"].nunique()
-    limit = int(np.clip(POINT_BUDGET // max(cells, 1), MIN_CURVE_POINTS, MAX_CURVE_POINTS))
+    limit = int(np.clip(budget // max(cells, 1), MIN_CURVE_POINTS, MAX_CURVE_POINTS))
     keep = []
     for _, g in frame.groupby("cell", sort=False):
         steps = np.unique(g["step"].to_numpy())
@@ -238,6 +256,12 @@ def _y_range(values: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     top = float(np.percentile(values, 99)) if len(values) > 50 else float(values.max())
     return float(values.min()), top
+
+
+def _seed_range(values: pd.Series) -> tuple[float, float]:
+    """seaborn's errorbar as a callable: the lowest to the highest seed (what ("pi", 100) gives,
+    without a percentile per point)."""
+    return values.min(), values.max()
 
 
 def _dashes(style: str) -> tuple | str:
