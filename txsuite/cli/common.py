@@ -36,19 +36,42 @@ class UsageProblem(click.ClickException):
         err_console.print(f"[bold red]txsuite:[/] {escape(self.message)}", soft_wrap=True)
 
 
+def _option_problem(param, value, exc) -> UsageProblem:
+    """A NumberProblem of an option's value, as the matrix loader says one of a key's: one
+    paragraph naming the option, the problem and what is allowed (exit 2)."""
+    option = param.opts[0] if param is not None and param.opts else "the option"
+    return UsageProblem(f"{option} {str(value)[:40]!r}: {exc.problem} Allowed: {exc.allowed}.")
+
+
 class Seconds(click.ParamType):
     """A duration in seconds: a finite number above 0 (0, a negative number or nan would silently
-    mean "no limit")."""
+    mean "no limit"), at most a week (txsuite.config.numbers.seconds: `select` overflows long
+    before 1e12 s)."""
     name = "SECONDS"
 
     def convert(self, value, param, ctx):
+        from txsuite.config import numbers
+        if isinstance(value, float):
+            return value
         try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"{value!r}: expected a finite number of seconds above 0", param, ctx)
-        return seconds
+            return numbers.seconds(str(value))
+        except numbers.NumberProblem as exc:
+            raise _option_problem(param, value, exc) from None
+
+
+class Size(click.ParamType):
+    """A memory size: 4GiB, 512MiB, 2e9 (bytes), between 1 MiB and 1 PiB
+    (txsuite.config.numbers.size); 0 is refused, never read as "no limit"."""
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from txsuite.config import numbers
+        if isinstance(value, int):
+            return value
+        try:
+            return numbers.size(str(value))
+        except numbers.NumberProblem as exc:
+            raise _option_problem(param, value, exc) from None
 
 
 def run_id_callback(ctx, param, value):

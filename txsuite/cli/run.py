@@ -9,7 +9,7 @@ from shlex import quote
 
 import click
 
-from txsuite.cli.common import (OVERRIDES_HELP, Seconds, UsageProblem, console, device_option, interrupted_exit, load,
+from txsuite.cli.common import (OVERRIDES_HELP, Seconds, Size, UsageProblem, console, device_option, interrupted_exit, load,
                                 matrix_argument, only_option, overrides_argument, print_lines, report_path,
                                 reports_dir_option, results_dir_option, run_id_option, this_host, yes_option)
 from txsuite.cli.plan import host_notes, show_plan
@@ -45,13 +45,13 @@ from txsuite.run.executors import host_gpu_ids
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
               help="This node's rank: 0 leads (runs every cell, writes the records), others follow.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
-@click.option("--memory-limit", "memory_limit", metavar="SIZE",
+@click.option("--memory-limit", "memory_limit", type=Size(), metavar="SIZE",
               help="Cap what each cell may hold (e.g. 4GiB: host memory for CPU cells, GPU memory for CUDA cells) to see what fits a smaller machine; cells beyond it are `oom`.")
 @click.option("--mlflow", "to_mlflow", is_flag=True, help="Also export to MLflow as each repetition ends "
               "(MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): as `txsuite export RUN --mlflow`.")
 def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
-        fail_fast: bool, no_report: bool, memory_limit: str | None, executor_name: str, slurm_partition: str | None,
+        fail_fast: bool, no_report: bool, memory_limit: int | None, executor_name: str, slurm_partition: str | None,
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
         rdzv_endpoint: str | None, to_mlflow: bool = False) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
@@ -87,7 +87,7 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     console.print(f"{'resuming' if resuming else 'starting'} run {run_dir}", markup=False)
     host_notes(select(matrix.cells, only))
     executor = _executor(executor_name, run_dir, slurm_partition, gpus_per_node, slurm_time, max_parallel)
-    limit = _parse_size(memory_limit) if memory_limit else None
+    limit = memory_limit  # bytes, checked when the option was parsed (Size: 1 MiB to 1 PiB)
     elsewhere = "" if reports_dir == "reports" else f" --reports-dir {quote(reports_dir)}"
     retry = f"`txsuite report {quote(str(run_dir))}{elsewhere}`"
     try:
@@ -202,15 +202,6 @@ def _executor(name: str, run_dir: Path, partition: str | None, gpus_per_node: in
     return SlurmExecutor(run_dir / "submitit", partition=partition, gpus_per_node=gpus_per_node,
                          time_min=time_min, max_parallel=max_parallel,
                          cluster="local" if name == "submitit-local" else "slurm")
-
-
-def _parse_size(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
-             "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in units:
-        raise UsageProblem(f"--memory-limit {text!r}: expected a size such as 4GiB, 512MiB or 2e9 bytes.")
-    return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
 def _render(run_dir: Path, out: Path) -> tuple[Path | str, list[str], str | None]:

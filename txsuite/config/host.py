@@ -29,6 +29,10 @@ class Host:
     # Without them torch emulates bf16, and a bf16 step takes several times an fp32 one, many
     # times with torch's Linear (docs/measurements.md, "bf16 on a CPU without bf16 instructions").
     cpu_bf16: bool | None = None
+    # memory a cell may take, in bytes: this host's RAM (host_memory_bytes) and the smallest GPU's
+    # memory; None: not known, and no cell is refused for memory
+    memory_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
 
     def lacks(self, package: str) -> bool:
         """Known not to be installed here."""
@@ -51,6 +55,63 @@ def host_problems(cell: "CellConfig", host: Host) -> str | None:
         if reason:
             return reason
     return None
+
+
+def memory_problem(cell: "CellConfig", host: Host, needed_bytes: int) -> str | None:
+    """Why a valid cell cannot fit this host, whose planned memory per rank (the plan's estimate,
+    txsuite.measure.estimate) is `needed_bytes`, or None: more than the GPU's memory for a CUDA
+    cell, more than the host's RAM for a CPU cell. Unknown memory refuses nothing."""
+    from txsuite.config.numbers import size_text
+    if host.device_of(cell) == "cuda":
+        available, what = host.gpu_memory_bytes, f"the memory of {host.gpu_name or 'this GPU'}"
+    else:
+        available, what = host.memory_bytes, "this host's memory"
+    if available is None or needed_bytes <= available:
+        return None
+    return (f"the plan estimates {size_text(needed_bytes)} of training memory per rank, more than {what} "
+            f"({size_text(available)})")
+
+
+def host_memory_bytes() -> int | None:
+    """This host's memory for cells: /proc/meminfo's MemTotal, or less where a cgroup limits the
+    processes here (a container, a Slurm job); None where neither can be read."""
+    import os
+    known: list[int] = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    known.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not known:
+        try:
+            known.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < 2**60:  # "max", or v1's "unlimited" 2^63 - page
+            known.append(int(text))
+    return min(known) if known else None
+
+
+def parse_memory_text(text: str) -> int | None:
+    """nvidia-smi's memory.total ("81559 MiB") -> bytes; None for anything else."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
+    parts = str(text).strip().split()
+    if len(parts) != 2 or parts[1].lower() not in units:
+        return None
+    try:
+        value = float(parts[0])
+    except ValueError:
+        return None
+    return int(value * units[parts[1].lower()]) if 0 < value < 2**40 else None
 
 
 def parse_capability(text: str) -> tuple[int, int] | None:

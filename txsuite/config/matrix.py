@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from txsuite.config import spec
-from txsuite.config.host import Host, host_problems
+from txsuite.config import numbers, spec
+from txsuite.config.host import Host, host_problems, memory_problem
 from txsuite.config.metrics import GUARDABLE
 from txsuite.config.spec import CellConfig
 from txsuite.config.yamlsource import YamlError, load_located
@@ -196,15 +196,20 @@ def _dotted(path: tuple) -> str:
 
 
 def _load_chain(path: Path, chain: tuple[Path, ...] = ()) -> _Source:
+    # errors name the file as the user typed it: /dev/stdin, not /proc/<pid>/fd/pipe:[...]
+    # and the file is read through that name (a pipe's resolved name cannot be opened)
+    file, typed = _display(path), path
     path = path.resolve() if path.exists() else path
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
         raise MatrixError(str(chain[-1]), None, "extends", f"extends forms a cycle: {cycle}.")
     try:
-        data, lines = load_located(path)
+        data, lines = load_located(typed)
     except YamlError as exc:
-        raise MatrixError(exc.file, exc.line, None, exc.message) from None
-    file = _display(path)
+        raise MatrixError(file, exc.line, None, exc.message) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits, which Python will not read
+        raise MatrixError(file, None, None, f"a value in it cannot be read as a number: "
+                                            f"{str(exc).split(';')[0]}.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -259,6 +264,8 @@ def _display(path: Path) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing (null)"
+    if (isinstance(value, (list, dict)) and not value) or (type(value) is int and abs(value) >= 10**15):
+        return numbers.shown(value)  # "an empty list"; a huge integer in a few characters
     if isinstance(value, bool):
         return f"a boolean ({value})"
     if isinstance(value, (int, float)):
@@ -374,22 +381,23 @@ def _check_value(src: _Source, path: tuple, dotted: str, value: Any, shown: str 
             return None
         raise src.error(path, "a value is required here (got null).", key=key)
     if annotation.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise src.error(path, f"expected an integer, got {_kind(value)}.", key=key)
-        low = 1 if dotted in spec.POSITIVE_INTS else 0
-        if value < low:
-            raise src.error(path, f"expected an integer >= {low}, got {value}.", key=key)
-        return value
+        try:  # one check of kind and bounds for every integer (txsuite/config/numbers.py)
+            return numbers.integer(value, 1 if dotted in spec.POSITIVE_INTS else 0,
+                                   spec.MAXIMA.get(dotted, numbers.INT64_MAX),
+                                   spec.MAXIMA_WHY.get(dotted, "beyond what any machine could run"))
+        except numbers.NumberProblem as exc:
+            raise src.error(path, exc.problem, exc.allowed, key=key) from None
     if annotation.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            number = numbers.real(value)
+        except numbers.NumberProblem as exc:
             words = " or ".join(spec.WORDS.get(dotted, ()))
-            raise src.error(path, f"expected a finite number{' or ' + words if words else ''}, got {_kind(value)}.",
-                            key=key)
-        if value < 0:
-            raise src.error(path, f"expected a number >= 0, got {value}.", key=key)
-        if dotted in spec.FRACTIONS and value >= 1:
-            raise src.error(path, f"expected a fraction in [0, 1), got {value}.", key=key)
-        return float(value)
+            wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float)) or "finite" in exc.problem
+            raise src.error(path, f"expected a finite number{' or ' + words if words else ''}, got {_kind(value)}."
+                            if wrong_kind else exc.problem, key=key) from None
+        if dotted in spec.FRACTIONS and number >= 1:
+            raise src.error(path, f"expected a fraction in [0, 1), got {number:g}.", key=key)
+        return number
     if annotation.startswith("str"):
         if not isinstance(value, str) or not value:
             raise src.error(path, f"expected text, got {_kind(value)}.", key=key)
@@ -445,17 +453,12 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     # an axis whose every setting the command line fixes is no axis any more (its labels would lie)
     axes = [(key, values) for key, values in _read_axes(src, data.get("axes"))
             if not set(values[0][1]) <= set(command_line)]
-    repeats = data.get("repeats", 1)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise src.error(("repeats",), f"expected an integer >= 1, got {_kind(repeats)}.")
-    seeds = data.get("seeds", 1)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise src.error(("seeds",), f"expected an integer >= 1, got {_kind(seeds)}.")
+    def repetitions_of(value: Any) -> int:
+        return numbers.integer(value, 1, numbers.MAX_REPETITIONS, "the most repetitions of a cell (each is a process)")
+    repeats = _top_level_number(src, "repeats", repetitions_of, 1)
+    seeds = _top_level_number(src, "seeds", repetitions_of, 1)
     guard = _read_guard(src, data.get("guard"))
-    timeout_s = data.get("timeout_s")
-    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
-                                  or timeout_s <= 0):
-        raise src.error(("timeout_s",), f"expected a positive number of seconds, got {_kind(timeout_s)}.")
+    timeout_s = _top_level_number(src, "timeout_s", _timeout, None)
     constant = data.get("constant") or []
     if isinstance(constant, str):
         constant = [constant]
@@ -472,8 +475,10 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
                              f"{max_cells}); pass --yes to run it anyway.")
     repetitions = (n_product + len(includes)) * max(repeats, seeds)
     if max_cells is not None and repetitions > DEFAULT_MAX_REPETITIONS:
-        raise MatrixTooLarge(file, src.locate("repeats" if repeats >= seeds else "seeds")[1], "repeats",
-                             f"{n_product + len(includes)} cells x {max(repeats, seeds)} repeats are {repetitions:,} cell "
+        raise MatrixTooLarge(file, src.locate("repeats" if repeats >= seeds else "seeds")[1],
+                             "repeats" if repeats >= seeds else "seeds",
+                             f"{n_product + len(includes)} cells x {max(repeats, seeds)} "
+                             f"{'repeats' if repeats >= seeds else 'seeds'} are {repetitions:,} cell "
                              f"repetitions (more than {DEFAULT_MAX_REPETITIONS:,}), each a process; pass --yes to "
                              f"run them anyway.")
 
@@ -495,7 +500,9 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
             except (ValueError, OSError, ImportError) as exc:
                 raise src.setting_error(where, "data.dataset", f"{exc}.".replace("..", ".")) from None
             data_checked.add(config.data)
-        cell = PlannedCell(config, label, origin, host_problems(config, host))
+        # a cell that cannot fit this host is skipped with the reason (a value no machine could
+        # run was refused above, naming its key, by the spec's MAXIMA)
+        cell = PlannedCell(config, label, origin, host_problems(config, host) or _memory_refusal(config, host))
         if cell.cell_id in seen:
             notes.append(f"{origin} ({label}) is identical to cell {cell.cell_id} "
                          f"({seen[cell.cell_id].label}); it is run once.")
@@ -532,6 +539,23 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
                   timeout_s=float(timeout_s) if timeout_s else None, notes=notes, overrides=list(overrides))
 
 
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # a number written as text is not one (the schema says so too)
+        raise numbers.NumberProblem(f"expected a number of seconds, got {_kind(value)}.", numbers.SECONDS_ALLOWED)
+    return numbers.seconds(value)
+
+
+def _top_level_number(src: _Source, key: str, check: Callable[[Any], Any], default: Any) -> Any:
+    """A top-level number (repeats, seeds, timeout_s) through its check in
+    txsuite/config/numbers.py; a problem is a MatrixError at its line."""
+    try:
+        return check(src.data.get(key, default))
+    except numbers.NumberProblem as exc:
+        raise src.error((key,), exc.problem, exc.allowed) from None
+
+
 COMMAND_LINE = "<command line>"  # the section of the document that overrides come from
 # Top-level keys a `key=value` override may set; the others shape the matrix and live in its file.
 OVERRIDABLE_TOP_LEVEL = ("name", "description", "repeats", "seeds", "timeout_s", "guard.<metric>")
@@ -554,7 +578,7 @@ def _apply_overrides(src: _Source, overrides: Sequence[str]) -> dict[str, Any]:
                               f"e.g. train.steps=3 or precision=bf16.")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an integer too long for Python to read
             value = raw
         top, _, rest = key.partition(".")
         if top == "fixed" and rest:  # `fixed.train.steps=3` says what `train.steps=3` says
@@ -640,7 +664,12 @@ def _read_guard(src: _Source, guard: Any) -> dict[str, str]:
         if not isinstance(change, str) or not re.fullmatch(r"[+-]\d+(\.\d+)?%", change.strip()):
             raise src.error(("guard", metric), f"expected a signed percentage like -5% or +10%, "
                                                f"got {_kind(change)}.")
-        out[metric] = change.strip()
+        text = change.strip()
+        impossible = numbers.change_problem(-1 if text[0] == "-" else 1, float(text[1:-1]) / 100.0)
+        if impossible:
+            raise src.error(("guard", metric), f"{text[:12]}{'...' if len(text) > 12 else ''}: {impossible}.",
+                            numbers.CHANGE_ALLOWED)
+        out[metric] = text
     return out
 
 
@@ -708,6 +737,24 @@ def _read_reference(src: _Source, reference: Any, cells: list[PlannedCell]) -> s
         if _matches(cell.config, entry):
             return cell.cell_id
     raise src.error(("reference",), "no cell matches the reference.", "; ".join(c.label for c in cells[:10]))
+
+
+def _memory_refusal(config: CellConfig, host: Host) -> str | None:
+    """Why the cell cannot fit this host's memory (host.memory_problem on the plan's estimate),
+    or None. The estimate is the one `txsuite plan` shows, with a BPE vocabulary above
+    BIG_VOCAB counted as 256 tokens: how many a corpus supports is only known by reading it, and
+    a cell is refused only when it surely does not fit."""
+    if host.memory_bytes is None and host.gpu_memory_bytes is None:
+        return None
+    from txsuite.measure.estimate import approx_vocab, estimate_memory  # stdlib only, like this module
+    vocab = approx_vocab(config)
+    if config.data.tokenizer == "bpe" and vocab > BIG_VOCAB:
+        vocab = 256
+    return memory_problem(config, host, estimate_memory(config, vocab)["total_bytes"])
+
+
+# above this BPE vocabulary, the plan asks the corpus what it supports (txsuite/cli/plan.py)
+BIG_VOCAB = 65536
 
 
 def _apply_top_level_aliases(src: _Source) -> None:

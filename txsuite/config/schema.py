@@ -29,6 +29,7 @@ from txsuite.config import spec
 from txsuite.config.matrix import (CONSTANT_QUANTITIES, MAX_NAME_LENGTH, NAME_RE, TOP_LEVEL_ALIASES,
                                    TOP_LEVEL_KEYS)
 from txsuite.config.metrics import BY_NAME, GUARDABLE
+from txsuite.config.numbers import MAX_REPETITIONS, MAX_TIMEOUT_S
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 REGENERATE = "python -m txsuite.config.schema > matrix.schema.json"
@@ -164,6 +165,8 @@ def _kind_words(dotted: str) -> str:
         return f"{text} {note}" if note else text
     if annotation.startswith("int"):
         text = f"an integer >= {1 if dotted in spec.POSITIVE_INTS else 0}"
+        if dotted in spec.MAXIMA:
+            text = f"an integer from {1 if dotted in spec.POSITIVE_INTS else 0} to {spec.MAXIMA[dotted]:,}"
     elif annotation.startswith("float"):
         text = "a fraction in [0, 1)" if dotted in spec.FRACTIONS else "a number >= 0"
     elif annotation.startswith("str"):
@@ -203,7 +206,8 @@ def value_schema(dotted: str) -> dict[str, Any]:
         return out
     options: list[dict[str, Any]] = []
     if annotation.startswith("int"):
-        options.append({"type": "integer", "minimum": 1 if dotted in spec.POSITIVE_INTS else 0})
+        options.append({"type": "integer", "minimum": 1 if dotted in spec.POSITIVE_INTS else 0,
+                        **({"maximum": spec.MAXIMA[dotted]} if dotted in spec.MAXIMA else {})})
     elif annotation.startswith("float"):
         number: dict[str, Any] = {"type": "number", "minimum": 0}
         if dotted in spec.FRACTIONS:
@@ -321,14 +325,15 @@ def matrix_schema() -> dict[str, Any]:
         "axes": {"anyOf": [_ref("axes"), {"type": "null"}]},
         "exclude": entries,
         "include": entries,
-        "repeats": {"type": "integer", "minimum": 1, "default": 1},
-        "seeds": {"type": "integer", "minimum": 1, "default": 1},
+        "repeats": {"type": "integer", "minimum": 1, "maximum": MAX_REPETITIONS, "default": 1},
+        "seeds": {"type": "integer", "minimum": 1, "maximum": MAX_REPETITIONS, "default": 1},
         "guard": guard,
         "reference": nullable_settings,
         "constant": {"anyOf": [{"enum": list(CONSTANT_QUANTITIES)},
                                {"type": "array", "items": {"enum": list(CONSTANT_QUANTITIES)}},
                                {"type": "null"}]},
-        "timeout_s": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]},
+        "timeout_s": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+                                {"type": "null"}]},
     }
     for key, description in TOP_LEVEL_KEYS.items():
         top[key] = {**top[key], "description": description}

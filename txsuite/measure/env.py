@@ -13,7 +13,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from txsuite.config.host import Host, parse_capability
+from txsuite.config.host import Host, host_memory_bytes, parse_capability, parse_memory_text
 
 # Keys whose value differs between two runs of the same code on the same machine (which process
 # started a cell): never an environment difference.
@@ -124,8 +124,11 @@ def plan_host(env=os.environ) -> Host:
     name = next((gpu.get("name") for gpu, cap in zip(gpus, capabilities) if cap == known), None)
     flags = cpu_flags()
     cpu_bf16 = any(f in flags for f in ("avx512_bf16", "amx_bf16")) if flags else None
+    memories = [parse_memory_text(gpu.get("memory", "")) for gpu in gpus]
+    gpu_memory = None if not memories or None in memories else min(memories)
     return Host(has_cuda=usable > 0, gpu_count=usable, compute_capability=known, gpu_name=name,
-                packages=installed_packages(), cpu_bf16=cpu_bf16)
+                packages=installed_packages(), cpu_bf16=cpu_bf16, memory_bytes=host_memory_bytes(),
+                gpu_memory_bytes=gpu_memory)
 
 
 def host_fingerprint() -> dict:

@@ -67,6 +67,13 @@ WORDS: dict[str, tuple[str, ...]] = {_dotted(f, leaf): words for f, m in _MODULE
 POSITIVE_INTS = {_dotted(f, leaf) for f, m in _MODULES.items() for leaf in getattr(m, "POSITIVE", ())}
 # Number keys that must lie in [0, 1).
 FRACTIONS = {_dotted(f, leaf) for f, m in _MODULES.items() for leaf in getattr(m, "FRACTIONS", ())}
+# The largest value of each integer key (txsuite.config.numbers.INT64_MAX where a family names
+# none): beyond it no machine could run the cell, and the plan refuses it naming the key.
+MAXIMA: dict[str, int] = {_dotted(f, leaf): top for f, m in _MODULES.items()
+                          for leaf, top in getattr(m, "MAXIMA", {}).items()}
+# why a key's maximum is what it is, where not "beyond what any machine could run"
+MAXIMA_WHY: dict[str, str] = {_dotted(f, leaf): why for f, m in _MODULES.items()
+                              for leaf, why in getattr(m, "MAXIMA_WHY", {}).items()}
 # Old spellings still accepted in matrix files: dotted key -> (today's key, value converter).
 ALIASES: dict[str, tuple[str, Any]] = {"memory.compile": ("compile.mode", mode_from_flag)}
 # A family written as a scalar is short for one of its keys: `model: tiny`, `compile: true`.
@@ -96,7 +103,7 @@ def keys_of(family: str) -> list[str]:
 
 __all__ = [
     "ALIASES", "ATTENTIONS", "CHOICE_NOTES", "CHOICES", "COMPILE_MODES", "ENGINES", "FAMILIES", "FP8_MIN_CAPABILITY",
-    "FRACTIONS", "MODEL_PRESETS", "MODEL_PRESET_DIMS", "NAMED_DATASETS", "OPTIMIZERS", "POSITIVE_INTS",
+    "FRACTIONS", "MAXIMA", "MAXIMA_WHY", "MODEL_PRESETS", "MODEL_PRESET_DIMS", "NAMED_DATASETS", "OPTIMIZERS", "POSITIVE_INTS",
     "PRECISIONS", "PRUNING_KINDS", "QUANTIZATIONS", "SCALAR_FAMILIES", "SEMI_STRUCTURED_MIN_CAPABILITY",
     "SHORTHANDS", "SYNTHETIC_DATASETS", "TOKENIZERS", "WORDS", "CellConfig", "CompileSpec", "CompressSpec",
     "DataSpec", "MeasureSpec", "MemorySpec", "ModelSpec", "OptimizerInfo", "ParallelSpec", "TrainSpec", "field_type",

@@ -146,3 +146,4 @@ def removed_count(amount: float, n: int) -> int:
 CHOICES = {"quantization": QUANTIZATIONS, "phase": COMPRESS_PHASES, "distill": (False, True)}
 POSITIVE = {"prune_every"}
 FRACTIONS: set[str] = set()
+MAXIMA = {"finetune_steps": 10**9, "prune_every": 10**9}  # optimizer steps, as train.steps

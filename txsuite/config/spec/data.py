@@ -90,3 +90,6 @@ def is_dataset_path(name: str) -> bool:
 CHOICES = {"tokenizer": TOKENIZERS}
 POSITIVE = {"seq_len", "vocab_size", "symbols"}
 FRACTIONS: set[str] = set()
+# Upper bounds: a sequence of 16M tokens is past the longest context trained in one sequence, a
+# vocabulary of 16M entries past the largest (~256k); every product of them stays finite.
+MAXIMA = {"seq_len": 2**24, "vocab_size": 2**24, "symbols": 2**24}

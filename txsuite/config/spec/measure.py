@@ -54,6 +54,7 @@ CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, 
                              "host_allocator": HOST_ALLOCATORS}
 POSITIVE: set[str] = set()
 FRACTIONS: set[str] = set()
+MAXIMA = {"threads": 2**16}
 
 
 def cache_allocator_note(cells) -> str | None:

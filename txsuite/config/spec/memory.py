@@ -28,3 +28,4 @@ class MemorySpec:
 CHOICES = {"activation_checkpointing": CHECKPOINTING}
 POSITIVE = {"checkpoint_every"}
 FRACTIONS: set[str] = set()
+MAXIMA = {"checkpoint_every": 10_000}  # model.n_layer's bound

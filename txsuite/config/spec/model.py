@@ -71,3 +71,7 @@ def transposed_weight_unsupported(cell: "CellConfig") -> str | None:
 CHOICES = {"preset": MODEL_PRESETS, "attention": ATTENTIONS, "linear": LINEARS}
 POSITIVE = {"n_layer", "n_head", "d_model", "d_ff"}
 FRACTIONS = {"dropout"}  # in [0, 1)
+# Upper bounds (txsuite/config/numbers.py checks them): well past the largest Transformers ever
+# trained (d_model 18,432, d_ff 73,728, ~100 layers), so a value above one fits no machine; one
+# below may still not fit this host, which the plan finds from the memory estimate.
+MAXIMA = {"n_layer": 10_000, "n_head": 2**16, "d_model": 2**16, "d_ff": 2**20}

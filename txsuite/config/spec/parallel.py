@@ -121,3 +121,4 @@ class ParallelSpec:
 CHOICES = {"engine": ENGINES, "pp_schedule": PP_SCHEDULES, "offload": OFFLOADS, "zero_stage": (0, 1, 2, 3)}
 POSITIVE = {"dp", "tp", "pp", "pp_microbatches"}
 FRACTIONS: set[str] = set()
+MAXIMA = {"dp": 2**16, "tp": 2**16, "pp": 2**16, "pp_microbatches": 2**20}  # ranks per axis, chunks

@@ -235,3 +235,8 @@ CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS.keys(), "stop_at_targe
 WORDS = {"target_loss": ("auto",)}
 POSITIVE = {"steps", "micro_batch", "grad_accum", "eval_batches"}
 FRACTIONS: set[str] = set()
+# Upper bounds: a billion optimizer steps or a million sequences per micro-batch is beyond any
+# run; numpy takes seeds below 2^32 (np.random.seed in txsuite/train/build.py).
+MAXIMA = {"steps": 10**9, "warmup_steps": 10**9, "lr_warmup_steps": 10**9, "eval_every": 10**9,
+          "micro_batch": 2**20, "grad_accum": 2**20, "eval_batches": 2**20, "seed": 2**32 - 1}
+MAXIMA_WHY = {"seed": "the largest seed numpy takes"}  # said instead of "beyond what any machine could run"
