@@ -21,7 +21,6 @@ from txsuite.guard.state import state_adjusted, state_factor
 from txsuite.verdict.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd
 from txsuite.verdict.distributions import t_isf, t_sf
 from txsuite.results import RunFolder, write_atomic
-from txsuite.results.folder import RecordsWarning
 
 ENV = {"host": "ci-1", "cpu": "AMD EPYC", "cpu_flags": ["avx2", "avx512f"], "cpu_count": 2, "gpus": [],
        "packages": {"torch": "2.13.0+cpu", "numpy": "2.4.6"}, "torch": "2.13.0+cpu", "torch_threads": 2,
@@ -553,8 +552,13 @@ def test_bad_inputs_name_the_file(tmp_path):
     bad_run = tmp_path / "bad"
     bad_run.mkdir()
     (bad_run / "records.jsonl").write_text('{"matrix": "m"}\n')
-    with pytest.warns(RecordsWarning, match="records.jsonl, line 1: not a txsuite result record"):
-        side = load_side(bad_run)
+    # a line that is no record is a warning for a report, and for the guard an input error (it
+    # would otherwise decide without that repetition)
+    with pytest.raises(GuardInputError, match="records.jsonl, line 1: not a txsuite result record"):
+        load_side(bad_run)
+    failed = Record(matrix="m", run_id="r", cell_id="c0fp32", repeat=0, config={}, status="failed")
+    (bad_run / "records.jsonl").write_text(failed.to_json() + "\n")
+    side = load_side(bad_run)
     with pytest.raises(GuardInputError, match="no successfully measured cell"):
         compare(side, side, {"tokens_per_s": "-5%"})
     two = tmp_path / "two"

@@ -35,6 +35,7 @@ import numpy as np
 
 from txsuite.config.metrics import BY_NAME, GUARDABLE
 from txsuite.guard.environment import compare_env
+from txsuite.config.numbers import CHANGE_ALLOWED, INT64_MAX, change_problem
 from txsuite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
 from txsuite.verdict.runs import RunNoise
 from txsuite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side, group_by_run
@@ -331,6 +332,10 @@ def resolve_guard(run: Side, baseline: Side, guard: dict[str, str] | None) -> tu
             thr = parse_threshold(text)
         except ValueError as exc:
             raise GuardInputError(f"{origin}: guard '{metric}': {exc}.") from None
+        impossible = change_problem(thr.sign, thr.fraction)  # -150%: never crossed, so never a FAIL
+        if impossible:
+            raise GuardInputError(f"{origin}: guard '{metric}': {thr.text[:12]}{'...' if len(thr.text) > 12 else ''}: "
+                                  f"{impossible}. Allowed: {CHANGE_ALLOWED}.")
         spec = METRICS[metric]
         if thr.sign != spec.natural_sign:
             better = "higher" if spec.natural_sign < 0 else "lower"
@@ -376,6 +381,8 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
         raise GuardInputError(f"run noise must be a fraction between 0 and 1 (e.g. 0.16 for 16%), got {run_noise}.")
     if not slow_state > 1.0:
         raise GuardInputError(f"the slow-state line must be above 1 (e.g. 2 for twice slower), got {slow_state}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
+        raise GuardInputError(f"the bootstrap seed must be an integer from 0 to 2^63-1, got {seed!r}.")
     thresholds, notes = resolve_guard(run, baseline, guard)
     notes = list(baseline.notes) + list(run.notes) + notes
     common = [cid for cid in run.cells if cid in baseline.cells]

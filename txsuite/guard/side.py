@@ -36,15 +36,17 @@ instead; the guard then decides on per-repetition values.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from txsuite.config.metrics import REGISTRY
 from txsuite.config.record import Record
-from txsuite.results import RECORDS, RunFolder, RunMeta, find_runs
+from txsuite.results import RECORDS, RecordsWarning, RunFolder, RunMeta, find_runs
 
 BASELINE_FORMAT = "txsuite-baseline"
 BASELINE_SCHEMA = 2  # 2: machine state, train memory and step counters per repetition; quality
@@ -222,7 +224,23 @@ def load_side(path: str | os.PathLike) -> Side:
 
 
 def _load_run(run_dir: Path) -> Side:
-    run = RunFolder(run_dir).load()
+    # The reader skips a record it cannot use with a warning, so that a report still shows the
+    # rest; a verdict must not silently leave out an edited or damaged repetition (a negative
+    # tokens/s), so for the guard such a record is an input error. A half-written last line
+    # (its cell runs again on resume) and repeated lines stay warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordsWarning)
+        run = RunFolder(run_dir).load()
+    damaged = [str(w.message) for w in caught if issubclass(w.category, RecordsWarning)
+               and "not a txsuite result record" in str(w.message)]
+    for w in caught:
+        if str(w.message) not in damaged:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if damaged:
+        raise GuardInputError(f"{damaged[0].removesuffix('; skipped')}"
+                              f"{f' (and {len(damaged) - 1} more such lines)' if len(damaged) > 1 else ''}: the guard "
+                              f"decides on every repetition of a run, and this one was edited or damaged. Re-measure "
+                              f"that cell, or remove the line, and guard again.")
     side = side_from_records(run.records, path=_display(run_dir), kind="run", meta=run.meta, env=run.env)
     side.run_dir = run_dir
     return side
@@ -251,6 +269,7 @@ def side_from_records(records: Iterable[Record], path: str = "<records>", kind: 
         if not env_taken and r.env:
             side.env = {**side.env, **r.env}
             env_taken = True
+        _refuse_impossible(path, side.labels[r.cell_id], r.repeat, r.metrics)
         cell = side.cells.get(r.cell_id)
         if cell is None:
             cell = side.cells[r.cell_id] = CellSamples(r.cell_id, side.labels[r.cell_id], r.config)
@@ -269,6 +288,49 @@ def side_from_records(records: Iterable[Record], path: str = "<records>", kind: 
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+# Every quantity the guard reads is a finite number >= 0, and these are above 0 (a rate, a time,
+# a batch): a record or baseline holding anything else was edited or damaged, and a verdict on
+# it would be made up (a negative tokens/s FAILed; NaN printed "+nan%"). Such input exits 2.
+POSITIVE_FIELDS = ("tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "tokens_per_step",
+                   "samples_per_step")
+
+
+def impossible_value(values: dict[str, Any]) -> str | None:
+    """What in one repetition's numbers (a record's metrics, a baseline file's repetition) no
+    measurement can be, in words, or None."""
+    def problem(key: str, v: Any) -> str | None:
+        above = key in POSITIVE_FIELDS or key == "step_times_s"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{key} is {v!r}, not a number"
+        try:
+            x = float(v)
+        except OverflowError:
+            x = math.inf
+        if not math.isfinite(x) or x < 0 or (above and x == 0):
+            return f"{key} is {x:g}, which no measurement can be (a finite number {'above' if above else '>='} 0)"
+        return None
+    steps = values.get("step_times_s")
+    if steps is not None and not isinstance(steps, list):
+        return f"step_times_s is {type(steps).__name__}, not a list of seconds"
+    for t in steps or ():
+        found = problem("step_times_s", t)
+        if found:
+            return found
+    for key in REPEAT_FIELDS + SUMMARY_KEYS:
+        if values.get(key) is not None:
+            found = problem(key, values[key])
+            if found:
+                return found
+    return None
+
+
+def _refuse_impossible(path: str, label: str, repeat: Any, values: dict[str, Any]) -> None:
+    found = impossible_value(values)
+    if found:
+        raise GuardInputError(f"{path}: cell {label!r} repeat {repeat}: {found}; the file was edited or damaged, "
+                              f"and no verdict can be made from it. Re-measure that cell, or remove the repetition.")
 
 
 def _repeat_from_metrics(repeat: int, m: dict[str, Any]) -> RepeatSamples:
@@ -330,9 +392,12 @@ def _load_baseline_file(p: Path) -> Side:
     for i, c in enumerate(cells):
         if not isinstance(c, dict) or not c.get("cell_id") or not isinstance(c.get("repeats"), list):
             raise GuardInputError(f"{shown}: cells[{i}] needs \"cell_id\" and a list \"repeats\".")
+        for r in c["repeats"]:
+            if isinstance(r, dict):
+                _refuse_impossible(shown, c.get("label") or c["cell_id"], r.get("repeat"), r)
         try:
             repeats = [RepeatSamples.from_json(r) for r in c["repeats"]]
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise GuardInputError(f"{shown}: cells[{i}] ({c.get('label') or c['cell_id']}) has a malformed "
                                   f"repetition ({exc}).") from None
         for r in repeats:
