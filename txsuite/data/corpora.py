@@ -136,14 +136,31 @@ def stdlib_files() -> tuple[list[Path], str]:
     return files, f"CPython {version} stdlib: {len(files)} files"
 
 
+# Bounds on what a data.dataset pattern may reach, so that `/**/*.txt` is refused in a moment
+# instead of walking the file system for minutes with growing memory: the folders a `**`
+# pattern walks, the files it matches, and their bytes (the corpus is loaded whole, and each
+# byte becomes an int64 token: 2 GiB of text is 16 GiB of tokens).
+MAX_PATTERN_FOLDERS = 20_000
+MAX_DATASET_FILES = 100_000
+MAX_DATASET_BYTES = 2 * 2**30
+
+
 def user_files(pattern: str) -> list[Path]:
     """Regular files matching a path or glob (`~` expanded, `**` recursive), in sorted order,
     each file once: a glob through a symlink loop, or through two links to one folder, finds
     the same file under many paths, and counting it twice would put its text in training and
-    validation both."""
+    validation both. A pattern beyond the bounds above is a ValueError naming data.dataset."""
     expanded = os.path.expanduser(pattern)
-    matches = sorted(glob.glob(expanded, recursive=True))
+    _check_pattern_walk(pattern, expanded)
+    matches = []
+    for match in glob.iglob(expanded, recursive=True):
+        matches.append(match)
+        if len(matches) > 4 * MAX_DATASET_FILES:  # paths of folders and links too, before the files are kept
+            raise ValueError(f"data.dataset {pattern!r} matches more than {4 * MAX_DATASET_FILES:,} paths; name "
+                             f"a folder of text files (at most {MAX_DATASET_FILES:,} files)")
+    matches.sort()
     files, seen = [], set()
+    total = 0
     for match in matches:
         if not os.path.isfile(match):
             continue
@@ -151,6 +168,15 @@ def user_files(pattern: str) -> list[Path]:
         if real not in seen:
             seen.add(real)
             files.append(Path(match))
+            try:
+                total += os.path.getsize(match)
+            except OSError:
+                pass
+            if len(files) > MAX_DATASET_FILES or total > MAX_DATASET_BYTES:
+                what = (f"more than {MAX_DATASET_FILES:,} files" if len(files) > MAX_DATASET_FILES
+                        else f"more than {MAX_DATASET_BYTES / 2**30:g} GiB of text")
+                raise ValueError(f"data.dataset {pattern!r} matches {what}; a corpus is loaded whole (each byte "
+                                 f"an int64 token), so name a smaller set of text files")
     if not files:
         others = [m for m in matches if os.path.exists(m) and not os.path.isdir(m)]
         if others:
@@ -159,6 +185,39 @@ def user_files(pattern: str) -> list[Path]:
         hint = " (a directory? name its files, e.g. 'dir/**/*.txt')" if os.path.isdir(expanded) else ""
         raise FileNotFoundError(f"data.dataset {pattern!r} matches no files{hint}")
     return files
+
+
+def _check_pattern_walk(pattern: str, expanded: str) -> None:
+    """Refuse a recursive (`**`) pattern that would walk the whole file system or more than
+    MAX_PATTERN_FOLDERS folders, before glob walks them: the folders under the pattern's fixed
+    part are counted as glob would visit them (links followed, hidden folders skipped)."""
+    parts = Path(expanded).parts
+    fixed = 0
+    while fixed < len(parts) and not glob.has_magic(parts[fixed]):
+        fixed += 1
+    if "**" not in parts[fixed:]:
+        return  # no recursion: glob lists as many folders as the pattern has wildcard levels
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    if root.resolve() == Path(root.anchor or "/").resolve() and root.is_absolute():
+        raise ValueError(f"data.dataset {pattern!r} would search the whole file system ('**' under "
+                         f"'{root}'); name the folder that holds the text files, e.g. '/data/corpus/**/*.txt'")
+    folders, stack = 0, [str(root)]
+    while stack:
+        folder = stack.pop()
+        folders += 1
+        if folders > MAX_PATTERN_FOLDERS:
+            raise ValueError(f"data.dataset {pattern!r} would search more than {MAX_PATTERN_FOLDERS:,} folders "
+                             f"under '{root}' (or a loop of links); name the folder that holds the text files")
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if not entry.name.startswith(".") and entry.is_dir():
+                            stack.append(entry.path)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
 
 
 # --- how files become text ------------------------------------------------------------------------
