@@ -3,6 +3,7 @@ corpora, the matmul peak, the machine-state probe's best time, the attention cho
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 CACHE_ENV_VAR = "TXSUITE_CACHE"
@@ -15,3 +16,13 @@ def resolve_cache_dir(cache_dir: Path | str | None = None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR
     return Path(cache_dir).expanduser()
+
+
+class CacheWarning(UserWarning):
+    """A cache file that could not be used (of another shape, unreadable, unwritable): named,
+    ignored and, where it can be, rewritten. The cache is advisory: a cell never fails for it."""
+
+
+def cache_warning(path: Path | str, problem: str, action: str) -> None:
+    """Warn (CacheWarning) that the cache file `path` has `problem`, and what is done instead."""
+    warnings.warn(f"txsuite cache {path}: {problem}; {action}", CacheWarning, stacklevel=3)

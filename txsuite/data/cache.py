@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from txsuite.config.cache_dir import cache_warning
 from txsuite.config.cache_dir import resolve_cache_dir  # noqa: F401 - re-exported for data's users
 
 
@@ -35,3 +36,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def cache_write(path: Path, write: Callable[[Path], None]) -> bool:
+    """atomic_write into the cache, which is advisory: a folder that cannot be written (read-only,
+    a path that is a file, a full disk) is named in a CacheWarning and the entry is not kept.
+    Returns whether it was written."""
+    try:
+        atomic_write(path, write)
+        return True
+    except OSError as exc:
+        cache_warning(path, f"cannot be written ({exc.strerror or exc})", "the result is used but not kept")
+        return False

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .batches import StreamDataset, TokenStream
-from .cache import atomic_write, resolve_cache_dir, sha256_hex
+from .cache import cache_warning, cache_write, resolve_cache_dir, sha256_hex
 from .corpora import Corpus, load_corpus
 from .split import TextSplit, split_text
 from .tokenization import DEFAULT_BPE_VOCAB, BPETokenizer, ByteTokenizer, load_or_train_bpe
@@ -61,11 +61,15 @@ def cached_bpe_streams(tokenizer: BPETokenizer, split: TextSplit, train_identity
     key = sha256_hex(f"{train_identity}|{tokenizer.sha256}")[:20]
     path = cache_dir / "tokens" / f"bpe-{key}.npz"
     if path.is_file():
-        with np.load(path) as arrays:
-            return arrays["train"], arrays["val"]
+        try:
+            with np.load(path) as arrays:
+                return arrays["train"], arrays["val"]
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry (zip, pickle, key errors) is re-made
+            cache_warning(path, f"cannot be read as token arrays ({type(exc).__name__}: {exc})",
+                          "it is encoded again and rewritten")
     train_ids = tokenizer.encode_pieces(split.train_pieces)
     val_ids = tokenizer.encode_pieces(split.val_pieces)
-    atomic_write(path, lambda tmp: np.savez(tmp, train=train_ids, val=val_ids))
+    cache_write(path, lambda tmp: np.savez(tmp, train=train_ids, val=val_ids))
     return train_ids, val_ids
 
 

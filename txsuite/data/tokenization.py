@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import atomic_write, sha256_hex
+from .cache import cache_warning, cache_write, sha256_hex
 
 DEFAULT_BPE_VOCAB = 4096
 BPE_MIN_FREQUENCY = 2  # a pair seen once is not worth a token; small corpora end below the request
@@ -42,12 +42,13 @@ class BPETokenizer:
 
     name = "bpe"
 
-    def __init__(self, tokenizer, path: Path, trained_s: float | None):
+    def __init__(self, tokenizer, path: Path, trained_s: float | None, json_text: str | None = None):
         self._tokenizer = tokenizer
-        self.path = path  # the cached tokenizer file
+        self.path = path  # the cached tokenizer file (not written when the cache could not be)
         self.trained_s = trained_s  # seconds spent training in this process; None when loaded
         self.vocab_size: int = tokenizer.get_vocab_size()
-        self.sha256 = sha256_hex(path.read_bytes())
+        # of the file's bytes, which are the JSON text: the same whether trained here or loaded
+        self.sha256 = sha256_hex(json_text) if json_text is not None else sha256_hex(path.read_bytes())
         self.dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.int32
 
     def encode(self, text: str) -> np.ndarray:
@@ -95,10 +96,15 @@ def load_or_train_bpe(train_pieces: Sequence[str], train_identity: str, vocab_si
         raise ValueError(f"data.vocab_size must be above 256 for the bpe tokenizer (256 byte tokens + merges), got {vocab_size}")
     tokenizers = import_tokenizers()
     path = bpe_cache_path(cache_dir, train_identity, vocab_size)
-    trained_s = None
-    if not path.is_file():
-        start = time.perf_counter()
-        json_text = train_bpe(train_pieces, vocab_size)
-        trained_s = time.perf_counter() - start
-        atomic_write(path, lambda tmp: tmp.write_text(json_text, encoding="utf-8"))
-    return BPETokenizer(tokenizers.Tokenizer.from_file(str(path)), path, trained_s)
+    if path.is_file():  # the cache is advisory: a file that is not a tokenizer is trained again
+        try:
+            json_text = path.read_text(encoding="utf-8")
+            return BPETokenizer(tokenizers.Tokenizer.from_str(json_text), path, None, json_text)
+        except Exception as exc:  # noqa: BLE001 - the library's parse errors have no common type
+            cache_warning(path, f"is not a tokenizer ({type(exc).__name__}: {str(exc)[:200]})",
+                          "it is trained again and rewritten")
+    start = time.perf_counter()
+    json_text = train_bpe(train_pieces, vocab_size)
+    trained_s = time.perf_counter() - start
+    cache_write(path, lambda tmp: tmp.write_text(json_text, encoding="utf-8"))
+    return BPETokenizer(tokenizers.Tokenizer.from_str(json_text), path, trained_s, json_text)
