@@ -34,6 +34,9 @@ class Outcome:
     returncode: int | None
     timed_out: bool
     where: str = ""  # e.g. "cuda:1" or "slurm job 1234", for the log
+    # what ended the cell when it was not the cell itself nor a timeout (the fork server died
+    # under it), in words for the record; None otherwise
+    reason: str | None = None
 
 
 def host_gpu_ids(nvidia_smi_count: int, env=os.environ) -> tuple[list[str], dict[str, str]]:
@@ -103,8 +106,8 @@ class LocalExecutor:
                 return None
         if ranks > 1 and not server.launches_ranks:
             return None
-        returncode, timed_out = server.run(args, env, log_path, timeout, ranks)
-        return Outcome(returncode, timed_out, f"server pid {server.pid}")
+        returncode, timed_out, reason = server.run(args, env, log_path, timeout, ranks)
+        return Outcome(returncode, timed_out, f"server pid {server.pid}", reason)
 
     def close(self) -> None:
         for server in self._servers.values():
@@ -175,7 +178,10 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, *launch, "txsuite.run.forkserver"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True,
                                      bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
-        ready = self._reply(self.START_TIMEOUT_S)
+        try:
+            ready = self._reply(self.START_TIMEOUT_S)
+        except ServerGone:
+            ready = None
         if ready is None or "ready" not in ready:
             self.close()
             raise RuntimeError("the txsuite fork server did not start (run with TXSUITE_FORKSERVER=0 to see why)")
@@ -187,35 +193,67 @@ class ForkServer:
         return self.proc.poll() is None
 
     def _reply(self, timeout: float | None) -> dict | None:
+        """The server's next answer; None when none came within `timeout`. ServerGone when its
+        output ended (it died) or is not an answer: that is not a timeout."""
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             return None
         line = self.proc.stdout.readline()
-        return json.loads(line) if line else None
+        if not line:
+            raise ServerGone()
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise ServerGone() from None
+        if not isinstance(answer, dict):
+            raise ServerGone()
+        return answer
+
+    def _death(self, when: str) -> str:
+        """The record's reason when the server died `when`: how it ended, if it has."""
+        try:
+            code = self.proc.wait(timeout=KILL_GRACE_S)  # its output has ended: it is exiting
+        except subprocess.TimeoutExpired:
+            code = None
+        how = ("" if code is None else f": {signal.Signals(-code).name}" if code < 0 and -code in
+               signal.valid_signals() else f": exit {code}")
+        return (f"the txsuite fork server (pid {self.pid}) died {when}{how}; the cell's process ended with it "
+                f"(not a timeout). The next cell starts a new server; TXSUITE_FORKSERVER=0 runs cells without one")
 
     def run(self, args: list[str], env: dict, log_path: Path, timeout: float,
-            ranks: int = 1) -> tuple[int | None, bool]:
+            ranks: int = 1) -> tuple[int | None, bool, str | None]:
+        """(the cell's exit status or None, whether it timed out, why it ended otherwise or None)."""
         changed = {k: v for k, v in env.items() if self.env.get(k) != v}
-        self.proc.stdin.write(json.dumps({"args": args, "log": str(log_path), "env": changed, "ranks": ranks}) + "\n")
-        self.proc.stdin.flush()
-        started = self._reply(self.START_TIMEOUT_S)
+        try:
+            self.proc.stdin.write(json.dumps({"args": args, "log": str(log_path), "env": changed, "ranks": ranks})
+                                  + "\n")
+            self.proc.stdin.flush()
+            started = self._reply(self.START_TIMEOUT_S)
+        except (ServerGone, OSError):  # OSError: a broken pipe to a server that has just died
+            return None, False, self._death("before the cell started")
         if started is None or "pid" not in started:
             raise RuntimeError("the txsuite fork server stopped answering")
         pid = started["pid"]
         try:
             done = self._reply(timeout)
+        except ServerGone:  # killed, or the OOM killer's choice: the cell died with it (PDEATHSIG)
+            _signal_group(pid, signal.SIGKILL)
+            return None, False, self._death("while the cell ran")
         except BaseException:  # the runner is interrupted: take the cell down too
             _signal_group(pid, signal.SIGKILL)
             raise
         timed_out = done is None
         if timed_out:  # the child's whole group goes (SIGTERM, then SIGKILL), and the server says how
             _signal_group(pid, signal.SIGTERM)
-            done = self._reply(KILL_GRACE_S)
-            if done is None:
-                _signal_group(pid, signal.SIGKILL)
-                done = self._reply(KILL_GRACE_S + 5.0)
+            try:
+                done = self._reply(KILL_GRACE_S)
+                if done is None:
+                    _signal_group(pid, signal.SIGKILL)
+                    done = self._reply(KILL_GRACE_S + 5.0)
+            except ServerGone:
+                done = None
         _signal_group(pid, signal.SIGKILL)  # stragglers of the group (compile workers)
-        return (done["status"] if done else None), timed_out
+        return (done.get("status") if done else None), timed_out, None
 
     def close(self) -> None:
         try:
@@ -224,6 +262,10 @@ class ForkServer:
             self.proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+
+
+class ServerGone(Exception):
+    """The fork server's output ended (it died) or stopped being its protocol."""
 
 
 def _signal_group(pgid: int, sig: int) -> None:

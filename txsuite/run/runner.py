@@ -534,7 +534,9 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
                       reason="the kernel's out-of-memory killer ended the worker (the cgroup's oom_kill count rose)"
                              + _log_tail(log_path))
     cause = _launcher_root_cause(log_path)
-    reason = (f"{cause}; " if cause else "") + _describe_exit(returncode) + _log_tail(log_path)
+    # what ended it when the executor knows (the fork server died under it), else its exit
+    ended = getattr(outcome, "reason", None) or _describe_exit(returncode)
+    reason = (f"{cause}; " if cause else "") + ended + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
 
 
