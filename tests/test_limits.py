@@ -378,9 +378,12 @@ def test_too_many_seeds_are_reported_under_seeds(write_matrix):
     with pytest.raises(MatrixTooLarge) as err:
         load_matrix(write_matrix("name: m\nseeds: 9000\n"))
     assert err.value.key == "seeds" and "9000 seeds" in str(err.value)
+    with pytest.raises(MatrixTooLarge) as err:
+        load_matrix(write_matrix("name: m\nseeds: 100000\n"))  # the tester's case: named under repeats
+    assert err.value.key == "seeds" and "100000 seeds" in str(err.value) and "--yes" in str(err.value)
     with pytest.raises(MatrixError) as err:
-        load_matrix(write_matrix("name: m\nseeds: 100000\n"), max_cells=None)  # even with --yes
-    assert err.value.key == "seeds" and "10,000" in str(err.value)
+        load_matrix(write_matrix("name: m\nseeds: 10000000\n"), max_cells=None)  # beyond even --yes
+    assert err.value.key == "seeds" and "1,000,000" in str(err.value)
 
 
 def test_an_empty_list_is_called_one(write_matrix):
@@ -474,6 +477,6 @@ def test_the_schema_states_the_same_bounds():
     from txsuite.config.schema import matrix_schema
     validator = jsonschema.Draft202012Validator(matrix_schema())
     assert validator.is_valid({"name": "m", "fixed": {"data": {"seq_len": 2**24}}, "timeout_s": 604800})
-    for bad in ({"name": "m", "fixed": {"data": {"seq_len": 2**24 + 1}}}, {"name": "m", "seeds": 10_001},
+    for bad in ({"name": "m", "fixed": {"data": {"seq_len": 2**24 + 1}}}, {"name": "m", "seeds": 10**6 + 1},
                 {"name": "m", "timeout_s": 1e12}):
         assert not validator.is_valid(bad), bad

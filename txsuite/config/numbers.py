@@ -23,8 +23,10 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 # --memory-limit: below 1 MiB not even the interpreter starts (a limit of 0 is not "no limit");
 # above 1 PiB no machine has it (and setrlimit's 64-bit argument is not far beyond).
 MEMORY_LIMIT_RANGE = (MiB, PiB)
-# Timing repetitions and training seeds per cell: each is a process of its own.
-MAX_REPETITIONS = 10_000
+# Timing repetitions and training seeds per cell: each is a process of its own. More than
+# DEFAULT_MAX_REPETITIONS in a sweep already needs --yes (txsuite/config/matrix.py); a million
+# per cell is past any sweep, so beyond it even --yes cannot ask for it.
+MAX_REPETITIONS = 1_000_000
 
 SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 10**3, "kib": KiB, "m": MiB, "mb": 10**6, "mib": MiB,
               "g": GiB, "gb": 10**9, "gib": GiB, "t": TiB, "tb": 10**12, "tib": TiB,
