@@ -480,3 +480,15 @@ def test_the_schema_states_the_same_bounds():
     for bad in ({"name": "m", "fixed": {"data": {"seq_len": 2**24 + 1}}}, {"name": "m", "seeds": 10**6 + 1},
                 {"name": "m", "timeout_s": 1e12}):
         assert not validator.is_valid(bad), bad
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(["--alpha", "--run-noise", "--slow-state", "--seed"]),
+       value=st.one_of(st.sampled_from(["nan", "inf", "-inf", "1e400", "-1", "0", "9" * 400, "1e400%", "nan%"]),
+                       st.floats().map(repr), st.integers(-10**30, 10**30).map(str)))
+def test_any_number_in_a_guard_option_gives_a_verdict_or_exits_2(tmp_path_factory, option, value):
+    folder = tmp_path_factory.mktemp("gopt", numbered=True)
+    base = _run_dir(folder, [_record(r, STEPS[r]) for r in (0, 1)])
+    code, out = _cli("guard", str(base), "--baseline", str(base), option, value)
+    assert code in (0, 1, 2, 3), out
+    assert "Traceback" not in out and "+nan%" not in out.lower()  # an echoed "nan%" option is fine
