@@ -170,6 +170,15 @@ def test_a_value_beyond_any_machine_is_a_plan_error_naming_its_key(write_matrix,
     assert err.value.key == key and err.value.line == 2 and "Allowed: an integer from " in str(err.value)
 
 
+def test_a_modadd_modulus_whose_examples_fit_no_machine_is_refused(write_matrix):
+    """The model's estimate does not see the dataset: modadd's p^2 examples are checked by
+    their own rule (p = 2^24 would be petabytes of int64 rows)."""
+    with pytest.raises(MatrixError) as err:
+        load_matrix(write_matrix("name: m\nfixed: {data: {dataset: modadd, symbols: 16777216}}\n"))
+    assert err.value.key == "data.symbols" and "Allowed: 2 to 4096" in str(err.value)
+    assert load_matrix(write_matrix("name: m\nfixed: {data: {dataset: modadd, symbols: 4096}}\n")).cells
+
+
 def test_a_cell_too_big_for_this_host_is_skipped_with_its_estimate_and_the_hosts_memory(write_matrix):
     path = write_matrix("name: m\nfixed: {train: {steps: 1}}\naxes:\n  data.seq_len: [64, 1000000]\n")
     small = load_matrix(path, host=Host(memory_bytes=2**30))

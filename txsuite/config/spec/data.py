@@ -16,6 +16,10 @@ SYNTHETIC_DATASETS = ("copy", "reverse", "modadd", "markov")
 # Dirichlet temporaries of the same size: 8,192 symbols take 512 MiB; 32,768 took the worker
 # past the host's memory and the OOM killer ended it (docs/measurements.md, "Data").
 MARKOV_MAX_SYMBOLS = 8192
+# modadd builds every one of its p^2 examples (a, b, =, a+b) as int64 rows plus a permutation of
+# them (txsuite/data/synthetic.py), about 80 bytes each: p = 4,096 is 1.3 GiB, p = 2^24 would be
+# petabytes, which the plan's memory estimate (the model's) does not see.
+MODADD_MAX_SYMBOLS = 4096
 TOKENIZERS = ("byte", "bpe")
 AUGMENT_KINDS = ("replace", "mask", "delete", "swap")  # txsuite/data/augment.py
 
@@ -54,6 +58,10 @@ class DataSpec:
             yield Problem("data.symbols", f"the markov task draws a {self.symbols} x {self.symbols} transition "
                                           f"matrix of float64, {gib:,.1f} GiB before its temporaries.",
                           f"2 to {MARKOV_MAX_SYMBOLS}")
+        if self.dataset == "modadd" and self.symbols is not None and self.symbols > MODADD_MAX_SYMBOLS:
+            yield Problem("data.symbols", f"modadd builds all {self.symbols:,}^2 = {self.symbols ** 2:,} examples of "
+                                          f"a + b mod {self.symbols:,} in memory, about 80 bytes each.",
+                          f"2 to {MODADD_MAX_SYMBOLS}")
         if self.vocab_size is not None and self.tokenizer != "bpe":
             yield Problem("data.vocab_size", "data.vocab_size only applies to tokenizer 'bpe'.")
         if self.vocab_size is not None and self.vocab_size < 257:
