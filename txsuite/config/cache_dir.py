@@ -25,4 +25,6 @@ class CacheWarning(UserWarning):
 
 def cache_warning(path: Path | str, problem: str, action: str) -> None:
     """Warn (CacheWarning) that the cache file `path` has `problem`, and what is done instead."""
-    warnings.warn(f"txsuite cache {path}: {problem}; {action}", CacheWarning, stacklevel=3)
+    # one line, without txsuite's source line under it (as the records reader warns)
+    warnings.warn_explicit(f"txsuite cache {path}: {problem}; {action}", CacheWarning, filename="<txsuite>",
+                           lineno=0, module="txsuite")

@@ -37,16 +37,16 @@ def locked_update(file_name: str, update: Callable[[dict[str, Any]], Any]) -> An
         lock = open(path.with_suffix(".lock"), "w")
     except OSError as exc:
         warn(path, f"cannot be locked ({exc.strerror or exc})", "measuring without keeping the result")
-        return _update(path, _read(path), update)[0]
+        return _update(path, _read(path)[0], update)[0]
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one measurer at a time; others then read its result
         except OSError as exc:  # a file system without locks: measure, as a lone cell would
             warn(path, f"cannot be locked ({exc.strerror or exc})", "it is used without a lock")
-        cache = _read(path)
+        cache, damaged = _read(path)
         before = json.dumps(cache, sort_keys=True)
-        result, cache = _update(path, cache, update)
-        if json.dumps(cache, sort_keys=True) != before:
+        result, cache, rebuilt = _update(path, cache, update)
+        if damaged or rebuilt or json.dumps(cache, sort_keys=True) != before:
             tmp = path.with_suffix(".tmp")
             try:
                 tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
@@ -60,37 +60,40 @@ def locked_update(file_name: str, update: Callable[[dict[str, Any]], Any]) -> An
     return result
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """The cache file's mapping; {} (with a warning unless the file is simply absent) otherwise."""
+def _read(path: Path) -> tuple[dict[str, Any], bool]:
+    """(the cache file's mapping, False); ({}, True) with a warning for a file that is there but
+    not a JSON mapping (to be rewritten); ({}, False) when there is none."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}
+        return {}, False
     except (OSError, UnicodeDecodeError) as exc:
         warn(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})", "it is ignored")
-        return {}
+        return {}, False
     try:
         cache = json.loads(text)
     except ValueError:
         warn(path, "is not valid JSON (a writer was killed, or it was edited)", "it is ignored and rewritten")
-        return {}
+        return {}, True
     if not isinstance(cache, dict):
         warn(path, f"holds a JSON {type(cache).__name__}, not a mapping", "it is ignored and rewritten")
-        return {}
-    return cache
+        return {}, True
+    return cache, False
 
 
-def _update(path: Path, cache: dict[str, Any], update: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict]:
-    """(update(cache), the cache it changed); entries update cannot read are thrown away (warned)
-    and update runs again on an empty cache, so a second failure is update's own."""
+def _update(path: Path, cache: dict[str, Any], update: Callable[[dict[str, Any]], Any]
+            ) -> tuple[Any, dict, bool]:
+    """(update(cache), the cache it changed, whether it was rebuilt): entries update cannot read
+    are thrown away (warned) and update runs again on an empty cache, so a second failure is
+    update's own."""
     try:
-        return update(cache), cache
+        return update(cache), cache, False
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         if not cache:
             raise
         warn(path, f"holds entries of another shape ({type(exc).__name__}: {exc})", "it is ignored and rewritten")
     cache = {}
-    return update(cache), cache
+    return update(cache), cache, True
 
 
 def measured_once(file_name: str, key: str, measure: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
