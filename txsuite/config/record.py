@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from txsuite.config.metrics import REQUIRED
+from txsuite.config.metrics import BY_NAME, REQUIRED
 from txsuite.config.spec import CellConfig
 
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "skipped")
@@ -26,6 +27,18 @@ class Unsupported(Exception):
 
 # Metrics every record carries (null when not measured, e.g. for a skipped cell).
 REQUIRED_METRICS = REQUIRED
+
+# What a line read back may hold (Record.from_json). JSON nested deeper than this is not a record
+# (one holds 5 levels: record, metrics, loss_curve, a row, ...); checked before parsing, since the
+# parser and everything after it recurse once per level.
+MAX_DEPTH = 64
+# Numbers the report and the guard compute with, besides the headline metrics (every name of
+# txsuite.config.metrics): each is null or a finite number >= 0 (the guard's per-repetition
+# fields; a negative tokens_per_step or probe time would be a logarithm of a negative number).
+MEASURED = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "achieved_flops",
+            "probe_before_s", "probe_after_s", "probe_best_s", "train_wall_s", "warmup_wall_s")
+# per-step samples: a list of finite numbers >= 0 each
+SAMPLES = ("step_times_s", "step_cpu_times_s")
 
 
 @dataclass
@@ -79,14 +92,142 @@ class Record:
 
     @classmethod
     def from_json(cls, line: str) -> "Record":
-        return cls.from_dict(json.loads(line))
+        """A record from one line of records.jsonl, bounded and range-checked: ValueError (naming
+        what is wrong) for JSON nested deeper than MAX_DEPTH (checked before parsing), for NaN or
+        Infinity, for a number beyond a float's range (1e400, 10**400), and for what from_dict
+        refuses. Never RecursionError or OverflowError."""
+        return cls.from_dict(parse_line(line))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":
+        """A record from a parsed line (or a record's dict): its fields are type-checked
+        (__post_init__), and a measured metric that is not null or a finite number in its range
+        (metric_problem) is a ValueError naming it, so that a hand-edited or damaged record is
+        skipped as a whole, never reported from."""
         if not isinstance(d, dict):
             raise ValueError(f"a record is a JSON object, got {type(d).__name__}")
         known = cls.__dataclass_fields__
-        return cls(**{"schema": 1, **{k: v for k, v in d.items() if k in known}})
+        record = cls(**{"schema": 1, **{k: v for k, v in d.items() if k in known}})
+        duration = record.duration_s
+        if duration is not None and not _non_negative(duration):
+            raise ValueError(f"field 'duration_s' must be a finite number of seconds >= 0, got {duration!r}")
+        for name, value in record.metrics.items():
+            problem = metric_problem(name, value)
+            if problem:
+                raise ValueError(f"metric {name!r} {problem}")
+        return record
+
+
+def metric_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be metric `name` of a record read back (None: it can). A headline
+    metric (txsuite.config.metrics) or a MEASURED one is null or a finite number >= 0; a SAMPLES
+    one is null or a list of those. Other metrics are free-form (the reader has checked that
+    their numbers are finite)."""
+    if value is None:
+        return None
+    if name in SAMPLES:
+        if not isinstance(value, list):
+            return f"must be a list of per-step values, got {type(value).__name__}"
+        try:  # in C: a string, null or list in it is a TypeError, a number beyond a float's an OverflowError
+            good = not value or (math.isfinite(math.fsum(value)) and min(value) >= 0)
+        except (TypeError, OverflowError, ValueError):
+            good = False
+        if not good:
+            bad = [v for v in value if not _non_negative(v)][:1]
+            return (f"holds {_shown(bad[0])}: each per-step value must be a finite number >= 0" if bad
+                    else "sums beyond a float's range")
+        return None
+    if (name in BY_NAME or name in MEASURED) and not _non_negative(value):
+        return f"is {_shown(value)}: it must be null or a finite number >= 0"
+    return None
+
+
+def _non_negative(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and v >= 0  # math.isfinite(int) converts: OverflowError beyond a float
+    except OverflowError:
+        return False
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:30]}... ({type(v).__name__}, {len(text):,} characters)"
+
+
+def parse_line(line: str) -> Any:
+    """json.loads for a line read back, bounded (see Record.from_json). The checks cost a tenth
+    of the parse: byte-level translations and searches, no Python loop over the text."""
+    raw = line.encode("utf-8", "surrogatepass")
+    if nesting_depth(raw, MAX_DEPTH) > MAX_DEPTH:
+        raise ValueError(f"JSON nested more than {MAX_DEPTH} levels deep (a record needs about 5)")
+    try:
+        data = _DECODER.decode(line)
+    except RecursionError:  # unreachable after the depth check; kept so that it can never escape
+        raise ValueError("JSON nested too deeply to read") from None
+    if _maybe_huge(raw):  # rare: only then is every number looked at
+        _check_finite(data)
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a record may hold (a non-finite value is written as null)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+# Each byte of a line as its class: a digit "0", an exponent "e", a sign (dropped), anything else " ".
+_NUMBER_CLASSES = bytes(48 if 48 <= b <= 57 else 101 if b in b"eE" else 32 for b in range(256))
+
+
+def _maybe_huge(raw: bytes) -> bool:
+    """Whether the line may hold a number beyond a float's range: one has an exponent of 3 digits
+    (1e400 parses as inf) or more than 308 digits (10**400 parses as an int no float holds).
+    Strings that look so only cost a walk over the numbers."""
+    classes = raw.translate(_NUMBER_CLASSES, b"+-")
+    return b"e000" in classes or b"0" * 309 in classes
+
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_PAIRS = re.compile(rb"\[\]|\{\}")
+
+
+def nesting_depth(text: str | bytes, limit: int) -> int:
+    """An upper bound on how deeply the JSON in `text` nests, exact for balanced brackets, and
+    limit + 1 for anything deeper than `limit`. Cheap on any line: strings, then everything but
+    brackets are removed, then each pass removes the innermost pairs (one level). Text that
+    stops reducing is not balanced JSON: its bound is the levels removed plus the brackets left."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    count = raw.count(b"[") + raw.count(b"{")
+    if count <= limit:
+        return count
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for level in range(limit + 1):
+        if not brackets:
+            return level
+        inner = _PAIRS.sub(b"", brackets)
+        if inner == brackets:
+            return min(level + len(brackets), limit + 1)
+        brackets = inner
+    return limit + 1
+
+
+def _check_finite(data: Any) -> None:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            try:
+                finite = math.isfinite(item)
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise ValueError(f"a number beyond a float's range ({_shown(item)})")
 
 
 def _finite(obj: Any) -> Any:
