@@ -6,8 +6,8 @@
     to_dataframe("results/")        # every record below a path, config flattened into columns
 """
 from txsuite.results.folder import (ENV, META, RECORDS, RecordsWarning, Run, RunFolder, RunInUse, RunLock, RunMeta,
-                                  find_runs, load_records, write_atomic)
+                                  UnsafeRunFolder, find_runs, load_records, write_atomic)
 from txsuite.results.table import flatten, to_dataframe
 
-__all__ = ["ENV", "META", "RECORDS", "RecordsWarning", "Run", "RunFolder", "RunInUse", "RunLock", "RunMeta", "find_runs", "flatten", "load_records",
-           "to_dataframe", "write_atomic"]
+__all__ = ["ENV", "META", "RECORDS", "RecordsWarning", "Run", "RunFolder", "RunInUse", "RunLock", "RunMeta",
+           "UnsafeRunFolder", "find_runs", "flatten", "load_records", "to_dataframe", "write_atomic"]
