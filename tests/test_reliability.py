@@ -20,7 +20,7 @@ from cli_helpers import txsuite
 from txsuite.config.matrix import MatrixError, MatrixTooLarge, load_matrix
 from txsuite.config.record import Record
 from txsuite.config.yamlsource import YamlError, load_located
-from txsuite.results import RecordsWarning, RunFolder, RunInUse, RunLock, to_dataframe, write_atomic
+from txsuite.results import RecordsWarning, RunFolder, RunInUse, RunLock, UnsafeRunFolder, to_dataframe, write_atomic
 
 TINY = """\
 name: rel
@@ -322,3 +322,198 @@ def test_the_memory_estimate_uses_what_bpe_can_learn(tmp_path):
     (tmp_path / "m.yaml").write_text("name: m\nfixed: {data: {tokenizer: bpe, vocab_size: 10000000}}\n")
     out = txsuite("plan", "m.yaml", cwd=tmp_path)
     assert out.returncode == 0 and "can learn at most" in out.stdout and "10,000,000 asked" in out.stdout
+
+
+# ------------------------------------------------------------------ 9. links planted in a run folder
+
+def test_links_planted_where_a_run_writes_are_refused_and_nothing_outside_is_written(tmp_path):
+    """`ln -s OUTSIDE/victim RUN/.run.lock` (and .lock, records.jsonl, cells/<id>/r0): the run
+    exits 2 naming the link, before any cell, and the files outside are untouched."""
+    (tmp_path / "m.yaml").write_text(TINY)
+    cell_id = load_matrix(tmp_path / "m.yaml").cells[0].cell_id
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    plants = {".run.lock": "victim1", ".lock": "victim2", "records.jsonl": "victim3",
+              f"cells/{cell_id}/r0": "folder"}
+    for n, (where, victim) in enumerate(plants.items()):
+        run = tmp_path / "results" / "rel" / f"sym{n}"
+        target = outside / victim
+        if victim == "folder":
+            target.mkdir()
+        else:
+            target.write_text(f"{victim} stays as it is\n")
+        (run / where).parent.mkdir(parents=True, exist_ok=True)
+        (run / where).symlink_to(target)
+        out = txsuite("run", "m.yaml", "--run-id", f"sym{n}", "--no-report", cwd=tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"{run / where}".replace(str(tmp_path) + "/", "") in out.stderr and "symbolic link" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert (list(target.iterdir()) == [] if victim == "folder"
+                else target.read_text() == f"{victim} stays as it is\n")
+
+
+def test_a_link_planted_in_a_cell_folder_during_the_run_is_refused_before_the_cell_writes(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.create()
+    assert folder.cell_dir("c0", 0) == tmp_path / "run" / "cells" / "c0" / "r0"  # nothing there yet: fine
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "run" / "cells" / "c0").mkdir(parents=True)
+    (tmp_path / "run" / "cells" / "c0" / "r1").symlink_to(tmp_path / "outside")
+    with pytest.raises(UnsafeRunFolder, match=r"cells/c0/r1 is a symbolic link \(to .*outside\)"):
+        folder.cell_dir("c0", 1)
+    (tmp_path / "run" / "cells" / "c0" / "r2").mkdir()
+    (tmp_path / "run" / "cells" / "c0" / "r2" / "log.txt").symlink_to(tmp_path / "outside" / "log")
+    with pytest.raises(UnsafeRunFolder, match=r"r2/log.txt is a symbolic link"):
+        folder.cell_dir("c0", 2)
+    with pytest.raises(UnsafeRunFolder, match="symbolic link"):  # the writer's check at the start, too
+        with RunLock(tmp_path / "run"):
+            pass
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_a_fifo_where_txsuite_writes_is_refused_without_hanging(tmp_path):
+    os.mkfifo(tmp_path / ".lock")
+    with pytest.raises(UnsafeRunFolder, match=r"\.lock is not a regular file"):
+        RunFolder(tmp_path).append(record("a"))
+    os.unlink(tmp_path / ".lock")
+    os.mkfifo(tmp_path / ".run.lock")
+    with pytest.raises(UnsafeRunFolder, match=r"\.run\.lock is not a regular file"):
+        with RunLock(tmp_path):
+            pass
+
+
+# ------------------------------------------------------------------ 10. the same experiment, by its records
+
+def _records_of(matrix, repeats=(0,)) -> list[Record]:
+    return [Record(matrix=matrix.name, run_id="r", cell_id=c.cell_id, repeat=r, config=c.config.to_dict(),
+                   label=c.label, status="ok", metrics={"tokens_per_s": 100.0})
+            for c in matrix.cells for r in repeats]
+
+
+def test_a_run_whose_matrix_json_is_gone_is_checked_against_its_records(write_matrix):
+    from txsuite.run.runner import RunMismatch, check_same_experiment
+    first = load_matrix(write_matrix(TINY, "a.yaml"))
+    changed = load_matrix(write_matrix(TINY.replace("steps: 3", "steps: 4"), "b.yaml"))
+    folder = RunFolder(write_matrix("", "x").parent / "results" / "rel" / "r")
+    for r in _records_of(first):
+        folder.append(r)
+    assert not (folder.dir / "matrix.json").exists()
+    check_same_experiment(folder, first)  # the same experiment resumes
+    with pytest.raises(RunMismatch, match=r"precision=fp32: train\.steps 3 -> 4.*new run"):
+        check_same_experiment(folder, changed)
+    forged = _records_of(first)[0]
+    forged.cell_id = changed.cells[0].cell_id  # a record of the new cell's id holding the old config
+    folder.append(forged)
+    with pytest.raises(RunMismatch, match="holds another config than its cell id names"):
+        check_same_experiment(folder, changed)
+
+
+def test_records_of_another_matrix_or_past_the_repeats_are_another_experiment(write_matrix, tmp_path):
+    from txsuite.run.runner import RunMismatch, check_same_experiment
+    matrix = load_matrix(write_matrix(TINY))
+    folder = RunFolder(tmp_path / "run")
+    for r in _records_of(matrix, repeats=(0, 1)):
+        folder.append(r)
+    with pytest.raises(RunMismatch, match="has repetition 2, this matrix 1"):
+        check_same_experiment(folder, matrix)
+    other = RunFolder(tmp_path / "other")
+    wrong = _records_of(matrix)[0]
+    wrong.matrix = "elsewhere"
+    other.append(wrong)
+    with pytest.raises(RunMismatch, match="records of matrix 'elsewhere', not 'rel'"):
+        check_same_experiment(other, matrix)
+
+
+# ------------------------------------------------------------------ 11. a baseline of a run still running
+
+def _timed_record(cell_id: str, repeat: int) -> Record:
+    steps = [0.010 + 0.0001 * ((i * 7 + repeat) % 5) for i in range(20)]
+    return record(cell_id, repeat, step_times_s=steps, tokens_per_s=256 / sorted(steps)[10], tokens_per_step=256,
+                  samples_per_step=4, step_time_p50_s=sorted(steps)[10], step_time_p90_s=max(steps))
+
+
+def test_a_baseline_of_a_run_its_runner_still_holds_is_refused(tmp_path):
+    from txsuite.guard import GuardInputError, write_baseline
+    from txsuite.guard.baseline import IncompleteRun
+    run = tmp_path / "results" / "rel" / "r"
+    folder = RunFolder(run)
+    for cell in ("a", "b"):
+        folder.append(_timed_record(cell, 0))
+    folder.write_json("matrix.json", {"name": "rel", "complete": False,
+                                      "cells": [{"cell_id": c, "label": f"cell {c}"} for c in "abc"]})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GuardInputError, match=rf"still being written: its run is held by pid {holder.pid}"):
+            write_baseline(run, tmp_path / "b.json")
+        out = txsuite("baseline", str(run), "-o", str(tmp_path / "b.json"), cwd=tmp_path)
+        assert out.returncode == 2 and "still being written" in out.stderr and "Traceback" not in out.stderr
+        assert not (tmp_path / "b.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the runner is gone but the run did not finish: the baseline is made, and says what it lacks
+    with pytest.warns(IncompleteRun, match="did not finish.* holds 2 measured cells of the 3 planned"):
+        write_baseline(run, tmp_path / "b.json")
+    assert (tmp_path / "b.json").exists()
+
+
+# ------------------------------------------------------------------ 12. records that would crash a reader
+
+def _hostile(kind: str) -> str:
+    line = _timed_record("x", 0).to_json()
+    tps = f'"tokens_per_s":{json.loads(line)["metrics"]["tokens_per_s"]!r}'
+    assert tps in line
+    return {"nested": "[" * 200_000 + "]" * 200_000,
+            "huge int": line.replace(tps, '"tokens_per_s":1' + "0" * 400),
+            "huge float": line.replace(tps, '"tokens_per_s":1e400'),
+            "NaN": line.replace(tps, '"tokens_per_s":NaN'),
+            "infinite": line.replace(tps, '"tokens_per_s":Infinity'),
+            "negative": line.replace(tps, '"tokens_per_s":-3.5'),
+            "negative step": line.replace('"step_times_s":[0.01,', '"step_times_s":[-0.01,')}[kind]
+
+
+@pytest.mark.parametrize("kind", ["nested", "huge int", "huge float", "NaN", "infinite", "negative", "negative step"])
+def test_a_record_no_reader_can_use_is_skipped_by_report_compare_guard_and_baseline(tmp_path, kind):
+    from txsuite.guard import GuardInputError, load_side, write_baseline
+    from txsuite.report import render_report
+    from txsuite.report.compare import render_compare
+    run = tmp_path / "run"
+    lines = [_timed_record("a", 0).to_json(), _hostile(kind), _timed_record("a", 1).to_json()]
+    assert _hostile(kind) != lines[0]
+    write_atomic(run / "records.jsonl", "\n".join(lines) + "\n")
+    with pytest.warns(RecordsWarning, match=r"records.jsonl, line 2: not a txsuite result record"):
+        assert [r.repeat for r in RunFolder(run).records()] == [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordsWarning)
+        render_report(run, tmp_path / "r.html")
+        render_compare(run, run, tmp_path / "c.html")
+        for read in (lambda: load_side(run), lambda: write_baseline(run, tmp_path / "b.json")):
+            try:  # the guard may refuse a damaged run in one paragraph (exit 2); it never crashes
+                read()
+            except GuardInputError as exc:
+                assert "line 2" in str(exc)
+
+
+def test_a_skipped_record_warns_in_one_line_without_txsuites_source(tmp_path):
+    write_atomic(tmp_path / "records.jsonl", record("a").to_json() + "\n" + _hostile("NaN") + "\n"
+                 + "[" * 1000 + "\n" + record("a").to_json() + "\n")
+    out = subprocess.run([sys.executable, "-c", "import sys; from txsuite.results import RunFolder; "
+                          "print(len(RunFolder(sys.argv[1]).records()))", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "1\n", out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 3, out.stderr  # line 2, line 3, one repeated (cell, repeat): one line each
+    assert "line 2: not a txsuite result record (ValueError: NaN is not a number" in lines[0]
+    assert "line 3: not a txsuite result record (ValueError: JSON nested more than 64" in lines[1]
+    assert "line 4: a (cell, repeat) already recorded, again" in lines[2]
+    assert not any("RunFolder" in line or "warn" in line.split("RecordsWarning")[0] for line in lines)
+
+
+def test_a_line_longer_than_the_bound_is_skipped_without_being_read_whole(tmp_path, monkeypatch):
+    import txsuite.results.folder as folder_module
+    monkeypatch.setattr(folder_module, "MAX_LINE_BYTES", 1000)
+    write_atomic(tmp_path / "records.jsonl", record("a").to_json() + "\n" + "x" * 5000 + "\n" + record("b").to_json()
+                 + "\n")
+    with pytest.warns(RecordsWarning, match="line 2: not a txsuite result record .longer than 1,000 bytes"):
+        assert [r.cell_id for r in RunFolder(tmp_path).records()] == ["a", "b"]

@@ -16,7 +16,8 @@ from txsuite.guard.side import (BASELINE_FORMAT, BASELINE_SCHEMA, CellSamples, G
                               load_side)
 from txsuite.guard.state import SLOW_STATE, best_probe, slowdown
 from txsuite.verdict.stats import pooled_log_sd
-from txsuite.results import write_atomic
+from txsuite.results import META, RunFolder, RunLock, RunMeta, write_atomic
+from txsuite.results.folder import warn
 
 
 def quality(side: Side) -> dict[str, Any]:
@@ -94,6 +95,7 @@ def write_baseline(run_dirs: str | os.PathLike | list[str | os.PathLike], out_pa
     paths = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     sides = [load_side(p) for p in paths]
     for side in sides:
+        check_finished(side)
         if not side.cells:
             problems = "; ".join(f"{side.labels.get(k, k)}: {', '.join(v)}" for k, v in list(side.not_ok.items())[:5])
             raise GuardInputError(f"{side.path} has no successfully measured cell to make a baseline of"
@@ -105,6 +107,33 @@ def write_baseline(run_dirs: str | os.PathLike | list[str | os.PathLike], out_pa
     out = Path(out_path)
     write_atomic(out, dumps_baseline(baseline_json(side)))
     return out
+
+
+def check_finished(side: Side) -> None:
+    """A baseline is of finished runs: GuardInputError for a run whose runner still holds it (its
+    lock: the baseline would hold only the cells finished so far, with no sign of it), and a
+    warning (IncompleteRun) for one whose matrix.json says it stopped before its last cell
+    (interrupted, --fail-fast or --only), naming what it holds of what was planned."""
+    run_dir = getattr(side, "run_dir", None)
+    if side.kind != "run" or run_dir is None:
+        return
+    holder = RunLock.holder(run_dir)
+    if holder:
+        raise GuardInputError(f"{side.path} is still being written: its run is held by {holder}. A baseline now "
+                              f"would hold only the cells finished so far; wait for the run to finish, then run "
+                              f"`txsuite baseline` again.")
+    stored = RunFolder(run_dir).read_json(META, quiet=True)
+    if isinstance(stored, dict) and stored.get("complete") is False:  # absent: written before runs said
+        planned = len(RunMeta.from_json(stored).cells)
+        warn(f"{side.path} did not finish: its matrix.json says the run stopped before its last cell (interrupted, "
+             f"--fail-fast or --only), so this baseline holds {len(side.cells)} measured cell"
+             f"{'s' if len(side.cells) != 1 else ''}{f' of the {planned} planned' if planned else ''}. Resume the "
+             f"run (the same `txsuite run` command) and make the baseline again for one of every cell.",
+             IncompleteRun)
+
+
+class IncompleteRun(UserWarning):
+    """A baseline made of a run that did not finish every planned cell."""
 
 
 def merge_runs(sides: list[Side]) -> Side:

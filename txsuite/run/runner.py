@@ -25,6 +25,7 @@ from typing import Callable
 
 from txsuite.config.matrix import Matrix, PlannedCell
 from txsuite.config.record import Record
+from txsuite.config.spec import CellConfig
 from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
 from txsuite.results import RunFolder, RunLock, RunMeta
@@ -147,25 +148,68 @@ class RunMismatch(Exception):
 
 
 def check_same_experiment(folder: RunFolder, matrix: Matrix) -> None:
-    """Refuse to resume a run whose planned cells or repeats differ from this matrix's."""
+    """Refuse to resume a run whose planned cells or repeats differ from this matrix's: by its
+    matrix.json, and by its records themselves (each holds its cell's id and config), so that a
+    run whose matrix.json was deleted, edited or never written is checked all the same."""
     meta = folder.meta
-    if not meta.fingerprint or meta.fingerprint == matrix.fingerprint():
+    if meta.fingerprint and meta.fingerprint != matrix.fingerprint():
+        changes = describe_change(meta, matrix)
+    else:
+        changes = _records_change(folder.records(), matrix)
+    if not changes:
         return
-    changes = describe_change(meta, matrix)
     raise RunMismatch(
         f"{folder.dir} holds a run of another version of this matrix ({'; '.join(changes) or 'its cells differ'}), "
         f"so resuming it would put two experiments under one label. Start a new run: leave out --run-id (a "
         f"new timestamped run), or give a new one.")
 
 
-def describe_change(old: RunMeta, matrix: Matrix) -> list[str]:
-    """What differs between a run's stored plan and a matrix, in words."""
+def _records_change(records: list[Record], matrix: Matrix) -> list[str]:
+    """What differs between the records a run holds and this matrix, in words ([] when every
+    record is of one of its cells and repetitions): a record of a cell the matrix does not plan,
+    of another matrix, of a repetition past its repeats, or whose config is not the one its cell
+    id names (a record edited or copied in)."""
+    planned = {c.cell_id for c in matrix.cells}
+    strangers: dict[str, Record] = {}
+    problems: list[str] = []
+    configs: dict[tuple[str, str], Record] = {}  # each distinct (cell id, config) checked once
+    for r in records:
+        if r.matrix != matrix.name:
+            problems.append(f"records of matrix {r.matrix!r}, not {matrix.name!r}")
+            break
+        if r.cell_id not in planned:
+            strangers.setdefault(r.cell_id, r)
+            continue
+        configs.setdefault((r.cell_id, json.dumps(r.config, sort_keys=True, default=str)), r)
+        if r.repeat >= matrix.repetitions:
+            problems.append(f"cell {r.label or r.cell_id} has repetition {r.repeat + 1}, this matrix "
+                            f"{matrix.repetitions}")
+    if strangers:
+        stored = RunMeta(cells=[{"cell_id": r.cell_id, "label": r.label or r.cell_id, "config": r.config}
+                                for r in strangers.values()])
+        problems.extend(describe_change(stored, matrix, removed_only=True) or
+                        [f"records of cells this matrix does not plan: {', '.join(list(strangers)[:4])}"])
+    for (cell_id, _), r in configs.items():
+        try:
+            named = CellConfig.from_dict(r.config).cell_id()
+        except Exception:  # noqa: BLE001 - any config that does not build is not this cell's
+            named = None
+        if named != cell_id:
+            problems.append(f"a record of cell {r.label or cell_id} holds another config than its cell id names")
+            break
+    return list(dict.fromkeys(problems))[:6]
+
+
+def describe_change(old: RunMeta, matrix: Matrix, removed_only: bool = False) -> list[str]:
+    """What differs between a run's stored plan and a matrix, in words. `old` may hold only some
+    cells (those of records the matrix does not plan): then cells it lacks are not 'added'
+    (removed_only=True leaves them out)."""
     before = {c["label"]: c for c in old.cells if c.get("label")}
     after = {c.label: c for c in matrix.cells}
     changes = []
     added = [label for label in after if label not in before]
     removed = [label for label in before if label not in after]
-    if added:
+    if added and not removed_only:
         changes.append(f"cells added: {', '.join(added[:4])}{' ...' if len(added) > 4 else ''}")
     if removed:
         changes.append(f"cells removed: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}")
