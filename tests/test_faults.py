@@ -139,13 +139,13 @@ def test_oom_rule_needs_all_else_equal():
 
 
 def test_memory_estimate_tracks_the_techniques():
-    from txsuite.measure.estimate import estimate_memory
+    from txsuite.config.estimate import estimate_memory
     from txsuite.config.spec import CellConfig, MemorySpec, ModelSpec, TrainSpec
     base = CellConfig(model=ModelSpec(preset="small"), train=TrainSpec(micro_batch=8))
     e = estimate_memory(base)
     # AdamW state is twice the parameters plus one fp32 step counter per parameter tensor;
     # gradients equal the parameters
-    from txsuite.measure.estimate import parameter_shapes
+    from txsuite.config.estimate import parameter_shapes
     counters = 4 * len(parameter_shapes(base, 256))
     assert e["optimizer_bytes"] == 2 * e["params_bytes"] + counters and e["params_bytes"] == e["grads_bytes"]
     full = estimate_memory(CellConfig(model=base.model, train=base.train,

@@ -75,7 +75,7 @@ def test_a_matrix_timeout_beyond_a_week_is_refused_at_its_line(write_matrix):
 def test_every_integer_setting_has_an_upper_bound_and_its_products_stay_finite():
     """Every int key of the spec names its maximum, and a cell with every key at it still has a
     finite memory estimate and FLOP count (what the plan prints)."""
-    from txsuite.measure.estimate import estimate_memory, training_flops
+    from txsuite.config.estimate import estimate_memory, training_flops
     ints = [f"{family}.{key}" for family in spec.FAMILIES for key in spec.keys_of(family)
             if str(spec.field_type(f"{family}.{key}")).startswith("int") and f"{family}.{key}" not in spec.CHOICES]
     assert ints and all(key in spec.MAXIMA for key in ints), [k for k in ints if k not in spec.MAXIMA]

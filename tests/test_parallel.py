@@ -277,7 +277,7 @@ def test_comm_share_merges_overlapping_transfers():
 
 
 def test_memory_estimate_divides_what_each_layout_shards():
-    from txsuite.measure.estimate import estimate_memory
+    from txsuite.config.estimate import estimate_memory
     from txsuite.config.spec import CellConfig, ModelSpec, ParallelSpec
 
     def est(**parallel):

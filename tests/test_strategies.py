@@ -16,7 +16,7 @@ from txsuite.config.spec import OPTIMIZERS, CellConfig, DataSpec, ModelSpec, Par
 from txsuite.data import build_dataset
 from txsuite.data.augment import MASK_TOKEN, Augmenter
 from txsuite.train.muon import Muon, newton_schulz_dtype
-from txsuite.measure.estimate import optimizer_state_bytes, parameter_shapes
+from txsuite.config.estimate import optimizer_state_bytes, parameter_shapes
 from txsuite.results import RunFolder
 from txsuite.train import build_training, train_steps
 from txsuite.train.optimizers import state_bytes

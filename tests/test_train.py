@@ -9,7 +9,7 @@ import torch
 
 from txsuite.config.matrix import load_matrix
 from txsuite.config.spec import OPTIMIZERS, CellConfig, CompileSpec, DataSpec, ModelSpec, OptimizerInfo, TrainSpec
-from txsuite.measure.estimate import estimate_memory
+from txsuite.config.estimate import estimate_memory
 from txsuite.train import build_training, train_steps
 from txsuite.train import optimizers
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from txsuite.cli.common import (OVERRIDES_HELP, UsageProblem, console, device_option, load, matrix_argument,
                                 only_option, overrides_argument, this_host, yes_option)
 from txsuite.config.matrix import Matrix
-from txsuite.measure.estimate import approx_vocab, estimate_memory
+from txsuite.config.estimate import approx_vocab, estimate_memory
 
 BIG_VOCAB = 65536  # above this, the plan checks what BPE can learn from the corpus at all
 

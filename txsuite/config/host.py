@@ -59,7 +59,7 @@ def host_problems(cell: "CellConfig", host: Host) -> str | None:
 
 def memory_problem(cell: "CellConfig", host: Host, needed_bytes: int) -> str | None:
     """Why a valid cell cannot fit this host, whose planned memory per rank (the plan's estimate,
-    txsuite.measure.estimate) is `needed_bytes`, or None: more than the GPU's memory for a CUDA
+    txsuite.config.estimate) is `needed_bytes`, or None: more than the GPU's memory for a CUDA
     cell, more than the host's RAM for a CPU cell. Unknown memory refuses nothing."""
     from txsuite.config.numbers import size_text
     if host.device_of(cell) == "cuda":

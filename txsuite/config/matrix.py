@@ -746,7 +746,6 @@ def _memory_refusal(config: CellConfig, host: Host) -> str | None:
     a cell is refused only when it surely does not fit."""
     if host.memory_bytes is None and host.gpu_memory_bytes is None:
         return None
-    from txsuite.measure.estimate import approx_vocab, estimate_memory  # stdlib only, like this module
     vocab = approx_vocab(config)
     if config.data.tokenizer == "bpe" and vocab > BIG_VOCAB:
         vocab = 256

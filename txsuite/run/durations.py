@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 
 from txsuite.config.matrix import PlannedCell
-from txsuite.measure.estimate import approx_vocab, training_flops
+from txsuite.config.estimate import approx_vocab, training_flops
 from txsuite.measure.host_cache import locked_update
 
 FILE = "durations.json"
