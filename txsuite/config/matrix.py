@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from txsuite.config import numbers, spec
+from txsuite.config.estimate import approx_vocab, estimate_memory
 from txsuite.config.host import Host, host_problems, memory_problem
 from txsuite.config.metrics import GUARDABLE
 from txsuite.config.spec import CellConfig
