@@ -73,9 +73,13 @@ def test_plan_estimates_the_sweep_from_what_this_host_ran(tiny, tmp_path):
     assert before.returncode == 0 and "no estimate yet" in before.stdout
     assert txsuite("run", "m.yaml", "--only", "none", cwd=tiny.parent, env=cache).returncode == 0
     after = txsuite("plan", "m.yaml", cwd=tiny.parent, env=cache).stdout
-    # one cell ran here; the other is scaled from it, and the plan says which is which
+    # one cell ran here; the other is predicted from what it measured, and the plan says which is which
     assert "estimated time: about" in after and "1 of 2 cells ran here before" in after
-    assert "1 scaled by training FLOPs" in after
+    assert "1 predicted from what this host measured" in after
+    assert "speed fitted on 1 repetitions measured here" in " ".join(after.split())
+    # and the run's records carry what was predicted beside what was measured
+    record = RunFolder(next((tiny.parent / "results" / "tiny").iterdir())).records()[0]
+    assert record.metrics["predicted_train_mem_bytes"] > 0 and "predicted_speed_source" in record.metrics
 
 
 def test_compare_prints_its_summary_writes_under_reports_dir_and_refuses_two_matrices(tiny):

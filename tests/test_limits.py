@@ -255,13 +255,13 @@ def test_a_cache_file_of_another_shape_is_named_ignored_and_rewritten(tmp_path, 
 
 
 def test_a_damaged_cache_file_is_rewritten_even_by_a_reader(tmp_path, cache_at):
-    """The plan only reads durations.json: a file of another shape is still replaced (once)."""
+    """The plan only reads observed.json: a file of another shape is still replaced (once)."""
     from txsuite.measure.host_cache import locked_update
     cache_at(tmp_path)
-    (tmp_path / "durations.json").write_text("[1, 2]")
-    with pytest.warns(CacheWarning, match="durations.json: holds a JSON list"):
-        assert locked_update("durations.json", lambda cache: cache.get("host")) is None
-    assert json.loads((tmp_path / "durations.json").read_text()) == {}
+    (tmp_path / "observed.json").write_text("[1, 2]")
+    with pytest.warns(CacheWarning, match="observed.json: holds a JSON list"):
+        assert locked_update("observed.json", lambda cache: cache.get("host")) is None
+    assert json.loads((tmp_path / "observed.json").read_text()) == {}
 
 
 def test_a_measured_once_entry_of_another_shape_is_measured_again(tmp_path, cache_at):

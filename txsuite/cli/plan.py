@@ -10,7 +10,6 @@ from rich.table import Table
 from txsuite.cli.common import (OVERRIDES_HELP, UsageProblem, console, device_option, load, matrix_argument,
                                 only_option, overrides_argument, this_host, yes_option)
 from txsuite.config.matrix import Matrix
-from txsuite.config.estimate import approx_vocab, estimate_memory
 
 BIG_VOCAB = 65536  # above this, the plan checks what BPE can learn from the corpus at all
 
@@ -39,14 +38,22 @@ def plan(matrix_path: str, overrides: tuple[str, ...], device: str | None, only:
 
 
 def show_plan(matrix: Matrix) -> None:
-    """The plan's table, its notes, what this host will make of the cells, and the time estimate."""
-    from txsuite.run.durations import estimate
+    """The plan's table with each cell's predicted speed and memory, its notes, what this host
+    will make of the cells, and the sweep's estimated time."""
+    from txsuite.run.observed import Predictor
 
-    console.print(plan_table(matrix))
+    predictor = Predictor(this_host().gpu_name)
+    console.print(plan_table(matrix, predictor))
     for note in matrix.notes:
         console.print(f"note: {note}", markup=False)
     host_notes(matrix.cells)
-    console.print(estimate(matrix.cells, matrix.repetitions).describe(), markup=False)
+    model = predictor.model
+    speed = (f"speed fitted on {model.speed_fitted_on} repetitions measured here" if model.speed is not None
+             else "speed: the uncorrected roofline at this host's measured matmul peak (nothing measured here yet)")
+    memory = (f"memory fitted on {model.memory_fitted_on}" if model.memory is not None
+              else "memory: the estimate, uncorrected")
+    console.print(f"predictions: {speed}; {memory} (txsuite/measure/predict.py)", markup=False)
+    console.print(predictor.sweep(matrix.cells, matrix.repetitions).describe(), markup=False)
 
 
 def host_notes(cells) -> None:
@@ -73,7 +80,7 @@ def _bpe_limit(cell, limits: dict[str, int]) -> int | None:
     return limits[d.dataset]
 
 
-def plan_table(matrix: Matrix) -> Table:
+def plan_table(matrix: Matrix, predictor) -> Table:
     runs = (f"{matrix.repetitions} runs each ({matrix.seeds} seeds, {matrix.repeats} repeats: repetition r "
             f"trains with seed r mod {matrix.seeds})" if matrix.seeds > 1 else f"{matrix.repeats} repeats")
     table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {runs}", title_justify="left")
@@ -81,12 +88,20 @@ def plan_table(matrix: Matrix) -> Table:
     table.add_column("cell id")
     table.add_column("cell")
     table.add_column("tokens/step", justify="right")
-    table.add_column("est. train memory", justify="right")
+    table.add_column("predicted tokens/s", justify="right")
+    table.add_column("predicted train memory", justify="right")
     table.add_column("status")
     limits: dict[str, int] = {}
     for i, cell in enumerate(matrix.cells):
         status = f"[yellow]skipped: {escape(cell.skip_reason)}[/]" if cell.skip_reason else "[green]will run[/]"
-        estimate = estimate_memory(cell.config, approx_vocab(cell.config, _bpe_limit(cell.config, limits)))["total_bytes"]
-        table.add_row(str(i), cell.cell_id, escape(cell.label), f"{cell.config.tokens_per_step:,}",
-                      f"{estimate / 2**20:,.0f} MiB", status)
+        _bpe_limit(cell.config, limits)  # says where a corpus caps what BPE can learn
+        p = predictor.predict(cell.config)
+        speed = "—" if p.tokens_per_s is None else (
+            f"{_si(p.tokens_per_s)}" + (f" ({_si(p.low)}–{_si(p.high)})" if p.low is not None else ""))
+        table.add_row(str(i), cell.cell_id, escape(cell.label), f"{cell.config.tokens_per_step:,}", speed,
+                      f"{p.train_mem_bytes / 2**20:,.0f} MiB", status)
     return table
+
+
+def _si(value: float) -> str:
+    return f"{value / 1e3:,.1f}k" if value >= 1e3 else f"{value:,.0f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from txsuite.cli.common import console
-from txsuite.run.durations import duration_text
+from txsuite.run.observed import duration_text
 
 
 class SweepProgress:

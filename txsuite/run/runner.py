@@ -29,7 +29,7 @@ from txsuite.config.spec import CellConfig
 from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
 from txsuite.results import RunFolder, RunLock, RunMeta
-from txsuite.run import durations
+from txsuite.run import observed
 from txsuite.run.executors import LocalExecutor
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -269,11 +269,14 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
         1 for c, r in todo if (c.cell_id, r) in finished)})
     lock = threading.Lock()  # guards summary/ooms/emit across the executor's threads
     stop = threading.Event()
+    predictor = observed.Predictor()  # fitted once, on what this host measured before this sweep
 
     def finish(index: int, cell: PlannedCell, record: Record) -> None:
+        if record.status != "skipped":  # the model is checked by every repetition it could have told
+            record.metrics.update(predicted_metrics(predictor.predict(cell.config)))
         folder.append(record)  # file-locked: safe from several threads
         if record.status == "ok" and isinstance(executor, LocalExecutor):  # a Slurm job's time holds its queueing
-            durations.remember(cell, record.duration_s, record.metrics.get("train_wall_s"))
+            observed.remember(cell, record.duration_s, record.metrics)
         with lock:
             if record.status == "oom":
                 ooms.append(cell)
@@ -332,6 +335,15 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
         meta["complete"] = True
         folder.write_json("matrix.json", meta)
     return summary
+
+
+def predicted_metrics(p) -> dict:
+    """A prediction (txsuite/measure/predict.py) as record metrics, beside what was measured."""
+    out = {"predicted_tokens_per_s": p.tokens_per_s, "predicted_tokens_per_s_low": p.low,
+           "predicted_tokens_per_s_high": p.high, "predicted_train_mem_bytes": p.train_mem_bytes,
+           "predicted_speed_source": p.speed_source, "predicted_memory_source": p.memory_source}
+    out.update({f"predicted_{name}": value for name, value in p.memory_parts.items()})
+    return out
 
 
 class AutoTargets:

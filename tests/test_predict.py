@@ -1,0 +1,60 @@
+"""The cost model: fitted on what a host measured, it predicts what it was fitted on; with
+nothing measured it says it is the uncorrected roofline; its band never claims less than the
+floor."""
+import math
+
+from txsuite.config.spec import CellConfig
+from txsuite.measure.predict import BAND_FLOOR, HostModel, Observation, memory_features, speed_features
+
+PEAK = 1e11
+
+
+def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optimizer="adamw"):
+    return CellConfig.from_dict({"model": {"preset": "tiny", "n_layer": n_layer},
+                                 "data": {"dataset": "markov", "seq_len": 64, "symbols": 64},
+                                 "train": {"steps": 10, "micro_batch": micro_batch, "optimizer": optimizer},
+                                 "memory": {"activation_checkpointing": checkpointing},
+                                 "precision": precision, "device": "cpu"})
+
+
+CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
+         for c in ("none", "full")]
+TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
+TRUE_MEMORY = [1.0, 1.0, 1.2, 1.5, 30e6]
+
+
+def observations():
+    out = []
+    for c in CELLS:
+        step = sum(a * x for a, x in zip(TRUE_SPEED, speed_features(c, PEAK)))
+        memory = sum(a * x for a, x in zip(TRUE_MEMORY, memory_features(c)))
+        out.append(Observation(c, step, memory, PEAK))
+    return out
+
+
+def test_a_model_fitted_on_a_host_predicts_what_it_measured():
+    model = HostModel.fit(observations())
+    assert model.speed_fitted_on == len(CELLS) and model.speed_error < 1e-6
+    for o in observations():
+        p = model.predict(o.config, PEAK)
+        assert math.isclose(p.step_s, o.step_s, rel_tol=1e-6)
+        assert math.isclose(p.train_mem_bytes, o.train_mem_bytes, rel_tol=1e-6)
+        assert math.isclose(p.tokens_per_s, o.config.tokens_per_step / o.step_s, rel_tol=1e-6)
+        # a perfect fit still claims no band narrower than the floor
+        assert math.isclose(p.high / p.tokens_per_s, math.exp(BAND_FLOOR), rel_tol=1e-9)
+        assert "fitted on" in p.speed_source and "fitted on" in p.memory_source
+
+
+def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
+    p = HostModel.fit([]).predict(cell(), PEAK)
+    assert "uncorrected roofline" in p.speed_source and p.low is None
+    assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0])  # matmul FLOPs at the peak, nothing else
+    assert "uncorrected" in p.memory_source and p.train_mem_bytes == sum(memory_features(cell())[:-1])
+    no_peak = HostModel.fit([]).predict(cell(precision="bf16"), None)
+    assert no_peak.tokens_per_s is None and "no matmul peak" in no_peak.speed_source
+
+
+def test_recomputation_and_accumulation_cost_time_in_the_features():
+    plain, recomputed = speed_features(cell(), PEAK), speed_features(cell(checkpointing="full"), PEAK)
+    assert math.isclose(recomputed[0] / plain[0], 4 / 3)  # every layer's forward runs twice
+    assert speed_features(cell(n_layer=4), PEAK)[1] == 2 * plain[1]

@@ -1,0 +1,152 @@
+"""What cells measured on this host, kept for the plan: how long a sweep will take, and each
+cell's predicted speed and memory (txsuite/measure/predict.py) before it runs.
+
+One JSON file in the txsuite cache folder (observed.json): host name -> cell id -> the cell's
+resolved settings and its last few repetitions that ended ok: wall time (process start to
+record: start-up, data, training and evaluation all count), time in training steps, median step
+time, train memory and the matmul peak it ran against. The file is advisory: an unreadable one
+is ignored and rewritten, one that cannot be written is skipped.
+
+A sweep's time: a cell that ran here before takes the median of its own wall times; a cell that
+never did takes the median time outside training of every cell that did, plus its steps at the
+predicted step time. With nothing measured here, there is no estimate.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import socket
+import statistics
+from dataclasses import dataclass
+
+from txsuite.config.matrix import PlannedCell
+from txsuite.config.spec import CellConfig
+from txsuite.measure.env import cpu_model
+from txsuite.measure.host_cache import locked_update
+from txsuite.measure.predict import HostModel, Observation, Prediction, peak_key
+
+FILE = "observed.json"
+KEPT = 5  # repetitions remembered per cell: the newest, so a changed host soon shows
+
+
+def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
+    """Keep one repetition of `cell` that ended ok. Never fails a run."""
+    this = {"seconds": round(seconds, 3)}
+    for name, key in (("training_s", "train_wall_s"), ("step_s", "step_time_p50_s"),
+                      ("train_mem_bytes", "train_mem_bytes"), ("peak_flops", "peak_flops")):
+        if _positive(metrics.get(key)):
+            this[name] = metrics[key]
+
+    def update(cache: dict) -> None:
+        host = cache.get(socket.gethostname())
+        if not isinstance(host, dict):
+            host = cache[socket.gethostname()] = {}
+        entry = host.get(cell.cell_id)
+        kept = _repetitions(entry) if isinstance(entry, dict) else []
+        host[cell.cell_id] = {"config": cell.config.to_dict(), "repetitions": [*kept, this][-KEPT:]}
+    try:
+        locked_update(FILE, update)
+    except (OSError, TypeError, ValueError, AttributeError):
+        pass
+
+
+def _known() -> dict[str, dict]:
+    """cell id -> entry, of this host, each with at least one usable repetition."""
+    try:
+        host = locked_update(FILE, lambda cache: cache.get(socket.gethostname()))
+    except (OSError, TypeError, ValueError, AttributeError):
+        return {}
+    if not isinstance(host, dict):
+        return {}
+    return {k: v for k, v in host.items() if isinstance(v, dict) and isinstance(v.get("config"), dict)
+            and [r for r in _repetitions(v) if _positive(r.get("seconds"))]}
+
+
+def _config(entry: dict) -> CellConfig | None:
+    try:
+        return CellConfig.from_dict(entry["config"])
+    except (TypeError, ValueError, KeyError):
+        return None  # written by another version of the settings
+
+
+class Predictor:
+    """The host model fitted once on what this host measured, and the peaks it measured."""
+
+    def __init__(self, device_name: str | None = None) -> None:
+        self.known = _known()
+        observations = []
+        for entry in self.known.values():
+            config = _config(entry)
+            if config is None:
+                continue
+            for r in _repetitions(entry):
+                observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), r.get("peak_flops")))
+        self.model = HostModel.fit(observations)
+        try:
+            self.peaks = locked_update("peaks.json", lambda cache: dict(cache))
+        except (OSError, TypeError, ValueError, AttributeError):
+            self.peaks = {}
+        self.device_name = device_name
+
+    def peak(self, cell: CellConfig) -> float | None:
+        name = cpu_model() if cell.device == "cpu" else self.device_name
+        try:
+            torch_version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        entry = self.peaks.get(peak_key(cell, name or "", torch_version))
+        return entry.get("flops") if isinstance(entry, dict) else None
+
+    def predict(self, cell: CellConfig) -> Prediction:
+        return self.model.predict(cell, self.peak(cell))
+
+    def sweep(self, cells: list[PlannedCell], repetitions: int) -> "SweepEstimate":
+        """The sweep's wall time here, one repetition after another."""
+        running = [c for c in cells if not c.skip_reason]
+        outside = [r["seconds"] - r["training_s"] for entry in self.known.values() for r in _repetitions(entry)
+                   if _positive(r.get("seconds")) and _positive(r.get("training_s")) and r["seconds"] >= r["training_s"]]
+        total, measured, predicted = 0.0, 0, 0
+        for cell in running:
+            entry = self.known.get(cell.cell_id)
+            if entry:
+                total += statistics.median(r["seconds"] for r in _repetitions(entry) if _positive(r.get("seconds")))
+                measured += 1
+                continue
+            step_s = self.predict(cell.config).step_s
+            if step_s is None or not outside:
+                return SweepEstimate(None, measured, 0, len(running))
+            total += statistics.median(outside) + step_s * cell.config.train.total_steps
+            predicted += 1
+        return SweepEstimate(total * repetitions if running else 0.0, measured, predicted, len(running))
+
+
+@dataclass
+class SweepEstimate:
+    seconds: float | None  # None: nothing of this host to estimate from
+    measured: int  # cells with wall times of their own on this host
+    predicted: int  # cells whose time is predicted (txsuite/measure/predict.py)
+    cells: int  # cells that will run
+
+    def describe(self) -> str:
+        if self.seconds is None:
+            return "estimated time: no estimate yet (no cell has finished on this host)"
+        parts = [f"{self.measured} of {self.cells} cells ran here before"] if self.measured else []
+        if self.predicted:
+            parts.append(f"{self.predicted} predicted from what this host measured")
+        return f"estimated time: about {duration_text(self.seconds)} on this host ({'; '.join(parts)})"
+
+
+def _repetitions(entry: dict) -> list[dict]:
+    kept = entry.get("repetitions")
+    return [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def duration_text(seconds: float) -> str:
+    """3h05m, 4m10s, 12s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
