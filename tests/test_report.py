@@ -594,3 +594,18 @@ def test_the_tables_fit_a_1400_px_window_without_sideways_scrolling(tmp_path):
     a, b = compare_runs(tmp_path)
     widths = table_widths(render_compare(a, b, tmp_path / "cmp.html"), tmp_path, "1400,2000")
     assert all(full <= visible for visible, full in widths.values()), widths
+
+
+def test_the_report_checks_each_cells_prediction_against_what_it_measured(tmp_path):
+    predicted = {"predicted_tokens_per_s": 1100.0, "predicted_tokens_per_s_low": 1000.0,
+                 "predicted_tokens_per_s_high": 1210.0, "predicted_train_mem_bytes": 3 * 2**20,
+                 "predicted_params_bytes": 2 * 2**20, "predicted_other_bytes": 2**20,
+                 "predicted_speed_source": "fitted on 8 repetitions of this host"}
+    records = [record("c0", "precision=fp32", config(), repeat=r, tokens_per_s=1000.0, train_mem_bytes=4 * 2**20,
+                      **predicted) for r in range(2)]
+    html = html_of(write_run(tmp_path / "run", records), tmp_path)
+    section = html[html.index('id="predictions"'):html.index('id="matrix"')]
+    assert "fitted on 8 repetitions of this host" in section
+    assert "+10%" in section and "-25%" in section  # 1100 predicted for 1000 measured; 3 MiB for 4
+    assert "Median absolute error of tokens/s: 10%" in section
+    assert 'id="predictions"' not in html_of(write_run(tmp_path / "plain", [record("c0", "x", config())]), tmp_path)

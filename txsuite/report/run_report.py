@@ -14,6 +14,7 @@ from txsuite.report.encoding import ordered_values
 from txsuite.report.environment import env_rows
 from txsuite.report.frame import CellTable, build_cell_table
 from txsuite.report.parallel_view import parallel_section
+from txsuite.report.predictions_view import predictions_section
 from txsuite.report.render import render_to_file
 from txsuite.results import Run, RunFolder
 from txsuite.report.summary import summarize
@@ -34,6 +35,7 @@ def render_run(run_dir: Path, out_path: Path) -> tuple[Path, list[str]]:
         run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
         summary=summary, charts=build_charts(table), table=cell_table_view(table),
         convergence=convergence_section(table), compression=compression_section(table), parallel=parallel_section(run.records),
+        predictions=predictions_section(table),
         matrix=matrix_view(run, table), env=env_rows(run),
     )
     return path, answer_lines(summary)
