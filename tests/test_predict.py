@@ -58,3 +58,27 @@ def test_recomputation_and_accumulation_cost_time_in_the_features():
     plain, recomputed = speed_features(cell(), PEAK), speed_features(cell(checkpointing="full"), PEAK)
     assert math.isclose(recomputed[0] / plain[0], 4 / 3)  # every layer's forward runs twice
     assert speed_features(cell(n_layer=4), PEAK)[1] == 2 * plain[1]
+
+
+BIG = """\
+name: big
+fixed:
+  model: {preset: tiny, n_layer: 1}
+  data: {dataset: markov, seq_len: 512, symbols: 16}
+  train: {steps: 2, warmup_steps: 1}
+axes:
+  train.micro_batch: [1, 512]
+"""
+
+
+def test_a_cell_predicted_not_to_fit_the_memory_limit_is_never_launched(tmp_path):
+    from txsuite.results import RunFolder
+    from cli_helpers import txsuite
+
+    (tmp_path / "m.yaml").write_text(BIG)
+    out = txsuite("run", "m.yaml", "--run-id", "r", "--memory-limit", "1GiB", cwd=tmp_path)
+    records = {r.label: r for r in RunFolder(tmp_path / "results" / "big" / "r").records()}
+    big = records["train.micro_batch=512"]
+    assert big.status == "skipped" and "predicted not to fit --memory-limit 1,024 MiB" in big.reason, out.stdout
+    assert not (tmp_path / "results" / "big" / "r" / "cells" / big.cell_id / "r0" / "log.txt").exists()  # no launch
+    assert records["train.micro_batch=1"].status == "ok"

@@ -45,13 +45,15 @@ from txsuite.run.executors import host_gpu_ids
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
               help="This node's rank: 0 leads (runs every cell, writes the records), others follow.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, for --nnodes > 1.")
+@click.option("--no-predict-skip", "no_predict_skip", is_flag=True,
+              help="Launch cells predicted not to fit --memory-limit too (by default they are recorded skipped).")
 @click.option("--memory-limit", "memory_limit", type=Size(), metavar="SIZE",
               help="Cap what each cell may hold (e.g. 4GiB: host memory for CPU cells, GPU memory for CUDA cells) to see what fits a smaller machine; cells beyond it are `oom`.")
 @click.option("--mlflow", "to_mlflow", is_flag=True, help="Also export to MLflow as each repetition ends "
               "(MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): as `txsuite export RUN --mlflow`.")
 def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_dir: str, run_id: str | None, device: str | None,
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
-        fail_fast: bool, no_report: bool, memory_limit: int | None, executor_name: str, slurm_partition: str | None,
+        fail_fast: bool, no_report: bool, no_predict_skip: bool, memory_limit: int | None, executor_name: str, slurm_partition: str | None,
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
         rdzv_endpoint: str | None, to_mlflow: bool = False) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
@@ -94,7 +96,7 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
         with SweepProgress() as progress:
             progress = tracker.wrap(progress) if tracker else progress
             summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
-                                 retry_failed=retry_failed, fail_fast=fail_fast, memory_limit_bytes=limit,
+                                 retry_failed=retry_failed, fail_fast=fail_fast, memory_limit_bytes=limit, predict_skip=not no_predict_skip,
                                  executor=executor, nodes=nodes)
     except (RunInUse, RunMismatch) as exc:
         raise UsageProblem(str(exc)) from None

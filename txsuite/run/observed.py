@@ -32,7 +32,8 @@ def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
     """Keep one repetition of `cell` that ended ok. Never fails a run."""
     this = {"seconds": round(seconds, 3)}
     for name, key in (("training_s", "train_wall_s"), ("step_s", "step_time_p50_s"),
-                      ("train_mem_bytes", "train_mem_bytes"), ("peak_flops", "peak_flops")):
+                      ("train_mem_bytes", "train_mem_bytes"), ("peak_flops", "peak_flops"),
+                      ("baseline_bytes", "host_rss_before_train_bytes")):
         if _positive(metrics.get(key)):
             this[name] = metrics[key]
 
@@ -98,6 +99,24 @@ class Predictor:
 
     def predict(self, cell: CellConfig) -> Prediction:
         return self.model.predict(cell, self.peak(cell))
+
+    def beyond_limit(self, cell: CellConfig, limit_bytes: int) -> str | None:
+        """Why `cell` will not fit `--memory-limit` (the reason it is skipped with), or None. A
+        CPU cell's limit also holds the process before training (the interpreter and torch: the
+        median this host measured), a CUDA cell's only what the allocator holds."""
+        predicted = self.predict(cell).train_mem_bytes
+        if not predicted:
+            return None
+        baseline = 0.0
+        if cell.device == "cpu":
+            before = [r["baseline_bytes"] for entry in self.known.values() for r in _repetitions(entry)
+                      if _positive(r.get("baseline_bytes"))]
+            baseline = statistics.median(before) if before else 0.0
+        if predicted + baseline <= limit_bytes:
+            return None
+        held = f" plus {baseline / 2**20:,.0f} MiB the process holds before training here" if baseline else ""
+        return (f"predicted not to fit --memory-limit {limit_bytes / 2**20:,.0f} MiB: {predicted / 2**20:,.0f} MiB of "
+                f"training memory{held} (txsuite/measure/predict.py); --no-predict-skip runs it anyway")
 
     def sweep(self, cells: list[PlannedCell], repetitions: int) -> "SweepEstimate":
         """The sweep's wall time here, one repetition after another."""

@@ -128,9 +128,12 @@ def choose_run_dir(results_dir: Path, matrix: Matrix, run_id: str | None) -> tup
 def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s: float | None = None,
                on_event: Callable[[str, dict], None] | None = None,
                worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
-               memory_limit_bytes: int | None = None, executor=None, nodes: Nodes = ONE_NODE) -> RunSummary:
+               memory_limit_bytes: int | None = None, executor=None, nodes: Nodes = ONE_NODE,
+               predict_skip: bool = True) -> RunSummary:
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
-    replaced). fail_fast: stop after the first repetition that is not ok/skipped.
+    replaced). fail_fast: stop after the first repetition that is not ok/skipped. predict_skip:
+    a cell predicted not to fit memory_limit_bytes is recorded skipped, with the prediction, and
+    never launched.
 
     One writer per run: the run's lock (results.RunLock) is held from the first cell to the
     last, and a run whose matrix.json holds another experiment is refused (RunMismatch), so
@@ -140,7 +143,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     with RunLock(run_dir):
         check_same_experiment(folder, matrix)
         return _run_matrix(matrix, folder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
-                           memory_limit_bytes, executor, nodes)
+                           memory_limit_bytes, executor, nodes, predict_skip)
 
 
 class RunMismatch(Exception):
@@ -237,7 +240,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
-                memory_limit_bytes, executor, nodes) -> RunSummary:
+                memory_limit_bytes, executor, nodes, predict_skip=True) -> RunSummary:
     emit = on_event or (lambda kind, info: None)
     run_dir = folder.dir
     meta = matrix.to_json()
@@ -308,6 +311,10 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                 start_reason = transfers.missing_start(cell, repeat)
                 if start_reason is not None:
                     cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=start_reason)
+                beyond = predictor.beyond_limit(cell.config, memory_limit_bytes) if (
+                    predict_skip and memory_limit_bytes and not cell.skip_reason) else None
+                if beyond:
+                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=beyond)
                 bigger_than = _needs_more_than_an_oom(cell, ooms)
                 if bigger_than is not None:
                     cell = PlannedCell(cell.config, cell.label, cell.origin,
