@@ -27,7 +27,7 @@ FAULTS = textwrap.dedent("""\
 
 def test_diverged_and_oom_get_their_status_and_the_next_cell_runs(tmp_path):
     (tmp_path / "f.yaml").write_text(FAULTS)
-    out = txsuite("run", "f.yaml", "--run-id", "x", "--memory-limit", "3GiB", cwd=tmp_path)
+    out = txsuite("run", "f.yaml", "--run-id", "x", "--memory-limit", "3GiB", "--no-predict-skip", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     recs = RunFolder(tmp_path / "results/faults/x").records()
     by_label = {r.label: r for r in recs}
@@ -48,12 +48,12 @@ def test_fail_fast_stops_and_retry_failed_reruns_only_failures(tmp_path):
     store = RunFolder(tmp_path / "results/faults/y")
     assert [r.status for r in store.records()] == ["ok", "diverged"]
     # resume without the flag: finished cells are kept, the rest run
-    second = txsuite("run", "f.yaml", "--run-id", "y", "--memory-limit", "3GiB", cwd=tmp_path)
+    second = txsuite("run", "f.yaml", "--run-id", "y", "--memory-limit", "3GiB", "--no-predict-skip", cwd=tmp_path)
     assert "2 repetitions were already finished" in second.stdout
     assert sorted(r.status for r in store.records()) == ["diverged", "ok", "ok", "oom"]
     ok_before = {r.cell_id: r.finished_at for r in store.records() if r.status == "ok"}
     # --retry-failed: only the two bad cells run again (and fail again); ok ones are untouched
-    third = txsuite("run", "f.yaml", "--run-id", "y", "--retry-failed", "--memory-limit", "3GiB", cwd=tmp_path)
+    third = txsuite("run", "f.yaml", "--run-id", "y", "--retry-failed", "--memory-limit", "3GiB", "--no-predict-skip", cwd=tmp_path)
     assert "2 repetitions were already finished" in third.stdout
     recs = store.records()
     assert len(recs) == 4 and sorted(r.status for r in recs) == ["diverged", "ok", "ok", "oom"]
@@ -116,7 +116,7 @@ def test_after_an_oom_larger_cells_on_the_same_axis_are_skipped(tmp_path):
         axes:
           train.micro_batch: [2, 4096, 8192]
         """))
-    out = txsuite("run", "o.yaml", "--run-id", "z", "--memory-limit", "3GiB", cwd=tmp_path)
+    out = txsuite("run", "o.yaml", "--run-id", "z", "--memory-limit", "3GiB", "--no-predict-skip", cwd=tmp_path)
     recs = {r.config["train"]["micro_batch"]: r for r in RunFolder(tmp_path / "results/oomplan/z").records()}
     assert (recs[2].status, recs[4096].status, recs[8192].status) == ("ok", "oom", "skipped"), out.stdout
     assert recs[4096].cell_id in recs[8192].reason and "ran out of memory" in recs[8192].reason

@@ -238,7 +238,7 @@ def test_timeouts_must_be_finite_and_positive(tmp_path, value):
 def test_a_memory_limit_below_the_interpreter_is_oom_not_failed(tmp_path):
     (tmp_path / "m.yaml").write_text(TINY)
     for fresh in ("1", "0"):  # forked from the fork server, and a fresh interpreter
-        out = txsuite("run", "m.yaml", "--run-id", f"r{fresh}", "--memory-limit", "20MiB", cwd=tmp_path,
+        out = txsuite("run", "m.yaml", "--run-id", f"r{fresh}", "--memory-limit", "20MiB", "--no-predict-skip", cwd=tmp_path,
                       env={"TXSUITE_FORKSERVER": fresh})
         assert out.returncode == 1, out.stdout + out.stderr
         rec = json.loads((tmp_path / "results" / "rel" / f"r{fresh}" / "records.jsonl").read_text())

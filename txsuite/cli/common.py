@@ -14,6 +14,7 @@ from rich.console import Console
 from txsuite.config.matrix import DEFAULT_MAX_CELLS, Matrix, MatrixError, load_matrix
 from txsuite.measure.env import plan_host
 
+
 def _isatty(stream) -> bool:
     try:
         return bool(stream and stream.isatty())
@@ -32,8 +33,10 @@ class UsageProblem(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:  # one paragraph, no "Error:" prefix noise
-        from rich.markup import escape
-        err_console.print(f"[bold red]txsuite:[/] {escape(self.message)}", soft_wrap=True)
+        from rich.text import Text
+        # the message holds user text (paths, patterns, labels): appended as plain text, never read
+        # as markup (rich's escape leaves a backslash before '[' ambiguous)
+        err_console.print(Text("txsuite:", style="bold red") + Text(" " + self.message), soft_wrap=True)
 
 
 def _option_problem(param, value, exc) -> UsageProblem:
