@@ -3,9 +3,9 @@ slower step is committed part-way, then the history site over all of them.
 
     python bench/history_evidence.py --runs 30 --change-at 20 --out /tmp/history-evidence [--load]
 
-It clones this checkout's HEAD twice into --out: `before` as it is, and `after` with a commit
+It clones this checkout's HEAD twice into --out: `same` as it is, and `slow15` with a commit
 that adds real work at the end of `Trainer.step` (five iterations of bench/ab_evidence.py's
-burn, ~15 % of a smoke step). Runs 1 .. change-at - 1 come from `before`, the rest from `after`,
+burn, ~15 % of a smoke step). Runs 1 .. change-at - 1 come from `same`, the rest from `slow15`,
 each `txsuite run matrices/smoke.yaml --no-report` into one results folder; then `txsuite
 history` over it. It prints every step found, and whether it lies where the change was
 committed: between run change-at - 1 and run change-at. `--load` keeps another process busy
@@ -20,26 +20,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_evidence import ANCHOR, SLOW, TRAINER, neighbour_if  # noqa: E402
+from ab_evidence import SLOW, VARIANTS, neighbour_if, prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SLOW15 = (SLOW[0].replace("~25 %", "~15 %").replace("_burn()", "_burn15()"),
-          SLOW[1].replace("def _burn()", "def _burn15()").replace("range(6)", "range(5)"))
+VARIANTS["slow15"] = (SLOW[0].replace("~25 %", "~15 %").replace("_burn()", "_burn15()"),
+                      SLOW[1].replace("def _burn()", "def _burn15()").replace("range(6)", "range(5)"))
 
 
-def clone(out: Path, name: str, patch: tuple[str, str] | None) -> Path:
-    path = out / name
-    if not path.exists():
-        subprocess.run(["git", "clone", "-q", str(REPO), str(path)], check=True)
-        if patch:
-            call, helper = patch
-            trainer = path / TRAINER
-            text = trainer.read_text()
-            if ANCHOR not in text:
-                raise SystemExit(f"{TRAINER} changed: the patch anchor is gone")
-            trainer.write_text(text.replace(ANCHOR, call + ANCHOR, 1) + helper)
-            subprocess.run(["git", "-C", str(path), "-c", "user.name=bench", "-c", "user.email=bench@localhost",
-                            "commit", "-qam", "a ~15 % slower step"], check=True)
+def clone(out: Path, variant: str) -> Path:
+    """ab_evidence's clone of HEAD with the variant's edit, committed: each side has a commit
+    of its own, as the history orders and shows them."""
+    path = prepare(variant, out)
+    if VARIANTS[variant]:
+        subprocess.run(["git", "-C", str(path), "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                        "commit", "-qam", f"{variant}: a slower step"], check=False)
     return path
 
 
@@ -51,7 +45,7 @@ def main() -> None:
     parser.add_argument("--load", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    before, after = clone(args.out, "before", None), clone(args.out, "after", SLOW15)
+    before, after = clone(args.out, "same"), clone(args.out, "slow15")
     results = args.out / "results"
     with neighbour_if(args.load):
         for n in range(1, args.runs + 1):
