@@ -38,6 +38,10 @@ MIN_CURVE_POINTS = 40
 # would cover each other; the table has every cell's interval)
 BAND_BUDGET = 800
 MAX_BAND_CELLS = 24
+# lines one chart draws at most: beyond a few dozen no line can be told from another, and
+# seaborn's cost grows with every line; the reference, the Pareto front and the lowest final
+# losses are the ones kept, and the note says how many of how many
+MAX_CURVES = 40
 COINCIDE = 0.01  # lines closer than this share of the y axis at every x are drawn striped
 STRIPE = 4.0  # stripe length, in line widths
 
@@ -58,6 +62,7 @@ class Curves:
     diverged: set = field(default_factory=set)
     band_seeds: int = 1  # most seeds of any cell, where the chart draws their band (1: no band)
     seeds: int = 1  # most seeds of any cell
+    left_out: int = 0  # cells with a curve that the chart does not draw (MAX_CURVES)
 
 
 def collect(table_cells: pd.DataFrame, repeats: pd.DataFrame, curve_column: str,
@@ -66,6 +71,10 @@ def collect(table_cells: pd.DataFrame, repeats: pd.DataFrame, curve_column: str,
     None when no cell has a curve of `min_steps` steps or more."""
     if curve_column not in repeats:
         return None
+    with_curve = set(repeats.loc[repeats[curve_column].map(lambda c: isinstance(c, list) and bool(c)), "cell_id"])
+    table_cells = table_cells[table_cells["cell_id"].isin(with_curve)]
+    left_out = max(0, len(table_cells) - MAX_CURVES)
+    table_cells = _most_telling(table_cells, MAX_CURVES)
     by_cell = {cid: g for cid, g in repeats.groupby("cell_id", sort=False)}
     parts, drawn, diverged = [], [], set()
     for idx, cell in table_cells.iterrows():
@@ -96,7 +105,20 @@ def collect(table_cells: pd.DataFrame, repeats: pd.DataFrame, curve_column: str,
     cells = frame["cell"].nunique()
     banded = seeds > 1 and cells <= MAX_BAND_CELLS
     return Curves(_thin(frame, BAND_BUDGET if banded else POINT_BUDGET), table_cells.loc[drawn], diverged,
-                  seeds if banded else 1, seeds)
+                  seeds if banded else 1, seeds, left_out)
+
+
+def _most_telling(cells: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` cells, in their order: the reference, the Pareto front, then the lowest
+    final validation losses."""
+    if len(cells) <= limit:
+        return cells
+    rank = pd.DataFrame({"reference": ~cells.get("is_reference", pd.Series(False, cells.index)).fillna(False).astype(bool),
+                         "front": ~cells.get("pareto", pd.Series(False, cells.index)).fillna(False).astype(bool),
+                         "loss": pd.to_numeric(cells.get("val_loss", pd.Series(np.nan, cells.index)), errors="coerce")},
+                        index=cells.index)
+    keep = rank.sort_values(["reference", "front", "loss"], na_position="last").index[:limit]
+    return cells.loc[[i for i in cells.index if i in set(keep)]]
 
 
 def facet_axis(cells: pd.DataFrame, axes: list[str], enc: Encoding) -> str | None:
@@ -200,6 +222,9 @@ def coinciding(data: pd.DataFrame, x: str, order: list[str], tolerance: float) -
 def note(curves: Curves, groups: list[str]) -> str | None:
     """The chart's note: which lines are drawn striped, and why there is no band if there is none."""
     notes = []
+    if curves.left_out:
+        notes.append(f"{len(curves.cells)} of {len(curves.cells) + curves.left_out} cells drawn (the reference, the "
+                     f"Pareto front and the lowest final losses); the table has every cell.")
     if groups:
         notes.append(f"Lines within {COINCIDE:.0%} of the loss axis of each other at every point are drawn as one "
                      "line striped in their colours: " + "; ".join(groups) + ".")

@@ -82,10 +82,7 @@ class Predictor:
             for r in _repetitions(entry):
                 observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), r.get("peak_flops")))
         self.model = HostModel.fit(observations)
-        try:
-            self.peaks = locked_update("peaks.json", lambda cache: dict(cache))
-        except (OSError, TypeError, ValueError, AttributeError):
-            self.peaks = {}
+        self.peaks = _read_peaks()
         self.device_name = device_name
 
     def peak(self, cell: CellConfig) -> float | None:
@@ -94,7 +91,10 @@ class Predictor:
             torch_version = importlib.metadata.version("torch")
         except importlib.metadata.PackageNotFoundError:
             return None
-        entry = self.peaks.get(peak_key(cell, name or "", torch_version))
+        key = peak_key(cell, name or "", torch_version)
+        if key not in self.peaks:  # measured since (a sweep's first cell of a precision measures it)
+            self.peaks = _read_peaks()
+        entry = self.peaks.get(key)
         return entry.get("flops") if isinstance(entry, dict) else None
 
     def predict(self, cell: CellConfig) -> Prediction:
@@ -152,6 +152,14 @@ class SweepEstimate:
         if self.predicted:
             parts.append(f"{self.predicted} predicted from what this host measured")
         return f"estimated time: about {duration_text(self.seconds)} on this host ({'; '.join(parts)})"
+
+
+def _read_peaks() -> dict:
+    """The matmul peaks this host measured (txsuite/measure/peak.py's cache)."""
+    try:
+        return locked_update("peaks.json", lambda cache: dict(cache))
+    except (OSError, TypeError, ValueError, AttributeError):
+        return {}
 
 
 def _repetitions(entry: dict) -> list[dict]:
