@@ -71,3 +71,7 @@ def test_the_site_marks_the_step_at_its_commits_with_the_evidence(tmp_path):
     assert "box-07" in regressions and "compare the two runs" in regressions
     assert len(list((tmp_path / "site" / "compare").glob("*.html"))) == 2  # each step's two runs, compared
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_a_constant_series_has_no_step_whatever_its_last_bits():
+    assert find_steps([0.1] * 300 + [0.1 * (1 + 1e-15)] * 200, higher_is_better=True) == []

@@ -28,6 +28,9 @@ from txsuite.verdict.distributions import t_quantile
 
 MIN_RUNS = 2  # runs on each side of a step
 LEVEL = 0.95  # for the whole series: every split a search considers shares it
+# a relative difference below this is the arithmetic's, not the runs' (a constant series' sums
+# differ in the last bits): never a step, whatever the metric's own resolution
+NUMERIC_FLOOR = 1e-9
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ def find_steps(values: Sequence[float], higher_is_better: bool | None, resolutio
                exact: bool = False) -> list[Step]:
     """The steps of a series of positive values, oldest first."""
     logs = [math.log(v) for v in values]
+    resolution = max(resolution, NUMERIC_FLOOR)
     if exact:
         return _exact_steps(logs, higher_is_better, resolution)
     if len(logs) < 2 * MIN_RUNS:
@@ -65,9 +69,11 @@ def find_steps(values: Sequence[float], higher_is_better: bool | None, resolutio
         steps[best[0]] = best[1]
         bounds = sorted(set(bounds) | {best[0]})
         searched = {s for s in searched if best[0] not in range(s[0], s[1])}
-    # each step judged again on its own neighbours, with the noise of the final segmentation
-    return [Step(k, _judge(logs, bounds, _left(bounds, k), k, _right(bounds, k), level, higher_is_better,
-                           resolution)) for k in sorted(steps)]
+    # each step judged again on its own neighbours, with the noise of the final segmentation; one
+    # that is no longer separated there is dropped
+    judged = [Step(k, _judge(logs, bounds, _left(bounds, k), k, _right(bounds, k), level, higher_is_better,
+                             resolution)) for k in sorted(steps)]
+    return [step for step in judged if step.comparison.separated]
 
 
 def newest_outlier(values: Sequence[float], steps: list[Step], higher_is_better: bool | None,
@@ -75,6 +81,7 @@ def newest_outlier(values: Sequence[float], steps: list[Step], higher_is_better:
     """The newest run against the runs since the last step, when it lies beyond their spread:
     a step that one more run would confirm. None when it does not, or cannot be told."""
     logs = [math.log(v) for v in values]
+    resolution = max(resolution, NUMERIC_FLOOR)
     start = steps[-1].index if steps else 0
     before = logs[start:-1]
     if len(before) < 2 * MIN_RUNS:
