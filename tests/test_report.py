@@ -609,3 +609,15 @@ def test_the_report_checks_each_cells_prediction_against_what_it_measured(tmp_pa
     assert "+10%" in section and "-25%" in section  # 1100 predicted for 1000 measured; 3 MiB for 4
     assert "Median absolute error of tokens/s: 10%" in section
     assert 'id="predictions"' not in html_of(write_run(tmp_path / "plain", [record("c0", "x", config())]), tmp_path)
+
+
+def test_a_large_runs_report_says_what_it_is_doing(tmp_path):
+    from txsuite.report.run_report import PROGRESS_FROM_CELLS, render_run
+    records = [record(f"c{i}", f"train.lr={i}", config(lr=1e-4 * (i + 1))) for i in range(PROGRESS_FROM_CELLS + 1)]
+    heard = []
+    render_run(write_run(tmp_path / "run", records), tmp_path / "r.html", on_progress=heard.append)
+    assert heard[0].startswith(f"report: read {PROGRESS_FROM_CELLS + 1} records")
+    assert any("cells" in line for line in heard) and heard[-1].startswith("report: written to")
+    small = []
+    render_run(write_run(tmp_path / "small", records[:3]), tmp_path / "s.html", on_progress=small.append)
+    assert small == []  # a small run renders in seconds, without a word

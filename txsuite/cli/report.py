@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from txsuite.cli.common import UsageProblem, console, report_path, reports_dir_option
+from txsuite.cli.common import UsageProblem, console, err_console, report_path, reports_dir_option
 
 
 @click.command()
@@ -32,9 +32,14 @@ def report(results: str, reports_dir: str, output: str | None, fmt: str) -> None
                 out, note = report_path(out.parent, run_dir.name, suffix, str(run_dir.resolve()))
                 if note:
                     console.print(note, markup=False, soft_wrap=True)
-            path = render_report(run_dir, out) if fmt == "html" else export_table(run_dir, out, fmt)
+            path = (render_report(run_dir, out, on_progress=_progress) if fmt == "html"
+                    else export_table(run_dir, out, fmt))
         except OSError as exc:
             raise UsageProblem(f"cannot write the {fmt} report of {run_dir} to {exc.filename or out}: "
                                f"{exc.strerror or exc}; give a writable -o path or --reports-dir "
                                f"(the records are untouched).") from None
         console.print(f"wrote {path}", markup=False)
+
+
+def _progress(text: str) -> None:
+    err_console.print(text, markup=False, highlight=False)

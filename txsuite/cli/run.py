@@ -9,7 +9,8 @@ from shlex import quote
 
 import click
 
-from txsuite.cli.common import (OVERRIDES_HELP, Seconds, Size, UsageProblem, console, device_option, interrupted_exit, load,
+from txsuite.cli.common import (OVERRIDES_HELP, Seconds, Size, UsageProblem, console, device_option, err_console,
+                                interrupted_exit, load,
                                 matrix_argument, only_option, overrides_argument, print_lines, report_path,
                                 reports_dir_option, results_dir_option, run_id_option, this_host, yes_option)
 from txsuite.cli.plan import host_notes, show_plan
@@ -211,7 +212,7 @@ def _render(run_dir: Path, out: Path) -> tuple[Path | str, list[str], str | None
     rendered or written: said by the caller, never raised (the finished records stay as they are)."""
     try:
         from txsuite.report.run_report import render_run
-        return (*render_run(run_dir, out), None)
+        return (*render_run(run_dir, out, on_progress=lambda text: err_console.print(text, markup=False)), None)
     except OSError as exc:
         return "not rendered", [], f"{exc.strerror or exc} ({exc.filename or out})"
     except Exception as exc:  # noqa: BLE001 - a report problem must never lose the finished records

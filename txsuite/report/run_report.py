@@ -1,9 +1,10 @@
 """render_report: one run folder -> one self-contained HTML file."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from txsuite.report import formatting as fmt
 from txsuite.report.answers import answer_lines
@@ -21,23 +22,42 @@ from txsuite.report.summary import summarize
 from txsuite.report.tableview import cell_table_view
 
 
-def render_report(run_dir: Path, out_path: Path) -> Path:
-    return render_run(run_dir, out_path)[0]
+# a run with more cells than this says what the report is doing while it renders
+PROGRESS_FROM_CELLS = 200
 
 
-def render_run(run_dir: Path, out_path: Path) -> tuple[Path, list[str]]:
-    """(the report written, its answers as plain lines for a terminal)."""
+def render_report(run_dir: Path, out_path: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    return render_run(run_dir, out_path, on_progress)[0]
+
+
+def render_run(run_dir: Path, out_path: Path, on_progress: Callable[[str], None] | None = None
+               ) -> tuple[Path, list[str]]:
+    """(the report written, its answers as plain lines for a terminal). `on_progress` hears
+    each stage of a large run's rendering, with how long the stage before it took."""
+    started = [time.monotonic()]
     run = RunFolder(run_dir).load()
+    large = on_progress is not None and len({r.cell_id for r in run.records}) > PROGRESS_FROM_CELLS
+
+    def stage(text: str) -> None:
+        if large:
+            now = time.monotonic()
+            on_progress(f"report: {text} ({now - started[0]:.1f} s)")
+            started[0] = now
+
+    stage(f"read {len(run.records):,} records")
     table = table_for(run)
+    stage(f"summarised {len(table.cells):,} cells")
     summary = summarize(table)
-    path = render_to_file(
-        "report.j2", out_path,
-        run=run, started=run.time_span[0], finished=run.time_span[1], generated=_now(),
-        summary=summary, charts=build_charts(table), table=cell_table_view(table),
-        convergence=convergence_section(table), compression=compression_section(table), parallel=parallel_section(run.records),
-        predictions=predictions_section(table),
-        matrix=matrix_view(run, table), env=env_rows(run),
-    )
+    stage("verdicts and the Pareto front")
+    charts = build_charts(table)
+    stage(f"{len(charts)} charts drawn")
+    sections = dict(table=cell_table_view(table), convergence=convergence_section(table),
+                    compression=compression_section(table), parallel=parallel_section(run.records),
+                    predictions=predictions_section(table), matrix=matrix_view(run, table), env=env_rows(run))
+    stage("tables laid out")
+    path = render_to_file("report.j2", out_path, run=run, started=run.time_span[0], finished=run.time_span[1],
+                          generated=_now(), summary=summary, charts=charts, **sections)
+    stage(f"written to {path}")
     return path, answer_lines(summary)
 
 
