@@ -353,3 +353,22 @@ def test_csv_text_cells_are_never_spreadsheet_formulas(tmp_path):
     assert rows[0]["label"] == '\'=HYPERLINK("http://x","y")' and rows[0]["tokens_per_s"] == "100.5"
     raw = json.loads(export_table(run, tmp_path / "t.json", "json").read_text())
     assert raw[0]["label"] == '=HYPERLINK("http://x","y")'  # values, not a spreadsheet: kept as they are
+
+
+def test_a_signal_whose_exception_was_lost_still_decides_the_exit(monkeypatch):
+    """A SIGTERM that lands where Python ignores exceptions (logging's fork hooks: "Exception
+    ignored in _releaseLock") must not let `ab` run on to PASS and exit 0."""
+    from txsuite.cli import common
+    common.signalled[:] = [signal.SIGTERM]
+    with pytest.raises(common.Terminated):
+        common.raise_if_signalled()  # the next progress event stops the command
+    common.signalled.clear()
+    real_help = type(main).get_help
+
+    def help_then_signal(self, ctx):  # the signal arrives during the command; its exception is lost
+        common.signalled.append(signal.SIGTERM)
+        return real_help(self, ctx)
+    monkeypatch.setattr(type(main), "get_help", help_then_signal)
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--help"])  # a command that ran to its end after the signal
+    assert exit_.value.code == 143

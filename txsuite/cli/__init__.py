@@ -14,7 +14,7 @@ import click
 
 from txsuite.cli.ab import ab
 from txsuite.cli.baseline import baseline
-from txsuite.cli.common import OutputGuard, interrupted_exit
+from txsuite.cli.common import OutputGuard, err_console, interrupted_exit, signalled
 from txsuite.cli.compare import compare
 from txsuite.cli.export import export
 from txsuite.cli.guard import guard
@@ -46,6 +46,10 @@ class Txsuite(click.Group):
                     interrupted_exit(exc, "stopped before the command started.")
                 except SystemExit as stop:
                     code = stop.code
+            if signalled and code not in (130, 143):  # its exception was lost; the signal still decides
+                err_console.print("txsuite: a signal arrived where Python could not stop the command at once; "
+                                  "what it printed after the signal does not count.", markup=False, soft_wrap=True)
+                code = 128 + signalled[-1]
             code = guard.exit_code(code)
         sys.exit(code)
 

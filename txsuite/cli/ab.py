@@ -10,7 +10,7 @@ import click
 from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, device_option, interrupted_exit,
                                 json_option, load, markdown_option, matrix_argument, only_option, parse_thresholds,
                                 results_dir_option, run_id_callback, slow_state_option, thresholds_option,
-                                write_verdict)
+                                raise_if_signalled, write_verdict)
 
 
 @click.command()
@@ -113,6 +113,7 @@ class AbProgress:
         self.out_dir, self.cells = out_dir, cells
 
     def __call__(self, kind: str, info: dict) -> None:
+        raise_if_signalled()
         if kind == "cell_end":
             r = info["record"]
             self.ended[info["round"]] = self.ended.get(info["round"], 0) + 1

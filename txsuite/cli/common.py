@@ -276,8 +276,10 @@ class OutputGuard:
         import threading
         self.handlers = {}
         if threading.current_thread() is threading.main_thread():
+            signalled.clear()  # this command's signals only (a test runs many commands in one process)
             self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
             signal.signal(signal.SIGTERM, raise_terminated)
+            signal.signal(signal.SIGINT, raise_interrupt)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -315,8 +317,30 @@ class Terminated(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+# Every SIGINT/SIGTERM received, in order. A signal's exception can be lost: raised where Python
+# ignores exceptions (a finaliser, logging's fork hooks: "Exception ignored in ..."), and the
+# command would run on to a verdict. Progress callbacks raise it again (`raise_if_signalled`),
+# and the command group exits 130/143 whenever one was received (txsuite/cli/__init__.py).
+signalled: list[int] = []
+
+
 def raise_terminated(signum, frame) -> None:
+    signalled.append(signum)
     raise Terminated(signum)
+
+
+def raise_interrupt(signum, frame) -> None:
+    signalled.append(signum)
+    raise KeyboardInterrupt
+
+
+def raise_if_signalled() -> None:
+    """A signal received whose exception was lost: raise it here, where it can stop the command."""
+    import signal
+    if signalled:
+        if signalled[-1] == signal.SIGTERM:
+            raise Terminated(signalled[-1])
+        raise KeyboardInterrupt
 
 
 def interrupted_exit(exc: KeyboardInterrupt, what: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from txsuite.cli.common import console
+from txsuite.cli.common import console, raise_if_signalled
 from txsuite.run.observed import duration_text
 
 
@@ -53,6 +53,7 @@ class SweepProgress:
             self.bar.stop()
 
     def __call__(self, kind: str, info: dict) -> None:
+        raise_if_signalled()
         if kind == "start":
             console.print(f"{info['total']} cell repetitions, {info['done']} already finished")
             if self.bar is not None:
