@@ -126,8 +126,8 @@ def test_a_fork_server_that_cannot_launch_ranks_is_not_given_a_distributed_cell(
     launch = (str(old_server),)  # the server is started as: python old_server.py txsuite.run.forkserver
     try:
         log = tmp_path / "log.txt"
-        assert executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=30, ranks=2) is None
-        single = executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=30)
+        assert executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=300, ranks=2) is None
+        single = executor.execute_forked(launch, ["c.json", "r.json"], {}, log, timeout=300)
         assert single is not None and single.returncode == 0 and not single.timed_out
     finally:
         executor.close()
