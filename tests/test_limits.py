@@ -291,7 +291,7 @@ def test_a_cache_that_cannot_be_written_is_warned_about_and_the_result_still_use
         with pytest.warns(CacheWarning, match="peaks.json: cannot be written"):
             assert locked_update("peaks.json", _peak_update) == 5.0
     if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
+        pytest.skip(reason="root writes into read-only folders: the read-only case cannot be made as root")
     read_only = cache_at(tmp_path / "ro")
     read_only.mkdir()
     read_only.chmod(0o500)
@@ -303,7 +303,7 @@ def test_a_cache_that_cannot_be_written_is_warned_about_and_the_result_still_use
 
 
 def test_a_damaged_or_unwritable_tokenizer_cache_is_trained_again(tmp_path):
-    pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers", reason="tokenizers is not installed")
     from txsuite.data.tokenization import bpe_cache_path, load_or_train_bpe
     pieces = ["the cat sat on the mat. " * 40, "the dog sat on the log. " * 40]
     first = load_or_train_bpe(pieces, "id", 300, tmp_path)
@@ -319,7 +319,7 @@ def test_a_damaged_or_unwritable_tokenizer_cache_is_trained_again(tmp_path):
 
 
 def test_a_damaged_token_array_cache_is_encoded_again(tmp_path):
-    pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers", reason="tokenizers is not installed")
     from txsuite.data.split import split_text
     from txsuite.data.text import cached_bpe_streams
     from txsuite.data.tokenization import load_or_train_bpe
@@ -492,7 +492,7 @@ def test_any_guard_threshold_gives_a_verdict_or_an_input_error(tmp_path_factory,
 
 def test_the_schema_states_the_same_bounds():
     """Editors flag what the loader refuses: matrix.schema.json carries each key's maximum."""
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = pytest.importorskip("jsonschema", reason="the test extra (jsonschema) is not installed")
     from txsuite.config.schema import matrix_schema
     validator = jsonschema.Draft202012Validator(matrix_schema())
     assert validator.is_valid({"name": "m", "fixed": {"data": {"seq_len": 2**24}}, "timeout_s": 604800})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-jsonschema = pytest.importorskip("jsonschema")
+jsonschema = pytest.importorskip("jsonschema", reason="the test extra (jsonschema) is not installed")
 
 from txsuite.config import matrix, spec  # noqa: E402
 from txsuite.config.matrix import Host, MatrixError, load_matrix  # noqa: E402

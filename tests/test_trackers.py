@@ -76,8 +76,8 @@ def mlflow_runs(uri: str, experiment: str = "trk"):
 
 
 def test_mlflow_reads_back_every_cell_and_repetition_as_recorded(tiny_run, tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    pytest.importorskip("sqlalchemy", reason="the mlflow extra (SQLAlchemy) is not installed")
     work, run_dir = tiny_run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = txsuite("export", str(run_dir), "--mlflow", "--tracking-uri", uri, cwd=work, env=QUIET)
@@ -143,8 +143,8 @@ def _contents(uri: str):
 
 
 def test_mlflow_export_twice_adds_nothing_and_a_changed_record_replaces_its_run(tiny_run, tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    pytest.importorskip("sqlalchemy", reason="the mlflow extra (SQLAlchemy) is not installed")
     work, original = tiny_run
     run_dir = tmp_path / "results" / "trk" / "r"
     shutil.copytree(original, run_dir)
@@ -174,8 +174,8 @@ def test_mlflow_export_twice_adds_nothing_and_a_changed_record_replaces_its_run(
 
 
 def test_run_with_mlflow_exports_as_it_goes(tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    pytest.importorskip("sqlalchemy", reason="the mlflow extra (SQLAlchemy) is not installed")
     (tmp_path / "m.yaml").write_text(MATRIX.replace("repeats: 2", "repeats: 1").replace("[none, full]", "[none]"))
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     out = txsuite("run", "m.yaml", "--run-id", "r", "--mlflow", cwd=tmp_path, env={**QUIET, "MLFLOW_TRACKING_URI": uri})
@@ -192,7 +192,7 @@ def test_run_with_mlflow_exports_as_it_goes(tmp_path):
 
 # --- TensorBoard -----------------------------------------------------------------------------
 def test_tensorboard_reader_returns_the_recorded_scalars(tiny_run, tmp_path):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
@@ -230,7 +230,7 @@ def test_tensorboard_reader_returns_the_recorded_scalars(tiny_run, tmp_path):
 
 
 def test_tensorboard_export_imports_neither_torch_nor_tensorflow(tiny_run, tmp_path):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     _, run_dir = tiny_run
     code = ("import sys; from txsuite.trackers import export_tensorboard; "
             f"export_tensorboard({str(run_dir)!r}, {str(tmp_path)!r}); "
