@@ -31,6 +31,7 @@ def load_history(results: str | Path):
     DataFrame, oldest run first, each row led by its provenance, so runs of many commits stack."""
     import pandas as pd
 
+    from txsuite.report.export import provenance
     from txsuite.results import RunFolder, find_runs, to_dataframe
 
     frames = []
@@ -39,14 +40,10 @@ def load_history(results: str | Path):
         if not loaded.records:
             continue
         frame = to_dataframe(loaded.records)
-        env = loaded.env or {}
-        recorded = [r.env for r in loaded.records if r.env]
-        commit = env.get("txsuite_commit") or next((e.get("txsuite_commit") for e in recorded), None)
-        host = env.get("host") or next((e.get("host") for e in recorded), None)
         frame = frame.drop(columns=[c for c in ("matrix", "run_id") if c in frame])
-        for position, (column, value) in enumerate(zip(PROVENANCE, (loaded.name, loaded.run_id, commit, host,
-                                                                     loaded.time_span[0]))):
-            frame.insert(position, column, value)
+        origin = {**provenance(loaded), "started_at": loaded.time_span[0]}  # the exports' columns, and when
+        for position, column in enumerate(PROVENANCE):
+            frame.insert(position, column, origin[column])
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=list(PROVENANCE))

@@ -69,11 +69,13 @@ class HostModel:
     @classmethod
     def fit(cls, observations: Iterable[Observation]) -> "HostModel":
         observations = list(observations)
-        timed = [o for o in observations if _positive(o.step_s) and _positive(o.peak_flops)]
+        timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
         speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
                                    [o.step_s for o in timed])
-        sized = [o for o in observations if _positive(o.train_mem_bytes)]
-        memory, memory_error = _nnls([memory_features(o.config) for o in sized], [o.train_mem_bytes for o in sized])
+        sized = [o for o in observations if positive(o.train_mem_bytes)]
+        # memory has no main term to fit alone: with too few repetitions it stays the estimate
+        memory, memory_error = (_nnls([memory_features(o.config) for o in sized], [o.train_mem_bytes for o in sized])
+                                if len(sized) >= len(MEMORY_PARTS) + 1 else (None, math.nan))
         return cls(speed, speed_error, len(timed), memory, memory_error, len(sized))
 
     def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
@@ -87,13 +89,13 @@ class HostModel:
             out.memory_parts = dict(zip(MEMORY_PARTS, parts))
             out.memory_source = "the estimate, uncorrected (no repetition measured here yet)"
         out.train_mem_bytes = sum(out.memory_parts.values())
-        if not _positive(peak_flops):
+        if not positive(peak_flops):
             out.speed_source = f"no matmul peak measured here at {cell.precision} yet"
             return out
         x = speed_features(cell, peak_flops)
         coefficients = self.speed if self.speed is not None else [1.0, 0.0, 0.0, 0.0]
         out.step_s = sum(c * v for c, v in zip(coefficients, x))
-        if not _positive(out.step_s):
+        if not positive(out.step_s):
             out.speed_source = "the fit predicts no time for this cell"
             return out
         out.tokens_per_s = cell.tokens_per_step / out.step_s
@@ -169,5 +171,6 @@ def _nnls(rows: list[list[float]], targets: list[float]) -> tuple[list[float] | 
     return full, spread
 
 
-def _positive(value) -> bool:
+def positive(value) -> bool:
+    """A finite number above 0 (not a bool): a figure a fit or an estimate can use."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf

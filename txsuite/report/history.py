@@ -29,6 +29,7 @@ from typing import Callable
 from txsuite.config.metrics import BY_NAME
 from txsuite.report import formatting as fmt
 from txsuite.report.compare import render_runs
+from txsuite.report.export import provenance
 from txsuite.report.render import render_to_file
 from txsuite.report.svg import plot_text, report_style, subplots, to_svg
 from txsuite.results import Run, RunFolder, find_runs
@@ -252,8 +253,7 @@ def _formatter(kind: str):
 
 
 def _commit(run: Run) -> str:
-    env = run.env or {}
-    commit = env.get("txsuite_commit") or next((r.env.get("txsuite_commit") for r in run.records if r.env), None)
+    commit = provenance(run)["txsuite_commit"]
     if not commit:
         return ""
     head, dirty, _ = str(commit).partition("-dirty")

@@ -22,7 +22,7 @@ from txsuite.config.matrix import PlannedCell
 from txsuite.config.spec import CellConfig
 from txsuite.measure.env import cpu_model
 from txsuite.measure.host_cache import locked_update
-from txsuite.measure.predict import HostModel, Observation, Prediction, peak_key
+from txsuite.measure.predict import HostModel, Observation, Prediction, peak_key, positive
 
 FILE = "observed.json"
 KEPT = 5  # repetitions remembered per cell: the newest, so a changed host soon shows
@@ -34,7 +34,7 @@ def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
     for name, key in (("training_s", "train_wall_s"), ("step_s", "step_time_p50_s"),
                       ("train_mem_bytes", "train_mem_bytes"), ("peak_flops", "peak_flops"),
                       ("baseline_bytes", "host_rss_before_train_bytes")):
-        if _positive(metrics.get(key)):
+        if positive(metrics.get(key)):
             this[name] = metrics[key]
 
     def update(cache: dict) -> None:
@@ -59,7 +59,7 @@ def _known() -> dict[str, dict]:
     if not isinstance(host, dict):
         return {}
     return {k: v for k, v in host.items() if isinstance(v, dict) and isinstance(v.get("config"), dict)
-            and [r for r in _repetitions(v) if _positive(r.get("seconds"))]}
+            and [r for r in _repetitions(v) if positive(r.get("seconds"))]}
 
 
 def _config(entry: dict) -> CellConfig | None:
@@ -110,7 +110,7 @@ class Predictor:
         baseline = 0.0
         if cell.device == "cpu":
             before = [r["baseline_bytes"] for entry in self.known.values() for r in _repetitions(entry)
-                      if _positive(r.get("baseline_bytes"))]
+                      if positive(r.get("baseline_bytes"))]
             baseline = statistics.median(before) if before else 0.0
         if predicted + baseline <= limit_bytes:
             return None
@@ -122,12 +122,12 @@ class Predictor:
         """The sweep's wall time here, one repetition after another."""
         running = [c for c in cells if not c.skip_reason]
         outside = [r["seconds"] - r["training_s"] for entry in self.known.values() for r in _repetitions(entry)
-                   if _positive(r.get("seconds")) and _positive(r.get("training_s")) and r["seconds"] >= r["training_s"]]
+                   if positive(r.get("seconds")) and positive(r.get("training_s")) and r["seconds"] >= r["training_s"]]
         total, measured, predicted = 0.0, 0, 0
         for cell in running:
             entry = self.known.get(cell.cell_id)
             if entry:
-                total += statistics.median(r["seconds"] for r in _repetitions(entry) if _positive(r.get("seconds")))
+                total += statistics.median(r["seconds"] for r in _repetitions(entry) if positive(r.get("seconds")))
                 measured += 1
                 continue
             step_s = self.predict(cell.config).step_s
@@ -165,10 +165,6 @@ def _read_peaks() -> dict:
 def _repetitions(entry: dict) -> list[dict]:
     kept = entry.get("repetitions")
     return [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
-
-
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 def duration_text(seconds: float) -> str:
