@@ -372,3 +372,31 @@ def test_a_signal_whose_exception_was_lost_still_decides_the_exit(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         main.main(["--help"])  # a command that ran to its end after the signal
     assert exit_.value.code == 143
+
+
+LOST_EXCEPTIONS = """
+import gc, signal
+from txsuite.cli.common import OutputGuard, Terminated
+
+class RaisesWhenCollected:  # Python ignores (and prints) what a finaliser raises
+    def __init__(self, exc):
+        self.exc = exc
+    def __del__(self):
+        raise self.exc
+
+with OutputGuard():
+    RaisesWhenCollected(Terminated(signal.SIGTERM))
+    RaisesWhenCollected(KeyboardInterrupt())
+    RaisesWhenCollected(ValueError("a real defect"))
+    gc.collect()
+"""
+
+
+def test_a_lost_signal_prints_no_traceback_but_a_lost_defect_does():
+    """A SIGTERM raised in logging's fork hook while `ab` started a child printed "Exception
+    ignored in: <function _acquireLock>" with a traceback above the summary."""
+    done = subprocess.run([sys.executable, "-c", LOST_EXCEPTIONS], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Terminated" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    assert "ValueError: a real defect" in done.stderr

@@ -280,10 +280,23 @@ class OutputGuard:
             self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
             signal.signal(signal.SIGTERM, raise_terminated)
             signal.signal(signal.SIGINT, raise_interrupt)
+        self.unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self.signal_lost_quietly
         return self
+
+    def signal_lost_quietly(self, unraisable) -> None:
+        """A signal's exception raised where Python cannot propagate it (logging's fork hook
+        while a child is started, a finaliser) is already in `signalled` and raised again at the
+        next progress callback: Python's "Exception ignored in ..." traceback would only tell the
+        user of a txsuite crash that did not happen. Every other lost exception is printed as
+        Python prints it."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        self.unraisablehook(unraisable)
 
     def __exit__(self, *exc) -> None:
         import signal
+        sys.unraisablehook = self.unraisablehook
         for signum, handler in self.handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)
