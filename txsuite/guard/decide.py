@@ -39,7 +39,7 @@ from txsuite.config.numbers import CHANGE_ALLOWED, INT64_MAX, change_problem
 from txsuite.guard.metrics import METRICS, MetricSpec, Threshold, parse_threshold, per_step_values
 from txsuite.verdict.runs import RunNoise
 from txsuite.guard.side import CellSamples, GuardInputError, RepeatSamples, Side, group_by_run
-from txsuite.guard.state import SLOW_STATE, best_probe, split_by_state, state_adjusted
+from txsuite.guard.state import SLOW_STATE, best_probe, correction_between, correction_noise, split_by_state, state_adjusted
 from txsuite.verdict.stats import hierarchical_bootstrap, mean_log_difference_p, percentile_interval
 from txsuite.verdict.distributions import t_isf
 from txsuite.measure.counters import describe_difference
@@ -375,6 +375,7 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
         raise GuardInputError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}.")
     if not 0.0 < alpha < 0.5:
         raise GuardInputError(f"alpha must be between 0 and 0.5, got {alpha}.")
+    prior_given = run_noise is not None
     if run_noise is None:
         run_noise = RUN_NOISE_STATE if normalize == "state" else RUN_NOISE
     if not 0.0 <= run_noise < 1.0:
@@ -393,7 +394,13 @@ def compare(run: Side, baseline: Side, guard: dict[str, str] | None = None, norm
     notes.extend(env_notes)
     sides = run, baseline  # as given: what a --confirm re-measurement is compared with
     if normalize == "state":
-        run, baseline = _state_adjusted(run, baseline, common, hardware)
+        run, baseline, correction = _state_adjusted(run, baseline, common, hardware)
+        widened = math.hypot(run_noise, correction_noise(correction))
+        if not prior_given and widened > run_noise + 0.005:
+            notes.append(f"the probes put the two sides {math.expm1(correction):.0%} apart in the machine's state; a "
+                         f"correction is trusted to within half its size, so the whole-run noise is widened from "
+                         f"{run_noise:.1%} to {widened:.1%}")
+            run_noise = widened
     mode = normalize
     if normalize == "auto":
         mode = "peak" if hardware and _needs_peak(thresholds) and _has_peaks(run, baseline, common) else "none"
@@ -623,9 +630,11 @@ def _require_peaks(run: Side, baseline: Side, common: list[str], thresholds: dic
                         f"--normalize none.")
 
 
-def _state_adjusted(run: Side, baseline: Side, common: list[str], hardware_differs: bool) -> tuple[Side, Side]:
+def _state_adjusted(run: Side, baseline: Side, common: list[str], hardware_differs: bool) -> tuple[Side, Side, float]:
     """Both sides brought to the machine's best state (txsuite.guard.state.state_adjusted), the
-    best being the fastest probe either side saw."""
+    best being the fastest probe either side saw; and the size of the correction between them
+    (txsuite.guard.state.correction_between), which the caller adds to the whole-run noise in
+    part (correction_noise): under heavy contention a probe need not carry what the steps met."""
     if hardware_differs:
         raise GuardInputError(
             f"--normalize state compares two runs of one machine (each repetition against that machine's best "
@@ -640,7 +649,8 @@ def _state_adjusted(run: Side, baseline: Side, common: list[str], hardware_diffe
                 f"none for {', '.join(unprobed[:3])}{' ...' if len(unprobed) > 3 else ''} (recorded by an older "
                 f"txsuite): use --normalize none, or re-measure it.")
     best = best_probe([r for side in (run, baseline) for cid in common for r in side.cells[cid].repeats])
-    return state_adjusted(run, best), state_adjusted(baseline, best)
+    correction = correction_between((run, baseline), common, best)
+    return state_adjusted(run, best), state_adjusted(baseline, best), correction
 
 
 def _describe_normalization(mode: str, asked: str, hardware: bool, thresholds: dict[str, Threshold]) -> str:

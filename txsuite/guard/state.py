@@ -16,6 +16,7 @@ Below that line the machine still moves: a whole run's throughput follows its pr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -82,6 +83,30 @@ def state_adjusted(side: Side, best: float) -> Side:
             repeats.append(replace(rep, step_times_s=steps, summary=summary))
         cells[cid] = replace(cell, repeats=repeats)
     return replace(side, cells=cells)
+
+
+# How far a state correction is trusted: to within this fraction of its own size. Under moderate
+# drift the probes track a run's level (bench/run_drift.py); beside two busy processes they did
+# not (unchanged code, one side's probes 1.7x slower, its steps not: called a 0.58x FAIL).
+CORRECTION_TRUST = 0.5
+
+
+def correction_between(sides: tuple[Side, Side], common: list[str], best: float | None) -> float:
+    """How far `state_adjusted` moves the two sides apart: |mean log state factor of one side's
+    repetitions - the other's| over the compared cells (0 when a side has no probe)."""
+    means = []
+    for side in sides:
+        logs = [math.log(f) for cid in common for rep in side.cells[cid].repeats
+                if (f := state_factor(rep, best)) is not None and f > 0]
+        if not logs:
+            return 0.0
+        means.append(sum(logs) / len(logs))
+    return abs(means[0] - means[1])
+
+
+def correction_noise(correction: float) -> float:
+    """The uncertainty a state correction of this size adds to the whole-run noise (sd of log)."""
+    return CORRECTION_TRUST * correction
 
 
 def split_by_state(repeats: Iterable[RepeatSamples], best: float | None, limit: float = SLOW_STATE) -> StateSplit:
