@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from txsuite.verdict.comparison import Comparison
 from txsuite.verdict.moderated import Prior, fit_prior, moderate
-from txsuite.verdict.words import UNTESTED
+from txsuite.verdict.distributions import t_quantiles
+from txsuite.verdict.words import BETTER, UNTESTED, WITHIN_NOISE, WORSE
+
+# How near a threshold (in log ratio) a bulk verdict is left to compare(): far beyond the
+# rounding by which summing in arrays may differ from summing one pair (about 1e-16).
+BOUNDARY = 1e-9
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class RoundNoise:
         self.logs = logs
         self.cells = cells  # moderated noise of each cell with two rounds or more (empty: pairs alone)
         self.prior = prior
+        self._table: tuple | None = None  # _arrays(), made on first use
 
     @classmethod
     def fit(cls, values: Mapping[str, Mapping[int, float]]) -> "RoundNoise":
@@ -59,9 +65,9 @@ class RoundNoise:
         if len(centred) < 3:  # no cells to tell the round's effect from a cell's noise
             return cls(logs, {}, Prior.none())
         raw = {}
+        effects = _medians_of_others(centred)
         for c, by in centred.items():
-            effect = {r: float(np.median([other[r] for k, other in centred.items() if k != c and r in other]))
-                      if any(r in other for k, other in centred.items() if k != c) else 0.0 for r in by}
+            effect = effects[c]
             mean_effect = float(np.mean(list(effect.values())))
             residuals = np.array([v - (effect[r] - mean_effect) for r, v in by.items()])
             raw[c] = CellNoise(float((residuals ** 2).sum()) / (len(by) - 1), len(by) - 1.0)
@@ -92,6 +98,65 @@ class RoundNoise:
         return Comparison.of_log_ratio(float(d.mean()), math.sqrt(variance / n), df, level, higher_is_better,
                                        resolution, samples=n, pooled=pooled)
 
+    def verdicts(self, pairs: Sequence[tuple[str, str]], higher_is_better: bool, level: float = 0.95,
+                 resolution: float = 0.0) -> list[str]:
+        """compare(a, b, ...).verdict for every (a, b) of `pairs`, computed together in arrays:
+        a report asks this of every pair on the Pareto front, millions in a run of thousands of
+        cells. A pair whose decision lies within BOUNDARY of a threshold (where the arrays'
+        rounding could differ from compare's) is decided by compare itself, so every verdict is
+        compare's."""
+        if not pairs:
+            return []
+        index, logs, variances, dfs = self._arrays()
+        missing = len(index)  # the all-NaN row of a cell without values
+        a = np.array([index.get(str(x), missing) for x, _ in pairs])
+        b = np.array([index.get(str(y), missing) for _, y in pairs])
+        d = logs[a] - logs[b]  # [pairs, rounds], NaN where either cell lacks the round
+        present = ~np.isnan(d)
+        n = present.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(present, d, 0.0).sum(axis=1) / n
+            own_variance = np.where(present, (d - mean[:, None]) ** 2, 0.0).sum(axis=1) / (n - 1)
+            va, vb, da, db = variances[a], variances[b], dfs[a], dfs[b]
+            pooled = ~np.isnan(va) & ~np.isnan(vb)
+            den = np.where(da > 0, va ** 2 / da, 0.0) + np.where(db > 0, vb ** 2 / db, 0.0)
+            welch = np.where(den > 0, (va + vb) ** 2 / den, np.inf)
+            variance = np.where(pooled, va + vb, own_variance)
+            df = np.where(pooled, np.minimum(welch, np.maximum(da, db)), n - 1.0)
+            se = np.sqrt(variance / n)
+        tested = (n >= 2) & np.isfinite(se) & (df != 0)
+        half = np.full(len(pairs), np.nan)
+        half[tested] = t_quantiles(df[tested], level) * se[tested]
+        signed = mean if higher_is_better else -mean  # > 0: a is better
+        floor = math.log1p(resolution)
+        out = np.where((signed - half > 0) & (signed >= floor), BETTER,
+                       np.where((signed + half < 0) & (-signed >= floor), WORSE, WITHIN_NOISE)).astype(object)
+        out[~tested] = UNTESTED
+        with np.errstate(invalid="ignore"):
+            margin = np.minimum.reduce([abs(signed - half), abs(signed + half), abs(signed - floor), abs(signed + floor)])
+        for i in np.flatnonzero(tested & ~(margin > BOUNDARY)):
+            out[i] = self.compare(pairs[i][0], pairs[i][1], higher_is_better, level, resolution).verdict
+        return out.tolist()
+
+    def _arrays(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        """(cell -> row, logs [cells + 1, rounds] with NaN where a cell lacks a round and a last
+        all-NaN row, each cell's moderated variance and its df, NaN for a cell without), made once."""
+        if self._table is None:
+            index = {c: i for i, c in enumerate(self.logs)}
+            rounds = sorted({r for by in self.logs.values() for r in by})  # compare's order: by round
+            column = {r: j for j, r in enumerate(rounds)}
+            logs = np.full((len(index) + 1, len(rounds)), np.nan)
+            for c, by in self.logs.items():
+                for r, v in by.items():
+                    logs[index[c], column[r]] = v
+            variances = np.full(len(index) + 1, np.nan)
+            dfs = np.full(len(index) + 1, np.nan)
+            for c, noise in self.cells.items():
+                if c in index:
+                    variances[index[c]], dfs[index[c]] = noise.variance, noise.df
+            self._table = (index, logs, variances, dfs)
+        return self._table
+
     def describe(self) -> str:
         """How the noise was estimated, in words."""
         if not self.cells:
@@ -101,6 +166,39 @@ class RoundNoise:
             return f"pooled over the run's cells x rounds: their noise is alike ({df:.0f} degrees of freedom)"
         return (f"each cell's own, moderated towards the run's ({self.prior.df:.1f} prior degrees of freedom: "
                 f"the cells' noise differs)")
+
+
+def _medians_of_others(centred: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    """cell -> round -> the median of the *other* cells' values in that round (0.0 when no other
+    cell has it): each round's values sorted once, and each cell's median read off the sorted
+    values with its own left out, instead of a median over every other cell per cell (quadratic
+    in cells: minutes for a report of thousands). Exactly np.median's value: the middle one, or
+    the mean of the middle two."""
+    members: dict[int, list[tuple[str, float]]] = {}
+    for c, by in centred.items():
+        for r, v in by.items():
+            members.setdefault(r, []).append((c, v))
+    out: dict[str, dict[int, float]] = {c: {} for c in centred}
+    for r, pairs in members.items():
+        values = np.array([v for _, v in pairs])
+        order = np.argsort(values, kind="stable")
+        ranked = values[order]
+        own = np.empty(len(values), dtype=int)
+        own[order] = np.arange(len(values))  # each cell's place in `ranked`
+        others = len(values) - 1
+
+        def at(i: int) -> np.ndarray:
+            """The i-th smallest of the others, for every cell: ranked[i] below its own place, else ranked[i + 1]."""
+            return np.where(i < own, ranked[i], ranked[min(i + 1, others)])
+        if others == 0:
+            medians = np.zeros(1)
+        elif others % 2:
+            medians = at(others // 2)
+        else:
+            medians = (at(others // 2 - 1) + at(others // 2)) / 2
+        for (c, _), median in zip(pairs, medians.tolist()):
+            out[c][r] = median
+    return out
 
 
 def _welch_df(a: CellNoise, b: CellNoise) -> float:
