@@ -16,12 +16,17 @@ cell's large batch would cost seconds, or the memory that cell is about to be re
 output and input gradients are first checked against a float64 reference (a kernel that is fast
 but wrong is never chosen), then the kernels race (txsuite.measure.kernel_race: alternating timed
 rounds) and the lower median wins.
+
+With a BlockTrial (what cells use: txsuite.techniques.kernel_trial) the correct kernels race
+inside a whole Transformer block of the cell's shape and precision instead, forward + backward,
+since the block predicts the step and the kernel alone did not (kernel_race's docstring). Its
+cache entry is keyed by the block's shape, apart from the kernel trial's.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from txsuite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
+from txsuite.measure.kernel_race import BlockTrial, Race, measured_choice, medians, race_candidates, screen
 
 # the dtype a cell's attention computes in, by precision (fp8 casts only the linear layers)
 ATTENTION_DTYPE = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
@@ -30,18 +35,22 @@ TRIAL_ROWS = 64  # most (sequence, head) pairs a trial runs
 
 
 def choose_attention(torch, device, precision: str, shape: tuple[int, int, int, int], device_name: str,
-                     kernels: dict[str, Callable], use_cache: bool = True) -> dict:
+                     kernels: dict[str, Callable], use_cache: bool = True, block: BlockTrial | None = None,
+                     race_fn: Race | None = None) -> dict:
     """-> {"attention": chosen kernel name, "times_s": {name: median fwd+bwd seconds},
-    "rejected": {name: why}, "key": cache key, "cached": bool}. shape: (batch, heads, seq,
-    head_dim), the batch capped at TRIAL_ROWS // heads for the trial; kernels: name -> causal
-    attention(q, k, v) (txsuite.model.gpt.attention_kernels); use_cache=False measures without
-    reading or writing the host's cache (tests)."""
+    "rejected": {name: why}, "trial": "block" or "kernel", "key": cache key, "cached": bool}.
+    shape: (batch, heads, seq, head_dim), the batch capped at TRIAL_ROWS // heads for the
+    correctness check and a kernel trial; kernels: name -> causal attention(q, k, v)
+    (txsuite.model.gpt.attention_kernels); block: race them inside this block (times_s are then
+    the block's forward + backward); use_cache=False measures without reading or writing the
+    host's cache (tests); race_fn: injected measurements (tests)."""
     dtype = ATTENTION_DTYPE[precision]
     b, h, t, d = shape
     b = max(1, min(b, TRIAL_ROWS // h))
     shape = (b, h, t, d)
-    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
-    return measured_choice("attention.json", torch, device, device_name, dtype, f"B{b} H{h} T{t} D{d}", kernels,
+    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels, block, race_fn)  # noqa: E731
+    shape_key = block.shape_key if block is not None else f"B{b} H{h} T{t} D{d}"
+    return measured_choice("attention.json", torch, device, device_name, dtype, shape_key, kernels,
                            measure, use_cache)
 
 
@@ -54,13 +63,15 @@ def reference_attention(torch, q, k, v):
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
 
 
-def trial(torch, device, dtype, shape, candidates: dict[str, Callable]) -> dict:
+def trial(torch, device, dtype, shape, candidates: dict[str, Callable], block: BlockTrial | None = None,
+          race_fn: Race | None = None) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, grad_out = (torch.randn(*shape, generator=gen).to(device) for _ in range(4))
     correct, rejected = screen(torch, candidates, lambda *x: reference_attention(torch, *x),
                                [x[:1] for x in (q, k, v)], grad_out[:1], dtype)  # one sequence suffices
     if not correct:
         raise RuntimeError(f"no attention kernel computed causal attention correctly: {rejected}")
-    samples = race_forward_backward(torch, device, correct, [x.to(dtype) for x in (q, k, v)], grad_out.to(dtype))
+    samples, level = race_candidates(torch, device, correct, [x.to(dtype) for x in (q, k, v)], grad_out.to(dtype),
+                                     block, race_fn)
     times = medians(samples)
-    return {"attention": min(times, key=times.get), "times_s": times, "rejected": rejected}
+    return {"attention": min(times, key=times.get), "times_s": times, "rejected": rejected, "trial": level}

@@ -7,12 +7,20 @@ alternate round by round, so a neighbour's load or the clock's drift hits every 
 After EARLY_ROUNDS a candidate whose fastest round is SEPARATED times the leader's slowest is
 out of the race: it has lost beyond any noise, and timing it further only costs the cell time
 (an emulated bf16 kernel takes a second per call).
+
+What races: either the kernels alone (forward and backward of the one operation), or, through a
+BlockTrial, each kernel inside a whole Transformer block of the cell's shape and precision. The
+block is what predicts the step: an isolated kernel trial chose SDPA for a bf16 cell (faster
+alone) whose whole step then ran faster with plain matmul attention (issue 31), because the
+rest of the block (the casts, the layouts the kernels hand on, the threads' state) changes
+which kernel wins. The kernels are still checked alone for correctness first (cheap, and exact).
 """
 from __future__ import annotations
 
 import functools
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from txsuite.measure.host_cache import measured_once
@@ -27,6 +35,19 @@ MIN_ROUND_S = 0.02  # a round repeats the kernel until it has run this long (sho
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 
 
+Race = Callable[[dict[str, Callable[[], object]], Callable[[], None]], dict[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class BlockTrial:
+    """A trial at the level of a whole block. shape_key: the block's shape and precision (part of
+    the cache key, so a block trial never reads an isolated kernel's entry); steps(names) ->
+    {name: a zero-argument callable running one forward + backward of the block with that
+    kernel}, for the kernel names that passed the correctness check."""
+    shape_key: str
+    steps: Callable[[list[str]], dict[str, Callable[[], object]]]
+
+
 def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str, shape_key: str,
                     kernels: dict[str, Callable], measure: Callable[[], dict], use_cache: bool) -> dict:
     """measure()'s entry for this host, torch, thread count, dtype, shape and set of kernels, from
@@ -39,11 +60,21 @@ def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str
     return {**entry, "key": key, "cached": cached}
 
 
-def race_forward_backward(torch, device, candidates: dict[str, Callable], inputs, grad_out) -> dict[str, list[float]]:
-    """race() of each candidate's forward + backward on `inputs` (leaf copies) with `grad_out`."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    return race({name: functools.partial(forward_backward, torch, fn, inputs, grad_out)
-                 for name, fn in candidates.items()}, sync)
+def device_sync(torch, device) -> Callable[[], None]:
+    """What waits for the device's queued work: CUDA's synchronize, nothing on a CPU."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def race_candidates(torch, device, correct: dict[str, Callable], inputs, grad_out, block: BlockTrial | None,
+                    race_fn: Race | None = None) -> tuple[dict[str, list[float]], str]:
+    """(samples, "block" or "kernel"): the correct kernels raced inside the block when there is
+    one, else alone (forward + backward on `inputs`, leaf copies, with `grad_out`). race_fn:
+    race() unless a test injects its measurements."""
+    race_fn = race_fn or race
+    if block is not None:
+        return race_fn(block.steps(list(correct)), device_sync(torch, device)), "block"
+    return race_fn({name: functools.partial(forward_backward, torch, fn, inputs, grad_out)
+                    for name, fn in correct.items()}, device_sync(torch, device)), "kernel"
 
 
 def race(candidates: dict[str, Callable[[], object]], sync: Callable[[], None] = lambda: None

@@ -18,13 +18,17 @@ Each kernel's output and gradients are checked against float64 first; then they 
 (txsuite.measure.kernel_race). torch's own Linear stays unless the other kernel is faster in
 every round than torch's Linear in any round: a tie, or an overlap of their rounds, keeps the
 code path every other training script runs.
+
+With a BlockTrial (what cells use: txsuite.techniques.kernel_trial) the kernels race inside a
+whole Transformer block of the cell's shape and precision, whose linear layers all run the
+candidate, rather than one Linear alone (txsuite.measure.kernel_race's docstring says why).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from txsuite.measure.attention import ATTENTION_DTYPE
-from txsuite.measure.kernel_race import measured_choice, medians, race_forward_backward, screen
+from txsuite.measure.kernel_race import BlockTrial, Race, measured_choice, medians, race_candidates, screen
 
 DEFAULT = "torch"
 # Most rows a trial's product has. The ratio between the kernels hardly depends on it but the
@@ -35,19 +39,22 @@ CHECK_TOKENS = 64  # rows checked against float64
 
 
 def choose_linear(torch, device, precision: str, shape: tuple[int, int, int], device_name: str,
-                  kernels: dict[str, Callable], use_cache: bool = True) -> dict:
+                  kernels: dict[str, Callable], use_cache: bool = True, block: BlockTrial | None = None,
+                  race_fn: Race | None = None) -> dict:
     """-> {"linear": chosen kernel, "times_s": {name: median fwd+bwd seconds}, "rejected":
-    {name: why}, "key", "cached"}. shape: (tokens, d_in, d_out), tokens capped at TRIAL_TOKENS;
-    kernels: name -> linear(x, weight, bias), DEFAULT among them."""
+    {name: why}, "trial": "block" or "kernel", "key", "cached"}. shape: (tokens, d_in, d_out),
+    tokens capped at TRIAL_TOKENS; kernels: name -> linear(x, weight, bias), DEFAULT among them;
+    block: race them inside this block; race_fn: injected measurements (tests)."""
     dtype = ATTENTION_DTYPE[precision]  # the dtype the cell's matmuls compute in
     tokens, d_in, d_out = shape
     shape = (min(tokens, TRIAL_TOKENS), d_in, d_out)
-    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels)  # noqa: E731
-    return measured_choice("linear.json", torch, device, device_name, dtype, f"M{shape[0]} K{d_in} N{d_out}",
-                           kernels, measure, use_cache)
+    measure = lambda: trial(torch, device, getattr(torch, dtype), shape, kernels, block, race_fn)  # noqa: E731
+    shape_key = block.shape_key if block is not None else f"M{shape[0]} K{d_in} N{d_out}"
+    return measured_choice("linear.json", torch, device, device_name, dtype, shape_key, kernels, measure, use_cache)
 
 
-def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, Callable]) -> dict:
+def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, Callable],
+          block: BlockTrial | None = None, race_fn: Race | None = None) -> dict:
     tokens, d_in, d_out = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
     x, grad_out = torch.randn(tokens, d_in, generator=gen), torch.randn(tokens, d_out, generator=gen)
@@ -58,9 +65,9 @@ def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, 
                                [x[:CHECK_TOKENS], weight, bias], grad_out[:CHECK_TOKENS], dtype)
     if DEFAULT not in correct:
         raise RuntimeError(f"torch's own Linear failed its check against float64: {rejected}")
-    samples = race_forward_backward(torch, device, correct, [t.to(dtype) for t in (x, weight, bias)],
-                                    grad_out.to(dtype))
-    return {"linear": decide(samples), "times_s": medians(samples), "rejected": rejected}
+    samples, level = race_candidates(torch, device, correct, [t.to(dtype) for t in (x, weight, bias)],
+                                     grad_out.to(dtype), block, race_fn)
+    return {"linear": decide(samples), "times_s": medians(samples), "rejected": rejected, "trial": level}
 
 
 def decide(samples: dict[str, list[float]]) -> str:

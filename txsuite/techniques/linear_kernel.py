@@ -85,7 +85,9 @@ KERNELS = {"torch": F.linear, TRIAL_KERNEL: transposed_weight_linear}
 
 
 def apply(setup: TrainSetup, cell) -> TrainSetup:
-    choice = resolve(cell, setup.device)
+    # the attention kernel the model runs (resolved before the model was built): the block trial runs it too
+    attention = getattr(getattr(setup.model, "cfg", None), "attention", "sdpa")
+    choice = resolve(cell, setup.device, attention)
     if choice["linear"] == TRIAL_KERNEL:
         convert(setup.model)
         if setup.mesh is None:  # only a single-process cell is compressed and timed for inference
@@ -134,9 +136,10 @@ def training_kernel(model: nn.Module, kernel: str | None) -> Iterator[str]:
                 module.__class__ = nn.Linear
 
 
-def resolve(cell, device: torch.device) -> dict[str, Any]:
-    """{"linear": the kernel, ...}: the cell's own choice, or for `auto` the measured one (with
-    the trial's times and whether they came from the host's cache), or torch with the reason
+def resolve(cell, device: torch.device, attention: str = "sdpa") -> dict[str, Any]:
+    """{"linear": the kernel, ...}: the cell's own choice, or for `auto` the measured one, raced
+    inside a block of the cell's shape and precision running `attention` (with the trial's
+    times, its level and whether they came from the host's cache), or torch with the reason
     where the setting does not apply."""
     setting = cell.model.linear
     if setting != "auto":
@@ -146,10 +149,10 @@ def resolve(cell, device: torch.device) -> dict[str, Any]:
         return {"linear": "torch", "linear_auto": {"not_tried": unsupported}}
     from txsuite.measure.device import device_fingerprint
     from txsuite.measure.linear import choose_linear
+    from txsuite.techniques.kernel_trial import block_trial, trial_facts
     _, _, d_model, d_ff = cell.model.dims
     shape = (cell.train.micro_batch * cell.data.seq_len, d_model, d_ff)  # the MLP's first linear (tp is 1 here)
     choice = choose_linear(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
-                           KERNELS)
-    return {"linear": choice["linear"], "linear_auto": {
-        "times_s": choice["times_s"], "rejected": choice["rejected"], "cached": choice["cached"]}}
+                           KERNELS, block=block_trial(cell, device, "linear", {"attention": attention}))
+    return {"linear": choice["linear"], "linear_auto": trial_facts(choice)}
 

@@ -25,8 +25,8 @@ from txsuite.config.spec import CellConfig
 from txsuite.data import build_dataset
 from txsuite.data.steps import step_batches
 from txsuite.model import GPT, GPTConfig, resolve_model
-from txsuite.model.gpt import attention_kernels
 from txsuite.techniques import TrainSetup, apply_all
+from txsuite.techniques.kernel_trial import resolve_attention
 from txsuite.techniques.mesh import build_mesh, coordinate
 from txsuite.train.evaluation import EVAL_BATCH
 from txsuite.train.optimizers import build_optimizer
@@ -98,23 +98,6 @@ def build_training(cell: CellConfig, device: torch.device | str | None = None, d
     return Training(cell=cell, device=device, dataset=dataset, model_cfg=model_cfg, n_params=n_params,
                     setup=setup, trainer=trainer, batches=batches, val_batches=val_batches, world=world,
                     augmenter=augmenter)
-
-
-def resolve_attention(cell: CellConfig, device: torch.device) -> dict[str, Any]:
-    """{"attention": the kernel the model runs, ...}: the cell's own choice, or for `auto` the
-    measured fastest correct kernel for this rank's attention shape (txsuite.measure.attention),
-    with its trial times and whether they came from the host's cache."""
-    if cell.model.attention != "auto":
-        return {"attention": cell.model.attention}
-    from txsuite.measure.attention import choose_attention
-    from txsuite.measure.device import device_fingerprint
-    _, n_head, d_model, _ = cell.model.dims
-    # tensor parallelism gives each rank n_head / tp heads
-    shape = (cell.train.micro_batch, n_head // cell.parallel.tp, cell.data.seq_len, d_model // n_head)
-    choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
-                              attention_kernels())
-    return {"attention": choice["attention"], "attention_auto": {
-        "times_s": choice["times_s"], "rejected": choice["rejected"], "cached": choice["cached"]}}
 
 
 def make_trainer(setup: TrainSetup, optimizer: torch.optim.Optimizer, schedule, cell: CellConfig,
