@@ -7,9 +7,22 @@ shares one figure. On CUDA the precisions are bf16/fp16 tensor cores, tf32 tenso
 with tf32 explicitly off, and fp8 (`torch._scaled_mm`, e4m3 x e4m3 -> bf16, compute capability
 >= 8.9). The vendor's nominal dense peak (txsuite.measure.nominal) is returned beside it, for
 reference only: a datasheet figure is never used as the denominator of `mfu`.
+
+A stable denominator (issue 31: the same cell read MFU 88 % in one run and 77 % at a higher
+tokens/s in the next, its peak having moved 1.3x between them):
+- measured under the cells' own conditions: the thread count and the OpenMP spin setting
+  (GOMP_SPINCOUNT / OMP_WAIT_POLICY, which the runner sets for CPU cells) are part of the key,
+  and the sweep measures it in a process started as its cells are (txsuite.run.host_setup);
+- the best of several timed bursts is kept, with every burst's figure and their spread;
+- a later measurement replaces a cached peak only when it is higher (a noisy moment can only
+  make a reading lower), so two runs on one host divide by one figure;
+- every record names the peak it divided by (`mfu_peak`: value, dtype, key, when measured,
+  spread), so two records with the same peak have MFU ratios equal to their tokens/s ratios.
 """
 from __future__ import annotations
 
+import os
+import statistics
 import time
 
 from txsuite.measure.host_cache import locked_update
@@ -41,10 +54,38 @@ def utilization(tokens_per_s: float | None, flops_per_token: float | None,
     return mfu, hfu
 
 
+class PeakReading(float):
+    """A peak measurement: the best burst's FLOP/s, with every burst's figure (`trials`)."""
+    trials: tuple[float, ...] = ()
+
+    def __new__(cls, best: float, trials: tuple[float, ...] = ()) -> "PeakReading":
+        reading = super().__new__(cls, best)
+        reading.trials = tuple(trials)
+        return reading
+
+
+def spin_setting(env=os.environ) -> str:
+    """The OpenMP setting that decides whether idle threads spin (txsuite.run.runner sets
+    GOMP_SPINCOUNT for CPU cells; a user's OMP_WAIT_POLICY wins): part of a CPU peak's key."""
+    if env.get("OMP_WAIT_POLICY"):
+        return f"wait {env['OMP_WAIT_POLICY'].lower()}"
+    return f"spin {env.get('GOMP_SPINCOUNT') or 'default'}"
+
+
+def peak_key(torch, device, precision: str, device_name: str) -> str:
+    """The cache key of a peak: device model, torch, threads and spin setting (CPU), the op
+    measured ("linear": F.linear, the op nn.Linear runs; an earlier version timed `a @ b`, which
+    for fp16 on a CPU takes a far slower path, and those entries are not reused) and its dtype."""
+    kind = MATMUL_DTYPE[precision]
+    if device.type == "cpu":
+        return f"{device_name}|torch {torch.__version__}|threads {torch.get_num_threads()}|{spin_setting()}|linear|{kind}"
+    return f"{device_name}|torch {torch.__version__}|threads 0|linear|{kind}"
+
+
 def peak_flops(torch, device, precision: str, device_name: str, at_least: float | None = None) -> dict:
     """-> {"peak_flops": measured FLOP/s, "peak_key": cache key, "peak_cached": bool,
     "peak_remeasured": bool, "nominal_peak_flops": the vendor's dense FLOP/s for this device and
-    precision, or None}.
+    precision, or None, "peak": what a record's `mfu_peak` states (peak_record)}.
 
     A peak is the most the device does; a measurement can only fall short of it (another
     process on the cores, a clock not yet up). So the cache keeps the best measurement, and a
@@ -55,21 +96,41 @@ def peak_flops(torch, device, precision: str, device_name: str, at_least: float 
     from txsuite.measure.nominal import nominal_peak_flops
     nominal = nominal_peak_flops(device_name, precision) if device.type == "cuda" else None
     kind = MATMUL_DTYPE[precision]
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    # "linear": measured with the op nn.Linear runs (an earlier version timed `a @ b`, which for
-    # fp16 on a CPU takes a far slower path than F.linear; those entries are not reused)
-    key = f"{device_name}|torch {torch.__version__}|threads {threads}|linear|{kind}"
+    key = peak_key(torch, device, precision, device_name)
 
-    def best(cache: dict) -> tuple[float, bool, bool]:
+    def best(cache: dict) -> tuple[dict, bool, bool]:
         entry = cache.get(key)
         if entry is not None and (at_least is None or entry["flops"] >= at_least or _recent(entry)):
-            return entry["flops"], True, False
-        flops = max(measure_matmul_flops(torch, device, kind), entry["flops"] if entry else 0.0)
-        cache[key] = {"flops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        return flops, False, entry is not None
-    flops, cached, remeasured = locked_update("peaks.json", best)
-    return {"peak_flops": flops, "peak_key": key, "peak_cached": cached, "peak_remeasured": remeasured,
-            "nominal_peak_flops": nominal}
+            return entry, True, False
+        cache[key] = kept_peak(entry, measure_matmul_flops(torch, device, kind), time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return cache[key], False, entry is not None
+    entry, cached, remeasured = locked_update("peaks.json", best)
+    return {"peak_flops": entry["flops"], "peak_key": key, "peak_cached": cached, "peak_remeasured": remeasured,
+            "nominal_peak_flops": nominal, "peak": peak_record(entry, key, kind)}
+
+
+def kept_peak(entry: dict | None, reading: float, now: str) -> dict:
+    """The cache entry after a measurement: the new reading (its bursts and their spread) when it
+    is the first or higher than the cached peak; else the cached entry unchanged but for
+    `checked_at` and `lower_reading`, so a noisy moment never lowers the peak, and says so."""
+    if entry is not None and entry["flops"] >= reading:
+        return {**entry, "checked_at": now, "lower_reading": float(reading)}
+    trials = [float(t) for t in getattr(reading, "trials", ())] or [float(reading)]
+    return {"flops": float(reading), "measured_at": now, "trials": trials, "spread": spread(trials)}
+
+
+def spread(trials: list[float]) -> float:
+    """(best - median) / best of a peak's bursts: how far a typical burst fell short of the kept
+    one (0 when they agree; a loaded host gives a large spread)."""
+    best = max(trials)
+    return round((best - statistics.median(trials)) / best, 4) if best > 0 else 0.0
+
+
+def peak_record(entry: dict, key: str, kind: str) -> dict:
+    """The peak as a record names it (`mfu_peak`): the FLOP/s MFU divides by, its matmul dtype,
+    its cache key, when it was measured, its bursts' spread and count."""
+    return {"flops": entry["flops"], "dtype": kind, "key": key, "measured_at": entry.get("measured_at"),
+            "spread": entry.get("spread"), "trials": len(entry.get("trials") or ()) or None}
 
 
 REMEASURE_AFTER_S = 600  # a peak measured this recently is not measured again for one cell
@@ -80,14 +141,16 @@ def _recent(entry: dict) -> bool:
     again (by the FLOP-counting convention a cell can exceed a fresh peak; cells would otherwise
     each pay a measurement)."""
     try:
-        measured = time.mktime(time.strptime(entry["measured_at"], "%Y-%m-%dT%H:%M:%S"))
+        # a reading below the peak (checked_at) counts as a measurement as recent as itself
+        measured = time.mktime(time.strptime(entry.get("checked_at") or entry["measured_at"], "%Y-%m-%dT%H:%M:%S"))
     except (KeyError, ValueError):
         return False
     return time.time() - measured < REMEASURE_AFTER_S
 
 
-def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> float:
-    """Best FLOP/s over `trials` timed bursts of n x n x n matmuls (2 n^3 FLOPs each).
+def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials: int = 5) -> PeakReading:
+    """Best FLOP/s over `trials` timed bursts of n x n x n matmuls (2 n^3 FLOPs each), with every
+    burst's figure.
 
     n grows (CPU: 512 -> 2048, CUDA: 4096 -> 8192) while one matmul stays short, so a slow
     precision (fp16 on a CPU without fp16 units, through `a @ b`) is still measured in about
@@ -105,7 +168,7 @@ def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials:
             sync()
             if time.perf_counter() - start > 0.05:
                 break
-        best = 0.0
+        readings = []
         for _ in range(trials):
             count, start = 0, time.perf_counter()
             while True:
@@ -117,8 +180,8 @@ def measure_matmul_flops(torch, device, kind: str, seconds: float = 0.3, trials:
                     elapsed = time.perf_counter() - start
                     if elapsed >= seconds:
                         break
-            best = max(best, 2 * n ** 3 * count / elapsed)
-        return best
+            readings.append(2 * n ** 3 * count / elapsed)
+        return PeakReading(max(readings), tuple(readings))
     finally:
         if tf32_before is not None:
             torch.backends.cuda.matmul.allow_tf32 = tf32_before

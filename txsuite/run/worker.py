@@ -163,9 +163,12 @@ def train(training, started: Started) -> Trained:
     machine, probe = _machine_probe(torch)
     counter, counters = _step_counter(training, started.world)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
+    gate = LockstepGate.open(t.warmup_steps) if started.world == 1 else None  # None: no lockstep asked
     try:
-        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter)
+        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter, gate=gate)
     finally:
+        if gate is not None:
+            gate.close()
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
@@ -173,6 +176,76 @@ def train(training, started: Started) -> Trained:
                    rss_before_train=window.before, peak_rss=max(build_peak, host_peak_rss_bytes()),
                    train_peak_rss=window.peak(),
                    rss_after_train=host_current_rss_bytes(), probe_s=machine.wall_s)
+
+
+# `txsuite ab` sets this to the socket of its lockstep controller (txsuite.run.lockstep, which
+# spells the same name: it cannot import this module, which imports torch); empty or unset: none
+LOCKSTEP_ENV = "TXSUITE_LOCKSTEP"
+LOCKSTEP_PROTOCOL = 1
+
+
+class LockstepLost(RuntimeError):
+    """The lockstep controller went away (its job was interrupted or ended)."""
+
+
+class LockstepGate:
+    """This worker's end of step lockstep (txsuite.run.lockstep): the training loop's gate
+    (txsuite.train.loop.NoGate) over a Unix socket to the controller, one line a message.
+
+        worker -> controller   hello PROTOCOL PID                     once, on connecting
+        controller -> worker   go                                     a turn begins
+        worker -> controller   done STEP ELAPSED MEASURED START END   a step's turn ended
+        worker -> controller   end                                    the closing probe's turn ended
+
+    START and END bound the turn in time.perf_counter (CLOCK_MONOTONIC: one clock for every
+    process), so that the turns of the two sides can be shown never to overlap. After `end` the
+    worker waits for one more `go`: both sides then run free (evaluation) together."""
+
+    def __init__(self, sock, warmup_steps: int):
+        self.sock, self.warmup_steps = sock, warmup_steps
+        self.replies = sock.makefile("rb")
+        self.turn_start = 0.0
+        self.send(f"hello {LOCKSTEP_PROTOCOL} {os.getpid()}")
+
+    @classmethod
+    def open(cls, warmup_steps: int) -> "LockstepGate | None":
+        path = os.environ.get(LOCKSTEP_ENV)
+        if not path:
+            return None
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise LockstepLost(f"the lockstep controller at {path} cannot be reached: {exc}") from None
+        return cls(sock, warmup_steps)
+
+    def send(self, line: str) -> None:
+        try:
+            self.sock.sendall(line.encode() + b"\n")
+        except OSError as exc:
+            raise LockstepLost(f"the lockstep controller went away: {exc}") from None
+
+    def wait_for_go(self) -> None:
+        if self.replies.readline() != b"go\n":
+            raise LockstepLost("the lockstep controller went away")
+        self.turn_start = time.perf_counter()
+
+    def before(self, step: int) -> None:
+        self.wait_for_go()
+
+    def after(self, step: int, elapsed_s: float) -> None:
+        self.send(f"done {step} {elapsed_s!r} {int(step >= self.warmup_steps)} {self.turn_start!r} "
+                  f"{time.perf_counter()!r}")
+
+    def end(self) -> None:
+        self.send("end")
+        self.wait_for_go()
+
+    def close(self) -> None:
+        self.replies.close()
+        self.sock.close()
 
 
 def _machine_probe(torch):
@@ -364,6 +437,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "peak_flops": peak["peak_flops"],
         "peak_flops_key": peak["peak_key"],
         "peak_remeasured": peak["peak_remeasured"],
+        "mfu_peak": peak["peak"],  # the peak mfu divides by: value, dtype, key, when measured, spread
         "mfu": mfu,
         "hfu": hfu,
         "nominal_peak_flops": peak.get("nominal_peak_flops"),
