@@ -48,26 +48,46 @@ class NoWindow:
     def after(self, step: int) -> None: ...
 
 
+class NoGate:
+    """No lockstep (the default): every step starts as soon as the previous one ended.
+
+    A lockstep gate (txsuite.run.worker.LockstepGate, for `txsuite ab`) has the same three
+    methods. Each step is one turn: `before(step)` blocks until the controller says go, before
+    the machine-state probe and the step's clock; `after(step, elapsed_s)` reports the step's
+    clocked seconds once the turn's work is done (the loss read, the log line, an evaluation).
+    After the last step, one more `before` gives the closing probe a turn of its own, and
+    `end()` blocks until the other side has ended too. Warm-up steps are gated as well, so the
+    two processes are aligned from their first step."""
+
+    def before(self, step: int) -> None: ...
+    def after(self, step: int, elapsed_s: float) -> None: ...
+    def end(self) -> None: ...
+
+
 def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
                 log: Callable[[str], None] = lambda line: print(line, flush=True),
                 around_measured: Callable[[str], None] | None = None,
-                count_step: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
+                count_step: Callable[[], contextlib.AbstractContextManager] | None = None,
+                gate=None) -> TrainResult:
     """Run `warmup_steps + steps` optimizer steps of `training` (txsuite.train.build.Training),
     timing each step from its start to the host sync after it; only the last `steps` are the
     measured ones. Evaluates every `eval_every` steps (outside the clock). Raises Diverged.
 
     around_measured("start"/"end") runs just before the first measured step and just after the
     last, outside every clock (the machine-state probe). count_step() is entered around the
-    last warm-up step, which is untimed (the step counters)."""
+    last warm-up step, which is untimed (the step counters). gate: a lockstep gate (NoGate's
+    methods) that holds each step, and the closing probe, until it is this process's turn."""
     from txsuite.measure.nvml import NullTelemetry
 
     comm = comm or NoWindow()
+    gate = gate or NoGate()
     telemetry = telemetry or NullTelemetry("not measured")
     t = training.cell.train
     trainer, hooks = training.trainer, training.setup.step_hooks
     result = TrainResult()
     total_steps = t.total_steps
     for step in range(total_steps):
+        gate.before(step)  # first: the probe before the first measured step runs in this turn too
         if step == t.warmup_steps:
             _meters(training, active=True)  # measured steps only
             if around_measured is not None:
@@ -103,12 +123,15 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             result.reach(step + 1, eval_loss, t.target_loss)
         elif not t.eval_every:
             result.reach(step + 1, loss, t.target_loss)
+        gate.after(step, elapsed)  # the turn ends here: its loss, log line and evaluation are done
         # stop_at_target: once the target is reached and at least one step was measured
         if t.stop_at_target and result.reached is not None and result.step_times and step + 1 < total_steps:
             result.stopped_at = step + 1
             break
+    gate.before(len(result.loss_curve))  # a turn for the closing probe: it too runs alone
     if around_measured is not None and t.steps:
         around_measured("end")
+    gate.end()
     _meters(training, active=False)
     return result
 
