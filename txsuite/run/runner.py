@@ -31,6 +31,7 @@ from txsuite.measure.oomkills import oom_kill_count
 from txsuite.results import RunFolder, RunLock, RunMeta
 from txsuite.run import observed
 from txsuite.run.executors import LocalExecutor
+from txsuite.run.host_setup import prepare_host
 
 DEFAULT_TIMEOUT_S = 1800.0
 # the worker's own phases in a record's phase_s (txsuite.run.worker.run_cell); train_steps and
@@ -266,6 +267,11 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
     # cells whose weights others start from (train.init: cell:...) go first, then the reference
     todo.sort(key=lambda item: (item[0].cell_id not in transfers.sources,
                                 not targets.needed or item[0].cell_id != targets.reference))
+    if not worker_cmd and isinstance(executor, LocalExecutor):
+        # the host's one-time measurements (peaks, auto kernels, tokenizers), before any cell's
+        # clock starts: the sweep's setup, not the first cell's overhead
+        emit("host_setup", prepare_host([c for c, r in todo if (c.cell_id, r) not in finished], run_dir, executor,
+                                        worker_env))
     summary = RunSummary(run_dir=run_dir)
     ooms = [c for c in cells for r in range(matrix.repetitions) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
@@ -529,18 +535,8 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     else:
         launcher = [sys.executable, *code.entry]
     cmd = launcher + [str(cell_json), str(result_json)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(code.env))
+    env = worker_env(cell.config, code)
     oom_kills_before = oom_kill_count()
-    threads = cell.config.measure.threads
-    if threads:  # before the worker imports torch: OpenMP sizes its pool at start-up
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if cell.config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
-        # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
-        # the host, spinning threads starve the ones doing work and a step collapses. A bounded
-        # spin (10000) costs nothing on an idle host and removes the collapse; PASSIVE removes it
-        # too but slows idle steps. A user's own setting wins. The figures, dated, with host and
-        # command: docs/measurements.md, "OpenMP on a shared host".
-        env.setdefault("GOMP_SPINCOUNT", "10000")
     # torch already imported in the fork server: the cell starts in milliseconds, and a
     # distributed CPU cell on this one node has its ranks forked there instead of by torchrun
     forkable = (not worker_cmd and cell.config.device == "cpu" and getattr(executor, "forks", False)
@@ -601,6 +597,23 @@ def run_one(matrix: Matrix, folder: RunFolder, cell: PlannedCell, repeat: int, h
     ended = getattr(outcome, "reason", None) or _describe_exit(returncode)
     reason = (f"{cause}; " if cause else "") + ended + _log_tail(log_path)
     return Record(**common, status="failed", reason=reason, env=host_env)
+
+
+def worker_env(config: CellConfig, code: WorkerCode = THIS_CODE) -> dict[str, str]:
+    """The environment a cell's worker starts with (and the sweep's host measurements, which must
+    run under the same threads and spin setting: txsuite.run.host_setup)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(code.env))
+    threads = config.measure.threads
+    if threads:  # before the worker imports torch: OpenMP sizes its pool at start-up
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
+        # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
+        # the host, spinning threads starve the ones doing work and a step collapses. A bounded
+        # spin (10000) costs nothing on an idle host and removes the collapse; PASSIVE removes it
+        # too but slows idle steps. A user's own setting wins. The figures, dated, with host and
+        # command: docs/measurements.md, "OpenMP on a shared host".
+        env.setdefault("GOMP_SPINCOUNT", "10000")
+    return env
 
 
 def _launcher_root_cause(log_path: Path) -> str | None:
