@@ -1,0 +1,152 @@
+"""Issue 31: `auto` kernels decided by a block trial, a stable named peak, and the host's one-time
+measurements made once, at sweep start, outside every cell's clock."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cli_helpers import run_records
+from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
+from txsuite.measure import peak
+from txsuite.measure.attention import choose_attention
+from txsuite.measure.kernel_race import BlockTrial
+from txsuite.measure.linear import choose_linear
+from txsuite.model.gpt import attention_kernels
+from txsuite.techniques import host_trials, kernel_trial
+from txsuite.techniques.linear_kernel import KERNELS, TransposedWeightLinear
+
+CPU = torch.device("cpu")
+
+
+def _cell(**model) -> CellConfig:
+    return CellConfig(model=ModelSpec(preset="tiny", **model), data=DataSpec(dataset="markov", seq_len=32),
+                      train=TrainSpec(steps=2, warmup_steps=1, micro_batch=2), device="cpu")
+
+
+def _measured(samples: dict[str, list[float]]):
+    """A race that reports these seconds per round instead of timing, for the names it is given."""
+    def race(candidates, sync):
+        assert set(candidates) <= set(samples)
+        return {name: samples[name] for name in candidates}
+    return race
+
+
+def _no_block_steps(names):
+    return {name: (lambda: None) for name in names}
+
+
+@pytest.mark.parametrize("faster", ["sdpa", "matmul"])
+def test_the_block_trial_chooses_the_kernel_its_block_measurements_say_is_faster(faster):
+    slower = "matmul" if faster == "sdpa" else "sdpa"
+    block = BlockTrial(shape_key="block test", steps=_no_block_steps)
+    choice = choose_attention(torch, CPU, "bf16", (2, 4, 32, 16), "test-cpu", attention_kernels(), use_cache=False,
+                              block=block, race_fn=_measured({faster: [1.0, 1.1, 1.2], slower: [2.0, 2.1, 2.2]}))
+    assert choice["attention"] == faster and choice["trial"] == "block"
+    assert choice["times_s"] == {faster: 1.1, slower: 2.1}
+    assert "|block test|" in choice["key"]  # a block entry never reads an isolated kernel's
+
+
+def test_the_linear_block_trial_keeps_torch_unless_the_other_is_faster_in_every_round():
+    block = BlockTrial(shape_key="block test", steps=_no_block_steps)
+    clear = choose_linear(torch, CPU, "fp32", (64, 32, 48), "test-cpu", KERNELS, use_cache=False, block=block,
+                          race_fn=_measured({"torch": [2.0, 2.1, 2.2], "transposed-weight": [1.0, 1.1, 1.2]}))
+    overlap = choose_linear(torch, CPU, "fp32", (64, 32, 48), "test-cpu", KERNELS, use_cache=False, block=block,
+                            race_fn=_measured({"torch": [2.0, 2.1, 2.2], "transposed-weight": [1.0, 1.1, 2.5]}))
+    assert (clear["linear"], overlap["linear"]) == ("transposed-weight", "torch")
+    assert clear["trial"] == "block"
+
+
+def test_a_block_trials_candidates_run_the_block_with_their_kernel():
+    cell = _cell()
+    steps = kernel_trial.block_trial(cell, CPU, "linear", {"attention": "matmul"}).steps(["torch", "transposed-weight"])
+    for name, step in steps.items():
+        block = step.args[0]  # functools.partial(forward_backward, block, x, grad, autocast)
+        assert block.attn.attention == "matmul"
+        kinds = {type(m) for m in block.modules() if isinstance(m, torch.nn.Linear)}
+        assert kinds == {TransposedWeightLinear if name == "transposed-weight" else torch.nn.Linear}
+        step()
+        assert all(p.grad is not None for p in block.parameters())  # forward and backward ran
+    assert kernel_trial.block_trial(_cell(), CPU, "attention", {}).shape_key.startswith("block B2 T32 ")
+    assert kernel_trial.block_batch(micro_batch=64, seq_len=256) == kernel_trial.BLOCK_TOKENS // 256
+    assert kernel_trial.block_batch(micro_batch=4, seq_len=100_000) == 1
+
+
+def test_a_cached_peak_is_never_replaced_by_a_lower_reading_and_keeps_its_spread(tmp_path, monkeypatch):
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    readings = iter([peak.PeakReading(1e11, (1e11, 0.98e11, 0.9e11)), peak.PeakReading(6e10, (6e10, 5e10))])
+    monkeypatch.setattr(peak, "measure_matmul_flops", lambda torch_, device, kind: next(readings))
+    first = peak.peak_flops(torch, CPU, "fp32", "Some CPU")
+    assert first["peak"]["flops"] == 1e11 and first["peak"]["spread"] == pytest.approx(0.02)
+    assert first["peak"]["trials"] == 3 and first["peak"]["dtype"] == "float32"
+    monkeypatch.setattr(peak, "REMEASURE_AFTER_S", 0)  # old enough to be measured again
+    noisy = peak.peak_flops(torch, CPU, "fp32", "Some CPU", at_least=2e11)  # a cell above it: measured again
+    assert noisy["peak_flops"] == 1e11 and noisy["peak"] == first["peak"]  # the same peak, the same record
+    entry = json.loads((tmp_path / "peaks.json").read_text())[first["peak_key"]]
+    assert entry["lower_reading"] == 6e10 and "checked_at" in entry  # seen, and said, not adopted
+
+
+def test_the_peak_key_holds_the_threads_and_the_spin_setting(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    spinning = peak.peak_key(torch, CPU, "bf16", "Some CPU")
+    assert f"|threads {torch.get_num_threads()}|spin 10000|" in spinning and spinning.endswith("|bfloat16")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "|wait passive|" in peak.peak_key(torch, CPU, "bf16", "Some CPU")
+
+
+def test_mfu_is_the_flops_over_time_times_the_named_peak():
+    tokens, flops, peak_flops = 5665.0, 6.1e8, 3.9e13
+    mfu, _ = peak.utilization(tokens, flops, None, peak_flops)
+    assert mfu == tokens * flops / peak_flops  # exactly: the record's mfu is this arithmetic
+    other, _ = peak.utilization(6469.0, flops, None, peak_flops)
+    assert other / mfu == pytest.approx(6469.0 / tokens, rel=1e-15)  # one peak: MFU moves as tokens/s
+
+
+def test_the_hosts_one_time_measurements_run_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path / "fresh"))  # not there yet: a fresh cache works
+    measured = []
+    monkeypatch.setattr(peak, "measure_matmul_flops",
+                        lambda torch_, device, kind: measured.append(kind) or peak.PeakReading(1e11, (1e11,)))
+    payload = {"kind": host_trials.KIND, "device": "cpu", "threads": torch.get_num_threads(),
+               "configs": [_cell().to_dict(), _cell(linear="torch").to_dict()]}
+    first = host_trials.measure_host(payload)
+    assert first["failed"] == [] and measured == ["float32"]  # two cells, one precision: one peak
+    assert {m["what"] for m in first["measured"]} == {"dataset", "peak", "kernels"}
+    mine = _cell().cell_id()
+    assert not any(m["cached"] for m in first["measured"] if m["what"] != "dataset" and m["cell_id"] == mine)
+    # the second cell differs only in its linear kernel: its attention came from the first's trial
+    assert [m["cached"] for m in first["measured"] if m["cell_id"] != mine] == [True]
+    second = host_trials.measure_host(payload)
+    assert measured == ["float32"]  # nothing measured again
+    assert all(m["cached"] for m in second["measured"] if m["what"] != "dataset")
+
+
+def test_a_sweep_measures_the_host_before_its_cells_and_each_record_states_choice_trial_step_and_peak(tmp_path):
+    fresh = tmp_path / "cache"  # a cache folder that does not exist yet
+    records = run_records(tmp_path, "name: host-setup\n"
+                                    "fixed:\n"
+                                    "  model: {preset: tiny, n_layer: 1}\n"
+                                    "  data: {dataset: markov, seq_len: 32}\n"
+                                    "  train: {steps: 2, warmup_steps: 1, micro_batch: 2, eval_batches: 1}\n"
+                                    "  measure: {threads: 1}\n"
+                                    "axes:\n"
+                                    "  model.linear: [auto, torch]\n", env={"TXSUITE_CACHE": str(fresh)})
+    setup = json.loads((tmp_path / "results" / "host-setup" / "r" / "host_setup.json").read_text())
+    (group,) = setup["groups"]
+    assert group["status"] == "ok" and group["threads"] == 1 and group["failed"] == []
+    for r in records:
+        m = r.metrics
+        assert r.status == "ok"
+        # measured at sweep start: the cell read every one-time figure from the cache
+        assert m["attention_auto"]["cached"] and m["attention_auto"]["trial"] == "block"
+        assert set(m["attention_auto"]["times_s"]) == {"sdpa", "matmul"} and m["attention"] in ("sdpa", "matmul")
+        assert m["step_time_p50_s"] > 0  # the step the choice produced, beside the trial's figures
+        assert m["mfu_peak"]["key"] == m["peak_flops_key"] and "|threads 1|spin " in m["mfu_peak"]["key"]
+        assert m["mfu_peak"]["measured_at"] and m["mfu_peak"]["spread"] is not None
+        assert m["mfu"] == m["tokens_per_s"] * m["flops_per_token"] / m["mfu_peak"]["flops"]
+    auto = next(r for r in records if r.config["model"]["linear"] == "auto")
+    assert auto.metrics["linear_auto"]["cached"] and auto.metrics["linear_auto"]["trial"] == "block"
+    assert len({r.metrics["mfu_peak"]["flops"] for r in records}) == 1  # one peak for the whole sweep
