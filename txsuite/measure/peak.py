@@ -8,8 +8,8 @@ with tf32 explicitly off, and fp8 (`torch._scaled_mm`, e4m3 x e4m3 -> bf16, comp
 >= 8.9). The vendor's nominal dense peak (txsuite.measure.nominal) is returned beside it, for
 reference only: a datasheet figure is never used as the denominator of `mfu`.
 
-A stable denominator (issue 31: the same cell read MFU 88 % in one run and 77 % at a higher
-tokens/s in the next, its peak having moved 1.3x between them):
+A stable denominator (issue 31: the same cell read a lower MFU at a higher tokens/s in a later
+run, its peak having moved between them; docs/gpu.md, "A stable peak, named in every record"):
 - measured under the cells' own conditions: the thread count and the OpenMP spin setting
   (GOMP_SPINCOUNT / OMP_WAIT_POLICY, which the runner sets for CPU cells) are part of the key,
   and the sweep measures it in a process started as its cells are (txsuite.run.host_setup);

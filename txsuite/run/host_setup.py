@@ -3,7 +3,7 @@
 What a cell would otherwise measure the first time it meets a host (the matmul peak of its
 precision, its `auto` kernels, its dataset's tokenizer: txsuite.techniques.host_trials) is
 measured once here, outside every cell's clock, so no cell's `cell_overhead_s` holds a one-time
-cost: the first cell on a host paid 4.4 s where the others paid under 2 s (issue 31). The
+cost (docs/running.md, "The sweep's setup, and what a cell pays"). The
 measurements run in a worker process started exactly as the cells are (the same executor, so
 on CPU the same fork server, which this step then also starts; the cell's environment: threads
 and the OpenMP spin setting), one per (device, threads) group of the cells to run, since the

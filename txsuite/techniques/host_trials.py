@@ -3,8 +3,8 @@ the matmul peak of each precision (txsuite.measure.peak), the `auto` attention a
 kernels of each cell shape (txsuite.techniques.kernel_trial), and each dataset's tokenizer and
 token arrays (txsuite.data, cached on disk). All of them are cached per host
 (txsuite.measure.host_cache), so a cell then reads them instead of paying for them inside its
-own clock: the first cell on a host paid 4.4 s (the trials, the peak, the fork server's start)
-where the others paid under 2 s.
+own clock, where the first cell on a host used to pay for all of them (docs/running.md, "The
+sweep's setup, and what a cell pays").
 
 Run by the worker (`python -m txsuite.run.worker SETUP_JSON RESULT_JSON` with
 {"kind": "host_trials", "device": ..., "threads": ..., "configs": [...]}), in a process started
