@@ -43,7 +43,11 @@ TOP_LEVEL_KEYS = {
     "constant": "derived quantities that must be equal in every cell: tokens_per_step, samples_per_step, "
                 "train_tokens",
     "timeout_s": "seconds one cell repetition may run before it is killed",
+    "search": "how the sweep spends its runs: grid (every cell, every repetition) or pareto (a short probe of "
+              "every cell, then full repetitions only for cells that can still reach the front; docs/predictions.md)",
 }
+# `search:` values: grid runs every cell in full; pareto is the adaptive sweep (txsuite/run/search.py)
+SEARCH_MODES = ("grid", "pareto")
 CONSTANT_QUANTITIES = ("tokens_per_step", "samples_per_step", "train_tokens")
 GUARD_METRICS = GUARDABLE
 # Old spellings of top-level keys, still accepted: `baseline:` named the report's reference
@@ -127,6 +131,7 @@ class Matrix:
     timeout_s: float | None = None
     notes: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # `key=value` from the command line, as typed
+    search: str = "grid"  # one of SEARCH_MODES
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +140,7 @@ class Matrix:
             "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "seeds": self.seeds,
             "repetitions": self.repetitions, "guard": self.guard,
             "reference": self.reference, "timeout_s": self.timeout_s, "notes": self.notes,
+            "search": self.search,
             "cells": [{"cell_id": c.cell_id, "label": c.label, "origin": c.origin,
                        "skip_reason": c.skip_reason, "config": c.config.to_dict()} for c in self.cells],
         }
@@ -146,10 +152,13 @@ class Matrix:
         return max(self.repeats, self.seeds)
 
     def fingerprint(self) -> str:
-        """Changes whenever the set of cells, repeats or seeds changes (decides whether to resume)."""
+        """Changes whenever the set of cells, repeats, seeds or the search changes (decides whether
+        to resume). A grid sweep hashes what it always did, so runs written before `search:`
+        existed resume as before."""
         import hashlib
         ids = sorted(c.cell_id for c in self.cells)
-        return hashlib.sha1(json.dumps([ids, self.repeats, self.seeds]).encode()).hexdigest()[:12]
+        shape = [ids, self.repeats, self.seeds] + ([self.search] if self.search != "grid" else [])
+        return hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,6 +469,7 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     seeds = _top_level_number(src, "seeds", repetitions_of, 1)
     guard = _read_guard(src, data.get("guard"))
     timeout_s = _top_level_number(src, "timeout_s", _timeout, None)
+    search = _read_search(src, data.get("search", "grid"))
     constant = data.get("constant") or []
     if isinstance(constant, str):
         constant = [constant]
@@ -537,7 +547,21 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     return Matrix(name=name, description=description, source=file, cells=cells,
                   axes={k: [_compact(v) for v, _ in vals] for k, vals in axes},
                   fixed=fixed, repeats=repeats, seeds=seeds, guard=guard, reference=reference,
-                  timeout_s=float(timeout_s) if timeout_s else None, notes=notes, overrides=list(overrides))
+                  timeout_s=float(timeout_s) if timeout_s else None, notes=notes, overrides=list(overrides),
+                  search=search)
+
+
+def _read_search(src: _Source, value: Any) -> str:
+    """`search:` as one of SEARCH_MODES (a MatrixError at its line otherwise)."""
+    if value is None:
+        return "grid"
+    if not isinstance(value, str) or value not in SEARCH_MODES:
+        shown = _kind(value)
+        hint = _suggest(value, list(SEARCH_MODES)) if isinstance(value, str) else ""
+        raise src.error(("search",), f"{shown} is not a way to search{hint}.",
+                        "grid (every cell, every repetition; the default), pareto (probe every cell, then full "
+                        "repetitions only for cells that can still reach the front)")
+    return value
 
 
 def _timeout(value: Any) -> float | None:
@@ -559,7 +583,7 @@ def _top_level_number(src: _Source, key: str, check: Callable[[Any], Any], defau
 
 COMMAND_LINE = "<command line>"  # the section of the document that overrides come from
 # Top-level keys a `key=value` override may set; the others shape the matrix and live in its file.
-OVERRIDABLE_TOP_LEVEL = ("name", "description", "repeats", "seeds", "timeout_s", "guard.<metric>")
+OVERRIDABLE_TOP_LEVEL = ("name", "description", "repeats", "seeds", "timeout_s", "search", "guard.<metric>")
 
 
 def _apply_overrides(src: _Source, overrides: Sequence[str]) -> dict[str, Any]:

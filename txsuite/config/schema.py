@@ -26,7 +26,7 @@ import tokenize
 from typing import Any
 
 from txsuite.config import spec
-from txsuite.config.matrix import (CONSTANT_QUANTITIES, MAX_NAME_LENGTH, NAME_RE, TOP_LEVEL_ALIASES,
+from txsuite.config.matrix import (CONSTANT_QUANTITIES, MAX_NAME_LENGTH, NAME_RE, SEARCH_MODES, TOP_LEVEL_ALIASES,
                                    TOP_LEVEL_KEYS)
 from txsuite.config.metrics import BY_NAME, GUARDABLE
 from txsuite.config.numbers import MAX_REPETITIONS, MAX_TIMEOUT_S
@@ -334,6 +334,7 @@ def matrix_schema() -> dict[str, Any]:
                                {"type": "null"}]},
         "timeout_s": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
                                 {"type": "null"}]},
+        "search": {"anyOf": [{"enum": list(SEARCH_MODES)}, {"type": "null"}], "default": "grid"},
     }
     for key, description in TOP_LEVEL_KEYS.items():
         top[key] = {**top[key], "description": description}
