@@ -54,6 +54,9 @@ def show_plan(matrix: Matrix) -> None:
               else "memory: the estimate, uncorrected")
     console.print(f"predictions: {speed}; {memory} (txsuite/measure/predict.py)", markup=False)
     console.print(predictor.sweep(matrix.cells, matrix.repetitions).describe(), markup=False)
+    if matrix.search == "pareto":
+        from txsuite.run.search import describe_probe
+        console.print(describe_probe(matrix), markup=False, soft_wrap=True)
 
 
 def host_notes(cells) -> None:

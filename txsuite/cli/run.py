@@ -10,11 +10,11 @@ from shlex import quote
 import click
 
 from txsuite.cli.common import (OVERRIDES_HELP, Seconds, Size, UsageProblem, console, device_option, err_console,
-                                interrupted_exit, load,
+                                interrupted_exit, load, raise_if_signalled,
                                 matrix_argument, only_option, overrides_argument, print_lines, report_path,
                                 reports_dir_option, results_dir_option, run_id_option, this_host, yes_option)
 from txsuite.cli.plan import host_notes, show_plan
-from txsuite.cli.progress import SweepProgress
+from txsuite.cli.progress import SweepProgress, print_record
 from txsuite.measure.env import gpus_from_nvidia_smi
 from txsuite.run.executors import host_gpu_ids
 
@@ -29,6 +29,11 @@ from txsuite.run.executors import host_gpu_ids
 @only_option
 @click.option("--timeout", "timeout_s", type=Seconds(), help="Seconds per cell repetition (default: matrix timeout_s or 1800).")
 @click.option("--dry-run", is_flag=True, help="Plan and print the cells, run nothing.")
+@click.option("--search", type=click.Choice(["grid", "pareto"]),
+              help="grid: every cell in full; pareto: probe every cell, then full repetitions only for cells that "
+                   "can still reach the front (as the override search=...; default: the matrix's search, else grid).")
+@click.option("--budget", "budget_s", type=Seconds(), help="Seconds the whole sweep may take (probes included): "
+              "repetitions not started by then are recorded skipped ('budget: ...'); one in flight finishes.")
 @yes_option
 @click.option("--retry-failed", is_flag=True, help="Re-run repetitions of the resumed run that did not end ok/skipped.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first repetition that is not ok or skipped.")
@@ -56,13 +61,16 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
         only: str | None, timeout_s: float | None, dry_run: bool, yes: bool, retry_failed: bool,
         fail_fast: bool, no_report: bool, no_predict_skip: bool, memory_limit: int | None, executor_name: str, slurm_partition: str | None,
         gpus_per_node: int, slurm_time: int | None, max_parallel: int, nnodes: int, node_rank: int,
-        rdzv_endpoint: str | None, to_mlflow: bool = False) -> None:
+        rdzv_endpoint: str | None, to_mlflow: bool = False, search: str | None = None,
+        budget_s: float | None = None) -> None:
     """Run every cell of MATRIX, write results/, render reports/."""
     from txsuite.results import RunInUse
     from txsuite.run.runner import RunMismatch, choose_run_dir, follow_matrix, run_matrix, select
 
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, run_id, executor_name)
 
+    if search:  # the option is the override, so the run's matrix.json records it as one
+        overrides = (*overrides, f"search={search}")
     matrix = load(matrix_path, device, yes, overrides)
     if not select(matrix.cells, only):  # a dry run too: `plan` and `run` answer the same
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
@@ -96,7 +104,11 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     try:
         with SweepProgress() as progress:
             progress = tracker.wrap(progress) if tracker else progress
-            summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress,
+            if matrix.search == "pareto":
+                from txsuite.run.search import describe_probe
+                console.print(describe_probe(matrix), markup=False, soft_wrap=True)
+                progress = _showing_probes(progress)
+            summary = run_matrix(matrix, run_dir, only=only, timeout_s=timeout_s, on_event=progress, budget_s=budget_s,
                                  retry_failed=retry_failed, fail_fast=fail_fast, memory_limit_bytes=limit, predict_skip=not no_predict_skip,
                                  executor=executor, nodes=nodes)
     except (RunInUse, RunMismatch) as exc:
@@ -129,6 +141,34 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
                            f"are complete and untouched ({counts}); give a writable --reports-dir (or free space) and "
                            f"render it with {retry}.")
     sys.exit(0 if summary.ok else 1)
+
+
+def _showing_probes(progress):
+    """The sweep's progress, with a line for each probe of an adaptive sweep and each cell it
+    pruned (txsuite/run/search.py's events); every other event goes to `progress`."""
+    def show(kind: str, info: dict) -> None:
+        if kind == "probe_start":
+            raise_if_signalled()
+            console.print(f"probing {info['cells']} cells, {info['rounds']} rounds: {info['total']} probe repetitions "
+                          f"to run", markup=False)
+        elif kind == "probe_cell_start":
+            raise_if_signalled()
+            console.print(f"[probe {info['index'] + 1}/{info['total']}] {info['label']} (cell {info['cell_id']}, "
+                          f"round {info['round']}) ...", markup=False, emoji=False)
+        elif kind == "probe_cell_end":
+            print_record(info["record"])
+        elif kind == "probe_budget":
+            console.print(f"the --budget was spent during the probes; {info['left']} probes not run (their cells are "
+                          f"kept, and skipped for the budget)", markup=False)
+        elif kind == "pruned":
+            pruned = info["pruned"]
+            console.print(f"pruned {len(pruned)} cells, {info['kept']} run in full", markup=False)
+            for p in pruned:
+                console.print(f"    {p.cell.label or p.cell.cell_id}: {p.reason}", markup=False, soft_wrap=True,
+                              emoji=False)
+        else:
+            progress(kind, info)
+    return show
 
 
 def _report_path(reports_dir: Path, matrix_name: str, run_dir: Path) -> Path:

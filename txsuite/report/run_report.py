@@ -17,6 +17,7 @@ from txsuite.report.frame import CellTable, build_cell_table
 from txsuite.report.parallel_view import parallel_section
 from txsuite.report.predictions_view import predictions_section
 from txsuite.report.render import render_to_file
+from txsuite.report.search_view import search_section
 from txsuite.results import Run, RunFolder
 from txsuite.report.summary import summarize
 from txsuite.report.tableview import cell_table_view
@@ -53,7 +54,8 @@ def render_run(run_dir: Path, out_path: Path, on_progress: Callable[[str], None]
     stage(f"{len(charts)} charts drawn")
     sections = dict(table=cell_table_view(table), convergence=convergence_section(table),
                     compression=compression_section(table), parallel=parallel_section(run.records),
-                    predictions=predictions_section(table), matrix=matrix_view(run, table), env=env_rows(run))
+                    predictions=predictions_section(table), search=search_section(run.dir),
+                    matrix=matrix_view(run, table), env=env_rows(run))
     stage("tables laid out")
     path = render_to_file("report.j2", out_path, run=run, started=run.time_span[0], finished=run.time_span[1],
                           generated=_now(), summary=summary, charts=charts, **sections)

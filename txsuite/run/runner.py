@@ -29,7 +29,7 @@ from txsuite.config.spec import CellConfig
 from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
 from txsuite.results import RunFolder, RunLock, RunMeta
-from txsuite.run import observed
+from txsuite.run import observed, search
 from txsuite.run.executors import LocalExecutor
 from txsuite.run.host_setup import prepare_host
 
@@ -130,11 +130,13 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
                on_event: Callable[[str, dict], None] | None = None,
                worker_cmd: list[str] | None = None, retry_failed: bool = False, fail_fast: bool = False,
                memory_limit_bytes: int | None = None, executor=None, nodes: Nodes = ONE_NODE,
-               predict_skip: bool = True) -> RunSummary:
+               predict_skip: bool = True, budget_s: float | None = None) -> RunSummary:
     """retry_failed: re-run repetitions whose stored status is not ok/skipped (their record is
     replaced). fail_fast: stop after the first repetition that is not ok/skipped. predict_skip:
     a cell predicted not to fit memory_limit_bytes is recorded skipped, with the prediction, and
-    never launched.
+    never launched. budget_s: the sweep's wall time (probes included); a repetition not started
+    when it is spent is recorded skipped ("budget: ..."), one in flight finishes. A matrix with
+    `search: pareto` probes every cell first and prunes (txsuite/run/search.py).
 
     One writer per run: the run's lock (results.RunLock) is held from the first cell to the
     last, and a run whose matrix.json holds another experiment is refused (RunMismatch), so
@@ -144,7 +146,7 @@ def run_matrix(matrix: Matrix, run_dir: Path, only: str | None = None, timeout_s
     with RunLock(run_dir):
         check_same_experiment(folder, matrix)
         return _run_matrix(matrix, folder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
-                           memory_limit_bytes, executor, nodes, predict_skip)
+                           memory_limit_bytes, executor, nodes, predict_skip, budget_s)
 
 
 class RunMismatch(Exception):
@@ -241,8 +243,9 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, worker_cmd, retry_failed, fail_fast,
-                memory_limit_bytes, executor, nodes, predict_skip=True) -> RunSummary:
+                memory_limit_bytes, executor, nodes, predict_skip=True, budget_s=None) -> RunSummary:
     emit = on_event or (lambda kind, info: None)
+    deadline = time.monotonic() + budget_s if budget_s else None
     run_dir = folder.dir
     meta = matrix.to_json()
     meta["fingerprint"] = matrix.fingerprint()
@@ -272,6 +275,14 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
         # clock starts: the sweep's setup, not the first cell's overhead
         emit("host_setup", prepare_host([c for c, r in todo if (c.cell_id, r) not in finished], run_dir, executor,
                                         worker_env))
+    if matrix.search == "pareto":  # probe, then hand back the pruned cells as skipped
+        def probe(cell: PlannedCell, round_: int, config: dict) -> Record:
+            return run_one(matrix, search.ProbeFolder(run_dir), cell, round_, host_env, timeout, worker_cmd,
+                           memory_limit_bytes, executor, nodes, config=config)
+        # cells others start from, or whose loss sets the target, run in full whatever they cost
+        keep = set(transfers.sources) | ({targets.reference} if targets.needed else set())
+        swept = {c.cell_id: c for c in search.adaptive(matrix, folder, cells, probe, emit, deadline, keep)}
+        todo = [(swept[c.cell_id], r) for c, r in todo]
     summary = RunSummary(run_dir=run_dir)
     ooms = [c for c in cells for r in range(matrix.repetitions) if finished.get((c.cell_id, r)) == "oom"]
     emit("start", {"total": len(todo), "run_dir": str(run_dir), "done": sum(
@@ -314,6 +325,8 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                     future.result()
                 pending.clear()
             with lock:
+                if deadline is not None and not cell.skip_reason and time.monotonic() >= deadline:
+                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=budget_reason(budget_s))
                 start_reason = transfers.missing_start(cell, repeat)
                 if start_reason is not None:
                     cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=start_reason)
@@ -348,6 +361,12 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
         meta["complete"] = True
         folder.write_json("matrix.json", meta)
     return summary
+
+
+def budget_reason(budget_s: float) -> str:
+    """The reason of a repetition the sweep's --budget left no time for."""
+    return (f"budget: not started, the sweep's --budget of {budget_s:,.0f} s was spent (the run counts as "
+            f"finished: a new run runs it)")
 
 
 def predicted_metrics(p) -> dict:
