@@ -49,9 +49,17 @@ def test_ab_alternates_the_two_versions_and_decides_on_pairs(tmp_path):
         for r in records:  # every repetition carries its machine state and its step counters
             assert r["metrics"]["machine_slowdown"] >= 1.0 and r["metrics"]["step_ops"] > 0
         sides[side] = records
-    # the first side alternates from round to round (ABBA): round 0 base first, round 1 head first
-    assert sides["base"][0]["started_at"] <= sides["head"][0]["started_at"]
-    assert sides["head"][1]["started_at"] <= sides["base"][1]["started_at"]
+    # the first side alternates from round to round (ABBA): round 0 base first, round 1 head first;
+    # in lockstep (both sides have the gate) both start at once and the first step says who went first
+    steps = root / "lockstep.jsonl"
+    if steps.exists():
+        lines = [json.loads(line) for line in steps.read_text().splitlines()]
+        assert [(line["round"], line["first"], line["turns"][0][0]) for line in lines] == [
+            (0, "base", "base"), (1, "head", "head")]
+        assert "steps in lockstep" in " ".join(verdict["notes"])
+    else:
+        assert sides["base"][0]["started_at"] <= sides["head"][0]["started_at"]
+        assert sides["head"][1]["started_at"] <= sides["base"][1]["started_at"]
     flops = next(row for row in verdict["rows"] if row["metric"] == "step_flops")
     clean = not subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "txsuite"],
                                capture_output=True, text=True).stdout.strip()

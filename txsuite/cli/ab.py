@@ -1,5 +1,5 @@
-"""`txsuite ab`: the matrix on two versions of the code, alternating in one job, decided on
-paired ratios (exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE)."""
+"""`txsuite ab`: the matrix on two versions of the code, alternating in one job (by default
+their training steps in lockstep), decided on paired ratios (exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE)."""
 from __future__ import annotations
 
 import sys
@@ -32,12 +32,16 @@ from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, 
 @click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Start no round after this many seconds; decide on what was measured.")
 @slow_state_option("pairs")
+@click.option("--lockstep/--no-lockstep", default=True, show_default=True,
+              help="Run the two repetitions of a cell at once, one training step at a time (ABBA step by step), "
+                   "so a neighbour's slow spell hits both sides alike; --no-lockstep runs them one after the other. "
+                   "A base older than lockstep, distributed and CUDA cells run one after the other anyway.")
 @click.option("--timeout", "timeout_s", type=Seconds(),
               help="Seconds per cell repetition (default: the matrix's timeout_s or 1800).")
 @markdown_option
 @json_option
 def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thresholds, alpha, min_rounds, max_rounds,
-       budget_s, slow_state, timeout_s, markdown_out, json_out) -> None:
+       budget_s, slow_state, lockstep, timeout_s, markdown_out, json_out) -> None:
     """Same-job A/B: MATRIX on two versions of the code, alternating, decided on paired ratios.
     Exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 unusable input."""
     from datetime import datetime
@@ -83,7 +87,7 @@ def ab(matrix_path, base_ref, head_ref, results_dir, run_id, device, only, thres
                           markup=False)
             progress.begin(out_dir, len(plan.cells))
             settings = abrun.AbSettings(thresholds=limits, alpha=alpha, min_rounds=min_rounds, max_rounds=max_rounds,
-                                        budget_s=budget_s, slow_state=slow_state,
+                                        budget_s=budget_s, slow_state=slow_state, lockstep=lockstep,
                                         timeout_s=timeout_s or matrix.timeout_s or 1800.0)
             outcome = abrun.run_ab(plan, base, head, out_dir, settings, on_event=progress)
         finally:

@@ -7,9 +7,17 @@ from round to round (ABBA...), so the two repetitions of a pair share the machin
 that minute. For each pair the statistic of each side (the median of its per-step values for
 time, its value for memory and loss) gives one log ratio d_i = log(head_i / base_i). A pair
 is left out when either repetition ran while the machine was in a slow state (its probe,
-txsuite.guard.state). The interval of the ratio is exp(mean d +- t * sd(d) / sqrt(n)), with
-Student's t on n - 1 degrees of freedom; the three verdicts follow from it as in
-txsuite.guard.decide.judge. The step counters are compared exactly.
+txsuite.guard.state), unless the round ran in lockstep (below). The interval of the ratio is
+exp(mean d +- t * sd(d) / sqrt(n)), with Student's t on n - 1 degrees of freedom; the three
+verdicts follow from it as in txsuite.guard.decide.judge. The step counters are compared exactly.
+
+Steps in lockstep: when the two repetitions of a round ran at once, a training step at a time
+(txsuite.run.lockstep), a per-step metric's d_i comes from the round's step pairs instead: the
+median over ABBA blocks of the pairs' log ratios (txsuite.verdict.rounds.step_pairs_log_ratio).
+A neighbour's slow spell then slows both steps of a pair, and cancels, so a round in lockstep
+is kept whatever the machine's state (the machine lines say so). The round stays the unit
+(its steps share two processes and are not independent samples): the interval is over rounds,
+as above. Memory and loss are one value per repetition either way.
 
 Sequential looks: the orchestrator may decide after a few rounds and, while a check is
 INCONCLUSIVE, run more rounds and look again. Every look spends part of alpha (Bonferroni over
@@ -21,6 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +40,7 @@ from txsuite.guard.metrics import METRICS, per_step_values
 from txsuite.guard.side import CellSamples, Side
 from txsuite.guard.state import SLOW_STATE, best_probe, slowdown
 from txsuite.verdict import Comparison
+from txsuite.verdict.rounds import step_pairs_log_ratio
 from txsuite.measure.counters import describe_difference
 
 
@@ -71,9 +81,24 @@ def _statistic(rep, metric: str) -> float | None:
     return float(value) if value is not None and value > 0 else None
 
 
+# label -> round -> (base s, head s) of each measured step pair run in lockstep
+StepPairs = Mapping[str, Mapping[int, Sequence[tuple[float, float]]]]
+
+
+@dataclass(frozen=True)
+class RoundPair:
+    """One round of one cell on one metric: each side's statistic, and the round's log ratio."""
+    base: float
+    head: float
+    log_ratio: float
+    lockstep: bool  # the log ratio comes from step pairs in lockstep
+
+
 def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alpha: float, looks: int,
-                 base_name: str, head_name: str, slow_state: float = SLOW_STATE) -> PairedOutcome:
-    """Decide every cell x guarded metric on the pairs so far, spending alpha / looks."""
+                 base_name: str, head_name: str, slow_state: float = SLOW_STATE,
+                 lockstep: StepPairs | None = None) -> PairedOutcome:
+    """Decide every cell x guarded metric on the pairs so far, spending alpha / looks.
+    `lockstep`: the step pairs of the rounds whose two repetitions ran in lockstep."""
     alpha_look = alpha / max(1, looks)
     confidence = 1.0 - 2.0 * alpha_look
     all_reps = [r for c in cells for r in c.base + c.head]
@@ -83,17 +108,21 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
     used: dict[str, int] = {}
     for cell in cells:
         n = min(len(cell.base), len(cell.head))
-        good = []
-        for b, h in zip(cell.base[:n], cell.head[:n]):
-            sb, sh = slowdown(b, best), slowdown(h, best)
-            worst = max(s for s in (sb, sh, 1.0) if s is not None)
-            good.append(worst <= slow_state)
-        excluded = good.count(False)
-        if excluded:
-            worst = max(max(s for s in (slowdown(b, best), slowdown(h, best), 1.0) if s is not None)
-                        for b, h, ok in zip(cell.base, cell.head, good) if not ok)
-            machine.append(f"{cell.label}: {excluded} of {n} pairs ran while this machine was up to {worst:.1f}x "
-                           f"slower than its best (the line is {slow_state:g}x); excluded")
+        in_lockstep = (lockstep or {}).get(cell.label, {})
+        worst_of = [max(s for s in (slowdown(b, best), slowdown(h, best), 1.0) if s is not None)
+                    for b, h in zip(cell.base[:n], cell.head[:n])]
+        slow = [worst > slow_state for worst in worst_of]
+        # a slow state caught one repetition of a pair and not the other; in lockstep it caught
+        # the steps of both sides alike, so such a round is kept
+        kept = [bool(in_lockstep.get(b.repeat)) for b in cell.base[:n]]
+        good = [not s or k for s, k in zip(slow, kept)]
+        for what, picked in (("excluded", [s and not k for s, k in zip(slow, kept)]),
+                             ("kept: their steps ran in lockstep, both sides alike",
+                              [s and k for s, k in zip(slow, kept)])):
+            if any(picked):
+                worst = max(w for w, p in zip(worst_of, picked) if p)
+                machine.append(f"{cell.label}: {picked.count(True)} of {n} pairs ran while this machine was up to "
+                               f"{worst:.1f}x slower than its best (the line is {slow_state:g}x); {what}")
         used[cell.label] = good.count(True)
         for metric, thr in thresholds.items():
             judged = BY_NAME[metric].judged_on or metric
@@ -106,10 +135,10 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
                             inconclusive(check, f"{judged} is not counted for this cell", "a cell that is counted"))
                 continue
             time_metric = METRICS[judged].per_step
-            pairs = [(_statistic(b, judged), _statistic(h, judged))
+            steps = (lockstep or {}).get(cell.label, {}) if time_metric else {}
+            pairs = [_round_pair(b, h, judged, steps.get(b.repeat))
                      for (b, h), ok in zip(zip(cell.base[:n], cell.head[:n]), good) if ok or not time_metric]
-            pairs = [(b, h) for b, h in pairs if b and h]
-            rows.append(_paired_check(check, thr, pairs, confidence))
+            rows.append(_paired_check(check, thr, [p for p in pairs if p is not None], confidence))
     result = GuardResult(run=head_name, baseline=base_name, rows=rows, env_differences=[],
                          normalization="none: the two sides ran in one job on this machine",
                          normalize_mode="none", notes=[], alpha=alpha, guard={m: t.text for m, t in thresholds.items()},
@@ -119,20 +148,37 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
     return PairedOutcome(result=result, pairs_used=used)
 
 
-def _paired_check(check: Check, thr: Threshold, pairs: list[tuple[float, float]], confidence: float) -> Check:
+def _round_pair(b, h, metric: str, steps: Sequence[tuple[float, float]] | None) -> RoundPair | None:
+    """The round's pair on `metric`; from its step pairs when it ran in lockstep. None when a
+    side lacks the metric."""
+    sb, sh = _statistic(b, metric), _statistic(h, metric)
+    if not (sb and sh):
+        return None
+    if steps:
+        times = np.asarray(steps, dtype=float)  # [pair, side]: base s, head s
+        vb, vh = per_step_values(metric, times[:, 0], b), per_step_values(metric, times[:, 1], h)
+        if vb is not None and vh is not None:
+            return RoundPair(sb, sh, step_pairs_log_ratio(vh, vb), lockstep=True)
+    return RoundPair(sb, sh, math.log(sh / sb), lockstep=False)
+
+
+def _paired_check(check: Check, thr: Threshold, pairs: list[RoundPair], confidence: float) -> Check:
     check.samples_run = check.samples_base = f"{len(pairs)} pairs"
     check.ci_label = f"{confidence:.2%} CI"
     if len(pairs) < 2:
         return inconclusive(check, f"{len(pairs)} pair(s) measured in a good machine state; at least 2 are needed",
                             "more rounds (--max-rounds), on a quieter machine")
-    d = np.log([h / b for b, h in pairs])
+    d = np.array([p.log_ratio for p in pairs])
     sd = float(d.std(ddof=1))
     interval = Comparison.of_log_ratio(float(d.mean()), sd / math.sqrt(len(d)), len(d) - 1.0, confidence, True)
-    check.baseline = statistics.median(b for b, _ in pairs)
-    check.now = statistics.median(h for _, h in pairs)
+    check.baseline = statistics.median(p.base for p in pairs)
+    check.now = statistics.median(p.head for p in pairs)
     check.ratio = interval.ratio
     check.ci = (interval.low, interval.high)
-    check.detail = f"geometric mean of {len(pairs)} paired ratios, sd {sd:.1%}"
+    in_lockstep = sum(p.lockstep for p in pairs)
+    check.detail = (f"geometric mean of {len(pairs)} paired ratios, sd {sd:.1%}"
+                    + (f"; {in_lockstep} of them rounds with steps in lockstep (each the median of its step pairs)"
+                       if in_lockstep else ""))
     judge(check, thr, confidence)
     if check.verdict == INCONCLUSIVE:
         check.resolve = "more rounds (--max-rounds, --budget): the interval narrows as pairs accumulate"
@@ -172,5 +218,5 @@ def paired_cells(base: Side, head: Side, labels: list[str]) -> list[PairedCell]:
     return out
 
 
-__all__ = ["FAIL", "INCONCLUSIVE", "PASS", "PairedCell", "PairedOutcome", "decide_pairs", "look_schedule",
-           "paired_cells"]
+__all__ = ["FAIL", "INCONCLUSIVE", "PASS", "PairedCell", "PairedOutcome", "RoundPair", "StepPairs", "decide_pairs",
+           "look_schedule", "paired_cells"]

@@ -8,7 +8,11 @@ side's checkout first on sys.path. Each side plans the matrix file with its own 
 (`txsuite plan --json`), and the cells are paired by label.
 
 Then rounds: in round i every cell runs one repetition on each side, in its own worker process,
-the side that goes first alternating from cell to cell and round to round (ABBA...). After the
+the side that goes first alternating from cell to cell and round to round (ABBA...). By default
+the two repetitions of a cell run at the same time in step lockstep (txsuite.run.lockstep: one
+side's training step while the other waits, ABBA step by step), and the round's ratio comes
+from its step pairs; a base commit older than the lockstep gate, `--no-lockstep`, and
+distributed or CUDA cells run the two repetitions one after the other instead. After the
 rounds of the look schedule (txsuite.guard.paired.look_schedule) the pairs are decided; the job
 stops as soon as no check is INCONCLUSIVE, or at --max-rounds, or when --budget seconds have
 gone (that look is then the last). Records go to <results-dir>/ab/<matrix>/<run id>/{base,head},
@@ -34,6 +38,7 @@ from txsuite.guard.side import load_side
 from txsuite.measure.env import host_fingerprint
 from txsuite.results import RunFolder, write_atomic
 from txsuite.run.executors import LocalExecutor
+from txsuite.run.lockstep import GATE_ENV, Lockstep, LockstepRound
 from txsuite.run.runner import WorkerCode, run_one
 
 BOOTSTRAP = '''"""Run a txsuite module from one checkout, whatever is installed (written by `txsuite ab`)."""
@@ -61,7 +66,18 @@ class CodeSide:
 
     @property
     def code(self) -> WorkerCode:
-        return WorkerCode(launch=(str(self.bootstrap),), env=(("PYTHONPATH", str(self.root)),))
+        return self.gated("")
+
+    def gated(self, gate: str) -> WorkerCode:
+        """How to start this side's worker; `gate`: the lockstep socket, or "" for none. Always
+        set, so that a fork server started for a lockstep cell does not pass its socket on."""
+        return WorkerCode(launch=(str(self.bootstrap),), env=(("PYTHONPATH", str(self.root)), (GATE_ENV, gate)))
+
+    @property
+    def has_lockstep_gate(self) -> bool:
+        """Whether this checkout's worker opens the lockstep gate (commits from before it do not)."""
+        worker = self.root / "txsuite" / "run" / "worker.py"
+        return worker.is_file() and GATE_ENV in worker.read_text(errors="replace")
 
     def describe(self) -> str:
         return f"{self.name} ({self.ref}{', ' + self.commit[:10] if self.commit else ''})"
@@ -181,6 +197,27 @@ class AbSettings:
     budget_s: float | None = None
     timeout_s: float = 1800.0
     slow_state: float = 2.0
+    lockstep: bool = True  # False: --no-lockstep
+
+
+def lockstep_cells(plan: AbPlan, base: CodeSide, head: CodeSide, wanted: bool) -> tuple[set[str], list[str]]:
+    """The labels whose two repetitions run in step lockstep, and the notes on those that do not."""
+    if not wanted:
+        return set(), ["--no-lockstep: the two repetitions of a pair ran one after the other"]
+    old = [side.describe() for side in (base, head) if not side.has_lockstep_gate]
+    if old:
+        return set(), [f"{' and '.join(old)} predates step lockstep: the two repetitions of a pair ran one after "
+                       f"the other (repetitions alternating, as before)"]
+    labels, notes = set(), []
+    for cell in plan.cells:
+        if cell.config.parallel.distributed:
+            notes.append(f"{cell.label}: a distributed cell; its repetitions ran one after the other, not in lockstep")
+        elif cell.config.device != "cpu":
+            notes.append(f"{cell.label}: a {cell.config.device} cell; its repetitions ran one after the other, "
+                         f"not in lockstep")
+        else:
+            labels.add(cell.label)
+    return labels, notes
 
 
 def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings: AbSettings,
@@ -193,16 +230,24 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
         meta = plan.matrix.to_json()
         meta.update({"fingerprint": plan.matrix.fingerprint(), "complete": False, "side": side.describe()})
         folders[side.name].write_json("matrix.json", meta)
-    host_env = host_fingerprint()
-    looks = look_schedule(settings.min_rounds, settings.max_rounds)
-    labels = [c.label for c in plan.cells]
+    in_lockstep, lockstep_notes = lockstep_cells(plan, base, head, settings.lockstep)
+    job = AbJob(plan=plan, base=base, head=head, folders=folders, settings=settings, host_env=host_fingerprint(),
+                looks=look_schedule(settings.min_rounds, settings.max_rounds), in_lockstep=in_lockstep,
+                steps_file=out_dir / STEPS_FILE, on_event=on_event)
     executor = LocalExecutor()  # one fork server per side, started on first use
+    lockstep = Lockstep([base.name, head.name])  # each side's thread outlives its fork server
     try:
-        rounds_done, outcome = _rounds(plan, base, head, folders, settings, host_env, looks, labels, executor, on_event)
+        rounds_done, outcome = _rounds(job, executor, lockstep)
     finally:
         executor.close()
-    outcome.result.notes[:0] = plan.notes + [f"{rounds_done} rounds, sides alternating (ABBA), looks after rounds "
-                                             f"{', '.join(map(str, looks))}"]
+        lockstep.close()
+    how = ("sides alternating (ABBA)" if not in_lockstep else
+           "steps in lockstep: the two repetitions of a cell ran at once, one side's training step while the other "
+           "waited, ABBA step by step; each round's ratio is the median over its step pairs"
+           if in_lockstep == {c.label for c in plan.cells} else
+           f"steps in lockstep for {', '.join(sorted(in_lockstep))}, sides alternating (ABBA) for the others")
+    outcome.result.notes[:0] = plan.notes + lockstep_notes + [
+        f"{rounds_done} rounds, {how}; looks after rounds {', '.join(map(str, job.looks))}"]
     for folder in folders.values():
         meta = folder.read_json("matrix.json")
         meta["complete"] = True
@@ -214,32 +259,47 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
     return outcome
 
 
-def _rounds(plan: AbPlan, base: CodeSide, head: CodeSide, folders: dict[str, RunFolder], settings: AbSettings,
-            host_env: dict, looks: list[int], labels: list[str], executor: LocalExecutor,
-            on_event: Callable[[str, dict], None]) -> tuple[int, PairedOutcome]:
+# beside base/ and head/: one JSON line per cell and round run in lockstep, with its step pairs
+STEPS_FILE = "lockstep.jsonl"
+
+
+@dataclass
+class AbJob:
+    """What every round of one A/B job needs."""
+    plan: AbPlan
+    base: CodeSide
+    head: CodeSide
+    folders: dict[str, RunFolder]
+    settings: AbSettings
+    host_env: dict
+    looks: list[int]
+    in_lockstep: set[str]  # labels whose repetitions run in step lockstep
+    steps_file: Path
+    on_event: Callable[[str, dict], None]
+
+
+def _rounds(job: AbJob, executor: LocalExecutor, lockstep: Lockstep) -> tuple[int, PairedOutcome]:
+    plan, settings, base, head = job.plan, job.settings, job.base, job.head
+    labels = [c.label for c in plan.cells]
     started = time.monotonic()
     outcome: PairedOutcome | None = None
     for round_index in range(settings.max_rounds):
         for k, cell in enumerate(plan.cells):
             order = (base, head) if (round_index + k) % 2 == 0 else (head, base)
-            for side in order:
-                on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
-                config = plan.base_configs[cell.label] if side is base else None
-                record = run_one(plan.matrix, folders[side.name], cell, round_index, host_env, settings.timeout_s,
-                                 executor=executor, code=side.code, config=config)
-                folders[side.name].append(record)
-                on_event("cell_end", {"round": round_index, "label": cell.label, "side": side.name,
-                                      "record": record})
-                if record.status not in ("ok", "skipped"):
-                    raise AbError(f"{cell.label} failed on the {side.describe()} side in round {round_index + 1}: "
-                                  f"{record.status}: {record.reason}")
+            if cell.label in job.in_lockstep:
+                _cell_in_lockstep(job, cell, round_index, order, executor, lockstep)
+            else:
+                for side in order:
+                    job.on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
+                    _record(job, cell, round_index, side, _run_side(job, cell, round_index, side, executor, ""))
         rounds_done = round_index + 1
         out_of_budget = settings.budget_s is not None and time.monotonic() - started >= settings.budget_s
-        if rounds_done in looks or out_of_budget or rounds_done == settings.max_rounds:
-            outcome = decide_pairs(paired_cells(load_side(folders["base"].dir), load_side(folders["head"].dir), labels),
-                                   settings.thresholds, settings.alpha, len(looks), base.describe(), head.describe(),
-                                   settings.slow_state)
-            on_event("look", {"rounds": rounds_done, "verdict": outcome.result.verdict})
+        if rounds_done in job.looks or out_of_budget or rounds_done == settings.max_rounds:
+            outcome = decide_pairs(paired_cells(load_side(job.folders["base"].dir), load_side(job.folders["head"].dir),
+                                                labels),
+                                   settings.thresholds, settings.alpha, len(job.looks), base.describe(),
+                                   head.describe(), settings.slow_state, lockstep=read_step_pairs(job.steps_file))
+            job.on_event("look", {"rounds": rounds_done, "verdict": outcome.result.verdict})
             if outcome.result.verdict != "INCONCLUSIVE" or out_of_budget:
                 if out_of_budget and outcome.result.verdict == "INCONCLUSIVE":
                     outcome.result.notes.append(f"stopped by the budget of {settings.budget_s:g} s after "
@@ -247,6 +307,56 @@ def _rounds(plan: AbPlan, base: CodeSide, head: CodeSide, folders: dict[str, Run
                 break
     assert outcome is not None
     return rounds_done, outcome
+
+
+def _run_side(job: AbJob, cell: PlannedCell, round_index: int, side: CodeSide, executor: LocalExecutor,
+              gate: str):
+    """One repetition of `cell` on `side` (its gate: the lockstep socket, or "")."""
+    config = job.plan.base_configs[cell.label] if side is job.base else None
+    return run_one(job.plan.matrix, job.folders[side.name], cell, round_index, job.host_env, job.settings.timeout_s,
+                   executor=executor, code=side.gated(gate), config=config)
+
+
+def _record(job: AbJob, cell: PlannedCell, round_index: int, side: CodeSide, record) -> None:
+    job.folders[side.name].append(record)
+    job.on_event("cell_end", {"round": round_index, "label": cell.label, "side": side.name, "record": record})
+    if record.status not in ("ok", "skipped"):
+        raise AbError(f"{cell.label} failed on the {side.describe()} side in round {round_index + 1}: "
+                      f"{record.status}: {record.reason}")
+
+
+def _cell_in_lockstep(job: AbJob, cell: PlannedCell, round_index: int, order: tuple[CodeSide, CodeSide],
+                      executor: LocalExecutor, lockstep: Lockstep) -> None:
+    """Both repetitions of `cell` at once, their steps in lockstep (order[0] first); both
+    records, then the step pairs to the job's steps file."""
+    for side in order:
+        job.on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
+    done: LockstepRound = lockstep.run(
+        (order[0].name, order[1].name),
+        {side.name: (lambda gate, side=side: _run_side(job, cell, round_index, side, executor, gate))
+         for side in order})
+    for side in order:
+        _record(job, cell, round_index, side, done.results[side.name])
+    line = {"round": round_index, "label": cell.label, "first": order[0].name,
+            "pairs": done.step_pairs(job.base.name, job.head.name),  # [base s, head s] of each measured step
+            "turns": [[t.side, t.step, t.start, t.end] for t in done.turns]}
+    with open(job.steps_file, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def read_step_pairs(path: Path) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """label -> round -> the (base s, head s) of its measured steps in lockstep; {} without the
+    file (no cell ran in lockstep). A line cut short by an interruption is skipped."""
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    if not path.exists():
+        return out
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        out.setdefault(line["label"], {})[int(line["round"])] = [(float(b), float(h)) for b, h in line["pairs"]]
+    return out
 
 
 def work_folder() -> Path:
@@ -257,5 +367,5 @@ def remove_work_folder(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["AbError", "AbPlan", "AbSettings", "Checkouts", "CodeSide", "pair_plans", "plan_side",
-           "prepare_side", "repo_root", "run_ab", "work_folder", "remove_work_folder"]
+__all__ = ["AbError", "AbPlan", "AbSettings", "Checkouts", "CodeSide", "STEPS_FILE", "lockstep_cells", "pair_plans",
+           "plan_side", "prepare_side", "read_step_pairs", "repo_root", "run_ab", "work_folder", "remove_work_folder"]

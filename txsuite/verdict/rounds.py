@@ -32,6 +32,7 @@ import numpy as np
 from txsuite.verdict.comparison import Comparison
 from txsuite.verdict.moderated import Prior, fit_prior, moderate
 from txsuite.verdict.distributions import t_quantiles
+from txsuite.verdict.stats import median_stat
 from txsuite.verdict.words import BETTER, UNTESTED, WITHIN_NOISE, WORSE
 
 # How near a threshold (in log ratio) a bulk verdict is left to compare(): far beyond the
@@ -199,6 +200,24 @@ def _medians_of_others(centred: dict[str, dict[int, float]]) -> dict[str, dict[i
         for (c, _), median in zip(pairs, medians.tolist()):
             out[c][r] = median
     return out
+
+
+def step_pairs_log_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """One round's log(A / B) from its steps run in lockstep (`txsuite ab`): a[j] and b[j] ran
+    back to back, the side going first alternating from pair to pair (ABBA at step level).
+
+    Two consecutive pairs make a block in which each side went first once, so whatever going
+    first or second does cancels in the block's mean log ratio; the round's value is the median
+    of its blocks' (a slow spell that caught one step of a pair moves one block, not the median).
+    The steps of one round share their processes and are not independent samples: this is the
+    round's one value, and the interval is made over rounds. An odd last pair is left out (one
+    pair alone is its own value)."""
+    logs = np.log(np.asarray(a, dtype=float) / np.asarray(b, dtype=float))
+    if logs.size == 0:
+        raise ValueError("no step pairs")
+    whole = logs.size // 2 * 2
+    blocks = logs[:whole].reshape(-1, 2).mean(axis=1) if whole else logs
+    return float(median_stat(blocks))
 
 
 def _welch_df(a: CellNoise, b: CellNoise) -> float:
