@@ -29,14 +29,15 @@ def _worktrees() -> list[str]:
 
 
 @pytest.mark.slow
-def test_ab_alternates_the_two_versions_and_decides_on_pairs(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--no-lockstep"]], ids=["lockstep", "no-lockstep"])
+def test_ab_alternates_the_two_versions_and_decides_on_pairs(tmp_path, mode):
     if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip(reason="not a git checkout")
     (tmp_path / "m.yaml").write_text(MATRIX)
     before = _worktrees()
     out = txsuite("ab", str(tmp_path / "m.yaml"), "--base", "HEAD", "--min-rounds", "2", "--max-rounds", "2",
                   "--results-dir", str(tmp_path / "results"), "--run-id", "t", "--json", str(tmp_path / "v.json"),
-                  cwd=REPO)
+                  *mode, cwd=REPO)
     assert out.returncode in (0, 1, 3), out.stdout + out.stderr
     verdict = json.loads((tmp_path / "v.json").read_text())
     assert verdict["verdict"] == {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE"}[out.returncode]
@@ -52,12 +53,14 @@ def test_ab_alternates_the_two_versions_and_decides_on_pairs(tmp_path):
     # the first side alternates from round to round (ABBA): round 0 base first, round 1 head first;
     # in lockstep (both sides have the gate) both start at once and the first step says who went first
     steps = root / "lockstep.jsonl"
+    assert steps.exists() == (not mode)  # HEAD has the lockstep gate: only --no-lockstep alternates repetitions
     if steps.exists():
         lines = [json.loads(line) for line in steps.read_text().splitlines()]
         assert [(line["round"], line["first"], line["turns"][0][0]) for line in lines] == [
             (0, "base", "base"), (1, "head", "head")]
         assert "steps in lockstep" in " ".join(verdict["notes"])
     else:
+        assert "--no-lockstep" in " ".join(verdict["notes"])
         assert sides["base"][0]["started_at"] <= sides["head"][0]["started_at"]
         assert sides["head"][1]["started_at"] <= sides["base"][1]["started_at"]
     flops = next(row for row in verdict["rows"] if row["metric"] == "step_flops")
