@@ -38,7 +38,7 @@ from txsuite.guard.side import load_side
 from txsuite.measure.env import host_fingerprint
 from txsuite.results import RunFolder, write_atomic
 from txsuite.run.executors import LocalExecutor
-from txsuite.run.lockstep import GATE_ENV, Lockstep, LockstepRound
+from txsuite.run.lockstep import GATE_ENV, Lockstep, LockstepError, LockstepRound
 from txsuite.run.runner import WorkerCode, run_one
 
 BOOTSTRAP = '''"""Run a txsuite module from one checkout, whatever is installed (written by `txsuite ab`)."""
@@ -313,7 +313,9 @@ def _run_side(job: AbJob, cell: PlannedCell, round_index: int, side: CodeSide, e
               gate: str):
     """One repetition of `cell` on `side` (its gate: the lockstep socket, or "")."""
     config = job.plan.base_configs[cell.label] if side is job.base else None
-    return run_one(job.plan.matrix, job.folders[side.name], cell, round_index, job.host_env, job.settings.timeout_s,
+    # in lockstep a repetition also waits out the other side's steps: twice the time
+    timeout = job.settings.timeout_s * (2 if gate else 1)
+    return run_one(job.plan.matrix, job.folders[side.name], cell, round_index, job.host_env, timeout,
                    executor=executor, code=side.gated(gate), config=config)
 
 
@@ -331,10 +333,14 @@ def _cell_in_lockstep(job: AbJob, cell: PlannedCell, round_index: int, order: tu
     records, then the step pairs to the job's steps file."""
     for side in order:
         job.on_event("cell_start", {"round": round_index, "label": cell.label, "side": side.name})
-    done: LockstepRound = lockstep.run(
-        (order[0].name, order[1].name),
-        {side.name: (lambda gate, side=side: _run_side(job, cell, round_index, side, executor, gate))
-         for side in order})
+    try:
+        done: LockstepRound = lockstep.run(
+            (order[0].name, order[1].name),
+            {side.name: (lambda gate, side=side: _run_side(job, cell, round_index, side, executor, gate))
+             for side in order})
+    except LockstepError as exc:
+        raise AbError(f"{cell.label}, round {round_index + 1}: {exc}; run with --no-lockstep to compare these "
+                      f"two versions") from None
     for side in order:
         _record(job, cell, round_index, side, done.results[side.name])
     line = {"round": round_index, "label": cell.label, "first": order[0].name,
