@@ -72,6 +72,9 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     if search:  # the option is the override, so the run's matrix.json records it as one
         overrides = (*overrides, f"search={search}")
     matrix = load(matrix_path, device, yes, overrides)
+    if matrix.search == "pareto" and nodes.count > 1:  # the followers join full repetitions only
+        raise UsageProblem(f"{matrix.source}: search: pareto probes and prunes on one node; with --nnodes "
+                           f"{nodes.count} run it with --search grid (the followers join every distributed cell).")
     if not select(matrix.cells, only):  # a dry run too: `plan` and `run` answer the same
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
     if dry_run:

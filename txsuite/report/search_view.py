@@ -48,6 +48,11 @@ def _notes(data: dict, pruned: int, run_dir: Path) -> list[str]:
              f"({_percent(level)} per pruned cell, shared over its comparisons), and learnt as well at the probe "
              f"(or far better). The probes are stored in {PROBES_FILE}, apart from the records: no figure above "
              f"counts them."]
+    slow = data.get("slow_probes")
+    if isinstance(slow, int) and slow:
+        notes.append(f"{slow} probe repetition{'s were' if slow != 1 else ' was'} measured while the machine ran over "
+                     f"{data.get('slow_state', 2)}x slower than its best and left out of the throughput intervals "
+                     f"(a cell with fewer than two probes left is tested against nothing, and kept).")
     seconds = _probe_seconds(run_dir)
     if seconds is not None:
         notes.append(f"The probes took {fmt.seconds(seconds)} of cell time.")

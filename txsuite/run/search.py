@@ -15,7 +15,8 @@ cells that cannot reach the front, and let the runner run the rest in full.
    Cell j is pruned by cell i only when, with the probes' noise pooled over every probed cell
    by the verdict engine (txsuite/verdict/rounds.py: paired by round, moderated variances):
    - i's throughput over j's has its whole interval at or above 1, and
-   - i's memory over j's has its whole interval at or below 1 + the metric's resolution, and
+   - i's memory over j's has its whole interval at or below 1, or both have the very same memory
+     (the report's front is decided on medians: a cell lighter by any amount may be on it), and
    - i is better than j beyond noise on one of the two, and
    - their probe losses tie (within QUALITY_TIE) or i's is far better (QUALITY_FAR): a short
      probe cannot rank the losses at the full token budget, so a cell that learns better at
@@ -85,8 +86,9 @@ def describe_probe(matrix: Matrix) -> str:
             f"({shown} measured steps, after the same warm-up; stored in probes.jsonl, apart from the records); "
             f"then only the cells whose probe intervals can still reach the throughput/train-memory front "
             f"(with the validation loss kept as a tie-breaker) run their {matrix.repetitions} full repetitions. "
-            f"The others are recorded skipped, 'pruned:' with their evidence. The time above is the grid's, "
-            f"an upper bound.")
+            f"The others are recorded skipped, 'pruned:' with their evidence. The time above is the grid's: the "
+            f"probes add about {PROBE_ROUNDS} x {PROBE_FRACTION:.0%} of a repetition per cell, and each pruned cell "
+            f"saves its full repetitions.")
 
 
 # ------------------------------------------------------------------ probes on disk ----------
@@ -186,7 +188,7 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     probed = {c: _summary(c, [r for r in records if r.cell_id == c], memory_metric)
               for c in dict.fromkeys(r.cell_id for r in records)}
     candidates = [c for c in probed if c in speed_rounds and c in memory_rounds]
-    resolution = BY_NAME[memory_metric].resolution
+    resolution = BY_NAME[memory_metric].resolution  # for the verdict's "better" only, never as a tolerance
     never = set(protected) | failed
     tests = 2 * max(1, len(candidates) - 1)
     level = 1.0 - (1.0 - PRUNE_LEVEL) / tests
@@ -202,7 +204,9 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
             memory = memory_noise.compare(i, j, False, level, resolution)
             if speed.low is None or memory.high is None:
                 continue  # untested: no interval, no pruning
-            if speed.low >= 1.0 and memory.high <= 1.0 + resolution and BETTER in (speed.verdict, memory.verdict):
+            # memory: lighter over the whole interval, or the very same figure (a deterministic count)
+            no_heavier = memory.high <= 1.0 or probed[i].memory_bytes == probed[j].memory_bytes
+            if speed.low >= 1.0 and no_heavier and BETTER in (speed.verdict, memory.verdict):
                 if best is None or speed.low > best[1].low:
                     best = (i, speed, memory)
         if best is not None:
@@ -277,10 +281,12 @@ def adaptive(matrix: Matrix, folder: RunFolder, cells: list[PlannedCell],
         done[record.key] = record
         emit("probe_cell_end", {"index": index, "total": len(todo), "record": record})
     pruned, probed = prune(done.values(), protected)
+    slow = sum(1 for r in done.values() if r.status == "ok" and (state.slowdown(
+        *(r.metrics.get(k) for k in ("probe_before_s", "probe_after_s", "probe_best_s"))) or 0) > state.SLOW_STATE)
     folder.write_json(SEARCH_FILE, {
         "search": "pareto", "probe_fraction": PROBE_FRACTION, "min_probe_steps": MIN_PROBE_STEPS,
         "probe_rounds": PROBE_ROUNDS, "prune_level": PRUNE_LEVEL, "quality_tie": QUALITY_TIE,
-        "quality_far": QUALITY_FAR,
+        "quality_far": QUALITY_FAR, "slow_probes": slow, "slow_state": state.SLOW_STATE,
         "probe_steps": {c.cell_id: probe_steps(c.config) for c in runnable},
         "probed": {c: dataclasses.asdict(p) for c, p in probed.items()},
         "pruned": [p.to_json() for p in pruned]})
