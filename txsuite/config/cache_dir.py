@@ -1,5 +1,6 @@
 """Where txsuite keeps what it builds or measures once per host (L0): tokenizers, tokenized
-corpora, the matmul peak, the machine-state probe's best time, the attention choice."""
+corpora, cleaned corpus texts, the matmul peaks, the machine-state probe's best time, the attention
+and linear kernel choices."""
 from __future__ import annotations
 
 import os
