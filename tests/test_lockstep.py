@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,12 @@ def test_a_side_that_leaves_early_lets_the_other_finish_alone():
     assert done.results == {"base": "base done", "head": "head stopped"}
     assert [s for s, what, _ in events if what == "start"].count("base") == 6
     assert len(done.step_pairs("base", "head")) == 1  # head's measured steps: 2 only
+
+
+def test_the_controller_stays_free_of_torch():
+    code = "import sys, txsuite.run.lockstep, txsuite.run.ab, txsuite.cli.ab; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_controller_and_the_worker_name_one_variable():

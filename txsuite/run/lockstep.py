@@ -21,6 +21,7 @@ side takes the remaining turns alone.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import tempfile
@@ -133,7 +134,6 @@ class Lockstep:
     def _accept(listeners: dict[str, socket.socket], futures: dict[str, Future], workers: dict) -> None:
         """Wait until every side's worker has connected, or has ended without (it failed or
         was skipped before training: the other side then runs alone)."""
-        import select
         waiting = dict(listeners)
         while waiting:
             ready, _, _ = select.select(list(waiting.values()), [], [], 0.5)
