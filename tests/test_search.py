@@ -229,6 +229,23 @@ def test_a_budget_skips_what_it_leaves_no_time_for(tmp_path, write_matrix):
     assert len(records) == 8 and all(r.status == "skipped" and r.reason.startswith("budget:") for r in records)
 
 
+def test_a_budget_spent_before_the_probes_runs_nothing(tmp_path, write_matrix):
+    (tmp_path / "fake.py").write_text(FAKE_WORKER)
+    matrix = load_matrix(write_matrix(TINY.format(search="pareto", extra="")))
+    run_matrix(matrix, tmp_path / "run", worker_cmd=[sys.executable, str(tmp_path / "fake.py")], budget_s=1e-9)
+    records = RunFolder(tmp_path / "run").records()
+    assert len(records) == 8 and all(r.reason.startswith("budget:") for r in records)
+    assert search.load_probes(tmp_path / "run") == []
+
+
+def test_a_pareto_run_is_never_resumed_as_a_grid(fake_sweep, tmp_path):
+    from txsuite.run.runner import RunMismatch
+    run_dir, matrix = fake_sweep
+    matrix.search = "grid"
+    with pytest.raises(RunMismatch, match="search pareto -> grid"):
+        run_matrix(matrix, run_dir, worker_cmd=[sys.executable, str(tmp_path / "fake.py")])
+
+
 def test_a_pareto_sweep_through_the_cli(tmp_path):
     """The real worker on four tiny cells: whatever this machine's speed, every cell is either
     pruned in all its repetitions (with its evidence) or ran all of them in full; the probes are

@@ -160,6 +160,10 @@ def check_same_experiment(folder: RunFolder, matrix: Matrix) -> None:
     meta = folder.meta
     if meta.fingerprint and meta.fingerprint != matrix.fingerprint():
         changes = describe_change(meta, matrix)
+        stored = folder.read_json("matrix.json", quiet=True)
+        searched = stored.get("search", "grid") if isinstance(stored, dict) else "grid"
+        if searched != matrix.search:  # a grid resuming a pareto run would keep its pruned cells skipped
+            changes.append(f"search {searched} -> {matrix.search}")
     else:
         changes = _records_change(folder.records(), matrix)
     if not changes:
