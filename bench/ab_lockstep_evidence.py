@@ -8,10 +8,17 @@ matrices/smoke.yaml --base HEAD`, alternating lockstep (the default) and --no-lo
 For every variant it clones this checkout's HEAD into a scratch folder and edits the clone's
 working tree (bench/ab_evidence.py's `prepare`; `same` edits nothing), then runs `txsuite ab`
 from the clone (head: the edited working tree, base: its HEAD), the modes alternating trial by
-trial. `spin10` / `spin5` end every `Trainer.step` busy for 10 % / 5 % of the step's own time
-so far, so the step is that much slower on any host and under any load; `slow10` is
-ab_evidence's real work (three 256x256 matmuls per step, ~10 % of a smoke step on the host it
-was sized on). `--load` keeps another process busy on both cores 40 s of every 100 s.
+trial. `spinN` (spin10, spin5, any whole N) ends every `Trainer.step` busy for N % of the
+step's own time so far, so the step is that much slower on any host and under any load;
+`slow10` is ab_evidence's real work (three 256x256 matmuls per step, ~10 % of a smoke step on
+the host it was sized on). `--load` keeps another process busy on both cores 40 s of every
+100 s. `--threshold METRIC=CHANGE` is passed to every `txsuite ab` (the smoke matrix guards
+tokens_per_s: -5%).
+
+Mind the line: a step exactly 5 % slower is a tokens/s ratio of 1/1.05 = 0.952, inside the
+smoke matrix's -5 % limit, so its right verdict there is not FAIL (its interval holds 0.95).
+To ask whether a 5 % change is caught, run spin5 with `--threshold tokens_per_s=-3%` (and
+`same` with it too, for the false FAILs), or spin6 and up at the matrix's -5 %.
 
 Prints one line per A/B (verdict, rounds, minutes, each cell's ratio and interval) and a
 Markdown table per variant and mode: the verdict counts, the median and the longest wall time,
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -44,12 +52,13 @@ def _spin_after(started: float, fraction: float) -> None:
     while _spin_time.perf_counter() < until:
         pass
 '''
-SPINS = {"spin10": 0.10, "spin5": 0.05}
+SPIN = re.compile(r"^spin(\d+)$")  # spinN: N % slower
 
 
 def prepare(variant: str, scratch: Path) -> Path:
     """A clone of HEAD with the variant's edit in its working tree."""
-    if variant in SPINS:
+    spin = SPIN.match(variant)
+    if spin:
         kit.VARIANTS.setdefault(variant, None)  # a plain clone first, then the two-anchor edit below
         clone = kit.prepare(variant, scratch)
         path = clone / kit.TRAINER
@@ -57,18 +66,21 @@ def prepare(variant: str, scratch: Path) -> Path:
         if START not in text or kit.ANCHOR not in text:
             raise SystemExit(f"{kit.TRAINER} changed: the patch anchors are gone")
         text = text.replace(START, "        _spin_started = _spin_time.perf_counter()\n" + START, 1)
-        last, ret = kit.ANCHOR.splitlines(keepends=True)  # apply_gradients, return: spin between, the whole step timed
-        text = text.replace(kit.ANCHOR, last + f"        _spin_after(_spin_started, {SPINS[variant]!r})\n" + ret, 1)
+        # between apply_gradients and return: the whole step is timed before the spin
+        last, ret = kit.ANCHOR.splitlines(keepends=True)
+        fraction = int(spin.group(1)) / 100
+        text = text.replace(kit.ANCHOR, last + f"        _spin_after(_spin_started, {fraction!r})\n" + ret, 1)
         path.write_text(text + SPIN_HELPER)
         return clone
     return kit.prepare(variant, scratch)
 
 
-def run_ab(clone: Path, out: Path, run_id: str, mode: str) -> dict:
+def run_ab(clone: Path, out: Path, run_id: str, mode: str, thresholds: list[str]) -> dict:
     """One `txsuite ab` from the clone; what it decided and how long it took."""
     started = time.time()
     cmd = [sys.executable, "-m", "txsuite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
            "--results-dir", str(out), "--run-id", run_id] + (["--no-lockstep"] if mode == "no-lockstep" else [])
+    cmd += [arg for threshold in thresholds for arg in ("--threshold", threshold)]
     proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True)
     verdict_file = out / "ab" / "smoke" / run_id / "ab.json"
     verdict = json.loads(verdict_file.read_text()) if verdict_file.exists() else {}
@@ -101,6 +113,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--variants", default="same,spin10,spin5")
     parser.add_argument("--modes", default="lockstep,no-lockstep", help="alternated trial by trial")
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
+    parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=CHANGE",
+                        help="passed to every txsuite ab, e.g. tokens_per_s=-3%% (repeatable)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(",")
@@ -111,7 +125,7 @@ def main(argv: list[str]) -> int:
             for trial in range(args.trials):
                 # the modes alternate, and which goes first alternates too: neither owns a quiet hour
                 for mode in (modes if trial % 2 == 0 else modes[::-1]):
-                    result = run_ab(clone, args.out / variant / mode, f"t{trial}", mode)
+                    result = run_ab(clone, args.out / variant / mode, f"t{trial}", mode, args.threshold)
                     results.setdefault(variant, []).append(result)
                     ratios = "; ".join(f"{label.split('=')[-1]} {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {v}"
                                        for label, ratio, ci, v in result["ratios"] if ratio and ci)
@@ -119,7 +133,8 @@ def main(argv: list[str]) -> int:
                           f"({result['minutes']:.1f} min): {ratios}"
                           + (f"; {result['stderr']}" if result["stderr"] else ""), flush=True)
                     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'with a neighbour busy 40 s of every 100 s' if args.load else 'idle'}:\n")
+    print(f"\n{'with a neighbour busy 40 s of every 100 s' if args.load else 'idle'}"
+          f"{', ' + ', '.join(args.threshold) if args.threshold else ''}:\n")
     print(table(results))
     return 0
 
