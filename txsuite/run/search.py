@@ -22,7 +22,7 @@ cells that cannot reach the front, and let the runner run the rest in full.
      probe cannot rank the losses at the full token budget, so a cell that learns better at
      the probe, or worse by a margin that could still close, is kept.
    The intervals are taken at PRUNE_LEVEL for each pruned cell, shared (Bonferroni) over the
-   2 x (cells - 1) comparisons that could prune it. A cell whose probes did not both finish ok,
+   comparisons that could prune it: two per cell whose probe estimates dominate it. A cell whose probes did not both finish ok,
    or that starts from another cell's weights, is never pruned.
 3. The pruned cells are handed back to the runner as skipped, with a reason that starts with
    "pruned:" and holds the evidence; `search.json` keeps the same evidence for the report.
@@ -190,22 +190,33 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     candidates = [c for c in probed if c in speed_rounds and c in memory_rounds]
     resolution = BY_NAME[memory_metric].resolution  # for the verdict's "better" only, never as a tolerance
     never = set(protected) | failed
-    tests = 2 * max(1, len(candidates) - 1)
-    level = 1.0 - (1.0 - PRUNE_LEVEL) / tests
+
+    def same_memory(i: str, j: str) -> bool:  # a deterministic count: the very same figure
+        return probed[i].memory_bytes == probed[j].memory_bytes
+
+    def rival(i: str, j: str) -> bool:
+        """Whether i could prune j: as good on both probe estimates, and learning as well."""
+        speed = speed_noise.compare(i, j, True).ratio
+        memory = memory_noise.compare(i, j, False).ratio
+        return (i != j and speed is not None and memory is not None and speed >= 1.0
+                and (memory <= 1.0 or same_memory(i, j)) and _quality_allows(probed[i].val_loss, probed[j].val_loss))
+
     out = []
     for j in candidates:
         if j in never:
             continue
+        rivals = [i for i in candidates if rival(i, j)]
+        # Bonferroni over the comparisons that could prune j: two per rival (the report's front
+        # counts its tests so too, txsuite/report/pareto.py)
+        level = 1.0 - (1.0 - PRUNE_LEVEL) / max(1, 2 * len(rivals))
         best = None
-        for i in candidates:
-            if i == j or not _quality_allows(probed[i].val_loss, probed[j].val_loss):
-                continue
+        for i in rivals:
             speed = speed_noise.compare(i, j, True, level, BY_NAME[SPEED].resolution)
             memory = memory_noise.compare(i, j, False, level, resolution)
             if speed.low is None or memory.high is None:
                 continue  # untested: no interval, no pruning
             # memory: lighter over the whole interval, or the very same figure (a deterministic count)
-            no_heavier = memory.high <= 1.0 or probed[i].memory_bytes == probed[j].memory_bytes
+            no_heavier = memory.high <= 1.0 or same_memory(i, j)
             if speed.low >= 1.0 and no_heavier and BETTER in (speed.verdict, memory.verdict):
                 if best is None or speed.low > best[1].low:
                     best = (i, speed, memory)
