@@ -22,8 +22,8 @@ cells that cannot reach the front, and let the runner run the rest in full.
      probe cannot rank the losses at the full token budget, so a cell that learns better at
      the probe, or worse by a margin that could still close, is kept.
    The intervals are taken at PRUNE_LEVEL for each pruned cell, shared (Bonferroni) over the
-   comparisons that could prune it: two per cell whose probe estimates dominate it. A cell whose probes did not both finish ok,
-   or that starts from another cell's weights, is never pruned.
+   comparisons that could prune it: two per cell whose probe estimates dominate it. A cell with
+   a probe that did not finish ok, or that starts from another cell's weights, is never pruned.
 3. The pruned cells are handed back to the runner as skipped, with a reason that starts with
    "pruned:" and holds the evidence; `search.json` keeps the same evidence for the report.
 """
