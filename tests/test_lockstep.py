@@ -34,6 +34,10 @@ def _fake_worker(path: str, side: str, steps: int, warmup: int, events: list, lo
     sock.connect(path)  # what LockstepGate.open does with the path GATE_ENV names
     gate = LockstepGate(sock, warmup)
     try:
+        gate.wait_for_go()  # the build's turn, as txsuite.run.worker.run_cell takes it
+        with lock:
+            events.append((side, "build", -1))
+        gate.send("built")
         for step in range(steps):
             if stop_after is not None and step == stop_after:
                 return f"{side} stopped"
@@ -71,8 +75,10 @@ def _run_fake(order, steps=6, warmup=2, stop_after=None):
 def test_the_two_sides_steps_alternate_abba_one_at_a_time():
     done, events = _run_fake(("base", "head"))
     assert done.results == {"base": "base done", "head": "head done"}
+    # the builds first, one at a time, the side named first first
+    assert [e[:2] for e in events[:2]] == [("base", "build"), ("head", "build")]
     # never overlapping: every start is followed by its own end before anything else happens
-    steps = [e for e in events if e[1] != "probe"]
+    steps = [e for e in events if e[1] in ("start", "end")]
     for start, end in zip(steps[::2], steps[1::2]):
         assert start[1] == "start" and end[1] == "end" and start[0] == end[0] and start[2] == end[2]
     sides = [side for side, _, _ in steps[::2]]
@@ -89,6 +95,7 @@ def test_the_first_side_is_the_one_named_first():
     done, events = _run_fake(("head", "base"))
     starts = [side for side, what, _ in events if what == "start"]
     assert starts[:4] == ["head", "base", "base", "head"]
+    assert [e[:2] for e in events[:2]] == [("head", "build"), ("base", "build")]
 
 
 def test_a_side_that_leaves_early_lets_the_other_finish_alone():

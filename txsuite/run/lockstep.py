@@ -1,10 +1,11 @@
 """Step lockstep (L6, never imports torch): one cell of `txsuite ab` on both sides at once, a
 training step at a time, so that a neighbour's slow spell on a shared host hits both sides alike.
 
-Both workers of a cell start together, each in its own process (from its side's fork server),
-and build their cell side by side (unclocked). Then each training step is a turn: the
-controller says go to one worker, which runs one step while the other waits, and reports how
-long the step took; then the other's turn. The sides alternate ABBA at step level:
+Both workers of a cell start together, each in its own process (from its side's fork server).
+Each builds its cell in a turn of its own, first side first (the first time on a host, building
+measures kernels and the matmul peak: two at once would spoil both). Then each training step is
+a turn: the controller says go to one worker, which runs one step while the other waits, and
+reports how long the step took; then the other's turn. The sides alternate ABBA at step level:
 
     turns   A B | B A | A B | B A ...    pair j = both sides' step j, back to back
 
@@ -33,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 # the worker's txsuite.run.worker.LOCKSTEP_ENV (spelled twice: the worker imports torch;
 # tests/test_lockstep.py checks they agree)
 GATE_ENV = "TXSUITE_LOCKSTEP"
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the build takes a turn too; 1 (steps only) is still understood
 
 
 class LockstepError(RuntimeError):
@@ -108,6 +109,9 @@ class Lockstep:
         turns: list[Turn] = []
         try:
             self._accept(listeners, futures, workers)
+            for side in order:  # the builds, one at a time
+                if side in workers and workers[side].builds:
+                    workers[side].build()
             self._alternate(order, workers, turns)
             for worker in workers.values():  # both had their last turn: run free together
                 worker.release()
@@ -169,23 +173,37 @@ class Worker:
         self.lines = conn.makefile("rb")
         self.ended = False  # its last turn is over, or it is gone
         self.released = False
+        self.builds = False  # it waits for a go before building (protocol 2)
         hello = self.lines.readline().split()
-        if len(hello) != 3 or hello[0] != b"hello":
-            self.ended, self.pid = True, None
+        if len(hello) != 3 or hello[0] != b"hello":  # gone before it said hello
+            self.ended, self.released, self.pid = True, True, None
             return
         self.protocol, self.pid = int(hello[1]), int(hello[2])
-        if self.protocol != PROTOCOL:
+        if self.protocol not in (1, PROTOCOL):
             raise LockstepError(f"the {side} worker speaks lockstep protocol {self.protocol}, this controller "
                                 f"{PROTOCOL}")
+        self.builds = self.protocol >= 2
+
+    def build(self) -> None:
+        """Say go; wait until it has built (or is gone)."""
+        words = self._go()
+        if not words:
+            self.ended = self.released = True
+        elif words[0] != b"built":
+            raise LockstepError(f"the {self.side} worker said {b' '.join(words)!r}, not 'built'")
+
+    def _go(self) -> list[bytes]:
+        """Say go; the words of its answer ([] when it is gone)."""
+        try:
+            self.conn.sendall(b"go\n")
+            return self.lines.readline().split()
+        except OSError:
+            return []
 
     def turn(self) -> Turn | None:
         """Say go; the step it ran (None: its closing turn, or it is gone)."""
-        try:
-            self.conn.sendall(b"go\n")
-            line = self.lines.readline()
-        except OSError:
-            line = b""
-        words = line.split()
+        words = self._go()
+        line = b" ".join(words)
         if not words or words[0] == b"end":
             self.ended = True
             self.released = not words  # a worker that is gone needs no release

@@ -77,10 +77,20 @@ def run_cell(cell: CellConfig, gpu_memory_limit: int | None = None, checkpoint_d
     clock = PhaseClock()
     with clock("start"):
         started = start(cell, gpu_memory_limit)
-    with clock("build"):
-        training = build_training(cell, started.device, world=started.world)
-    with clock("train"):
-        trained = train(training, started)
+    # `txsuite ab` in lockstep: the build (its one-time host trials) and every step in turns
+    gate = LockstepGate.open(cell.train.warmup_steps) if started.world == 1 else None
+    try:
+        if gate is not None:
+            gate.wait_for_go()  # outside the build's clock: waiting is not building
+        with clock("build"):
+            training = build_training(cell, started.device, world=started.world)
+        if gate is not None:
+            gate.send("built")
+        with clock("train"):
+            trained = train(training, started, gate)
+    finally:
+        if gate is not None:
+            gate.close()
     with clock("evaluate"):
         final = evaluate(training, trained)
     saved = {}
@@ -146,7 +156,9 @@ def start(cell: CellConfig, gpu_memory_limit: int | None) -> Started:
     return Started(device=device, env=env, world=world, rss_start=host_current_rss_bytes())
 
 
-def train(training, started: Started) -> Trained:
+def train(training, started: Started, gate=None) -> Trained:
+    """The warm-up and measured steps; `gate`: the lockstep gate that holds each step until
+    its turn (None: none)."""
     import torch
 
     from txsuite.measure.comm import CommWindow
@@ -163,12 +175,9 @@ def train(training, started: Started) -> Trained:
     machine, probe = _machine_probe(torch)
     counter, counters = _step_counter(training, started.world)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
-    gate = LockstepGate.open(t.warmup_steps) if started.world == 1 else None  # None: no lockstep asked
     try:
         result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter, gate=gate)
     finally:
-        if gate is not None:
-            gate.close()
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
@@ -181,7 +190,7 @@ def train(training, started: Started) -> Trained:
 # `txsuite ab` sets this to the socket of its lockstep controller (txsuite.run.lockstep, which
 # spells the same name: it cannot import this module, which imports torch); empty or unset: none
 LOCKSTEP_ENV = "TXSUITE_LOCKSTEP"
-LOCKSTEP_PROTOCOL = 1
+LOCKSTEP_PROTOCOL = 2  # 2: the build takes a turn too (1: steps only)
 
 
 class LockstepLost(RuntimeError):
@@ -194,12 +203,15 @@ class LockstepGate:
 
         worker -> controller   hello PROTOCOL PID                     once, on connecting
         controller -> worker   go                                     a turn begins
+        worker -> controller   built                                  the build's turn ended
         worker -> controller   done STEP ELAPSED MEASURED START END   a step's turn ended
         worker -> controller   end                                    the closing probe's turn ended
 
-    START and END bound the turn in time.perf_counter (CLOCK_MONOTONIC: one clock for every
-    process), so that the turns of the two sides can be shown never to overlap. After `end` the
-    worker waits for one more `go`: both sides then run free (evaluation) together."""
+    The worker connects before it builds, and builds in a turn of its own (the first time on a
+    host, building measures kernels and peaks: two at once would spoil both). START and END
+    bound a step's turn in time.perf_counter (CLOCK_MONOTONIC: one clock for every process), so
+    that the turns of the two sides can be shown never to overlap. After `end` the worker waits
+    for one more `go`: both sides then run free (evaluation) together."""
 
     def __init__(self, sock, warmup_steps: int):
         self.sock, self.warmup_steps = sock, warmup_steps
