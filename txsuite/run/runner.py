@@ -277,8 +277,12 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
     if not worker_cmd and isinstance(executor, LocalExecutor):
         # the host's one-time measurements (peaks, auto kernels, tokenizers), before any cell's
         # clock starts: the sweep's setup, not the first cell's overhead
-        emit("host_setup", prepare_host([c for c, r in todo if (c.cell_id, r) not in finished], run_dir, executor,
-                                        worker_env))
+        try:
+            emit("host_setup", prepare_host([c for c, r in todo if (c.cell_id, r) not in finished], run_dir,
+                                            executor, worker_env))
+        except BaseException:  # interrupted before any cell: stop the fork server it started, as a sweep does
+            executor.close()
+            raise
     if matrix.search == "pareto":  # probe, then hand back the pruned cells as skipped
         def probe(cell: PlannedCell, round_: int, config: dict) -> Record:
             return run_one(matrix, search.ProbeFolder(run_dir), cell, round_, host_env, timeout, worker_cmd,
