@@ -243,7 +243,7 @@ def run_ab(plan: AbPlan, base: CodeSide, head: CodeSide, out_dir: Path, settings
         lockstep.close()
     how = ("sides alternating (ABBA)" if not in_lockstep else
            "steps in lockstep: the two repetitions of a cell ran at once, one side's training step while the other "
-           "waited, ABBA step by step; each round's ratio is the median over its step pairs"
+           "waited, ABBA step by step; each round's ratio from its step pairs (the median over ABBA blocks)"
            if in_lockstep == {c.label for c in plan.cells} else
            f"steps in lockstep for {', '.join(sorted(in_lockstep))}, sides alternating (ABBA) for the others")
     outcome.result.notes[:0] = plan.notes + lockstep_notes + [
