@@ -170,3 +170,20 @@ def test_a_named_corpus_is_cleaned_once_then_read_from_the_cache(tmp_path, monke
     monkeypatch.setattr(corpora, "CLEANING_VERSION", corpora.CLEANING_VERSION + 1)
     corpora.load_corpus("shakespeare")
     assert len(cleaned) == 2 * made  # another clean-up: cleaned again, never the old text
+
+
+def test_a_cells_weights_and_random_stream_do_not_depend_on_whether_its_trials_ran(tmp_path, monkeypatch):
+    """The block trials draw random numbers (the block's initialisation, dropout): a cell whose
+    trials ran must start from the weights, and draw the dropout masks, of one that read them
+    from the cache."""
+    from txsuite.train import build_training
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    cell = _cell(dropout=0.1)
+    measured = build_training(cell)
+    after_measuring = torch.get_rng_state()
+    cached = build_training(cell)
+    assert not measured.setup.facts["attention_auto"]["cached"] and cached.setup.facts["attention_auto"]["cached"]
+    assert not measured.setup.facts["linear_auto"]["cached"] and cached.setup.facts["linear_auto"]["cached"]
+    assert torch.equal(after_measuring, torch.get_rng_state())
+    for (name, a), (_, b) in zip(measured.setup.model.state_dict().items(), cached.setup.model.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -95,6 +95,14 @@ def forward_backward(block: Block, x: torch.Tensor, grad: torch.Tensor, autocast
     y.backward(grad)
 
 
+def rng_untouched(device: torch.device):
+    """A context in which a trial may draw random numbers (the block's initialisation, dropout)
+    without moving the global generators: the cell's initial weights and dropout masks must not
+    depend on whether its trial ran or was read from the cache."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
 def resolve_attention(cell, device: torch.device) -> dict[str, Any]:
     """{"attention": the kernel the model runs, ...}: the cell's own choice, or for `auto` the
     fastest correct kernel for this cell (txsuite.measure.attention), raced inside a block of
@@ -111,8 +119,9 @@ def resolve_attention(cell, device: torch.device) -> dict[str, Any]:
     # torch's Linear in the block whatever the cell's `linear` (decided after attention, by
     # txsuite.techniques.linear_kernel): cells that differ only in their linear kernel then share
     # one attention choice, and compare the linear kernel alone
-    choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
-                              attention_kernels(), block=block_trial(cell, device, "attention", {"linear": "torch"}))
+    with rng_untouched(device):
+        choice = choose_attention(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
+                                  attention_kernels(), block=block_trial(cell, device, "attention", {"linear": "torch"}))
     return {"attention": choice["attention"], "attention_auto": trial_facts(choice)}
 
 

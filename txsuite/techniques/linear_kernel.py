@@ -149,10 +149,11 @@ def resolve(cell, device: torch.device, attention: str = "sdpa") -> dict[str, An
         return {"linear": "torch", "linear_auto": {"not_tried": unsupported}}
     from txsuite.measure.device import device_fingerprint
     from txsuite.measure.linear import choose_linear
-    from txsuite.techniques.kernel_trial import block_trial, trial_facts
+    from txsuite.techniques.kernel_trial import block_trial, rng_untouched, trial_facts
     _, _, d_model, d_ff = cell.model.dims
     shape = (cell.train.micro_batch * cell.data.seq_len, d_model, d_ff)  # the MLP's first linear (tp is 1 here)
-    choice = choose_linear(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
-                           KERNELS, block=block_trial(cell, device, "linear", {"attention": attention}))
+    with rng_untouched(device):
+        choice = choose_linear(torch, device, cell.precision, shape, device_fingerprint(torch, device)["device_name"],
+                               KERNELS, block=block_trial(cell, device, "linear", {"attention": attention}))
     return {"linear": choice["linear"], "linear_auto": trial_facts(choice)}
 
