@@ -60,26 +60,27 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
     builder picks on CPU, for a peer torch's default (what `torch.optim.AdamW(params)` gives)."""
     info: dict = {"attention": None, "linear": None, "host_allocator": "system", "adamw": {"foreach": None, "fused": None}}
     if name in OURS:
+        from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, TrainSpec
         from txsuite.config.spec.measure import MeasureSpec
-        from txsuite.measure.attention import choose_attention
-        from txsuite.measure.env import cpu_model
         from txsuite.model import GPT, GPTConfig
-        from txsuite.model.gpt import attention_kernels
         from txsuite.measure.host_allocator import apply_host_allocator
+        from txsuite.techniques.kernel_trial import resolve_attention
         # first, as the worker does: every allocation after it is served under the policy
         info["host_allocator"] = apply_host_allocator(MeasureSpec().host_allocator)["host_allocator"]
-        shape = (kit.BATCH, kit.N_HEAD, kit.SEQ, kit.D_MODEL // kit.N_HEAD)
-        choice = choose_attention(torch, torch.device("cpu"), precision, shape, cpu_model(), attention_kernels())
+        # the cell this model is: its auto kernels resolved exactly as a cell's (a block trial of its shape)
+        cell = CellConfig(model=ModelSpec(preset="small"), data=DataSpec(seq_len=kit.SEQ),
+                          train=TrainSpec(micro_batch=kit.BATCH), precision=precision, device="cpu")
+        assert cell.model.dims == (kit.N_LAYER, kit.N_HEAD, kit.D_MODEL, kit.D_FF), "the kit's model is `small`"
+        resolved = resolve_attention(cell, torch.device("cpu"))
+        choice = {"attention": resolved["attention"], "times_s": resolved["attention_auto"]["times_s"]}
         info["attention"], info["attention_trial_s"] = choice["attention"], choice["times_s"]
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=kit.VOCAB, max_seq_len=kit.SEQ, n_layer=kit.N_LAYER, n_head=kit.N_HEAD,
                               d_model=kit.D_MODEL, d_ff=kit.D_FF, attention=choice["attention"]))
         # model.linear: auto, as a cell resolves it (txsuite.techniques.linear_kernel)
-        from txsuite.measure.linear import choose_linear
         from txsuite.techniques import linear_kernel
-        linear = choose_linear(torch, torch.device("cpu"), precision, (kit.BATCH * kit.SEQ, kit.D_MODEL, kit.D_FF),
-                               cpu_model(), linear_kernel.KERNELS)
-        info["linear"], info["linear_trial_s"] = linear["linear"], linear["times_s"]
+        linear = linear_kernel.resolve(cell, torch.device("cpu"), choice["attention"])
+        info["linear"], info["linear_trial_s"] = linear["linear"], linear["linear_auto"].get("times_s")
         if linear["linear"] == linear_kernel.TRIAL_KERNEL:
             linear_kernel.convert(model)
         from txsuite.config.spec import TrainSpec
