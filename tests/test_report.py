@@ -116,11 +116,11 @@ def test_points_off_the_front_are_judged_against_noise():
     verdicts = {(0, 1): ("within noise", "within noise"),
                 (0, 2): ("better", "within noise"), (1, 2): ("within noise", "within noise"),
                 (0, 3): ("better", "worse"), (1, 3): ("untested", "untested"), (2, 3): ("within noise", "untested")}
-    place = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: verdicts[(i, j)][k])
+    place = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: [verdicts[pair][k] for pair in zip(i, j)])
     assert place == ["front", "within noise", "dominated", "within noise", None]
-    untested = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: "untested")
+    untested = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: ["untested"] * len(i))
     assert untested == ["front", "untested", "untested", "untested", None]
-    half = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: ("better", "untested")[k])
+    half = front_with_noise(points, ("max", "min"), lambda i, j, k, tests: [("better", "untested")[k]] * len(i))
     assert half == ["front", "within noise", "within noise", "within noise", None]  # lighter, speed untested
 
 

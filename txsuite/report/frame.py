@@ -96,10 +96,8 @@ def build_cell_table(records: list[Record], axes_order: list[str] | dict[str, An
     """`axes_order`: matrix.json's `axes` (or just their names), to order the varying keys."""
     repeats = repeats_frame(records)
     axes, fixed = varying_keys(repeats, axes_order)
-    rows = [_cell_row(cell_id, group, axes) for cell_id, group in repeats.groupby("cell_id", sort=False)]
-    columns = ["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *axes]
-    cells = pd.DataFrame(rows, columns=None if rows else columns)
-    if not rows:
+    cells = cell_rows(repeats, axes)
+    if cells.empty:
         return CellTable(cells=cells, repeats=repeats, axes=axes, measured_axes=axes, fixed=fixed, reference=None)
     for key in axes:
         cells[key] = _tidy_axis_column(cells[key])
@@ -127,31 +125,58 @@ def memory_metric(measured: pd.DataFrame) -> str:
     return "train_mem_bytes" if has else "peak_mem_bytes"
 
 
-def _cell_row(cell_id: str, group: pd.DataFrame, axes: list[str]) -> dict[str, Any]:
-    ok = group[group["status"] == "ok"]
-    bad = group[group["status"] != "ok"]
-    row: dict[str, Any] = {
-        "cell_id": cell_id,
-        "label": _first_text(group["label"]) or "",
+def cell_rows(repeats: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per cell, in first-seen order: identity, status, the axes' values (the cell's
+    first record's), and each metric's median over the ok repeats (min and max for
+    SPREAD_METRICS). Aggregated over the whole frame at once (a frame filtered per cell took
+    minutes at 20,000 records); tests/test_report_scale.py holds it equal to the per-cell
+    reading it replaced."""
+    if repeats.empty:
+        return pd.DataFrame(columns=["cell_id", "label", "status", "reason", "repeats", "repeats_ok", *axes])
+    first = repeats.drop_duplicates("cell_id")  # each cell's first record, in first-seen order
+    order = first["cell_id"]
+    ok = repeats["status"] == "ok"
+    bad = repeats[~ok]
+
+    def per_cell(series: pd.Series, default: Any) -> list[Any]:
+        """A Series indexed by cell id, in the cells' order, `default` where a cell has none."""
+        return [default if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                for v in series.reindex(order).astype(object)]
+    counts = repeats.groupby("cell_id", sort=False).size()
+    ok_counts = ok.groupby(repeats["cell_id"], sort=False).sum()
+    first_bad_status = bad.groupby("cell_id", sort=False)["status"].first()
+    columns: dict[str, Any] = {
+        "cell_id": order.tolist(),
+        "label": per_cell(_first_texts(repeats, "label"), ""),
         # A cell with any good repeat has numbers to show; its bad repeats are listed as problems.
-        "status": "ok" if len(ok) else str(bad["status"].iloc[0]),
-        "reason": _first_text(bad["reason"]) if len(bad) else None,
-        "repeats": int(len(group)),
-        "repeats_ok": int(len(ok)),
+        "status": ["ok" if n else status for n, status in
+                   zip(per_cell(ok_counts, 0), per_cell(first_bad_status, None))],
+        "reason": per_cell(_first_texts(bad, "reason"), None),
+        "repeats": [int(n) for n in per_cell(counts, 0)],
+        "repeats_ok": [int(n) for n in per_cell(ok_counts, 0)],
     }
-    first = group.iloc[0]
     for key in axes:
-        row[key] = first.get(CONFIG + key)
+        columns[key] = first[CONFIG + key].tolist()
+    # repeats_frame has already set the metrics of repeats that are not ok to NaN
+    metrics = repeats.groupby("cell_id", sort=False)[[name for name, _, _ in METRICS]]
+    medians, lows, highs = metrics.median(), metrics.min(), metrics.max()
     for name, _, _ in METRICS:
-        values = ok[name].dropna()
-        row[name] = float(values.median()) if len(values) else np.nan
+        columns[name] = medians[name].reindex(order).to_numpy(dtype=float)
         if name in SPREAD_METRICS:
-            row[f"{name}_min"] = float(values.min()) if len(values) else np.nan
-            row[f"{name}_max"] = float(values.max()) if len(values) else np.nan
-    med = row["tokens_per_s"]
-    row["tokens_per_s_spread_pct"] = (
-        (row["tokens_per_s_max"] - row["tokens_per_s_min"]) / med * 100 if med and not math.isnan(med) else np.nan)
-    return row
+            columns[f"{name}_min"] = lows[name].reindex(order).to_numpy(dtype=float)
+            columns[f"{name}_max"] = highs[name].reindex(order).to_numpy(dtype=float)
+    cells = pd.DataFrame(columns)
+    med = cells["tokens_per_s"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = (cells["tokens_per_s_max"] - cells["tokens_per_s_min"]) / med * 100
+    cells["tokens_per_s_spread_pct"] = spread.where(med.notna() & (med != 0), np.nan)
+    return cells
+
+
+def _first_texts(frame: pd.DataFrame, column: str) -> pd.Series:
+    """cell id -> the first non-empty text of `column` among the cell's rows of `frame`."""
+    texts = frame[column].map(lambda v: v if isinstance(v, str) and v else None)
+    return texts.groupby(frame["cell_id"], sort=False).first()
 
 
 def choose_reference(cells: pd.DataFrame, wanted: Any) -> tuple[str | None, str | None]:
@@ -194,12 +219,12 @@ def _front_with_noise(cells: pd.DataFrame, verdicts: RunVerdicts, memory: str) -
     it on the medians) separates, so each is made at 95 % / tests (Bonferroni): the chance of
     calling an equal cell dominated stays at 5 % however many cells the run has."""
     objectives = ("tokens_per_s", memory)
-    ids = cells["cell_id"].tolist()
+    ids = cells["cell_id"].to_numpy(dtype=object)
 
-    def verdict(i: int, j: int, k: int, tests: int) -> str:
-        return verdicts.verdict(ids[i], ids[j], objectives[k], level=1 - 0.05 / tests)
+    def judged(i: np.ndarray, j: np.ndarray, k: int, tests: np.ndarray) -> list[str]:
+        return verdicts.verdicts(ids[i].tolist(), ids[j].tolist(), objectives[k], level=1 - 0.05 / tests)
     points = list(zip(*(cells[metric] for metric in objectives)))
-    return front_with_noise(points, FRONT_SENSES, verdict)
+    return front_with_noise(points, FRONT_SENSES, judged)
 
 
 def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None, memory: str) -> None:
@@ -219,15 +244,17 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
         cells[col] = cells[metric] / base
         cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
         cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
-        cells[verdict_col] = [None if cid == base_id or pd.isna(value) else verdicts.worded(cid, base_id, metric)
-                              for cid, value in zip(cells["cell_id"], cells[col])]
+        asked = [cid != base_id and not pd.isna(value) for cid, value in zip(cells["cell_id"], cells[col])]
+        judged = [cid for cid, ask in zip(cells["cell_id"], asked) if ask]
+        words = iter(verdicts.worded_many(judged, [base_id] * len(judged), metric))
+        cells[verdict_col] = [next(words) if ask else None for ask in asked]
 
 
 def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:
     """Compact labels for charts: 'precision=bf16 micro_batch=4' from the varying keys (the
     last part of a dotted key is enough there), else the record's label, else the cell id."""
     out = []
-    for _, row in cells.iterrows():
+    for row in cells[["cell_id", "label", *axes]].to_dict("records"):
         if axes:
             text = " ".join(f"{k.rsplit('.', 1)[-1]}={_compact(row[k])}" for k in axes)
         else:
@@ -303,13 +330,6 @@ def _compact(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
-
-
-def _first_text(series: pd.Series) -> str | None:
-    for v in series:
-        if isinstance(v, str) and v:
-            return v
-    return None
 
 
 def _same(a: Any, b: Any) -> bool:

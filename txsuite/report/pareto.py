@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
+
 from txsuite.verdict.words import BETTER, UNTESTED, WORSE
 
 
@@ -58,11 +60,14 @@ FRONT, NEAR_FRONT, DOMINATED, UNTESTED_OFF_FRONT = "front", "within noise", "dom
 
 
 def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, str],
-                     verdict: Callable[[int, int, int, int], str]) -> list[str | None]:
-    """The Pareto front with each point off it judged against noise. `verdict(i, j, k, tests)`
-    says whether point i is "better" or "worse" than point j on objective k beyond noise, "within
-    noise", or "untested" (txsuite/verdict's verdicts), as one of `tests` comparisons made
-    for point j (two per point that dominates it: the caller may widen each test for them).
+                     verdicts: Callable[[np.ndarray, np.ndarray, int, np.ndarray], Sequence[str]]
+                     ) -> list[str | None]:
+    """The Pareto front with each point off it judged against noise. `verdicts(i, j, k, tests)`
+    says, for every n, whether point i[n] is "better" or "worse" than point j[n] on objective k
+    beyond noise, "within noise", or "untested" (txsuite/verdict's verdicts), as one of tests[n]
+    comparisons made for point j[n] (two per point that dominates it: the caller may widen each
+    test for them). It is asked once per objective, for every pair at once: a run of thousands
+    of cells has millions.
 
     For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a
     point that dominates it on the estimates is better beyond noise on one objective and, tested,
@@ -72,24 +77,38 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
     missing coordinate (a failed cell is no option)."""
     optimal = pareto_optimal(points, senses)
     signs = [1.0 if sense == "max" else -1.0 for sense in senses]
-    scored = [(signs[0] * float(a), signs[1] * float(b)) if _finite(a) and _finite(b) else None
-              for a, b in points]
-    out = []
-    for j, mine in enumerate(scored):
-        if mine is None:
-            out.append(None)
-            continue
-        if optimal[j]:
-            out.append(FRONT)
-            continue
-        dominators = [i for i, theirs in enumerate(scored) if theirs is not None and i != j
-                      and theirs[0] >= mine[0] and theirs[1] >= mine[1] and theirs != mine]
-        tests = 2 * len(dominators)
-        verdicts = [(verdict(i, j, 0, tests), verdict(i, j, 1, tests)) for i in dominators]
-        if any(BETTER in pair and WORSE not in pair and UNTESTED not in pair for pair in verdicts):
-            out.append(DOMINATED)
-        elif all(pair == (UNTESTED, UNTESTED) for pair in verdicts):
-            out.append(UNTESTED_OFF_FRONT)
+    # [points, 2], bigger is better on both objectives; NaN for a point with a missing coordinate
+    scored = np.array([(signs[0] * float(a), signs[1] * float(b)) if _finite(a) and _finite(b) else (np.nan, np.nan)
+                       for a, b in points], dtype=float).reshape(len(points), 2)
+    judged = [j for j in range(len(points)) if not np.isnan(scored[j, 0]) and not optimal[j]]
+    # every (dominator, point) pair, grouped by point in `judged` order, dominators in index order
+    dominators = [_dominators(scored, j) for j in judged]
+    counts = np.array([len(ds) for ds in dominators], dtype=int)
+    i = np.concatenate(dominators) if dominators else np.zeros(0, dtype=int)
+    j = np.repeat(np.array(judged, dtype=int), counts)
+    tests = np.repeat(2 * counts, counts)
+    speed, memory = (np.array(verdicts(i, j, k, tests), dtype=object).reshape(len(i)) for k in (0, 1))
+    # a pair that backs DOMINATED: better on one objective, worse and untested on neither
+    beaten = (((speed == BETTER) | (memory == BETTER)) & (speed != WORSE) & (memory != WORSE)
+              & (speed != UNTESTED) & (memory != UNTESTED))
+    untested = (speed == UNTESTED) & (memory == UNTESTED)
+    ends = np.cumsum(counts)
+    place: dict[int, str] = {}
+    for point, end, count in zip(judged, ends.tolist(), counts.tolist()):
+        pairs = slice(end - count, end)
+        if beaten[pairs].any():
+            place[point] = DOMINATED
+        elif untested[pairs].all():
+            place[point] = UNTESTED_OFF_FRONT
         else:
-            out.append(NEAR_FRONT)
-    return out
+            place[point] = NEAR_FRONT
+    return [None if np.isnan(scored[j, 0]) else FRONT if optimal[j] else place[j] for j in range(len(points))]
+
+
+def _dominators(scored: np.ndarray, j: int) -> np.ndarray:
+    """The points at least as good as point j on both objectives and not the same point, in
+    index order (a NaN point compares False: never a dominator)."""
+    mine = scored[j]
+    at_least = (scored[:, 0] >= mine[0]) & (scored[:, 1] >= mine[1])
+    same = (scored[:, 0] == mine[0]) & (scored[:, 1] == mine[1])
+    return np.flatnonzero(at_least & ~same)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,42 @@ def train_tokens(group: pd.DataFrame) -> float | None:
     return float(per_step) * float(steps) if fmt.is_number(per_step) and fmt.is_number(steps) else None
 
 
+@dataclass
+class CellSeeds:
+    """What comparing one cell's quality reads: its seeds' final losses (seed_losses), the
+    tokens it trained on (train_tokens), and its repetitions, fetched only where a comparison
+    at a common token budget reads their evaluation curves."""
+    losses: dict[int, float]
+    tokens: float | None
+    rows: Callable[[], pd.DataFrame]
+
+    @classmethod
+    def of(cls, group: pd.DataFrame) -> "CellSeeds":
+        return cls(seed_losses(group), train_tokens(group), lambda: group)
+
+
+def cells_seeds(repeats: pd.DataFrame) -> dict[str, CellSeeds]:
+    """cell id -> CellSeeds.of(the cell's repetitions), for every cell in first-seen order, read
+    from the whole frame at once (a frame filtered per cell took minutes at 20,000 records);
+    tests/test_report_scale.py holds it equal to the per-cell reading."""
+    groups = repeats.groupby("cell_id", sort=False)
+    out = {str(cid): CellSeeds({}, None, lambda cid=cid: groups.get_group(cid))
+           for cid in repeats["cell_id"].drop_duplicates()}
+    measured = repeats[(repeats["status"] == "ok") & repeats["val_loss"].notna()]
+    index = measured["seed_index"].fillna(0).astype(int) if "seed_index" in measured \
+        else pd.Series(0, index=measured.index)
+    # by cell, then seed index ascending: seed_losses' order (the mean over seeds sums in it)
+    for (cid, k), loss in measured.groupby([measured["cell_id"], index])["val_loss"].median().items():
+        out[str(cid)].losses[int(k)] = float(loss)
+    ok = repeats[repeats["status"] == "ok"]
+    if "tokens_per_step" in ok and "config.train.steps" in ok:
+        first = ok.drop_duplicates("cell_id")
+        for cid, per_step, steps in zip(first["cell_id"], first["tokens_per_step"], first["config.train.steps"]):
+            if fmt.is_number(per_step) and fmt.is_number(steps):
+                out[str(cid)].tokens = float(per_step) * float(steps)
+    return out
+
+
 def same_budget(a: float | None, b: float | None) -> bool:
     """Two cells trained on the same number of tokens (or one of them did not record it)."""
     return a is None or b is None or math.isclose(a, b, rel_tol=1e-9)
@@ -96,11 +133,16 @@ def losses_at_budget(group: pd.DataFrame, budget: float) -> dict[int, float]:
 
 
 def compare_losses(a: pd.DataFrame, b: pd.DataFrame, noise: TrainingNoise | None) -> LossDifference | None:
+    """Cell a's final validation loss against cell b's (their repetitions): compare_seeds."""
+    return compare_seeds(CellSeeds.of(a), CellSeeds.of(b), noise)
+
+
+def compare_seeds(a: CellSeeds, b: CellSeeds, noise: TrainingNoise | None) -> LossDifference | None:
     """Cell a's final validation loss against cell b's, paired by seed (txsuite/verdict/seeds.py).
     Cells that trained on different numbers of tokens are compared at the smaller budget, on
     their evaluation curves; where a curve does not reach there, the comparison is untested."""
-    ta, tb = train_tokens(a), train_tokens(b)
-    la, lb = seed_losses(a), seed_losses(b)
+    ta, tb = a.tokens, b.tokens
+    la, lb = a.losses, b.losses
     if same_budget(ta, tb):
         return loss_difference(la, lb, noise)
     budget = min(ta, tb)
@@ -108,7 +150,7 @@ def compare_losses(a: pd.DataFrame, b: pd.DataFrame, noise: TrainingNoise | None
     common = sorted(set(la) & set(lb))
     if not common:
         return None
-    ba, bb = losses_at_budget(a, budget), losses_at_budget(b, budget)
+    ba, bb = losses_at_budget(a.rows(), budget), losses_at_budget(b.rows(), budget)
     if not set(common) <= set(ba) & set(bb):
         delta = float(np.mean([la[k] - lb[k] for k in common]))
         return LossDifference(delta, math.nan, math.nan,
@@ -118,17 +160,16 @@ def compare_losses(a: pd.DataFrame, b: pd.DataFrame, noise: TrainingNoise | None
     return loss_difference(ba, bb, noise, where=at)
 
 
-def training_noise(groups: dict[str, pd.DataFrame], anchor: str) -> TrainingNoise | None:
+def training_noise(seeds: dict[str, CellSeeds], anchor: str) -> TrainingNoise | None:
     """The run's training noise: the per-seed differences of every cell with two seeds or more
-    to the `anchor` cell, on the same token budget, pooled."""
-    mine = seed_losses(groups[anchor])
-    anchor_tokens = train_tokens(groups[anchor])
+    to the `anchor` cell, on the same token budget, pooled (`seeds`: cells_seeds)."""
+    mine = seeds[anchor].losses
+    anchor_tokens = seeds[anchor].tokens
     differences = []
-    for cid, group in groups.items():
-        tokens = train_tokens(group)
-        if cid == anchor or not same_budget(tokens, anchor_tokens):
+    for cid, cell in seeds.items():
+        if cid == anchor or not same_budget(cell.tokens, anchor_tokens):
             continue
-        theirs = seed_losses(group)
+        theirs = cell.losses
         differences.append([theirs[k] - mine[k] for k in sorted(set(theirs) & set(mine))])
     return TrainingNoise.fit(differences)
 
@@ -216,50 +257,56 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def cell_target(group: pd.DataFrame, reference_median: float | None) -> float | None:
-    """train.target_loss of the cell: a number, or auto (reference's median final loss + tolerance)."""
-    target = group["config.train.target_loss"].iloc[0] if "config.train.target_loss" in group else None
+def cell_target(first: Mapping[str, Any], reference_median: float | None) -> float | None:
+    """train.target_loss of the cell (`first`: its first repetition): a number, or auto (the
+    reference's median final loss + tolerance)."""
+    target = first.get("config.train.target_loss")
     if target == "auto":
         if reference_median is None:
             return None
-        tolerance = group["config.train.target_tolerance"].iloc[0] if "config.train.target_tolerance" in group \
-            else 0.02
+        tolerance = first["config.train.target_tolerance"] if "config.train.target_tolerance" in first else 0.02
         return reference_median + float(tolerance)
     return float(target) if fmt.is_number(target) else None
 
 
 def add_quality_columns(cells: pd.DataFrame, repeats: pd.DataFrame, reference: str | None) -> None:
-    """Add the columns of the module docstring to `cells` (in place)."""
-    groups = {cid: g for cid, g in repeats.groupby("cell_id", sort=False)}
-    ref_group = groups.get(reference) if reference else None
-    noise = training_noise(groups, reference) if ref_group is not None else None
-    ref_losses = seed_losses(ref_group) if ref_group is not None else {}
-    ref_median = float(np.median(list(ref_losses.values()))) if ref_losses else None
+    """Add the columns of the module docstring to `cells` (in place). What each cell's columns
+    read is taken from the whole frame at once (cells_seeds, per_cell_medians, ...), never from
+    a frame filtered per cell."""
+    seeds = cells_seeds(repeats)
+    ref = seeds.get(reference) if reference else None
+    noise = training_noise(seeds, reference) if ref is not None else None
+    ref_median = float(np.median(list(ref.losses.values()))) if ref is not None and ref.losses else None
+    target_columns = [c for c in ("cell_id", "config.train.target_loss", "config.train.target_tolerance") if c in repeats]
+    firsts = {str(row["cell_id"]): row for row in repeats.drop_duplicates("cell_id")[target_columns].to_dict("records")}
+    targets = {cid: cell_target(firsts[cid], ref_median) for cid in firsts}
+    curves = all_seed_records(repeats) if "eval_curve" in repeats and any(t is not None for t in targets.values()) \
+        else {}
+    noise_scale = _per_cell(repeats, "grad_noise_scale", "median")
+    optimum = _per_cell(repeats, "optimal_loss", "first")
     rows = []
     crossings: dict[str, dict] = {}
     for cid in cells["cell_id"]:
-        group = groups[cid]
         row: dict = {}
-        losses = seed_losses(group)
+        losses = seeds[cid].losses
         row["seeds"] = len(losses)
         if losses:
             mean, lo, hi = _interval(list(losses.values()))  # no interval with one seed
             row.update(val_loss_mean=mean, val_loss_ci_low=lo, val_loss_ci_high=hi)
         if cid == reference and losses:
             row.update(val_loss_delta=0.0, quality_verdict="reference")
-        elif ref_group is not None and losses:
-            diff = compare_losses(group, ref_group, noise)
+        elif ref is not None and losses:
+            diff = compare_seeds(seeds[cid], ref, noise)
             if diff is not None:
                 row.update(val_loss_delta=diff.delta, val_loss_delta_ci_low=diff.low, val_loss_delta_ci_high=diff.high,
                            quality_verdict=diff.verdict, quality_noise=diff.noise)
-        target = cell_target(group, ref_median)
-        crossings[cid] = seed_crossings(group, target)
-        row.update(_time_to_target(group, target, crossings[cid]))
-        ns = pd.to_numeric(group.get("grad_noise_scale"), errors="coerce") if "grad_noise_scale" in group else None
-        row["grad_noise_scale"] = float(ns.median()) if ns is not None and ns.notna().any() else np.nan
-        optimum = pd.to_numeric(group.get("optimal_loss"), errors="coerce") if "optimal_loss" in group else None
-        if optimum is not None and optimum.notna().any() and "val_loss_mean" in row:
-            row["gap_to_optimum"] = row["val_loss_mean"] - float(optimum.dropna().iloc[0])
+        target = targets[cid]
+        records = curves.get(cid, {})
+        crossings[cid] = crossings_of(records, target) if curves else {}
+        row.update(_time_to_target(records, target, crossings[cid]))
+        row["grad_noise_scale"] = noise_scale.get(cid, np.nan)
+        if cid in optimum and "val_loss_mean" in row:
+            row["gap_to_optimum"] = row["val_loss_mean"] - optimum[cid]
         rows.append(row)
     if reference in crossings:
         for cid, row in zip(cells["cell_id"], rows):
@@ -270,15 +317,44 @@ def add_quality_columns(cells: pd.DataFrame, repeats: pd.DataFrame, reference: s
         cells[column] = frame[column] if column in frame else np.nan
 
 
+def _per_cell(repeats: pd.DataFrame, column: str, how: str) -> dict[str, float]:
+    """cell id -> the median (how="median") or first (how="first") number of `column` over the
+    cell's repetitions, whatever their status; cells without one left out."""
+    if column not in repeats:
+        return {}
+    values = pd.to_numeric(repeats[column], errors="coerce")
+    by_cell = getattr(values.groupby(repeats["cell_id"], sort=False), how)()
+    return {str(cid): float(v) for cid, v in by_cell.items() if not math.isnan(v)}
+
+
+def all_seed_records(repeats: pd.DataFrame) -> dict[str, dict[int, Mapping[str, Any]]]:
+    """cell id -> seed_records of the cell (its rows as mappings), for every cell at once."""
+    out: dict[str, dict[int, Mapping[str, Any]]] = {}
+    ok = repeats[repeats["status"] == "ok"]
+    for rec in ok.sort_values("repeat", kind="stable").to_dict("records"):
+        k = int(rec["seed_index"]) if "seed_index" in rec and fmt.is_number(rec["seed_index"]) else 0
+        out.setdefault(str(rec["cell_id"]), {}).setdefault(k, rec)
+    return out
+
+
 def seed_crossings(group: pd.DataFrame, target: float | None) -> dict[int, tuple[float, float] | None]:
     """seed index -> (tokens, training seconds) at the target on that seed's evaluation curve,
     None for a seed that never reached it; {} when there is no target or no curve."""
     if target is None or "eval_curve" not in group:
         return {}
-    return {k: crossing(rec["eval_curve"], target, _tokens_per_step(rec)) for k, rec in seed_records(group).items()}
+    return crossings_of(seed_records(group), target)
 
 
-def _time_to_target(group: pd.DataFrame, target: float | None, per_seed: dict) -> dict:
+def crossings_of(records: Mapping[int, Mapping[str, Any]], target: float | None
+                 ) -> dict[int, tuple[float, float] | None]:
+    """seed_crossings on the cell's seed_records."""
+    if target is None:
+        return {}
+    return {k: crossing(rec["eval_curve"], target, _tokens_per_step(rec)) for k, rec in records.items()}
+
+
+def _time_to_target(records: Mapping[int, Mapping[str, Any]], target: float | None, per_seed: dict) -> dict:
+    """`records`: the cell's seed_records."""
     if target is None:
         return {}
     if not per_seed:
@@ -290,7 +366,7 @@ def _time_to_target(group: pd.DataFrame, target: float | None, per_seed: dict) -
             [tokens for tokens, _ in reached])
         out["time_to_target_s"], out["time_to_target_ci_low"], out["time_to_target_ci_high"] = _interval(
             [wall for _, wall in reached])
-        tokens_per_step = _tokens_per_step(next(iter(seed_records(group).values())))
+        tokens_per_step = _tokens_per_step(next(iter(records.values())))
         if tokens_per_step:  # fractional: interpolated between evaluations like the tokens
             out["steps_to_target"] = out["tokens_to_target"] / tokens_per_step
     return out
@@ -315,13 +391,13 @@ def tied_with_best(cells: pd.DataFrame, repeats: pd.DataFrame) -> tuple[str | No
     if measured.empty:
         return None, []
     best = str(measured.loc[measured["val_loss_mean"].idxmin(), "cell_id"])
-    groups = {cid: g for cid, g in repeats.groupby("cell_id", sort=False)}
-    noise = training_noise(groups, best)
+    seeds = cells_seeds(repeats)
+    noise = training_noise(seeds, best)
     tied = []
     for cid in measured["cell_id"]:
         if cid == best:
             continue
-        diff = compare_losses(groups[cid], groups[best], noise)
+        diff = compare_seeds(seeds[cid], seeds[best], noise)
         if diff is None or diff.verdict != WORSE:
             tied.append(str(cid))
     return best, tied

@@ -102,15 +102,15 @@ def summarize(table: CellTable) -> Summary:
         summary.notes.append(table.reference_note[0].upper() + table.reference_note[1:] + ".")
 
     front = ok[ok["pareto"]].sort_values("tokens_per_s", ascending=False)
-    labels = [r["label"] or r["short_label"] for _, r in front.iterrows()]
+    labels = _labels(front)
     summary.pareto, summary.pareto_more = labels[:MAX_LISTED], max(0, len(labels) - MAX_LISTED)
-    summary.near_front = [r["label"] or r["short_label"] for _, r in ok[ok["front"] == NEAR_FRONT].iterrows()][:MAX_LISTED]
+    summary.near_front = _labels(ok[ok["front"] == NEAR_FRONT])[:MAX_LISTED]
     off_front = ok[ok["front"].isin([NEAR_FRONT, DOMINATED, UNTESTED_OFF_FRONT])]
     if len(off_front) and (off_front["front"] == UNTESTED_OFF_FRONT).all():
         summary.front_note = "one repetition per cell: the cells off the front were not tested against noise"
     noisy = ok[ok["tokens_per_s_spread_pct"] > NOISY_SPREAD_PCT]
-    summary.noisy = [f"{r['label'] or r['short_label']} (±{r['tokens_per_s_spread_pct'] / 2:.0f}%)"
-                     for _, r in noisy.iterrows()][:MAX_LISTED]
+    summary.noisy = [f"{name} (±{spread / 2:.0f}%)"
+                     for name, spread in zip(_labels(noisy), noisy["tokens_per_s_spread_pct"])][:MAX_LISTED]
     summary.problems = problems(table)
     summary.method = verdict_note(table)
     return summary
@@ -139,6 +139,11 @@ def least_memory_finding(table: CellTable) -> Finding | None:
                           detail=lambda r: f"{_memory_text(table, r)}, {fmt.si(r['tokens_per_s'])} tokens/s")
 
 
+def _labels(cells: pd.DataFrame) -> list[str]:
+    """Each row's name as the summary writes it: its label, else its short label."""
+    return [label or short for label, short in zip(cells["label"], cells["short_label"])]
+
+
 def _memory_text(table: CellTable, row: pd.Series) -> str:
     """'412 MiB train memory (1.2 GiB peak)', or the peak alone for records without train memory."""
     if table.memory_metric == "train_mem_bytes":
@@ -160,8 +165,9 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     others = ok[(ok["cell_id"] != row["cell_id"]) & ok[metric].notna()]
     if others.empty:
         return Finding(what, label, text, cell_id=row["cell_id"])
-    verdicts = {other["label"] or other["short_label"]: table.verdicts.verdict(row["cell_id"], other["cell_id"], metric)
-                for _, other in others.iterrows()}
+    other_names = _labels(others)
+    judged = table.verdicts.verdicts([row["cell_id"]] * len(others), others["cell_id"].tolist(), metric)
+    verdicts = dict(zip(other_names, judged))
     if all(v == UNTESTED for v in verdicts.values()):
         return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
                        cell_id=row["cell_id"])
@@ -170,8 +176,8 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
         return Finding(what, label, text + f"; {better} than every other cell beyond noise",
                        cell_id=row["cell_id"])
     names = ", ".join(tied[:MAX_LISTED]) + (f" and {len(tied) - MAX_LISTED} more" if len(tied) > MAX_LISTED else "")
-    ratios = [float(other[metric]) / float(row[metric]) for _, other in others.iterrows()
-              if (other["label"] or other["short_label"]) in tied]
+    tied_names = set(tied)
+    ratios = [float(value) / float(row[metric]) for name, value in zip(other_names, others[metric]) if name in tied_names]
     span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
                    text + f"; {'these reach' if len(tied) > 1 else 'the other reaches'} {span} of it, within noise: "
@@ -240,8 +246,8 @@ def problems(table: CellTable) -> list[Problem]:
     labels = dict(zip(table.cells["cell_id"], table.cells["label"]))
     totals = dict(zip(table.cells["cell_id"], table.cells["repeats"]))
     groups: dict[tuple, int] = {}
-    for _, rec in bad.iterrows():
-        key = (rec["cell_id"], rec["status"], rec["reason"] if isinstance(rec["reason"], str) else "")
+    for cell_id, status, reason in zip(bad["cell_id"], bad["status"], bad["reason"]):
+        key = (cell_id, status, reason if isinstance(reason, str) else "")
         groups[key] = groups.get(key, 0) + 1
     for (cell_id, status, reason), n in groups.items():
         total = totals.get(cell_id, n)

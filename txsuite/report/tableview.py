@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 from markupsafe import Markup, escape
@@ -98,7 +98,7 @@ def cell_table_view(table: CellTable) -> TableView:
                                          "medians, but not beyond noise (paired by round)"))
     view = TableView(columns)
 
-    for _, row in cells.iterrows():
+    for row in cells.to_dict("records"):  # plain dicts: a DataFrame's rows one by one cost seconds at thousands
         line = [_label_cell(row),
                 TableCell(row["status"], row["status"], f"status status-{row['status']}"),
                 TableCell(f"{row['repeats_ok']}/{row['repeats']}", sort_key(row["repeats_ok"]))]
@@ -123,25 +123,25 @@ def _diagnostics_view(table: CellTable, metrics: list[tuple[str, str, str]]) -> 
         return None
     view = TableView([Column("cell", hint="axis values of the cell; the cell id is below")] +
                      [Column(title, True, BY_NAME[name].description) for name, title, _ in metrics])
-    for _, row in table.cells.iterrows():
+    for row in table.cells.to_dict("records"):
         view.rows.append([_label_cell(row)] + [_metric_cell(row, name, kind) for name, _, kind in metrics])
         view.row_classes.append(_row_class(row))
     return view
 
 
-def _label_cell(row: pd.Series) -> TableCell:
+def _label_cell(row: Mapping[str, Any]) -> TableCell:
     return TableCell(row["label"] or row["short_label"], row["label"] or row["short_label"], "label",
                      sub=row["cell_id"] + (" · reference" if row["is_reference"] else ""))
 
 
-def _metric_cell(row: pd.Series, name: str, kind: str) -> TableCell:
+def _metric_cell(row: Mapping[str, Any], name: str, kind: str) -> TableCell:
     sub = ""
     if name == "tokens_per_s" and fmt.is_number(row.get("tokens_per_s_spread_pct")) and row["repeats_ok"] > 1:
         sub = f"±{row['tokens_per_s_spread_pct'] / 2:.1f}%"
     return TableCell(fmt.by_kind(row[name], kind), sort_key(row[name]), "num", sub=sub)
 
 
-def _row_class(row: pd.Series) -> str:
+def _row_class(row: Mapping[str, Any]) -> str:
     return " ".join(c for c in ("reference" if row["is_reference"] else "", "pareto" if row["pareto"] else "",
                                 "not-ok" if row["repeats_ok"] == 0 else "") if c)
 

@@ -14,16 +14,16 @@ def t_quantile(df: float, level: float = 0.95) -> float:
     return t_isf((1.0 - level) / 2.0, df)
 
 
-def t_quantiles(dfs: "np.ndarray", level: float = 0.95) -> "np.ndarray":
-    """t_quantile for an array of degrees of freedom: element by element the same values."""
+def t_quantiles(dfs: "np.ndarray", levels: "float | np.ndarray" = 0.95) -> "np.ndarray":
+    """t_quantile(dfs[i], levels[i] or levels) for arrays: element by element the same values."""
     import numpy as np
     from scipy.special import ndtri, stdtrit
 
-    p = (1.0 - level) / 2.0
     dfs = np.asarray(dfs, dtype=float)
+    p = (1.0 - np.broadcast_to(np.asarray(levels, dtype=float), dfs.shape)) / 2.0
     finite = np.isfinite(dfs)
-    out = np.full(dfs.shape, float(-ndtri(p)))  # an infinite df: the standard normal
-    out[finite] = stdtrit(dfs[finite], 1.0 - p)
+    out = -ndtri(p)  # an infinite df: the standard normal
+    out[finite] = stdtrit(dfs[finite], 1.0 - p[finite])
     return out
 
 

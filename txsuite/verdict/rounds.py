@@ -35,9 +35,10 @@ from txsuite.verdict.distributions import t_quantiles
 from txsuite.verdict.stats import median_stat
 from txsuite.verdict.words import BETTER, UNTESTED, WITHIN_NOISE, WORSE
 
-# How near a threshold (in log ratio) a bulk verdict is left to compare(): far beyond the
-# rounding by which summing in arrays may differ from summing one pair (about 1e-16).
+# How near a threshold, relative to the magnitudes in play, a bulk verdict is left to compare():
+# far beyond the rounding by which arrays may differ from one pair's arithmetic (about 1e-16).
 BOUNDARY = 1e-9
+CHUNK = 200_000  # pairs RoundNoise.verdicts computes at once (a few arrays of [pairs, rounds] each)
 
 
 @dataclass(frozen=True)
@@ -99,26 +100,36 @@ class RoundNoise:
         return Comparison.of_log_ratio(float(d.mean()), math.sqrt(variance / n), df, level, higher_is_better,
                                        resolution, samples=n, pooled=pooled)
 
-    def verdicts(self, pairs: Sequence[tuple[str, str]], higher_is_better: bool, level: float = 0.95,
-                 resolution: float = 0.0) -> list[str]:
-        """compare(a, b, ...).verdict for every (a, b) of `pairs`, computed together in arrays:
-        a report asks this of every pair on the Pareto front, millions in a run of thousands of
-        cells. A pair whose decision lies within BOUNDARY of a threshold (where the arrays'
-        rounding could differ from compare's) is decided by compare itself, so every verdict is
-        compare's."""
-        if not pairs:
-            return []
-        index, logs, variances, dfs = self._arrays()
-        missing = len(index)  # the all-NaN row of a cell without values
-        a = np.array([index.get(str(x), missing) for x, _ in pairs])
-        b = np.array([index.get(str(y), missing) for _, y in pairs])
-        d = logs[a] - logs[b]  # [pairs, rounds], NaN where either cell lacks the round
+    def verdicts(self, a: Sequence[str], b: Sequence[str], higher_is_better: bool,
+                 level: "float | np.ndarray" = 0.95, resolution: float = 0.0) -> list[str]:
+        """compare(a[i], b[i], ..., level[i] or level, ...).verdict for every i, computed together
+        in arrays (in slices of CHUNK pairs): a report asks this of every pair on the Pareto
+        front, millions in a run of thousands of cells. A pair whose decision lies within
+        BOUNDARY of a threshold (where the arrays' rounding could differ from compare's) is
+        decided by compare itself, so every verdict is compare's."""
+        if len(a) != len(b):
+            raise ValueError(f"verdicts: {len(a)} cells against {len(b)}")
+        row = self._arrays()[0].__getitem__  # a cell without values: the all-NaN row
+        rows_a = np.fromiter(map(row, a), dtype=int, count=len(a))
+        rows_b = np.fromiter(map(row, b), dtype=int, count=len(b))
+        levels = np.broadcast_to(np.asarray(level, dtype=float), rows_a.shape)
+        out: list[str] = []
+        for start in range(0, len(rows_a), CHUNK):
+            part = slice(start, start + CHUNK)
+            out += self._verdicts_of_rows(rows_a[part], rows_b[part], levels[part], higher_is_better, resolution)
+        return out
+
+    def _verdicts_of_rows(self, ia: np.ndarray, ib: np.ndarray, level: np.ndarray, higher_is_better: bool,
+                          resolution: float) -> list[str]:
+        """verdicts() on the rows of _arrays(): compare's arithmetic, pair by pair in arrays."""
+        rows, logs, variances, dfs = self._arrays()
+        d = logs[ia] - logs[ib]  # [pairs, rounds], NaN where either cell lacks the round
         present = ~np.isnan(d)
         n = present.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(present, d, 0.0).sum(axis=1) / n
             own_variance = np.where(present, (d - mean[:, None]) ** 2, 0.0).sum(axis=1) / (n - 1)
-            va, vb, da, db = variances[a], variances[b], dfs[a], dfs[b]
+            va, vb, da, db = variances[ia], variances[ib], dfs[ia], dfs[ib]
             pooled = ~np.isnan(va) & ~np.isnan(vb)
             den = np.where(da > 0, va ** 2 / da, 0.0) + np.where(db > 0, vb ** 2 / db, 0.0)
             welch = np.where(den > 0, (va + vb) ** 2 / den, np.inf)
@@ -126,36 +137,48 @@ class RoundNoise:
             df = np.where(pooled, np.minimum(welch, np.maximum(da, db)), n - 1.0)
             se = np.sqrt(variance / n)
         tested = (n >= 2) & np.isfinite(se) & (df != 0)
-        half = np.full(len(pairs), np.nan)
-        half[tested] = t_quantiles(df[tested], level) * se[tested]
+        half = np.full(len(ia), np.nan)
+        # A run's pairs share a few (df, level): each t quantile is computed once, the pairs
+        # told apart as the complex numbers df + level i (a 1-D sort, exact in both parts).
+        distinct, where = np.unique(df[tested] + 1j * level[tested], return_inverse=True)
+        half[tested] = t_quantiles(distinct.real, distinct.imag)[where.reshape(-1)] * se[tested]
         signed = mean if higher_is_better else -mean  # > 0: a is better
         floor = math.log1p(resolution)
-        out = np.where((signed - half > 0) & (signed >= floor), BETTER,
-                       np.where((signed + half < 0) & (-signed >= floor), WORSE, WITHIN_NOISE)).astype(object)
+        out = np.full(len(ia), WITHIN_NOISE, dtype=object)
+        out[(signed - half > 0) & (signed >= floor)] = BETTER
+        out[(signed + half < 0) & (-signed >= floor)] = WORSE
         out[~tested] = UNTESTED
+        # Rounding can move the mean by a few ulps of the largest difference summed, and the
+        # half-width by a few ulps of itself: a pair nearer a threshold than BOUNDARY of those goes
+        # to compare. (Exactly equal values, as a memory that did not move, are exact either way.)
+        largest = np.where(present, abs(d), 0.0).max(axis=1, initial=0.0)
         with np.errstate(invalid="ignore"):
-            margin = np.minimum.reduce([abs(signed - half), abs(signed + half), abs(signed - floor), abs(signed + floor)])
-        for i in np.flatnonzero(tested & ~(margin > BOUNDARY)):
-            out[i] = self.compare(pairs[i][0], pairs[i][1], higher_is_better, level, resolution).verdict
+            safe = ((abs(signed - half) >= BOUNDARY * (largest + abs(half)))
+                    & (abs(signed + half) >= BOUNDARY * (largest + abs(half)))
+                    & (abs(signed - floor) >= BOUNDARY * (largest + abs(floor)))
+                    & (abs(signed + floor) >= BOUNDARY * (largest + abs(floor))))
+        names = list(rows)
+        for i in np.flatnonzero(tested & ~safe):  # both cells have values: both have rows
+            out[i] = self.compare(names[ia[i]], names[ib[i]], higher_is_better, float(level[i]), resolution).verdict
         return out.tolist()
 
-    def _arrays(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> tuple["_Rows", np.ndarray, np.ndarray, np.ndarray]:
         """(cell -> row, logs [cells + 1, rounds] with NaN where a cell lacks a round and a last
         all-NaN row, each cell's moderated variance and its df, NaN for a cell without), made once."""
         if self._table is None:
-            index = {c: i for i, c in enumerate(self.logs)}
+            rows = _Rows({c: i for i, c in enumerate(self.logs)})
             rounds = sorted({r for by in self.logs.values() for r in by})  # compare's order: by round
             column = {r: j for j, r in enumerate(rounds)}
-            logs = np.full((len(index) + 1, len(rounds)), np.nan)
+            logs = np.full((len(rows) + 1, len(rounds)), np.nan)
             for c, by in self.logs.items():
                 for r, v in by.items():
-                    logs[index[c], column[r]] = v
-            variances = np.full(len(index) + 1, np.nan)
-            dfs = np.full(len(index) + 1, np.nan)
+                    logs[rows[c], column[r]] = v
+            variances = np.full(len(rows) + 1, np.nan)
+            dfs = np.full(len(rows) + 1, np.nan)
             for c, noise in self.cells.items():
-                if c in index:
-                    variances[index[c]], dfs[index[c]] = noise.variance, noise.df
-            self._table = (index, logs, variances, dfs)
+                if c in rows:
+                    variances[rows[c]], dfs[rows[c]] = noise.variance, noise.df
+            self._table = (rows, logs, variances, dfs)
         return self._table
 
     def describe(self) -> str:
@@ -218,6 +241,13 @@ def step_pairs_log_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     whole = logs.size // 2 * 2
     blocks = logs[:whole].reshape(-1, 2).mean(axis=1) if whole else logs
     return float(median_stat(blocks))
+
+
+class _Rows(dict):
+    """cell -> its row in RoundNoise._arrays(); a cell without values reads the last, all-NaN row."""
+
+    def __missing__(self, cell: str) -> int:
+        return len(self)
 
 
 def _welch_df(a: CellNoise, b: CellNoise) -> float:
