@@ -64,22 +64,42 @@ class PeakReading(float):
         return reading
 
 
+# GOMP_SPINCOUNT a CPU cell's worker gets unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT
+# (txsuite.run.runner.worker_env says why)
+CELL_SPINCOUNT = "10000"
+
+
+def cell_openmp_env(env) -> dict[str, str]:
+    """The OpenMP spin variable a CPU cell's worker is given on top of `env`: none where the user
+    chose OMP_WAIT_POLICY, else GOMP_SPINCOUNT (the user's, or CELL_SPINCOUNT)."""
+    if "OMP_WAIT_POLICY" in env:
+        return {}
+    return {"GOMP_SPINCOUNT": env.get("GOMP_SPINCOUNT", CELL_SPINCOUNT)}
+
+
 def spin_setting(env=os.environ) -> str:
-    """The OpenMP setting that decides whether idle threads spin (txsuite.run.runner sets
-    GOMP_SPINCOUNT for CPU cells; a user's OMP_WAIT_POLICY wins): part of a CPU peak's key."""
+    """The OpenMP setting that decides whether idle threads spin (cell_openmp_env): part of a
+    CPU peak's key."""
     if env.get("OMP_WAIT_POLICY"):
         return f"wait {env['OMP_WAIT_POLICY'].lower()}"
     return f"spin {env.get('GOMP_SPINCOUNT') or 'default'}"
+
+
+def format_peak_key(device_name: str, torch_version: str, threads: int, kind: str, spin: str | None = None) -> str:
+    """A peak's cache key from its parts (threads 0 and no spin setting on CUDA); the plan's
+    predictions (txsuite.measure.predict) build it without torch."""
+    spin_part = f"|{spin}" if spin else ""
+    return f"{device_name}|torch {torch_version}|threads {threads}{spin_part}|linear|{kind}"
 
 
 def peak_key(torch, device, precision: str, device_name: str) -> str:
     """The cache key of a peak: device model, torch, threads and spin setting (CPU), the op
     measured ("linear": F.linear, the op nn.Linear runs; an earlier version timed `a @ b`, which
     for fp16 on a CPU takes a far slower path, and those entries are not reused) and its dtype."""
-    kind = MATMUL_DTYPE[precision]
     if device.type == "cpu":
-        return f"{device_name}|torch {torch.__version__}|threads {torch.get_num_threads()}|{spin_setting()}|linear|{kind}"
-    return f"{device_name}|torch {torch.__version__}|threads 0|linear|{kind}"
+        return format_peak_key(device_name, torch.__version__, torch.get_num_threads(), MATMUL_DTYPE[precision],
+                               spin_setting())
+    return format_peak_key(device_name, torch.__version__, 0, MATMUL_DTYPE[precision])
 
 
 def peak_flops(torch, device, precision: str, device_name: str, at_least: float | None = None) -> dict:

@@ -126,12 +126,15 @@ def memory_features(cell: CellConfig) -> list[float]:
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
-    """The key measure/peak.py caches the cell's matmul peak under (threads as the cell runs them)."""
-    threads = 0
-    if cell.device == "cpu":
-        threads = cell.measure.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                           else os.cpu_count() or 1)
-    return f"{device_name}|torch {torch_version}|threads {threads}|linear|{MATMUL_DTYPE[cell.precision]}"
+    """The key measure/peak.py caches the cell's matmul peak under (threads and OpenMP spin
+    setting as the runner gives the cell's worker)."""
+    from txsuite.measure.peak import cell_openmp_env, format_peak_key, spin_setting
+    if cell.device != "cpu":
+        return format_peak_key(device_name, torch_version, 0, MATMUL_DTYPE[cell.precision])
+    threads = cell.measure.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                       else os.cpu_count() or 1)
+    spin = spin_setting({**os.environ, **cell_openmp_env(os.environ)})
+    return format_peak_key(device_name, torch_version, threads, MATMUL_DTYPE[cell.precision], spin)
 
 
 def _recomputed_layers(cell: CellConfig) -> int:

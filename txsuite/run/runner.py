@@ -28,6 +28,7 @@ from txsuite.config.record import Record
 from txsuite.config.spec import CellConfig
 from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
+from txsuite.measure.peak import cell_openmp_env
 from txsuite.results import RunFolder, RunLock, RunMeta
 from txsuite.run import observed, search
 from txsuite.run.executors import LocalExecutor
@@ -633,13 +634,13 @@ def worker_env(config: CellConfig, code: WorkerCode = THIS_CODE) -> dict[str, st
     threads = config.measure.threads
     if threads:  # before the worker imports torch: OpenMP sizes its pool at start-up
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if config.device == "cpu" and "OMP_WAIT_POLICY" not in env:
+    if config.device == "cpu":
         # libgomp's threads spin ~300k iterations before sleeping; when anything else runs on
         # the host, spinning threads starve the ones doing work and a step collapses. A bounded
-        # spin (10000) costs nothing on an idle host and removes the collapse; PASSIVE removes it
-        # too but slows idle steps. A user's own setting wins. The figures, dated, with host and
-        # command: docs/measurements.md, "OpenMP on a shared host".
-        env.setdefault("GOMP_SPINCOUNT", "10000")
+        # spin (GOMP_SPINCOUNT=10000) costs nothing on an idle host and removes the collapse;
+        # PASSIVE removes it too but slows idle steps. A user's own setting wins. The figures,
+        # dated, with host and command: docs/measurements.md, "OpenMP on a shared host".
+        env.update(cell_openmp_env(env))
     return env
 
 

@@ -61,7 +61,7 @@ def measure_host(payload: dict[str, Any]) -> dict[str, Any]:
         for what, key, measure in cell_measurements(torch, device, device_name, cell):
             once(what, cell, key, measure)
     return {"status": "ok", "seconds": round(time.perf_counter() - start, 3), "measured": measured,
-            "failed": failed, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+            "failed": failed, "torch_threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, str, Any]]:
