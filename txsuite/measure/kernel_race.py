@@ -50,12 +50,13 @@ class BlockTrial:
 
 def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str, shape_key: str,
                     kernels: dict[str, Callable], measure: Callable[[], dict], use_cache: bool) -> dict:
-    """measure()'s entry for this host, torch, thread count, dtype, shape and set of kernels, from
-    the host's cache_file when it has one (txsuite.measure.host_cache), with "key" and "cached"
-    added. use_cache=False measures without reading or writing the cache (tests)."""
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    key = (f"{device_name}|torch {torch.__version__}|threads {threads}|{dtype}|{shape_key}"
-           f"|{','.join(sorted(kernels))}")
+    """measure()'s entry for this host, torch, thread count and OpenMP spin setting (CPU), dtype,
+    shape and set of kernels, from the host's cache_file when it has one
+    (txsuite.measure.host_cache), with "key" and "cached" added. use_cache=False measures without
+    reading or writing the cache (tests)."""
+    from txsuite.measure.peak import spin_setting
+    threads = f"threads {torch.get_num_threads()}|{spin_setting()}" if device.type == "cpu" else "threads 0"
+    key = f"{device_name}|torch {torch.__version__}|{threads}|{dtype}|{shape_key}|{','.join(sorted(kernels))}"
     entry, cached = measured_once(cache_file, key, measure) if use_cache else (measure(), False)
     return {**entry, "key": key, "cached": cached}
 
