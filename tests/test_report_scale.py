@@ -281,3 +281,21 @@ def test_a_verdict_on_a_threshold_is_left_to_compare(monkeypatch):
     level = 1 - 2 * float(stdtr(1, -d.mean() / (d.std(ddof=1) / math.sqrt(2))))  # the interval's end at 0
     assert noise.verdicts(["a"], ["b"], True, level) == [real(noise, "a", "b", True, level).verdict]
     assert asked == [("a", "b")]
+
+
+def test_charts_of_many_cells_draw_their_marks_as_one_image(monkeypatch):
+    """Past RASTER_FROM cells a chart's dots and whiskers are one embedded image (thousands of
+    SVG paths made each chart megabytes); below it they stay vector. A grid wider than
+    MAX_HEATMAP_SIDE is not drawn, and says why."""
+    from txsuite.report import charts
+
+    # micro_batch x lr alone: without the cell of another budget, exactly two axes (a heatmap)
+    table = build_cell_table([r for r in synthetic_records() if r.cell_id != "c09"])
+    vector = {c.key: c for c in charts.build_charts(table)}
+    assert "<image" not in str(vector["pareto"].svg) and vector["heatmap"].drawn
+    monkeypatch.setattr(charts, "RASTER_FROM", 3)
+    monkeypatch.setattr(charts, "MAX_HEATMAP_SIDE", 2)
+    drawn = {c.key: c for c in charts.build_charts(table)}
+    for key in ("pareto", "quality", "axes"):
+        assert "<image" in str(drawn[key].svg), key
+    assert not drawn["heatmap"].drawn and "cannot be read" in drawn["heatmap"].note

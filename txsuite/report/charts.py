@@ -31,6 +31,11 @@ from txsuite.report.svg import formatter, plot_text, report_style, subplots, to_
 MAX_BARS = 40  # rows of a per-cell bar chart before it shows only the best and the worst
 MAX_POINT_LABELS = 12
 MAX_ANNOTATED_HEATMAP = 240
+MAX_HEATMAP_SIDE = 60  # values of an axis beyond which a grid's squares and labels cannot be read
+# Points of a chart beyond which its marks (dots, whiskers, rings) are drawn as one embedded image
+# inside the SVG, its axes and text staying vector: thousands of cells as SVG paths made the
+# page's charts several megabytes each.
+RASTER_FROM = 500
 # matplotlib 3.10 renamed boxplot's vert=False to orientation="horizontal" (vert goes in 3.13).
 _HORIZONTAL = ({"orientation": "horizontal"}
                if "orientation" in inspect.signature(Axes.boxplot).parameters else {"vert": False})
@@ -91,11 +96,12 @@ def throughput_vs_memory(table: CellTable, enc: Encoding) -> Chart:
                 lw=1.2, ls="--", zorder=1, label="Pareto frontier")
     _scatter(ax, cells, x, y, enc)
     ax.scatter(front[memory] / scale, front["tokens_per_s"], s=170, facecolors="none",
-               edgecolors="#222", linewidths=1.3, zorder=4)
+               edgecolors="#222", linewidths=1.3, zorder=4, rasterized=_raster(front))
     near = cells[cells["front"] == NEAR_FRONT]
     if len(near):
         ax.scatter(near[memory] / scale, near["tokens_per_s"], s=170, facecolors="none",
-                   edgecolors="#555", linewidths=1.1, linestyles="--", zorder=4, label="within noise of the front")
+                   edgecolors="#555", linewidths=1.1, linestyles="--", zorder=4, label="within noise of the front",
+                   rasterized=_raster(near))
     _label_points(ax, cells, x, y, _points_to_label(cells, table, ["pareto"]))
     ax.set_xlabel(f"{title} ({unit})")
     ax.set_ylabel("tokens/s")
@@ -219,6 +225,10 @@ def throughput_heatmap(table: CellTable, enc: Encoding) -> Chart:
         return chart
     row_values, col_values = ordered_values(table.cells[rows_key]), ordered_values(table.cells[cols_key])
     combos = len(row_values) * len(col_values)
+    if max(len(row_values), len(col_values)) > MAX_HEATMAP_SIDE:
+        chart.note = (f"{rows_key} takes {len(row_values)} values and {cols_key} {len(col_values)}: a grid "
+                      f"with more than {MAX_HEATMAP_SIDE} squares a side cannot be read; the table has every cell")
+        return chart
     if len(cells) * 2 < combos:
         chart.note = (f"{rows_key} and {cols_key} vary together ({len(cells)} of {combos} combinations "
                       "were run), so a grid would be mostly empty")
@@ -331,10 +341,10 @@ def step_time_spread(table: CellTable, enc: Encoding) -> Chart:
         chart.note = "no cell recorded per-step times"
         return chart
     samples: dict[str, list[float]] = {}
-    for _, rec in reps[reps["status"] == "ok"].iterrows():
-        times = rec["step_times_s"]
+    ok = reps[reps["status"] == "ok"]
+    for cell_id, times in zip(ok["cell_id"], ok["step_times_s"]):
         if isinstance(times, list):
-            samples.setdefault(rec["cell_id"], []).extend(float(t) for t in times if fmt.is_number(t))
+            samples.setdefault(cell_id, []).extend(float(t) for t in times if fmt.is_number(t))
     cells = table.cells[table.cells["cell_id"].isin([k for k, v in samples.items() if v])].copy()
     if cells.empty:
         chart.note = "no cell recorded per-step times"
@@ -447,16 +457,21 @@ def _scatter(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, enc: Encoding,
     data = pd.DataFrame({"x": x.to_numpy(dtype=float), "y": y.to_numpy(dtype=float)})
     if enc.hue_key:
         data["hue"] = [str(_plain(v)) for v in cells[enc.hue_key]]
-        kwargs.update(hue="hue", palette={lvl: enc.color(row) for lvl, (_, row) in zip(data["hue"], cells.iterrows())})
+        kwargs.update(hue="hue", palette={lvl: enc.color(row) for lvl, row in zip(data["hue"], cells.to_dict("records"))})
     else:
         kwargs["color"] = enc.default_color
     if enc.style_key:
         data["style"] = [str(_plain(v)) for v in cells[enc.style_key]]
         kwargs.update(style="style",
-                      markers={lvl: enc.marker(row) for lvl, (_, row) in zip(data["style"], cells.iterrows())})
+                      markers={lvl: enc.marker(row) for lvl, row in zip(data["style"], cells.to_dict("records"))})
     size = size or (60 if len(cells) <= 50 else 28)
     sns.scatterplot(data=data, x="x", y="y", s=size, edgecolor="white", linewidth=0.6, zorder=3, legend=False,
-                    ax=ax, **kwargs)
+                    ax=ax, rasterized=_raster(cells), **kwargs)
+
+
+def _raster(cells: pd.DataFrame) -> bool:
+    """Whether a layer of one mark per cell is drawn as an image (RASTER_FROM)."""
+    return len(cells) > RASTER_FROM
 
 
 def _whiskers(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, xcol: str, ycol: str,
@@ -470,7 +485,7 @@ def _whiskers(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, xcol: str, yc
         hi = cells[f"{col}_max"] / scale - centre
         return np.nan_to_num(np.clip(np.vstack([lo, hi]), 0, None))
     ax.errorbar(x, y, xerr=err(xcol, x, xscale), yerr=err(ycol, y, 1.0), fmt="none",
-                ecolor="#999", elinewidth=0.8, zorder=2)
+                ecolor="#999", elinewidth=0.8, zorder=2, rasterized=_raster(cells))
 
 
 def _points_to_label(cells: pd.DataFrame, table: CellTable, flags: list[str],
@@ -501,7 +516,7 @@ def _label_points(ax, cells: pd.DataFrame, x: pd.Series, y: pd.Series, ids: list
     frame = ax.get_window_extent()
     placed: list[tuple[float, float, float, float]] = []
     order = {cid: k for k, cid in enumerate(ids)}
-    chosen = sorted((row for _, row in cells.iterrows() if row["cell_id"] in order),
+    chosen = sorted((row for _, row in cells[cells["cell_id"].isin(order)].iterrows()),
                     key=lambda row: order[row["cell_id"]])
     for row in chosen:
         text = row["short_label"] + (" (reference)" if row["is_reference"] else "")
