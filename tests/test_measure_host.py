@@ -144,7 +144,7 @@ def test_a_sweep_measures_the_host_before_its_cells_and_each_record_states_choic
         assert m["attention_auto"]["cached"] and m["attention_auto"]["trial"] == "block"
         assert set(m["attention_auto"]["times_s"]) == {"sdpa", "matmul"} and m["attention"] in ("sdpa", "matmul")
         assert m["step_time_p50_s"] > 0  # the step the choice produced, beside the trial's figures
-        assert m["mfu_peak"]["key"] == m["peak_flops_key"] and "|threads 1|spin " in m["mfu_peak"]["key"]
+        assert m["mfu_peak"]["key"] == m["peak_flops_key"] and "|threads 1|" in m["mfu_peak"]["key"]
         assert m["mfu_peak"]["measured_at"] and m["mfu_peak"]["spread"] is not None
         assert m["mfu"] == m["tokens_per_s"] * m["flops_per_token"] / m["mfu_peak"]["flops"]
     auto = next(r for r in records if r.config["model"]["linear"] == "auto")
