@@ -187,3 +187,24 @@ def test_a_cells_weights_and_random_stream_do_not_depend_on_whether_its_trials_r
     assert torch.equal(after_measuring, torch.get_rng_state())
     for (name, a), (_, b) in zip(measured.setup.model.state_dict().items(), cached.setup.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_host_setup_that_fails_is_named_and_the_sweep_goes_on(tmp_path):
+    """The one-time measurements are an optimisation: when their worker dies, the account says
+    so and the cells measure what they need themselves."""
+    from txsuite.config.matrix import PlannedCell
+    from txsuite.run.executors import Outcome
+    from txsuite.run.host_setup import prepare_host
+
+    class DyingExecutor:
+        forks = False
+
+        def execute(self, cmd, env, log_path, timeout, uses_gpu):
+            log_path.write_text("killed\n")
+            return Outcome(-9, False, "local")
+
+    cells = [PlannedCell(_cell(), "a", "axes"), PlannedCell(_cell(linear="torch"), "b", "axes", skip_reason="skipped")]
+    account = prepare_host(cells, tmp_path, DyingExecutor(), lambda config: {})
+    (group,) = account["groups"]
+    assert group["status"] == "failed" and group["reason"].startswith("exit -9") and group["cells"] == 1
+    assert json.loads((tmp_path / "host_setup.json").read_text()) == account

@@ -64,10 +64,10 @@ def prepare_host(cells: list[PlannedCell], run_dir: Path, executor, env_for: Cal
                                         log, timeout_s)
         entry = {"device": device, "threads": threads or None, "cells": len(configs),
                  "seconds": round(time.monotonic() - started, 3)}
-        if result.exists():
+        try:
             entry.update(json.loads(result.read_text()))
             entry["seconds"] = round(time.monotonic() - started, 3)  # the launch included
-        else:
+        except (OSError, ValueError, TypeError):  # no result (or not one it writes): the cells measure it
             entry.update(status="failed", reason=("timed out" if timed_out else f"exit {returncode}")
                          + f"; its log: {log.relative_to(run_dir)}")
         account["groups"].append(entry)
