@@ -208,3 +208,16 @@ def test_a_host_setup_that_fails_is_named_and_the_sweep_goes_on(tmp_path):
     (group,) = account["groups"]
     assert group["status"] == "failed" and group["reason"].startswith("exit -9") and group["cells"] == 1
     assert json.loads((tmp_path / "host_setup.json").read_text()) == account
+
+
+def test_the_sweep_says_what_its_host_setup_took_and_which_group_measures_for_itself(capsys):
+    """The setup runs before the first cell line: a pause of seconds nobody explained."""
+    from txsuite.cli.progress import SweepProgress
+    progress = SweepProgress()
+    progress("host_setup", {"seconds": 3.25, "groups": [
+        {"device": "cpu", "status": "ok"},
+        {"device": "cuda", "status": "failed", "reason": "exit 1; its log: host_setup/cuda.log.txt"}]})
+    progress("host_setup", {"seconds": 0.0, "groups": []})  # nothing to measure: nothing said
+    out = capsys.readouterr().out
+    assert out.count("host setup") == 1 and "host setup 3.2 s" in out
+    assert "cuda: exit 1; its log: host_setup/cuda.log.txt, its cells measure for themselves" in out

@@ -58,6 +58,13 @@ class SweepProgress:
             console.print(f"{info['total']} cell repetitions, {info['done']} already finished")
             if self.bar is not None:
                 self.task = self.bar.add_task("sweep", total=info["total"], completed=info["done"])
+        elif kind == "host_setup" and info.get("groups"):
+            failed = [g for g in info["groups"] if g.get("status") == "failed"]
+            said = "; ".join(f"{g['device']}: {g.get('reason', 'failed')}, its cells measure for themselves"
+                             for g in failed)
+            console.print(f"host setup {info['seconds']:.1f} s: this host's one-time measurements (matmul peaks, "
+                          f"auto kernel trials, datasets), outside every cell{': ' + said if said else ''}",
+                          markup=False, emoji=False, soft_wrap=True)
         elif kind == "cell_start":
             left = info["total"] - info["index"]
             eta = ""
