@@ -1,14 +1,17 @@
 """How long the report of a large run and the history of many runs take to render (issue 28:
 a 20,000-record run under 60 s, with progress shown; issue 29: 500 runs under a minute).
 
-    python bench/scale_render.py report --records 20000 [--dir DIR]
-    python bench/scale_render.py history --runs 500 [--dir DIR]
+    python bench/scale_render.py report --records 20000 [--dir DIR] [--profile FILE]
+    python bench/scale_render.py history --runs 500 [--dir DIR] [--profile FILE]
 
 `report` writes one run folder of --records records (cells x 3 repeats, shaped like real ones:
 bench/store_scale.py's record, two axes over the cells) and times `txsuite report` on it.
 `history` writes --runs run folders of a 2-cell matrix (two repeats each, tokens/s with ±2 %
 noise) and times `txsuite history` over them. Both print the command's own output (its progress)
-and the wall time.
+and the wall time, and for `report` the size of the page written (a 20,000-record report must
+stay light enough to open). --profile FILE runs the command under cProfile, its statistics
+written to FILE (`python -m pstats FILE`: sort cumulative, stats 40): the wall time is then the
+profiler's, not the judged figure.
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile statistics of the command, to FILE")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix=f"scale-{args.what}-", dir=args.dir))
     if args.what == "report":
@@ -82,13 +86,17 @@ def main() -> None:
     else:
         target = write_runs(root, args.runs)
         command = ["history", str(target), "-o", str(root / "site")]
+    profiler = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "txsuite.cli", *command], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *profiler, "-m", "txsuite.cli", *command], capture_output=True, text=True)
     took = time.monotonic() - started
     print(proc.stdout[-3000:], proc.stderr[-2000:])
+    page = root / "report.html"
     print(json.dumps({"what": args.what, "records": args.records if args.what == "report" else None,
                       "runs": args.runs if args.what == "history" else None, "exit": proc.returncode,
-                      "seconds": round(took, 1), "folder": str(root)}))
+                      "seconds": round(took, 1), "profiled": bool(args.profile),
+                      "html_mb": round(page.stat().st_size / 1e6, 1) if page.exists() else None,
+                      "folder": str(root)}))
 
 
 if __name__ == "__main__":
