@@ -208,7 +208,12 @@ def reference_table(records: list[Record]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the tests
 
-def test_the_bulk_cell_table_equals_the_per_cell_reference():
+@pytest.mark.parametrize("pairs_at_once", [1_000_000, 1])
+def test_the_bulk_cell_table_equals_the_per_cell_reference(monkeypatch, pairs_at_once):
+    """Every column, dtype and row order; the front's pairs asked all at once or point by point."""
+    from txsuite.report import pareto
+
+    monkeypatch.setattr(pareto, "PAIRS_AT_ONCE", pairs_at_once)
     records = synthetic_records()
     table = build_cell_table(records)
     expected = reference_table(records)

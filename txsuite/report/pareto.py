@@ -66,8 +66,8 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
     says, for every n, whether point i[n] is "better" or "worse" than point j[n] on objective k
     beyond noise, "within noise", or "untested" (txsuite/verdict's verdicts), as one of tests[n]
     comparisons made for point j[n] (two per point that dominates it: the caller may widen each
-    test for them). It is asked once per objective, for every pair at once: a run of thousands
-    of cells has millions.
+    test for them). It is asked once per objective for a whole batch of pairs (PAIRS_AT_ONCE): a
+    run of thousands of cells has millions.
 
     For each point: FRONT when it is Pareto-optimal on the point estimates; DOMINATED when a
     point that dominates it on the estimates is better beyond noise on one objective and, tested,
@@ -81,20 +81,39 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
     scored = np.array([(signs[0] * float(a), signs[1] * float(b)) if _finite(a) and _finite(b) else (np.nan, np.nan)
                        for a, b in points], dtype=float).reshape(len(points), 2)
     judged = [j for j in range(len(points)) if not np.isnan(scored[j, 0]) and not optimal[j]]
-    # every (dominator, point) pair, grouped by point in `judged` order, dominators in index order
-    dominators = [_dominators(scored, j) for j in judged]
-    counts = np.array([len(ds) for ds in dominators], dtype=int)
-    i = np.concatenate(dominators) if dominators else np.zeros(0, dtype=int)
-    j = np.repeat(np.array(judged, dtype=int), counts)
+    place: dict[int, str] = {}
+    batch: list[tuple[int, np.ndarray]] = []  # (point, its dominators), about PAIRS_AT_ONCE pairs
+    pairs = 0
+    for j in judged:
+        batch.append((j, _dominators(scored, j)))
+        pairs += len(batch[-1][1])
+        if pairs >= PAIRS_AT_ONCE:
+            place.update(_judge(batch, verdicts))
+            batch, pairs = [], 0
+    place.update(_judge(batch, verdicts))
+    return [None if np.isnan(scored[j, 0]) else FRONT if optimal[j] else place[j] for j in range(len(points))]
+
+
+# Pairs asked of `verdicts` in one call: millions in a run of thousands of cells, so they are
+# asked a batch at a time (memory stays bounded), each batch in one call per objective.
+PAIRS_AT_ONCE = 1_000_000
+
+
+def _judge(batch: list[tuple[int, np.ndarray]], verdicts: Callable) -> dict[int, str]:
+    """point -> DOMINATED, NEAR_FRONT or UNTESTED_OFF_FRONT, for each (point, its dominators)."""
+    if not batch:
+        return {}
+    counts = np.array([len(ds) for _, ds in batch], dtype=int)
+    i = np.concatenate([ds for _, ds in batch]).astype(int)
+    j = np.repeat(np.array([point for point, _ in batch], dtype=int), counts)
     tests = np.repeat(2 * counts, counts)
     speed, memory = (np.array(verdicts(i, j, k, tests), dtype=object).reshape(len(i)) for k in (0, 1))
     # a pair that backs DOMINATED: better on one objective, worse and untested on neither
     beaten = (((speed == BETTER) | (memory == BETTER)) & (speed != WORSE) & (memory != WORSE)
               & (speed != UNTESTED) & (memory != UNTESTED))
     untested = (speed == UNTESTED) & (memory == UNTESTED)
-    ends = np.cumsum(counts)
-    place: dict[int, str] = {}
-    for point, end, count in zip(judged, ends.tolist(), counts.tolist()):
+    place = {}
+    for (point, _), end, count in zip(batch, np.cumsum(counts).tolist(), counts.tolist()):
         pairs = slice(end - count, end)
         if beaten[pairs].any():
             place[point] = DOMINATED
@@ -102,7 +121,7 @@ def front_with_noise(points: Sequence[tuple[float, float]], senses: tuple[str, s
             place[point] = UNTESTED_OFF_FRONT
         else:
             place[point] = NEAR_FRONT
-    return [None if np.isnan(scored[j, 0]) else FRONT if optimal[j] else place[j] for j in range(len(points))]
+    return place
 
 
 def _dominators(scored: np.ndarray, j: int) -> np.ndarray:
