@@ -76,7 +76,10 @@ def test_a_cell_predicted_not_to_fit_the_memory_limit_is_never_launched(tmp_path
     from cli_helpers import txsuite
 
     (tmp_path / "m.yaml").write_text(BIG)
-    out = txsuite("run", "m.yaml", "--run-id", "r", "--memory-limit", "1GiB", cwd=tmp_path)
+    # a cache of its own: what earlier tests recorded in the session's cache refits the memory model,
+    # and which tests ran before this one depends on the order (under pytest -n, on the worker)
+    out = txsuite("run", "m.yaml", "--run-id", "r", "--memory-limit", "1GiB", cwd=tmp_path,
+                  env={"TXSUITE_CACHE": str(tmp_path / "cache")})
     records = {r.label: r for r in RunFolder(tmp_path / "results" / "big" / "r").records()}
     big = records["train.micro_batch=512"]
     assert big.status == "skipped" and "predicted not to fit --memory-limit 1,024 MiB" in big.reason, out.stdout
