@@ -1,6 +1,6 @@
 """Does step lockstep make `txsuite ab` decide better? Unchanged code, a step exactly 10 % and
 5 % slower, and ~10 % of real extra work, each guarded N times with `txsuite ab
-matrices/smoke.yaml --base HEAD`, alternating lockstep (the default) and --no-lockstep.
+matrices/smoke.yaml --base HEAD`, alternating --lockstep and --no-lockstep (the default).
 
     python bench/ab_lockstep_evidence.py --trials 10 --out /tmp/ab-lockstep [--load]
         [--variants same,spin10,spin5,slow10] [--modes lockstep,no-lockstep]
@@ -79,7 +79,7 @@ def run_ab(clone: Path, out: Path, run_id: str, mode: str, thresholds: list[str]
     """One `txsuite ab` from the clone; what it decided and how long it took."""
     started = time.time()
     cmd = [sys.executable, "-m", "txsuite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
-           "--results-dir", str(out), "--run-id", run_id] + (["--no-lockstep"] if mode == "no-lockstep" else [])
+           "--results-dir", str(out), "--run-id", run_id] + (["--lockstep"] if mode == "lockstep" else ["--no-lockstep"])
     cmd += [arg for threshold in thresholds for arg in ("--threshold", threshold)]
     proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True)
     verdict_file = out / "ab" / "smoke" / run_id / "ab.json"

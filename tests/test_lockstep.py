@@ -230,7 +230,7 @@ def test_a_base_without_the_gate_falls_back_to_alternating_repetitions(tmp_path)
     labels, notes = lockstep_cells(plan, _side(tmp_path, "b2", True), new, wanted=True)
     assert labels == {c.label for c in plan.cells} and notes == []
     labels, notes = lockstep_cells(plan, _side(tmp_path, "b3", True), new, wanted=False)
-    assert labels == set() and "--no-lockstep" in notes[0]
+    assert labels == set() and "no --lockstep" in notes[0]
 
 
 def test_a_distributed_cell_falls_back_and_says_so(tmp_path):
@@ -263,7 +263,7 @@ def test_real_workers_in_lockstep_alternate_and_a_heavier_head_comes_out_slower(
     base = abrun.prepare_side("base", None, REPO, work, checkouts)
     head = abrun.prepare_side("head", None, REPO, work, checkouts)
     settings = abrun.AbSettings(thresholds={"tokens_per_s": parse_threshold("-5%")}, min_rounds=2, max_rounds=2,
-                                timeout_s=600.0)
+                                timeout_s=600.0, lockstep=True)
     out = tmp_path / "ab"
     outcome = abrun.run_ab(plan, base, head, out, settings)
     lines = [json.loads(line) for line in (out / abrun.STEPS_FILE).read_text().splitlines()]

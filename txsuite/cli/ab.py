@@ -1,5 +1,5 @@
-"""`txsuite ab`: the matrix on two versions of the code, alternating in one job (by default
-their training steps in lockstep), decided on paired ratios (exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE)."""
+"""`txsuite ab`: the matrix on two versions of the code, alternating in one job (with
+--lockstep their training steps in lockstep), decided on paired ratios (exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE)."""
 from __future__ import annotations
 
 import sys
@@ -32,10 +32,11 @@ from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, 
 @click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Start no round after this many seconds; decide on what was measured.")
 @slow_state_option("pairs")
-@click.option("--lockstep/--no-lockstep", default=True, show_default=True,
+@click.option("--lockstep/--no-lockstep", default=False, show_default=True,
               help="Run the two repetitions of a cell at once, one training step at a time (ABBA step by step), "
-                   "so a neighbour's slow spell hits both sides alike; --no-lockstep runs them one after the other. "
-                   "A base older than lockstep, distributed and CUDA cells run one after the other anyway.")
+                   "so a neighbour's slow spell hits both sides alike (docs/guard.md: not yet shown to narrow the "
+                   "interval, hence off by default); --no-lockstep runs them one after the other. A base older "
+                   "than lockstep, distributed and CUDA cells run one after the other anyway.")
 @click.option("--timeout", "timeout_s", type=Seconds(),
               help="Seconds per cell repetition (default: the matrix's timeout_s or 1800).")
 @markdown_option
