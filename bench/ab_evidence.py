@@ -123,6 +123,13 @@ def run_one(clone: Path, out: Path, run_id: str) -> dict:
             "stderr": proc.stderr[-500:] if proc.returncode == 2 else ""}
 
 
+def describe(result: dict) -> str:
+    """One A/B's verdict line: verdict, rounds, minutes, each cell's ratio, interval and verdict."""
+    ratios = "; ".join(f"{label.split('=')[-1]} {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {v}"
+                       for label, ratio, ci, v in result["ratios"] if ratio and ci)
+    return f"{result['verdict']} after {result['rounds']} rounds ({result['minutes']:.1f} min): {ratios}"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -138,10 +145,7 @@ def main(argv: list[str]) -> int:
             for trial in range(args.trials):
                 result = run_one(clone, args.out / variant, f"t{trial}")
                 results.setdefault(variant, []).append(result)
-                ratios = "; ".join(f"{label.split('=')[-1]} {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {v}"
-                                   for label, ratio, ci, v in result["ratios"] if ratio and ci)
-                print(f"{variant} {trial}: {result['verdict']} after {result['rounds']} rounds "
-                      f"({result['minutes']:.1f} min): {ratios}; counters: {result['counters'] or 'identical'}"
+                print(f"{variant} {trial}: {describe(result)}; counters: {result['counters'] or 'identical'}"
                       + (f"; {result['stderr']}" if result["stderr"] else ""), flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print("\n| code | runs | PASS | FAIL | INCONCLUSIVE | counters report a change | median rounds |")

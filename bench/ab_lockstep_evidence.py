@@ -127,10 +127,7 @@ def main(argv: list[str]) -> int:
                 for mode in (modes if trial % 2 == 0 else modes[::-1]):
                     result = run_ab(clone, args.out / variant / mode, f"t{trial}", mode, args.threshold)
                     results.setdefault(variant, []).append(result)
-                    ratios = "; ".join(f"{label.split('=')[-1]} {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {v}"
-                                       for label, ratio, ci, v in result["ratios"] if ratio and ci)
-                    print(f"{variant} {mode} {trial}: {result['verdict']} after {result['rounds']} rounds "
-                          f"({result['minutes']:.1f} min): {ratios}"
+                    print(f"{variant} {mode} {trial}: {kit.describe(result)}"
                           + (f"; {result['stderr']}" if result["stderr"] else ""), flush=True)
                     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n{'with a neighbour busy 40 s of every 100 s' if args.load else 'idle'}"
