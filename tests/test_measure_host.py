@@ -210,9 +210,11 @@ def test_a_host_setup_that_fails_is_named_and_the_sweep_goes_on(tmp_path):
     assert json.loads((tmp_path / "host_setup.json").read_text()) == account
 
 
-def test_the_sweep_says_what_its_host_setup_took_and_which_group_measures_for_itself(capsys):
+def test_the_sweep_says_what_its_host_setup_took_and_which_group_measures_for_itself(capsys, monkeypatch):
     """The setup runs before the first cell line: a pause of seconds nobody explained."""
+    from txsuite.cli import common
     from txsuite.cli.progress import SweepProgress
+    monkeypatch.setattr(common, "signalled", [])  # a signal another test left recorded would stop the sweep
     progress = SweepProgress()
     progress("host_setup", {"seconds": 3.25, "groups": [
         {"device": "cpu", "status": "ok"},
