@@ -43,6 +43,7 @@ from txsuite.config.matrix import Matrix, PlannedCell
 from txsuite.config.metrics import BY_NAME
 from txsuite.config.record import Record
 from txsuite.config.spec import CellConfig
+from txsuite.measure.predict import positive
 from txsuite.results import RunFolder
 from txsuite.results.folder import open_in_run
 from txsuite.verdict import BETTER, RoundNoise, state
@@ -182,7 +183,7 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     records = [r for r in probes if r.status == "ok"]
     failed = {r.cell_id for r in probes if r.status != "ok"}
     memory_metric = "train_mem_bytes" if records and all(
-        _positive(r.metrics.get("train_mem_bytes")) for r in records) else "peak_mem_bytes"
+        positive(r.metrics.get("train_mem_bytes")) for r in records) else "peak_mem_bytes"
     speed_rounds, memory_rounds = by_round(records, SPEED), by_round(records, memory_metric)
     speed_noise, memory_noise = RoundNoise.fit(speed_rounds), RoundNoise.fit(memory_rounds)
     probed = {c: _summary(c, [r for r in records if r.cell_id == c], memory_metric)
@@ -234,7 +235,7 @@ def by_round(records: list[Record], metric: str) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for r in records:
         value = r.metrics.get(metric)
-        if not _positive(value):
+        if not positive(value):
             continue
         value = float(value)
         if metric in state.POWER:
@@ -261,7 +262,7 @@ def _tied(a: float | None, b: float | None) -> bool:
 
 def _summary(cell_id: str, records: list[Record], memory_metric: str) -> Probed:
     def median(metric: str) -> float | None:
-        values = [float(r.metrics[metric]) for r in records if _positive(r.metrics.get(metric))]
+        values = [float(r.metrics[metric]) for r in records if positive(r.metrics.get(metric))]
         return statistics.median(values) if values else None
     return Probed(cell_id, records[0].label if records else "", median(SPEED), median(memory_metric), median(LOSS),
                   len(records))
@@ -318,10 +319,6 @@ def read_search(run_dir: Path | str) -> dict | None:
 
 
 # ------------------------------------------------------------------ words ----------
-
-def _positive(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
 
 def _si(v: float | None) -> str:
     if v is None:
