@@ -68,7 +68,8 @@ def test_a_cell_with_auto_runs_and_states_the_chosen_kernel():
     training = build_training(_cell("auto"))
     facts = training.setup.facts
     assert facts["attention"] in ("sdpa", "matmul")
-    assert facts["attention"] == min(facts["attention_auto"]["times_s"], key=facts["attention_auto"]["times_s"].get)
+    times = facts["attention_auto"]["times_s"]
+    assert facts["attention"] == "sdpa" or times["matmul"] < times["sdpa"]  # away from SDPA only when faster
     assert all(block.attn.attention == facts["attention"] for block in training.setup.model.blocks)
     pinned = build_training(_cell("matmul")).setup
     assert pinned.facts["attention"] == "matmul" and "attention_auto" not in pinned.facts

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from txsuite.config.spec import CellConfig, DataSpec, ModelSpec, ParallelSpec, TrainSpec
-from txsuite.measure.linear import choose_linear, decide
+from txsuite.measure.kernel_race import decide
+from txsuite.measure.linear import DEFAULT, choose_linear
 from txsuite.model import GPT, GPTConfig, lm_loss
 from txsuite.techniques import TrainSetup, linear_kernel
 from txsuite.techniques.linear_kernel import TransposedWeightLinear, transposed_weight_linear
@@ -95,9 +96,9 @@ def test_a_training_step_gives_the_gradients_of_torch_linear():
 
 
 def test_auto_keeps_torch_unless_every_round_of_the_other_kernel_is_faster():
-    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 0.7]}) == "transposed-weight"
-    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 1.05]}) == "torch"  # overlap
-    assert decide({"torch": [1.0, 1.0, 1.0], "transposed-weight": [1.0, 1.0, 1.0]}) == "torch"  # tie
+    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 0.7]}, DEFAULT) == "transposed-weight"
+    assert decide({"torch": [1.0, 1.1, 1.2], "transposed-weight": [0.5, 0.6, 1.05]}, DEFAULT) == "torch"  # overlap
+    assert decide({"torch": [1.0, 1.0, 1.0], "transposed-weight": [1.0, 1.0, 1.0]}, DEFAULT) == "torch"  # tie
 
 
 def test_a_kernel_slower_in_every_round_is_not_chosen_and_its_time_is_measured():

@@ -49,6 +49,33 @@ def test_the_block_trial_chooses_the_kernel_its_block_measurements_say_is_faster
     assert "|block test|" in choice["key"]  # a block entry never reads an isolated kernel's
 
 
+def test_a_cached_choice_is_keyed_by_the_kernels_code(tmp_path, monkeypatch):
+    """A kernel made faster (its file changed) is trialled again, not read back from the cache."""
+    import functools
+    import importlib
+    from txsuite.measure.kernel_race import kernels_code
+    source = tmp_path / "some_kernels.py"
+    source.write_text("def attend(q, k, v):\n    return q\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("some_kernels")
+    kernels = {"a": module.attend, "b": functools.partial(module.attend)}
+    before = kernels_code(kernels)
+    assert kernels_code(kernels) == before  # the same code, the same key
+    source.write_text("def attend(q, k, v):\n    return k\n")
+    assert kernels_code(kernels) != before
+    assert kernels_code(attention_kernels()) in choose_attention(
+        torch, CPU, "bf16", (2, 4, 32, 16), "test-cpu", attention_kernels(), use_cache=False,
+        block=BlockTrial(shape_key="block test", steps=_no_block_steps),
+        race_fn=_measured({"sdpa": [1.0, 1.1, 1.2], "matmul": [2.0, 2.1, 2.2]}))["key"]
+
+
+def test_attention_keeps_sdpa_unless_the_other_kernel_is_faster_in_every_round():
+    block = BlockTrial(shape_key="block test", steps=_no_block_steps)
+    tie = choose_attention(torch, CPU, "fp32", (2, 4, 32, 16), "test-cpu", attention_kernels(), use_cache=False,
+                           block=block, race_fn=_measured({"sdpa": [1.0, 1.1, 1.3], "matmul": [0.9, 1.05, 1.2]}))
+    assert tie["attention"] == "sdpa" and tie["times_s"]["matmul"] < tie["times_s"]["sdpa"]
+
+
 def test_the_linear_block_trial_keeps_torch_unless_the_other_is_faster_in_every_round():
     block = BlockTrial(shape_key="block test", steps=_no_block_steps)
     clear = choose_linear(torch, CPU, "fp32", (64, 32, 48), "test-cpu", KERNELS, use_cache=False, block=block,

@@ -18,7 +18,9 @@ which kernel wins. The kernels are still checked alone for correctness first (ch
 from __future__ import annotations
 
 import functools
+import hashlib
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -56,9 +58,28 @@ def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str
     reading or writing the cache (tests)."""
     from txsuite.measure.peak import spin_setting
     threads = f"threads {torch.get_num_threads()}|{spin_setting()}" if device.type == "cpu" else "threads 0"
-    key = f"{device_name}|torch {torch.__version__}|{threads}|{dtype}|{shape_key}|{','.join(sorted(kernels))}"
+    key = (f"{device_name}|torch {torch.__version__}|{threads}|{dtype}|{shape_key}|{','.join(sorted(kernels))}"
+           f"|code {kernels_code(kernels)}")
     entry, cached = measured_once(cache_file, key, measure) if use_cache else (measure(), False)
     return {**entry, "key": key, "cached": cached}
+
+
+def kernels_code(kernels: dict[str, Callable]) -> str:
+    """A digest of the source files that define the kernels (for the model's attention kernels,
+    txsuite/model/gpt.py, whose Block the block trial also runs): a cached choice was measured on
+    that code, and a change to it (a faster kernel) must be measured again, not read back."""
+    files = set()
+    for fn in kernels.values():
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if getattr(module, "__file__", None):
+            files.add(module.__file__)
+    digest = hashlib.sha1()
+    for path in sorted(files):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
 
 
 def device_sync(torch, device) -> Callable[[], None]:
@@ -104,6 +125,18 @@ def race(candidates: dict[str, Callable[[], object]], sync: Callable[[], None] =
 
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def decide(samples: dict[str, list[float]], default: str) -> str:
+    """`default`, unless another kernel's slowest round beat the default's fastest (then the
+    fastest such kernel by median): a choice away from the default kernel must be beyond the
+    trial's noise."""
+    floor = min(samples[default])
+    clear = {name: s for name, s in samples.items() if name != default and max(s) < floor}
+    if not clear:
+        return default
+    times = medians(clear)
+    return min(times, key=times.get)
 
 
 def forward_backward(torch, fn, inputs, grad_out):

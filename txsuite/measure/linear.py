@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Callable
 
 from txsuite.measure.attention import ATTENTION_DTYPE
-from txsuite.measure.kernel_race import BlockTrial, Race, measured_choice, medians, race_candidates, screen
+from txsuite.measure.kernel_race import BlockTrial, Race, decide, measured_choice, medians, race_candidates, screen
 
 DEFAULT = "torch"
 # Most rows a trial's product has. The ratio between the kernels hardly depends on it but the
@@ -67,15 +67,4 @@ def trial(torch, device, dtype, shape: tuple[int, int, int], kernels: dict[str, 
         raise RuntimeError(f"torch's own Linear failed its check against float64: {rejected}")
     samples, level = race_candidates(torch, device, correct, [t.to(dtype) for t in (x, weight, bias)],
                                      grad_out.to(dtype), block, race_fn)
-    return {"linear": decide(samples), "times_s": medians(samples), "rejected": rejected, "trial": level}
-
-
-def decide(samples: dict[str, list[float]]) -> str:
-    """DEFAULT, unless another kernel's slowest round beat DEFAULT's fastest (then the fastest
-    such kernel by median): a choice away from torch's own Linear must be beyond the noise."""
-    floor = min(samples[DEFAULT])
-    clear = {name: s for name, s in samples.items() if name != DEFAULT and max(s) < floor}
-    if not clear:
-        return DEFAULT
-    times = medians(clear)
-    return min(times, key=times.get)
+    return {"linear": decide(samples, DEFAULT), "times_s": medians(samples), "rejected": rejected, "trial": level}

@@ -76,13 +76,18 @@ def attention_kernels() -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal attention as explicit matmuls. q, k, v: [B, H, T, D] -> [B, H, T, D].
-    The softmax runs in fp32 (scores are upcast) and the weights return to v's dtype."""
-    T = q.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # [B, H, T, T]
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    weights = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1).type_as(v)
-    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
-    return weights @ v
+    The scale and the causal mask ride in the scores' GEMM (baddbmm adds the -inf mask), and
+    the softmax runs on the scores' dtype: its CPU and CUDA kernels accumulate reduced-precision
+    inputs in fp32, so under bf16 autocast it gives an upcast softmax's weights without writing
+    and keeping an fp32 [B, H, T, T] copy of the scores (the copy cost a bf16 step more than
+    the softmax itself)."""
+    B, H, T, D = q.shape
+    future = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu(1)  # [T, T]
+    # [B * H, T, T]; the reshape copies q and k (their heads are strided views of the qkv output)
+    scores = torch.baddbmm(future, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                           alpha=D ** -0.5)
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
+    return weights.view(B, H, T, T) @ v
 
 
 class MLP(nn.Module):
