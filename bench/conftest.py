@@ -239,6 +239,14 @@ def host_line() -> str:
             f"{cpu_model()}, load average {os.getloadavg()[0]:.2f}")
 
 
+def cpu_flags_line() -> str:
+    """The instruction sets that decide a CPU step's kernels (bf16 native or emulated)."""
+    from txsuite.measure.env import cpu_flags
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    have = set(cpu_flags())
+    return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
+
+
 @pytest.fixture(scope="session")
 def kit() -> types.SimpleNamespace:
     return types.SimpleNamespace(
@@ -248,7 +256,7 @@ def kit() -> types.SimpleNamespace:
         bare_step=bare_step, Samples=Samples, timed=timed, warm=warm, plan_rounds=plan_rounds,
         rotation=rotation, median_ci=median_ci, drift_corrected_ratios=drift_corrected_ratios,
         paired_bootstrap_ratio=paired_bootstrap_ratio, compare=compare, fmt_ratio=fmt_ratio,
-        host_line=host_line, cycle=cycle, PLAIN_ENV=PLAIN_ENV,
+        host_line=host_line, cpu_flags_line=cpu_flags_line, cycle=cycle, PLAIN_ENV=PLAIN_ENV,
     )
 
 

@@ -1,9 +1,11 @@
 """One model's training step in a process of its own, run one step at a time on request
 (bench/test_bench_peer.py drives several of these, interleaved).
 
-    python bench/step_server.py NAME PRECISION TOTAL_STEPS
+    python bench/step_server.py NAME PRECISION TOTAL_STEPS [shared|natural]
 
-NAME: ours, ours-compiled, hf-sdpa, hf-eager, litgpt. Each model runs in its own process so
+NAME: ours, ours-compiled, hf-sdpa, hf-eager, litgpt, minimal-gpt (bench/minimal_gpt.py).
+`shared` (the default): every model runs the one hand-written step of bench/conftest.py
+(bare_step); `natural`: each its own loop and optimizer set-up (bench/natural_loops.py). Each model runs in its own process so
 that each has the process settings it has in real use: ours those a txsuite cell applies in its
 worker at the defaults (the host allocator policy, txsuite/measure/host_allocator.py; the OpenMP spin
 setting the runner gives a CPU cell comes in the environment), a peer the defaults of a plain
@@ -27,7 +29,7 @@ import torch
 import conftest as kit  # noqa: E402
 
 OURS = ("ours", "ours-compiled")
-PEERS = ("hf-sdpa", "hf-eager", "litgpt")
+PEERS = ("hf-sdpa", "hf-eager", "litgpt", "minimal-gpt")
 
 
 def hf_model(attn: str) -> torch.nn.Module:
@@ -52,6 +54,12 @@ def litgpt_model() -> torch.nn.Module:
     model = LitGPT(cfg)
     model.max_seq_length = kit.SEQ
     return model
+
+
+def minimal_gpt_model() -> torch.nn.Module:
+    from minimal_gpt import MinimalGPT
+    return MinimalGPT(vocab=kit.VOCAB, context=kit.SEQ, layers=kit.N_LAYER, heads=kit.N_HEAD, width=kit.D_MODEL,
+                      hidden=kit.D_FF)
 
 
 def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
@@ -93,14 +101,22 @@ def build(name: str, precision: str) -> tuple[torch.nn.Module, object, dict]:
     if name == "litgpt":
         model = litgpt_model()
         return model, model, info
+    if name == "minimal-gpt":
+        model = minimal_gpt_model()
+        return model, (lambda x: model(x)[0]), info
     model = hf_model(name.removeprefix("hf-"))
     return model, (lambda x: model(input_ids=x).logits), info
 
 
 def main(argv: list[str]) -> int:
     name, precision, total = argv[0], argv[1], int(argv[2])
-    model, forward, info = build(name, precision)
-    step = kit.bare_step(forward, model, kit.make_batches(), precision, total, impl=info["adamw"])
+    mode = argv[3] if len(argv) > 3 else "shared"
+    if mode == "natural":
+        from natural_loops import natural_step
+        model, step, info = natural_step(name, precision, total)
+    else:
+        model, forward, info = build(name, precision)
+        step = kit.bare_step(forward, model, kit.make_batches(), precision, total, impl=info["adamw"])
     info["params"] = sum(p.numel() for p in model.parameters())
     info["threads"] = torch.get_num_threads()
     print(json.dumps(info), flush=True)
