@@ -59,15 +59,16 @@ def measured_choice(cache_file: str, torch, device, device_name: str, dtype: str
     from txsuite.measure.peak import spin_setting
     threads = f"threads {torch.get_num_threads()}|{spin_setting()}" if device.type == "cpu" else "threads 0"
     key = (f"{device_name}|torch {torch.__version__}|{threads}|{dtype}|{shape_key}|{','.join(sorted(kernels))}"
-           f"|code {kernels_code(kernels)}")
+           f"|code {kernels_code({**kernels, 'decided by': measure, 'raced by': race})}")
     entry, cached = measured_once(cache_file, key, measure) if use_cache else (measure(), False)
     return {**entry, "key": key, "cached": cached}
 
 
 def kernels_code(kernels: dict[str, Callable]) -> str:
-    """A digest of the source files that define the kernels (for the model's attention kernels,
-    txsuite/model/gpt.py, whose Block the block trial also runs): a cached choice was measured on
-    that code, and a change to it (a faster kernel) must be measured again, not read back."""
+    """A digest of the source files that define these callables (for the model's attention
+    kernels txsuite/model/gpt.py, whose Block the block trial also runs; measured_choice adds the
+    trial and the decision rule): a cached choice was made by that code, and a change to it (a
+    faster kernel, a stricter rule) must be measured again, not read back."""
     files = set()
     for fn in kernels.values():
         while isinstance(fn, functools.partial):
