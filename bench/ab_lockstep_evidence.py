@@ -3,7 +3,7 @@
 matrices/smoke.yaml --base HEAD`, alternating --lockstep and --no-lockstep (the default).
 
     python bench/ab_lockstep_evidence.py --trials 10 --out /tmp/ab-lockstep [--load]
-        [--variants same,spin10,spin5,slow10] [--modes lockstep,no-lockstep]
+        [--variants same,spin10,spin5,slow10] [--modes lockstep,no-lockstep] [--max-rounds N]
 
 For every variant it clones this checkout's HEAD into a scratch folder and edits the clone's
 working tree (bench/ab_evidence.py's `prepare`; `same` edits nothing), then runs `txsuite ab`
@@ -75,12 +75,12 @@ def prepare(variant: str, scratch: Path) -> Path:
     return kit.prepare(variant, scratch)
 
 
-def run_ab(clone: Path, out: Path, run_id: str, mode: str, thresholds: list[str]) -> dict:
+def run_ab(clone: Path, out: Path, run_id: str, mode: str, thresholds: list[str], extra: list[str] = ()) -> dict:
     """One `txsuite ab` from the clone; what it decided and how long it took."""
     started = time.time()
     cmd = [sys.executable, "-m", "txsuite.cli", "ab", "matrices/smoke.yaml", "--base", "HEAD",
            "--results-dir", str(out), "--run-id", run_id] + (["--lockstep"] if mode == "lockstep" else ["--no-lockstep"])
-    cmd += [arg for threshold in thresholds for arg in ("--threshold", threshold)]
+    cmd += [arg for threshold in thresholds for arg in ("--threshold", threshold)] + list(extra)
     proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True)
     verdict_file = out / "ab" / "smoke" / run_id / "ab.json"
     verdict = json.loads(verdict_file.read_text()) if verdict_file.exists() else {}
@@ -115,7 +115,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=CHANGE",
                         help="passed to every txsuite ab, e.g. tokens_per_s=-3%% (repeatable)")
+    parser.add_argument("--max-rounds", type=int, help="passed to every txsuite ab (its default otherwise)")
     args = parser.parse_args(argv)
+    extra = ["--max-rounds", str(args.max_rounds)] if args.max_rounds else []
     args.out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {}
@@ -125,13 +127,14 @@ def main(argv: list[str]) -> int:
             for trial in range(args.trials):
                 # the modes alternate, and which goes first alternates too: neither owns a quiet hour
                 for mode in (modes if trial % 2 == 0 else modes[::-1]):
-                    result = run_ab(clone, args.out / variant / mode, f"t{trial}", mode, args.threshold)
+                    result = run_ab(clone, args.out / variant / mode, f"t{trial}", mode, args.threshold, extra)
                     results.setdefault(variant, []).append(result)
                     print(f"{variant} {mode} {trial}: {kit.describe(result)}"
                           + (f"; {result['stderr']}" if result["stderr"] else ""), flush=True)
                     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n{'with a neighbour busy 40 s of every 100 s' if args.load else 'idle'}"
-          f"{', ' + ', '.join(args.threshold) if args.threshold else ''}:\n")
+          f"{', ' + ', '.join(args.threshold) if args.threshold else ''}"
+          f"{', --max-rounds ' + str(args.max_rounds) if args.max_rounds else ''}:\n")
     print(table(results))
     return 0
 
