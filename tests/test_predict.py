@@ -84,4 +84,10 @@ def test_a_cell_predicted_not_to_fit_the_memory_limit_is_never_launched(tmp_path
     big = records["train.micro_batch=512"]
     assert big.status == "skipped" and "predicted not to fit --memory-limit 1,024 MiB" in big.reason, out.stdout
     assert not (tmp_path / "results" / "big" / "r" / "cells" / big.cell_id / "r0" / "log.txt").exists()  # no launch
-    assert records["train.micro_batch=1"].status == "ok"
+    small = records["train.micro_batch=1"]
+    assert small.status == "ok"
+    # the memory measured by role at the counted step's peak (txsuite/measure/memory_roles.py)
+    assert small.metrics["params_at_peak_bytes"] == 4 * small.metrics["params"]  # fp32, tied weights once
+    assert small.metrics["activations_at_peak_bytes"] > 0
+    assert small.metrics["tensors_at_peak_bytes"] == sum(small.metrics[f"{role}_at_peak_bytes"] for role in
+                                                         ("params", "grads", "optimizer", "activations", "other"))

@@ -27,8 +27,9 @@ from txsuite.cli.common import (Seconds, UsageProblem, check_writable, console, 
               help="False-FAIL (and false-PASS) level over all looks together.")
 @click.option("--min-rounds", type=click.IntRange(min=2), default=4, show_default=True,
               help="Rounds (one repetition per cell per side) before the first look.")
-@click.option("--max-rounds", type=click.IntRange(min=2), default=16, show_default=True,
-              help="Rounds at most while a check stays INCONCLUSIVE.")
+@click.option("--max-rounds", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Rounds at most while a check stays INCONCLUSIVE (each look doubles them: 4, 8, 16, 32, 64). "
+                   "Fewer end sooner and decide less often (docs/guard.md).")
 @click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Start no round after this many seconds; decide on what was measured.")
 @slow_state_option("pairs")

@@ -13,6 +13,10 @@ from txsuite.report.tableview import Column, TableCell, TableView, sort_key
 
 PARTS = (("params_bytes", "parameters"), ("grads_bytes", "gradients"), ("optimizer_bytes", "optimizer state"),
          ("activations_bytes", "activations and logits"), ("other_bytes", "other"))
+# each predicted part beside the role measured at the step's peak (txsuite/measure/memory_roles.py)
+MEASURED_PART = {"params_bytes": "params_at_peak_bytes", "grads_bytes": "grads_at_peak_bytes",
+                 "optimizer_bytes": "optimizer_at_peak_bytes", "activations_bytes": "activations_at_peak_bytes",
+                 "other_bytes": "other_at_peak_bytes"}
 
 
 def predictions_section(table) -> dict[str, Any] | None:
@@ -36,7 +40,48 @@ def predictions_section(table) -> dict[str, Any] | None:
         rows.append(_row(cell, first, ok, speed, memory))
     if not rows:
         return None
-    return {"table": TableView(_COLUMNS, rows), "notes": _notes(speed_errors, memory_errors, reps)}
+    return {"table": TableView(_COLUMNS, rows), "notes": _notes(speed_errors, memory_errors, reps),
+            **_parts_by_role(table)}
+
+
+def _parts_by_role(table) -> dict[str, Any]:
+    """{"parts_table", "parts_notes"}: each predicted memory part beside the tensors of that role
+    measured live at the step's peak, with the error per cell and the median per part; {} when
+    no record carries the measured roles."""
+    reps = table.repeats
+    if "tensors_at_peak_bytes" not in reps or reps["tensors_at_peak_bytes"].isna().all():
+        return {}
+    rows, errors = [], {key: [] for key, _ in PARTS}
+    for _, cell in table.cells.iterrows():
+        mine = reps[(reps["cell_id"] == cell["cell_id"]) & (reps["status"] == "ok")]
+        if mine.empty or mine["predicted_train_mem_bytes"].isna().all() or mine["tensors_at_peak_bytes"].isna().all():
+            continue
+        first = mine.dropna(subset=["predicted_train_mem_bytes"]).iloc[0]
+        row = [TableCell(str(cell["label"] or cell["cell_id"]), sort_key(cell["label"]), "label", sub=cell["cell_id"])]
+        for key, _ in PARTS:
+            predicted, measured = first.get(f"predicted_{key}"), _median(mine, MEASURED_PART[key])
+            error = _error(predicted, measured)
+            if error is not None:
+                errors[key].append((abs(error), str(cell["label"])))
+            shown = f"predicted {fmt.bytes_(predicted)}" if fmt.is_number(predicted) else "not predicted"
+            row.append(_number(measured, fmt.bytes_, sub=shown + (f", {error:+.0%}" if error is not None else "")))
+        row.append(_number(_median(mine, "tensors_at_peak_bytes"), fmt.bytes_,
+                           sub=f"train memory {fmt.bytes_(_median(mine, 'train_mem_bytes'))}"))
+        rows.append(row)
+    if not rows:
+        return {}
+    medians = {key: statistics.median(e for e, _ in errs) for key, errs in errors.items() if errs}
+    notes = [f"Median absolute error per part: " + ", ".join(f"{name} {medians[key]:.0%}" for key, name in PARTS
+                                                            if key in medians) + "."]
+    if medians:
+        worst = max(medians, key=medians.get)
+        notes.append(f"The model is worst on {dict(PARTS)[worst]} (median error {medians[worst]:.0%}; "
+                     f"worst cell {max(errors[worst])[1]}).")
+    columns = [Column("cell")] + [Column(f"{name} at the peak", True, f"measured; predicted {name} under it")
+                                  for _, name in PARTS] + [
+        Column("all tensors at the peak", True, "what the tensors held at the step's peak; train memory also "
+                                                "counts what the allocator and the C library keep")]
+    return {"parts_table": TableView(columns, rows), "parts_notes": notes}
 
 
 _COLUMNS = [Column("cell"), Column("predicted tokens/s", True, "with the band the fit claims"),

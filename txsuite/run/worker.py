@@ -282,11 +282,19 @@ def _machine_probe(torch):
 
 
 def _step_counter(training, world: int):
-    """(context factory for the counted step or None, () -> the counters' metrics)."""
+    """(context factory for the counted step or None, () -> its metrics): the last warm-up step,
+    untimed for the record, runs under the operator counters (where they can count) and the
+    memory accounting by role (txsuite.measure.memory_roles)."""
+    import contextlib
+
     from txsuite.config.spec import OPTIMIZERS
     from txsuite.measure.counters import StepCounter, not_counted
+    from txsuite.measure.memory_roles import MemoryRoles
 
     cell = training.cell
+    if cell.train.warmup_steps < 1:
+        reason = "not counted: the counted step is the last warm-up step, and this cell has none"
+        return None, lambda: {**not_counted(reason), "memory_roles": reason}
     reason = None
     if cell.compile.enabled:
         reason = "not counted: a compiled model runs fused kernels the dispatcher does not see op by op"
@@ -296,16 +304,25 @@ def _step_counter(training, world: int):
         reason = "not counted: torchao's low-bit optimizers compile their step, which no dispatch mode can count"
     elif world > 1:
         reason = "not counted: distributed cells"
-    elif cell.train.warmup_steps < 1:
-        reason = "not counted: the counted step is the last warm-up step, and this cell has none"
-    if reason:
-        return None, lambda: not_counted(reason)
-    holder: list[StepCounter] = []
+    counters: list[StepCounter] = []
+    roles: list[MemoryRoles] = []
 
+    @contextlib.contextmanager
     def count():
-        holder.append(StepCounter())
-        return holder[-1]
-    return count, lambda: holder[-1].metrics() if holder else not_counted("not counted: training ended early")
+        roles.append(MemoryRoles(training.setup.model, getattr(training.trainer, "optimizer", None), training.device))
+        with roles[-1]:
+            if reason:
+                yield
+                return
+            counters.append(StepCounter())
+            with counters[-1]:
+                yield
+
+    def metrics() -> dict:
+        ended = "not counted: training ended early"
+        out = counters[-1].metrics() if counters else not_counted(reason or ended)
+        return {**out, **(roles[-1].metrics() if roles else {"memory_roles": ended})}
+    return count, metrics
 
 
 def evaluate(training, trained: Trained) -> FinalEval:
