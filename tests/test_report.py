@@ -609,6 +609,24 @@ def test_the_report_checks_each_cells_prediction_against_what_it_measured(tmp_pa
     assert "+10%" in section and "-25%" in section  # 1100 predicted for 1000 measured; 3 MiB for 4
     assert "Median absolute error of tokens/s: 10%" in section
     assert 'id="predictions"' not in html_of(write_run(tmp_path / "plain", [record("c0", "x", config())]), tmp_path)
+    assert "Memory by role" not in section  # no record measured its roles
+
+
+def test_the_report_sets_each_predicted_memory_part_beside_the_role_measured_at_the_peak(tmp_path):
+    predicted = {"predicted_tokens_per_s": 1100.0, "predicted_train_mem_bytes": 8 * 2**20,
+                 "predicted_params_bytes": 2 * 2**20, "predicted_grads_bytes": 2 * 2**20,
+                 "predicted_optimizer_bytes": 2 * 2**20, "predicted_activations_bytes": 2 * 2**20}
+    measured = {"tensors_at_peak_bytes": 9 * 2**20, "params_at_peak_bytes": 2 * 2**20, "grads_at_peak_bytes": 2**20,
+                "optimizer_at_peak_bytes": 2 * 2**20, "activations_at_peak_bytes": 4 * 2**20,
+                "other_at_peak_bytes": 0}
+    records = [record("c0", "precision=fp32", config(), repeat=r, tokens_per_s=1000.0, train_mem_bytes=10 * 2**20,
+                      **predicted, **measured) for r in range(2)]
+    html = html_of(write_run(tmp_path / "run", records), tmp_path)
+    section = html[html.index('id="predictions"'):html.index('id="matrix"')]
+    assert "Memory by role" in section
+    assert "predicted 2.00 MiB, -50%" in section  # activations: 2 MiB predicted, 4 measured
+    assert "predicted 2.00 MiB, +100%" in section  # gradients: 2 predicted, 1 live at the peak
+    assert "The model is worst on gradients" in section
 
 
 def test_a_large_runs_report_says_what_it_is_doing(tmp_path):

@@ -46,11 +46,12 @@ def predictions_section(table) -> dict[str, Any] | None:
 
 def _parts_by_role(table) -> dict[str, Any]:
     """{"parts_table", "parts_notes"}: each predicted memory part beside the tensors of that role
-    measured live at the step's peak, with the error per cell and the median per part; {} when
-    no record carries the measured roles."""
+    measured live at the step's peak, with the error per cell and the median per part; both
+    empty when no record carries the measured roles."""
+    none = {"parts_table": None, "parts_notes": []}
     reps = table.repeats
     if "tensors_at_peak_bytes" not in reps or reps["tensors_at_peak_bytes"].isna().all():
-        return {}
+        return none
     rows, errors = [], {key: [] for key, _ in PARTS}
     for _, cell in table.cells.iterrows():
         mine = reps[(reps["cell_id"] == cell["cell_id"]) & (reps["status"] == "ok")]
@@ -69,7 +70,7 @@ def _parts_by_role(table) -> dict[str, Any]:
                            sub=f"train memory {fmt.bytes_(_median(mine, 'train_mem_bytes'))}"))
         rows.append(row)
     if not rows:
-        return {}
+        return none
     medians = {key: statistics.median(e for e, _ in errs) for key, errs in errors.items() if errs}
     notes = [f"Median absolute error per part: " + ", ".join(f"{name} {medians[key]:.0%}" for key, name in PARTS
                                                             if key in medians) + "."]
