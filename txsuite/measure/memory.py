@@ -77,15 +77,16 @@ class TrainingWindow:
         self.reset = False
 
     def open(self) -> "TrainingWindow":
-        _malloc_trim()
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self.reset = True
-        except OSError:
-            self.reset = False
+        self.reset = _reset_high_water_mark()
         self.before = host_current_rss_bytes()
         return self
+
+    def restart_peak(self) -> None:
+        """Hand freed heap memory back and reset the high-water mark again, keeping `before`:
+        after the counted warm-up step, whose profiler and counters hold memory of their own that
+        is not training's (the measured steps that follow reach training's steady peak)."""
+        if self.reset:
+            self.reset = _reset_high_water_mark()
 
     def peak(self) -> int | None:
         if not self.reset:
@@ -98,6 +99,18 @@ class TrainingWindow:
         except OSError:
             pass
         return None
+
+
+def _reset_high_water_mark() -> bool:
+    """malloc_trim, then VmHWM := VmRSS (/proc/self/clear_refs, value 5); False where the kernel
+    refuses."""
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _malloc_trim() -> None:

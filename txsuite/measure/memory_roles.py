@@ -70,6 +70,7 @@ class MemoryRoles:
             hook.remove()
         if exc[0] is None:
             self.result = self._roles_at_peak()
+        self._profile = None  # its events are the largest thing it holds: free them now
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.result)

@@ -18,6 +18,7 @@ The life of a cell, one function per phase (`run_cell` calls them in order):
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -173,7 +174,7 @@ def train(training, started: Started, gate=None) -> Trained:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     comm = CommWindow(started.world, t.warmup_steps, device.type)
     machine, probe = _machine_probe(torch)
-    counter, counters = _step_counter(training, started.world)
+    counter, counters = _step_counter(training, started.world, window)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
     try:
         result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter, gate=gate)
@@ -281,12 +282,11 @@ def _machine_probe(torch):
     return state, around
 
 
-def _step_counter(training, world: int):
+def _step_counter(training, world: int, window):
     """(context factory for the counted step or None, () -> its metrics): the last warm-up step,
     untimed for the record, runs under the operator counters (where they can count) and the
-    memory accounting by role (txsuite.measure.memory_roles)."""
-    import contextlib
-
+    memory accounting by role (txsuite.measure.memory_roles); after it the training window's
+    high-water mark starts again, so the profiler's own buffers never count as train memory."""
     from txsuite.config.spec import OPTIMIZERS
     from txsuite.measure.counters import StepCounter, not_counted
     from txsuite.measure.memory_roles import MemoryRoles
@@ -295,10 +295,14 @@ def _step_counter(training, world: int):
     if cell.train.warmup_steps < 1:
         reason = "not counted: the counted step is the last warm-up step, and this cell has none"
         return None, lambda: {**not_counted(reason), "memory_roles": reason}
-    reason = None
     if cell.compile.enabled:
-        reason = "not counted: a compiled model runs fused kernels the dispatcher does not see op by op"
-    elif OPTIMIZERS[cell.train.optimizer].needs == "torchao":
+        # nothing runs around a compiled cell's warm-up step: its warm-up wall time is its compile_s
+        return None, lambda: {**not_counted("not counted: a compiled model runs fused kernels the dispatcher does "
+                                            "not see op by op"),
+                              "memory_roles": "not measured: compiled cells (a profiled warm-up step would count "
+                                              "in compile_s)"}
+    reason = None
+    if OPTIMIZERS[cell.train.optimizer].needs == "torchao":
         # torchao compiles its low-bit optimizer step, and torch.compile refuses to trace under
         # the dispatch mode that counts operators
         reason = "not counted: torchao's low-bit optimizers compile their step, which no dispatch mode can count"
@@ -310,13 +314,17 @@ def _step_counter(training, world: int):
     @contextlib.contextmanager
     def count():
         roles.append(MemoryRoles(training.setup.model, getattr(training.trainer, "optimizer", None), training.device))
-        with roles[-1]:
-            if reason:
-                yield
-                return
-            counters.append(StepCounter())
-            with counters[-1]:
-                yield
+        try:
+            with roles[-1]:
+                if reason:
+                    yield
+                    return
+                counters.append(StepCounter())
+                with counters[-1]:
+                    yield
+        finally:
+            gc.collect()  # the profiler's event tree, freed, before the peak starts again
+            window.restart_peak()
 
     def metrics() -> dict:
         ended = "not counted: training ended early"
