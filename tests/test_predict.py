@@ -65,7 +65,7 @@ name: big
 fixed:
   model: {preset: tiny, n_layer: 1}
   data: {dataset: markov, seq_len: 512, symbols: 16}
-  train: {steps: 2, warmup_steps: 1}
+  train: {steps: 2, warmup_steps: 2}
 axes:
   train.micro_batch: [1, 512]
 """

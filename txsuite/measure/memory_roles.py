@@ -18,7 +18,10 @@ The peak is the step's highest total of live tensor bytes (the allocator's runni
 What tensors do not hold (the allocator's cached or fragmented blocks, glibc's heap, the
 interpreter) is not here: that is the difference to `train_mem_bytes` on CPU.
 
-It runs on one untimed warm-up step (the profiler slows the step it watches).
+It runs on the first of two or more warm-up steps (the profiler slows the step it watches, and
+the steps after it let the heap settle before the measured ones). Where a tensor has no plain
+storage (a DTensor's shard is read through `to_local`; other wrapper subclasses are left to
+`other`) or the profiler fails, the step is not disturbed: `memory_roles` says why.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ class MemoryRoles:
         self._saved: set[int] = set()
         self._grads: set[int] = set()
         params = [p for p in self.model.parameters()]
-        self._param_ptrs = {_storage_ptr(p) for p in params}
+        self._param_ptrs = {_storage_ptr(p) for p in params} - {None}
         # a gradient kept from the step before (zero_grad without set_to_none) is live throughout
         self._grads_before = sum(_storage_bytes(p.grad) for p in params if p.grad is not None)
         self._hooks = [p.register_post_accumulate_grad_hook(self._grad_seen) for p in params if p.requires_grad]
@@ -57,11 +60,12 @@ class MemoryRoles:
         return self
 
     def _pack(self, tensor):
-        self._saved.add(_storage_ptr(tensor))
+        self._saved.add(_storage_ptr(tensor))  # never raises: the step must not notice it
         return tensor
 
     def _grad_seen(self, param) -> None:
-        self._grads.add(_storage_ptr(param.grad))
+        if param.grad is not None:
+            self._grads.add(_storage_ptr(param.grad))
 
     def __exit__(self, *exc) -> None:
         self._saving.__exit__(*exc)
@@ -69,7 +73,10 @@ class MemoryRoles:
         for hook in self._hooks:
             hook.remove()
         if exc[0] is None:
-            self.result = self._roles_at_peak()
+            try:
+                self.result = self._roles_at_peak()
+            except Exception as error:  # noqa: BLE001  (a measurement never fails the cell it measures)
+                self.result = {"memory_roles": f"not measured: {type(error).__name__}: {error}"}
         self._profile = None  # its events are the largest thing it holds: free them now
 
     def metrics(self) -> dict[str, Any]:
@@ -82,25 +89,30 @@ class MemoryRoles:
         states = [t for state in (self.optimizer.state.values() if self.optimizer is not None else ())
                   for t in state.values() if hasattr(t, "untyped_storage")]
         state_bytes = {_storage_ptr(t): _storage_bytes(t) for t in states}
+        state_bytes.pop(None, None)
         start_total = events[0][3] - events[0][2]  # the running total before the step's first event
         live: dict[int, int] = {}  # address -> bytes: allocated in the step, not freed yet
         created: set[int] = set()  # every address the step allocated
-        peak_total, peak_live = start_total, {}
-        for _, ptr, size, total in events:
+        peak_total, peak_live, peak_at = start_total, {}, -1
+        for i, (_, ptr, size, total) in enumerate(events):
             if size > 0:
                 live[ptr] = size
                 created.add(ptr)
             else:
                 live.pop(ptr, None)
             if total > peak_total:
-                peak_total, peak_live = total, dict(live)
+                peak_total, peak_live, peak_at = total, dict(live), i
+        # an address allocated again after the peak held something else by the step's end: only
+        # a block that was the last at its address can be the gradient or state found there then
+        reused = {ptr for _, ptr, size, _ in events[peak_at + 1:] if size > 0}
         out = dict.fromkeys(ROLES, 0)
         out["params"] = sum(_storage_bytes(p) for p in self.model.parameters())
         out["optimizer"] = sum(size for ptr, size in state_bytes.items() if ptr not in created)  # from earlier steps
         out["grads"] = self._grads_before
         out["other"] = max(0, start_total - out["params"] - out["optimizer"] - self._grads_before)
         for ptr, size in peak_live.items():
-            role = ("grads" if ptr in self._grads else "optimizer" if ptr in state_bytes
+            last = ptr not in reused
+            role = ("grads" if last and ptr in self._grads else "optimizer" if last and ptr in state_bytes
                     else "activations" if ptr in self._saved and ptr not in self._param_ptrs else "other")
             out[role] += size
         return {"tensors_at_peak_bytes": sum(out.values()), **{f"{role}_at_peak_bytes": out[role] for role in ROLES}}
@@ -124,9 +136,22 @@ def allocation_events(prof, device) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _storage_ptr(tensor) -> int:
-    return tensor.untyped_storage().data_ptr()
+def _plain(tensor):
+    """The tensor that owns the memory: a DTensor's local shard, else the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _storage_ptr(tensor) -> int | None:
+    """The address of the tensor's storage (where its allocation starts); None for a tensor
+    without one (a wrapper subclass whose data lives in inner tensors)."""
+    try:
+        return _plain(tensor).untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
 
 
 def _storage_bytes(tensor) -> int:
-    return tensor.untyped_storage().nbytes()
+    try:
+        return _plain(tensor).untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return tensor.numel() * tensor.element_size()

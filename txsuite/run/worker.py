@@ -174,15 +174,17 @@ def train(training, started: Started, gate=None) -> Trained:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     comm = CommWindow(started.world, t.warmup_steps, device.type)
     machine, probe = _machine_probe(torch)
-    counter, counters = _step_counter(training, started.world, window)
+    counter, counters = _step_counter(training, started.world)
+    profiled, memory_roles = _memory_step(training, window)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
     try:
-        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter, gate=gate)
+        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter,
+                             memory_step=profiled, gate=gate)
     finally:
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
     return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
-                   counters=counters(), comm_share=comm.share, comm_steps=comm.steps,
+                   counters={**counters(), **memory_roles()}, comm_share=comm.share, comm_steps=comm.steps,
                    rss_before_train=window.before, peak_rss=max(build_peak, host_peak_rss_bytes()),
                    train_peak_rss=window.peak(),
                    rss_after_train=host_current_rss_bytes(), probe_s=machine.wall_s)
@@ -282,55 +284,61 @@ def _machine_probe(torch):
     return state, around
 
 
-def _step_counter(training, world: int, window):
-    """(context factory for the counted step or None, () -> its metrics): the last warm-up step,
-    untimed for the record, runs under the operator counters (where they can count) and the
-    memory accounting by role (txsuite.measure.memory_roles); after it the training window's
-    high-water mark starts again, so the profiler's own buffers never count as train memory."""
+def _step_counter(training, world: int):
+    """(context factory for the counted step or None, () -> the counters' metrics)."""
     from txsuite.config.spec import OPTIMIZERS
     from txsuite.measure.counters import StepCounter, not_counted
-    from txsuite.measure.memory_roles import MemoryRoles
 
     cell = training.cell
-    if cell.train.warmup_steps < 1:
-        reason = "not counted: the counted step is the last warm-up step, and this cell has none"
-        return None, lambda: {**not_counted(reason), "memory_roles": reason}
-    if cell.compile.enabled:
-        # nothing runs around a compiled cell's warm-up step: its warm-up wall time is its compile_s
-        return None, lambda: {**not_counted("not counted: a compiled model runs fused kernels the dispatcher does "
-                                            "not see op by op"),
-                              "memory_roles": "not measured: compiled cells (a profiled warm-up step would count "
-                                              "in compile_s)"}
     reason = None
-    if OPTIMIZERS[cell.train.optimizer].needs == "torchao":
+    if cell.compile.enabled:
+        reason = "not counted: a compiled model runs fused kernels the dispatcher does not see op by op"
+    elif OPTIMIZERS[cell.train.optimizer].needs == "torchao":
         # torchao compiles its low-bit optimizer step, and torch.compile refuses to trace under
         # the dispatch mode that counts operators
         reason = "not counted: torchao's low-bit optimizers compile their step, which no dispatch mode can count"
     elif world > 1:
         reason = "not counted: distributed cells"
-    counters: list[StepCounter] = []
+    elif cell.train.warmup_steps < 1:
+        reason = "not counted: the counted step is the last warm-up step, and this cell has none"
+    if reason:
+        return None, lambda: not_counted(reason)
+    holder: list[StepCounter] = []
+
+    def count():
+        holder.append(StepCounter())
+        return holder[-1]
+    return count, lambda: holder[-1].metrics() if holder else not_counted("not counted: training ended early")
+
+
+def _memory_step(training, window):
+    """(context factory for the first warm-up step or None, () -> the memory measured by role):
+    that step runs under txsuite.measure.memory_roles; after it the training window's heap is
+    trimmed and its high-water mark starts again, so the profiler's own buffers never count as
+    train memory, and the warm-up steps after it settle the heap before the measured steps."""
+    import contextlib
+
+    from txsuite.measure.memory_roles import MemoryRoles
+
+    cell = training.cell
+    if cell.compile.enabled:  # a compiled cell's warm-up wall time is its compile_s
+        return None, lambda: {"memory_roles": "not measured: compiled cells (a profiled warm-up step would "
+                                              "count in compile_s)"}
+    if cell.train.warmup_steps < 2:
+        return None, lambda: {"memory_roles": "not measured: the profiled step is the first of two or more "
+                                              "warm-up steps, and this cell has fewer"}
     roles: list[MemoryRoles] = []
 
     @contextlib.contextmanager
-    def count():
+    def measured():
         roles.append(MemoryRoles(training.setup.model, getattr(training.trainer, "optimizer", None), training.device))
         try:
             with roles[-1]:
-                if reason:
-                    yield
-                    return
-                counters.append(StepCounter())
-                with counters[-1]:
-                    yield
+                yield
         finally:
             gc.collect()  # the profiler's event tree, freed, before the peak starts again
             window.restart_peak()
-
-    def metrics() -> dict:
-        ended = "not counted: training ended early"
-        out = counters[-1].metrics() if counters else not_counted(reason or ended)
-        return {**out, **(roles[-1].metrics() if roles else {"memory_roles": ended})}
-    return count, metrics
+    return measured, lambda: roles[-1].metrics() if roles else {"memory_roles": "not measured: training ended early"}
 
 
 def evaluate(training, trained: Trained) -> FinalEval:

@@ -68,6 +68,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
                 log: Callable[[str], None] = lambda line: print(line, flush=True),
                 around_measured: Callable[[str], None] | None = None,
                 count_step: Callable[[], contextlib.AbstractContextManager] | None = None,
+                memory_step: Callable[[], contextlib.AbstractContextManager] | None = None,
                 gate=None) -> TrainResult:
     """Run `warmup_steps + steps` optimizer steps of `training` (txsuite.train.build.Training),
     timing each step from its start to the host sync after it; only the last `steps` are the
@@ -75,7 +76,9 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
 
     around_measured("start"/"end") runs just before the first measured step and just after the
     last, outside every clock (the machine-state probe). count_step() is entered around the
-    last warm-up step, which is untimed (the step counters). gate: a lockstep gate (NoGate's
+    last warm-up step, which is untimed (the step counters); memory_step() around the first step
+    when two or more warm-up steps give the heap a step to settle after it (the memory measured
+    by role). gate: a lockstep gate (NoGate's
     methods) that holds each step, and the closing probe, until it is this process's turn."""
     from txsuite.measure.nvml import NullTelemetry
 
@@ -95,8 +98,10 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         counting = count_step is not None and step == t.warmup_steps - 1
+        # the first step, when at least one more warm-up step follows to settle the heap again
+        profiling = memory_step is not None and step == 0 and t.warmup_steps >= 2
         start, cpu_start = time.perf_counter(), time.process_time()
-        with count_step() if counting else contextlib.nullcontext():
+        with count_step() if counting else memory_step() if profiling else contextlib.nullcontext():
             loss_t = trainer.step(training.batches)
         for hook in hooks:
             hook(step + 1)
