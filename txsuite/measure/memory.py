@@ -83,8 +83,8 @@ class TrainingWindow:
 
     def restart_peak(self) -> None:
         """Hand freed heap memory back and reset the high-water mark again, keeping `before`:
-        after the counted warm-up step, whose profiler and counters hold memory of their own that
-        is not training's (the measured steps that follow reach training's steady peak)."""
+        after the profiled warm-up step, whose profiler holds memory of its own that is not
+        training's (the steps that follow reach training's steady peak)."""
         if self.reset:
             self.reset = _reset_high_water_mark()
 

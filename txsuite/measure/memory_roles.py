@@ -30,10 +30,6 @@ from typing import Any
 ROLES = ("params", "grads", "optimizer", "activations", "other")
 
 
-def metrics_names() -> list[str]:
-    return ["tensors_at_peak_bytes"] + [f"{role}_at_peak_bytes" for role in ROLES]
-
-
 class MemoryRoles:
     """Context manager around one training step (see the module's docstring)."""
 
@@ -47,7 +43,7 @@ class MemoryRoles:
 
         self._saved: set[int] = set()
         self._grads: set[int] = set()
-        params = [p for p in self.model.parameters()]
+        params = list(self.model.parameters())
         self._param_ptrs = {_storage_ptr(p) for p in params} - {None}
         # a gradient kept from the step before (zero_grad without set_to_none) is live throughout
         self._grads_before = sum(_storage_bytes(p.grad) for p in params if p.grad is not None)

@@ -316,8 +316,6 @@ def _memory_step(training, window):
     that step runs under txsuite.measure.memory_roles; after it the training window's heap is
     trimmed and its high-water mark starts again, so the profiler's own buffers never count as
     train memory, and the warm-up steps after it settle the heap before the measured steps."""
-    import contextlib
-
     from txsuite.measure.memory_roles import MemoryRoles
 
     cell = training.cell

@@ -77,8 +77,8 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
     around_measured("start"/"end") runs just before the first measured step and just after the
     last, outside every clock (the machine-state probe). count_step() is entered around the
     last warm-up step, which is untimed (the step counters); memory_step() around the first step
-    when two or more warm-up steps give the heap a step to settle after it (the memory measured
-    by role). gate: a lockstep gate (NoGate's
+    (the memory measured by role; the caller gives one only where warm-up steps follow it).
+    gate: a lockstep gate (NoGate's
     methods) that holds each step, and the closing probe, until it is this process's turn."""
     from txsuite.measure.nvml import NullTelemetry
 
@@ -98,8 +98,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         counting = count_step is not None and step == t.warmup_steps - 1
-        # the first step, when at least one more warm-up step follows to settle the heap again
-        profiling = memory_step is not None and step == 0 and t.warmup_steps >= 2
+        profiling = memory_step is not None and step == 0
         start, cpu_start = time.perf_counter(), time.process_time()
         with count_step() if counting else memory_step() if profiling else contextlib.nullcontext():
             loss_t = trainer.step(training.batches)
