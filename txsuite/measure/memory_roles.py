@@ -13,13 +13,15 @@ How a block is named (by its address, at the peak moment):
   batch, buffers, a gradient kept from the step before);
 - allocated in the step: a gradient (recorded by a hook as each parameter's gradient is
   accumulated), an activation (its storage was saved for backward: a saved-tensors hook), an
-  optimizer state (first step, when AdamW creates its moments), else other.
+  optimizer state (a first step, where AdamW creates its moments), else other.
 The peak is the step's highest total of live tensor bytes (the allocator's running total).
 What tensors do not hold (the allocator's cached or fragmented blocks, glibc's heap, the
 interpreter) is not here: that is the difference to `train_mem_bytes` on CPU.
 
-It runs on the first of two or more warm-up steps (the profiler slows the step it watches, and
-the steps after it let the heap settle before the measured ones). Where a tensor has no plain
+It runs on the last warm-up step but one (txsuite.train.loop.profiled_step): the profiler slows
+the step it watches, so it is never timed; from the second step on the optimizer's state exists,
+as in every measured step; and the warm-up step after it lets the heap settle before the
+measured ones. With two warm-up steps it is the first, before the state exists. Where a tensor has no plain
 storage (a DTensor's shard is read through `to_local`; other wrapper subclasses are left to
 `other`) or the profiler fails, the step is not disturbed: `memory_roles` says why.
 """

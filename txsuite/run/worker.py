@@ -312,19 +312,21 @@ def _step_counter(training, world: int):
 
 
 def _memory_step(training, window):
-    """(context factory for the first warm-up step or None, () -> the memory measured by role):
+    """(context factory for one warm-up step (train.loop.profiled_step) or None, () -> the memory measured by role):
     that step runs under txsuite.measure.memory_roles; after it the training window's heap is
     trimmed and its high-water mark starts again, so the profiler's own buffers never count as
     train memory, and the warm-up steps after it settle the heap before the measured steps."""
     from txsuite.measure.memory_roles import MemoryRoles
 
     cell = training.cell
+    if not cell.measure.memory_roles:
+        return None, lambda: {"memory_roles": "not measured: measure.memory_roles is false"}
     if cell.compile.enabled:  # a compiled cell's warm-up wall time is its compile_s
         return None, lambda: {"memory_roles": "not measured: compiled cells (a profiled warm-up step would "
                                               "count in compile_s)"}
     if cell.train.warmup_steps < 2:
-        return None, lambda: {"memory_roles": "not measured: the profiled step is the first of two or more "
-                                              "warm-up steps, and this cell has fewer"}
+        return None, lambda: {"memory_roles": "not measured: the profiled step is the last warm-up step but "
+                                              "one, so it needs two or more, and this cell has fewer"}
     roles: list[MemoryRoles] = []
 
     @contextlib.contextmanager

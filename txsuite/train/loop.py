@@ -64,6 +64,14 @@ class NoGate:
     def end(self) -> None: ...
 
 
+def profiled_step(warmup_steps: int) -> int:
+    """The warm-up step whose memory is measured by role: the last but one, so that the
+    optimizer's state exists when it runs (from the second step on) and one unprofiled warm-up
+    step follows it to settle the heap before the measured steps (with two warm-up steps it is
+    the first, which runs before the state exists)."""
+    return max(0, warmup_steps - 2)
+
+
 def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
                 log: Callable[[str], None] = lambda line: print(line, flush=True),
                 around_measured: Callable[[str], None] | None = None,
@@ -76,8 +84,9 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
 
     around_measured("start"/"end") runs just before the first measured step and just after the
     last, outside every clock (the machine-state probe). count_step() is entered around the
-    last warm-up step, which is untimed (the step counters); memory_step() around the first step
-    (the memory measured by role; the caller gives one only where warm-up steps follow it).
+    last warm-up step, which is untimed (the step counters); memory_step() around the warm-up
+    step `profiled_step` names (the memory measured by role; the caller gives one only where
+    two or more warm-up steps run).
     gate: a lockstep gate (NoGate's
     methods) that holds each step, and the closing probe, until it is this process's turn."""
     from txsuite.measure.nvml import NullTelemetry
@@ -98,7 +107,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         counting = count_step is not None and step == t.warmup_steps - 1
-        profiling = memory_step is not None and step == 0
+        profiling = memory_step is not None and step == profiled_step(t.warmup_steps)
         start, cpu_start = time.perf_counter(), time.process_time()
         with count_step() if counting else memory_step() if profiling else contextlib.nullcontext():
             loss_t = trainer.step(training.batches)

@@ -35,6 +35,10 @@ class MeasureSpec:
     inference: bool = False
     # how the cell's process takes host memory from malloc (txsuite/measure/host_allocator.py)
     host_allocator: str = "system"
+    # run the first of two or more warm-up steps under torch's profiler and name every byte live
+    # at its peak by role (txsuite/measure/memory_roles.py): what the report's "Memory by role"
+    # and the memory predictions' per-part errors read; off, the cell runs no profiled step
+    memory_roles: bool = True
 
     def problems(self, cell: "CellConfig") -> Iterator[Problem]:
         if self.noise_scale and cell.train.grad_accum < 2:
@@ -51,6 +55,7 @@ class MeasureSpec:
 
 HOST_ALLOCATORS = ("system", "cache")
 CHOICES: dict[str, tuple] = {"noise_scale": (False, True), "inference": (False, True),
+                             "memory_roles": (True, False),
                              "host_allocator": HOST_ALLOCATORS}
 POSITIVE: set[str] = set()
 FRACTIONS: set[str] = set()
