@@ -65,7 +65,7 @@ name: big
 fixed:
   model: {preset: tiny, n_layer: 1}
   data: {dataset: markov, seq_len: 512, symbols: 16}
-  train: {steps: 2, warmup_steps: 2}
+  train: {steps: 2, warmup_steps: 3}
 axes:
   train.micro_batch: [1, 512]
 """
@@ -86,8 +86,24 @@ def test_a_cell_predicted_not_to_fit_the_memory_limit_is_never_launched(tmp_path
     assert not (tmp_path / "results" / "big" / "r" / "cells" / big.cell_id / "r0" / "log.txt").exists()  # no launch
     small = records["train.micro_batch=1"]
     assert small.status == "ok"
-    # the memory measured by role at the counted step's peak (txsuite/measure/memory_roles.py)
+    # the memory measured by role at the profiled step's peak (txsuite/measure/memory_roles.py): the
+    # last warm-up step but one, after the first step created AdamW's state (two fp32 moments and
+    # a scalar step count per parameter)
     assert small.metrics["params_at_peak_bytes"] == 4 * small.metrics["params"]  # fp32, tied weights once
+    assert small.metrics["optimizer_at_peak_bytes"] == small.metrics["optimizer_state_bytes"] >= 8 * small.metrics["params"]
     assert small.metrics["activations_at_peak_bytes"] > 0
     assert small.metrics["tensors_at_peak_bytes"] == sum(small.metrics[f"{role}_at_peak_bytes"] for role in
                                                          ("params", "grads", "optimizer", "activations", "other"))
+
+
+def test_a_cell_asked_not_to_profile_memory_runs_no_profiled_step(tmp_path):
+    from txsuite.results import RunFolder
+    from cli_helpers import txsuite
+
+    (tmp_path / "m.yaml").write_text(BIG)
+    out = txsuite("run", "m.yaml", "--run-id", "r", "--only", "micro_batch=1", "measure.memory_roles=false",
+                  cwd=tmp_path, env={"TXSUITE_CACHE": str(tmp_path / "cache")})
+    (record,) = RunFolder(tmp_path / "results" / "big" / "r").records()
+    assert record.status == "ok", out.stdout + out.stderr
+    assert record.metrics["memory_roles"] == "not measured: measure.memory_roles is false"
+    assert "tensors_at_peak_bytes" not in record.metrics and record.metrics["train_mem_bytes"] > 0
