@@ -3,8 +3,10 @@ nothing measured it says it is the uncorrected roofline; its band never claims l
 floor."""
 import math
 
+from txsuite.config.estimate import approx_vocab, estimate_memory
+
 from txsuite.config.spec import CellConfig
-from txsuite.measure.predict import BAND_FLOOR, HostModel, Observation, memory_features, speed_features
+from txsuite.measure.predict import BAND_FLOOR, HostModel, Observation, held_parts, memory_features, speed_features
 
 PEAK = 1e11
 
@@ -20,14 +22,14 @@ def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optim
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
 TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
-TRUE_MEMORY = [1.0, 1.0, 1.2, 1.5, 30e6]
+TRUE_MEMORY = [1.3, 30e6]  # the heap's factor over what training holds, and a constant
 
 
 def observations():
     out = []
     for c in CELLS:
         step = sum(a * x for a, x in zip(TRUE_SPEED, speed_features(c, PEAK)))
-        memory = sum(a * x for a, x in zip(TRUE_MEMORY, memory_features(c)))
+        memory = sum(a * x for a, x in zip(TRUE_MEMORY, memory_features(c, {})))
         out.append(Observation(c, step, memory, PEAK))
     return out
 
@@ -49,7 +51,8 @@ def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
     p = HostModel.fit([]).predict(cell(), PEAK)
     assert "uncorrected roofline" in p.speed_source and p.low is None
     assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0])  # matmul FLOPs at the peak, nothing else
-    assert "uncorrected" in p.memory_source and p.train_mem_bytes == sum(memory_features(cell())[:-1])
+    estimate = estimate_memory(cell(), approx_vocab(cell()))
+    assert "uncorrected" in p.memory_source and p.train_mem_bytes == estimate["total_bytes"]
     no_peak = HostModel.fit([]).predict(cell(precision="bf16"), None)
     assert no_peak.tokens_per_s is None and "no matmul peak" in no_peak.speed_source
 
@@ -58,6 +61,29 @@ def test_recomputation_and_accumulation_cost_time_in_the_features():
     plain, recomputed = speed_features(cell(), PEAK), speed_features(cell(checkpointing="full"), PEAK)
     assert math.isclose(recomputed[0] / plain[0], 4 / 3)  # every layer's forward runs twice
     assert speed_features(cell(n_layer=4), PEAK)[1] == 2 * plain[1]
+
+
+def test_activations_measured_here_carry_to_a_shape_the_host_never_ran():
+    """Bytes per token x d_model x kept layer, measured at the profiled steps' peaks, predict the
+    activations of a deeper, wider-batched cell and of a checkpointed one."""
+    unit = 64.0  # what fp32 cells with SDPA measured per token x d_model x layer on this project's host
+    seen = [cell(n, b) for n in (1, 2) for b in (2, 8)]
+    d = seen[0].model.dims[2]
+    observations = [Observation(c, None, 30e6 + 1.3 * unit * 64 * c.train.micro_batch * d * c.model.dims[0],
+                                None, unit * 64 * c.train.micro_batch * d * c.model.dims[0]) for c in seen]
+    model = HostModel.fit(observations)
+    assert model.activation_units == {("32 bit", "auto"): unit}
+    deeper = cell(n_layer=4, micro_batch=16)
+    logits = 2 * 16 * 64 * approx_vocab(deeper) * 4
+    assert math.isclose(held_parts(deeper, model.activation_units)["activations_bytes"],
+                        unit * 64 * 16 * d * 4 + logits)
+    p = model.predict(deeper, PEAK)
+    assert "activations as measured here" in p.memory_source
+    # a checkpointed cell keeps each layer's fp32 input and recomputes one layer at a time
+    full = held_parts(cell(n_layer=4, micro_batch=16, checkpointing="full"), model.activation_units)
+    assert math.isclose(full["activations_bytes"], 4 * 4 * 64 * 16 * d + unit * 64 * 16 * d + logits)
+    # another precision has no unit measured yet: the estimate's term, and the source says so
+    assert "the estimate's" in model.predict(cell(precision="bf16"), PEAK).memory_source
 
 
 BIG = """\

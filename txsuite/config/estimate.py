@@ -47,16 +47,9 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     if p.pp > 1 and p.pp_schedule != "gpipe":
         chunks = p.pp_chunks
         per_layer = per_layer * min(chunks, p.pp) // chunks  # chunks in flight / all chunks
-    mode = cell.memory.activation_checkpointing
-    if mode == "none":
-        kept = layers
-    elif mode == "full":
-        kept = 0
-    else:
-        kept = layers - len(range(0, layers, cell.memory.checkpoint_every))
-    checkpointed = layers - kept
+    kept, checkpointed = kept_layers(cell, layers)
     activations = kept * per_layer + checkpointed * int(2 * s * b * d * act_scale) + (per_layer if checkpointed else 0)
-    logits = 2 * b * s * V * 4
+    logits = logits_bytes(cell, V)
     param_b, grad_b = params * pbytes, params * pbytes
     opt_b = int(optimizer_state_bytes(cell, V, layers, pbytes))
     if p.engine == "fsdp":
@@ -73,6 +66,20 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
            "optimizer_bytes": opt_b, "activations_bytes": activations + logits}
     out["total_bytes"] = sum(out.values())
     return out
+
+
+def kept_layers(cell: CellConfig, layers: int | None = None) -> tuple[int, int]:
+    """(layers that keep their activations, checkpointed layers) of `layers` blocks (default:
+    all): checkpointing every k-th block checkpoints blocks 0, k, 2k, ..."""
+    layers = cell.model.dims[0] if layers is None else layers
+    mode = cell.memory.activation_checkpointing
+    checkpointed = 0 if mode == "none" else layers if mode == "full" else len(range(0, layers, cell.memory.checkpoint_every))
+    return layers - checkpointed, checkpointed
+
+
+def logits_bytes(cell: CellConfig, vocab_size: int) -> int:
+    """The logits and their gradient, fp32 for the loss, of one micro-batch."""
+    return 2 * cell.train.micro_batch * cell.data.seq_len * vocab_size * 4
 
 
 def parameter_shapes(cell: CellConfig, vocab_size: int, layers: int | None = None

@@ -21,7 +21,8 @@ interpreter) is not here: that is the difference to `train_mem_bytes` on CPU.
 It runs on the last warm-up step but one (txsuite.train.loop.profiled_step): the profiler slows
 the step it watches, so it is never timed; from the second step on the optimizer's state exists,
 as in every measured step; and the warm-up step after it lets the heap settle before the
-measured ones. With two warm-up steps it is the first, before the state exists. Where a tensor has no plain
+measured ones. With two warm-up steps, and in distributed cells (whose later warm-up steps
+measure communication), it is the first, before the state exists. Where a tensor has no plain
 storage (a DTensor's shard is read through `to_local`; other wrapper subclasses are left to
 `other`) or the profiler fails, the step is not disturbed: `memory_roles` says why.
 """

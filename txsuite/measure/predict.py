@@ -15,22 +15,37 @@ records of the same device; with no record (a new host) a = 1 and the others 0: 
 roofline, and the prediction says so. Tokens/s = tokens per step / step_s, with a band of twice
 the fit's relative error (at least BAND_FLOOR).
 
-Memory. Train memory is modelled as the estimate's parts (txsuite/config/estimate.py:
-parameters, gradients, optimizer state, activations and logits), each with a factor, plus a
-constant, fitted likewise; with no record, the estimate as it is.
+Memory. Train memory is modelled as what the training holds beyond what was resident before
+it, times a factor, plus a constant:
+
+    train_mem = k * (optimizer state + activations + logits [+ parameters and gradients on CUDA]) + m
+
+The optimizer state and the logits are the estimate's (txsuite/config/estimate.py), exact for
+the reference model. The activations are this host's own: bytes per token x d_model x kept
+layer, the median of what earlier repetitions measured at their profiled step's peak
+(txsuite/measure/memory_roles.py) for the same activation width (32 or 16 bit) and attention
+setting; a checkpointed layer keeps its input and, in the backward pass, one layer's
+recomputed activations. With no such measurement (and for tensor- or pipeline-parallel cells,
+whose shards the unit does not describe) the estimate's activation term stands in. On CPU the
+parameters are resident before the training window opens, so they are not in train memory;
+on CUDA the allocator's peak holds them and their gradients. k models what the heap holds
+beyond the tensors, m what the first steps initialise; both >= 0, fitted like the speed terms.
+With no record, the estimate as it is.
 """
 from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from txsuite.config.spec import CellConfig
-from txsuite.config.estimate import approx_vocab, estimate_memory, optimizer_state_bytes, parameter_shapes
+from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, logits_bytes, optimizer_state_bytes,
+                                     parameter_shapes)
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
-MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")
+MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
 MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
                 "fp16": "float16", "fp8": "float8"}  # the dtype measure/peak.py keys its peaks by
 
@@ -38,11 +53,12 @@ MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pur
 @dataclass(frozen=True)
 class Observation:
     """One earlier repetition on this host: its cell, its median step time, its train memory,
-    and the matmul peak it ran against."""
+    the matmul peak it ran against, and the activations live at its profiled step's peak."""
     config: CellConfig
     step_s: float | None
     train_mem_bytes: float | None
     peak_flops: float | None
+    activations_bytes: float | None = None
 
 
 @dataclass
@@ -62,9 +78,10 @@ class HostModel:
     speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
-    memory: list[float] | None  # a factor per MEMORY_PARTS, then the constant
+    memory: list[float] | None  # k and m of the module's docstring
     memory_error: float
     memory_fitted_on: int
+    activation_units: dict[tuple[str, str], float] = field(default_factory=dict)  # activation_units()
 
     @classmethod
     def fit(cls, observations: Iterable[Observation]) -> "HostModel":
@@ -72,21 +89,26 @@ class HostModel:
         timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
         speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
                                    [o.step_s for o in timed])
+        units = activation_units(observations)
         sized = [o for o in observations if positive(o.train_mem_bytes)]
-        # memory has no main term to fit alone: with too few repetitions it stays the estimate
-        memory, memory_error = (_nnls([memory_features(o.config) for o in sized], [o.train_mem_bytes for o in sized])
-                                if len(sized) >= len(MEMORY_PARTS) + 1 else (None, math.nan))
-        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized))
+        # with fewer repetitions than three, memory stays the estimate
+        memory, memory_error = (_nnls([memory_features(o.config, units) for o in sized],
+                                      [o.train_mem_bytes for o in sized]) if len(sized) >= 3 else (None, math.nan))
+        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), units)
 
     def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
         out = Prediction()
-        parts = memory_features(cell)
         if self.memory is not None:
-            out.memory_parts = {name: factor * x for name, factor, x in zip(MEMORY_PARTS, self.memory, parts)}
-            out.memory_parts["other_bytes"] = self.memory[-1]
-            out.memory_source = f"fitted on {self.memory_fitted_on} repetitions of this host"
+            k, m = self.memory
+            out.memory_parts = {name: k * value for name, value in held_parts(cell, self.activation_units).items()}
+            out.memory_parts["other_bytes"] = m
+            measured = _unit_key(cell) in self.activation_units and _unit_applies(cell)
+            out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host; activations "
+                                 + ("as measured here per token" if measured else "the estimate's (none measured "
+                                    "here for this precision and attention)"))
         else:
-            out.memory_parts = dict(zip(MEMORY_PARTS, parts))
+            estimate = estimate_memory(cell, approx_vocab(cell))
+            out.memory_parts = {name: float(estimate[name]) for name in MEMORY_PARTS}
             out.memory_source = "the estimate, uncorrected (no repetition measured here yet)"
         out.train_mem_bytes = sum(out.memory_parts.values())
         if not positive(peak_flops):
@@ -113,16 +135,62 @@ def speed_features(cell: CellConfig, peak_flops: float) -> list[float]:
     n_layer, _, d, _ = cell.model.dims
     matmul = sum(shape[0] * shape[1] for shape, hidden in parameter_shapes(cell, vocab) if hidden) + vocab * d
     per_token = 6 * matmul + 12 * n_layer * cell.data.seq_len * d
-    recomputed = _recomputed_layers(cell) / max(1, n_layer)  # a recomputed layer runs its forward twice
+    recomputed = kept_layers(cell)[1] / max(1, n_layer)  # a recomputed layer runs its forward twice
     flops = per_token * cell.tokens_per_step * (1 + recomputed / 3)
     passes = n_layer * cell.train.grad_accum
     return [flops / peak_flops, float(passes), optimizer_state_bytes(cell, vocab), 1.0]
 
 
-def memory_features(cell: CellConfig) -> list[float]:
-    """The estimate's parts (MEMORY_PARTS order), then 1 for the constant."""
-    estimate = estimate_memory(cell, approx_vocab(cell))
-    return [float(estimate[name]) for name in MEMORY_PARTS] + [1.0]
+def activation_units(observations: Iterable[Observation]) -> dict[tuple[str, str], float]:
+    """(activation width, attention setting) -> bytes per token x d_model x kept layer that the
+    observations measured live at their profiled step's peak (the median), from single-process
+    cells that kept at least one layer."""
+    measured: dict[tuple[str, str], list[float]] = {}
+    for o in observations:
+        kept = kept_layers(o.config)[0]
+        if positive(o.activations_bytes) and kept and _unit_applies(o.config):
+            measured.setdefault(_unit_key(o.config), []).append(o.activations_bytes / (_unit(o.config) * kept))
+    return {key: statistics.median(values) for key, values in measured.items()}
+
+
+def held_parts(cell: CellConfig, units: dict[tuple[str, str], float]) -> dict[str, float]:
+    """What the training holds beyond what was resident before it (the module's docstring), by
+    part: optimizer state, activations (with the logits), and on CUDA parameters and gradients."""
+    vocab = approx_vocab(cell)
+    estimate = estimate_memory(cell, vocab)
+    logits = logits_bytes(cell, vocab)
+    unit = units.get(_unit_key(cell)) if _unit_applies(cell) else None
+    if unit is None:
+        activations = estimate["activations_bytes"]
+    else:
+        kept, checkpointed = kept_layers(cell)
+        width = 4 if _unit_key(cell)[0] == "32 bit" else 2
+        # a checkpointed layer keeps its input; one layer is recomputed at a time in the backward pass
+        recomputed = checkpointed * width * _unit(cell) + unit * _unit(cell) if checkpointed else 0.0
+        activations = unit * _unit(cell) * kept + recomputed + logits
+    parts = {"optimizer_bytes": float(estimate["optimizer_bytes"]), "activations_bytes": float(activations)}
+    if cell.device == "cuda":
+        parts.update(params_bytes=float(estimate["params_bytes"]), grads_bytes=float(estimate["grads_bytes"]))
+    return parts
+
+
+def memory_features(cell: CellConfig, units: dict[tuple[str, str], float]) -> list[float]:
+    """[what the training holds (held_parts, summed), 1 for the constant]."""
+    return [sum(held_parts(cell, units).values()), 1.0]
+
+
+def _unit_key(cell: CellConfig) -> tuple[str, str]:
+    width = "32 bit" if cell.precision in ("fp32", "tf32") else "16 bit"
+    return width, cell.model.attention
+
+
+def _unit(cell: CellConfig) -> int:
+    """Tokens x d_model of one micro-batch: what one layer's activations scale with."""
+    return cell.data.seq_len * cell.train.micro_batch * cell.model.dims[2]
+
+
+def _unit_applies(cell: CellConfig) -> bool:
+    return cell.parallel.tp == 1 and cell.parallel.pp == 1
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
@@ -135,16 +203,6 @@ def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
                                        else os.cpu_count() or 1)
     spin = spin_setting({**os.environ, **cell_openmp_env(os.environ)})
     return format_peak_key(device_name, torch_version, threads, MATMUL_DTYPE[cell.precision], spin)
-
-
-def _recomputed_layers(cell: CellConfig) -> int:
-    n_layer = cell.model.dims[0]
-    mode = cell.memory.activation_checkpointing
-    if mode == "none":
-        return 0
-    if mode == "full":
-        return n_layer
-    return len(range(0, n_layer, cell.memory.checkpoint_every))
 
 
 def _nnls(rows: list[list[float]], targets: list[float]) -> tuple[list[float] | None, float]:

@@ -64,12 +64,14 @@ class NoGate:
     def end(self) -> None: ...
 
 
-def profiled_step(warmup_steps: int) -> int:
+def profiled_step(warmup_steps: int, world: int = 1) -> int:
     """The warm-up step whose memory is measured by role: the last but one, so that the
     optimizer's state exists when it runs (from the second step on) and one unprofiled warm-up
     step follows it to settle the heap before the measured steps (with two warm-up steps it is
-    the first, which runs before the state exists)."""
-    return max(0, warmup_steps - 2)
+    the first, which runs before the state exists). In a distributed cell the communication
+    window profiles the warm-up steps after the first (txsuite/measure/comm.py), and one
+    profiler runs at a time: there it is the first."""
+    return 0 if world > 1 else max(0, warmup_steps - 2)
 
 
 def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
@@ -107,7 +109,7 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
             telemetry.mark()  # the previous step synced: energy/clocks from here are the measured steps'
         comm.before(step)
         counting = count_step is not None and step == t.warmup_steps - 1
-        profiling = memory_step is not None and step == profiled_step(t.warmup_steps)
+        profiling = memory_step is not None and step == profiled_step(t.warmup_steps, training.world)
         start, cpu_start = time.perf_counter(), time.process_time()
         with count_step() if counting else memory_step() if profiling else contextlib.nullcontext():
             loss_t = trainer.step(training.batches)
