@@ -69,7 +69,8 @@ def test_activations_measured_here_carry_to_a_shape_the_host_never_ran():
     unit = 64.0  # what fp32 cells with SDPA measured per token x d_model x layer on this project's host
     seen = [cell(n, b) for n in (1, 2) for b in (2, 8)]
     d = seen[0].model.dims[2]
-    observations = [Observation(c, None, 30e6 + 1.3 * unit * 64 * c.train.micro_batch * d * c.model.dims[0],
+    truth = {("32 bit", "auto"): unit}
+    observations = [Observation(c, None, 30e6 + 1.3 * sum(held_parts(c, truth).values()),
                                 None, unit * 64 * c.train.micro_batch * d * c.model.dims[0]) for c in seen]
     model = HostModel.fit(observations)
     assert model.activation_units == {("32 bit", "auto"): unit}
@@ -79,6 +80,11 @@ def test_activations_measured_here_carry_to_a_shape_the_host_never_ran():
                         unit * 64 * 16 * d * 4 + logits)
     p = model.predict(deeper, PEAK)
     assert "activations as measured here" in p.memory_source
+    # each part is the tensors as they are (what the roles measure); the heap carries the fitted rest
+    held = sum(held_parts(deeper, model.activation_units).values())
+    assert math.isclose(p.memory_parts["activations_bytes"], unit * 64 * 16 * d * 4 + logits)
+    assert math.isclose(p.memory_parts["heap_bytes"], 0.3 * held + 30e6, rel_tol=1e-6)
+    assert math.isclose(p.train_mem_bytes, 1.3 * held + 30e6, rel_tol=1e-6)
     # a checkpointed cell keeps each layer's fp32 input and recomputes one layer at a time
     full = held_parts(cell(n_layer=4, micro_batch=16, checkpointing="full"), model.activation_units)
     assert math.isclose(full["activations_bytes"], 4 * 4 * 64 * 16 * d + unit * 64 * 16 * d + logits)

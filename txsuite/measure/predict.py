@@ -71,6 +71,7 @@ class Prediction:
     memory_parts: dict[str, float] = field(default_factory=dict)
     speed_source: str = ""  # "fitted on N repetitions of this host" / "uncorrected roofline" / why none
     memory_source: str = ""
+    # memory_parts: the estimate's MEMORY_PARTS, or once fitted held_parts() and heap_bytes
 
 
 @dataclass
@@ -100,8 +101,10 @@ class HostModel:
         out = Prediction()
         if self.memory is not None:
             k, m = self.memory
-            out.memory_parts = {name: k * value for name, value in held_parts(cell, self.activation_units).items()}
-            out.memory_parts["other_bytes"] = m
+            held = held_parts(cell, self.activation_units)
+            # the tensors as they are, so each part compares with the role measured at the peak; what
+            # the heap holds beyond them (negative where the fit says the parts' peaks do not coincide)
+            out.memory_parts = {**held, "heap_bytes": (k - 1) * sum(held.values()) + m}
             measured = _unit_key(cell) in self.activation_units and _unit_applies(cell)
             out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host; activations "
                                  + ("as measured here per token" if measured else "the estimate's (none measured "

@@ -14,6 +14,7 @@ from txsuite.report.tableview import Column, TableCell, TableView, sort_key
 PARTS = (("params_bytes", "parameters"), ("grads_bytes", "gradients"), ("optimizer_bytes", "optimizer state"),
          ("activations_bytes", "activations and logits"), ("other_bytes", "other"))
 # each predicted part beside the role measured at the step's peak (txsuite/measure/memory_roles.py)
+SHOWN_PARTS = PARTS + (("heap_bytes", "heap beyond the tensors"),)  # heap: predicted only (measure/predict.py)
 MEASURED_PART = {"params_bytes": "params_at_peak_bytes", "grads_bytes": "grads_at_peak_bytes",
                  "optimizer_bytes": "optimizer_at_peak_bytes", "activations_bytes": "activations_at_peak_bytes",
                  "other_bytes": "other_at_peak_bytes"}
@@ -88,7 +89,8 @@ def _parts_by_role(table) -> dict[str, Any]:
 _COLUMNS = [Column("cell"), Column("predicted tokens/s", True, "with the band the fit claims"),
             Column("measured tokens/s", True, "median over the ok repetitions"),
             Column("error", True, "predicted / measured - 1"),
-            Column("predicted train memory", True, "the estimate's parts as fitted on this host"),
+            Column("predicted train memory", True, "the tensors training holds, and the heap beyond them as "
+                                                     "fitted on this host"),
             Column("measured train memory", True), Column("error", True, "predicted / measured - 1"),
             Column("predicted memory parts", hint="what the predicted train memory is made of")]
 
@@ -97,8 +99,8 @@ def _row(cell: pd.Series, first: pd.Series, ok: pd.DataFrame, speed: float | Non
          ) -> list[TableCell]:
     low, high = first.get("predicted_tokens_per_s_low"), first.get("predicted_tokens_per_s_high")
     band = f"{fmt.si(low)}–{fmt.si(high)}" if fmt.is_number(low) and fmt.is_number(high) else ""
-    parts = ", ".join(f"{name} {fmt.bytes_(first.get(f'predicted_{key}'))}" for key, name in PARTS
-                      if fmt.is_number(first.get(f"predicted_{key}")) and first.get(f"predicted_{key}") > 0)
+    parts = ", ".join(f"{name} {fmt.bytes_(first.get(f'predicted_{key}'))}" for key, name in SHOWN_PARTS
+                      if fmt.is_number(first.get(f"predicted_{key}")) and first.get(f"predicted_{key}") != 0)
     return [TableCell(str(cell["label"] or cell["cell_id"]), sort_key(cell["label"]), "label", sub=cell["cell_id"]),
             _number(first.get("predicted_tokens_per_s"), fmt.si, sub=band or str(first.get("predicted_speed_source") or "")),
             _number(_median(ok, "tokens_per_s"), fmt.si), _percent(speed),
