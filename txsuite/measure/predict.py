@@ -68,10 +68,10 @@ class Prediction:
     high: float | None = None
     step_s: float | None = None
     train_mem_bytes: float | None = None
+    # the estimate's MEMORY_PARTS on a new host; once fitted, held_parts() and "heap_bytes"
     memory_parts: dict[str, float] = field(default_factory=dict)
     speed_source: str = ""  # "fitted on N repetitions of this host" / "uncorrected roofline" / why none
     memory_source: str = ""
-    # memory_parts: the estimate's MEMORY_PARTS, or once fitted held_parts() and heap_bytes
 
 
 @dataclass
