@@ -105,7 +105,7 @@ class HostModel:
             # the tensors as they are, so each part compares with the role measured at the peak; what
             # the heap holds beyond them (negative where the fit says the parts' peaks do not coincide)
             out.memory_parts = {**held, "heap_bytes": (k - 1) * sum(held.values()) + m}
-            measured = _unit_key(cell) in self.activation_units and _unit_applies(cell)
+            measured = _measured_unit(cell, self.activation_units) is not None
             out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host; activations "
                                  + ("as measured here per token" if measured else "the estimate's (none measured "
                                     "here for this precision and attention)"))
@@ -162,7 +162,7 @@ def held_parts(cell: CellConfig, units: dict[tuple[str, str], float]) -> dict[st
     vocab = approx_vocab(cell)
     estimate = estimate_memory(cell, vocab)
     logits = logits_bytes(cell, vocab)
-    unit = units.get(_unit_key(cell)) if _unit_applies(cell) else None
+    unit = _measured_unit(cell, units)
     if unit is None:
         activations = estimate["activations_bytes"]
     else:
@@ -190,6 +190,11 @@ def _unit_key(cell: CellConfig) -> tuple[str, str]:
 def _unit(cell: CellConfig) -> int:
     """Tokens x d_model of one micro-batch: what one layer's activations scale with."""
     return cell.data.seq_len * cell.train.micro_batch * cell.model.dims[2]
+
+
+def _measured_unit(cell: CellConfig, units: dict[tuple[str, str], float]) -> float | None:
+    """The activation bytes per unit this host measured for the cell's kind, or None."""
+    return units.get(_unit_key(cell)) if _unit_applies(cell) else None
 
 
 def _unit_applies(cell: CellConfig) -> bool:

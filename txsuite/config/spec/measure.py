@@ -35,7 +35,7 @@ class MeasureSpec:
     inference: bool = False
     # how the cell's process takes host memory from malloc (txsuite/measure/host_allocator.py)
     host_allocator: str = "system"
-    # run the first of two or more warm-up steps under torch's profiler and name every byte live
+    # run the last warm-up step but one (of two or more) under torch's profiler, naming every byte live
     # at its peak by role (txsuite/measure/memory_roles.py): what the report's "Memory by role"
     # and the memory predictions' per-part errors read; off, the cell runs no profiled step
     memory_roles: bool = True
