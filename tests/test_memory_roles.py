@@ -56,3 +56,31 @@ def test_the_first_step_counts_the_optimizer_state_it_creates_when_live_at_the_p
     assert m["params_at_peak_bytes"] == m["expected_params"]
     assert 0 <= m["optimizer_at_peak_bytes"] <= m["expected_state"]
     assert m["tensors_at_peak_bytes"] == sum(m[f"{role}_at_peak_bytes"] for role in ROLES)
+
+
+def _cell_activations(precision: str, attention: str) -> tuple[int, int]:
+    """(activations at a real step's peak, what txsuite/config/estimate.py says the cell keeps)."""
+    from txsuite.config.estimate import estimate_memory
+    from txsuite.config.spec import CellConfig
+    from txsuite.train.build import build_training
+
+    cell = CellConfig.from_dict({"model": {"preset": "tiny", "attention": attention},
+                                 "data": {"dataset": "markov", "seq_len": 64, "symbols": 64},
+                                 "train": {"steps": 4, "micro_batch": 8}, "precision": precision, "device": "cpu"})
+    training = build_training(cell)
+    trainer = training.trainer
+    trainer.step(training.batches)  # the optimizer's state exists from here on, as in a measured step
+    with MemoryRoles(training.setup.model, trainer.optimizer, CPU) as roles:
+        trainer.step(training.batches)
+    return roles.metrics()["activations_at_peak_bytes"], estimate_memory(cell, training.dataset.vocab_size)[
+        "activations_bytes"]
+
+
+def test_the_estimate_counts_the_activations_a_real_step_keeps():
+    """The estimate's activations (what each block saves for its backward pass, by precision and
+    attention kernel, plus the logits) against what the profiled step measured live at its peak:
+    fp32, autocast bf16 and pure bf16, SDPA and matmul attention (its T x T scores)."""
+    for precision in ("fp32", "bf16", "bf16-pure"):
+        for attention in ("sdpa", "matmul"):
+            measured, estimated = _cell_activations(precision, attention)
+            assert abs(estimated / measured - 1) < 0.12, (precision, attention, measured, estimated)

@@ -1,36 +1,37 @@
 """The cost model: fitted on what a host measured, it predicts what it was fitted on; with
-nothing measured it says it is the uncorrected roofline; its band never claims less than the
-floor."""
+nothing measured it says it is the uncorrected roofline (memory: the heap prior on CPU); its band
+never claims less than the floor."""
 import math
 
 from txsuite.config.estimate import approx_vocab, estimate_memory
 
 from txsuite.config.spec import CellConfig
-from txsuite.measure.predict import BAND_FLOOR, HostModel, Observation, held_parts, memory_features, speed_features
+from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, HostModel, Observation, held_parts, memory_features,
+                                     speed_features)
 
 PEAK = 1e11
 
 
-def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optimizer="adamw"):
-    return CellConfig.from_dict({"model": {"preset": "tiny", "n_layer": n_layer},
+def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optimizer="adamw", device="cpu",
+         attention="auto"):
+    return CellConfig.from_dict({"model": {"preset": "tiny", "n_layer": n_layer, "attention": attention},
                                  "data": {"dataset": "markov", "seq_len": 64, "symbols": 64},
                                  "train": {"steps": 10, "micro_batch": micro_batch, "optimizer": optimizer},
                                  "memory": {"activation_checkpointing": checkpointing},
-                                 "precision": precision, "device": "cpu"})
+                                 "precision": precision, "device": device})
 
 
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
 TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
-TRUE_MEMORY = [1.3, 30e6]  # the heap's factor over what training holds, and a constant
+TRUE_MEMORY = list(HEAP_PRIOR)  # the heap's factor over what training holds, per layer's activations, a constant
 
 
-def observations():
+def observations(cells=CELLS, memory=TRUE_MEMORY):
     out = []
-    for c in CELLS:
+    for c in cells:
         step = sum(a * x for a, x in zip(TRUE_SPEED, speed_features(c, PEAK)))
-        memory = sum(a * x for a, x in zip(TRUE_MEMORY, memory_features(c, {})))
-        out.append(Observation(c, step, memory, PEAK))
+        out.append(Observation(c, step, sum(a * x for a, x in zip(memory, memory_features(c))), PEAK))
     return out
 
 
@@ -51,10 +52,55 @@ def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
     p = HostModel.fit([]).predict(cell(), PEAK)
     assert "uncorrected roofline" in p.speed_source and p.low is None
     assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0])  # matmul FLOPs at the peak, nothing else
-    estimate = estimate_memory(cell(), approx_vocab(cell()))
-    assert "uncorrected" in p.memory_source and p.train_mem_bytes == estimate["total_bytes"]
+    # memory on a new CPU host: the estimate with the reference host's heap prior, named
+    assert math.isclose(p.train_mem_bytes, sum(a * x for a, x in zip(HEAP_PRIOR, memory_features(cell()))))
+    assert "heap prior of the reference host" in p.memory_source
+    # on a new CUDA host the estimate as it is: no prior of another allocator
+    gpu = HostModel.fit([]).predict(cell(device="cuda"), PEAK)
+    assert "uncorrected" in gpu.memory_source
+    assert gpu.train_mem_bytes == estimate_memory(cell(device="cuda"), approx_vocab(cell()))["total_bytes"]
     no_peak = HostModel.fit([]).predict(cell(precision="bf16"), None)
     assert no_peak.tokens_per_s is None and "no matmul peak" in no_peak.speed_source
+
+
+def test_the_heap_prior_gives_way_to_a_hosts_own_records():
+    """A host whose heap differs from the prior: fitted on many records of several sizes, the
+    prediction follows the host; the prior only draws the split of k and m (what one matrix's
+    narrow range of sizes cannot tell apart) towards the reference host's."""
+    truth = [1.2, 1.0, 0.0, 80e6]  # k, t, c (none of these cells compiles), m
+    many = [cell(n, b, checkpointing=c) for n in (1, 2, 4, 8) for b in (1, 2, 8, 32) for c in ("none", "full")] * 3
+    model = HostModel.fit(observations(many, truth))
+    for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
+        truth_bytes = sum(a * x for a, x in zip(truth, memory_features(c)))
+        prior_alone = HostModel.fit([]).predict(c, PEAK).train_mem_bytes
+        # the records count with the model's own error (MODEL_ERROR), so a far prior still pulls a little
+        assert abs(model.predict(c, PEAK).train_mem_bytes / truth_bytes - 1) < 0.05 < abs(prior_alone / truth_bytes - 1)
+    # fitted on one size only, the records fix the total at that size and the prior the split
+    one = HostModel.fit(observations([cell(2, 8)] * 6, truth))
+    assert math.isclose(one.predict(cell(2, 8), PEAK).train_mem_bytes,
+                        sum(a * x for a, x in zip(truth, memory_features(cell(2, 8)))), rel_tol=0.03)
+
+
+def test_auto_attention_counts_as_the_kernel_it_ran_on_this_host():
+    """`model.attention: auto` keeps the T x T scores only where it resolves to matmul: the model
+    counts auto as what auto ran here at the cell's precision, else as SDPA (auto's default)."""
+    seen = [cell(n, b, precision="bf16") for n in (1, 2) for b in (2, 8)]
+    ran_matmul = [Observation(o.config, o.step_s, o.train_mem_bytes, o.peak_flops, "matmul") for o in observations(seen)]
+    model = HostModel.fit(ran_matmul)
+    assert model.auto_attention == {"bf16": "matmul"}
+    unseen = cell(4, 16, precision="bf16")
+    as_matmul = model.predict(unseen, PEAK)
+    assert as_matmul.memory_parts["activations_bytes"] == held_parts(cell(4, 16, precision="bf16", attention="matmul")
+                                                                     )["activations_bytes"]
+    assert "auto as matmul (what auto ran here)" in as_matmul.memory_source
+    # another precision: auto never ran there, so SDPA, and the source says so
+    fp32 = model.predict(cell(4, 16), PEAK)
+    assert fp32.memory_parts["activations_bytes"] == held_parts(cell(4, 16, attention="sdpa"))["activations_bytes"]
+    assert "auto as sdpa (its default" in fp32.memory_source
+    # matmul's scores are what the two differ by: heads x seq per token and layer, 16 bit under autocast
+    scores = 4 * 16 * 64 * 4 * 64 * 2  # layers x micro-batch x seq x heads x seq x 2 bytes
+    assert (as_matmul.memory_parts["activations_bytes"]
+            - held_parts(cell(4, 16, precision="bf16", attention="sdpa"))["activations_bytes"]) == scores
 
 
 def test_recomputation_and_accumulation_cost_time_in_the_features():
@@ -63,33 +109,26 @@ def test_recomputation_and_accumulation_cost_time_in_the_features():
     assert speed_features(cell(n_layer=4), PEAK)[1] == 2 * plain[1]
 
 
-def test_activations_measured_here_carry_to_a_shape_the_host_never_ran():
-    """Bytes per token x d_model x kept layer, measured at the profiled steps' peaks, predict the
-    activations of a deeper, wider-batched cell and of a checkpointed one."""
-    unit = 64.0  # what fp32 cells with SDPA measured per token x d_model x layer on this project's host
-    seen = [cell(n, b) for n in (1, 2) for b in (2, 8)]
-    d = seen[0].model.dims[2]
-    truth = {("32 bit", "auto"): unit}
-    observations = [Observation(c, None, 30e6 + 1.3 * sum(held_parts(c, truth).values()),
-                                None, unit * 64 * c.train.micro_batch * d * c.model.dims[0]) for c in seen]
-    model = HostModel.fit(observations)
-    assert model.activation_units == {("32 bit", "auto"): unit}
-    deeper = cell(n_layer=4, micro_batch=16)
-    logits = 2 * 16 * 64 * approx_vocab(deeper) * 4
-    assert math.isclose(held_parts(deeper, model.activation_units)["activations_bytes"],
-                        unit * 64 * 16 * d * 4 + logits)
-    p = model.predict(deeper, PEAK)
-    assert "activations as measured here" in p.memory_source
-    # each part is the tensors as they are (what the roles measure); the heap carries the fitted rest
-    held = sum(held_parts(deeper, model.activation_units).values())
-    assert math.isclose(p.memory_parts["activations_bytes"], unit * 64 * 16 * d * 4 + logits)
-    assert math.isclose(p.memory_parts["heap_bytes"], 0.3 * held + 30e6, rel_tol=1e-6)
-    assert math.isclose(p.train_mem_bytes, 1.3 * held + 30e6, rel_tol=1e-6)
-    # a checkpointed cell keeps each layer's fp32 input and recomputes one layer at a time
-    full = held_parts(cell(n_layer=4, micro_batch=16, checkpointing="full"), model.activation_units)
-    assert math.isclose(full["activations_bytes"], 4 * 4 * 64 * 16 * d + unit * 64 * 16 * d + logits)
-    # another precision has no unit measured yet: the estimate's term, and the source says so
-    assert "the estimate's" in model.predict(cell(precision="bf16"), PEAK).memory_source
+def test_a_step_peaks_in_its_larger_phase_backward_or_optimizer():
+    """On CPU a step holds its optimizer's state throughout and, at its peak, either the backward
+    pass's activations or the optimizer step's gradients and the temporaries a foreach step makes
+    for every parameter at once (Adafactor's variance estimates): what decides a wide model with
+    a short sequence, as optimizer_memory.yaml's GPT-2 is."""
+    def wide(optimizer, micro_batch=1, grad_accum=1):
+        return CellConfig.from_dict({"model": {"preset": "tiny", "d_model": 512, "n_head": 8},
+                                     "data": {"dataset": "markov", "seq_len": 16, "symbols": 64},
+                                     "train": {"micro_batch": micro_batch, "grad_accum": grad_accum,
+                                               "optimizer": optimizer}, "device": "cpu"})
+    estimate = estimate_memory(wide("adafactor"), approx_vocab(wide("adafactor")))
+    adafactor = held_parts(wide("adafactor"))
+    assert set(adafactor) == {"optimizer_bytes", "grads_bytes", "other_bytes"}
+    assert adafactor["other_bytes"] == adafactor["grads_bytes"] == estimate["params_bytes"]
+    assert held_parts(wide("adamw"))["other_bytes"] == 0  # fused: one parameter at a time
+    # many tokens: the backward pass is the peak; accumulating micro-batches keeps the gradients in it
+    assert set(held_parts(wide("adamw", micro_batch=64))) == {"optimizer_bytes", "activations_bytes"}
+    assert set(held_parts(wide("adamw", 64, grad_accum=2))) == {"optimizer_bytes", "activations_bytes", "grads_bytes"}
+    # torchao's low-bit AdamW compiles its step on the first one: the compiler's term
+    assert memory_features(wide("adamw-8bit"))[2] == 1 and memory_features(wide("adamw"))[2] == 0
 
 
 BIG = """\

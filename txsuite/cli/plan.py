@@ -51,7 +51,8 @@ def show_plan(matrix: Matrix) -> None:
     speed = (f"speed fitted on {model.speed_fitted_on} repetitions measured here" if model.speed is not None
              else "speed: the uncorrected roofline at this host's measured matmul peak (nothing measured here yet)")
     memory = (f"memory fitted on {model.memory_fitted_on}" if model.memory is not None
-              else "memory: the estimate, uncorrected")
+              else "memory: the estimate, with the reference host's heap prior for CPU cells (nothing measured "
+                   "here yet)")
     console.print(f"predictions: {speed}; {memory} (txsuite/measure/predict.py)", markup=False)
     console.print(predictor.sweep(matrix.cells, matrix.repetitions).describe(), markup=False)
     if matrix.search == "pareto":

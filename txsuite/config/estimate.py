@@ -8,16 +8,26 @@ Per rank, in bytes:
               AdamW 2 states of the parameter's dtype, SGD and Lion 1, Adafactor row + column
               statistics of each matrix, torchao 8/4-bit blocks with their scales, Muon 1 on
               hidden matrices and AdamW's 2 elsewhere)
-  activations per layer and micro-batch, after Korthikanti et al. (2022), "Reducing Activation
-              Recomputation in Large Transformer Models": s*b*h*(34 + 5*a*s/h) bytes with
-              16-bit activations (a = heads), doubled for fp32 activations; the 5*a*s/h term is
-              the T x T attention scores that a fused SDPA kernel does not keep, so it is counted
-              for `matmul` attention only. A checkpointed layer keeps only its input (2*s*b*h
-              bytes in 16 bit) plus, during its recomputation, one layer's full activations.
+  activations per layer and micro-batch, what the reference model's block saves for its backward
+              pass (txsuite/model/gpt.py), per token: the two LayerNorms' inputs and outputs, q, k,
+              v, the attention's output, the MLP's hidden layer before and after its activation:
+              8*h + 2*d_ff values. In fp32 4 bytes each; in bf16-pure 2; under autocast (bf16,
+              fp16, fp8) the LayerNorms' inputs (the residual stream) stay fp32 and the rest is 16
+              bit (the LayerNorms' outputs are kept as the 16-bit copies the linear layers cast);
+              autocast also keeps a 16-bit copy of every matmul weight (its cast cache) for the
+              backward pass, of every block and of the output head, however small the batch.
+              `matmul` attention also keeps the T x T softmax of every head (a*s values in the
+              scores' dtype per token); a fused SDPA kernel does not.
+              `auto` counts as the kernel it resolves to (`attention=`), else as SDPA, the kernel
+              it keeps unless a trial finds another faster (txsuite/measure/attention.py). A
+              checkpointed layer keeps only its input (s*b*h values of the residual stream) plus,
+              during its recomputation, one layer's full activations. With tensor parallelism the
+              per-layer term is Korthikanti et al. (2022)'s: s*b*h*(10 + 24/tp + 5*a*s/(h*tp))
+              bytes in 16 bit, doubled for fp32.
   logits      b*s*V*4 (fp32 for the loss) twice (logits and their gradient)
 Parallel layouts (the busiest rank):
-  tp          block weights / tp; per-layer activations s*b*h*(10 + 24/tp + 5*a*s/(h*tp)) in
-              16 bit (Korthikanti et al., tensor parallelism without sequence parallelism)
+  tp          block weights / tp; per-layer activations as above (Korthikanti et al., tensor
+              parallelism without sequence parallelism)
   pp          blocks / pp (rounded up); 1F1B/interleaved keep at most pp chunks of the
               micro-batch in flight, GPipe all of them
   fsdp        parameters, gradients and optimizer state / dp, plus one block gathered in full
@@ -31,7 +41,9 @@ from __future__ import annotations
 from txsuite.config.spec import OPTIMIZERS, CellConfig
 
 
-def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
+def estimate_memory(cell: CellConfig, vocab_size: int = 256, attention: str | None = None) -> dict[str, int]:
+    """The module's estimate, by part. `attention`: the kernel `model.attention: auto` resolves to
+    on this host (sdpa or matmul), when known."""
     n_layer, n_head, d, d_ff = cell.model.dims
     p = cell.parallel
     s, b, V = cell.data.seq_len, cell.train.micro_batch, vocab_size
@@ -39,16 +51,15 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
     layers = -(-n_layer // p.pp)  # the busiest pipeline stage
     params = layers * block_params // p.tp + V * d + s * d + 2 * d
     pbytes = 2 if cell.precision == "bf16-pure" else 4
-    act_scale = 1.0 if cell.precision in ("bf16", "bf16-pure", "fp16", "fp8") else 2.0
-    # auto may choose matmul: count its T x T scores (an estimate must not be low)
-    scores = 5 * n_head * s / d if cell.model.attention != "sdpa" else 0.0
-    mlp = d_ff / (4 * d)
-    per_layer = int(s * b * d * ((10 + 24 * mlp / p.tp) + scores / p.tp) * act_scale)
+    per_layer = layer_activation_bytes(cell, attention)
     if p.pp > 1 and p.pp_schedule != "gpipe":
         chunks = p.pp_chunks
         per_layer = per_layer * min(chunks, p.pp) // chunks  # chunks in flight / all chunks
     kept, checkpointed = kept_layers(cell, layers)
-    activations = kept * per_layer + checkpointed * int(2 * s * b * d * act_scale) + (per_layer if checkpointed else 0)
+    residual = 2 if cell.precision == "bf16-pure" else 4  # bytes of the residual stream's values
+    activations = kept * per_layer + checkpointed * s * b * d * residual + (per_layer if checkpointed else 0)
+    if cell.precision in ("bf16", "fp16"):  # autocast's 16-bit copies of the matmul weights
+        activations += 2 * (layers * (4 * d * d + 2 * d * d_ff) // p.tp + V * d)
     logits = logits_bytes(cell, V)
     param_b, grad_b = params * pbytes, params * pbytes
     opt_b = int(optimizer_state_bytes(cell, V, layers, pbytes))
@@ -66,6 +77,25 @@ def estimate_memory(cell: CellConfig, vocab_size: int = 256) -> dict[str, int]:
            "optimizer_bytes": opt_b, "activations_bytes": activations + logits}
     out["total_bytes"] = sum(out.values())
     return out
+
+
+def layer_activation_bytes(cell: CellConfig, attention: str | None = None) -> int:
+    """What one block keeps for its backward pass, for one micro-batch (the module's docstring)."""
+    _, n_head, d, d_ff = cell.model.dims
+    s, b, tp = cell.data.seq_len, cell.train.micro_batch, cell.parallel.tp
+    kernel = attention or cell.model.attention
+    scores = kernel == "matmul"  # auto unresolved: SDPA, the kernel auto keeps by default
+    wide = cell.precision in ("fp32", "tf32")
+    if tp > 1:  # Korthikanti et al.: 16-bit bytes per token and d_model
+        per_token = d * (10 + 24 * d_ff / (4 * d) / tp) + (5 * n_head * s / tp if scores else 0)
+        return int(s * b * per_token * (2 if wide else 1))
+    if wide:
+        per_token = (8 * d + 2 * d_ff) * 4 + (n_head * s * 4 if scores else 0)
+    elif cell.precision == "bf16-pure":
+        per_token = (8 * d + 2 * d_ff) * 2 + (n_head * s * 2 if scores else 0)
+    else:  # autocast: the LayerNorms' fp32 inputs (the residual stream); the rest 16 bit
+        per_token = 2 * d * 4 + (6 * d + 2 * d_ff) * 2 + (n_head * s * 2 if scores else 0)
+    return int(s * b * per_token)
 
 
 def kept_layers(cell: CellConfig, layers: int | None = None) -> tuple[int, int]:

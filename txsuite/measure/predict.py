@@ -15,37 +15,55 @@ records of the same device; with no record (a new host) a = 1 and the others 0: 
 roofline, and the prediction says so. Tokens/s = tokens per step / step_s, with a band of twice
 the fit's relative error (at least BAND_FLOOR).
 
-Memory. Train memory is modelled as what the training holds beyond what was resident before
-it, times a factor, plus a constant:
+Memory. Train memory is modelled as what the training holds at its peak beyond what was
+resident before it, times a factor, plus what one layer's backward pass passes through, plus
+what a compiled optimizer step brings, plus a constant:
 
-    train_mem = k * (optimizer state + activations + logits [+ parameters and gradients on CUDA]) + m
+    train_mem = k * held + t * one layer's activations + c * (the optimizer compiles its step) + m
 
-The optimizer state and the logits are the estimate's (txsuite/config/estimate.py), exact for
-the reference model. The activations are this host's own: bytes per token x d_model x kept
-layer, the median of what earlier repetitions measured at their profiled step's peak
-(txsuite/measure/memory_roles.py) for the same activation width (32 or 16 bit) and attention
-setting; a checkpointed layer keeps its input and, in the backward pass, one layer's
-recomputed activations. With no such measurement (and for tensor- or pipeline-parallel cells,
-whose shards the unit does not describe) the estimate's activation term stands in. On CPU the
-parameters are resident before the training window opens, so they are not in train memory;
-on CUDA the allocator's peak holds them and their gradients. k models what the heap holds
-beyond the tensors, m what the first steps initialise; both >= 0, fitted like the speed terms.
-With no record, the estimate as it is.
+`held` (held_parts) is the larger of a step's two phases, plus the optimizer's state held
+throughout: the backward pass (activations and logits; gradients too once micro-batches
+accumulate) or the optimizer's step (every gradient and the temporaries a foreach step makes for
+all parameters at once); on CUDA the parameters, gradients, state and activations, as the
+caching allocator's peak holds them. Every part is the estimate's (txsuite/config/estimate.py),
+which counts what the reference model keeps for its backward pass tensor by tensor;
+`model.attention: auto` counts as the kernel auto ran on this host for the cell's precision (the
+T x T scores of `matmul` are a large part), and as SDPA, auto's default, where it never ran here.
+On CPU the parameters are resident before the training window opens, so they are not in train
+memory. k models what the heap holds beyond the tensors; t the blocks one layer's backward pass
+allocates and frees (its activations' gradients, a checkpointed layer's recomputation), which
+glibc keeps, so they weigh most in shallow models; c the compiler that a compiling optimizer
+(torchao's low-bit AdamW) brings into the process on its first step; m what the first steps
+initialise. All >= 0, fitted like the speed terms on this host's records.
+
+On CPU the heap prior HEAP_PRIOR (the coefficients fitted on the records of the project's
+reference host, docs/predictions.md: glibc and torch allocate alike on every host of a torch
+version) joins the fit as a Gaussian prior (_nnls): the records of one matrix decide the total
+they measured, the prior the split between the terms that one matrix's sizes cannot tell apart.
+With fewer than three records it is the prediction, and the prediction's source says so. On
+CUDA, whose caching allocator the prior never saw: the fit alone, and with fewer than three
+records the estimate as it is.
 """
 from __future__ import annotations
 
 import math
 import os
-import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from txsuite.config.spec import CellConfig
-from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, logits_bytes, optimizer_state_bytes,
-                                     parameter_shapes)
+from txsuite.config.spec import OPTIMIZERS, CellConfig
+from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, layer_activation_bytes,
+                                     optimizer_state_bytes, parameter_shapes)
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
+# k, t, c and m of the module's docstring for a CPU host with no records of its own: fitted on the
+# reference host's records (docs/predictions.md, "The heap prior"), not on this host's
+HEAP_PRIOR = (1.12, 1.56, 545 * 2**20, 38 * 2**20)
+PRIOR_SD = (0.10, 0.25, 0.50, 0.25)  # how far (relative sd) another CPU host's k, t, c and m are believed to lie
+# the least relative error a fit credits its records with: the model's error on a matrix it was
+# not fitted on (docs/predictions.md), however closely it fits the matrix it was
+MODEL_ERROR = 0.05
 MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
                 "fp16": "float16", "fp8": "float8"}  # the dtype measure/peak.py keys its peaks by
 
@@ -53,12 +71,12 @@ MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pur
 @dataclass(frozen=True)
 class Observation:
     """One earlier repetition on this host: its cell, its median step time, its train memory,
-    the matmul peak it ran against, and the activations live at its profiled step's peak."""
+    the matmul peak it ran against, and the attention kernel it ran."""
     config: CellConfig
     step_s: float | None
     train_mem_bytes: float | None
     peak_flops: float | None
-    activations_bytes: float | None = None
+    attention: str | None = None
 
 
 @dataclass
@@ -68,7 +86,7 @@ class Prediction:
     high: float | None = None
     step_s: float | None = None
     train_mem_bytes: float | None = None
-    # the estimate's MEMORY_PARTS on a new host; once fitted, held_parts() and "heap_bytes"
+    # held_parts() and "heap_bytes"; the estimate's MEMORY_PARTS on a new CUDA host
     memory_parts: dict[str, float] = field(default_factory=dict)
     speed_source: str = ""  # "fitted on N repetitions of this host" / "uncorrected roofline" / why none
     memory_source: str = ""
@@ -79,10 +97,10 @@ class HostModel:
     speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
-    memory: list[float] | None  # k and m of the module's docstring
+    memory: list[float] | None  # k, t, c and m of the module's docstring; None: fewer than three records
     memory_error: float
     memory_fitted_on: int
-    activation_units: dict[tuple[str, str], float] = field(default_factory=dict)  # activation_units()
+    auto_attention: dict[str, str] = field(default_factory=dict)  # precision -> the kernel auto ran here
 
     @classmethod
     def fit(cls, observations: Iterable[Observation]) -> "HostModel":
@@ -90,29 +108,35 @@ class HostModel:
         timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
         speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
                                    [o.step_s for o in timed])
-        units = activation_units(observations)
         sized = [o for o in observations if positive(o.train_mem_bytes)]
-        # with fewer repetitions than three, memory stays the estimate
-        memory, memory_error = (_nnls([memory_features(o.config, units) for o in sized],
-                                      [o.train_mem_bytes for o in sized]) if len(sized) >= 3 else (None, math.nan))
-        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), units)
+        # each record's parts with the kernel it ran; with fewer records than three, the prior
+        prior = HEAP_PRIOR if all(o.config.device == "cpu" for o in sized) else None
+        memory, memory_error = (_nnls([memory_features(o.config, o.attention) for o in sized],
+                                      [o.train_mem_bytes for o in sized], prior)
+                                if len(sized) >= 3 else (None, math.nan))
+        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations))
 
     def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
         out = Prediction()
-        if self.memory is not None:
-            k, m = self.memory
-            held = held_parts(cell, self.activation_units)
+        attention = self.auto_attention.get(cell.precision) if cell.model.attention == "auto" else None
+        held = held_parts(cell, attention)
+        if self.memory is not None or cell.device == "cpu":
+            coefficients = self.memory if self.memory is not None else HEAP_PRIOR
             # the tensors as they are, so each part compares with the role measured at the peak; what
             # the heap holds beyond them (negative where the fit says the parts' peaks do not coincide)
-            out.memory_parts = {**held, "heap_bytes": (k - 1) * sum(held.values()) + m}
-            measured = _measured_unit(cell, self.activation_units) is not None
-            out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host; activations "
-                                 + ("as measured here per token" if measured else "the estimate's (none measured "
-                                    "here for this precision and attention)"))
+            features = memory_features(cell, attention)
+            out.memory_parts = {**held, "heap_bytes": sum(c * x for c, x in zip(coefficients, features))
+                                - sum(held.values())}
+            out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host" if self.memory is not None
+                                 else "the estimate with the heap prior of the reference host (nothing measured "
+                                      "here yet)")
         else:
-            estimate = estimate_memory(cell, approx_vocab(cell))
+            estimate = estimate_memory(cell, approx_vocab(cell), attention)
             out.memory_parts = {name: float(estimate[name]) for name in MEMORY_PARTS}
             out.memory_source = "the estimate, uncorrected (no repetition measured here yet)"
+        if cell.model.attention == "auto":
+            out.memory_source += f"; attention: auto as {attention or 'sdpa'}" + (
+                " (what auto ran here)" if attention else " (its default: auto never ran here at this precision)")
         out.train_mem_bytes = sum(out.memory_parts.values())
         if not positive(peak_flops):
             out.speed_source = f"no matmul peak measured here at {cell.precision} yet"
@@ -144,61 +168,45 @@ def speed_features(cell: CellConfig, peak_flops: float) -> list[float]:
     return [flops / peak_flops, float(passes), optimizer_state_bytes(cell, vocab), 1.0]
 
 
-def activation_units(observations: Iterable[Observation]) -> dict[tuple[str, str], float]:
-    """(activation width, attention setting) -> bytes per token x d_model x kept layer that the
-    observations measured live at their profiled step's peak (the median), from single-process
-    cells that kept at least one layer."""
-    measured: dict[tuple[str, str], list[float]] = {}
+def auto_attention(observations: Iterable[Observation]) -> dict[str, str]:
+    """precision -> the kernel `model.attention: auto` ran in most of the observations of that
+    precision (ties: the later one)."""
+    ran: dict[str, list[str]] = {}
     for o in observations:
-        kept = kept_layers(o.config)[0]
-        if positive(o.activations_bytes) and kept and _unit_applies(o.config):
-            measured.setdefault(_unit_key(o.config), []).append(o.activations_bytes / (_unit(o.config) * kept))
-    return {key: statistics.median(values) for key, values in measured.items()}
+        if o.config.model.attention == "auto" and o.attention in ("sdpa", "matmul"):
+            ran.setdefault(o.config.precision, []).append(o.attention)
+    return {precision: max(reversed(kernels), key=kernels.count) for precision, kernels in ran.items()}
 
 
-def held_parts(cell: CellConfig, units: dict[tuple[str, str], float]) -> dict[str, float]:
-    """What the training holds beyond what was resident before it (the module's docstring), by
-    part: optimizer state, activations (with the logits), and on CUDA parameters and gradients."""
-    vocab = approx_vocab(cell)
-    estimate = estimate_memory(cell, vocab)
-    logits = logits_bytes(cell, vocab)
-    unit = _measured_unit(cell, units)
-    if unit is None:
-        activations = estimate["activations_bytes"]
-    else:
-        kept, checkpointed = kept_layers(cell)
-        width = 4 if _unit_key(cell)[0] == "32 bit" else 2
-        # a checkpointed layer keeps its input; one layer is recomputed at a time in the backward pass
-        recomputed = checkpointed * width * _unit(cell) + unit * _unit(cell) if checkpointed else 0.0
-        activations = unit * _unit(cell) * kept + recomputed + logits
-    parts = {"optimizer_bytes": float(estimate["optimizer_bytes"]), "activations_bytes": float(activations)}
+def held_parts(cell: CellConfig, attention: str | None = None) -> dict[str, float]:
+    """What the training holds beyond what was resident before it at its peak (the module's
+    docstring), by part. A step peaks in one of two phases: the backward pass, holding the
+    activations (with the logits; gradients too once a step accumulates micro-batches), or the
+    optimizer's step, holding every gradient and the temporaries its step makes for all
+    parameters at once (OptimizerInfo.step_temporaries); the optimizer's state is held
+    throughout, and on CUDA the parameters and gradients too. `attention`: the kernel auto
+    resolves to (estimate_memory)."""
+    estimate = estimate_memory(cell, approx_vocab(cell), attention)
+    grads = float(estimate["grads_bytes"])
+    parts = {"optimizer_bytes": float(estimate["optimizer_bytes"])}
     if cell.device == "cuda":
-        parts.update(params_bytes=float(estimate["params_bytes"]), grads_bytes=float(estimate["grads_bytes"]))
-    return parts
+        return {**parts, "params_bytes": float(estimate["params_bytes"]), "grads_bytes": grads,
+                "activations_bytes": float(estimate["activations_bytes"])}
+    backward = {"activations_bytes": float(estimate["activations_bytes"])}
+    if cell.train.grad_accum > 1:
+        backward["grads_bytes"] = grads
+    step = {"grads_bytes": grads,
+            # the step's temporaries: what the measured roles call other (txsuite/measure/memory_roles.py)
+            "other_bytes": OPTIMIZERS[cell.train.optimizer].step_temporaries * estimate["params_bytes"]}
+    return {**parts, **max(backward, step, key=lambda phase: sum(phase.values()))}
 
 
-def memory_features(cell: CellConfig, units: dict[tuple[str, str], float]) -> list[float]:
-    """[what the training holds (held_parts, summed), 1 for the constant]."""
-    return [sum(held_parts(cell, units).values()), 1.0]
-
-
-def _unit_key(cell: CellConfig) -> tuple[str, str]:
-    width = "32 bit" if cell.precision in ("fp32", "tf32") else "16 bit"
-    return width, cell.model.attention
-
-
-def _unit(cell: CellConfig) -> int:
-    """Tokens x d_model of one micro-batch: what one layer's activations scale with."""
-    return cell.data.seq_len * cell.train.micro_batch * cell.model.dims[2]
-
-
-def _measured_unit(cell: CellConfig, units: dict[tuple[str, str], float]) -> float | None:
-    """The activation bytes per unit this host measured for the cell's kind, or None."""
-    return units.get(_unit_key(cell)) if _unit_applies(cell) else None
-
-
-def _unit_applies(cell: CellConfig) -> bool:
-    return cell.parallel.tp == 1 and cell.parallel.pp == 1
+def memory_features(cell: CellConfig, attention: str | None = None) -> list[float]:
+    """[what the training holds (held_parts, summed), one layer's activations, 1 if the optimizer
+    compiles its step on the first one (the compiler joins the process inside the training window;
+    a compiled model does not: its warm-up is measured apart), 1]."""
+    return [sum(held_parts(cell, attention).values()), float(layer_activation_bytes(cell, attention)),
+            float(OPTIMIZERS[cell.train.optimizer].compiles_step), 1.0]
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
@@ -213,9 +221,14 @@ def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
     return format_peak_key(device_name, torch_version, threads, MATMUL_DTYPE[cell.precision], spin)
 
 
-def _nnls(rows: list[list[float]], targets: list[float]) -> tuple[list[float] | None, float]:
+def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None
+          ) -> tuple[list[float] | None, float]:
     """Coefficients >= 0 minimising the relative error (rows scaled by 1/target), and the sd of
-    log(target / fitted); (None, nan) with fewer observations than coefficients would need."""
+    log(target / fitted); (None, nan) with fewer observations than coefficients would need.
+    `prior`: coefficients believed before the data (HEAP_PRIOR), each costing ((c / c0 - 1) /
+    its PRIOR_SD)^2 beside the records' squared relative errors over their variance (at least
+    MODEL_ERROR^2): a Gaussian prior, so the records decide what they determine and the prior
+    the split they cannot tell (one matrix's records span too few sizes to tell k from m)."""
     if not rows:
         return None, math.nan
     import numpy as np
@@ -224,11 +237,20 @@ def _nnls(rows: list[list[float]], targets: list[float]) -> tuple[list[float] | 
     x = np.asarray(rows, dtype=float)
     y = np.asarray(targets, dtype=float)
     used = list(range(x.shape[1]))
-    if len(rows) < x.shape[1]:  # too few to fit every term: the first (the main) term and the constant
+    if len(rows) < x.shape[1] and prior is None:  # too few for every term: the first (the main) and the constant
         used = [0, x.shape[1] - 1]
     scale = x[:, used].max(axis=0)
     scale[scale == 0] = 1.0
-    coefficients, _ = nnls(x[:, used] / scale / y[:, None], np.ones(len(y)))
+    a, b = x[:, used] / scale / y[:, None], np.ones(len(y))
+    coefficients, _ = nnls(a, b)
+    if prior is not None and len(used) == len(prior):
+        noise = max(MODEL_ERROR, float(np.sqrt(np.mean((a @ coefficients - 1) ** 2))))
+        drawn = [i for i, c0 in enumerate(prior) if c0 > 0]  # a coefficient believed 0 is left to the data
+        belief = np.zeros((len(drawn), len(used)))
+        for row, i in enumerate(drawn):
+            belief[row, i] = 1 / (PRIOR_SD[i] * prior[i] * scale[i])
+        coefficients, _ = nnls(np.vstack([a / noise, belief]),
+                               np.concatenate([b / noise, [1 / PRIOR_SD[i] for i in drawn]]))
     full = [0.0] * x.shape[1]
     for i, c in zip(used, coefficients / scale):
         full[i] = float(c)

@@ -4,8 +4,7 @@ cell's predicted speed and memory (txsuite/measure/predict.py) before it runs.
 One JSON file in the txsuite cache folder (observed.json): host name -> cell id -> the cell's
 resolved settings and its last few repetitions that ended ok: wall time (process start to
 record: start-up, data, training and evaluation all count), time in training steps, median step
-time, train memory, the matmul peak it ran against and the activations measured at its profiled
-step's peak. The file is advisory: an unreadable one
+time, train memory, the matmul peak it ran against and the attention kernel it ran. The file is advisory: an unreadable one
 is ignored and rewritten, one that cannot be written is skipped.
 
 A sweep's time: a cell that ran here before takes the median of its own wall times; a cell that
@@ -34,10 +33,11 @@ def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
     this = {"seconds": round(seconds, 3)}
     for name, key in (("training_s", "train_wall_s"), ("step_s", "step_time_p50_s"),
                       ("train_mem_bytes", "train_mem_bytes"), ("peak_flops", "peak_flops"),
-                      ("baseline_bytes", "host_rss_before_train_bytes"),
-                      ("activations_bytes", "activations_at_peak_bytes")):
+                      ("baseline_bytes", "host_rss_before_train_bytes")):
         if positive(metrics.get(key)):
             this[name] = metrics[key]
+    if metrics.get("attention") in ("sdpa", "matmul"):  # what `auto` resolved to, for the memory model
+        this["attention"] = metrics["attention"]
 
     def update(cache: dict) -> None:
         host = cache.get(socket.gethostname())
@@ -83,7 +83,7 @@ class Predictor:
                 continue
             for r in _repetitions(entry):
                 observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), r.get("peak_flops"),
-                                                r.get("activations_bytes")))
+                                                r.get("attention")))
         self.model = HostModel.fit(observations)
         self.peaks = _read_peaks()
         self.device_name = device_name
