@@ -67,7 +67,7 @@ def test_the_heap_prior_gives_way_to_a_hosts_own_records():
     """A host whose heap differs from the prior: fitted on many records of several sizes, the
     prediction follows the host; the prior only draws the split of k and m (what one matrix's
     narrow range of sizes cannot tell apart) towards the reference host's."""
-    truth = [1.2, 1.0, 0.0, 80e6]  # k, t, c (none of these cells compiles), m
+    truth = [1.2, 1.0, 80e6]  # k, t, m
     many = [cell(n, b, checkpointing=c) for n in (1, 2, 4, 8) for b in (1, 2, 8, 32) for c in ("none", "full")] * 3
     model = HostModel.fit(observations(many, truth))
     for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
@@ -127,8 +127,8 @@ def test_a_step_peaks_in_its_larger_phase_backward_or_optimizer():
     # many tokens: the backward pass is the peak; accumulating micro-batches keeps the gradients in it
     assert set(held_parts(wide("adamw", micro_batch=64))) == {"optimizer_bytes", "activations_bytes"}
     assert set(held_parts(wide("adamw", 64, grad_accum=2))) == {"optimizer_bytes", "activations_bytes", "grads_bytes"}
-    # torchao's low-bit AdamW compiles its step on the first one: the compiler's term
-    assert memory_features(wide("adamw-8bit"))[2] == 1 and memory_features(wide("adamw"))[2] == 0
+    # torchao's low-bit AdamW: both moments dequantized to fp32 for every parameter
+    assert held_parts(wide("adamw-8bit"))["other_bytes"] == 2 * estimate["params_bytes"]
 
 
 BIG = """\

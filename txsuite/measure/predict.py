@@ -16,25 +16,24 @@ roofline, and the prediction says so. Tokens/s = tokens per step / step_s, with 
 the fit's relative error (at least BAND_FLOOR).
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
-resident before it, times a factor, plus what one layer's backward pass passes through, plus
-what a compiled optimizer step brings, plus a constant:
+resident before it, times a factor, plus what one layer's backward pass passes through, plus a
+constant:
 
-    train_mem = k * held + t * one layer's activations + c * (the optimizer compiles its step) + m
+    train_mem = k * held + t * one layer's activations + m
 
 `held` (held_parts) is the larger of a step's two phases, plus the optimizer's state held
 throughout: the backward pass (activations and logits; gradients too once micro-batches
 accumulate) or the optimizer's step (every gradient and the temporaries a foreach step makes for
-all parameters at once); on CUDA the parameters, gradients, state and activations, as the
-caching allocator's peak holds them. Every part is the estimate's (txsuite/config/estimate.py),
+all parameters at once, or a low-bit step its dequantized moments); on CUDA the parameters,
+gradients, state and activations, as the caching allocator's peak holds them. Every part is the estimate's (txsuite/config/estimate.py),
 which counts what the reference model keeps for its backward pass tensor by tensor;
 `model.attention: auto` counts as the kernel auto ran on this host for the cell's precision (the
 T x T scores of `matmul` are a large part), and as SDPA, auto's default, where it never ran here.
 On CPU the parameters are resident before the training window opens, so they are not in train
 memory. k models what the heap holds beyond the tensors; t the blocks one layer's backward pass
 allocates and frees (its activations' gradients, a checkpointed layer's recomputation), which
-glibc keeps, so they weigh most in shallow models; c the compiler that a compiling optimizer
-(torchao's low-bit AdamW) brings into the process on its first step; m what the first steps
-initialise. All >= 0, fitted like the speed terms on this host's records.
+glibc keeps, so they weigh most in shallow models; m what the first steps initialise. All >= 0,
+fitted like the speed terms on this host's records.
 
 On CPU the heap prior HEAP_PRIOR (the coefficients fitted on the records of the project's
 reference host, docs/predictions.md: glibc and torch allocate alike on every host of a torch
@@ -57,10 +56,10 @@ from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers,
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
-# k, t, c and m of the module's docstring for a CPU host with no records of its own: fitted on the
+# k, t and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
-HEAP_PRIOR = (1.12, 1.56, 545 * 2**20, 38 * 2**20)
-PRIOR_SD = (0.10, 0.25, 0.50, 0.25)  # how far (relative sd) another CPU host's k, t, c and m are believed to lie
+HEAP_PRIOR = (1.10, 1.65, 40 * 2**20)
+PRIOR_SD = (0.10, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t and m are believed to lie
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -97,7 +96,7 @@ class HostModel:
     speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
-    memory: list[float] | None  # k, t, c and m of the module's docstring; None: fewer than three records
+    memory: list[float] | None  # k, t and m of the module's docstring; None: fewer than three records
     memory_error: float
     memory_fitted_on: int
     auto_attention: dict[str, str] = field(default_factory=dict)  # precision -> the kernel auto ran here
@@ -202,11 +201,8 @@ def held_parts(cell: CellConfig, attention: str | None = None) -> dict[str, floa
 
 
 def memory_features(cell: CellConfig, attention: str | None = None) -> list[float]:
-    """[what the training holds (held_parts, summed), one layer's activations, 1 if the optimizer
-    compiles its step on the first one (the compiler joins the process inside the training window;
-    a compiled model does not: its warm-up is measured apart), 1]."""
-    return [sum(held_parts(cell, attention).values()), float(layer_activation_bytes(cell, attention)),
-            float(OPTIMIZERS[cell.train.optimizer].compiles_step), 1.0]
+    """[what the training holds (held_parts, summed), one layer's activations, 1 for the constant]."""
+    return [sum(held_parts(cell, attention).values()), float(layer_activation_bytes(cell, attention)), 1.0]
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:

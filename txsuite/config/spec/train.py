@@ -34,9 +34,10 @@ class OptimizerInfo:
     step_bytes: int = 0  # a per-parameter step counter tensor (fp32 scalar)
     # parameter-sized tensors its step holds at once, beyond its state: a foreach step over every
     # parameter materialises its intermediate for all of them (Adafactor's variance estimates,
-    # Lion's update); a fused or per-parameter step holds one parameter's at a time (0)
+    # Lion's update); torchao's low-bit AdamW both moments dequantized to fp32 (GPT-2 124M holds
+    # twice its parameters beyond gradients and state: docs/measurements.md, "Predictions"); a
+    # fused or per-parameter step holds one parameter's at a time (0)
     step_temporaries: float = 0.0
-    compiles_step: bool = False  # its step is compiled on the first call (the compiler joins the process)
     needs: str | None = None  # an optional package it comes from
 
     def param_state_bytes(self, shape: tuple[int, ...], hidden_matrix: bool, param_bytes: int) -> float:
@@ -75,14 +76,14 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
                           "interpolated momentum; txsuite/train/lion.py", {"beta1": 0.9, "beta2": 0.99}, states=1,
                           step_temporaries=1),
     "adamw-8bit": OptimizerInfo("torchao.optim.AdamW8bit: both moments in 8-bit blocks of 256 with fp32 scales",
-                                ADAM, states=2, layout="blockwise-8", block=256, step_bytes=4, compiles_step=True,
+                                ADAM, states=2, layout="blockwise-8", block=256, step_bytes=4, step_temporaries=2,
                                 needs="torchao"),
     "adamw-4bit": OptimizerInfo("torchao.optim.AdamW4bit: both moments in 4-bit blocks of 128 with fp32 scales",
-                                ADAM, states=2, layout="blockwise-4", block=128, step_bytes=4, compiles_step=True,
+                                ADAM, states=2, layout="blockwise-4", block=128, step_bytes=4, step_temporaries=2,
                                 needs="torchao"),
     "adamw-fp8": OptimizerInfo("torchao.optim.AdamWFp8: both moments in float8 (e4m3) blocks of 256 with fp32 "
                                "scales; CUDA GPUs with fp8 (compute capability >= 8.9)", ADAM, states=2,
-                               layout="blockwise-8", block=256, step_bytes=4, compiles_step=True, needs="torchao"),
+                               layout="blockwise-8", block=256, step_bytes=4, step_temporaries=2, needs="torchao"),
 }
 HYPERPARAMETERS = ("beta1", "beta2", "momentum")  # TrainSpec keys whose default is the optimizer's own
 # element-wise optimizers, measured here under ZeRO, FSDP and tensor parallelism
