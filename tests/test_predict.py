@@ -65,7 +65,7 @@ def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
 
 def test_the_heap_prior_gives_way_to_a_hosts_own_records():
     """A host whose heap differs from the prior: fitted on many records of several sizes, the
-    prediction follows the host; the prior only draws the split of k and m (what one matrix's
+    prediction follows the host; the prior only draws the split of k, t and m (what one matrix's
     narrow range of sizes cannot tell apart) towards the reference host's."""
     truth = [1.2, 1.0, 80e6]  # k, t, m
     many = [cell(n, b, checkpointing=c) for n in (1, 2, 4, 8) for b in (1, 2, 8, 32) for c in ("none", "full")] * 3

@@ -25,10 +25,11 @@ constant:
 throughout: the backward pass (activations and logits; gradients too once micro-batches
 accumulate) or the optimizer's step (every gradient and the temporaries a foreach step makes for
 all parameters at once, or a low-bit step its dequantized moments); on CUDA the parameters,
-gradients, state and activations, as the caching allocator's peak holds them. Every part is the estimate's (txsuite/config/estimate.py),
-which counts what the reference model keeps for its backward pass tensor by tensor;
-`model.attention: auto` counts as the kernel auto ran on this host for the cell's precision (the
-T x T scores of `matmul` are a large part), and as SDPA, auto's default, where it never ran here.
+gradients, state and activations, as the caching allocator's peak holds them. Every part is the
+estimate's (txsuite/config/estimate.py), which counts what the reference model keeps for its
+backward pass tensor by tensor; `model.attention: auto` counts as the kernel auto ran on this
+host for the cell's precision (the T x T scores of `matmul` are a large part), and as SDPA,
+auto's default, where it never ran here.
 On CPU the parameters are resident before the training window opens, so they are not in train
 memory. k models what the heap holds beyond the tensors; t the blocks one layer's backward pass
 allocates and frees (its activations' gradients, a checkpointed layer's recomputation), which
@@ -118,15 +119,16 @@ class HostModel:
     def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
         out = Prediction()
         attention = self.auto_attention.get(cell.precision) if cell.model.attention == "auto" else None
-        held = held_parts(cell, attention)
         if self.memory is not None or cell.device == "cpu":
             coefficients = self.memory if self.memory is not None else HEAP_PRIOR
             # the tensors as they are, so each part compares with the role measured at the peak; what
             # the heap holds beyond them (negative where the fit says the parts' peaks do not coincide)
-            features = memory_features(cell, attention)
+            held = held_parts(cell, attention)
+            features = memory_features(cell, attention, held)
             out.memory_parts = {**held, "heap_bytes": sum(c * x for c, x in zip(coefficients, features))
                                 - sum(held.values())}
-            out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host" if self.memory is not None
+            out.memory_source = (f"fitted on {self.memory_fitted_on} repetitions of this host"
+                                 if self.memory is not None
                                  else "the estimate with the heap prior of the reference host (nothing measured "
                                       "here yet)")
         else:
@@ -200,9 +202,12 @@ def held_parts(cell: CellConfig, attention: str | None = None) -> dict[str, floa
     return {**parts, **max(backward, step, key=lambda phase: sum(phase.values()))}
 
 
-def memory_features(cell: CellConfig, attention: str | None = None) -> list[float]:
-    """[what the training holds (held_parts, summed), one layer's activations, 1 for the constant]."""
-    return [sum(held_parts(cell, attention).values()), float(layer_activation_bytes(cell, attention)), 1.0]
+def memory_features(cell: CellConfig, attention: str | None = None, held: dict[str, float] | None = None
+                    ) -> list[float]:
+    """[what the training holds (held_parts, summed; `held` where the caller has them), one layer's
+    activations, 1 for the constant]."""
+    held = held_parts(cell, attention) if held is None else held
+    return [sum(held.values()), float(layer_activation_bytes(cell, attention)), 1.0]
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
@@ -239,14 +244,11 @@ def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...
     scale[scale == 0] = 1.0
     a, b = x[:, used] / scale / y[:, None], np.ones(len(y))
     coefficients, _ = nnls(a, b)
-    if prior is not None and len(used) == len(prior):
+    if prior is not None:  # every coefficient kept (used), each drawn towards its prior value
         noise = max(MODEL_ERROR, float(np.sqrt(np.mean((a @ coefficients - 1) ** 2))))
-        drawn = [i for i, c0 in enumerate(prior) if c0 > 0]  # a coefficient believed 0 is left to the data
-        belief = np.zeros((len(drawn), len(used)))
-        for row, i in enumerate(drawn):
-            belief[row, i] = 1 / (PRIOR_SD[i] * prior[i] * scale[i])
-        coefficients, _ = nnls(np.vstack([a / noise, belief]),
-                               np.concatenate([b / noise, [1 / PRIOR_SD[i] for i in drawn]]))
+        sd = np.asarray(PRIOR_SD)
+        belief = np.diag(1 / (sd * np.asarray(prior) * scale))  # row i: (c_i / c0_i) / sd_i, in scaled units
+        coefficients, _ = nnls(np.vstack([a / noise, belief]), np.concatenate([b / noise, 1 / sd]))
     full = [0.0] * x.shape[1]
     for i, c in zip(used, coefficients / scale):
         full[i] = float(c)

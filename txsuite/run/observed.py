@@ -4,8 +4,8 @@ cell's predicted speed and memory (txsuite/measure/predict.py) before it runs.
 One JSON file in the txsuite cache folder (observed.json): host name -> cell id -> the cell's
 resolved settings and its last few repetitions that ended ok: wall time (process start to
 record: start-up, data, training and evaluation all count), time in training steps, median step
-time, train memory, the matmul peak it ran against and the attention kernel it ran. The file is advisory: an unreadable one
-is ignored and rewritten, one that cannot be written is skipped.
+time, train memory, the matmul peak it ran against and the attention kernel it ran. The file is
+advisory: an unreadable one is ignored and rewritten, one that cannot be written is skipped.
 
 A sweep's time: a cell that ran here before takes the median of its own wall times; a cell that
 never did takes the median time outside training of every cell that did, plus its steps at the
