@@ -46,12 +46,6 @@ def observations(data, keep) -> list[predict.Observation]:
             if keep(folder, name) for records in cells.values() for r in records]
 
 
-def prior_fit(sample: list[predict.Observation]) -> tuple[float, ...]:
-    coefficients, _ = predict._nnls([predict.memory_features(o.config, o.attention) for o in sample],
-                                    [o.train_mem_bytes for o in sample])
-    return tuple(coefficients)
-
-
 def median_error(model: predict.HostModel, cells: dict[str, list]) -> str:
     errors = [abs(model.predict(CellConfig.from_dict(records[0].config), None).train_mem_bytes
                   / statistics.median(r.metrics["train_mem_bytes"] for r in records) - 1) for records in cells.values()]
@@ -63,13 +57,13 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     data = load(parser.parse_args().folders)
     everything = observations(data, lambda folder, name: True)
-    print(f"prior over every record ({len(everything)}): {[f'{c:.3g}' for c in prior_fit(everything)]}")
+    print(f"prior over every record ({len(everything)}): {[f'{c:.3g}' for c in predict.heap_fit(everything)]}")
     for matrix in sorted({name for matrices in data.values() for name in matrices}):
-        predict.HEAP_PRIOR = prior_fit(observations(data, lambda folder, name: name != matrix))
-        fresh = [median_error(predict.HostModel.fit([]), m[matrix]) for m in data.values() if matrix in m]
-        after = [median_error(predict.HostModel.fit(observations(data, lambda f, n: (f, n) == (folder, "precision"))),
-                              m[matrix]) for folder, m in data.items() if matrix in m and "precision" in m
-                 and matrix != "precision"]
+        prior = predict.heap_fit(observations(data, lambda folder, name: name != matrix))
+        fresh = [median_error(predict.HostModel.fit([], prior), m[matrix]) for m in data.values() if matrix in m]
+        after = [median_error(predict.HostModel.fit(observations(data, lambda f, n: (f, n) == (folder, "precision")),
+                                                    prior), m[matrix])
+                 for folder, m in data.items() if matrix in m and "precision" in m and matrix != "precision"]
         print(f"{matrix}: fresh host {', '.join(fresh)}; after precision {', '.join(after) or '-'}")
 
 

@@ -24,7 +24,7 @@ def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optim
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
 TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
-TRUE_MEMORY = list(HEAP_PRIOR)  # the heap's factor over what training holds, per layer's activations, a constant
+TRUE_MEMORY = list(HEAP_PRIOR)  # k, t, r and m of txsuite/measure/predict.py
 
 
 def observations(cells=CELLS, memory=TRUE_MEMORY):
@@ -65,9 +65,9 @@ def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
 
 def test_the_heap_prior_gives_way_to_a_hosts_own_records():
     """A host whose heap differs from the prior: fitted on many records of several sizes, the
-    prediction follows the host; the prior only draws the split of k, t and m (what one matrix's
+    prediction follows the host; the prior only draws the split of k, t, r and m (what one matrix's
     narrow range of sizes cannot tell apart) towards the reference host's."""
-    truth = [1.2, 1.0, 80e6]  # k, t, m
+    truth = [1.2, 1.0, 0.3, 80e6]  # k, t, r, m
     many = [cell(n, b, checkpointing=c) for n in (1, 2, 4, 8) for b in (1, 2, 8, 32) for c in ("none", "full")] * 3
     model = HostModel.fit(observations(many, truth))
     for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
@@ -178,3 +178,12 @@ def test_a_cell_asked_not_to_profile_memory_runs_no_profiled_step(tmp_path):
     assert record.status == "ok", out.stdout + out.stderr
     assert record.metrics["memory_roles"] == "not measured: measure.memory_roles is false"
     assert "tensors_at_peak_bytes" not in record.metrics and record.metrics["train_mem_bytes"] > 0
+
+
+def test_only_checkpointed_layers_beyond_the_kept_ones_leave_recomputation_in_the_heap():
+    """The recomputation of a checkpointed layer fits where a kept layer freed its activations;
+    only the checkpointed layers beyond the kept ones add to the heap (the r term)."""
+    plain, full = memory_features(cell(4, 8)), memory_features(cell(4, 8, checkpointing="full"))
+    every_2nd = memory_features(cell(4, 8, checkpointing="every_k"))
+    assert plain[2] == every_2nd[2] == 0
+    assert full[2] == 4 * full[1] > 0

@@ -16,10 +16,10 @@ roofline, and the prediction says so. Tokens/s = tokens per step / step_s, with 
 the fit's relative error (at least BAND_FLOOR).
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
-resident before it, times a factor, plus what one layer's backward pass passes through, plus a
-constant:
+resident before it, times a factor, plus what one layer's backward pass passes through, plus
+what checkpointing's recomputation leaves in the heap, plus a constant:
 
-    train_mem = k * held + t * one layer's activations + m
+    train_mem = k * held + t * one layer's activations + r * unplaced recomputation + m
 
 `held` (held_parts) is the larger of a step's two phases, plus the optimizer's state held
 throughout: the backward pass (activations and logits; gradients too once micro-batches
@@ -33,8 +33,14 @@ auto's default, where it never ran here.
 On CPU the parameters are resident before the training window opens, so they are not in train
 memory. k models what the heap holds beyond the tensors; t the blocks one layer's backward pass
 allocates and frees (its activations' gradients, a checkpointed layer's recomputation), which
-glibc keeps, so they weigh most in shallow models; m what the first steps initialise. All >= 0,
-fitted like the speed terms on this host's records.
+glibc keeps, so they weigh most in shallow models; r the part of the unplaced recomputation the
+heap keeps. The backward pass allocates each checkpointed layer's activations afresh. Where a
+layer that kept its activations has freed them first, the recomputation takes their place; the
+checkpointed layers beyond the kept ones (`unplaced`, each one layer's activations) find no such
+place, and glibc keeps much of what they free, so a fully checkpointed step's resident set grows
+towards the plain step's while every-2nd checkpointing stays near its tensors
+(docs/measurements.md, "Predictions"); m what the first steps initialise. All >= 0, fitted like
+the speed terms on this host's records.
 
 On CPU the heap prior HEAP_PRIOR (the coefficients fitted on the records of the project's
 reference host, docs/predictions.md: glibc and torch allocate alike on every host of a torch
@@ -57,10 +63,10 @@ from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers,
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
-# k, t and m of the module's docstring for a CPU host with no records of its own: fitted on the
+# k, t, r and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
-HEAP_PRIOR = (1.10, 1.65, 40 * 2**20)
-PRIOR_SD = (0.10, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t and m are believed to lie
+HEAP_PRIOR = (1.13, 1.23, 0.54, 41 * 2**20)
+PRIOR_SD = (0.10, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r and m are believed to lie
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -97,30 +103,35 @@ class HostModel:
     speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
-    memory: list[float] | None  # k, t and m of the module's docstring; None: fewer than three records
+    memory: list[float] | None  # k, t, r and m of the module's docstring; None: fewer than three records
     memory_error: float
     memory_fitted_on: int
     auto_attention: dict[str, str] = field(default_factory=dict)  # precision -> the kernel auto ran here
 
+    heap_prior: tuple[float, ...] = HEAP_PRIOR  # what a CPU host's memory fit is drawn towards
+
     @classmethod
-    def fit(cls, observations: Iterable[Observation]) -> "HostModel":
+    def fit(cls, observations: Iterable[Observation], heap_prior: tuple[float, ...] = HEAP_PRIOR) -> "HostModel":
+        """The host's model from its earlier repetitions; `heap_prior`: the CPU memory prior (another
+        one only to measure how the model generalises, bench/predict_holdout.py)."""
         observations = list(observations)
         timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
         speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
                                    [o.step_s for o in timed])
         sized = [o for o in observations if positive(o.train_mem_bytes)]
         # each record's parts with the kernel it ran; with fewer records than three, the prior
-        prior = HEAP_PRIOR if all(o.config.device == "cpu" for o in sized) else None
+        prior = heap_prior if all(o.config.device == "cpu" for o in sized) else None
         memory, memory_error = (_nnls([memory_features(o.config, o.attention) for o in sized],
                                       [o.train_mem_bytes for o in sized], prior)
                                 if len(sized) >= 3 else (None, math.nan))
-        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations))
+        return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations),
+                   heap_prior)
 
     def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
         out = Prediction()
         attention = self.auto_attention.get(cell.precision) if cell.model.attention == "auto" else None
         if self.memory is not None or cell.device == "cpu":
-            coefficients = self.memory if self.memory is not None else HEAP_PRIOR
+            coefficients = self.memory if self.memory is not None else self.heap_prior
             # the tensors as they are, so each part compares with the role measured at the peak; what
             # the heap holds beyond them (negative where the fit says the parts' peaks do not coincide)
             held = held_parts(cell, attention)
@@ -205,9 +216,19 @@ def held_parts(cell: CellConfig, attention: str | None = None) -> dict[str, floa
 def memory_features(cell: CellConfig, attention: str | None = None, held: dict[str, float] | None = None
                     ) -> list[float]:
     """[what the training holds (held_parts, summed; `held` where the caller has them), one layer's
-    activations, 1 for the constant]."""
+    activations, the unplaced recomputation (the module's docstring), 1 for the constant]."""
     held = held_parts(cell, attention) if held is None else held
-    return [sum(held.values()), float(layer_activation_bytes(cell, attention)), 1.0]
+    layer = float(layer_activation_bytes(cell, attention))
+    kept, checkpointed = kept_layers(cell)
+    return [sum(held.values()), layer, max(0, checkpointed - kept) * layer, 1.0]
+
+
+def heap_fit(observations: Iterable[Observation]) -> tuple[float, ...] | None:
+    """The memory coefficients (k, t, r, m) the records alone give, with no prior: how HEAP_PRIOR
+    was made from the reference host's records (bench/predict_holdout.py)."""
+    sized = [o for o in observations if positive(o.train_mem_bytes)]
+    coefficients, _ = _nnls([memory_features(o.config, o.attention) for o in sized], [o.train_mem_bytes for o in sized])
+    return None if coefficients is None else tuple(coefficients)
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
