@@ -65,7 +65,7 @@ BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
 # k, t, r and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
-HEAP_PRIOR = (1.13, 1.23, 0.54, 41 * 2**20)
+HEAP_PRIOR = (1.16, 1.12, 0.56, 41.5 * 2**20)
 PRIOR_SD = (0.10, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r and m are believed to lie
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
