@@ -5,6 +5,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite runs two workers on the cores, and every cell, runner and helper process they start is
+# an OpenMP program. OpenMP threads that spin while they wait burn the core the other worker needs
+# (the suite took a third more CPU time that way: docs/measurements.md, "The test suite"); passive
+# threads sleep. Set before any test imports torch, and inherited by every process a test starts.
+# What a cell gets by default (a short spin, txsuite.measure.peak.cell_openmp_env) is tested as
+# a function in tests/test_measure_host.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _shared_cache(tmp_path_factory):

@@ -68,12 +68,14 @@ def test_kill_9_of_the_runner_then_the_same_command_finishes_every_cell_once(tmp
         fixed:
           model: {preset: tiny, n_layer: 1}
           data: {dataset: markov, seq_len: 64, symbols: 16}
-          train: {steps: 400, warmup_steps: 1, micro_batch: 4}
+          train: {steps: 150, warmup_steps: 1, micro_batch: 4}
+          measure: {threads: 1}
         axes:
           train.seed: [1, 2, 3]
         """))
-    # 400 steps: ~1.3 s of training per cell here. With 30 (0.1 s) a warm worker finished the
-    # other two cells inside the second this test used to wait, and the kill found nothing to cut.
+    # One thread: a second would only contend with the tests beside this one. 150 steps: about a
+    # second of training per cell. With 30 steps a warm worker finished the other two cells inside
+    # the second this test used to wait, and the kill found nothing to cut.
     runner = subprocess.Popen([sys.executable, "-m", "txsuite.cli", "run", "k.yaml"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = None

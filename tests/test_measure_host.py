@@ -124,6 +124,15 @@ def test_the_peak_key_holds_the_threads_and_the_spin_setting(monkeypatch):
     assert "|wait passive|" in peak.peak_key(torch, CPU, "bf16", "Some CPU")
 
 
+def test_a_cpu_cell_spins_briefly_unless_the_user_chose_an_openmp_wait_policy():
+    """What the runner adds to a CPU cell's environment (txsuite/run/runner.py): a short spin by
+    default, the user's own GOMP_SPINCOUNT kept, nothing where OMP_WAIT_POLICY is set (the test
+    session sets it: tests/conftest.py)."""
+    assert peak.cell_openmp_env({}) == {"GOMP_SPINCOUNT": peak.CELL_SPINCOUNT}
+    assert peak.cell_openmp_env({"GOMP_SPINCOUNT": "0"}) == {"GOMP_SPINCOUNT": "0"}
+    assert peak.cell_openmp_env({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "5"}) == {}
+
+
 def test_mfu_is_the_flops_over_time_times_the_named_peak():
     tokens, flops, peak_flops = 5665.0, 6.1e8, 3.9e13
     mfu, _ = peak.utilization(tokens, flops, None, peak_flops)
