@@ -115,6 +115,22 @@ def test_a_cached_peak_is_never_replaced_by_a_lower_reading_and_keeps_its_spread
     assert entry["lower_reading"] == 6e10 and "checked_at" in entry  # seen, and said, not adopted
 
 
+def test_the_memory_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    reading = peak.measure_copy_bandwidth(torch, CPU, seconds=0.01, trials=2)
+    assert reading > 1e8 and len(reading.trials) == 2  # a real copy: bytes read and written per second
+    calls = []
+    monkeypatch.setattr(peak, "measure_copy_bandwidth",
+                        lambda torch_, device: calls.append(1) or peak.PeakReading(2e10, (2e10, 1.8e10)))
+    first = peak.memory_bandwidth(torch, CPU, "Some CPU")
+    again = peak.memory_bandwidth(torch, CPU, "Some CPU")
+    assert (first["memory_bandwidth"], first["bandwidth_cached"], again["bandwidth_cached"]) == (2e10, False, True)
+    assert calls == [1] and first["bandwidth_key"].endswith("|copy|bytes")
+    assert f"|threads {torch.get_num_threads()}|" in first["bandwidth_key"]
+    entry = json.loads((tmp_path / "peaks.json").read_text())[first["bandwidth_key"]]
+    assert entry["bytes_per_s"] == 2e10 and entry["spread"] == pytest.approx(0.05)
+
+
 def test_the_peak_key_holds_the_threads_and_the_spin_setting(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
@@ -146,17 +162,20 @@ def test_the_hosts_one_time_measurements_run_once(tmp_path, monkeypatch):
     measured = []
     monkeypatch.setattr(peak, "measure_matmul_flops",
                         lambda torch_, device, kind: measured.append(kind) or peak.PeakReading(1e11, (1e11,)))
+    monkeypatch.setattr(peak, "measure_copy_bandwidth",
+                        lambda torch_, device: measured.append("copy") or peak.PeakReading(2e10, (2e10,)))
     payload = {"kind": host_trials.KIND, "device": "cpu", "threads": torch.get_num_threads(),
                "configs": [_cell().to_dict(), _cell(linear="torch").to_dict()]}
     first = host_trials.measure_host(payload)
-    assert first["failed"] == [] and measured == ["float32"]  # two cells, one precision: one peak
-    assert {m["what"] for m in first["measured"]} == {"dataset", "peak", "kernels"}
+    # two cells, one precision: one peak, and one memory bandwidth for the host
+    assert first["failed"] == [] and measured == ["float32", "copy"]
+    assert {m["what"] for m in first["measured"]} == {"dataset", "peak", "bandwidth", "kernels"}
     mine = _cell().cell_id()
     assert not any(m["cached"] for m in first["measured"] if m["what"] != "dataset" and m["cell_id"] == mine)
     # the second cell differs only in its linear kernel: its attention came from the first's trial
     assert [m["cached"] for m in first["measured"] if m["cell_id"] != mine] == [True]
     second = host_trials.measure_host(payload)
-    assert measured == ["float32"]  # nothing measured again
+    assert measured == ["float32", "copy"]  # nothing measured again
     assert all(m["cached"] for m in second["measured"] if m["what"] != "dataset")
 
 
@@ -183,6 +202,7 @@ def test_a_sweep_measures_the_host_before_its_cells_and_each_record_states_choic
         assert m["mfu_peak"]["key"] == m["peak_flops_key"] and "|threads 1|" in m["mfu_peak"]["key"]
         assert m["mfu_peak"]["measured_at"] and m["mfu_peak"]["spread"] is not None
         assert m["mfu"] == m["tokens_per_s"] * m["flops_per_token"] / m["mfu_peak"]["flops"]
+        assert m["memory_bandwidth"] > 0  # measured at sweep start too, for the plan's roofline
     auto = next(r for r in records if r.config["model"]["linear"] == "auto")
     assert auto.metrics["linear_auto"]["cached"] and auto.metrics["linear_auto"]["trial"] == "block"
     assert len({r.metrics["mfu_peak"]["flops"] for r in records}) == 1  # one peak for the whole sweep

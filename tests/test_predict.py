@@ -7,7 +7,7 @@ from txsuite.config.estimate import approx_vocab, estimate_memory
 
 from txsuite.config.spec import CellConfig
 from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, HostModel, Observation, held_parts, memory_features,
-                                     speed_features)
+                                     speed_features, step_traffic_bytes)
 
 PEAK = 1e11
 
@@ -61,6 +61,22 @@ def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
     assert gpu.train_mem_bytes == estimate_memory(cell(device="cuda"), approx_vocab(cell()))["total_bytes"]
     no_peak = HostModel.fit([]).predict(cell(precision="bf16"), None)
     assert no_peak.tokens_per_s is None and "no matmul peak" in no_peak.speed_source
+
+
+def test_a_new_host_with_its_memory_bandwidth_adds_the_bytes_a_step_moves():
+    """The uncorrected roofline: the matmuls at the peak, plus the step's traffic outside them at
+    the measured bandwidth (a CPU runs the two one after the other)."""
+    bandwidth = 2e10
+    p = HostModel.fit([]).predict(cell(), PEAK, bandwidth)
+    assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0] + step_traffic_bytes(cell()) / bandwidth)
+    assert p.speed_source == "the uncorrected roofline (no repetition measured here yet)"
+    assert "matmuls alone" in HostModel.fit([]).predict(cell(), PEAK).speed_source
+    # the traffic grows with what a step keeps and moves: micro-batches, recomputation, accumulation
+    assert step_traffic_bytes(cell(2, 8)) > step_traffic_bytes(cell(2, 4))
+    assert step_traffic_bytes(cell(2, 4, checkpointing="full")) > step_traffic_bytes(cell(2, 4))
+    # a fitted host keeps its fit: the bandwidth changes nothing there
+    fitted = HostModel.fit(observations())
+    assert fitted.predict(cell(), PEAK, bandwidth).step_s == fitted.predict(cell(), PEAK).step_s
 
 
 def test_the_heap_prior_gives_way_to_a_hosts_own_records():

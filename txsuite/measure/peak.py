@@ -85,11 +85,16 @@ def spin_setting(env=os.environ) -> str:
     return f"spin {env.get('GOMP_SPINCOUNT') or 'default'}"
 
 
-def format_peak_key(device_name: str, torch_version: str, threads: int, kind: str, spin: str | None = None) -> str:
-    """A peak's cache key from its parts (threads 0 and no spin setting on CUDA); the plan's
-    predictions (txsuite.measure.predict) build it without torch."""
+def format_peak_key(device_name: str, torch_version: str, threads: int, kind: str, spin: str | None = None,
+                    op: str = "linear") -> str:
+    """A peak's cache key from its parts (threads 0 and no spin setting on CUDA): `op` "linear"
+    for a matmul peak of dtype `kind`, "copy" for the memory bandwidth (kind BANDWIDTH_KIND). The
+    plan's predictions (txsuite.measure.predict) build it without torch."""
     spin_part = f"|{spin}" if spin else ""
-    return f"{device_name}|torch {torch_version}|threads {threads}{spin_part}|linear|{kind}"
+    return f"{device_name}|torch {torch_version}|threads {threads}{spin_part}|{op}|{kind}"
+
+
+BANDWIDTH_KIND = "bytes"  # the kind of the memory bandwidth's key (op "copy")
 
 
 def peak_key(torch, device, precision: str, device_name: str) -> str:
@@ -129,14 +134,69 @@ def peak_flops(torch, device, precision: str, device_name: str, at_least: float 
             "nominal_peak_flops": nominal, "peak": peak_record(entry, key, kind)}
 
 
-def kept_peak(entry: dict | None, reading: float, now: str) -> dict:
+def bandwidth_key(torch, device, device_name: str) -> str:
+    """The cache key of the memory bandwidth: device model, torch, threads and spin setting (CPU)."""
+    if device.type == "cpu":
+        return format_peak_key(device_name, torch.__version__, torch.get_num_threads(), BANDWIDTH_KIND, spin_setting(),
+                               op="copy")
+    return format_peak_key(device_name, torch.__version__, 0, BANDWIDTH_KIND, op="copy")
+
+
+def memory_bandwidth(torch, device, device_name: str) -> dict:
+    """-> {"memory_bandwidth": bytes read and written per second, "bandwidth_key": its cache key,
+    "bandwidth_cached": bool}: the host's memory bandwidth, measured once under the cells'
+    conditions (threads, OpenMP spin setting) and cached beside the matmul peaks. The plan's
+    uncorrected roofline divides the bytes a step moves by it (txsuite.measure.predict)."""
+    key = bandwidth_key(torch, device, device_name)
+
+    def best(cache: dict) -> tuple[dict, bool]:
+        entry = cache.get(key)
+        if entry is not None:
+            return entry, True
+        cache[key] = kept_peak(None, measure_copy_bandwidth(torch, device), time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               field="bytes_per_s")
+        return cache[key], False
+    entry, cached = locked_update("peaks.json", best)
+    return {"memory_bandwidth": entry["bytes_per_s"], "bandwidth_key": key, "bandwidth_cached": cached}
+
+
+# the buffer a bandwidth burst copies: on a CPU twice the largest last-level cache of this
+# project's hosts (32 MiB), so the copy streams through memory rather than the cache
+COPY_BYTES = {"cpu": 64 * 2**20, "cuda": 2**30}
+
+
+def measure_copy_bandwidth(torch, device, seconds: float = 0.1, trials: int = 5) -> PeakReading:
+    """Best bytes per second (read + written) over `trials` timed bursts of copying one buffer of
+    COPY_BYTES into another (Tensor.copy_, on the cell's threads), with every burst's figure."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = COPY_BYTES["cuda" if device.type == "cuda" else "cpu"] // 4
+    source = torch.ones(n, device=device)
+    target = torch.empty(n, device=device)
+    target.copy_(source)  # both buffers' pages touched before the clock starts
+    sync()
+    readings = []
+    for _ in range(trials):
+        count, start = 0, time.perf_counter()
+        while True:
+            target.copy_(source)
+            count += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        readings.append(2 * 4 * n * count / elapsed)
+    return PeakReading(max(readings), tuple(readings))
+
+
+def kept_peak(entry: dict | None, reading: float, now: str, field: str = "flops") -> dict:
     """The cache entry after a measurement: the new reading (its bursts and their spread) when it
     is the first or higher than the cached peak; else the cached entry unchanged but for
-    `checked_at` and `lower_reading`, so a noisy moment never lowers the peak, and says so."""
-    if entry is not None and entry["flops"] >= reading:
+    `checked_at` and `lower_reading`, so a noisy moment never lowers the peak, and says so.
+    `field`: what the reading is ("flops", or "bytes_per_s" for the memory bandwidth)."""
+    if entry is not None and entry[field] >= reading:
         return {**entry, "checked_at": now, "lower_reading": float(reading)}
     trials = [float(t) for t in getattr(reading, "trials", ())] or [float(reading)]
-    return {"flops": float(reading), "measured_at": now, "trials": trials, "spread": spread(trials)}
+    return {field: float(reading), "measured_at": now, "trials": trials, "spread": spread(trials)}
 
 
 def spread(trials: list[float]) -> float:

@@ -11,9 +11,11 @@ Speed. A training step's time is modelled as
 The matmul FLOPs are the model's (6 per parameter and token, attention scores, the forward of
 every recomputed layer); the peak is the one `measure/peak.py` measured and cached on this host.
 a, b, c, d >= 0 are fitted (non-negative least squares, relative errors) on this host's earlier
-records of the same device; with no record (a new host) a = 1 and the others 0: the uncorrected
-roofline, and the prediction says so. Tokens/s = tokens per step / step_s, with a band of twice
-the fit's relative error (at least BAND_FLOOR).
+records of the same device. With no record (a new host) the prediction is the uncorrected
+roofline, and says so: the matmul FLOPs at the peak plus the bytes the step moves outside its
+matmuls (step_traffic_bytes) at the host's memory bandwidth, also measured once and cached
+(`measure/peak.py`); on a CPU the two run one after the other, so their times add. Tokens/s =
+tokens per step / step_s, with a band of twice the fit's relative error (at least BAND_FLOOR).
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
 resident before it, times a factor, plus what one layer's backward pass passes through, plus
@@ -58,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from txsuite.config.spec import OPTIMIZERS, CellConfig
-from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, layer_activation_bytes,
+from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, layer_activation_bytes, logits_bytes,
                                      optimizer_state_bytes, parameter_shapes)
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
@@ -127,7 +129,9 @@ class HostModel:
         return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations),
                    heap_prior)
 
-    def predict(self, cell: CellConfig, peak_flops: float | None) -> Prediction:
+    def predict(self, cell: CellConfig, peak_flops: float | None, bandwidth: float | None = None) -> Prediction:
+        """`peak_flops`: this host's matmul peak at the cell's precision; `bandwidth`: its memory
+        bandwidth in bytes per second (the uncorrected roofline's second term), when measured."""
         out = Prediction()
         attention = self.auto_attention.get(cell.precision) if cell.model.attention == "auto" else None
         if self.memory is not None or cell.device == "cpu":
@@ -154,8 +158,10 @@ class HostModel:
             out.speed_source = f"no matmul peak measured here at {cell.precision} yet"
             return out
         x = speed_features(cell, peak_flops)
-        coefficients = self.speed if self.speed is not None else [1.0, 0.0, 0.0, 0.0]
-        out.step_s = sum(c * v for c, v in zip(coefficients, x))
+        if self.speed is not None:
+            out.step_s = sum(c * v for c, v in zip(self.speed, x))
+        else:  # the uncorrected roofline: the matmuls at the peak, the rest at the memory bandwidth
+            out.step_s = x[0] + (step_traffic_bytes(cell, attention) / bandwidth if positive(bandwidth) else 0.0)
         if not positive(out.step_s):
             out.speed_source = "the fit predicts no time for this cell"
             return out
@@ -164,7 +170,9 @@ class HostModel:
         if half is not None:
             out.low, out.high = out.tokens_per_s * math.exp(-half), out.tokens_per_s * math.exp(half)
         out.speed_source = (f"fitted on {self.speed_fitted_on} repetitions of this host" if self.speed is not None
-                            else "the uncorrected roofline (no repetition measured here yet)")
+                            else "the uncorrected roofline (no repetition measured here yet)" if positive(bandwidth)
+                            else "the uncorrected roofline of the matmuls alone (no repetition and no memory "
+                                 "bandwidth measured here yet)")
         return out
 
 
@@ -178,6 +186,23 @@ def speed_features(cell: CellConfig, peak_flops: float) -> list[float]:
     flops = per_token * cell.tokens_per_step * (1 + recomputed / 3)
     passes = n_layer * cell.train.grad_accum
     return [flops / peak_flops, float(passes), optimizer_state_bytes(cell, vocab), 1.0]
+
+
+def step_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
+    """The bytes a training step moves through memory outside its matmuls (whose reads the
+    compute term counts): every block's saved activations written in the forward pass and read
+    in the backward, their gradients written and read once (a checkpointed block's recomputation
+    writes and reads them once more), the logits and their gradient written and read, per
+    micro-batch; and the optimizer's step, which reads the parameters and gradients, writes the
+    parameters, and reads and writes its state. An order of magnitude for the uncorrected
+    roofline, not a count of every kernel's traffic."""
+    vocab = approx_vocab(cell)
+    layers, checkpointed = cell.model.dims[0], kept_layers(cell)[1]
+    per_micro_batch = ((4 * layers + 2 * checkpointed) * layer_activation_bytes(cell, attention)
+                       + 2 * logits_bytes(cell, vocab))
+    estimate = estimate_memory(cell, vocab, attention)
+    step = 2 * estimate["params_bytes"] + estimate["grads_bytes"] + 2 * estimate["optimizer_bytes"]
+    return float(per_micro_batch * cell.train.grad_accum + step)
 
 
 def auto_attention(observations: Iterable[Observation]) -> dict[str, str]:
@@ -231,16 +256,18 @@ def heap_fit(observations: Iterable[Observation]) -> tuple[float, ...] | None:
     return None if coefficients is None else tuple(coefficients)
 
 
-def peak_key(cell: CellConfig, device_name: str, torch_version: str) -> str:
-    """The key measure/peak.py caches the cell's matmul peak under (threads and OpenMP spin
-    setting as the runner gives the cell's worker)."""
-    from txsuite.measure.peak import cell_openmp_env, format_peak_key, spin_setting
+def peak_key(cell: CellConfig, device_name: str, torch_version: str, op: str = "linear") -> str:
+    """The key measure/peak.py caches the cell's matmul peak (`op` "linear") or the memory
+    bandwidth (`op` "copy") under: threads and OpenMP spin setting as the runner gives the cell's
+    worker."""
+    from txsuite.measure.peak import BANDWIDTH_KIND, cell_openmp_env, format_peak_key, spin_setting
+    kind = BANDWIDTH_KIND if op == "copy" else MATMUL_DTYPE[cell.precision]
     if cell.device != "cpu":
-        return format_peak_key(device_name, torch_version, 0, MATMUL_DTYPE[cell.precision])
+        return format_peak_key(device_name, torch_version, 0, kind, op=op)
     threads = cell.measure.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                        else os.cpu_count() or 1)
     spin = spin_setting({**os.environ, **cell_openmp_env(os.environ)})
-    return format_peak_key(device_name, torch_version, threads, MATMUL_DTYPE[cell.precision], spin)
+    return format_peak_key(device_name, torch_version, threads, kind, spin, op=op)
 
 
 def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None

@@ -88,20 +88,22 @@ class Predictor:
         self.peaks = _read_peaks()
         self.device_name = device_name
 
-    def peak(self, cell: CellConfig) -> float | None:
+    def peak(self, cell: CellConfig, op: str = "linear") -> float | None:
+        """This host's matmul peak at the cell's precision (`op` "linear"), or its memory
+        bandwidth (`op` "copy"), as measured and cached here; None where not measured yet."""
         name = cpu_model() if cell.device == "cpu" else self.device_name
         try:
             torch_version = importlib.metadata.version("torch")
         except importlib.metadata.PackageNotFoundError:
             return None
-        key = peak_key(cell, name or "", torch_version)
-        if key not in self.peaks:  # measured since (a sweep's first cell of a precision measures it)
+        key = peak_key(cell, name or "", torch_version, op)
+        if key not in self.peaks:  # measured since (a sweep's host setup or first cell measures it)
             self.peaks = _read_peaks()
         entry = self.peaks.get(key)
-        return entry.get("flops") if isinstance(entry, dict) else None
+        return entry.get("bytes_per_s" if op == "copy" else "flops") if isinstance(entry, dict) else None
 
     def predict(self, cell: CellConfig) -> Prediction:
-        return self.model.predict(cell, self.peak(cell))
+        return self.model.predict(cell, self.peak(cell), self.peak(cell, "copy"))
 
     def beyond_limit(self, cell: CellConfig, limit_bytes: int) -> str | None:
         """Why `cell` will not fit `--memory-limit` (the reason it is skipped with), or None. A
@@ -158,7 +160,7 @@ class SweepEstimate:
 
 
 def _read_peaks() -> dict:
-    """The matmul peaks this host measured (txsuite/measure/peak.py's cache)."""
+    """The matmul peaks and memory bandwidths this host measured (txsuite/measure/peak.py's cache)."""
     try:
         return locked_update("peaks.json", lambda cache: dict(cache))
     except (OSError, TypeError, ValueError, AttributeError):

@@ -399,7 +399,7 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
     communication, FLOPs and MFU against this host's measured peak."""
     import torch
 
-    from txsuite.measure.peak import peak_flops, utilization
+    from txsuite.measure.peak import memory_bandwidth, peak_flops, utilization
     from txsuite.model import flops_per_token
 
     cell, setup, device, world = training.cell, training.setup, started.device, started.world
@@ -490,6 +490,9 @@ def measure(training, started: Started, trained: Trained, final: FinalEval) -> d
         "hfu": hfu,
         "nominal_peak_flops": peak.get("nominal_peak_flops"),
         "mfu_nominal": mfu_nominal,
+        # one rank's memory bandwidth (measured once per host: txsuite.measure.peak), which the
+        # plan's roofline divides a step's bytes by
+        "memory_bandwidth": memory_bandwidth(torch, device, started.env["device_name"])["memory_bandwidth"],
         "data": training.dataset.info,
         **setup.facts,
     })

@@ -1,5 +1,5 @@
 """The host's one-time measurements for a sweep's cells, made before the first cell (issue 31):
-the matmul peak of each precision (txsuite.measure.peak), the `auto` attention and linear
+the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), the `auto` attention and linear
 kernels of each cell shape (txsuite.techniques.kernel_trial), and each dataset's tokenizer and
 token arrays (txsuite.data, cached on disk). All of them are cached per host
 (txsuite.measure.host_cache), so a cell then reads them instead of paying for them inside its
@@ -69,7 +69,7 @@ def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, 
     cache: its dataset, its precision's peak, its auto kernels (attention first: the linear
     trial runs the attention kernel chosen)."""
     from txsuite.data import build_dataset
-    from txsuite.measure.peak import peak_flops, peak_key
+    from txsuite.measure.peak import bandwidth_key, memory_bandwidth, peak_flops, peak_key
     from txsuite.techniques import linear_kernel
     from txsuite.techniques.kernel_trial import resolve_attention
 
@@ -78,6 +78,7 @@ def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, 
         ("dataset", f"data {data_key}", lambda: build_dataset(cell.data, seed=cell.train.seed)),
         ("peak", peak_key(torch, device, cell.precision, device_name),
          lambda: peak_flops(torch, device, cell.precision, device_name)),
+        ("bandwidth", bandwidth_key(torch, device, device_name), lambda: memory_bandwidth(torch, device, device_name)),
     ]
     shape = json.dumps([cell.model.dims, cell.model.dropout, cell.data.seq_len, cell.train.micro_batch,
                         cell.precision, cell.parallel.tp])
@@ -96,7 +97,7 @@ def _cached(what: str, result: Any) -> bool:
     """Whether a measurement was read from the host's cache rather than made."""
     if not isinstance(result, dict):
         return False
-    if what == "peak":
-        return result.get("peak_cached", False)
+    if what in ("peak", "bandwidth"):
+        return result.get(f"{what}_cached", False)
     trials = [v for k, v in result.items() if k.endswith("_auto") and isinstance(v, dict) and "cached" in v]
     return bool(trials) and all(t["cached"] for t in trials)
