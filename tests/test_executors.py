@@ -104,6 +104,34 @@ def test_a_distributed_cell_wider_than_the_hosts_gpus_is_skipped(tmp_path):
     assert by_dp[4].status == "skipped" and "need as many GPUs, and this host has 2" in by_dp[4].reason
 
 
+def test_a_cells_start_and_end_arriving_together_are_both_read(tmp_path):
+    """The fork server answers twice per cell: when it started and when it ended. A short cell's
+    two answers can reach the runner in one read; the second must be taken from what was read,
+    not waited for until the cell's timeout (this once failed a cell as timed out under load)."""
+    server = tmp_path / "quick_server.py"
+    server.write_text(textwrap.dedent("""\
+        import json, os, sys
+        print(json.dumps({"ready": os.getpid(), "ranks": True}), flush=True)
+        for line in sys.stdin:
+            pid = os.fork()
+            if pid == 0:
+                os.setsid()
+                os._exit(3)
+            os.waitpid(pid, 0)
+            # both answers in one write: the runner reads them in one chunk
+            sys.stdout.write(json.dumps({"pid": pid}) + "\\n" + json.dumps({"pid": pid, "status": 3}) + "\\n")
+            sys.stdout.flush()
+        """))
+    executor = LocalExecutor()
+    try:
+        for _ in range(3):  # and the buffer is left empty for the next cell
+            outcome = executor.execute_forked((str(server),), ["c.json", "r.json"], {}, tmp_path / "log.txt",
+                                              timeout=20)
+            assert outcome is not None and (outcome.returncode, outcome.timed_out) == (3, False), outcome
+    finally:
+        executor.close()
+
+
 def test_a_fork_server_that_cannot_launch_ranks_is_not_given_a_distributed_cell(tmp_path):
     """A fork server of an older checkout (txsuite ab's base side) does not announce that it
     launches ranks; it would run a distributed cell as one process. The executor must then say

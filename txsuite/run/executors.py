@@ -21,6 +21,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +179,10 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, *launch, "txsuite.run.forkserver"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True,
                                      bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        # its answers, read from the pipe's descriptor by this object alone: select() sees only
+        # what the pipe still holds, so lines a buffered reader had taken in already (a cell's
+        # start and its end, written a moment apart) would wait out the timeout
+        self._unread = b""
         try:
             ready = self._reply(self.START_TIMEOUT_S)
         except ServerGone:
@@ -195,12 +200,18 @@ class ForkServer:
     def _reply(self, timeout: float | None) -> dict | None:
         """The server's next answer; None when none came within `timeout`. ServerGone when its
         output ended (it died) or is not an answer: that is not a timeout."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise ServerGone()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._unread:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise ServerGone()
+            self._unread += chunk
+        line, self._unread = self._unread.split(b"\n", 1)
         try:
             answer = json.loads(line)
         except ValueError:
