@@ -24,7 +24,7 @@ def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optim
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
 TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
-TRUE_MEMORY = list(HEAP_PRIOR)  # k, t, r and m of txsuite/measure/predict.py
+TRUE_MEMORY = list(HEAP_PRIOR)  # k, t, r, u and m of txsuite/measure/predict.py
 
 
 def observations(cells=CELLS, memory=TRUE_MEMORY):
@@ -81,9 +81,9 @@ def test_a_new_host_with_its_memory_bandwidth_adds_the_bytes_a_step_moves():
 
 def test_the_heap_prior_gives_way_to_a_hosts_own_records():
     """A host whose heap differs from the prior: fitted on many records of several sizes, the
-    prediction follows the host; the prior only draws the split of k, t, r and m (what one matrix's
+    prediction follows the host; the prior only draws the split of k, t, r, u and m (what one matrix's
     narrow range of sizes cannot tell apart) towards the reference host's."""
-    truth = [1.2, 1.0, 0.3, 80e6]  # k, t, r, m
+    truth = [1.2, 1.0, 0.3, 0.4, 80e6]  # k, t, r, u, m
     many = [cell(n, b, checkpointing=c) for n in (1, 2, 4, 8) for b in (1, 2, 8, 32) for c in ("none", "full")] * 3
     model = HostModel.fit(observations(many, truth))
     for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
@@ -203,3 +203,13 @@ def test_only_checkpointed_layers_beyond_the_kept_ones_leave_recomputation_in_th
     every_2nd = memory_features(cell(4, 8, checkpointing="every_k"))
     assert plain[2] == every_2nd[2] == 0
     assert full[2] == 4 * full[1] > 0
+
+
+def test_accumulating_micro_batches_displace_one_micro_batchs_activations():
+    """With micro-batches accumulating, the next micro-batch's activations no longer fit where the
+    first's were (the u term): one micro-batch's activations, however many accumulate."""
+    def accumulating(n):
+        return CellConfig.from_dict({**cell(2, 4).to_dict(), "train": {**cell(2, 4).to_dict()["train"], "grad_accum": n}})
+    one, two, four = (memory_features(accumulating(n)) for n in (1, 2, 4))
+    activations = estimate_memory(accumulating(2), approx_vocab(cell()))["activations_bytes"]
+    assert one[3] == 0 and two[3] == four[3] == activations > 0

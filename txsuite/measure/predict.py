@@ -19,9 +19,10 @@ tokens per step / step_s, with a band of twice the fit's relative error (at leas
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
 resident before it, times a factor, plus what one layer's backward pass passes through, plus
-what checkpointing's recomputation leaves in the heap, plus a constant:
+what checkpointing's recomputation and accumulation leave in the heap, plus a constant:
 
-    train_mem = k * held + t * one layer's activations + r * unplaced recomputation + m
+    train_mem = k * held + t * one layer's activations + r * unplaced recomputation
+              + u * displaced micro-batch + m
 
 `held` (held_parts) is the larger of a step's two phases, plus the optimizer's state held
 throughout: the backward pass (activations and logits; gradients too once micro-batches
@@ -41,8 +42,11 @@ layer that kept its activations has freed them first, the recomputation takes th
 checkpointed layers beyond the kept ones (`unplaced`, each one layer's activations) find no such
 place, and glibc keeps much of what they free, so a fully checkpointed step's resident set grows
 towards the plain step's while every-2nd checkpointing stays near its tensors
-(docs/measurements.md, "Predictions"); m what the first steps initialise. All >= 0, fitted like
-the speed terms on this host's records.
+(docs/measurements.md, "Predictions"); u the part of the displaced micro-batch the heap keeps:
+when micro-batches accumulate, the gradients are allocated during the first one's backward pass,
+among its activations, and the next micro-batch's activations (`displaced`: one micro-batch's)
+no longer fit where those were; m what the first steps initialise. All >= 0, fitted like the
+speed terms on this host's records.
 
 On CPU the heap prior HEAP_PRIOR (the coefficients fitted on the records of the project's
 reference host, docs/predictions.md: glibc and torch allocate alike on every host of a torch
@@ -65,10 +69,10 @@ from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers,
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
-# k, t, r and m of the module's docstring for a CPU host with no records of its own: fitted on the
+# k, t, r, u and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
-HEAP_PRIOR = (1.16, 1.12, 0.56, 41.5 * 2**20)
-PRIOR_SD = (0.10, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r and m are believed to lie
+HEAP_PRIOR = (1.18, 1.07, 0.57, 0.46, 39 * 2**20)
+PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -105,7 +109,7 @@ class HostModel:
     speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
-    memory: list[float] | None  # k, t, r and m of the module's docstring; None: fewer than three records
+    memory: list[float] | None  # k, t, r, u and m of the module's docstring; None: fewer than three records
     memory_error: float
     memory_fitted_on: int
     auto_attention: dict[str, str] = field(default_factory=dict)  # precision -> the kernel auto ran here
@@ -241,15 +245,18 @@ def held_parts(cell: CellConfig, attention: str | None = None) -> dict[str, floa
 def memory_features(cell: CellConfig, attention: str | None = None, held: dict[str, float] | None = None
                     ) -> list[float]:
     """[what the training holds (held_parts, summed; `held` where the caller has them), one layer's
-    activations, the unplaced recomputation (the module's docstring), 1 for the constant]."""
+    activations, the unplaced recomputation, the displaced micro-batch (the module's docstring),
+    1 for the constant]."""
     held = held_parts(cell, attention) if held is None else held
     layer = float(layer_activation_bytes(cell, attention))
     kept, checkpointed = kept_layers(cell)
-    return [sum(held.values()), layer, max(0, checkpointed - kept) * layer, 1.0]
+    displaced = (float(estimate_memory(cell, approx_vocab(cell), attention)["activations_bytes"])
+                 if cell.train.grad_accum > 1 else 0.0)
+    return [sum(held.values()), layer, max(0, checkpointed - kept) * layer, displaced, 1.0]
 
 
 def heap_fit(observations: Iterable[Observation]) -> tuple[float, ...] | None:
-    """The memory coefficients (k, t, r, m) the records alone give, with no prior: how HEAP_PRIOR
+    """The memory coefficients (k, t, r, u, m) the records alone give, with no prior: how HEAP_PRIOR
     was made from the reference host's records (bench/predict_holdout.py)."""
     sized = [o for o in observations if positive(o.train_mem_bytes)]
     coefficients, _ = _nnls([memory_features(o.config, o.attention) for o in sized], [o.train_mem_bytes for o in sized])
