@@ -71,7 +71,7 @@ BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
 # k, t, r, u and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
-HEAP_PRIOR = (1.18, 1.07, 0.57, 0.46, 39 * 2**20)
+HEAP_PRIOR = (1.20, 0.93, 0.61, 0.51, 40.3 * 2**20)
 PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
