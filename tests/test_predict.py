@@ -6,8 +6,8 @@ import math
 from txsuite.config.estimate import approx_vocab, estimate_memory
 
 from txsuite.config.spec import CellConfig
-from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, SPEED_PRIOR, HostModel, Observation, held_parts,
-                                     memory_features, speed_features, step_traffic_bytes)
+from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, HostModel, Observation, held_parts, memory_features,
+                                     speed_features, step_traffic_bytes)
 
 PEAK = 1e11
 
@@ -23,7 +23,7 @@ def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optim
 
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
-TRUE_SPEED = list(SPEED_PRIOR)  # seconds per unit of each speed feature
+TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
 TRUE_MEMORY = list(HEAP_PRIOR)  # k, t, r, u and m of txsuite/measure/predict.py
 
 
@@ -213,21 +213,3 @@ def test_accumulating_micro_batches_displace_one_micro_batchs_activations():
     one, two, four = (memory_features(accumulating(n)) for n in (1, 2, 4))
     activations = estimate_memory(accumulating(2), approx_vocab(cell()))["activations_bytes"]
     assert one[3] == 0 and two[3] == four[3] == activations > 0
-
-
-def test_the_speed_prior_gives_way_to_a_hosts_own_records_of_many_shapes():
-    """A CPU host twice as slow per layer pass as the reference: fitted on records of many shapes,
-    its predictions follow it; on records of one shape the total at that shape is its own."""
-    truth = [1.0, 4e-3, 2e-10, 5e-3]  # a, b, c, d
-    def timed(cells):
-        return [Observation(c, sum(a * x for a, x in zip(truth, speed_features(c, PEAK))), None, PEAK) for c in cells]
-    many = HostModel.fit(timed([cell(n, b) for n in (1, 2, 4, 8) for b in (1, 4, 16, 64)] * 2))
-    for c in (cell(6, 32), cell(3, 2)):
-        true_step = sum(a * x for a, x in zip(truth, speed_features(c, PEAK)))
-        assert abs(many.predict(c, PEAK).step_s / true_step - 1) < 0.05
-    one = HostModel.fit(timed([cell(2, 8)] * 6))
-    assert math.isclose(one.predict(cell(2, 8), PEAK).step_s,
-                        sum(a * x for a, x in zip(truth, speed_features(cell(2, 8), PEAK))), rel_tol=0.03)
-    # on CUDA no prior: the reference host's CPU overheads say nothing of a GPU's
-    gpu = HostModel.fit(timed([cell(n, b, device="cuda") for n in (1, 2, 4) for b in (2, 8)]))
-    assert gpu.speed_error < 1e-6

@@ -11,10 +11,7 @@ Speed. A training step's time is modelled as
 The matmul FLOPs are the model's (6 per parameter and token, attention scores, the forward of
 every recomputed layer); the peak is the one `measure/peak.py` measured and cached on this host.
 a, b, c, d >= 0 are fitted (non-negative least squares, relative errors) on this host's earlier
-records of the same device; on CPU the reference host's coefficients (SPEED_PRIOR) join the fit as
-a Gaussian prior, as the heap prior does for memory (below): one matrix's records, all of one
-shape, fix the total they measured, the prior the split between matmul time, per-layer-pass
-overhead and the constant that one shape cannot tell apart. With no record (a new host) the prediction is the uncorrected
+records of the same device. With no record (a new host) the prediction is the uncorrected
 roofline, and says so: the matmul FLOPs at the peak plus the bytes the step moves outside its
 matmuls (step_traffic_bytes) at the host's memory bandwidth, also measured once and cached
 (`measure/peak.py`); on a CPU the two run one after the other, so their times add. Tokens/s =
@@ -76,12 +73,6 @@ MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_b
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
 HEAP_PRIOR = (1.20, 0.93, 0.61, 0.51, 40.3 * 2**20)
 PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
-# a, b, c and d of the speed model for a CPU host's fit, fitted on the reference host's records
-# (docs/predictions.md): seconds per matmul-second at the peak, per layer pass, per byte of
-# optimizer state, per step. A prior only: a host's own records move it (never a new host's
-# prediction, which is the uncorrected roofline)
-SPEED_PRIOR = (1.21, 2.15e-3, 5.1e-10, 1.38e-2)
-SPEED_PRIOR_SD = (0.25, 0.25, 0.25, 0.25)  # relative sd of another CPU host's a, b, c and d
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -131,9 +122,8 @@ class HostModel:
         one only to measure how the model generalises, bench/predict_holdout.py)."""
         observations = list(observations)
         timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
-        speed_prior = SPEED_PRIOR if timed and all(o.config.device == "cpu" for o in timed) else None
         speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
-                                   [o.step_s for o in timed], speed_prior, SPEED_PRIOR_SD)
+                                   [o.step_s for o in timed])
         sized = [o for o in observations if positive(o.train_mem_bytes)]
         # each record's parts with the kernel it ran; with fewer records than three, the prior
         prior = heap_prior if all(o.config.device == "cpu" for o in sized) else None
@@ -287,13 +277,13 @@ def peak_key(cell: CellConfig, device_name: str, torch_version: str, op: str = "
     return format_peak_key(device_name, torch_version, threads, kind, spin, op=op)
 
 
-def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None,
-          prior_sd: tuple[float, ...] = PRIOR_SD) -> tuple[list[float] | None, float]:
+def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None
+          ) -> tuple[list[float] | None, float]:
     """Coefficients >= 0 minimising the relative error (rows scaled by 1/target), and the sd of
     log(target / fitted); (None, nan) with fewer observations than coefficients would need.
-    `prior`: coefficients believed before the data (HEAP_PRIOR, SPEED_PRIOR), each costing
-    ((c / c0 - 1) / its `prior_sd`)^2 beside the records' squared relative errors over their
-    variance (at least MODEL_ERROR^2): a Gaussian prior, so the records decide what they determine and the prior
+    `prior`: coefficients believed before the data (HEAP_PRIOR), each costing ((c / c0 - 1) /
+    its PRIOR_SD)^2 beside the records' squared relative errors over their variance (at least
+    MODEL_ERROR^2): a Gaussian prior, so the records decide what they determine and the prior
     the split they cannot tell (one matrix's records span too few sizes to tell k from m)."""
     if not rows:
         return None, math.nan
@@ -311,7 +301,7 @@ def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...
     coefficients, _ = nnls(a, b)
     if prior is not None:  # every coefficient kept (used), each drawn towards its prior value
         noise = max(MODEL_ERROR, float(np.sqrt(np.mean((a @ coefficients - 1) ** 2))))
-        sd = np.asarray(prior_sd)
+        sd = np.asarray(PRIOR_SD)
         belief = np.diag(1 / (sd * np.asarray(prior) * scale))  # row i: (c_i / c0_i) / sd_i, in scaled units
         coefficients, _ = nnls(np.vstack([a / noise, belief]), np.concatenate([b / noise, 1 / sd]))
     full = [0.0] * x.shape[1]
