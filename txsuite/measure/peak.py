@@ -101,10 +101,15 @@ def peak_key(torch, device, precision: str, device_name: str) -> str:
     """The cache key of a peak: device model, torch, threads and spin setting (CPU), the op
     measured ("linear": F.linear, the op nn.Linear runs; an earlier version timed `a @ b`, which
     for fp16 on a CPU takes a far slower path, and those entries are not reused) and its dtype."""
+    return _host_key(torch, device, device_name, MATMUL_DTYPE[precision], "linear")
+
+
+def _host_key(torch, device, device_name: str, kind: str, op: str) -> str:
+    """A cached measurement's key under this process's conditions: threads and the OpenMP spin
+    setting on CPU, neither on CUDA."""
     if device.type == "cpu":
-        return format_peak_key(device_name, torch.__version__, torch.get_num_threads(), MATMUL_DTYPE[precision],
-                               spin_setting())
-    return format_peak_key(device_name, torch.__version__, 0, MATMUL_DTYPE[precision])
+        return format_peak_key(device_name, torch.__version__, torch.get_num_threads(), kind, spin_setting(), op=op)
+    return format_peak_key(device_name, torch.__version__, 0, kind, op=op)
 
 
 def peak_flops(torch, device, precision: str, device_name: str, at_least: float | None = None) -> dict:
@@ -136,10 +141,7 @@ def peak_flops(torch, device, precision: str, device_name: str, at_least: float 
 
 def bandwidth_key(torch, device, device_name: str) -> str:
     """The cache key of the memory bandwidth: device model, torch, threads and spin setting (CPU)."""
-    if device.type == "cpu":
-        return format_peak_key(device_name, torch.__version__, torch.get_num_threads(), BANDWIDTH_KIND, spin_setting(),
-                               op="copy")
-    return format_peak_key(device_name, torch.__version__, 0, BANDWIDTH_KIND, op="copy")
+    return _host_key(torch, device, device_name, BANDWIDTH_KIND, "copy")
 
 
 def memory_bandwidth(torch, device, device_name: str) -> dict:

@@ -1,7 +1,7 @@
 """The host's one-time measurements for a sweep's cells, made before the first cell (issue 31):
-the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), the `auto` attention and linear
-kernels of each cell shape (txsuite.techniques.kernel_trial), and each dataset's tokenizer and
-token arrays (txsuite.data, cached on disk). All of them are cached per host
+the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), the `auto`
+attention and linear kernels of each cell shape (txsuite.techniques.kernel_trial), and each
+dataset's tokenizer and token arrays (txsuite.data, cached on disk). All of them are cached per host
 (txsuite.measure.host_cache), so a cell then reads them instead of paying for them inside its
 own clock, where the first cell on a host used to pay for all of them (docs/running.md, "The
 sweep's setup, and what a cell pays").
@@ -66,8 +66,8 @@ def measure_host(payload: dict[str, Any]) -> dict[str, Any]:
 
 def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, str, Any]]:
     """(what, dedup key, zero-argument measurement) of what this cell reads from the host's
-    cache: its dataset, its precision's peak, its auto kernels (attention first: the linear
-    trial runs the attention kernel chosen)."""
+    cache: its dataset, its precision's peak, the memory bandwidth, its auto kernels (attention
+    first: the linear trial runs the attention kernel chosen)."""
     from txsuite.data import build_dataset
     from txsuite.measure.peak import bandwidth_key, memory_bandwidth, peak_flops, peak_key
     from txsuite.techniques import linear_kernel
