@@ -38,7 +38,7 @@ def load(folders: list[Path]) -> dict[Path, dict[str, dict[str, list]]]:
 def observation(r) -> predict.Observation:
     m = r.metrics
     return predict.Observation(CellConfig.from_dict(r.config), m.get("step_time_p50_s"), m["train_mem_bytes"],
-                               m.get("peak_flops"), m.get("attention"))
+                               predict.HostCosts(peak_flops=m.get("peak_flops")), m.get("attention"))
 
 
 def observations(data, keep) -> list[predict.Observation]:
@@ -47,7 +47,7 @@ def observations(data, keep) -> list[predict.Observation]:
 
 
 def median_error(model: predict.HostModel, cells: dict[str, list]) -> str:
-    errors = [abs(model.predict(CellConfig.from_dict(records[0].config), None).train_mem_bytes
+    errors = [abs(model.predict(CellConfig.from_dict(records[0].config)).train_mem_bytes
                   / statistics.median(r.metrics["train_mem_bytes"] for r in records) - 1) for records in cells.values()]
     return f"{statistics.median(errors):.0%} (worst {max(errors):.0%})"
 

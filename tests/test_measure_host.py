@@ -17,6 +17,7 @@ from txsuite.measure.linear import choose_linear
 from txsuite.model.gpt import attention_kernels
 from txsuite.techniques import host_trials, kernel_trial
 from txsuite.techniques.linear_kernel import KERNELS, TransposedWeightLinear
+from txsuite.train import step_costs
 
 CPU = torch.device("cpu")
 
@@ -164,18 +165,25 @@ def test_the_hosts_one_time_measurements_run_once(tmp_path, monkeypatch):
                         lambda torch_, device, kind: measured.append(kind) or peak.PeakReading(1e11, (1e11,)))
     monkeypatch.setattr(peak, "measure_copy_bandwidth",
                         lambda torch_, device: measured.append("copy") or peak.PeakReading(2e10, (2e10,)))
+    monkeypatch.setattr(step_costs, "measure_overhead",
+                        lambda torch_, device, cell: measured.append("overhead") or {"layer_s": 1e-4,
+                                                                                     "micro_batch_s": 2e-4})
+    monkeypatch.setattr(step_costs, "measure_optimizer_step",
+                        lambda torch_, device, cell: measured.append("optimizer") or 1e-3)
     payload = {"kind": host_trials.KIND, "device": "cpu", "threads": torch.get_num_threads(),
                "configs": [_cell().to_dict(), _cell(linear="torch").to_dict()]}
     first = host_trials.measure_host(payload)
-    # two cells, one precision: one peak, and one memory bandwidth for the host
-    assert first["failed"] == [] and measured == ["float32", "copy"]
-    assert {m["what"] for m in first["measured"]} == {"dataset", "peak", "bandwidth", "kernels"}
+    # two cells, one precision, one optimizer and shape: one peak, one memory bandwidth for the host,
+    # one overhead, one optimizer step
+    assert first["failed"] == [] and measured == ["float32", "copy", "overhead", "optimizer"]
+    assert {m["what"] for m in first["measured"]} == {"dataset", "peak", "bandwidth", "overhead", "optimizer",
+                                                      "kernels"}
     mine = _cell().cell_id()
     assert not any(m["cached"] for m in first["measured"] if m["what"] != "dataset" and m["cell_id"] == mine)
     # the second cell differs only in its linear kernel: its attention came from the first's trial
     assert [m["cached"] for m in first["measured"] if m["cell_id"] != mine] == [True]
     second = host_trials.measure_host(payload)
-    assert measured == ["float32", "copy"]  # nothing measured again
+    assert measured == ["float32", "copy", "overhead", "optimizer"]  # nothing measured again
     assert all(m["cached"] for m in second["measured"] if m["what"] != "dataset")
 
 
@@ -203,6 +211,9 @@ def test_a_sweep_measures_the_host_before_its_cells_and_each_record_states_choic
         assert m["mfu_peak"]["measured_at"] and m["mfu_peak"]["spread"] is not None
         assert m["mfu"] == m["tokens_per_s"] * m["flops_per_token"] / m["mfu_peak"]["flops"]
         assert m["memory_bandwidth"] > 0  # measured at sweep start too, for the plan's roofline
+        # and the parts of the step the cost model adds: each cell's prediction read them
+        assert "optimizer step measured here" in m["predicted_speed_source"]
+        assert "overhead" not in m["predicted_speed_source"]  # (it names the overhead only where missing)
     auto = next(r for r in records if r.config["model"]["linear"] == "auto")
     assert auto.metrics["linear_auto"]["cached"] and auto.metrics["linear_auto"]["trial"] == "block"
     assert len({r.metrics["mfu_peak"]["flops"] for r in records}) == 1  # one peak for the whole sweep

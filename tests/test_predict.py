@@ -1,82 +1,122 @@
 """The cost model: fitted on what a host measured, it predicts what it was fitted on; with
-nothing measured it says it is the uncorrected roofline (memory: the heap prior on CPU); its band
-never claims less than the floor."""
+nothing measured it says what it stands on (speed: this host's measured parts weighed as on the
+reference host, CPU, or uncorrected, CUDA; memory: the heap prior on CPU); its band never claims
+less than the floor."""
 import math
+from dataclasses import replace
 
 from txsuite.config.estimate import approx_vocab, estimate_memory
 
 from txsuite.config.spec import CellConfig
-from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, HostModel, Observation, held_parts, memory_features,
-                                     speed_features, step_traffic_bytes)
+from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, SPEED_PRIOR, HostCosts, HostModel, Observation,
+                                     activation_traffic_bytes, held_parts, matmul_seconds, memory_features,
+                                     optimizer_traffic_bytes, speed_parts, step_traffic_bytes)
 
 PEAK = 1e11
+BANDWIDTH = 2e10
+COSTS = HostCosts(peak_flops=PEAK, bandwidth=BANDWIDTH, layer_s=1e-4, micro_batch_s=3e-4)
 
 
 def cell(n_layer=2, micro_batch=4, precision="fp32", checkpointing="none", optimizer="adamw", device="cpu",
-         attention="auto"):
+         attention="auto", grad_accum=1):
     return CellConfig.from_dict({"model": {"preset": "tiny", "n_layer": n_layer, "attention": attention},
                                  "data": {"dataset": "markov", "seq_len": 64, "symbols": 64},
-                                 "train": {"steps": 10, "micro_batch": micro_batch, "optimizer": optimizer},
+                                 "train": {"steps": 10, "micro_batch": micro_batch, "optimizer": optimizer,
+                                           "grad_accum": grad_accum},
                                  "memory": {"activation_checkpointing": checkpointing},
                                  "precision": precision, "device": device})
 
 
+def costs(c: CellConfig) -> HostCosts:
+    """The host's measured parts for a cell: its optimizer step a millisecond per layer."""
+    return replace(COSTS, optimizer_s=1e-3 * c.model.dims[0])
+
+
 CELLS = [cell(n, b, checkpointing=c) for n in (1, 2, 4) for b in (2, 8)
          for c in ("none", "full")]
-TRUE_SPEED = [1.6, 2e-3, 1e-9, 4e-3]  # seconds per unit of each speed feature
+TRUE_SPEED = list(SPEED_PRIOR)  # a and e of txsuite/measure/predict.py
 TRUE_MEMORY = list(HEAP_PRIOR)  # k, t, r, u and m of txsuite/measure/predict.py
 
 
-def observations(cells=CELLS, memory=TRUE_MEMORY):
-    out = []
-    for c in cells:
-        step = sum(a * x for a, x in zip(TRUE_SPEED, speed_features(c, PEAK)))
-        out.append(Observation(c, step, sum(a * x for a, x in zip(memory, memory_features(c))), PEAK))
-    return out
+def true_step_s(c: CellConfig, speed=TRUE_SPEED) -> float:
+    (matmul_s, outside_s), optimizer_s = speed_parts(c, costs(c))
+    return speed[0] * matmul_s + speed[1] * outside_s + optimizer_s
+
+
+def observations(cells=CELLS, memory=TRUE_MEMORY, speed=TRUE_SPEED):
+    return [Observation(c, true_step_s(c, speed), sum(a * x for a, x in zip(memory, memory_features(c))), costs(c))
+            for c in cells]
 
 
 def test_a_model_fitted_on_a_host_predicts_what_it_measured():
     model = HostModel.fit(observations())
     assert model.speed_fitted_on == len(CELLS) and model.speed_error < 1e-6
     for o in observations():
-        p = model.predict(o.config, PEAK)
+        p = model.predict(o.config, o.costs)
         assert math.isclose(p.step_s, o.step_s, rel_tol=1e-6)
         assert math.isclose(p.train_mem_bytes, o.train_mem_bytes, rel_tol=1e-6)
         assert math.isclose(p.tokens_per_s, o.config.tokens_per_step / o.step_s, rel_tol=1e-6)
         # a perfect fit still claims no band narrower than the floor
         assert math.isclose(p.high / p.tokens_per_s, math.exp(BAND_FLOOR), rel_tol=1e-9)
         assert "fitted on" in p.speed_source and "fitted on" in p.memory_source
+        assert "optimizer step measured here" in p.speed_source
 
 
-def test_a_new_host_is_the_uncorrected_roofline_and_says_so():
-    p = HostModel.fit([]).predict(cell(), PEAK)
-    assert "uncorrected roofline" in p.speed_source and p.low is None
-    assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0])  # matmul FLOPs at the peak, nothing else
+def test_the_speed_prior_gives_way_to_a_hosts_own_records():
+    """A host whose matmuls and the rest weigh otherwise than on the reference host: fitted on
+    records of several sizes, the prediction follows the host, also for a size it never ran."""
+    truth = [0.6, 1.5]
+    model = HostModel.fit(observations(speed=truth) * 3)
+    for c in (cell(6, 16), cell(3, 4, checkpointing="full"), cell(2, 2, grad_accum=4)):
+        prior_alone = HostModel.fit([]).predict(c, costs(c)).step_s
+        assert abs(model.predict(c, costs(c)).step_s / true_step_s(c, truth) - 1) < 0.05
+        assert abs(prior_alone / true_step_s(c, truth) - 1) > 0.2
+
+
+def test_a_new_host_is_its_measured_parts_and_says_what_weighs_them():
+    c = cell()
+    (matmul_s, outside_s), optimizer_s = speed_parts(c, costs(c))
+    p = HostModel.fit([]).predict(c, costs(c))
+    assert math.isclose(p.step_s, SPEED_PRIOR[0] * matmul_s + SPEED_PRIOR[1] * outside_s + optimizer_s)
+    assert "reference host's factors" in p.speed_source and p.low is None
+    # on a new CUDA host the parts as they are: no factors of another kind of device
+    gpu = HostModel.fit([]).predict(cell(device="cuda"), costs(c))
+    assert math.isclose(gpu.step_s, matmul_s + outside_s + optimizer_s) and "uncorrected" in gpu.speed_source
+    # without the bandwidth: the matmuls, the overhead and the optimizer step, and it says so
+    no_bandwidth = HostModel.fit([]).predict(c, replace(costs(c), bandwidth=None))
+    assert no_bandwidth.step_s < p.step_s and "no memory bandwidth" in no_bandwidth.speed_source
     # memory on a new CPU host: the estimate with the reference host's heap prior, named
-    assert math.isclose(p.train_mem_bytes, sum(a * x for a, x in zip(HEAP_PRIOR, memory_features(cell()))))
+    assert math.isclose(p.train_mem_bytes, sum(a * x for a, x in zip(HEAP_PRIOR, memory_features(c))))
     assert "heap prior of the reference host" in p.memory_source
     # on a new CUDA host the estimate as it is: no prior of another allocator
-    gpu = HostModel.fit([]).predict(cell(device="cuda"), PEAK)
     assert "uncorrected" in gpu.memory_source
-    assert gpu.train_mem_bytes == estimate_memory(cell(device="cuda"), approx_vocab(cell()))["total_bytes"]
-    no_peak = HostModel.fit([]).predict(cell(precision="bf16"), None)
+    assert gpu.train_mem_bytes == estimate_memory(cell(device="cuda"), approx_vocab(c))["total_bytes"]
+    no_peak = HostModel.fit([]).predict(cell(precision="bf16"), replace(COSTS, peak_flops=None))
     assert no_peak.tokens_per_s is None and "no matmul peak" in no_peak.speed_source
 
 
-def test_a_new_host_with_its_memory_bandwidth_adds_the_bytes_a_step_moves():
-    """The uncorrected roofline: the matmuls at the peak, plus the step's traffic outside them at
-    the measured bandwidth (a CPU runs the two one after the other)."""
-    bandwidth = 2e10
-    p = HostModel.fit([]).predict(cell(), PEAK, bandwidth)
-    assert math.isclose(p.step_s, speed_features(cell(), PEAK)[0] + step_traffic_bytes(cell()) / bandwidth)
-    assert p.speed_source == "the uncorrected roofline (no repetition measured here yet)"
-    assert "matmuls alone" in HostModel.fit([]).predict(cell(), PEAK).speed_source
+def test_the_optimizer_step_is_added_as_measured_else_its_bytes_at_the_bandwidth():
+    c = cell()
+    measured = speed_parts(c, costs(c))
+    unmeasured = speed_parts(c, COSTS)
+    assert measured[1] == costs(c).optimizer_s and unmeasured[1] == 0.0
+    assert math.isclose(unmeasured[0][1] - measured[0][1], optimizer_traffic_bytes(c) / BANDWIDTH)
+    assert "its step not measured here" in HostModel.fit([]).predict(c, COSTS).speed_source
+    assert math.isclose(step_traffic_bytes(c), activation_traffic_bytes(c) + optimizer_traffic_bytes(c))
+
+
+def test_a_step_moves_more_bytes_and_passes_with_its_tokens_recomputation_and_micro_batches():
     # the traffic grows with what a step keeps and moves: micro-batches, recomputation, accumulation
     assert step_traffic_bytes(cell(2, 8)) > step_traffic_bytes(cell(2, 4))
     assert step_traffic_bytes(cell(2, 4, checkpointing="full")) > step_traffic_bytes(cell(2, 4))
-    # a fitted host keeps its fit: the bandwidth changes nothing there
-    fitted = HostModel.fit(observations())
-    assert fitted.predict(cell(), PEAK, bandwidth).step_s == fitted.predict(cell(), PEAK).step_s
+    no_traffic = replace(COSTS, bandwidth=1e40)  # what is left outside the matmuls: the overhead
+    overhead = [speed_parts(c, no_traffic)[0][1] for c in (cell(2), cell(4), cell(2, checkpointing="full"),
+                                                             cell(2, grad_accum=3))]
+    layer_s, micro_batch_s = COSTS.layer_s, COSTS.micro_batch_s
+    assert math.isclose(overhead[0], 2 * layer_s + micro_batch_s)
+    assert math.isclose(overhead[1] - overhead[0], 2 * layer_s)  # every layer pass
+    assert math.isclose(overhead[2] - overhead[0], 2 * layer_s / 3)  # a recomputed forward: a third of a pass
+    assert math.isclose(overhead[3], 3 * overhead[0])  # every micro-batch
 
 
 def test_the_heap_prior_gives_way_to_a_hosts_own_records():
@@ -88,12 +128,12 @@ def test_the_heap_prior_gives_way_to_a_hosts_own_records():
     model = HostModel.fit(observations(many, truth))
     for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
         truth_bytes = sum(a * x for a, x in zip(truth, memory_features(c)))
-        prior_alone = HostModel.fit([]).predict(c, PEAK).train_mem_bytes
+        prior_alone = HostModel.fit([]).predict(c).train_mem_bytes
         # the records count with the model's own error (MODEL_ERROR), so a far prior still pulls a little
-        assert abs(model.predict(c, PEAK).train_mem_bytes / truth_bytes - 1) < 0.05 < abs(prior_alone / truth_bytes - 1)
+        assert abs(model.predict(c).train_mem_bytes / truth_bytes - 1) < 0.05 < abs(prior_alone / truth_bytes - 1)
     # fitted on one size only, the records fix the total at that size and the prior the split
     one = HostModel.fit(observations([cell(2, 8)] * 6, truth))
-    assert math.isclose(one.predict(cell(2, 8), PEAK).train_mem_bytes,
+    assert math.isclose(one.predict(cell(2, 8)).train_mem_bytes,
                         sum(a * x for a, x in zip(truth, memory_features(cell(2, 8)))), rel_tol=0.03)
 
 
@@ -101,16 +141,16 @@ def test_auto_attention_counts_as_the_kernel_it_ran_on_this_host():
     """`model.attention: auto` keeps the T x T scores only where it resolves to matmul: the model
     counts auto as what auto ran here at the cell's precision, else as SDPA (auto's default)."""
     seen = [cell(n, b, precision="bf16") for n in (1, 2) for b in (2, 8)]
-    ran_matmul = [Observation(o.config, o.step_s, o.train_mem_bytes, o.peak_flops, "matmul") for o in observations(seen)]
+    ran_matmul = [replace(o, attention="matmul") for o in observations(seen)]
     model = HostModel.fit(ran_matmul)
     assert model.auto_attention == {"bf16": "matmul"}
     unseen = cell(4, 16, precision="bf16")
-    as_matmul = model.predict(unseen, PEAK)
+    as_matmul = model.predict(unseen)
     assert as_matmul.memory_parts["activations_bytes"] == held_parts(cell(4, 16, precision="bf16", attention="matmul")
                                                                      )["activations_bytes"]
     assert "auto as matmul (what auto ran here)" in as_matmul.memory_source
     # another precision: auto never ran there, so SDPA, and the source says so
-    fp32 = model.predict(cell(4, 16), PEAK)
+    fp32 = model.predict(cell(4, 16))
     assert fp32.memory_parts["activations_bytes"] == held_parts(cell(4, 16, attention="sdpa"))["activations_bytes"]
     assert "auto as sdpa (its default" in fp32.memory_source
     # matmul's scores are what the two differ by: heads x seq per token and layer, 16 bit under autocast
@@ -119,10 +159,8 @@ def test_auto_attention_counts_as_the_kernel_it_ran_on_this_host():
             - held_parts(cell(4, 16, precision="bf16", attention="sdpa"))["activations_bytes"]) == scores
 
 
-def test_recomputation_and_accumulation_cost_time_in_the_features():
-    plain, recomputed = speed_features(cell(), PEAK), speed_features(cell(checkpointing="full"), PEAK)
-    assert math.isclose(recomputed[0] / plain[0], 4 / 3)  # every layer's forward runs twice
-    assert speed_features(cell(n_layer=4), PEAK)[1] == 2 * plain[1]
+def test_recomputation_runs_every_layers_forward_matmuls_twice():
+    assert math.isclose(matmul_seconds(cell(checkpointing="full"), PEAK) / matmul_seconds(cell(), PEAK), 4 / 3)
 
 
 def test_a_step_peaks_in_its_larger_phase_backward_or_optimizer():

@@ -49,8 +49,9 @@ def show_plan(matrix: Matrix) -> None:
     host_notes(matrix.cells)
     model = predictor.model
     speed = (f"speed fitted on {model.speed_fitted_on} repetitions measured here" if model.speed is not None
-             else "speed: the uncorrected roofline, the matmuls at this host's measured peak and the rest at its "
-                  "measured memory bandwidth (nothing measured here yet)")
+             else "speed: the matmuls at this host's measured peak, the rest at its measured memory bandwidth "
+                  "and per-operator overhead, the optimizer steps as measured here, weighed as on the reference "
+                  "host (CPU) or uncorrected (GPU): no repetition measured here yet")
     memory = (f"memory fitted on {model.memory_fitted_on}" if model.memory is not None
               else "memory: the estimate, with the reference host's heap prior for CPU cells (nothing measured "
                    "here yet)")

@@ -101,10 +101,10 @@ def peak_key(torch, device, precision: str, device_name: str) -> str:
     """The cache key of a peak: device model, torch, threads and spin setting (CPU), the op
     measured ("linear": F.linear, the op nn.Linear runs; an earlier version timed `a @ b`, which
     for fp16 on a CPU takes a far slower path, and those entries are not reused) and its dtype."""
-    return _host_key(torch, device, device_name, MATMUL_DTYPE[precision], "linear")
+    return host_key(torch, device, device_name, MATMUL_DTYPE[precision], "linear")
 
 
-def _host_key(torch, device, device_name: str, kind: str, op: str) -> str:
+def host_key(torch, device, device_name: str, kind: str, op: str) -> str:
     """A cached measurement's key under this process's conditions: threads and the OpenMP spin
     setting on CPU, neither on CUDA."""
     if device.type == "cpu":
@@ -141,7 +141,7 @@ def peak_flops(torch, device, precision: str, device_name: str, at_least: float 
 
 def bandwidth_key(torch, device, device_name: str) -> str:
     """The cache key of the memory bandwidth: device model, torch, threads and spin setting (CPU)."""
-    return _host_key(torch, device, device_name, BANDWIDTH_KIND, "copy")
+    return host_key(torch, device, device_name, BANDWIDTH_KIND, "copy")
 
 
 def memory_bandwidth(torch, device, device_name: str) -> dict:

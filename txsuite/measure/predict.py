@@ -4,18 +4,26 @@
 Speed. A training step's time is modelled as
 
     step_s = a * matmul FLOPs / the host's matmul peak at the cell's precision
-           + b * layer passes (layers x micro-batches: the per-operator overhead of every block)
-           + c * optimizer state bytes (what the optimizer step reads and writes)
-           + d
+           + e * (the bytes the step moves outside its matmuls / the host's memory bandwidth
+                  + the per-operator overhead of its layer passes and micro-batches)
+           + the optimizer step, as measured at the cell's parameter shapes
 
 The matmul FLOPs are the model's (6 per parameter and token, attention scores, the forward of
-every recomputed layer); the peak is the one `measure/peak.py` measured and cached on this host.
-a, b, c, d >= 0 are fitted (non-negative least squares, relative errors) on this host's earlier
-records of the same device. With no record (a new host) the prediction is the uncorrected
-roofline, and says so: the matmul FLOPs at the peak plus the bytes the step moves outside its
-matmuls (step_traffic_bytes) at the host's memory bandwidth, also measured once and cached
-(`measure/peak.py`); on a CPU the two run one after the other, so their times add. Tokens/s =
-tokens per step / step_s, with a band of twice the fit's relative error (at least BAND_FLOOR).
+every recomputed layer); the bytes are step_traffic_bytes' (activations, their gradients, the
+logits); the per-operator overhead is what a layer pass and a micro-batch cost at a tiny shape,
+in the cell's precision; the optimizer step is timed on the cell's own parameters, whose
+optimizers differ far more than their bytes say (a 4-bit AdamW, Muon, Adafactor). The peak and
+the bandwidth (measure/peak.py), the overhead and the optimizer step (train/step_costs.py) are
+measured once per host and cached (HostCosts); where the optimizer step was not measured (a
+distributed cell), its bytes at the bandwidth join the second term. a, e >= 0 are fitted
+(non-negative least squares, relative errors) on this host's earlier records of the same device:
+the matmuls and everything else, the two parts every host weighs differently, each from a
+measured figure, so that one matrix of one shape extrapolates to others. On CPU the speed prior
+SPEED_PRIOR (a and e fitted on every record of the project's reference host, docs/predictions.md)
+joins the fit as the heap prior joins memory's, and is the prediction of a CPU host with no record
+yet, which says so; a CUDA host with no record gets the uncorrected sum (a = e = 1). On a CPU the
+parts run one after the other, so their times add. Tokens/s = tokens per step / step_s, with a band of twice
+the fit's relative error (at least BAND_FLOOR).
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
 resident before it, times a factor, plus what one layer's backward pass passes through, plus
@@ -65,14 +73,19 @@ from typing import Iterable
 
 from txsuite.config.spec import OPTIMIZERS, CellConfig
 from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, layer_activation_bytes, logits_bytes,
-                                     optimizer_state_bytes, parameter_shapes)
+                                     parameter_shapes)
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
 # k, t, r, u and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
 HEAP_PRIOR = (1.20, 0.93, 0.61, 0.51, 40.3 * 2**20)
-PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
+HEAP_PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
+# a and e of the speed model fitted on every record of the reference host (docs/predictions.md): the
+# matmuls run about at the measured peak, the rest of the step about SPEED_PRIOR[1] times its bytes at
+# the bandwidth plus its overhead; and how far (relative sd) another CPU host's are believed to lie
+SPEED_PRIOR = (1.08, 3.40)
+SPEED_PRIOR_SD = (0.25, 0.50)
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -81,13 +94,23 @@ MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pur
 
 
 @dataclass(frozen=True)
+class HostCosts:
+    """What this host measured that a cell's step time is built from; None where not measured yet."""
+    peak_flops: float | None = None  # matmul FLOP/s at the cell's precision (measure/peak.py)
+    bandwidth: float | None = None  # bytes read and written per second (measure/peak.py)
+    layer_s: float | None = None  # per-operator overhead of one layer pass (train/step_costs.py)
+    micro_batch_s: float | None = None  # per-operator overhead of a micro-batch outside its layers
+    optimizer_s: float | None = None  # one optimizer step at the cell's parameter shapes (train/step_costs.py)
+
+
+@dataclass(frozen=True)
 class Observation:
     """One earlier repetition on this host: its cell, its median step time, its train memory,
-    the matmul peak it ran against, and the attention kernel it ran."""
+    what the host measured for its step (the peak it ran against), and the attention kernel it ran."""
     config: CellConfig
     step_s: float | None
     train_mem_bytes: float | None
-    peak_flops: float | None
+    costs: HostCosts = HostCosts()
     attention: str | None = None
 
 
@@ -121,21 +144,24 @@ class HostModel:
         """The host's model from its earlier repetitions; `heap_prior`: the CPU memory prior (another
         one only to measure how the model generalises, bench/predict_holdout.py)."""
         observations = list(observations)
-        timed = [o for o in observations if positive(o.step_s) and positive(o.peak_flops)]
-        speed, speed_error = _nnls([speed_features(o.config, o.peak_flops) for o in timed],
-                                   [o.step_s for o in timed])
+        timed = [(o, parts) for o in observations if positive(o.step_s)
+                 for parts in [speed_parts(o.config, o.costs, o.attention)] if parts is not None]
+        on_cpu = all(o.config.device == "cpu" for o, _ in timed)  # the prior is a CPU host's
+        speed, speed_error = _nnls([features for _, (features, _) in timed], [o.step_s for o, _ in timed],
+                                   SPEED_PRIOR if on_cpu else None, SPEED_PRIOR_SD,
+                                   offsets=[measured for _, (_, measured) in timed])
         sized = [o for o in observations if positive(o.train_mem_bytes)]
         # each record's parts with the kernel it ran; with fewer records than three, the prior
         prior = heap_prior if all(o.config.device == "cpu" for o in sized) else None
         memory, memory_error = (_nnls([memory_features(o.config, o.attention) for o in sized],
-                                      [o.train_mem_bytes for o in sized], prior)
+                                      [o.train_mem_bytes for o in sized], prior, HEAP_PRIOR_SD)
                                 if len(sized) >= 3 else (None, math.nan))
         return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations),
                    heap_prior)
 
-    def predict(self, cell: CellConfig, peak_flops: float | None, bandwidth: float | None = None) -> Prediction:
-        """`peak_flops`: this host's matmul peak at the cell's precision; `bandwidth`: its memory
-        bandwidth in bytes per second (the uncorrected roofline's second term), when measured."""
+    def predict(self, cell: CellConfig, costs: HostCosts = HostCosts()) -> Prediction:
+        """`costs`: what this host measured for the cell's step (its precision's peak, the memory
+        bandwidth, the overhead, the optimizer step), None where not yet."""
         out = Prediction()
         attention = self.auto_attention.get(cell.precision) if cell.model.attention == "auto" else None
         if self.memory is not None or cell.device == "cpu":
@@ -158,55 +184,105 @@ class HostModel:
             out.memory_source += f"; attention: auto as {attention or 'sdpa'}" + (
                 " (what auto ran here)" if attention else " (its default: auto never ran here at this precision)")
         out.train_mem_bytes = sum(out.memory_parts.values())
-        if not positive(peak_flops):
-            out.speed_source = f"no matmul peak measured here at {cell.precision} yet"
-            return out
-        x = speed_features(cell, peak_flops)
-        if self.speed is not None:
-            out.step_s = sum(c * v for c, v in zip(self.speed, x))
-        else:  # the uncorrected roofline: the matmuls at the peak, the rest at the memory bandwidth
-            out.step_s = x[0] + (step_traffic_bytes(cell, attention) / bandwidth if positive(bandwidth) else 0.0)
+        out.step_s, out.speed_source = self._step_s(cell, costs, attention)
         if not positive(out.step_s):
-            out.speed_source = "the fit predicts no time for this cell"
+            out.step_s = None
             return out
         out.tokens_per_s = cell.tokens_per_step / out.step_s
-        half = max(BAND_FLOOR, 2 * self.speed_error) if self.speed is not None else None
-        if half is not None:
+        if self.speed is not None:
+            half = max(BAND_FLOOR, 2 * self.speed_error)
             out.low, out.high = out.tokens_per_s * math.exp(-half), out.tokens_per_s * math.exp(half)
-        out.speed_source = (f"fitted on {self.speed_fitted_on} repetitions of this host" if self.speed is not None
-                            else "the uncorrected roofline (no repetition measured here yet)" if positive(bandwidth)
-                            else "the uncorrected roofline of the matmuls alone (no repetition and no memory "
-                                 "bandwidth measured here yet)")
         return out
 
+    def _step_s(self, cell: CellConfig, costs: HostCosts, attention: str | None) -> tuple[float | None, str]:
+        """The predicted step time and where it came from (or None and why there is none)."""
+        if not positive(costs.peak_flops):
+            return None, f"no matmul peak measured here at {cell.precision} yet"
+        parts = speed_parts(cell, costs, attention)
+        optimizer = ("the optimizer step measured here" if positive(costs.optimizer_s)
+                     else "the optimizer's bytes at the bandwidth (its step not measured here)")
+        if parts is None:  # no bandwidth yet: the matmuls, and the overhead and optimizer step where measured
+            overhead = _overhead_s(cell, costs) or 0.0
+            return (matmul_seconds(cell, costs.peak_flops) + overhead + (costs.optimizer_s or 0.0),
+                    "the uncorrected roofline without the step's bytes (no memory bandwidth measured here yet)")
+        (matmul_s, outside_s), optimizer_s = parts
+        overhead = "" if _overhead_s(cell, costs) is not None else "; no per-operator overhead measured here yet"
+        if self.speed is not None:
+            (a, e), source = self.speed, f"fitted on {self.speed_fitted_on} repetitions of this host"
+        elif cell.device == "cpu":
+            (a, e), source = SPEED_PRIOR, ("this host's measured parts with the reference host's factors (no "
+                                           "repetition measured here yet)")
+        else:
+            (a, e), source = (1.0, 1.0), "the uncorrected roofline of this host's measured parts (no repetition " \
+                                         "measured here yet)"
+        step_s = a * matmul_s + e * outside_s + optimizer_s
+        if step_s <= 0:
+            return None, "the fit predicts no time for this cell"
+        return step_s, f"{source}; {optimizer}{overhead}"
 
-def speed_features(cell: CellConfig, peak_flops: float) -> list[float]:
-    """[matmul seconds at the peak, layer passes, optimizer state bytes, 1] of one step."""
+
+def speed_parts(cell: CellConfig, costs: HostCosts, attention: str | None = None
+                ) -> tuple[list[float], float] | None:
+    """([matmul seconds at the peak, seconds outside the matmuls], measured optimizer seconds) of
+    one step: the fitted terms and the one added as measured. None without a peak or a bandwidth."""
+    if not (positive(costs.peak_flops) and positive(costs.bandwidth)):
+        return None
+    outside = activation_traffic_bytes(cell, attention) / costs.bandwidth + (_overhead_s(cell, costs) or 0.0)
+    if positive(costs.optimizer_s):
+        return [matmul_seconds(cell, costs.peak_flops), outside], costs.optimizer_s
+    return [matmul_seconds(cell, costs.peak_flops),
+            outside + optimizer_traffic_bytes(cell, attention) / costs.bandwidth], 0.0
+
+
+def matmul_seconds(cell: CellConfig, peak_flops: float) -> float:
+    """Seconds of one step's matmuls at the peak."""
+    return matmul_flops(cell) / peak_flops
+
+
+def matmul_flops(cell: CellConfig) -> float:
+    """One step's matmul FLOPs: 6 per hidden-matrix parameter and token (and the tied head), the
+    attention scores, and the forward of every recomputed layer once more."""
     vocab = approx_vocab(cell)
     n_layer, _, d, _ = cell.model.dims
     matmul = sum(shape[0] * shape[1] for shape, hidden in parameter_shapes(cell, vocab) if hidden) + vocab * d
     per_token = 6 * matmul + 12 * n_layer * cell.data.seq_len * d
     recomputed = kept_layers(cell)[1] / max(1, n_layer)  # a recomputed layer runs its forward twice
-    flops = per_token * cell.tokens_per_step * (1 + recomputed / 3)
-    passes = n_layer * cell.train.grad_accum
-    return [flops / peak_flops, float(passes), optimizer_state_bytes(cell, vocab), 1.0]
+    return per_token * cell.tokens_per_step * (1 + recomputed / 3)
+
+
+def _overhead_s(cell: CellConfig, costs: HostCosts) -> float | None:
+    """The per-operator overhead of one step: every layer pass (a recomputed layer's forward a
+    third of one more) and every micro-batch; None where not measured here."""
+    if costs.layer_s is None or costs.micro_batch_s is None:
+        return None
+    n_layer = cell.model.dims[0]
+    passes = n_layer + kept_layers(cell)[1] / 3
+    return (costs.layer_s * passes + costs.micro_batch_s) * cell.train.grad_accum
 
 
 def step_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
     """The bytes a training step moves through memory outside its matmuls (whose reads the
-    compute term counts): every block's saved activations written in the forward pass and read
-    in the backward, their gradients written and read once (a checkpointed block's recomputation
-    writes and reads them once more), the logits and their gradient written and read, per
-    micro-batch; and the optimizer's step, which reads the parameters and gradients, writes the
-    parameters, and reads and writes its state. An order of magnitude for the uncorrected
-    roofline, not a count of every kernel's traffic."""
+    compute term counts): activation_traffic_bytes and optimizer_traffic_bytes. An order of
+    magnitude for a roofline, not a count of every kernel's traffic."""
+    return activation_traffic_bytes(cell, attention) + optimizer_traffic_bytes(cell, attention)
+
+
+def activation_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
+    """Per micro-batch, every block's saved activations written in the forward pass and read in
+    the backward, their gradients written and read once (a checkpointed block's recomputation
+    writes and reads them once more), the logits and their gradient written and read."""
     vocab = approx_vocab(cell)
     layers, checkpointed = cell.model.dims[0], kept_layers(cell)[1]
     per_micro_batch = ((4 * layers + 2 * checkpointed) * layer_activation_bytes(cell, attention)
                        + 2 * logits_bytes(cell, vocab))
-    estimate = estimate_memory(cell, vocab, attention)
-    step = 2 * estimate["params_bytes"] + estimate["grads_bytes"] + 2 * estimate["optimizer_bytes"]
-    return float(per_micro_batch * cell.train.grad_accum + step)
+    return float(per_micro_batch * cell.train.grad_accum)
+
+
+def optimizer_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
+    """The optimizer's step: it reads the parameters and gradients, writes the parameters, and
+    reads and writes its state."""
+    estimate = estimate_memory(cell, approx_vocab(cell), attention)
+    return float(2 * estimate["params_bytes"] + estimate["grads_bytes"] + 2 * estimate["optimizer_bytes"])
 
 
 def auto_attention(observations: Iterable[Observation]) -> dict[str, str]:
@@ -264,11 +340,12 @@ def heap_fit(observations: Iterable[Observation]) -> tuple[float, ...] | None:
 
 
 def peak_key(cell: CellConfig, device_name: str, torch_version: str, op: str = "linear") -> str:
-    """The key measure/peak.py caches the cell's matmul peak (`op` "linear") or the memory
-    bandwidth (`op` "copy") under: threads and OpenMP spin setting as the runner gives the cell's
-    worker."""
-    from txsuite.measure.peak import BANDWIDTH_KIND, cell_openmp_env, format_peak_key, spin_setting
-    kind = BANDWIDTH_KIND if op == "copy" else MATMUL_DTYPE[cell.precision]
+    """The key a host measurement for this cell is cached under (measure/peak.py,
+    train/step_costs.py): `op` "linear" its matmul peak, "copy" the memory bandwidth, "overhead"
+    its precision's per-operator overhead, "optimizer" its optimizer step; threads and OpenMP spin
+    setting as the runner gives the cell's worker."""
+    from txsuite.measure.peak import cell_openmp_env, format_peak_key, spin_setting
+    kind = cost_kind(cell, op)
     if cell.device != "cpu":
         return format_peak_key(device_name, torch_version, 0, kind, op=op)
     threads = cell.measure.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -277,14 +354,32 @@ def peak_key(cell: CellConfig, device_name: str, torch_version: str, op: str = "
     return format_peak_key(device_name, torch_version, threads, kind, spin, op=op)
 
 
-def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None
-          ) -> tuple[list[float] | None, float]:
+def cost_kind(cell: CellConfig, op: str) -> str:
+    """What a host measurement of `op` depends on in the cell: the matmul dtype of a peak, nothing
+    of a bandwidth, the precision of an overhead, the optimizer and every parameter shape and
+    dtype of an optimizer step."""
+    from txsuite.measure.peak import BANDWIDTH_KIND
+    if op == "copy":
+        return BANDWIDTH_KIND
+    if op == "overhead":
+        return cell.precision
+    if op == "optimizer":
+        n_layer, _, d, d_ff = cell.model.dims
+        params = "bfloat16" if cell.precision == "bf16-pure" else "float32"
+        return (f"{cell.train.optimizer} {n_layer}x{d}x{d_ff} vocab {approx_vocab(cell)} seq {cell.data.seq_len} "
+                f"{params}")
+    return MATMUL_DTYPE[cell.precision]
+
+
+def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...] | None = None,
+          prior_sd: tuple[float, ...] = (), offsets: list[float] | None = None) -> tuple[list[float] | None, float]:
     """Coefficients >= 0 minimising the relative error (rows scaled by 1/target), and the sd of
     log(target / fitted); (None, nan) with fewer observations than coefficients would need.
-    `prior`: coefficients believed before the data (HEAP_PRIOR), each costing ((c / c0 - 1) /
-    its PRIOR_SD)^2 beside the records' squared relative errors over their variance (at least
+    `prior`: coefficients believed before the data (HEAP_PRIOR, SPEED_PRIOR), each costing ((c / c0 - 1) /
+    its `prior_sd`)^2 beside the records' squared relative errors over their variance (at least
     MODEL_ERROR^2): a Gaussian prior, so the records decide what they determine and the prior
-    the split they cannot tell (one matrix's records span too few sizes to tell k from m)."""
+    the split they cannot tell (one matrix's records span too few sizes to tell k from m).
+    `offsets`: a part of each target that is known (measured), added with coefficient 1."""
     if not rows:
         return None, math.nan
     import numpy as np
@@ -292,22 +387,23 @@ def _nnls(rows: list[list[float]], targets: list[float], prior: tuple[float, ...
 
     x = np.asarray(rows, dtype=float)
     y = np.asarray(targets, dtype=float)
+    known = np.zeros(len(y)) if offsets is None else np.asarray(offsets, dtype=float)
     used = list(range(x.shape[1]))
     if len(rows) < x.shape[1] and prior is None:  # too few for every term: the first (the main) and the constant
         used = [0, x.shape[1] - 1]
     scale = x[:, used].max(axis=0)
     scale[scale == 0] = 1.0
-    a, b = x[:, used] / scale / y[:, None], np.ones(len(y))
+    a, b = x[:, used] / scale / y[:, None], 1 - known / y
     coefficients, _ = nnls(a, b)
     if prior is not None:  # every coefficient kept (used), each drawn towards its prior value
-        noise = max(MODEL_ERROR, float(np.sqrt(np.mean((a @ coefficients - 1) ** 2))))
-        sd = np.asarray(PRIOR_SD)
+        noise = max(MODEL_ERROR, float(np.sqrt(np.mean((a @ coefficients - b) ** 2))))
+        sd = np.asarray(prior_sd)
         belief = np.diag(1 / (sd * np.asarray(prior) * scale))  # row i: (c_i / c0_i) / sd_i, in scaled units
         coefficients, _ = nnls(np.vstack([a / noise, belief]), np.concatenate([b / noise, 1 / sd]))
     full = [0.0] * x.shape[1]
     for i, c in zip(used, coefficients / scale):
         full[i] = float(c)
-    fitted = x @ np.asarray(full)
+    fitted = x @ np.asarray(full) + known
     if (fitted <= 0).any():
         return None, math.nan
     residuals = np.log(y / fitted)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib.metadata
 import socket
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from txsuite.config.matrix import PlannedCell
 from txsuite.config.spec import CellConfig
 from txsuite.measure.env import cpu_model
 from txsuite.measure.host_cache import locked_update
-from txsuite.measure.predict import HostModel, Observation, Prediction, peak_key, positive
+from txsuite.measure.predict import HostCosts, HostModel, Observation, Prediction, peak_key, positive
 
 FILE = "observed.json"
 KEPT = 5  # repetitions remembered per cell: the newest, so a changed host soon shows
@@ -75,6 +75,8 @@ class Predictor:
     """The host model fitted once on what this host measured, and the peaks it measured."""
 
     def __init__(self, device_name: str | None = None) -> None:
+        self.peaks = _read_peaks()
+        self.device_name = device_name
         self.known = _known()
         observations = []
         for entry in self.known.values():
@@ -82,15 +84,16 @@ class Predictor:
             if config is None:
                 continue
             for r in _repetitions(entry):
-                observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), r.get("peak_flops"),
+                # the peak the repetition ran against; the rest as this host measured it
+                costs = replace(self.costs(config), peak_flops=r.get("peak_flops"))
+                observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), costs,
                                                 r.get("attention")))
         self.model = HostModel.fit(observations)
-        self.peaks = _read_peaks()
-        self.device_name = device_name
 
-    def peak(self, cell: CellConfig, op: str = "linear") -> float | None:
-        """This host's matmul peak at the cell's precision (`op` "linear"), or its memory
-        bandwidth (`op` "copy"), as measured and cached here; None where not measured yet."""
+    def measurement(self, cell: CellConfig, op: str = "linear") -> dict | None:
+        """The cache entry of what this host measured for the cell (`op` as peak_key's: "linear"
+        the matmul peak, "copy" the memory bandwidth, "overhead", "optimizer"); None where not
+        measured yet."""
         name = cpu_model() if cell.device == "cpu" else self.device_name
         try:
             torch_version = importlib.metadata.version("torch")
@@ -100,10 +103,20 @@ class Predictor:
         if key not in self.peaks:  # measured since (a sweep's host setup or first cell measures it)
             self.peaks = _read_peaks()
         entry = self.peaks.get(key)
-        return entry.get("bytes_per_s" if op == "copy" else "flops") if isinstance(entry, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def costs(self, cell: CellConfig) -> HostCosts:
+        """What this host measured for the cell's step (txsuite/measure/predict.py, HostCosts)."""
+        def figure(op: str, name: str) -> float | None:
+            entry = self.measurement(cell, op)
+            value = entry.get(name) if entry else None
+            return value if positive(value) or value == 0 else None
+        return HostCosts(peak_flops=figure("linear", "flops"), bandwidth=figure("copy", "bytes_per_s"),
+                         layer_s=figure("overhead", "layer_s"), micro_batch_s=figure("overhead", "micro_batch_s"),
+                         optimizer_s=figure("optimizer", "seconds"))
 
     def predict(self, cell: CellConfig) -> Prediction:
-        return self.model.predict(cell, self.peak(cell), self.peak(cell, "copy"))
+        return self.model.predict(cell, self.costs(cell))
 
     def beyond_limit(self, cell: CellConfig, limit_bytes: int) -> str | None:
         """Why `cell` will not fit `--memory-limit` (the reason it is skipped with), or None. A

@@ -1,5 +1,7 @@
 """The host's one-time measurements for a sweep's cells, made before the first cell (issue 31):
-the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), the `auto`
+the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), each
+precision's per-operator overhead and each cell's optimizer step (txsuite.train.step_costs: what
+the cost model adds to the peaks, txsuite.measure.predict), the `auto`
 attention and linear kernels of each cell shape (txsuite.techniques.kernel_trial), and each
 dataset's tokenizer and token arrays (txsuite.data, cached on disk). All of them are cached per host
 (txsuite.measure.host_cache), so a cell then reads them instead of paying for them inside its
@@ -66,12 +68,15 @@ def measure_host(payload: dict[str, Any]) -> dict[str, Any]:
 
 def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, str, Any]]:
     """(what, dedup key, zero-argument measurement) of what this cell reads from the host's
-    cache: its dataset, its precision's peak, the memory bandwidth, its auto kernels (attention
-    first: the linear trial runs the attention kernel chosen)."""
+    cache: its dataset, its precision's peak, the memory bandwidth, its precision's overhead, its
+    optimizer step (one process only), its auto kernels (attention first: the linear trial runs
+    the attention kernel chosen)."""
     from txsuite.data import build_dataset
     from txsuite.measure.peak import bandwidth_key, memory_bandwidth, peak_flops, peak_key
     from txsuite.techniques import linear_kernel
+    from txsuite.measure.predict import cost_kind
     from txsuite.techniques.kernel_trial import resolve_attention
+    from txsuite.train import step_costs  # needs a training: the one measurement from a layer above
 
     data_key = json.dumps(dataclasses.asdict(cell.data), sort_keys=True, default=str)
     out: list[tuple[str, str, Any]] = [
@@ -79,7 +84,12 @@ def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, 
         ("peak", peak_key(torch, device, cell.precision, device_name),
          lambda: peak_flops(torch, device, cell.precision, device_name)),
         ("bandwidth", bandwidth_key(torch, device, device_name), lambda: memory_bandwidth(torch, device, device_name)),
+        ("overhead", f"overhead {cost_kind(cell, 'overhead')}",
+         lambda: step_costs.overhead(torch, device, device_name, cell)),
     ]
+    if step_costs.measures_optimizer(cell):
+        out.append(("optimizer", f"optimizer {cost_kind(cell, 'optimizer')}",
+                    lambda: step_costs.optimizer_step(torch, device, device_name, cell)))
     shape = json.dumps([cell.model.dims, cell.model.dropout, cell.data.seq_len, cell.train.micro_batch,
                         cell.precision, cell.parallel.tp])
     if cell.model.attention == "auto" or cell.model.linear == "auto":
@@ -97,7 +107,7 @@ def _cached(what: str, result: Any) -> bool:
     """Whether a measurement was read from the host's cache rather than made."""
     if not isinstance(result, dict):
         return False
-    if what in ("peak", "bandwidth"):
+    if what in ("peak", "bandwidth", "overhead", "optimizer"):
         return result.get(f"{what}_cached", False)
     trials = [v for k, v in result.items() if k.endswith("_auto") and isinstance(v, dict) and "cached" in v]
     return bool(trials) and all(t["cached"] for t in trials)

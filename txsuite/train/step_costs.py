@@ -1,0 +1,141 @@
+"""Two parts of a training step's time that neither the matmul peak nor the memory bandwidth
+tells, measured once per host and cached beside them (peaks.json, txsuite.measure.host_cache):
+
+- the **per-operator overhead** of a precision: what a step costs when its arithmetic is
+  negligible (the dispatcher, autograd, autocast's casts, the Python of every module). The
+  reference model at a tiny shape (OVERHEAD_WIDTH wide, OVERHEAD_TOKENS tokens) trains a few
+  steps with OVERHEAD_LAYERS[0] and with OVERHEAD_LAYERS[1] layers: the difference per layer is
+  `layer_s`, what remains of the shallow step `micro_batch_s` (embedding, head, loss, clipping,
+  the optimizer's launch);
+- the **optimizer step** at a cell's own parameter shapes and parameter dtype: the optimizers
+  differ by far more than the bytes their state moves (a 4-bit AdamW dequantizes and quantizes
+  every block, Muon runs Newton-Schulz matmuls, Adafactor factors its second moment), so the
+  step is timed on the cell's real model with random gradients.
+
+The cost model (txsuite.measure.predict) adds them to the matmuls at the peak and the bytes at
+the bandwidth. Measured in the sweep's host setup (txsuite.techniques.host_trials), in a process
+started as the cells are (threads, OpenMP spin setting: both are in the key), so the plan and
+every cell's prediction read them without paying for them.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+
+from txsuite.config.spec import CellConfig
+from txsuite.measure.host_cache import locked_update
+from txsuite.measure.peak import host_key
+from txsuite.measure.predict import cost_kind
+
+OVERHEAD_LAYERS = (1, 4)  # the shallow and the deep tiny model: their difference is the layers' overhead
+OVERHEAD_WIDTH = 32  # d_model of the tiny model (2 heads): its matmuls take microseconds
+OVERHEAD_TOKENS = 16  # sequence length, at micro-batch 1
+OVERHEAD_STEPS = 20  # timed steps per model after OVERHEAD_WARMUP; the median is its step time
+OVERHEAD_WARMUP = 5
+OVERHEAD_ROUNDS = 3  # the two models alternate this many times; the fastest round of each is kept
+OPTIMIZER_STEPS = 5  # timed optimizer steps after OPTIMIZER_WARMUP (torchao's low-bit optimizers compile at first)
+OPTIMIZER_WARMUP = 2
+
+
+def overhead(torch, device, device_name: str, cell: CellConfig) -> dict:
+    """-> {"layer_s", "micro_batch_s", "overhead_key", "overhead_cached"} for the cell's precision,
+    measured once per host and cached."""
+    key = host_key(torch, device, device_name, cost_kind(cell, "overhead"), "overhead")
+    entry, cached = _cached_or(key, lambda: measure_overhead(torch, device, cell))
+    return {"layer_s": entry["layer_s"], "micro_batch_s": entry["micro_batch_s"], "overhead_key": key,
+            "overhead_cached": cached}
+
+
+def optimizer_step(torch, device, device_name: str, cell: CellConfig) -> dict:
+    """-> {"optimizer_s", "optimizer_key", "optimizer_cached"}: one step of the cell's optimizer
+    at its parameter shapes, measured once per host and cached."""
+    key = host_key(torch, device, device_name, cost_kind(cell, "optimizer"), "optimizer")
+    entry, cached = _cached_or(key, lambda: {"seconds": measure_optimizer_step(torch, device, cell)})
+    return {"optimizer_s": entry["seconds"], "optimizer_key": key, "optimizer_cached": cached}
+
+
+def measures_optimizer(cell: CellConfig) -> bool:
+    """Whether the optimizer step can be timed apart from the cell: one process holding every
+    parameter (a sharded or pipelined optimizer steps on a part, under an engine)."""
+    return not cell.parallel.distributed and not cell.fp8_training
+
+
+def measure_overhead(torch, device, cell: CellConfig) -> dict:
+    """Median step times of the tiny shallow and deep models in the cell's precision, the two
+    alternated OVERHEAD_ROUNDS times (a moment of noise hits one round), the fastest round of each
+    kept: -> {"layer_s", "micro_batch_s", "step_s": [shallow, deep]}."""
+    from txsuite.train.build import build_training
+
+    trainings = [build_training(_tiny(cell, layers), device) for layers in OVERHEAD_LAYERS]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = [float("inf")] * len(trainings)
+    for _ in range(OVERHEAD_ROUNDS):
+        for i, training in enumerate(trainings):
+            best[i] = min(best[i], _median_step(training, sync))
+    shallow, deep = best
+    layer_s = max(0.0, (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0]))
+    return {"layer_s": layer_s, "micro_batch_s": max(0.0, shallow - OVERHEAD_LAYERS[0] * layer_s),
+            "step_s": [shallow, deep], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def measure_optimizer_step(torch, device, cell: CellConfig) -> float:
+    """Median seconds of OPTIMIZER_STEPS steps of the cell's optimizer over the reference model at
+    the cell's shapes and parameter dtype, with random gradients."""
+    from txsuite.config.estimate import approx_vocab
+    from txsuite.model import GPT, resolve_model
+    from txsuite.train.optimizers import build_optimizer
+
+    model = GPT(resolve_model(replace(cell.model, attention="sdpa"), approx_vocab(cell), cell.data.seq_len)).to(device)
+    if cell.precision == "bf16-pure":  # its parameters, gradients and state are bf16 (techniques/precision.py)
+        model = model.to(torch.bfloat16)
+    optimizer = build_optimizer(model, cell.train, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype) * 1e-3
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for step in range(OPTIMIZER_WARMUP + OPTIMIZER_STEPS):
+        sync()
+        start = time.perf_counter()
+        optimizer.step()
+        sync()
+        if step >= OPTIMIZER_WARMUP:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _tiny(cell: CellConfig, layers: int) -> CellConfig:
+    """The cell's precision and optimizer on a model whose arithmetic is negligible: one process,
+    the synthetic markov task (no corpus to read), nothing recomputed or compiled."""
+    model = replace(cell.model, preset="tiny", n_layer=layers, n_head=2, d_model=OVERHEAD_WIDTH, d_ff=None,
+                    attention="sdpa", linear="torch")
+    return replace(cell, model=model, data=replace(cell.data, dataset="markov", seq_len=OVERHEAD_TOKENS,
+                                                   tokenizer="byte", vocab_size=None, symbols=None, augment="none"),
+                   train=replace(cell.train, micro_batch=1, grad_accum=1, init="scratch"),
+                   parallel=type(cell.parallel)(), memory=type(cell.memory)(), compile=type(cell.compile)())
+
+
+def _median_step(training, sync) -> float:
+    for _ in range(OVERHEAD_WARMUP):
+        training.trainer.step(training.batches)
+    sync()
+    times = []
+    for _ in range(OVERHEAD_STEPS):
+        start = time.perf_counter()
+        training.trainer.step(training.batches)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _cached_or(key: str, measure) -> tuple[dict, bool]:
+    """The cached entry under `key`, or `measure()`'s, cached. Measured once: unlike a peak, a
+    later reading does not replace it (an overhead has no 'best': the cells meet the typical one)."""
+    def read_or_measure(cache: dict) -> tuple[dict, bool]:
+        entry = cache.get(key)
+        if isinstance(entry, dict):
+            return entry, True
+        cache[key] = {**measure(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return cache[key], False
+    return locked_update("peaks.json", read_or_measure)
