@@ -15,9 +15,9 @@ from txsuite.measure.attention import choose_attention
 from txsuite.measure.kernel_race import BlockTrial
 from txsuite.measure.linear import choose_linear
 from txsuite.model.gpt import attention_kernels
-from txsuite.techniques import host_trials, kernel_trial
+from txsuite.techniques import kernel_trial
 from txsuite.techniques.linear_kernel import KERNELS, TransposedWeightLinear
-from txsuite.train import step_costs
+from txsuite.train import host_trials, step_costs
 
 CPU = torch.device("cpu")
 
@@ -130,6 +130,35 @@ def test_the_memory_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_p
     assert f"|threads {torch.get_num_threads()}|" in first["bandwidth_key"]
     entry = json.loads((tmp_path / "peaks.json").read_text())[first["bandwidth_key"]]
     assert entry["bytes_per_s"] == 2e10 and entry["spread"] == pytest.approx(0.05)
+
+
+def test_the_overhead_and_an_optimizer_step_are_measured_once_cached_and_found_by_the_plan(tmp_path, monkeypatch):
+    """Real measurements on the tiny model: the overhead of a layer pass and of a micro-batch, and
+    the cell's optimizer step; cached under the keys the plan's predictions build without torch
+    (txsuite.measure.predict.peak_key), so a prediction reads what the host setup measured."""
+    from dataclasses import replace
+    from txsuite.config.spec import MeasureSpec
+    from txsuite.measure.predict import peak_key
+    from txsuite.run.observed import Predictor
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    cell = replace(_cell(), measure=MeasureSpec(threads=torch.get_num_threads()))
+    first = step_costs.overhead(torch, CPU, "Some CPU", cell)
+    assert first["layer_s"] > 0 and first["micro_batch_s"] > 0 and not first["overhead_cached"]
+    again = step_costs.overhead(torch, CPU, "Some CPU", replace(cell, train=replace(cell.train, micro_batch=8)))
+    assert again["overhead_cached"] and again["layer_s"] == first["layer_s"]  # one per precision, not per shape
+    assert step_costs.overhead(torch, CPU, "Some CPU", replace(cell, precision="bf16"))["overhead_cached"] is False
+    step = step_costs.optimizer_step(torch, CPU, "Some CPU", cell)
+    assert step["optimizer_s"] > 0 and not step["optimizer_cached"]
+    deeper = replace(cell, model=replace(cell.model, n_layer=cell.model.dims[0] + 1))  # another shape: measured anew
+    assert step_costs.optimizer_step(torch, CPU, "Some CPU", deeper)["optimizer_cached"] is False
+    assert step_costs.optimizer_step(torch, CPU, "Some CPU", cell)["optimizer_cached"]
+    for op, key in (("overhead", first["overhead_key"]), ("optimizer", step["optimizer_key"])):
+        assert peak_key(cell, "Some CPU", torch.__version__, op) == key
+    costs = Predictor("Some CPU").costs(replace(cell, device="cuda"))  # (a CUDA cell: the device name is ours)
+    assert costs.layer_s is None  # a CUDA cell's key holds no threads: nothing of the CPU's applies
+    monkeypatch.setattr("txsuite.run.observed.cpu_model", lambda: "Some CPU")
+    costs = Predictor().costs(cell)
+    assert (costs.layer_s, costs.optimizer_s) == (first["layer_s"], step["optimizer_s"])
 
 
 def test_the_peak_key_holds_the_threads_and_the_spin_setting(monkeypatch):

@@ -1,7 +1,7 @@
 """The sweep's host measurements, before its first cell (L6, never imports torch).
 
 What a cell would otherwise measure the first time it meets a host (the matmul peak of its
-precision, its `auto` kernels, its dataset's tokenizer: txsuite.techniques.host_trials) is
+precision, its `auto` kernels, its dataset's tokenizer: txsuite.train.host_trials) is
 measured once here, outside every cell's clock, so no cell's `cell_overhead_s` holds a one-time
 cost (docs/running.md, "The sweep's setup, and what a cell pays"). The
 measurements run in a worker process started exactly as the cells are (the same executor, so
@@ -24,7 +24,7 @@ from typing import Callable
 from txsuite.config.matrix import PlannedCell
 from txsuite.config.spec import CellConfig
 
-KIND = "host_trials"  # the worker's payload kind (txsuite.techniques.host_trials.KIND)
+KIND = "host_trials"  # the worker's payload kind (txsuite.train.host_trials.KIND)
 TIMEOUT_S = 900.0  # per group: generous, an upper bound (an emulated bf16 trial takes seconds)
 FILE = "host_setup.json"
 

@@ -529,7 +529,7 @@ def main(argv: list[str]) -> int:
     cell_path, result_path = Path(argv[0]), Path(argv[1])
     payload = json.loads(cell_path.read_text())
     if payload.get("kind") == "host_trials":  # the sweep's one-time host measurements (txsuite.run.host_setup)
-        from txsuite.techniques.host_trials import measure_host
+        from txsuite.train.host_trials import measure_host
         write_atomic(result_path, json.dumps(measure_host(payload)))
         return 0
     memory_limit = payload.get("memory_limit_bytes")

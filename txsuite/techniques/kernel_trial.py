@@ -17,7 +17,7 @@ keep the kernel trial (a rank's block is a shard the model's Block does not desc
 
 The choice is cached per host, threads, precision and block shape (txsuite.measure.host_cache),
 so only the first cell of a shape pays the trial, and the sweep's host measurements
-(txsuite.techniques.host_trials) pay it before any cell.
+(txsuite.train.host_trials) pay it before any cell.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ tells, measured once per host and cached beside them (peaks.json, txsuite.measur
   step is timed on the cell's real model with random gradients.
 
 The cost model (txsuite.measure.predict) adds them to the matmuls at the peak and the bytes at
-the bandwidth. Measured in the sweep's host setup (txsuite.techniques.host_trials), in a process
+the bandwidth. Measured in the sweep's host setup (txsuite.train.host_trials), in a process
 started as the cells are (threads, OpenMP spin setting: both are in the key), so the plan and
 every cell's prediction read them without paying for them.
 """
@@ -65,9 +65,12 @@ def measure_overhead(torch, device, cell: CellConfig) -> dict:
     """Median step times of the tiny shallow and deep models in the cell's precision, the two
     alternated OVERHEAD_ROUNDS times (a moment of noise hits one round), the fastest round of each
     kept: -> {"layer_s", "micro_batch_s", "step_s": [shallow, deep]}."""
+    from txsuite.data import build_dataset
     from txsuite.train.build import build_training
 
-    trainings = [build_training(_tiny(cell, layers), device) for layers in OVERHEAD_LAYERS]
+    tiny = [_tiny(cell, layers) for layers in OVERHEAD_LAYERS]
+    dataset = build_dataset(tiny[0].data, seed=tiny[0].train.seed)  # one for both: its tokens are most of the build
+    trainings = [build_training(c, device, dataset=dataset) for c in tiny]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = [float("inf")] * len(trainings)
     for _ in range(OVERHEAD_ROUNDS):

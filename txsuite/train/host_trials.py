@@ -76,7 +76,7 @@ def cell_measurements(torch, device, device_name: str, cell) -> list[tuple[str, 
     from txsuite.techniques import linear_kernel
     from txsuite.measure.predict import cost_kind
     from txsuite.techniques.kernel_trial import resolve_attention
-    from txsuite.train import step_costs  # needs a training: the one measurement from a layer above
+    from txsuite.train import step_costs
 
     data_key = json.dumps(dataclasses.asdict(cell.data), sort_keys=True, default=str)
     out: list[tuple[str, str, Any]] = [
