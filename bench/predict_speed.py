@@ -12,7 +12,9 @@ cache (peaks.json), where the host setup of the run that wrote it measured them.
 before those measurements existed lack them: `--measure` measures them now, on this host, into
 that folder's cache (txsuite.train.step_costs, as the host setup would; run it with nothing else
 on the cores), and says so. Prints, per matrix and folder, the median over its cells of
-|predicted / measured tokens/s - 1| and the worst cell.
+|predicted / measured tokens/s - 1| and the worst cell. `--prior` first prints the speed prior
+the records of every folder give (a and e fitted on all of them, no prior: how SPEED_PRIOR was
+made).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import argparse
 import os
 import statistics
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from txsuite.config.spec import CellConfig  # noqa: E402
 from txsuite.measure.predict import HostModel, Observation  # noqa: E402
 from txsuite.results import RunFolder  # noqa: E402
+from txsuite.verdict import state  # noqa: E402
 
 
 def matrices(folder: Path) -> dict[str, dict[str, list]]:
@@ -63,46 +66,69 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--measure", action="store_true", help="measure what a folder's cache lacks, now, here")
     parser.add_argument("--bandwidth", type=float, help="bytes/s for folders from before the bandwidth was measured")
+    parser.add_argument("--prior", action="store_true", help="print the speed prior every folder's records give")
     args = parser.parse_args()
     if args.measure:
         os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # the cells' setting (measure/peak.py, CELL_SPINCOUNT)
-    for folder in args.folders:
-        os.environ["TXSUITE_CACHE"] = str(folder / "cache")
-        from txsuite.run.observed import Predictor  # noqa: E402 - reads TXSUITE_CACHE per call
-        data = matrices(folder)
-        configs = {r.cell_id: CellConfig.from_dict(r.config) for cells in data.values() for rs in cells.values()
-                   for r in rs}
-        if args.measure:
-            made = measure_missing(list(configs.values()))
-            print(f"{folder}: measured {made} overheads and optimizer steps now, here")
-        lookup = Predictor()
-
-        def observation(r) -> Observation:
-            config = configs[r.cell_id]
-            costs = lookup.costs(config)
-            costs = replace(costs, peak_flops=r.metrics["peak_flops"],
-                            bandwidth=r.metrics.get("memory_bandwidth") or costs.bandwidth or args.bandwidth)
-            return Observation(config, r.metrics["step_time_p50_s"], None, costs, r.metrics.get("attention"))
-
-        fitted = HostModel.fit([observation(r) for rs in data.get("precision", {}).values() for r in rs]) \
-            if "precision" in data else None
+    loaded = {folder: load(folder, args) for folder in args.folders}
+    if args.prior:
+        everything = [o for data in loaded.values() for cells in data.values() for os_ in cells.values() for o in os_]
+        pooled = HostModel.fit(everything, speed_prior=None)
+        print(f"speed prior over {pooled.speed_fitted_on} repetitions: a {pooled.speed[0]:.3g}, e "
+              f"{pooled.speed[1]:.3g} (relative sd of the fit {pooled.speed_error:.2f})")
+    for folder, data in loaded.items():
+        fitted = HostModel.fit([o for os_ in data["precision"].values() for o in os_]) if "precision" in data else None
         for matrix, cells in data.items():
             line = []
             for way, model in (("new host", HostModel.fit([])), ("after precision", fitted)):
                 if model is None or (way == "after precision" and matrix == "precision"):
                     continue
                 errors = []
-                for cell_id, records in cells.items():
-                    o = observation(records[0])
+                for label, observations in cells.items():
+                    o = observations[0]
                     predicted = model.predict(o.config, o.costs).step_s
-                    measured = statistics.median(r.metrics["step_time_p50_s"] for r in records)
+                    measured = statistics.median(x.measured_s for x in observations)
                     if predicted:
-                        errors.append((abs(measured / predicted - 1), records[0].label))
+                        errors.append((abs(measured / predicted - 1), label))
                 if errors:
                     worst = max(errors)
-                    line.append(f"{way} {statistics.median(e for e, _ in errors):.0%} (worst {worst[0]:.0%}: "
+                    line.append(f"{way} {statistics.median(e for e, _ in errors):.1%} (worst {worst[0]:.0%}: "
                                 f"{worst[1][:60]})")
             print(f"{folder.name} {matrix}: {'; '.join(line)}")
+
+
+@dataclass(frozen=True)
+class Measured(Observation):
+    """An observation with its raw median step time, the figure a prediction is judged against
+    (the fit's `step_s` is None for a repetition in a slow state)."""
+    measured_s: float = 0.0
+
+
+def load(folder: Path, args) -> dict[str, dict[str, list[Measured]]]:
+    """matrix -> cell label -> its repetitions as the speed model observes them."""
+    os.environ["TXSUITE_CACHE"] = str(folder / "cache")
+    from txsuite.run.observed import Predictor  # noqa: E402 - reads TXSUITE_CACHE per call
+    data = matrices(folder)
+    configs = {r.cell_id: CellConfig.from_dict(r.config) for cells in data.values() for rs in cells.values()
+               for r in rs}
+    if args.measure:
+        made = measure_missing(list(configs.values()))
+        print(f"{folder}: measured {made} overheads and optimizer steps now, here")
+    lookup = Predictor()
+
+    def observation(r) -> Measured:
+        config = configs[r.cell_id]
+        costs = replace(lookup.costs(config), peak_flops=r.metrics["peak_flops"],
+                        bandwidth=r.metrics.get("memory_bandwidth") or lookup.costs(config).bandwidth
+                        or args.bandwidth)
+        probes = [r.metrics.get(name) for name in ("probe_before_s", "probe_after_s", "probe_best_s")]
+        factor = state.state_factor(*probes) if all(probes) else None
+        slow = all(probes) and state.slowdown(*probes) > state.SLOW_STATE  # left out, as observed.py does
+        return Measured(config, None if slow else r.metrics["step_time_p50_s"], None, costs,
+                        r.metrics.get("attention"), factor or 1.0, r.metrics["step_time_p50_s"])
+
+    return {matrix: {records[0].label: [observation(r) for r in records] for records in cells.values()}
+            for matrix, cells in data.items()}
 
 
 if __name__ == "__main__":

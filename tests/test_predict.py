@@ -8,7 +8,8 @@ from dataclasses import replace
 from txsuite.config.estimate import approx_vocab, estimate_memory
 
 from txsuite.config.spec import CellConfig
-from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, SPEED_PRIOR, HostCosts, HostModel, Observation,
+from txsuite.measure.predict import (BAND_FLOOR, HEAP_PRIOR, SPEED_PRIOR, SPEED_PRIOR_STATE, HostCosts, HostModel,
+                                     Observation,
                                      activation_traffic_bytes, held_parts, matmul_seconds, memory_features,
                                      optimizer_traffic_bytes, speed_parts, step_traffic_bytes)
 
@@ -73,11 +74,30 @@ def test_the_speed_prior_gives_way_to_a_hosts_own_records():
         assert abs(prior_alone / true_step_s(c, truth) - 1) > 0.2
 
 
+def test_a_matrix_measured_while_the_machine_was_slow_does_not_slow_every_prediction():
+    """Each record's step time is brought to the machine's best state by its probe's state factor
+    before the fit; the prediction is made in the median state of the records fitted on. A host
+    whose first matrix ran 1.3x slow, its probes saying so, predicts its later cells as one whose
+    matrix ran in its usual state (here a third of its records ran 1.3x slow)."""
+    usual = HostModel.fit([replace(o, step_s=o.step_s * 1.05, state=1.05) for o in observations()])
+    slow_first = HostModel.fit([replace(o, step_s=o.step_s * 1.3, state=1.3) for o in observations()[:4]]
+                               + [replace(o, step_s=o.step_s * 1.05, state=1.05) for o in observations()[4:]])
+    for c in (cell(6, 16), cell(3, 4, checkpointing="full")):
+        expected = true_step_s(c) * 1.05
+        assert math.isclose(usual.predict(c, costs(c)).step_s, expected, rel_tol=1e-6)
+        assert math.isclose(slow_first.predict(c, costs(c)).step_s, expected, rel_tol=1e-6)
+    # unbrought, the slow matrix would have set the level (the model before the states were used)
+    raw = HostModel.fit([replace(o, step_s=o.step_s * 1.3) for o in observations()])
+    assert raw.predict(cell(6, 16), costs(cell(6, 16))).step_s > 1.2 * true_step_s(cell(6, 16))
+
+
 def test_a_new_host_is_its_measured_parts_and_says_what_weighs_them():
     c = cell()
     (matmul_s, outside_s), optimizer_s = speed_parts(c, costs(c))
     p = HostModel.fit([]).predict(c, costs(c))
-    assert math.isclose(p.step_s, SPEED_PRIOR[0] * matmul_s + SPEED_PRIOR[1] * outside_s + optimizer_s)
+    # in the reference host's typical state: its factors were fitted on steps at the machine's best
+    assert math.isclose(p.step_s, (SPEED_PRIOR[0] * matmul_s + SPEED_PRIOR[1] * outside_s + optimizer_s)
+                        * SPEED_PRIOR_STATE)
     assert "reference host's factors" in p.speed_source and p.low is None
     # on a new CUDA host the parts as they are: no factors of another kind of device
     gpu = HostModel.fit([]).predict(cell(device="cuda"), costs(c))
@@ -251,3 +271,24 @@ def test_accumulating_micro_batches_displace_one_micro_batchs_activations():
     one, two, four = (memory_features(accumulating(n)) for n in (1, 2, 4))
     activations = estimate_memory(accumulating(2), approx_vocab(cell()))["activations_bytes"]
     assert one[3] == 0 and two[3] == four[3] == activations > 0
+
+
+def test_the_host_keeps_each_repetitions_state_and_leaves_slow_ones_out_of_the_speed_fit(tmp_path, monkeypatch):
+    """observed.json keeps the machine's state around each repetition (its probes); a repetition
+    whose slower probe ran over the slow-state line (txsuite.verdict.state) tells nothing of its
+    step time, so the speed fit leaves it out; its memory still counts."""
+    from txsuite.config.matrix import PlannedCell
+    from txsuite.run import observed
+    from txsuite.verdict.state import SLOW_STATE
+    monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
+    planned = PlannedCell(cell(), "c", "axes")
+    base = {"step_time_p50_s": 0.1, "train_mem_bytes": 5e7, "peak_flops": PEAK, "probe_best_s": 0.01}
+    observed.remember(planned, 3.0, {**base, "probe_before_s": 0.0105, "probe_after_s": 0.0115})
+    observed.remember(planned, 9.0, {**base, "step_time_p50_s": 0.4, "probe_before_s": 0.0105,
+                                     "probe_after_s": 0.01 * (SLOW_STATE + 1)})
+    kept = observed._known()[planned.cell_id]["repetitions"]
+    monkeypatch.setattr(observed.Predictor, "costs", lambda self, c: costs(c))  # (the peaks.json it would read)
+    assert math.isclose(kept[0]["state"], math.sqrt(1.05 * 1.15)) and math.isclose(kept[0]["slowdown"], 1.15)
+    model = observed.Predictor().model
+    assert model.speed_fitted_on == 1 and model.memory_fitted_on == 2  # the slow one's memory counts
+    assert math.isclose(model.speed_state, kept[0]["state"])

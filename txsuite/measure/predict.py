@@ -23,7 +23,11 @@ SPEED_PRIOR (a and e fitted on every record of the project's reference host, doc
 joins the fit as the heap prior joins memory's, and is the prediction of a CPU host with no record
 yet, which says so; a CUDA host with no record gets the uncorrected sum (a = e = 1). On a CPU the
 parts run one after the other, so their times add. Tokens/s = tokens per step / step_s, with a band of twice
-the fit's relative error (at least BAND_FLOOR).
+the fit's relative error (at least BAND_FLOOR). Each record's step time is first brought to
+the machine's best state by its probe's state factor (txsuite.verdict.state, as the verdicts
+bring tokens/s), so a matrix that ran while the machine was slow does not make every later
+prediction slow; the prediction is then made at the median state of the records it was fitted
+on, the state this host's cells typically run in.
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
 resident before it, times a factor, plus what one layer's backward pass passes through, plus
@@ -68,6 +72,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -84,8 +89,11 @@ HEAP_PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another 
 # a and e of the speed model fitted on every record of the reference host (docs/predictions.md): the
 # matmuls run about at the measured peak, the rest of the step about SPEED_PRIOR[1] times its bytes at
 # the bandwidth plus its overhead; and how far (relative sd) another CPU host's are believed to lie
-SPEED_PRIOR = (1.08, 3.40)
+SPEED_PRIOR = (0.94, 3.07)
 SPEED_PRIOR_SD = (0.25, 0.50)
+# the median state factor (txsuite.verdict.state) of those records: the fit is on step times brought to
+# the machine's best state, and a new CPU host's prediction is made in the reference host's typical state
+SPEED_PRIOR_STATE = 1.10
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
@@ -112,6 +120,7 @@ class Observation:
     train_mem_bytes: float | None
     costs: HostCosts = HostCosts()
     attention: str | None = None
+    state: float = 1.0  # how much slower than its best the machine ran around it (its probe's state factor)
 
 
 @dataclass
@@ -129,7 +138,7 @@ class Prediction:
 
 @dataclass
 class HostModel:
-    speed: list[float] | None  # a, b, c, d; None: the uncorrected roofline
+    speed: list[float] | None  # a and e; None: nothing fitted (the prior, or the uncorrected sum)
     speed_error: float  # relative sd of the fit (log scale)
     speed_fitted_on: int
     memory: list[float] | None  # k, t, r, u and m of the module's docstring; None: fewer than three records
@@ -138,17 +147,24 @@ class HostModel:
     auto_attention: dict[str, str] = field(default_factory=dict)  # precision -> the kernel auto ran here
 
     heap_prior: tuple[float, ...] = HEAP_PRIOR  # what a CPU host's memory fit is drawn towards
+    # the machine's typical state over the timed repetitions (their median state factor): predictions are in it
+    speed_state: float = SPEED_PRIOR_STATE
 
     @classmethod
-    def fit(cls, observations: Iterable[Observation], heap_prior: tuple[float, ...] = HEAP_PRIOR) -> "HostModel":
-        """The host's model from its earlier repetitions; `heap_prior`: the CPU memory prior (another
-        one only to measure how the model generalises, bench/predict_holdout.py)."""
+    def fit(cls, observations: Iterable[Observation], heap_prior: tuple[float, ...] = HEAP_PRIOR,
+            speed_prior: tuple[float, ...] | None = SPEED_PRIOR) -> "HostModel":
+        """The host's model from its earlier repetitions; `heap_prior`, `speed_prior`: the CPU priors
+        (others only to measure how the model generalises or to fit a prior: bench/predict_holdout.py,
+        bench/predict_speed.py; a speed prior of None fits the records alone)."""
         observations = list(observations)
-        timed = [(o, parts) for o in observations if positive(o.step_s)
+        # each step time brought to the machine's best state, as the verdicts bring it: a moment the
+        # machine was slow, or a whole matrix run in one, is not the cells' (observed.py leaves out
+        # repetitions in a slow state, as the verdicts do)
+        timed = [(o, parts) for o in observations if positive(o.step_s) and positive(o.state)
                  for parts in [speed_parts(o.config, o.costs, o.attention)] if parts is not None]
         on_cpu = all(o.config.device == "cpu" for o, _ in timed)  # the prior is a CPU host's
-        speed, speed_error = _nnls([features for _, (features, _) in timed], [o.step_s for o, _ in timed],
-                                   SPEED_PRIOR if on_cpu else None, SPEED_PRIOR_SD,
+        speed, speed_error = _nnls([features for _, (features, _) in timed], [o.step_s / o.state for o, _ in timed],
+                                   speed_prior if on_cpu else None, SPEED_PRIOR_SD,
                                    offsets=[measured for _, (_, measured) in timed])
         sized = [o for o in observations if positive(o.train_mem_bytes)]
         # each record's parts with the kernel it ran; with fewer records than three, the prior
@@ -156,8 +172,9 @@ class HostModel:
         memory, memory_error = (_nnls([memory_features(o.config, o.attention) for o in sized],
                                       [o.train_mem_bytes for o in sized], prior, HEAP_PRIOR_SD)
                                 if len(sized) >= 3 else (None, math.nan))
+        state = statistics.median(o.state for o, _ in timed) if timed else SPEED_PRIOR_STATE
         return cls(speed, speed_error, len(timed), memory, memory_error, len(sized), auto_attention(observations),
-                   heap_prior)
+                   heap_prior, state)
 
     def predict(self, cell: CellConfig, costs: HostCosts = HostCosts()) -> Prediction:
         """`costs`: what this host measured for the cell's step (its precision's peak, the memory
@@ -208,14 +225,15 @@ class HostModel:
         (matmul_s, outside_s), optimizer_s = parts
         overhead = "" if _overhead_s(cell, costs) is not None else "; no per-operator overhead measured here yet"
         if self.speed is not None:
-            (a, e), source = self.speed, f"fitted on {self.speed_fitted_on} repetitions of this host"
+            (a, e), state = self.speed, self.speed_state
+            source = f"fitted on {self.speed_fitted_on} repetitions of this host"
         elif cell.device == "cpu":
-            (a, e), source = SPEED_PRIOR, ("this host's measured parts with the reference host's factors (no "
-                                           "repetition measured here yet)")
+            (a, e), state, source = SPEED_PRIOR, SPEED_PRIOR_STATE, (
+                "this host's measured parts with the reference host's factors (no repetition measured here yet)")
         else:
-            (a, e), source = (1.0, 1.0), "the uncorrected roofline of this host's measured parts (no repetition " \
-                                         "measured here yet)"
-        step_s = a * matmul_s + e * outside_s + optimizer_s
+            (a, e), state, source = (1.0, 1.0), 1.0, ("the uncorrected roofline of this host's measured parts (no "
+                                                      "repetition measured here yet)")
+        step_s = (a * matmul_s + e * outside_s + optimizer_s) * state
         if step_s <= 0:
             return None, "the fit predicts no time for this cell"
         return step_s, f"{source}; {optimizer}{overhead}"

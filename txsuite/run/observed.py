@@ -4,7 +4,8 @@ cell's predicted speed and memory (txsuite/measure/predict.py) before it runs.
 One JSON file in the txsuite cache folder (observed.json): host name -> cell id -> the cell's
 resolved settings and its last few repetitions that ended ok: wall time (process start to
 record: start-up, data, training and evaluation all count), time in training steps, median step
-time, train memory, the matmul peak it ran against and the attention kernel it ran. The file is
+time, train memory, the matmul peak it ran against, the attention kernel it ran and the machine's
+state around it (its probe's state factor and slowdown, txsuite.verdict.state). The file is
 advisory: an unreadable one is ignored and rewritten, one that cannot be written is skipped.
 
 A sweep's time: a cell that ran here before takes the median of its own wall times; a cell that
@@ -23,6 +24,7 @@ from txsuite.config.spec import CellConfig
 from txsuite.measure.env import cpu_model
 from txsuite.measure.host_cache import locked_update
 from txsuite.measure.predict import HostCosts, HostModel, Observation, Prediction, peak_key, positive
+from txsuite.verdict import state
 
 FILE = "observed.json"
 KEPT = 5  # repetitions remembered per cell: the newest, so a changed host soon shows
@@ -38,6 +40,10 @@ def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
             this[name] = metrics[key]
     if metrics.get("attention") in ("sdpa", "matmul"):  # what `auto` resolved to, for the memory model
         this["attention"] = metrics["attention"]
+    probes = [metrics.get(name) for name in ("probe_before_s", "probe_after_s", "probe_best_s")]
+    if all(positive(p) for p in probes):  # the machine's state around it, for the speed model
+        this["state"] = state.state_factor(*probes)
+        this["slowdown"] = state.slowdown(*probes)
 
     def update(cache: dict) -> None:
         host = cache.get(socket.gethostname())
@@ -86,8 +92,11 @@ class Predictor:
             for r in _repetitions(entry):
                 # the peak the repetition ran against; the rest as this host measured it
                 costs = replace(self.costs(config), peak_flops=r.get("peak_flops"))
-                observations.append(Observation(config, r.get("step_s"), r.get("train_mem_bytes"), costs,
-                                                r.get("attention")))
+                # a repetition in a slow state tells nothing of its step time (the verdicts leave it out too)
+                slow = positive(r.get("slowdown")) and r["slowdown"] > state.SLOW_STATE
+                observations.append(Observation(config, None if slow else r.get("step_s"), r.get("train_mem_bytes"),
+                                                costs, r.get("attention"),
+                                                r["state"] if positive(r.get("state")) else 1.0))
         self.model = HostModel.fit(observations)
 
     def measurement(self, cell: CellConfig, op: str = "linear") -> dict | None:
