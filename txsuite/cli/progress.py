@@ -63,7 +63,8 @@ class SweepProgress:
             said = "; ".join(f"{g['device']}: {g.get('reason', 'failed')}, its cells measure for themselves"
                              for g in failed)
             console.print(f"host setup {info['seconds']:.1f} s: this host's one-time measurements (matmul peaks, "
-                          f"auto kernel trials, datasets), outside every cell{': ' + said if said else ''}",
+                          f"memory bandwidth, overheads and optimizer steps, auto kernel trials, datasets), outside "
+                          f"every cell{': ' + said if said else ''}",
                           markup=False, emoji=False, soft_wrap=True)
         elif kind == "cell_start":
             left = info["total"] - info["index"]
