@@ -9,25 +9,27 @@ Speed. A training step's time is modelled as
            + the optimizer step, as measured at the cell's parameter shapes
 
 The matmul FLOPs are the model's (6 per parameter and token, attention scores, the forward of
-every recomputed layer); the bytes are step_traffic_bytes' (activations, their gradients, the
-logits); the per-operator overhead is what a layer pass and a micro-batch cost at a tiny shape,
-in the cell's precision; the optimizer step is timed on the cell's own parameters, whose
+every recomputed layer); the bytes are activation_traffic_bytes' (activations, their gradients,
+the logits); the per-operator overhead is what a layer pass and a micro-batch cost at a tiny
+shape, in the cell's precision; the optimizer step is timed on the cell's own parameters, as
 optimizers differ far more than their bytes say (a 4-bit AdamW, Muon, Adafactor). The peak and
 the bandwidth (measure/peak.py), the overhead and the optimizer step (train/step_costs.py) are
 measured once per host and cached (HostCosts); where the optimizer step was not measured (a
-distributed cell), its bytes at the bandwidth join the second term. a, e >= 0 are fitted
-(non-negative least squares, relative errors) on this host's earlier records of the same device:
-the matmuls and everything else, the two parts every host weighs differently, each from a
-measured figure, so that one matrix of one shape extrapolates to others. On CPU the speed prior
-SPEED_PRIOR (a and e fitted on every record of the project's reference host, docs/predictions.md)
-joins the fit as the heap prior joins memory's, and is the prediction of a CPU host with no record
-yet, which says so; a CUDA host with no record gets the uncorrected sum (a = e = 1). On a CPU the
-parts run one after the other, so their times add. Tokens/s = tokens per step / step_s, with a band of twice
-the fit's relative error (at least BAND_FLOOR). Each record's step time is first brought to
-the machine's best state by its probe's state factor (txsuite.verdict.state, as the verdicts
-bring tokens/s), so a matrix that ran while the machine was slow does not make every later
-prediction slow; the prediction is then made at the median state of the records it was fitted
-on, the state this host's cells typically run in.
+distributed cell), its bytes at the bandwidth join the second term. On a CPU the parts run one
+after the other, so their times add.
+
+a, e >= 0 are fitted (non-negative least squares, relative errors) on this host's earlier
+records of the same device: the matmuls and everything else, the two parts every host weighs
+differently, each scaled from a measured figure, so that one matrix of one shape carries over to
+others. Each record's step time is first brought to the machine's best state by its probe's
+state factor (txsuite.verdict.state, as the verdicts bring tokens/s), so a matrix that ran while
+the machine was slow does not slow every later prediction; the prediction is made in the median
+state of the records fitted on, the state this host's cells usually run in. On CPU the speed
+prior SPEED_PRIOR (a and e fitted on every record of the project's reference host,
+docs/predictions.md) joins the fit as the heap prior joins memory's, and is the prediction of a
+CPU host with no record yet (in that host's typical state, SPEED_PRIOR_STATE), which says so; a
+CUDA host with no record gets the uncorrected sum (a = e = 1). Tokens/s = tokens per step /
+step_s, with a band of twice the fit's relative error (at least BAND_FLOOR).
 
 Memory. Train memory is modelled as what the training holds at its peak beyond what was
 resident before it, times a factor, plus what one layer's backward pass passes through, plus
@@ -278,17 +280,12 @@ def _overhead_s(cell: CellConfig, costs: HostCosts) -> float | None:
     return (costs.layer_s * passes + costs.micro_batch_s) * cell.train.grad_accum
 
 
-def step_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
-    """The bytes a training step moves through memory outside its matmuls (whose reads the
-    compute term counts): activation_traffic_bytes and optimizer_traffic_bytes. An order of
-    magnitude for a roofline, not a count of every kernel's traffic."""
-    return activation_traffic_bytes(cell, attention) + optimizer_traffic_bytes(cell, attention)
-
-
 def activation_traffic_bytes(cell: CellConfig, attention: str | None = None) -> float:
-    """Per micro-batch, every block's saved activations written in the forward pass and read in
-    the backward, their gradients written and read once (a checkpointed block's recomputation
-    writes and reads them once more), the logits and their gradient written and read."""
+    """The bytes a training step moves through memory outside its matmuls (whose reads the
+    compute term counts) and its optimizer: per micro-batch, every block's saved activations
+    written in the forward pass and read in the backward, their gradients written and read once
+    (a checkpointed block's recomputation writes and reads them once more), the logits and their
+    gradient written and read. An order of magnitude, not a count of every kernel's traffic."""
     vocab = approx_vocab(cell)
     layers, checkpointed = cell.model.dims[0], kept_layers(cell)[1]
     per_micro_batch = ((4 * layers + 2 * checkpointed) * layer_activation_bytes(cell, attention)
