@@ -87,7 +87,8 @@ MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_b
 # k, t, r, u and m of the module's docstring for a CPU host with no records of its own: fitted on the
 # reference host's records (docs/predictions.md, "The heap prior"), not on this host's
 HEAP_PRIOR = (1.20, 0.93, 0.61, 0.51, 40.3 * 2**20)
-HEAP_PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)  # how far (relative sd) another CPU host's k, t, r, u and m are believed to lie
+# how far (relative sd) another CPU host's k, t, r, u and m are believed to lie from HEAP_PRIOR
+HEAP_PRIOR_SD = (0.10, 0.25, 0.25, 0.25, 0.25)
 # a and e of the speed model fitted on every record of the reference host (docs/predictions.md): the
 # matmuls run about at the measured peak, the rest of the step about SPEED_PRIOR[1] times its bytes at
 # the bandwidth plus its overhead; and how far (relative sd) another CPU host's are believed to lie

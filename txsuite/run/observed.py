@@ -89,9 +89,10 @@ class Predictor:
             config = _config(entry)
             if config is None:
                 continue
+            measured = self.costs(config)
             for r in _repetitions(entry):
                 # the peak the repetition ran against; the rest as this host measured it
-                costs = replace(self.costs(config), peak_flops=r.get("peak_flops"))
+                costs = replace(measured, peak_flops=r.get("peak_flops"))
                 # a repetition in a slow state tells nothing of its step time (the verdicts leave it out too)
                 slow = positive(r.get("slowdown")) and r["slowdown"] > state.SLOW_STATE
                 observations.append(Observation(config, None if slow else r.get("step_s"), r.get("train_mem_bytes"),

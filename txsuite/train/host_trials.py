@@ -1,9 +1,9 @@
 """The host's one-time measurements for a sweep's cells, made before the first cell (issue 31):
 the matmul peak of each precision and the memory bandwidth (txsuite.measure.peak), each
 precision's per-operator overhead and each cell's optimizer step (txsuite.train.step_costs: what
-the cost model adds to the peaks, txsuite.measure.predict), the `auto`
-attention and linear kernels of each cell shape (txsuite.techniques.kernel_trial), and each
-dataset's tokenizer and token arrays (txsuite.data, cached on disk). All of them are cached per host
+the cost model adds to the peaks, txsuite.measure.predict), the `auto` attention and linear
+kernels of each cell shape (txsuite.techniques.kernel_trial), and each dataset's tokenizer and
+token arrays (txsuite.data, cached on disk). All of them are cached per host
 (txsuite.measure.host_cache), so a cell then reads them instead of paying for them inside its
 own clock, where the first cell on a host used to pay for all of them (docs/running.md, "The
 sweep's setup, and what a cell pays").
@@ -28,7 +28,9 @@ def measure_host(payload: dict[str, Any]) -> dict[str, Any]:
     """Every measurement the payload's cells will ask for, each once: -> {"status": "ok",
     "seconds": wall seconds, "measured": [{"what", "cell_id", "seconds", "cached"}, ...],
     "failed": [{"what", "cell_id", "reason"}]}. A measurement that fails is named and left to
-    the cell, which measures it again itself (and fails there, with its record, if it must)."""
+    the cell, which measures it again itself (and fails there, with its record, if it must); an
+    overhead or an optimizer step, which no cell measures, is then missing from the predictions,
+    whose source says so."""
     import torch
 
     from txsuite.config.spec import CellConfig
