@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from typing import Callable
 
 from txsuite.measure.host_cache import locked_update
 
@@ -150,16 +151,23 @@ def memory_bandwidth(torch, device, device_name: str) -> dict:
     conditions (threads, OpenMP spin setting) and cached beside the matmul peaks. The plan's
     uncorrected roofline divides the bytes a step moves by it (txsuite.measure.predict)."""
     key = bandwidth_key(torch, device, device_name)
-
-    def best(cache: dict) -> tuple[dict, bool]:
-        entry = cache.get(key)
-        if entry is not None:
-            return entry, True
-        cache[key] = kept_peak(None, measure_copy_bandwidth(torch, device), time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               field="bytes_per_s")
-        return cache[key], False
-    entry, cached = locked_update("peaks.json", best)
+    entry, cached = measured_once(key, lambda: kept_peak(None, measure_copy_bandwidth(torch, device),
+                                                         time.strftime("%Y-%m-%dT%H:%M:%S"), field="bytes_per_s"))
     return {"memory_bandwidth": entry["bytes_per_s"], "bandwidth_key": key, "bandwidth_cached": cached}
+
+
+def measured_once(key: str, measure: Callable[[], dict]) -> tuple[dict, bool]:
+    """-> (the entry cached under `key` in peaks.json, whether it was cached): `measure()`'s entry,
+    stamped `measured_at` unless it says when, made and cached only where none is. Unlike a matmul
+    peak (peak_flops), a later reading never replaces it: a bandwidth, an overhead or an optimizer
+    step has no 'best' that a noisy moment could only fall short of."""
+    def read_or_measure(cache: dict) -> tuple[dict, bool]:
+        entry = cache.get(key)
+        if isinstance(entry, dict):
+            return entry, True
+        cache[key] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **measure()}
+        return cache[key], False
+    return locked_update("peaks.json", read_or_measure)
 
 
 # the buffer a bandwidth burst copies: on a CPU twice the largest last-level cache of this

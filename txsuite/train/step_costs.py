@@ -24,8 +24,7 @@ import time
 from dataclasses import replace
 
 from txsuite.config.spec import CellConfig
-from txsuite.measure.host_cache import locked_update
-from txsuite.measure.peak import host_key
+from txsuite.measure.peak import host_key, measured_once
 from txsuite.measure.predict import cost_kind
 
 OVERHEAD_LAYERS = (1, 4)  # the shallow and the deep tiny model: their difference is the layers' overhead
@@ -42,7 +41,7 @@ def overhead(torch, device, device_name: str, cell: CellConfig) -> dict:
     """-> {"layer_s", "micro_batch_s", "overhead_key", "overhead_cached"} for the cell's precision,
     measured once per host and cached."""
     key = host_key(torch, device, device_name, cost_kind(cell, "overhead"), "overhead")
-    entry, cached = _cached_or(key, lambda: measure_overhead(torch, device, cell))
+    entry, cached = measured_once(key, lambda: measure_overhead(torch, device, cell))
     return {"layer_s": entry["layer_s"], "micro_batch_s": entry["micro_batch_s"], "overhead_key": key,
             "overhead_cached": cached}
 
@@ -51,7 +50,7 @@ def optimizer_step(torch, device, device_name: str, cell: CellConfig) -> dict:
     """-> {"optimizer_s", "optimizer_key", "optimizer_cached"}: one step of the cell's optimizer
     at its parameter shapes, measured once per host and cached."""
     key = host_key(torch, device, device_name, cost_kind(cell, "optimizer"), "optimizer")
-    entry, cached = _cached_or(key, lambda: {"seconds": measure_optimizer_step(torch, device, cell)})
+    entry, cached = measured_once(key, lambda: {"seconds": measure_optimizer_step(torch, device, cell)})
     return {"optimizer_s": entry["seconds"], "optimizer_key": key, "optimizer_cached": cached}
 
 
@@ -79,7 +78,7 @@ def measure_overhead(torch, device, cell: CellConfig) -> dict:
     shallow, deep = best
     layer_s = max(0.0, (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0]))
     return {"layer_s": layer_s, "micro_batch_s": max(0.0, shallow - OVERHEAD_LAYERS[0] * layer_s),
-            "step_s": [shallow, deep], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "step_s": [shallow, deep]}
 
 
 def measure_optimizer_step(torch, device, cell: CellConfig) -> float:
@@ -130,15 +129,3 @@ def _median_step(training, sync) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _cached_or(key: str, measure) -> tuple[dict, bool]:
-    """The cached entry under `key`, or `measure()`'s, cached. Measured once: unlike a peak, a
-    later reading does not replace it (an overhead has no 'best': the cells meet the typical one)."""
-    def read_or_measure(cache: dict) -> tuple[dict, bool]:
-        entry = cache.get(key)
-        if isinstance(entry, dict):
-            return entry, True
-        cache[key] = {**measure(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        return cache[key], False
-    return locked_update("peaks.json", read_or_measure)
