@@ -81,6 +81,8 @@ from typing import Iterable
 from txsuite.config.spec import OPTIMIZERS, CellConfig
 from txsuite.config.estimate import (approx_vocab, estimate_memory, kept_layers, layer_activation_bytes, logits_bytes,
                                      parameter_shapes)
+# the keys' parts, as the measuring side builds them (a stdlib-only module: no torch)
+from txsuite.measure.peak import BANDWIDTH_KIND, MATMUL_DTYPE, cell_openmp_env, format_peak_key, spin_setting
 
 BAND_FLOOR = 0.10  # the least relative half-width a band may claim: runs of one cell move that much
 MEMORY_PARTS = ("params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes")  # the estimate's
@@ -100,8 +102,6 @@ SPEED_PRIOR_STATE = 1.10
 # the least relative error a fit credits its records with: the model's error on a matrix it was
 # not fitted on (docs/predictions.md), however closely it fits the matrix it was
 MODEL_ERROR = 0.05
-MATMUL_DTYPE = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16-pure": "bfloat16",
-                "fp16": "float16", "fp8": "float8"}  # the dtype measure/peak.py keys its peaks by
 
 
 @dataclass(frozen=True)
@@ -219,14 +219,14 @@ class HostModel:
         if not positive(costs.peak_flops):
             return None, f"no matmul peak measured here at {cell.precision} yet"
         parts = speed_parts(cell, costs, attention)
+        overhead_s = _overhead_s(cell, costs)
+        if parts is None:  # no bandwidth yet: the matmuls, and the overhead and optimizer step where measured
+            return (matmul_seconds(cell, costs.peak_flops) + (overhead_s or 0.0) + (costs.optimizer_s or 0.0),
+                    "the uncorrected roofline without the step's bytes (no memory bandwidth measured here yet)")
         optimizer = ("the optimizer step measured here" if positive(costs.optimizer_s)
                      else "the optimizer's bytes at the bandwidth (its step not measured here)")
-        if parts is None:  # no bandwidth yet: the matmuls, and the overhead and optimizer step where measured
-            overhead = _overhead_s(cell, costs) or 0.0
-            return (matmul_seconds(cell, costs.peak_flops) + overhead + (costs.optimizer_s or 0.0),
-                    "the uncorrected roofline without the step's bytes (no memory bandwidth measured here yet)")
+        overhead = "" if overhead_s is not None else "; no per-operator overhead measured here yet"
         (matmul_s, outside_s), optimizer_s = parts
-        overhead = "" if _overhead_s(cell, costs) is not None else "; no per-operator overhead measured here yet"
         if self.speed is not None:
             (a, e), state = self.speed, self.speed_state
             source = f"fitted on {self.speed_fitted_on} repetitions of this host"
@@ -360,7 +360,6 @@ def peak_key(cell: CellConfig, device_name: str, torch_version: str, op: str = "
     train/step_costs.py): `op` "linear" its matmul peak, "copy" the memory bandwidth, "overhead"
     its precision's per-operator overhead, "optimizer" its optimizer step; threads and OpenMP spin
     setting as the runner gives the cell's worker."""
-    from txsuite.measure.peak import cell_openmp_env, format_peak_key, spin_setting
     kind = cost_kind(cell, op)
     if cell.device != "cpu":
         return format_peak_key(device_name, torch_version, 0, kind, op=op)
@@ -374,7 +373,6 @@ def cost_kind(cell: CellConfig, op: str) -> str:
     """What a host measurement of `op` depends on in the cell: the matmul dtype of a peak, nothing
     of a bandwidth, the precision of an overhead, the optimizer and every parameter shape and
     dtype of an optimizer step."""
-    from txsuite.measure.peak import BANDWIDTH_KIND
     if op == "copy":
         return BANDWIDTH_KIND
     if op == "overhead":
