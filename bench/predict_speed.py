@@ -118,9 +118,9 @@ def load(folder: Path, args) -> dict[str, dict[str, list[Measured]]]:
 
     def observation(r) -> Measured:
         config = configs[r.cell_id]
-        costs = replace(lookup.costs(config), peak_flops=r.metrics["peak_flops"],
-                        bandwidth=r.metrics.get("memory_bandwidth") or lookup.costs(config).bandwidth
-                        or args.bandwidth)
+        cached = lookup.costs(config)
+        costs = replace(cached, peak_flops=r.metrics["peak_flops"],
+                        bandwidth=r.metrics.get("memory_bandwidth") or cached.bandwidth or args.bandwidth)
         probes = [r.metrics.get(name) for name in ("probe_before_s", "probe_after_s", "probe_best_s")]
         factor = state.state_factor(*probes) if all(probes) else None
         slow = all(probes) and state.slowdown(*probes) > state.SLOW_STATE  # left out, as observed.py does
