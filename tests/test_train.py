@@ -74,3 +74,31 @@ def test_compile_seconds_is_the_warm_up_beyond_steady_steps():
     assert compile_seconds(compiled, result) == pytest.approx(12.0 - 3 * 0.5)
     assert compile_seconds(CellConfig(train=TrainSpec(warmup_steps=3, steps=4)), result) is None
     assert compile_seconds(compiled, TrainResult(step_times=[], warmup_wall=12.0)) is None
+
+
+def test_the_probe_during_the_steps_runs_between_measured_steps_only_and_off_every_clock():
+    """between_measured gets each measured step's clocked seconds after the step, except after
+    the last (the closing probe follows it) and never in warm-up; what it does is not in
+    train_wall (steps' own clocks)."""
+    calls: list[tuple[str, object]] = []
+    cell = dataclasses.replace(CELL, train=dataclasses.replace(CELL.train, steps=4, warmup_steps=2))
+    result = train_steps(build_training(cell), sync=lambda: None, log=lambda line: None,
+                         around_measured=lambda moment: calls.append((moment, None)),
+                         between_measured=lambda seconds: calls.append(("between", seconds)))
+    assert [c[0] for c in calls] == ["start", "between", "between", "between", "end"]
+    assert [c[1] for c in calls[1:4]] == result.step_times[:3]
+    assert result.train_wall == pytest.approx(sum(r for r in result.step_times) + result.warmup_wall)
+
+
+def test_the_machine_state_probes_during_the_steps_every_interval_and_means_all_its_probes():
+    from txsuite.measure.probe import PROBE_INTERVAL_S, MachineState
+    machine = MachineState(before_s=0.010, after_s=0.040)
+    assert machine.mean_s == pytest.approx(0.020)  # geometric: sqrt(0.010 * 0.040)
+    assert not machine.due(0.4 * PROBE_INTERVAL_S) and not machine.due(0.4 * PROBE_INTERVAL_S)
+    assert machine.due(0.4 * PROBE_INTERVAL_S)  # 1.2 intervals of steps since the last probe
+    machine.add_during(0.020)
+    assert not machine.due(0.4 * PROBE_INTERVAL_S)  # counted again from the probe
+    assert machine.probes() == [0.010, 0.020, 0.040]
+    metrics = machine.metrics()
+    assert metrics["probe_mean_s"] == pytest.approx(0.020) and metrics["probes"] == 3
+    assert MachineState().metrics()["probe_mean_s"] is None

@@ -14,6 +14,7 @@ from txsuite.verdict import BETTER, UNTESTED, WITHIN_NOISE, WORSE, Comparison, R
 from txsuite.verdict.distributions import t_isf, t_quantile, t_sf, trigamma_inverse
 from txsuite.verdict.moderated import Prior, fit_prior, moderate
 from txsuite.verdict.runs import RunNoise
+from txsuite.verdict import state
 from txsuite.verdict.state import SLOW_STATE, adjust, slowdown, state_factor
 from txsuite.verdict.words import is_better, is_worse
 
@@ -115,6 +116,24 @@ def test_the_machine_state_adjusts_time_and_leaves_out_slow_repetitions():
     assert slow == 1 and 1 not in values["a"] and values["a"][0] == pytest.approx(1200.0)
     assert SLOW_STATE == 2.0
     assert RunVerdicts(pd.DataFrame(rows)).verdict("a", "b", "tokens_per_s") == UNTESTED  # one round left
+
+
+def test_the_state_factor_is_the_mean_of_every_probe_where_the_record_has_it():
+    """A repetition whose probes around the steps were quick but whose steps ran in a slow spell
+    (the probes between them say so) is brought to the best state by the mean of all of them;
+    the slow-state line stays on the probes around the steps."""
+    assert state_factor(0.010, 0.010, 0.010, mean_s=0.013) == pytest.approx(1.3)
+    assert state_factor(0.012, 0.012, 0.010, mean_s=None) == pytest.approx(1.2)  # older records
+    assert state_factor(0.012, 0.012, None, mean_s=0.013) is None
+    machine = state.of({"probe_before_s": 0.010, "probe_after_s": 0.025, "probe_best_s": 0.010,
+                        "probe_mean_s": 0.015})
+    assert machine.factor == pytest.approx(1.5) and machine.slowdown == pytest.approx(2.5) and machine.slow
+    assert state.of({"probe_before_s": float("nan"), "probe_best_s": 0.01}).factor is None
+    assert not state.of({}).slow and state.of({}).factor is None
+    rows = [{"cell_id": "a", "repeat": 0, "status": "ok", "tokens_per_s": 1000.0, "probe_before_s": 0.010,
+             "probe_after_s": 0.010, "probe_best_s": 0.010, "probe_mean_s": 0.012}]
+    values, slow = by_round(pd.DataFrame(rows), "tokens_per_s")
+    assert slow == 0 and values["a"][0] == pytest.approx(1200.0)
 
 
 def test_two_runs_of_a_cell_carry_the_level_of_a_whole_run():

@@ -10,6 +10,11 @@ given the workload (cached beside the matmul peaks). The ratio, `machine_slowdow
 factor by which the machine was slower than its best while the cell was measured; the guard
 leaves out repetitions measured in a slow state (docs/guard.md).
 
+The machine also moves *during* the steps, within a second: on a CPU the workload runs again
+between measured steps, once PROBE_INTERVAL_S of steps ran since the last probe, outside every
+step's clock, and `probe_mean_s` (the geometric mean of every probe of the repetition) says
+what state the steps ran in (docs/verdicts.md has what it removes on real runs).
+
 On this project's 2-core machine, idle, two probes a moment apart stay below twice the host's
 best; with another process busy on the cores they go well above it (docs/measurements.md,
 "Regression guard"). The guard's default line for a slow state is 2x.
@@ -18,12 +23,16 @@ The workload is deterministic; only its duration varies, and only with the machi
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from txsuite.measure.host_cache import locked_update
 
 PROBE_TRIALS = 3  # each probe is the fastest of three runs of the workload: one hiccup is not a state
+# Seconds of measured steps between two probes during the steps: the machine's state moves within
+# a second on a shared host, and a probe costs a few per cent of that on an idle CPU.
+PROBE_INTERVAL_S = 0.5
 
 
 def probe_workload(torch) -> float:
@@ -50,10 +59,31 @@ def probe(torch) -> float:
 class MachineState:
     before_s: float | None = None
     after_s: float | None = None
+    during_s: list[float] = field(default_factory=list)  # between measured steps, in order
     best_s: float | None = None  # the host's best time for the workload, this one included
-    wall_s: float = 0.0  # what probing cost the cell, both probes and the cache update
+    wall_s: float = 0.0  # what probing cost the cell, every probe and the cache update
     faults_at_start: int | None = None  # minor page faults when the measured steps began
     page_faults: int | None = None  # minor page faults during the measured steps (probes excluded)
+    steps_since_probe_s: float = 0.0  # measured step seconds since the last probe
+
+    def due(self, step_s: float) -> bool:
+        """Count a measured step's seconds; True once PROBE_INTERVAL_S of them ran since the
+        last probe (the caller then probes and hands the time to `add_during`)."""
+        self.steps_since_probe_s += step_s
+        return self.steps_since_probe_s >= PROBE_INTERVAL_S
+
+    def add_during(self, seconds: float) -> None:
+        self.during_s.append(seconds)
+        self.steps_since_probe_s = 0.0
+
+    def probes(self) -> list[float]:
+        return [t for t in (self.before_s, *self.during_s, self.after_s) if t is not None]
+
+    @property
+    def mean_s(self) -> float | None:
+        """The geometric mean of every probe of the repetition: the state its steps ran in."""
+        times = self.probes()
+        return math.exp(sum(math.log(t) for t in times) / len(times)) if times else None
 
     @property
     def slowdown(self) -> float | None:
@@ -65,6 +95,7 @@ class MachineState:
 
     def metrics(self) -> dict:
         return {"probe_before_s": self.before_s, "probe_after_s": self.after_s, "probe_best_s": self.best_s,
+                "probe_mean_s": self.mean_s, "probes": len(self.probes()),
                 "machine_slowdown": self.slowdown, "host_page_faults": self.page_faults}
 
 

@@ -40,7 +40,6 @@ from txsuite.verdict.words import in_words, is_worse
 # What each series charts, in this order: the headline metrics, then the step counters (exact:
 # any change is a step), which are comparable across hosts too.
 METRICS = ("tokens_per_s", "train_mem_bytes", "mfu", "val_loss", "step_flops", "step_ops", "step_alloc_bytes")
-PROBES = ("probe_before_s", "probe_after_s", "probe_best_s")
 
 
 @dataclass
@@ -173,17 +172,15 @@ def run_values(run: Run) -> dict[str, dict[str, float]]:
         if record.status != "ok":
             continue
         m = record.metrics
-        probes = [m.get(p) if fmt.is_number(m.get(p)) else None for p in PROBES]
-        slow = state.slowdown(*probes)
-        factor = state.state_factor(*probes)
+        machine = state.of(m)
         for metric in METRICS:
             value = m.get(metric)
             if not (fmt.is_number(value) and value > 0 and math.isfinite(value)):
                 continue
             if metric in state.POWER:
-                if slow is not None and slow > state.SLOW_STATE:
+                if machine.slow:
                     continue
-                value = state.adjust(metric, float(value), factor)
+                value = state.adjust(metric, float(value), machine.factor)
             samples[record.label or record.cell_id][metric].append(float(value))
     return {cell: {metric: statistics.median(vals) for metric, vals in metrics.items()}
             for cell, metrics in samples.items()}

@@ -17,8 +17,6 @@ from txsuite.report import formatting as fmt
 from txsuite.verdict import RoundNoise, in_words, state
 from txsuite.verdict.comparison import Comparison
 
-PROBES = ("probe_before_s", "probe_after_s", "probe_best_s")  # record metrics, in state.state_factor's order
-
 
 def by_round(repeats: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], int]:
     """(cell id -> repetition index -> the metric's value, repetitions left out for a slow
@@ -27,20 +25,19 @@ def by_round(repeats: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, fl
     slow = 0
     if repeats.empty or metric not in repeats:
         return out, slow
-    timed = metric in state.POWER and all(c in repeats for c in PROBES)
+    probes = [c for c in state.PROBES if c in repeats] if metric in state.POWER else []
     ok = repeats[repeats["status"] == "ok"]
     # columns as Python lists, zipped row by row: a DataFrame's rows one by one cost seconds at 20,000
-    columns = [ok[c].tolist() for c in ("cell_id", "repeat", metric, *(PROBES if timed else ()))]
+    columns = [ok[c].tolist() for c in ("cell_id", "repeat", metric, *probes)]
     for cell_id, repeat, value, *measured_probes in zip(*columns):
         if not (fmt.is_number(value) and value > 0):
             continue
-        if timed:
-            probes = [float(p) if fmt.is_number(p) else None for p in measured_probes]
-            worst = state.slowdown(*probes)
-            if worst is not None and worst > state.SLOW_STATE:
+        if probes:
+            machine = state.of(dict(zip(probes, measured_probes)))
+            if machine.slow:
                 slow += 1
                 continue
-            value = state.adjust(metric, float(value), state.state_factor(*probes))
+            value = state.adjust(metric, float(value), machine.factor)
         out.setdefault(str(cell_id), {})[int(repeat)] = float(value)
     return out, slow
 

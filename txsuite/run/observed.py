@@ -40,10 +40,10 @@ def remember(cell: PlannedCell, seconds: float, metrics: dict) -> None:
             this[name] = metrics[key]
     if metrics.get("attention") in ("sdpa", "matmul"):  # what `auto` resolved to, for the memory model
         this["attention"] = metrics["attention"]
-    probes = [metrics.get(name) for name in ("probe_before_s", "probe_after_s", "probe_best_s")]
-    if all(positive(p) for p in probes):  # the machine's state around it, for the speed model
-        this["state"] = state.state_factor(*probes)
-        this["slowdown"] = state.slowdown(*probes)
+    machine = state.of(metrics)
+    if machine.factor is not None and machine.slowdown is not None:  # the machine's state, for the speed model
+        this["state"] = machine.factor
+        this["slowdown"] = machine.slowdown
 
     def update(cache: dict) -> None:
         host = cache.get(socket.gethostname())

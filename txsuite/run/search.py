@@ -239,11 +239,10 @@ def by_round(records: list[Record], metric: str) -> dict[str, dict[int, float]]:
             continue
         value = float(value)
         if metric in state.POWER:
-            probes = [r.metrics.get(k) for k in ("probe_before_s", "probe_after_s", "probe_best_s")]
-            worst = state.slowdown(*probes)
-            if worst is not None and worst > state.SLOW_STATE:
+            machine = state.of(r.metrics)
+            if machine.slow:
                 continue
-            value = state.adjust(metric, value, state.state_factor(*probes))
+            value = state.adjust(metric, value, machine.factor)
         out.setdefault(r.cell_id, {})[r.repeat] = value
     return out
 
@@ -293,8 +292,7 @@ def adaptive(matrix: Matrix, folder: RunFolder, cells: list[PlannedCell],
         done[record.key] = record
         emit("probe_cell_end", {"index": index, "total": len(todo), "record": record})
     pruned, probed = prune(done.values(), protected)
-    slow = sum(1 for r in done.values() if r.status == "ok" and (state.slowdown(
-        *(r.metrics.get(k) for k in ("probe_before_s", "probe_after_s", "probe_best_s"))) or 0) > state.SLOW_STATE)
+    slow = sum(1 for r in done.values() if r.status == "ok" and state.of(r.metrics).slow)
     folder.write_json(SEARCH_FILE, {
         "search": "pareto", "probe_fraction": PROBE_FRACTION, "min_probe_steps": MIN_PROBE_STEPS,
         "probe_rounds": PROBE_ROUNDS, "prune_level": PRUNE_LEVEL, "quality_tie": QUALITY_TIE,

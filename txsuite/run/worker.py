@@ -173,12 +173,15 @@ def train(training, started: Started, gate=None) -> Trained:
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     comm = CommWindow(started.world, t.warmup_steps, device.type)
-    machine, probe = _machine_probe(torch)
+    # probes between steps only where they cannot disturb: not in lockstep (the other side's step
+    # may be running), not on a GPU (its steps run asynchronously to the host's probe)
+    machine, probe, between = _machine_probe(torch, during=gate is None and device.type == "cpu")
     counter, counters = _step_counter(training, started.world)
     profiled, memory_roles = _memory_step(training, window)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
     try:
-        result = train_steps(training, sync, comm, telemetry, around_measured=probe, count_step=counter,
+        result = train_steps(training, sync, comm, telemetry, around_measured=probe, between_measured=between,
+                             count_step=counter,
                              memory_step=profiled, gate=gate)
     finally:
         # energy of the measured steps only: the window was restarted after the warm-up
@@ -263,13 +266,17 @@ class LockstepGate:
         self.sock.close()
 
 
-def _machine_probe(torch):
+def _machine_probe(torch, during: bool):
     """The machine-state probe (txsuite.measure.probe): the calibration workload just before the
-    first measured step and just after the last, folded into this host's best time; between
-    them, the process's minor page faults (what the kernel zero-filled for the steps)."""
+    first measured step and just after the last, and with `during` between measured steps every
+    PROBE_INTERVAL_S of them, each folded into this host's best time at the end; between the
+    first and the last, the process's minor page faults (what the kernel zero-filled for the
+    steps, the probes' own left out). Returns (the state, around(moment), between(step seconds)
+    or None)."""
     from txsuite.measure.probe import MachineState, probe, record_best
 
     state = MachineState()
+    faults_in_probes = 0
 
     def around(moment: str) -> None:
         t0 = time.perf_counter()
@@ -277,11 +284,20 @@ def _machine_probe(torch):
             state.before_s = probe(torch)
             state.faults_at_start = minor_page_faults()  # after the probe: only the steps count
         else:
-            state.page_faults = minor_page_faults() - state.faults_at_start
+            state.page_faults = minor_page_faults() - state.faults_at_start - faults_in_probes
             state.after_s = probe(torch)
-            state.best_s = record_best(torch, [state.before_s, state.after_s])
+            state.best_s = record_best(torch, state.probes())
         state.wall_s += time.perf_counter() - t0
-    return state, around
+
+    def between(step_s: float) -> None:
+        nonlocal faults_in_probes
+        if not state.due(step_s):
+            return
+        t0, faults = time.perf_counter(), minor_page_faults()
+        state.add_during(probe(torch))
+        faults_in_probes += minor_page_faults() - faults
+        state.wall_s += time.perf_counter() - t0
+    return state, around, (between if during else None)
 
 
 def _step_counter(training, world: int):

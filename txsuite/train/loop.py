@@ -77,6 +77,7 @@ def profiled_step(warmup_steps: int, world: int = 1) -> int:
 def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
                 log: Callable[[str], None] = lambda line: print(line, flush=True),
                 around_measured: Callable[[str], None] | None = None,
+                between_measured: Callable[[float], None] | None = None,
                 count_step: Callable[[], contextlib.AbstractContextManager] | None = None,
                 memory_step: Callable[[], contextlib.AbstractContextManager] | None = None,
                 gate=None) -> TrainResult:
@@ -85,7 +86,9 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
     measured ones. Evaluates every `eval_every` steps (outside the clock). Raises Diverged.
 
     around_measured("start"/"end") runs just before the first measured step and just after the
-    last, outside every clock (the machine-state probe). count_step() is entered around the
+    last, outside every clock (the machine-state probe); between_measured(seconds) after each
+    measured step that another follows, with the step's clocked seconds, outside every clock too
+    (the probe during the steps). count_step() is entered around the
     last warm-up step, which is untimed (the step counters); memory_step() around the warm-up
     step `profiled_step` names (the memory measured by role; the caller gives one only where
     two or more warm-up steps run).
@@ -143,6 +146,9 @@ def train_steps(training, sync: Callable[[], None], comm=None, telemetry=None,
         if t.stop_at_target and result.reached is not None and result.step_times and step + 1 < total_steps:
             result.stopped_at = step + 1
             break
+        if between_measured is not None and t.warmup_steps <= step < total_steps - 1:
+            with telemetry.paused():
+                between_measured(elapsed)
     gate.before(len(result.loss_curve))  # a turn for the closing probe: it too runs alone
     if around_measured is not None and t.steps:
         around_measured("end")

@@ -1,16 +1,20 @@
 """The machine's state around one repetition, from its probe (txsuite/measure/probe.py), and what
 a verdict does with it.
 
-Every repetition times a fixed workload just before and just after its measured steps. A
-repetition whose slower probe ran more than SLOW_STATE times its best ran while something else
-held the machine: its times say nothing about the code, and verdicts leave it out. Below that
-line the machine still moves, and a repetition's throughput moves with it: its time metrics
-are brought to the machine's best state by its state factor, the geometric mean of its two
-probes over the best (`adjust`). docs/verdicts.md has what that removes on real runs.
+Every repetition times a fixed workload just before and just after its measured steps (on a
+CPU, between them too). A repetition whose slower probe around the steps ran more than
+SLOW_STATE times its best ran while something else held the machine: its times say nothing
+about the code, and verdicts leave it out. Below that line the machine still moves, and a
+repetition's throughput moves with it: its time metrics are brought to the machine's best
+state by its state factor, the geometric mean of its probes over the best (`adjust`): of every
+probe where the record has their mean (`probe_mean_s`), else of the two around the steps.
+docs/verdicts.md has what that removes on real runs.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from txsuite.config.metrics import REGISTRY
 
@@ -21,12 +25,21 @@ SLOW_STATE = 2.0
 POWER = {m.name: m.speed for m in REGISTRY if m.speed}
 
 
-def state_factor(before_s: float | None, after_s: float | None, best_s: float | None) -> float | None:
-    """How much slower than its best the machine was around a repetition (>= 1 but for noise)."""
-    probes = [t for t in (before_s, after_s) if t]
-    if not probes or not best_s:
+# the record metrics a repetition's state is read from (txsuite.measure.probe.MachineState.metrics)
+PROBES = ("probe_before_s", "probe_after_s", "probe_best_s", "probe_mean_s")
+
+
+def state_factor(before_s: float | None, after_s: float | None, best_s: float | None,
+                 mean_s: float | None = None) -> float | None:
+    """How much slower than its best the machine was while a repetition's steps ran (>= 1 but
+    for noise): the mean of every probe over the best, where it was recorded; else the geometric
+    mean of the two around the steps (records of an older txsuite, or a GPU's)."""
+    if not best_s:
         return None
-    return math.exp(sum(math.log(t) for t in probes) / len(probes)) / best_s
+    if mean_s:
+        return mean_s / best_s
+    probes = [t for t in (before_s, after_s) if t]
+    return math.exp(sum(math.log(t) for t in probes) / len(probes)) / best_s if probes else None
 
 
 def slowdown(before_s: float | None, after_s: float | None, best_s: float | None) -> float | None:
@@ -40,3 +53,26 @@ def adjust(metric: str, value: float, factor: float | None) -> float:
     if factor is None or metric not in POWER:
         return value
     return value * factor ** POWER[metric]
+
+
+@dataclass(frozen=True)
+class RepetitionState:
+    """What a verdict needs to know of the machine while one repetition was measured."""
+    factor: float | None  # state_factor; None: no probe recorded
+    slowdown: float | None  # the slower probe around the steps over the best
+
+    @property
+    def slow(self) -> bool:
+        """Measured in a slow state: its time metrics are left out."""
+        return self.slowdown is not None and self.slowdown > SLOW_STATE
+
+
+def of(metrics: Mapping[str, Any]) -> RepetitionState:
+    """The state of a repetition from its record's metrics (a probe that is no positive finite
+    number counts as not recorded)."""
+    def seconds(name: str) -> float | None:
+        value = metrics.get(name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return float(value) if ok else None
+    before, after, best, mean = (seconds(name) for name in PROBES)
+    return RepetitionState(state_factor(before, after, best, mean), slowdown(before, after, best))
