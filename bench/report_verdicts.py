@@ -21,6 +21,13 @@ rounds are a run with `repeats: K`). For every run it builds the report's cell t
   two runs of the same code should read "no change beyond noise".
 
 `--load`: another process keeps both cores busy 40 s of every 100 s (bench/ab_evidence.py).
+
+`--spin`: two more cells whose steps are exactly 15 % and 10 % slower on any host and under any
+load (their learning rates, 2.0e-3 and 2.1e-3, select the spin in a patched clone of HEAD: every
+`Trainer.step` ends busy for that fraction of its own time, bench/ab_lockstep_evidence.py's
+spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's txsuite.
+`--ends-only`: judge time as if the records had only the probes around the steps (their
+`probe_mean_s` dropped), to compare the two state factors on the same runs.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench.ab_evidence as kit  # noqa: E402
 from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
 from txsuite.report.compare import compare_findings, compare_tables  # noqa: E402
 from txsuite.report.frame import build_cell_table  # noqa: E402
@@ -51,34 +59,65 @@ include:
   - {train.lr: 1.0e-3, measure.threads: 1}                        # slower, the same memory
   - {train.lr: 1.0e-3, memory.activation_checkpointing: full}     # slower, lighter
   - {train.lr: 1.0e-3, memory.activation_checkpointing: every_k, memory.checkpoint_every: 2}  # ~15 % slower
+SPIN_CELLS
 repeats: 5
 """
 FIRST_LR = 1.0e-3
+# --spin: learning rate -> the fraction by which the patched clone's step is slower
+SPINS = {2.0e-3: 0.15, 2.1e-3: 0.10}
+SPIN_HOOK = """
+        _spin_after(_spin_started, _SPINS.get(round(self.optimizer.defaults["lr"], 12), 0.0))
+"""
 
 
-def measure(out: Path, runs: int, equal: int) -> None:
+def spin_clone(scratch: Path) -> Path:
+    """A clone of HEAD whose Trainer.step spins by SPINS[its learning rate] of its own time."""
+    import ab_lockstep_evidence as spin  # bench/ is this script's folder, first on sys.path
+    kit.VARIANTS.setdefault("spin-by-lr", None)
+    clone = kit.prepare("spin-by-lr", scratch)
+    path = clone / kit.TRAINER
+    text = path.read_text()
+    if spin.START not in text or kit.ANCHOR not in text:
+        raise SystemExit(f"{kit.TRAINER} changed: the patch anchors are gone")
+    text = text.replace(spin.START, "        _spin_started = _spin_time.perf_counter()\n" + spin.START, 1)
+    last, ret = kit.ANCHOR.splitlines(keepends=True)
+    text = text.replace(kit.ANCHOR, last + SPIN_HOOK.lstrip("\n") + ret, 1)
+    path.write_text(text + spin.SPIN_HELPER + f"\n_SPINS = {SPINS!r}\n")
+    return clone
+
+
+def measure(out: Path, runs: int, equal: int, spin: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lrs = ", ".join(f"{FIRST_LR * (1 + 0.1 * i):.2e}" for i in range(equal))
-    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs))
+    spins = "".join(f"  - {{train.lr: {lr:.1e}}}   # a step exactly {fraction:.0%} slower (--spin)\n"
+                    for lr, fraction in SPINS.items()) if spin else ""
+    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins))
+    code = spin_clone(out / "code") if spin else kit.REPO
     for i in range(runs):
         run_id = f"run{i + 1:02d}"
-        txsuite_run(out, "verdicts.yaml", run_id)
+        txsuite_run(out, "verdicts.yaml", run_id, code)
 
 
 def kind_of(config: dict) -> str:
-    """'equal', '1 thread', 'checkpointing' (every block) or 'half checkpointing' (one block of two)."""
+    """'equal', '1 thread', 'checkpointing' (every block), 'half checkpointing' (one block of
+    two) or 'N % slower step' (--spin)."""
     if config.get("measure", {}).get("threads") == 1:
         return "1 thread"
+    spin = SPINS.get(round(config.get("train", {}).get("lr", 0.0), 12))
+    if spin:
+        return f"{spin:.0%} slower step"
     return {"none": "equal", "full": "checkpointing", "every_k": "half checkpointing"}[
         config.get("memory", {}).get("activation_checkpointing", "none")]
 
 
-def analyse(out: Path, rounds: int | None) -> None:
+def analyse(out: Path, rounds: int | None, ends_only: bool = False) -> None:
     folders = sorted(p for p in (out / "results" / "verdicts").iterdir() if (p / "records.jsonl").exists())
     calls, power, compared = Counter(), Counter(), Counter()
     tables = []
     for folder in folders:
         records = [r for r in RunFolder(folder).records() if rounds is None or r.repeat < rounds]
+        for r in records if ends_only else ():
+            r.metrics.pop("probe_mean_s", None)
         kinds = {r.cell_id: kind_of(r.config) for r in records}
         equal = sorted(c for c, k in kinds.items() if k == "equal")
         reference = min(equal, key=lambda c: next(r.config["train"]["lr"] for r in records if r.cell_id == c))
@@ -137,11 +176,14 @@ def main() -> None:
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--rounds", type=int, default=None, help="analyse the first K rounds of each run only")
+    parser.add_argument("--spin", action="store_true", help="two more cells, their steps exactly 15 %% and 10 %% slower")
+    parser.add_argument("--ends-only", action="store_true",
+                        help="judge time by the probes around the steps only (not those between them)")
     args = parser.parse_args()
     if not args.analyse_only:
         with neighbour_if(args.load):
-            measure(args.out, args.runs, args.equal)
-    analyse(args.out, args.rounds)
+            measure(args.out, args.runs, args.equal, args.spin)
+    analyse(args.out, args.rounds, args.ends_only)
 
 
 if __name__ == "__main__":
