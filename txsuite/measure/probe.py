@@ -31,8 +31,8 @@ from txsuite.measure.host_cache import locked_update
 
 PROBE_TRIALS = 3  # each probe is the fastest of three runs of the workload: one hiccup is not a state
 # Seconds of measured steps between two probes during the steps: the machine's state moves within
-# a second on a shared host, and a probe costs a few per cent of that on an idle CPU.
-PROBE_INTERVAL_S = 0.5
+# a second on a shared host (docs/verdicts.md: a quarter of a second tracks it better than half).
+PROBE_INTERVAL_S = 0.25
 
 
 def probe_workload(torch) -> float:
