@@ -181,8 +181,7 @@ def train(training, started: Started, gate=None) -> Trained:
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
     try:
         result = train_steps(training, sync, comm, telemetry, around_measured=probe, between_measured=between,
-                             count_step=counter,
-                             memory_step=profiled, gate=gate)
+                             count_step=counter, memory_step=profiled, gate=gate)
     finally:
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
