@@ -254,6 +254,11 @@ def test_fastest_is_named_only_when_its_lead_is_beyond_noise_paired_by_round(tmp
     assert lead.what == "Fastest" and lead.cell == "cell a" and "beyond noise" in lead.detail
     once = fastest([120], [100])
     assert once.what == "Fastest" and "not tested against noise" in once.detail
+    # a tie says what more repetitions would tell, projected from the run's noise: a steady 6 %
+    # lead in noisy rounds wants a few more; a 2 % lead in rounds that disagree, more than ten
+    steady = fastest([106, 118, 96], [100, 108, 93])
+    assert steady.what == "Fastest: not separated" and "`repeats: " in steady.detail and "a projection" in steady.detail
+    assert "more than 10 repetitions" in tie.detail
 
 
 def test_speedup_and_memory_ratio_against_the_named_reference(tmp_path):

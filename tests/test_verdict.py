@@ -143,3 +143,20 @@ def test_two_runs_of_a_cell_carry_the_level_of_a_whole_run():
     alone = RunNoise.measured_only([[100.0, 102.0], [101.0, 99.0]])
     assert alone.compare([130.0, 133.0], [100.0, 102.0], True).verdict == BETTER
     assert RunNoise.measured_only([[100.0], [101.0]]).compare([130.0], [100.0], True).verdict == UNTESTED
+
+
+def test_a_tie_projects_the_rounds_that_would_separate_it_if_its_gap_and_noise_held():
+    """Comparison.rounds_to_separate: the interval shrinks as 1/sqrt(rounds) and its t with the
+    degrees of freedom; the projected round count separates the same estimate, one fewer does
+    not; a separated, untested or one-round comparison projects nothing."""
+    tie = Comparison.of_log_ratio(0.05, 0.03, 4, 0.95, True, samples=2)
+    assert tie.verdict == WITHIN_NOISE
+    rounds = tie.rounds_to_separate()
+    assert rounds is not None and 2 < rounds <= 10
+    def at(n):
+        return Comparison.of_log_ratio(0.05, 0.03 * math.sqrt(2 / n), 4 * (n - 1), 0.95, True, samples=n)
+    assert at(rounds).verdict == BETTER and at(rounds - 1).verdict == WITHIN_NOISE
+    assert Comparison.of_log_ratio(0.001, 0.03, 4, 0.95, True, samples=2).rounds_to_separate() is None  # > 10
+    assert Comparison.of_log_ratio(0.5, 0.03, 4, 0.95, True, samples=2).rounds_to_separate() is None  # separated
+    assert Comparison.of_log_ratio(0.05, math.nan, 0, 0.95, True, samples=2).rounds_to_separate() is None
+    assert Comparison.of_log_ratio(0.05, 0.03, 4, 0.95, True, samples=1).rounds_to_separate() is None

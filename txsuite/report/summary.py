@@ -6,6 +6,7 @@ string (labels, reasons) and decides the markup.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,11 +16,12 @@ import pandas as pd
 from txsuite.report import formatting as fmt
 from txsuite.report.frame import CellTable
 from txsuite.report.pareto import DOMINATED, NEAR_FRONT, UNTESTED_OFF_FRONT
-from txsuite.verdict import BETTER, UNTESTED
+from txsuite.verdict import BETTER, UNTESTED, WITHIN_NOISE
 from txsuite.verdict.state import SLOW_STATE
 
 NOISY_SPREAD_PCT = 10.0  # tokens/s range over repeats above this share of the median: flag it
 MAX_LISTED = 20
+MOST_ROUNDS_HINTED = 10  # a not-separated card projects the repetitions that would tell, up to this many
 
 
 @dataclass
@@ -181,7 +183,23 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
                    text + f"; {'these reach' if len(tied) > 1 else 'the other reaches'} {span} of it, within noise: "
-                          f"no single leader", cell_id=row["cell_id"])
+                          f"no single leader" + _rounds_hint(table, row["cell_id"], others, tied_names, metric),
+                   cell_id=row["cell_id"])
+
+
+def _rounds_hint(table: CellTable, leader: str, others: pd.DataFrame, tied: set[str], metric: str) -> str:
+    """What more rounds would tell, projected from this run's noise (Comparison.rounds_to_separate)
+    for the tied cell nearest the leader: the gap every other separation needs too."""
+    comparisons = [table.verdicts.compare(leader, cell_id, metric)
+                   for cell_id, name in zip(others["cell_id"], _labels(others)) if name in tied]
+    nearest = min((c for c in comparisons if c.verdict == WITHIN_NOISE and c.ratio),
+                  key=lambda c: abs(math.log(c.ratio)), default=None)
+    if nearest is None or nearest.samples < 2:
+        return ""
+    rounds = nearest.rounds_to_separate(most=MOST_ROUNDS_HINTED)
+    if rounds is None:
+        return f" (at this run's noise, more than {MOST_ROUNDS_HINTED} repetitions would be needed to separate them)"
+    return f" (at this run's noise, `repeats: {rounds}` would separate the nearest, if its gap holds: a projection)"
 
 
 def best_loss_finding(table: CellTable) -> Finding | None:

@@ -25,6 +25,24 @@ class Comparison:
     def separated(self) -> bool:
         return self.verdict in (BETTER, WORSE)
 
+    def rounds_to_separate(self, level: float = 0.95, most: int = 10) -> int | None:
+        """A projection, not a measurement: the fewest rounds (at most `most`) whose interval
+        would exclude no change *if* the ratio and the noise per round stayed as estimated here
+        (the standard error shrinks as 1/sqrt(rounds), the degrees of freedom grow with the
+        rounds beyond the first). None: not within `most`, or nothing to project from (a
+        separated or untested comparison, one round, a ratio of exactly 1)."""
+        if self.verdict != WITHIN_NOISE or self.samples < 2 or not self.df or not self.low or not self.high:
+            return None
+        gap = abs(math.log(self.ratio))
+        se = (math.log(self.high) - math.log(self.low)) / (2 * t_quantile(self.df, level))
+        if not gap or not se:
+            return None
+        for rounds in range(self.samples + 1, most + 1):
+            df = self.df * (rounds - 1) / (self.samples - 1)
+            if t_quantile(df, level) * se * math.sqrt(self.samples / rounds) < gap:
+                return rounds
+        return None
+
     @classmethod
     def of_log_ratio(cls, mean: float, se: float, df: float, level: float, higher_is_better: bool,
                      resolution: float = 0.0, samples: int = 0, pooled: bool = False) -> "Comparison":
