@@ -189,12 +189,16 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
 
 def _rounds_hint(table: CellTable, leader: str, others: pd.DataFrame, tied: set[str], metric: str) -> str:
     """What more rounds would tell, projected from this run's noise (Comparison.rounds_to_separate)
-    for the tied cell nearest the leader: the gap every other separation needs too."""
-    comparisons = [table.verdicts.compare(leader, cell_id, metric)
-                   for cell_id, name in zip(others["cell_id"], _labels(others)) if name in tied]
-    nearest = min((c for c in comparisons if c.verdict == WITHIN_NOISE and c.ratio),
-                  key=lambda c: abs(math.log(c.ratio)), default=None)
-    if nearest is None or nearest.samples < 2:
+    for the tied cell nearest the leader on the medians: the smallest gap, which every other
+    separation needs too. One comparison, however many cells tie."""
+    leading = float(table.row(leader)[metric])
+    candidates = [(abs(math.log(float(value) / leading)), cell_id)
+                  for cell_id, name, value in zip(others["cell_id"], _labels(others), others[metric])
+                  if name in tied and float(value) > 0]
+    if not candidates or not leading > 0:
+        return ""
+    nearest = table.verdicts.compare(leader, min(candidates)[1], metric)
+    if nearest.verdict != WITHIN_NOISE or nearest.samples < 2:
         return ""
     rounds = nearest.rounds_to_separate(most=MOST_ROUNDS_HINTED)
     if rounds is None:
