@@ -23,7 +23,7 @@ The workload is deterministic; only its duration varies, and only with the machi
 """
 from __future__ import annotations
 
-import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -83,7 +83,7 @@ class MachineState:
     def mean_s(self) -> float | None:
         """The geometric mean of every probe of the repetition: the state its steps ran in."""
         times = self.probes()
-        return math.exp(sum(math.log(t) for t in times) / len(times)) if times else None
+        return statistics.geometric_mean(times) if times else None
 
     @property
     def slowdown(self) -> float | None:

@@ -13,6 +13,7 @@ docs/verdicts.md has what that removes on real runs.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -39,7 +40,7 @@ def state_factor(before_s: float | None, after_s: float | None, best_s: float | 
     if mean_s:
         return mean_s / best_s
     probes = [t for t in (before_s, after_s) if t]
-    return math.exp(sum(math.log(t) for t in probes) / len(probes)) / best_s if probes else None
+    return statistics.geometric_mean(probes) / best_s if probes else None
 
 
 def slowdown(before_s: float | None, after_s: float | None, best_s: float | None) -> float | None:
