@@ -121,11 +121,9 @@ def load(folder: Path, args) -> dict[str, dict[str, list[Measured]]]:
         cached = lookup.costs(config)
         costs = replace(cached, peak_flops=r.metrics["peak_flops"],
                         bandwidth=r.metrics.get("memory_bandwidth") or cached.bandwidth or args.bandwidth)
-        probes = [r.metrics.get(name) for name in ("probe_before_s", "probe_after_s", "probe_best_s")]
-        factor = state.state_factor(*probes) if all(probes) else None
-        slow = all(probes) and state.slowdown(*probes) > state.SLOW_STATE  # left out, as observed.py does
-        return Measured(config, None if slow else r.metrics["step_time_p50_s"], None, costs,
-                        r.metrics.get("attention"), factor or 1.0, r.metrics["step_time_p50_s"])
+        machine = state.of(r.metrics)  # a slow state left out, as observed.py does
+        return Measured(config, None if machine.slow else r.metrics["step_time_p50_s"], None, costs,
+                        r.metrics.get("attention"), machine.factor or 1.0, r.metrics["step_time_p50_s"])
 
     return {matrix: {records[0].label: [observation(r) for r in records] for records in cells.values()}
             for matrix, cells in data.items()}
