@@ -59,20 +59,26 @@ def prepare(variant: str, scratch: Path) -> Path:
     """A clone of HEAD with the variant's edit in its working tree."""
     spin = SPIN.match(variant)
     if spin:
-        kit.VARIANTS.setdefault(variant, None)  # a plain clone first, then the two-anchor edit below
-        clone = kit.prepare(variant, scratch)
-        path = clone / kit.TRAINER
-        text = path.read_text()
-        if START not in text or kit.ANCHOR not in text:
-            raise SystemExit(f"{kit.TRAINER} changed: the patch anchors are gone")
-        text = text.replace(START, "        _spin_started = _spin_time.perf_counter()\n" + START, 1)
-        # between apply_gradients and return: the whole step is timed before the spin
-        last, ret = kit.ANCHOR.splitlines(keepends=True)
-        fraction = int(spin.group(1)) / 100
-        text = text.replace(kit.ANCHOR, last + f"        _spin_after(_spin_started, {fraction!r})\n" + ret, 1)
-        path.write_text(text + SPIN_HELPER)
-        return clone
+        return spin_clone(variant, scratch, repr(int(spin.group(1)) / 100))
     return kit.prepare(variant, scratch)
+
+
+def spin_clone(name: str, scratch: Path, fraction: str, module_tail: str = "") -> Path:
+    """A clone of HEAD (scratch/name) whose Trainer.step ends busy for `fraction` (a Python
+    expression, evaluated in the step: `self` is the trainer) of its own time; `module_tail` is
+    appended to the trainer module (what the expression reads)."""
+    kit.VARIANTS.setdefault(name, None)  # a plain clone first, then the two-anchor edit below
+    clone = kit.prepare(name, scratch)
+    path = clone / kit.TRAINER
+    text = path.read_text()
+    if START not in text or kit.ANCHOR not in text:
+        raise SystemExit(f"{kit.TRAINER} changed: the patch anchors are gone")
+    text = text.replace(START, "        _spin_started = _spin_time.perf_counter()\n" + START, 1)
+    # between apply_gradients and return: the whole step is timed before the spin
+    last, ret = kit.ANCHOR.splitlines(keepends=True)
+    text = text.replace(kit.ANCHOR, last + f"        _spin_after(_spin_started, {fraction})\n" + ret, 1)
+    path.write_text(text + SPIN_HELPER + module_tail)
+    return clone
 
 
 def run_ab(clone: Path, out: Path, run_id: str, mode: str, thresholds: list[str], extra: list[str] = ()) -> dict:

@@ -40,8 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import bench.ab_evidence as kit  # noqa: E402
-from bench.ab_evidence import neighbour_if, txsuite_run  # noqa: E402
+from bench.ab_evidence import REPO, neighbour_if, txsuite_run  # noqa: E402
 from txsuite.report.compare import compare_findings, compare_tables  # noqa: E402
 from txsuite.report.frame import build_cell_table  # noqa: E402
 from txsuite.report.summary import fastest_finding  # noqa: E402
@@ -65,25 +64,13 @@ repeats: 5
 FIRST_LR = 1.0e-3
 # --spin: learning rate -> the fraction by which the patched clone's step is slower
 SPINS = {2.0e-3: 0.15, 2.1e-3: 0.10}
-SPIN_HOOK = """
-        _spin_after(_spin_started, _SPINS.get(round(self.optimizer.defaults["lr"], 12), 0.0))
-"""
 
 
 def spin_clone(scratch: Path) -> Path:
     """A clone of HEAD whose Trainer.step spins by SPINS[its learning rate] of its own time."""
-    import ab_lockstep_evidence as spin  # bench/ is this script's folder, first on sys.path
-    kit.VARIANTS.setdefault("spin-by-lr", None)
-    clone = kit.prepare("spin-by-lr", scratch)
-    path = clone / kit.TRAINER
-    text = path.read_text()
-    if spin.START not in text or kit.ANCHOR not in text:
-        raise SystemExit(f"{kit.TRAINER} changed: the patch anchors are gone")
-    text = text.replace(spin.START, "        _spin_started = _spin_time.perf_counter()\n" + spin.START, 1)
-    last, ret = kit.ANCHOR.splitlines(keepends=True)
-    text = text.replace(kit.ANCHOR, last + SPIN_HOOK.lstrip("\n") + ret, 1)
-    path.write_text(text + spin.SPIN_HELPER + f"\n_SPINS = {SPINS!r}\n")
-    return clone
+    from ab_lockstep_evidence import spin_clone as clone_spinning  # bench/ is first on sys.path
+    return clone_spinning("spin-by-lr", scratch, '_SPINS.get(round(self.optimizer.defaults["lr"], 12), 0.0)',
+                          f"\n_SPINS = {SPINS!r}\n")
 
 
 def measure(out: Path, runs: int, equal: int, spin: bool) -> None:
@@ -92,7 +79,7 @@ def measure(out: Path, runs: int, equal: int, spin: bool) -> None:
     spins = "".join(f"  - {{train.lr: {lr:.1e}}}   # a step exactly {fraction:.0%} slower (--spin)\n"
                     for lr, fraction in SPINS.items()) if spin else ""
     (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins))
-    code = spin_clone(out / "code") if spin else kit.REPO
+    code = spin_clone(out / "code") if spin else REPO
     for i in range(runs):
         run_id = f"run{i + 1:02d}"
         txsuite_run(out, "verdicts.yaml", run_id, code)
