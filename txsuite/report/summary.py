@@ -183,21 +183,21 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
                    text + f"; {'these reach' if len(tied) > 1 else 'the other reaches'} {span} of it, within noise: "
-                          f"no single leader" + _rounds_hint(table, row["cell_id"], others, tied_names, metric),
+                          f"no single leader" + _rounds_hint(table, row, others, tied_names, metric),
                    cell_id=row["cell_id"])
 
 
-def _rounds_hint(table: CellTable, leader: str, others: pd.DataFrame, tied: set[str], metric: str) -> str:
+def _rounds_hint(table: CellTable, leader: pd.Series, others: pd.DataFrame, tied: set[str], metric: str) -> str:
     """What more rounds would tell, projected from this run's noise (Comparison.rounds_to_separate)
     for the tied cell nearest the leader on the medians: the smallest gap, which every other
     separation needs too. One comparison, however many cells tie."""
-    leading = float(table.row(leader)[metric])
+    leading = float(leader[metric])
     candidates = [(abs(math.log(float(value) / leading)), cell_id)
                   for cell_id, name, value in zip(others["cell_id"], _labels(others), others[metric])
                   if name in tied and float(value) > 0]
     if not candidates or not leading > 0:
         return ""
-    nearest = table.verdicts.compare(leader, min(candidates)[1], metric)
+    nearest = table.verdicts.compare(leader["cell_id"], min(candidates)[1], metric)
     if nearest.verdict != WITHIN_NOISE or nearest.samples < 2:
         return ""
     rounds = nearest.rounds_to_separate(most=MOST_ROUNDS_HINTED)
