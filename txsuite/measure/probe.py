@@ -3,9 +3,9 @@
 A shared machine moves between states: for minutes at a time another process holds the cores
 and every step of a repetition runs several times slower, the fastest included. A repetition
 measured in such a state says nothing about the code. So every repetition times the same
-fixed workload (`probe_workload`: small fp32 matmuls and an element-wise pass, on the
-cell's own torch threads, tens of milliseconds on an idle CPU) just before and just after its
-measured steps, and compares the slower of the two with the best time this host has ever
+fixed workload (`probe_workload`: small fp32 matmuls, many short element-wise passes and a
+long one, on the cell's own torch threads, about ten milliseconds on an idle CPU) just before
+and just after its measured steps, and compares the slower of the two with the best time this host has ever
 given the workload (cached beside the matmul peaks). The ratio, `machine_slowdown`, is the
 factor by which the machine was slower than its best while the cell was measured; the guard
 leaves out repetitions measured in a slow state (docs/guard.md).
@@ -40,13 +40,16 @@ def probe_workload(torch) -> float:
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(256, 256, generator=gen)
     b = torch.randn(256, 256, generator=gen)
+    small = torch.randn(1 << 16, generator=gen)  # [65536]: 256 KiB, split over the threads
     v = torch.randn(1 << 18, generator=gen)
     start = time.perf_counter()
-    for _ in range(40):
+    for _ in range(20):
         a = torch.tanh(a @ b * 0.05)  # compute-bound, through the cell's OpenMP threads
-    for _ in range(16):
+    for _ in range(200):
+        small = small * 0.999 + 0.001  # parallel regions too short to hide the threads' meeting cost
+    for _ in range(8):
         v = v * 0.999 + 0.001  # memory-bound
-    float(a.sum() + v.sum())  # use the results
+    float(a.sum() + small.sum() + v.sum())  # use the results
     return time.perf_counter() - start
 
 
@@ -101,7 +104,7 @@ class MachineState:
 
 def host_key(torch) -> str:
     from txsuite.measure.env import cpu_model
-    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v2"
+    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v3"
 
 
 def record_best(torch, seconds: list[float]) -> float:
