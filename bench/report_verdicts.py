@@ -28,6 +28,7 @@ load (their learning rates, 2.0e-3 and 2.1e-3, select the spin in a patched clon
 spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's txsuite.
 `--ends-only`: judge time as if the records had only the probes around the steps (their
 `probe_mean_s` dropped), to compare the two state factors on the same runs.
+`--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
 """
 from __future__ import annotations
 
@@ -97,8 +98,9 @@ def kind_of(config: dict) -> str:
         config.get("memory", {}).get("activation_checkpointing", "none")]
 
 
-def analyse(out: Path, rounds: int | None, ends_only: bool = False) -> None:
-    folders = sorted(p for p in (out / "results" / "verdicts").iterdir() if (p / "records.jsonl").exists())
+def analyse(out: Path, rounds: int | None, ends_only: bool = False, skip: set[str] = frozenset()) -> None:
+    folders = sorted(p for p in (out / "results" / "verdicts").iterdir()
+                     if (p / "records.jsonl").exists() and p.name not in skip)
     calls, power, compared = Counter(), Counter(), Counter()
     tables = []
     for folder in folders:
@@ -166,11 +168,12 @@ def main() -> None:
     parser.add_argument("--spin", action="store_true", help="two more cells, their steps exactly 15 %% and 10 %% slower")
     parser.add_argument("--ends-only", action="store_true",
                         help="judge time by the probes around the steps only (not those between them)")
+    parser.add_argument("--skip", default="", help="runs to leave out of the analysis, e.g. run01,run04")
     args = parser.parse_args()
     if not args.analyse_only:
         with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal, args.spin)
-    analyse(args.out, args.rounds, args.ends_only)
+    analyse(args.out, args.rounds, args.ends_only, set(filter(None, args.skip.split(","))))
 
 
 if __name__ == "__main__":

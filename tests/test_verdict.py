@@ -112,7 +112,8 @@ def test_the_machine_state_adjusts_time_and_leaves_out_slow_repetitions():
              "probe_after_s": pa, "probe_best_s": 0.010}
             for c, r, tok, pb, pa in (("a", 0, 1000.0, 0.012, 0.012), ("a", 1, 500.0, 0.011, 0.030),
                                       ("b", 0, 900.0, 0.010, 0.010), ("b", 1, 900.0, 0.010, 0.010))]
-    values, slow = by_round(pd.DataFrame(rows), "tokens_per_s")
+    table = by_round(pd.DataFrame(rows), "tokens_per_s")
+    values, slow = table.values, table.slow
     assert slow == 1 and 1 not in values["a"] and values["a"][0] == pytest.approx(1200.0)
     assert SLOW_STATE == 2.0
     assert RunVerdicts(pd.DataFrame(rows)).verdict("a", "b", "tokens_per_s") == UNTESTED  # one round left
@@ -132,8 +133,8 @@ def test_the_state_factor_is_the_mean_of_every_probe_where_the_record_has_it():
     assert not state.of({}).slow and state.of({}).factor is None
     rows = [{"cell_id": "a", "repeat": 0, "status": "ok", "tokens_per_s": 1000.0, "probe_before_s": 0.010,
              "probe_after_s": 0.010, "probe_best_s": 0.010, "probe_mean_s": 0.012}]
-    values, slow = by_round(pd.DataFrame(rows), "tokens_per_s")
-    assert slow == 0 and values["a"][0] == pytest.approx(1200.0)
+    table = by_round(pd.DataFrame(rows), "tokens_per_s")
+    assert table.slow == 0 and table.values["a"][0] == pytest.approx(1200.0)
 
 
 def test_two_runs_of_a_cell_carry_the_level_of_a_whole_run():

@@ -167,21 +167,13 @@ def host_key(run: Run) -> str:
 def run_values(run: Run) -> dict[str, dict[str, float]]:
     """cell label -> metric -> the run's value: the median over its ok repetitions (time metrics
     state-adjusted; repetitions in a slow machine state left out)."""
-    samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in run.records:
-        if record.status != "ok":
-            continue
-        m = record.metrics
-        machine = state.of(m)
-        for metric in METRICS:
-            value = m.get(metric)
-            if not (fmt.is_number(value) and value > 0 and math.isfinite(value)):
-                continue
-            if metric in state.POWER:
-                if machine.slow:
-                    continue
-                value = state.adjust(metric, float(value), machine.factor)
-            samples[record.label or record.cell_id][metric].append(float(value))
+    ok = [r for r in run.records if r.status == "ok"]
+    samples: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for metric in METRICS:
+        rows = ((r.label or r.cell_id, r.repeat, float(r.metrics[metric]), r.metrics) for r in ok
+                if fmt.is_number(r.metrics.get(metric)) and r.metrics[metric] > 0 and math.isfinite(r.metrics[metric]))
+        for cell, by_repeat in state.adjusted(rows, metric).values.items():
+            samples[cell][metric] = list(by_repeat.values())
     return {cell: {metric: statistics.median(vals) for metric, vals in metrics.items()}
             for cell, metrics in samples.items()}
 

@@ -18,28 +18,18 @@ from txsuite.verdict import RoundNoise, in_words, state
 from txsuite.verdict.comparison import Comparison
 
 
-def by_round(repeats: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], int]:
-    """(cell id -> repetition index -> the metric's value, repetitions left out for a slow
-    state): ok repetitions with a positive value; time metrics state-adjusted (module text)."""
-    out: dict[str, dict[int, float]] = {}
-    slow = 0
+def by_round(repeats: pd.DataFrame, metric: str) -> state.StateAdjusted:
+    """Ok repetitions with a positive value, cell id -> repetition index -> value; time metrics
+    state-adjusted, a slow state left out (module text)."""
     if repeats.empty or metric not in repeats:
-        return out, slow
+        return state.StateAdjusted({}, 0)
     probes = [c for c in state.PROBES if c in repeats] if metric in state.POWER else []
     ok = repeats[repeats["status"] == "ok"]
     # columns as Python lists, zipped row by row: a DataFrame's rows one by one cost seconds at 20,000
     columns = [ok[c].tolist() for c in ("cell_id", "repeat", metric, *probes)]
-    for cell_id, repeat, value, *measured_probes in zip(*columns):
-        if not (fmt.is_number(value) and value > 0):
-            continue
-        if probes:
-            machine = state.of(dict(zip(probes, measured_probes)))
-            if machine.slow:
-                slow += 1
-                continue
-            value = state.adjust(metric, float(value), machine.factor)
-        out.setdefault(str(cell_id), {})[int(repeat)] = float(value)
-    return out, slow
+    rows = ((str(cell_id), int(repeat), float(value), dict(zip(probes, measured_probes)))
+            for cell_id, repeat, value, *measured_probes in zip(*columns) if fmt.is_number(value) and value > 0)
+    return state.adjusted(rows, metric)
 
 
 class RunVerdicts:
@@ -52,8 +42,9 @@ class RunVerdicts:
 
     def noise(self, metric: str) -> RoundNoise:
         if metric not in self._noise:
-            values, self.slow[metric] = by_round(self.repeats, metric)
-            self._noise[metric] = RoundNoise.fit(values)
+            table = by_round(self.repeats, metric)
+            self.slow[metric] = table.slow
+            self._noise[metric] = RoundNoise.fit(table.values)
         return self._noise[metric]
 
     def compare(self, a: str, b: str, metric: str, level: float = 0.95) -> Comparison:

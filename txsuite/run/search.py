@@ -184,7 +184,8 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     failed = {r.cell_id for r in probes if r.status != "ok"}
     memory_metric = "train_mem_bytes" if records and all(
         positive(r.metrics.get("train_mem_bytes")) for r in records) else "peak_mem_bytes"
-    speed_rounds, memory_rounds = by_round(records, SPEED), by_round(records, memory_metric)
+    speed, memory = by_round(records, SPEED), by_round(records, memory_metric)
+    speed_rounds, memory_rounds = speed.values, memory.values
     speed_noise, memory_noise = RoundNoise.fit(speed_rounds), RoundNoise.fit(memory_rounds)
     probed = {c: _summary(c, [r for r in records if r.cell_id == c], memory_metric)
               for c in dict.fromkeys(r.cell_id for r in records)}
@@ -228,23 +229,13 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     return out, probed
 
 
-def by_round(records: list[Record], metric: str) -> dict[str, dict[int, float]]:
-    """cell id -> probe round -> the metric's positive value; time metrics brought to the
+def by_round(records: list[Record], metric: str) -> state.StateAdjusted:
+    """Cell id -> probe round -> the metric's positive value; time metrics brought to the
     machine's best state and slow-state rounds left out, as the report's verdicts do
     (txsuite/report/verdicts.py, txsuite/verdict/state.py)."""
-    out: dict[str, dict[int, float]] = {}
-    for r in records:
-        value = r.metrics.get(metric)
-        if not positive(value):
-            continue
-        value = float(value)
-        if metric in state.POWER:
-            machine = state.of(r.metrics)
-            if machine.slow:
-                continue
-            value = state.adjust(metric, value, machine.factor)
-        out.setdefault(r.cell_id, {})[r.repeat] = value
-    return out
+    rows = ((r.cell_id, r.repeat, float(r.metrics[metric]), r.metrics) for r in records
+            if positive(r.metrics.get(metric)))
+    return state.adjusted(rows, metric)
 
 
 def _quality_allows(loss_i: float | None, loss_j: float | None) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from txsuite.config.metrics import REGISTRY
 
@@ -66,6 +66,29 @@ class RepetitionState:
     def slow(self) -> bool:
         """Measured in a slow state: its time metrics are left out."""
         return self.slowdown is not None and self.slowdown > SLOW_STATE
+
+
+@dataclass
+class StateAdjusted:
+    """One metric's values over a table of repetitions, time brought to the machine's best state."""
+    values: dict[str, dict[int, float]]  # cell -> round -> the (adjusted) value
+    slow: int  # repetitions left out for a slow state
+
+
+def adjusted(rows: Iterable[tuple[str, int, float, Mapping[str, Any]]], metric: str) -> StateAdjusted:
+    """rows: (cell, round, the metric's positive value, the repetition's record metrics, its
+    probes among them). A metric that does not move with the machine comes back as it is."""
+    values: dict[str, dict[int, float]] = {}
+    slow = 0
+    for cell, round_, value, metrics in rows:
+        if metric in POWER:
+            machine = of(metrics)
+            if machine.slow:
+                slow += 1
+                continue
+            value = adjust(metric, value, machine.factor)
+        values.setdefault(cell, {})[round_] = value
+    return StateAdjusted(values, slow)
 
 
 def of(metrics: Mapping[str, Any]) -> RepetitionState:
