@@ -553,6 +553,23 @@ def test_paired_decisions_leave_out_pairs_in_a_slow_state_and_compare_counters()
     assert extra.result.counters and "+1 aten.mm.default(384x384,384x384)" in extra.result.counters[0]
 
 
+def test_paired_decisions_bring_each_side_to_the_machines_best_state():
+    """Unchanged code whose two processes of a round ran in different states of the machine (the
+    base's steps 1.3x slower in half the rounds, the head's in the other half, and each side's
+    probes saying so): the pairs are judged as the machine at its best would have run them."""
+    rng = np.random.default_rng(16)
+    thr = {"tokens_per_s": parse_threshold("-5%")}
+    slowdowns = [(1.69, 1.0), (1.0, 1.69)] * 4  # the slower probe; the state factor is its square root
+    sides = [[record("c0fp32", r, [t * math.sqrt(s[side]) for t in step_times(rng, 20, noise=0.01)],
+                     slowdown=s[side]) for r, s in enumerate(slowdowns)] for side in (0, 1)]
+    meta = {"name": "m", "cells": [{"cell_id": "c0fp32", "label": "precision=fp32"}]}
+    cells = paired_cells(side_from_records(sides[0], meta=meta), side_from_records(sides[1], meta=meta),
+                         ["precision=fp32"])
+    row = decide_pairs(cells, thr, 0.01, 3, "base", "head").result.rows[0]
+    assert row.verdict == "PASS" and row.ratio == pytest.approx(1.0, abs=0.01)
+    assert "8 of them with each side brought to the machine's best state" in row.detail
+
+
 # ------------------------------------------------------------------ bad input ----------------
 
 def test_bad_inputs_name_the_file(tmp_path):

@@ -7,7 +7,12 @@ from round to round (ABBA...), so the two repetitions of a pair share the machin
 that minute. For each pair the statistic of each side (the median of its per-step values for
 time, its value for memory and loss) gives one log ratio d_i = log(head_i / base_i). A pair
 is left out when either repetition ran while the machine was in a slow state (its probe,
-txsuite.guard.state), unless the round ran in lockstep (below). The interval of the ratio is
+txsuite.guard.state), unless the round ran in lockstep (below). The two processes of a pair
+can still run in different states of the machine (on a shared virtual machine the states last
+seconds and change what a step costs by a quarter), which their probes see: a time metric's
+d_i is brought to the machine's best state, d_i + P * (log f_head - log f_base), with each
+side's state factor f and the metric's power P (1 for a rate, -1 for a duration), as the run
+report does (txsuite.verdict.state). The interval of the ratio is
 exp(mean d +- t * sd(d) / sqrt(n)), with Student's t on n - 1 degrees of freedom; the three
 verdicts follow from it as in txsuite.guard.decide.judge. The step counters are compared exactly.
 
@@ -38,7 +43,8 @@ from txsuite.guard.decide import (FAIL, INCONCLUSIVE, PASS, Check, GuardResult, 
                                 judge)
 from txsuite.guard.metrics import METRICS, per_step_values
 from txsuite.guard.side import CellSamples, Side
-from txsuite.guard.state import SLOW_STATE, best_probe, slowdown
+from txsuite.guard.state import SLOW_STATE, best_probe, slowdown, state_factor
+from txsuite.verdict import state as machine_state
 from txsuite.verdict import Comparison
 from txsuite.verdict.rounds import step_pairs_log_ratio
 from txsuite.measure.counters import describe_difference
@@ -92,6 +98,7 @@ class RoundPair:
     head: float
     log_ratio: float
     lockstep: bool  # the log ratio comes from step pairs in lockstep
+    state_adjusted: bool = False  # each side's time brought to the machine's best state by its probes
 
 
 def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alpha: float, looks: int,
@@ -136,7 +143,7 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
                 continue
             time_metric = METRICS[judged].per_step
             steps = (lockstep or {}).get(cell.label, {}) if time_metric else {}
-            pairs = [_round_pair(b, h, judged, steps.get(b.repeat))
+            pairs = [_round_pair(b, h, judged, steps.get(b.repeat), best)
                      for (b, h), ok in zip(zip(cell.base[:n], cell.head[:n]), good) if ok or not time_metric]
             rows.append(_paired_check(check, thr, [p for p in pairs if p is not None], confidence))
     result = GuardResult(run=head_name, baseline=base_name, rows=rows, env_differences=[],
@@ -148,9 +155,11 @@ def decide_pairs(cells: list[PairedCell], thresholds: dict[str, Threshold], alph
     return PairedOutcome(result=result, pairs_used=used)
 
 
-def _round_pair(b, h, metric: str, steps: Sequence[tuple[float, float]] | None) -> RoundPair | None:
-    """The round's pair on `metric`; from its step pairs when it ran in lockstep. None when a
-    side lacks the metric."""
+def _round_pair(b, h, metric: str, steps: Sequence[tuple[float, float]] | None,
+                best: float | None = None) -> RoundPair | None:
+    """The round's pair on `metric`; from its step pairs when it ran in lockstep (both sides in
+    one state), else from each side's statistic, time brought to the machine's best state by
+    each side's probes. None when a side lacks the metric."""
     sb, sh = _statistic(b, metric), _statistic(h, metric)
     if not (sb and sh):
         return None
@@ -159,6 +168,10 @@ def _round_pair(b, h, metric: str, steps: Sequence[tuple[float, float]] | None) 
         vb, vh = per_step_values(metric, times[:, 0], b), per_step_values(metric, times[:, 1], h)
         if vb is not None and vh is not None:
             return RoundPair(sb, sh, step_pairs_log_ratio(vh, vb), lockstep=True)
+    fb, fh = state_factor(b, best), state_factor(h, best)
+    if fb and fh and metric in machine_state.POWER:
+        adjusted = machine_state.adjust(metric, sh, fh) / machine_state.adjust(metric, sb, fb)
+        return RoundPair(sb, sh, math.log(adjusted), lockstep=False, state_adjusted=True)
     return RoundPair(sb, sh, math.log(sh / sb), lockstep=False)
 
 
@@ -175,8 +188,10 @@ def _paired_check(check: Check, thr: Threshold, pairs: list[RoundPair], confiden
     check.now = statistics.median(p.head for p in pairs)
     check.ratio = interval.ratio
     check.ci = (interval.low, interval.high)
-    in_lockstep = sum(p.lockstep for p in pairs)
+    in_lockstep, adjusted = sum(p.lockstep for p in pairs), sum(p.state_adjusted for p in pairs)
     check.detail = (f"geometric mean of {len(pairs)} paired ratios, sd {sd:.1%}"
+                    + (f"; {adjusted} of them with each side brought to the machine's best state by its probes"
+                       if adjusted else "")
                     + (f"; {in_lockstep} of them rounds with steps in lockstep (each the median of its step pairs)"
                        if in_lockstep else ""))
     judge(check, thr, confidence)
