@@ -3,8 +3,8 @@
 A shared machine moves between states: for minutes at a time another process holds the cores
 and every step of a repetition runs several times slower, the fastest included. A repetition
 measured in such a state says nothing about the code. So every repetition times the same
-fixed workload (`Workload`: small fp32 matmuls, many short element-wise passes and a long
-one, on the cell's own torch threads, about ten milliseconds on an idle CPU) just before
+fixed workload (`probe_workload`: small fp32 matmuls, many short element-wise passes and a
+long one, on the cell's own torch threads, about ten milliseconds on an idle CPU) just before
 and just after its measured steps, and compares the slower of the two with the best time this host has ever
 given the workload (cached beside the matmul peaks). The ratio, `machine_slowdown`, is the
 factor by which the machine was slower than its best while the cell was measured; the guard
@@ -35,41 +35,27 @@ PROBE_TRIALS = 3  # each probe is the fastest of three runs of the workload: one
 PROBE_INTERVAL_S = 0.25
 
 
-class Workload:
-    """The fixed calibration workload on the current device (CPU), its buffers made once: a run
-    allocates nothing, so that probing between measured steps moves neither the process's
-    resident memory nor its heap's layout (train memory is measured over those steps)."""
+def probe_workload(torch) -> float:
+    """Seconds for one run of the fixed calibration workload on the current device (CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 256, generator=gen)
+    b = torch.randn(256, 256, generator=gen)
+    small = torch.randn(1 << 16, generator=gen)  # [65536]: 256 KiB, split over the threads
+    v = torch.randn(1 << 18, generator=gen)
+    start = time.perf_counter()
+    for _ in range(20):
+        a = torch.tanh(a @ b * 0.05)  # compute-bound, through the cell's OpenMP threads
+    for _ in range(200):
+        small = small * 0.999 + 0.001  # parallel regions too short to hide the threads' meeting cost
+    for _ in range(8):
+        v = v * 0.999 + 0.001  # memory-bound
+    float(a.sum() + small.sum() + v.sum())  # use the results
+    return time.perf_counter() - start
 
-    def __init__(self, torch):
-        self.torch = torch
-        gen = torch.Generator().manual_seed(0)
-        self.initial = [torch.randn(256, 256, generator=gen),  # a
-                        torch.randn(1 << 16, generator=gen),  # [65536]: 256 KiB, split over the threads
-                        torch.randn(1 << 18, generator=gen)]  # [262144]: 1 MiB
-        self.b = torch.randn(256, 256, generator=gen)
-        self.a, self.small, self.long = (t.clone() for t in self.initial)
-        self.out = torch.empty(256, 256)
 
-    def seconds(self) -> float:
-        """Seconds for one run of the workload, from the same starting values every time."""
-        for buffer, initial in zip((self.a, self.small, self.long), self.initial):
-            buffer.copy_(initial)
-        a, out = self.a, self.out
-        start = time.perf_counter()
-        for _ in range(20):  # compute-bound, through the cell's OpenMP threads
-            self.torch.mm(a, self.b, out=out)
-            out.mul_(0.05).tanh_()
-            a, out = out, a
-        for _ in range(400):  # parallel regions too short to hide what the threads pay to meet
-            self.small.mul_(0.999).add_(0.001)
-        for _ in range(8):  # memory-bound
-            self.long.mul_(0.999).add_(0.001)
-        float(a[0, 0] + self.small[0] + self.long[0])  # use the results
-        return time.perf_counter() - start
-
-    def probe(self) -> float:
-        """The fastest of PROBE_TRIALS runs of the workload, in seconds."""
-        return min(self.seconds() for _ in range(PROBE_TRIALS))
+def probe(torch) -> float:
+    """The fastest of PROBE_TRIALS runs of the workload, in seconds."""
+    return min(probe_workload(torch) for _ in range(PROBE_TRIALS))
 
 
 @dataclass
@@ -118,7 +104,7 @@ class MachineState:
 
 def host_key(torch) -> str:
     from txsuite.measure.env import cpu_model
-    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v5"
+    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v3"
 
 
 def record_best(torch, seconds: list[float]) -> float:

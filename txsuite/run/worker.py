@@ -167,16 +167,15 @@ def train(training, started: Started, gate=None) -> Trained:
     from txsuite.train import train_steps
 
     device, t = started.device, training.cell.train
-    # probes between steps only where they cannot disturb: not in lockstep (the other side's step
-    # may be running), not on a GPU (its steps run asynchronously to the host's probe); made
-    # before the training window opens, so its buffers are not the cell's memory
-    machine, probe, between = _machine_probe(torch, during=gate is None and device.type == "cpu")
     build_peak = host_peak_rss_bytes()
     window = TrainingWindow().open()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     comm = CommWindow(started.world, t.warmup_steps, device.type)
+    # probes between steps only where they cannot disturb: not in lockstep (the other side's step
+    # may be running), not on a GPU (its steps run asynchronously to the host's probe)
+    machine, probe, between = _machine_probe(torch, during=gate is None and device.type == "cpu")
     counter, counters = _step_counter(training, started.world)
     profiled, memory_roles = _memory_step(training, window)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
@@ -273,20 +272,19 @@ def _machine_probe(torch, during: bool):
     first and the last, the process's minor page faults (what the kernel zero-filled for the
     steps, the probes' own left out). Returns (the state, around(moment), between(step seconds)
     or None)."""
-    from txsuite.measure.probe import MachineState, Workload, record_best
+    from txsuite.measure.probe import MachineState, probe, record_best
 
     state = MachineState()
-    probe = Workload(torch).probe
     faults_in_probes = 0
 
     def around(moment: str) -> None:
         t0 = time.perf_counter()
         if moment == "start":
-            state.before_s = probe()
+            state.before_s = probe(torch)
             state.faults_at_start = minor_page_faults()  # after the probe: only the steps count
         else:
             state.page_faults = minor_page_faults() - state.faults_at_start - faults_in_probes
-            state.after_s = probe()
+            state.after_s = probe(torch)
             state.best_s = record_best(torch, state.probes())
         state.wall_s += time.perf_counter() - t0
 
@@ -295,7 +293,7 @@ def _machine_probe(torch, during: bool):
         if not state.due(step_s):
             return
         t0, faults = time.perf_counter(), minor_page_faults()
-        state.add_during(probe())
+        state.add_during(probe(torch))
         faults_in_probes += minor_page_faults() - faults
         state.wall_s += time.perf_counter() - t0
     return state, around, (between if during else None)
