@@ -3,12 +3,16 @@
 A shared machine moves between states: for minutes at a time another process holds the cores
 and every step of a repetition runs several times slower, the fastest included. A repetition
 measured in such a state says nothing about the code. So every repetition times the same
-fixed workload (`probe_workload`: small fp32 matmuls, many short element-wise passes and a
-long one, on the cell's own torch threads, about ten milliseconds on an idle CPU) just before
-and just after its measured steps, and compares the slower of the two with the best time this host has ever
-given the workload (cached beside the matmul peaks). The ratio, `machine_slowdown`, is the
-factor by which the machine was slower than its best while the cell was measured; the guard
-leaves out repetitions measured in a slow state (docs/guard.md).
+fixed workload (`probe_workload`: small fp32 matmuls, many short element-wise passes and a few
+long ones, on the cell's own torch threads, about ten milliseconds on an idle CPU) just before
+and just after its measured steps, and compares the slower of the two with the best time this
+host has ever given the workload (cached beside the matmul peaks). The ratio,
+`machine_slowdown`, is the factor by which the machine was slower than its best while the cell
+was measured; the guard leaves out repetitions measured in a slow state (docs/guard.md).
+
+The short passes are there because a shared virtual machine also moves between states that a
+single thread does not feel: what two threads pay to meet at each parallel region changes, and
+a step of many short parallel ops with it (docs/verdicts.md, "The host's states").
 
 The machine also moves *during* the steps, within a second: on a CPU the workload runs again
 between measured steps, once PROBE_INTERVAL_S of steps ran since the last probe, outside every
