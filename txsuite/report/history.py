@@ -16,7 +16,6 @@ in a slow state left out (as the run report does). The site:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import statistics
@@ -170,8 +169,8 @@ def run_values(run: Run) -> dict[str, dict[str, float]]:
     ok = [r for r in run.records if r.status == "ok"]
     samples: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for metric in METRICS:
-        rows = ((r.label or r.cell_id, r.repeat, float(r.metrics[metric]), r.metrics) for r in ok
-                if fmt.is_number(r.metrics.get(metric)) and r.metrics[metric] > 0 and math.isfinite(r.metrics[metric]))
+        rows = ((r.label or r.cell_id, r.repeat, float(value), r.metrics) for r in ok
+                if fmt.is_number(value := r.metrics.get(metric)) and value > 0)  # is_number: finite
         for cell, by_repeat in state.adjusted(rows, metric).values.items():
             samples[cell][metric] = list(by_repeat.values())
     return {cell: {metric: statistics.median(vals) for metric, vals in metrics.items()}

@@ -184,8 +184,7 @@ def prune(probes: Iterable[Record], protected: Iterable[str] = ()) -> tuple[list
     failed = {r.cell_id for r in probes if r.status != "ok"}
     memory_metric = "train_mem_bytes" if records and all(
         positive(r.metrics.get("train_mem_bytes")) for r in records) else "peak_mem_bytes"
-    speed, memory = by_round(records, SPEED), by_round(records, memory_metric)
-    speed_rounds, memory_rounds = speed.values, memory.values
+    speed_rounds, memory_rounds = by_round(records, SPEED).values, by_round(records, memory_metric).values
     speed_noise, memory_noise = RoundNoise.fit(speed_rounds), RoundNoise.fit(memory_rounds)
     probed = {c: _summary(c, [r for r in records if r.cell_id == c], memory_metric)
               for c in dict.fromkeys(r.cell_id for r in records)}
