@@ -172,3 +172,30 @@ def test_the_training_window_counts_what_training_adds_not_what_the_build_left()
         pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
     assert got["before"] < got["held"] - (60 << 20)  # the freed build memory went back
     assert 38 << 20 <= got["peak"] - got["before"] <= 60 << 20
+
+
+EXCLUDED_PART = r"""
+import json
+from txsuite.measure.memory import TrainingWindow
+def touched(n):  # n bytes, every page written
+    buf = bytearray(n)
+    for i in range(0, n, 4096):
+        buf[i] = 1
+    return buf
+window = TrainingWindow().open()
+steps = touched(40 << 20)  # 40 MiB the training steps touch, and hold
+with window.excluded():
+    probe = touched(96 << 20)  # what a probe between the steps touches, and frees
+    del probe
+print(json.dumps({"before": window.before, "peak": window.peak(), "reset": window.reset}))
+"""
+
+
+def test_a_part_excluded_from_the_training_window_adds_nothing_to_its_peak():
+    """The probe between the steps runs inside the window; its own memory (here 96 MiB) must not
+    count as training's, and the mark the steps reached before it (40 MiB) is kept."""
+    out = subprocess.run([sys.executable, "-c", EXCLUDED_PART], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    if not got["reset"]:
+        pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+    assert 38 << 20 <= got["peak"] - got["before"] <= 60 << 20

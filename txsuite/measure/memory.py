@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 
@@ -70,15 +71,21 @@ class TrainingWindow:
     and warm (a kernel library's caches, thread pools) still counts as before-training memory:
     a cell's first repetition on a fresh host, which runs the kernel trials, reads lower train
     memory than the next (docs/verdicts.md). Where either step is unavailable, `peak` is None
-    and the caller keeps the process's whole peak."""
+    and the caller keeps the process's whole peak.
+
+    What runs inside the window but is not training (the machine-state probe's workload, a few
+    MiB of its own tensors) runs under `excluded()`: the mark reached before it is kept, and the
+    mark starts again after it."""
 
     def __init__(self):
         self.before = host_current_rss_bytes()
         self.reset = False
+        self.held_peak = 0  # the high-water mark reached before the last `excluded` part
 
     def open(self) -> "TrainingWindow":
         self.reset = _reset_high_water_mark()
         self.before = host_current_rss_bytes()
+        self.held_peak = 0
         return self
 
     def restart_peak(self) -> None:
@@ -87,24 +94,49 @@ class TrainingWindow:
         training's (the steps that follow reach training's steady peak)."""
         if self.reset:
             self.reset = _reset_high_water_mark()
+            self.held_peak = 0
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """A part of the window whose own memory is not training's: its peak does not count.
+        The heap is not trimmed after it (the steps that follow find it as they left it), so
+        what the part leaves resident, freed but kept by glibc, counts only where the steps
+        themselves reach it."""
+        if self.reset:
+            self.held_peak = max(self.held_peak, _high_water_mark() or 0)
+        try:
+            yield
+        finally:
+            if self.reset:
+                self.reset = _restart_high_water_mark()
 
     def peak(self) -> int | None:
         if not self.reset:
             return None
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
+        mark = _high_water_mark()
+        return None if mark is None else max(mark, self.held_peak)
+
+
+def _high_water_mark() -> int | None:
+    """VmHWM of this process in bytes (None: not readable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _reset_high_water_mark() -> bool:
-    """malloc_trim, then VmHWM := VmRSS (/proc/self/clear_refs, value 5); False where the kernel
-    refuses."""
+    """malloc_trim, then VmHWM := VmRSS; False where the kernel refuses."""
     _malloc_trim()
+    return _restart_high_water_mark()
+
+
+def _restart_high_water_mark() -> bool:
+    """VmHWM := VmRSS (/proc/self/clear_refs, value 5); False where the kernel refuses."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")

@@ -175,7 +175,7 @@ def train(training, started: Started, gate=None) -> Trained:
     comm = CommWindow(started.world, t.warmup_steps, device.type)
     # probes between steps only where they cannot disturb: not in lockstep (the other side's step
     # may be running), not on a GPU (its steps run asynchronously to the host's probe)
-    machine, probe, between = _machine_probe(torch, during=gate is None and device.type == "cpu")
+    machine, probe, between = _machine_probe(torch, window, during=gate is None and device.type == "cpu")
     counter, counters = _step_counter(training, started.world)
     profiled, memory_roles = _memory_step(training, window)
     telemetry = Telemetry.for_device(torch, device)  # NVML in a background thread; nulls without it
@@ -265,19 +265,24 @@ class LockstepGate:
         self.sock.close()
 
 
-def _machine_probe(torch, during: bool):
+def _machine_probe(torch, window, during: bool):
     """The machine-state probe (txsuite.measure.probe): the calibration workload just before the
     first measured step and just after the last, and with `during` between measured steps every
     PROBE_INTERVAL_S of them, each folded into this host's best time at the end; between the
     first and the last, the process's minor page faults (what the kernel zero-filled for the
-    steps, the probes' own left out). Returns (the state, around(moment), between(step seconds)
-    or None)."""
+    steps, the probes' own left out). The probes' own memory is left out of the training
+    window's peak (`window`, a TrainingWindow). Returns (the state, around(moment),
+    between(step seconds) or None)."""
     from txsuite.measure.probe import MachineState, probe, record_best
 
     state = MachineState()
     faults_in_probes = 0
 
     def around(moment: str) -> None:
+        with window.excluded():
+            _around(moment)
+
+    def _around(moment: str) -> None:
         t0 = time.perf_counter()
         if moment == "start":
             state.before_s = probe(torch)
@@ -293,7 +298,8 @@ def _machine_probe(torch, during: bool):
         if not state.due(step_s):
             return
         t0, faults = time.perf_counter(), minor_page_faults()
-        state.add_during(probe(torch))
+        with window.excluded():
+            state.add_during(probe(torch))
         faults_in_probes += minor_page_faults() - faults
         state.wall_s += time.perf_counter() - t0
     return state, around, (between if during else None)
