@@ -26,8 +26,10 @@ rounds are a run with `repeats: K`). For every run it builds the report's cell t
 load (their learning rates, 2.0e-3 and 2.1e-3, select the spin in a patched clone of HEAD: every
 `Trainer.step` ends busy for that fraction of its own time, bench/ab_lockstep_evidence.py's
 spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's txsuite.
-`--ends-only`: judge time as if the records had only the probes around the steps (their
-`probe_mean_s` dropped), to compare the two state factors on the same runs.
+`--state-from steps|mean|ends`: judge time by the probes each step ran between (as recorded:
+`probe_steps_s`), by the mean of every probe (`probe_steps_s` dropped), or by the two probes
+around the steps only (`probe_mean_s` dropped too), to compare the state factors on the same
+runs. `--ends-only` is `--state-from ends`.
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
 """
 from __future__ import annotations
@@ -98,15 +100,21 @@ def kind_of(config: dict) -> str:
         config.get("memory", {}).get("activation_checkpointing", "none")]
 
 
-def analyse(out: Path, rounds: int | None, ends_only: bool = False, skip: set[str] = frozenset()) -> None:
+# --state-from: the probe fields dropped from every record, so that the state factor falls back
+# to the next (txsuite.verdict.state.state_factor)
+DROPPED = {"steps": (), "mean": ("probe_steps_s",), "ends": ("probe_steps_s", "probe_mean_s")}
+
+
+def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[str] = frozenset()) -> None:
     folders = sorted(p for p in (out / "results" / "verdicts").iterdir()
                      if (p / "records.jsonl").exists() and p.name not in skip)
     calls, power, compared = Counter(), Counter(), Counter()
     tables = []
     for folder in folders:
         records = [r for r in RunFolder(folder).records() if rounds is None or r.repeat < rounds]
-        for r in records if ends_only else ():
-            r.metrics.pop("probe_mean_s", None)
+        for r in records:
+            for name in DROPPED[state_from]:
+                r.metrics.pop(name, None)
         kinds = {r.cell_id: kind_of(r.config) for r in records}
         equal = sorted(c for c, k in kinds.items() if k == "equal")
         reference = min(equal, key=lambda c: next(r.config["train"]["lr"] for r in records if r.cell_id == c))
@@ -166,14 +174,17 @@ def main() -> None:
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--rounds", type=int, default=None, help="analyse the first K rounds of each run only")
     parser.add_argument("--spin", action="store_true", help="two more cells, their steps exactly 15 %% and 10 %% slower")
-    parser.add_argument("--ends-only", action="store_true",
-                        help="judge time by the probes around the steps only (not those between them)")
+    parser.add_argument("--state-from", choices=sorted(DROPPED), default="steps",
+                        help="the probes time is judged by: each step's own (as recorded), the mean of "
+                             "every probe, or the two around the steps")
+    parser.add_argument("--ends-only", action="store_true", help="--state-from ends")
     parser.add_argument("--skip", default="", help="runs to leave out of the analysis, e.g. run01,run04")
     args = parser.parse_args()
     if not args.analyse_only:
         with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal, args.spin)
-    analyse(args.out, args.rounds, args.ends_only, set(filter(None, args.skip.split(","))))
+    analyse(args.out, args.rounds, "ends" if args.ends_only else args.state_from,
+            set(filter(None, args.skip.split(","))))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ function."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 import pytest
 import torch
@@ -102,3 +103,34 @@ def test_the_machine_state_probes_during_the_steps_every_interval_and_means_all_
     metrics = machine.metrics()
     assert metrics["probe_mean_s"] == pytest.approx(0.020) and metrics["probes"] == 3
     assert MachineState().metrics()["probe_mean_s"] is None
+
+
+def test_each_step_is_taken_in_the_state_of_the_probes_it_ran_between():
+    """A repetition whose state switched inside it: steps that ran exactly as fast as their own
+    stretch's probes allowed come out at one rate in probe units, whatever the mix of states,
+    where the mean of the probes would leave one repetition slower than the other."""
+    from txsuite.measure.probe import MachineState
+    unit = 4.0  # step seconds per probe second
+    adjusted = {}
+    for name, probes, at in (("mostly fast", [0.010, 0.010, 0.010, 0.020], [3, 6]),
+                             ("mostly slow", [0.010, 0.020, 0.020, 0.020], [2, 5])):
+        machine = MachineState(before_s=probes[0], after_s=probes[-1], during_s=probes[1:-1], during_at=at)
+        bounds = [0, *at, 9]
+        steps = [unit * (probes[i] * probes[i + 1]) ** 0.5
+                 for i in range(len(bounds) - 1) for _ in range(bounds[i], bounds[i + 1])]
+        median_rate = statistics.median(1 / t for t in steps)
+        adjusted[name] = (median_rate * machine.at_steps_s(steps), median_rate * machine.mean_s)
+    assert adjusted["mostly fast"][0] == pytest.approx(1 / unit) == pytest.approx(adjusted["mostly slow"][0])
+    assert adjusted["mostly fast"][1] > 1.1 * adjusted["mostly slow"][1]
+
+
+def test_the_machine_state_knows_how_many_steps_ran_before_each_probe_between_them():
+    from txsuite.measure.probe import PROBE_INTERVAL_S, MachineState
+    machine = MachineState(before_s=0.010, after_s=0.010)
+    for probe_s in (0.011, 0.012):
+        while not machine.due(0.3 * PROBE_INTERVAL_S):
+            pass
+        machine.add_during(probe_s)
+    assert machine.during_at == [4, 8]  # 1.2 intervals of steps each time
+    assert machine.at_steps_s([0.1] * 3) is None  # fewer steps than the probes' places: not these steps
+    assert machine.metrics([0.1] * 9)["probe_steps_s"] == pytest.approx(0.0110, rel=0.05)

@@ -37,7 +37,7 @@ MAX_DEPTH = 64
 # fields; a negative tokens_per_step or probe time would be a logarithm of a negative number).
 MEASURED = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "memory_bandwidth",
             "achieved_flops", "probe_before_s", "probe_after_s", "probe_best_s", "probe_mean_s",
-            "train_wall_s", "warmup_wall_s")
+            "probe_steps_s", "train_wall_s", "warmup_wall_s")
 # per-step samples: a list of finite numbers >= 0 each
 SAMPLES = ("step_times_s", "step_cpu_times_s")
 

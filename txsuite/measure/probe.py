@@ -67,20 +67,24 @@ class MachineState:
     before_s: float | None = None
     after_s: float | None = None
     during_s: list[float] = field(default_factory=list)  # between measured steps, in order
+    during_at: list[int] = field(default_factory=list)  # measured steps run before each of them
     best_s: float | None = None  # the host's best time for the workload, this one included
     wall_s: float = 0.0  # what probing cost the cell, every probe and the cache update
     faults_at_start: int | None = None  # minor page faults when the measured steps began
     page_faults: int | None = None  # minor page faults during the measured steps (probes excluded)
     steps_since_probe_s: float = 0.0  # measured step seconds since the last probe
+    steps_seen: int = 0  # measured steps counted by `due`
 
     def due(self, step_s: float) -> bool:
         """Count a measured step's seconds; True once PROBE_INTERVAL_S of them ran since the
         last probe (the caller then probes and hands the time to `add_during`)."""
         self.steps_since_probe_s += step_s
+        self.steps_seen += 1
         return self.steps_since_probe_s >= PROBE_INTERVAL_S
 
     def add_during(self, seconds: float) -> None:
         self.during_s.append(seconds)
+        self.during_at.append(self.steps_seen)
         self.steps_since_probe_s = 0.0
 
     def probes(self) -> list[float]:
@@ -92,6 +96,31 @@ class MachineState:
         times = self.probes()
         return statistics.geometric_mean(times) if times else None
 
+    def at_steps_s(self, step_times_s: list[float]) -> float | None:
+        """The probe time the steps' median rate ran at, each step in the state of its stretch:
+        a step between two probes ran in their geometric mean. The state can switch inside a
+        repetition; the median step then belongs to one side of the switch while the mean of
+        the probes sits between the two. So every step's rate is taken in probe units (its rate
+        times its stretch's probe), and the result is median(rate x probe) / median(rate): the
+        repetition's median rate brought to the best state by it is the median of its steps
+        each brought there by its own stretch's probes. None without the probes on both sides
+        of every step, or positions that do not fit the steps."""
+        if self.before_s is None or self.after_s is None or not step_times_s:
+            return None
+        bounds = [0, *self.during_at, len(step_times_s)]
+        if any(b > c for b, c in zip(bounds, bounds[1:])):
+            return None
+        probes = [self.before_s, *self.during_s, self.after_s]
+        rates, scaled = [], []
+        for i, (first, end) in enumerate(zip(bounds, bounds[1:])):
+            stretch = (probes[i] * probes[i + 1]) ** 0.5
+            for t in step_times_s[first:end]:
+                if t <= 0:
+                    return None
+                rates.append(1.0 / t)
+                scaled.append(stretch / t)
+        return statistics.median(scaled) / statistics.median(rates)
+
     @property
     def slowdown(self) -> float | None:
         """The slower probe of the repetition / the host's best (1.0: the machine's best state)."""
@@ -100,9 +129,10 @@ class MachineState:
             return None
         return max(times) / self.best_s
 
-    def metrics(self) -> dict:
+    def metrics(self, step_times_s: list[float] | None = None) -> dict:
         return {"probe_before_s": self.before_s, "probe_after_s": self.after_s, "probe_best_s": self.best_s,
-                "probe_mean_s": self.mean_s, "probes": len(self.probes()),
+                "probe_mean_s": self.mean_s, "probe_steps_s": self.at_steps_s(step_times_s or []),
+                "probes": len(self.probes()),
                 "machine_slowdown": self.slowdown, "host_page_faults": self.page_faults}
 
 

@@ -185,7 +185,7 @@ def train(training, started: Started, gate=None) -> Trained:
     finally:
         # energy of the measured steps only: the window was restarted after the warm-up
         telemetry_fields = telemetry.stop(tokens=t.steps * training.cell.tokens_per_step // started.world)
-    return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(),
+    return Trained(result=result, telemetry=telemetry_fields, machine=machine.metrics(result.step_times),
                    counters={**counters(), **memory_roles()}, comm_share=comm.share, comm_steps=comm.steps,
                    rss_before_train=window.before, peak_rss=max(build_peak, host_peak_rss_bytes()),
                    train_peak_rss=window.peak(),

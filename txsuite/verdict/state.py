@@ -6,8 +6,10 @@ CPU, between them too). A repetition whose slower probe around the steps ran mor
 SLOW_STATE times its best ran while something else held the machine: its times say nothing
 about the code, and verdicts leave it out. Below that line the machine still moves, and a
 repetition's throughput moves with it: its time metrics are brought to the machine's best
-state by its state factor, the geometric mean of its probes over the best (`adjust`): of every
-probe where the record has their mean (`probe_mean_s`), else of the two around the steps.
+state by its state factor, its probes over the best (`adjust`): where the record has them, the
+probes each step ran between, at the steps' median (`probe_steps_s`, txsuite.measure.probe.
+MachineState.at_steps_s); else the geometric mean of every probe (`probe_mean_s`); else of the
+two around the steps.
 docs/verdicts.md has what that removes on real runs.
 """
 from __future__ import annotations
@@ -27,16 +29,19 @@ POWER = {m.name: m.speed for m in REGISTRY if m.speed}
 
 
 # the record metrics a repetition's state is read from (txsuite.measure.probe.MachineState.metrics)
-PROBES = ("probe_before_s", "probe_after_s", "probe_best_s", "probe_mean_s")
+PROBES = ("probe_before_s", "probe_after_s", "probe_best_s", "probe_mean_s", "probe_steps_s")
 
 
 def state_factor(before_s: float | None, after_s: float | None, best_s: float | None,
-                 mean_s: float | None = None) -> float | None:
+                 mean_s: float | None = None, steps_s: float | None = None) -> float | None:
     """How much slower than its best the machine was while a repetition's steps ran (>= 1 but
-    for noise): the mean of every probe over the best, where it was recorded; else the geometric
-    mean of the two around the steps (records of an older txsuite, or a GPU's)."""
+    for noise): the probe at the steps' median over the best, where it was recorded; else the
+    mean of every probe; else the geometric mean of the two around the steps (records of an
+    older txsuite, or a GPU's)."""
     if not best_s:
         return None
+    if steps_s:
+        return steps_s / best_s
     if mean_s:
         return mean_s / best_s
     probes = [t for t in (before_s, after_s) if t]
@@ -98,5 +103,5 @@ def of(metrics: Mapping[str, Any]) -> RepetitionState:
         value = metrics.get(name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         return float(value) if ok else None
-    before, after, best, mean = (seconds(name) for name in PROBES)
-    return RepetitionState(state_factor(before, after, best, mean), slowdown(before, after, best))
+    before, after, best, mean, steps = (seconds(name) for name in PROBES)
+    return RepetitionState(state_factor(before, after, best, mean, steps), slowdown(before, after, best))
