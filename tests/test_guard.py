@@ -16,6 +16,7 @@ from txsuite.config.record import Record
 from txsuite.guard import (GuardInputError, cells_to_confirm, compare, load_side, merge_confirmation, parse_threshold,
                          side_from_records, write_baseline)
 from txsuite.guard.paired import decide_pairs, look_schedule, paired_cells
+from txsuite.guard.side import RepeatSamples
 from txsuite.verdict.runs import RunNoise, run_level_sd
 from txsuite.guard.state import state_adjusted, state_factor
 from txsuite.verdict.stats import mann_whitney_p, mean_log_difference_p, pooled_log_sd
@@ -568,6 +569,16 @@ def test_paired_decisions_bring_each_side_to_the_machines_best_state():
     row = decide_pairs(cells, thr, 0.01, 3, "base", "head").result.rows[0]
     assert row.verdict == "PASS" and row.ratio == pytest.approx(1.0, abs=0.01)
     assert "8 of them with each side brought to the machine's best state" in row.detail
+
+
+def test_a_repetition_is_brought_to_the_best_state_by_the_probes_its_steps_ran_between():
+    """A baseline keeps each repetition's probe at the steps' median (probe_steps_s), and the
+    state factor prefers it to the mean of every probe."""
+    rep = RepeatSamples(repeat=0, step_times_s=[0.1, 0.1], probe_before_s=0.010, probe_after_s=0.010,
+                        probe_best_s=0.010, probe_mean_s=0.013, probe_steps_s=0.011)
+    again = RepeatSamples.from_json(json.loads(json.dumps(rep.to_json())))
+    assert again.probe_steps_s == pytest.approx(0.011)
+    assert state_factor(again, 0.010) == pytest.approx(1.1)
 
 
 # ------------------------------------------------------------------ bad input ----------------

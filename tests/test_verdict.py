@@ -126,6 +126,10 @@ def test_the_state_factor_is_the_mean_of_every_probe_where_the_record_has_it():
     assert state_factor(0.010, 0.010, 0.010, mean_s=0.013) == pytest.approx(1.3)
     assert state_factor(0.012, 0.012, 0.010, mean_s=None) == pytest.approx(1.2)  # older records
     assert state_factor(0.012, 0.012, None, mean_s=0.013) is None
+    # where the record has the probes each step ran between, at the steps' median, they decide
+    assert state_factor(0.010, 0.010, 0.010, mean_s=0.013, steps_s=0.011) == pytest.approx(1.1)
+    assert state.of({"probe_before_s": 0.010, "probe_after_s": 0.010, "probe_best_s": 0.010,
+                     "probe_mean_s": 0.013, "probe_steps_s": 0.011}).factor == pytest.approx(1.1)
     machine = state.of({"probe_before_s": 0.010, "probe_after_s": 0.025, "probe_best_s": 0.010,
                         "probe_mean_s": 0.015})
     assert machine.factor == pytest.approx(1.5) and machine.slowdown == pytest.approx(2.5) and machine.slow

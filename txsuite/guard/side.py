@@ -69,7 +69,7 @@ KERNELS_WHEN_ABSENT = {"linear": "torch"}
 # per-repetition numbers kept as they are (besides the step samples and the summaries)
 REPEAT_FIELDS = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "peak_mem_bytes",
                  "train_mem_bytes", "val_loss", "probe_before_s", "probe_after_s", "probe_best_s",
-                 "probe_mean_s", "step_flops", "step_ops", "step_alloc_bytes")
+                 "probe_mean_s", "probe_steps_s", "step_flops", "step_ops", "step_alloc_bytes")
 
 
 @dataclass
@@ -88,6 +88,7 @@ class RepeatSamples:
     probe_after_s: float | None = None
     probe_best_s: float | None = None
     probe_mean_s: float | None = None  # every probe of the repetition, those during the steps too
+    probe_steps_s: float | None = None  # the probes each step ran between, at the steps' median
     # what one step dispatched (txsuite.measure.counters); None: not counted
     step_flops: float | None = None
     step_ops: float | None = None

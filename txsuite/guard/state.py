@@ -57,11 +57,13 @@ class StateSplit:
 
 def state_factor(rep: RepeatSamples, best: float | None) -> float | None:
     """How much slower than its best the machine was around a repetition, for `--normalize
-    state`: the geometric mean of its probes / the best (txsuite.verdict.state.state_factor; the
+    state`: its probes / the best, each step in the state of the probes it ran between where
+    the record has them (txsuite.verdict.state.state_factor; the
     slower probe alone, which `slowdown` uses for the slow-state line, tracks a run's level less
     closely: over the first 20 runs of bench/run_drift.py it left about the same run-level noise
     but more within a run; docs/measurements.md, "Regression guard")."""
-    return machine.state_factor(rep.probe_before_s, rep.probe_after_s, best, rep.probe_mean_s)
+    return machine.state_factor(rep.probe_before_s, rep.probe_after_s, best, rep.probe_mean_s,
+                                 rep.probe_steps_s)
 
 
 
