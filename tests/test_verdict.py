@@ -83,6 +83,26 @@ def test_a_noisy_cell_keeps_a_wider_interval_than_quiet_cells():
     assert np.median(noisy_width) > 5 * np.median(quiet_width)
 
 
+def test_no_cell_is_taken_as_quieter_than_the_noise_its_run_shares():
+    """Memory-like values: each repetition lands on one of a few heap steps, so two cells whose two
+    repetitions each landed on the same step twice have a variance of about 0. Their comparison
+    must not be narrower than the noise the run's cells share; a cell much noisier than the rest
+    keeps its own, and the quiet cells are not charged it."""
+    steps = [72.0, 73.4, 74.8]
+    values = {"same": {0: 73.4, 1: 73.4}, "also same": {0: 74.8, 1: 74.8}}
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        values[f"c{i}"] = {r: float(rng.choice(steps)) for r in (0, 1)}
+    values["c0"], values["c1"] = {0: 72.0, 1: 74.8}, {0: 74.8, 1: 72.0}  # some cells do move
+    noise = RoundNoise.fit(values)
+    shared = noise.cells["c2"].variance
+    assert noise.cells["same"].variance >= shared - 1e-15 and noise.cells["also same"].variance >= shared - 1e-15
+    assert noise.compare("also same", "same", False).verdict == WITHIN_NOISE  # 1.9 % apart, both quiet by chance
+    noisy = RoundNoise.fit(_run({f"c{i}": 0.0 for i in range(6)} | {"noisy": 0.0}, 3,
+                                {**{f"c{i}": 0.01 for i in range(6)}, "noisy": 0.2}, np.random.default_rng(3)))
+    assert noisy.cells["c1"].variance < noisy.cells["noisy"].variance / 20
+
+
 def test_comparisons_are_untested_below_two_rounds_and_respect_the_resolution():
     noise = RoundNoise.fit({"a": {0: 110.0}, "b": {0: 100.0}, "c": {0: 90.0, 1: 95.0}})
     once = noise.compare("a", "b", True)

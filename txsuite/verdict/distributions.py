@@ -1,5 +1,6 @@
 """The distributions every verdict reads: Student's t (its quantile, survival function and
-inverse) and the inverse trigamma function that fits a prior's degrees of freedom.
+inverse), the F quantile that tells a noisier cell, and the inverse trigamma function that fits
+a prior's degrees of freedom.
 
 scipy.special only: scipy.stats costs about a second to import, and the CLI imports verdicts.
 An infinite number of degrees of freedom means a known variance: the standard normal.
@@ -43,6 +44,13 @@ def t_sf(t: float, df: float) -> float:
     if math.isinf(df):
         return float(ndtr(-t))
     return float(stdtr(df, -t))
+
+
+def f_quantile(df_num: float, df_den: float, p: float) -> float:
+    """The x with P(F <= x) = p for Fisher's F with (df_num, df_den) degrees of freedom."""
+    from scipy.special import fdtri
+
+    return float(fdtri(df_num, df_den, p))
 
 
 def trigamma_inverse(x: float) -> float:

@@ -15,7 +15,12 @@ from its mean, less the round's effect, which is taken as the median over the *o
 (so a noisy cell neither sets its own round effect nor passes its noise to the others). Each
 cell's variance is then moderated towards what the run's cells share (moderated.py, limma):
 cells whose noise is alike pool it, with the table's degrees of freedom; a cell much noisier
-than the rest keeps mostly its own, and with it a wide interval.
+than the rest keeps mostly its own, and with it a wide interval. No cell's variance goes below
+the noise the cells share (the pooled variance of every cell not much noisier than the rest, by
+an F test): with two rounds a cell's own variance has one degree of
+freedom and can come out near zero by chance, most often for memory, whose resident set moves
+in steps of the heap's layout and lands on the same value twice (docs/verdicts.md, "A cell is
+never quieter than its run").
 
 The verdict: the interval of the mean log ratio over the rounds both cells completed, at the
 asked level, on one side of 0 and beyond the metric's resolution (txsuite/config/metrics.py):
@@ -31,7 +36,7 @@ import numpy as np
 
 from txsuite.verdict.comparison import Comparison
 from txsuite.verdict.moderated import Prior, fit_prior, moderate
-from txsuite.verdict.distributions import t_quantiles
+from txsuite.verdict.distributions import f_quantile, t_quantiles
 from txsuite.verdict.stats import median_stat
 from txsuite.verdict.words import BETTER, UNTESTED, WITHIN_NOISE, WORSE
 
@@ -77,9 +82,15 @@ class RoundNoise:
         most = sum(n.df for n in raw.values()) - (len(rounds) - 1)  # the round effects cost rounds - 1
         prior = fit_prior([n.variance for n in raw.values()], [n.df for n in raw.values()])
         if math.isinf(prior.df):  # alike: the pooled variance of the whole table
-            prior = Prior(float(np.average([n.variance for n in raw.values()], weights=[n.df for n in raw.values()])),
-                          math.inf)
-        cells = {c: CellNoise(*moderate(n.variance, n.df, prior, max(most, n.df))) for c, n in raw.items()}
+            prior = Prior(_pooled(raw.values()), math.inf)
+        floor = _shared_variance(raw)
+        cells = {}
+        for c, n in raw.items():
+            variance, df = moderate(n.variance, n.df, prior, max(most, n.df))
+            # never quieter than the noise the run's cells share: one or two degrees of freedom can
+            # put a cell's own variance near zero by chance (two repetitions' resident sets landing
+            # on the same pages), and the machine's noise is every cell's
+            cells[c] = CellNoise(max(variance, floor), df)
         return cls(logs, cells, prior)
 
     def compare(self, a: str, b: str, higher_is_better: bool, level: float = 0.95,
@@ -259,6 +270,29 @@ def _welch_df(a: CellNoise, b: CellNoise) -> float:
 def _differences(a: Mapping[int, float], b: Mapping[int, float]) -> np.ndarray:
     """log a - log b over the rounds both have, in round order."""
     return np.array([a[r] - b[r] for r in sorted(set(a) & set(b))])
+
+
+# A cell whose variance is beyond this quantile of F against the other cells' pooled variance is
+# noisier than the rest: it keeps its own noise and adds none to the noise the cells share.
+NOISIER_LEVEL = 0.99
+
+
+def _pooled(cells) -> float:
+    """The degrees-of-freedom-weighted mean of the cells' variances."""
+    cells = list(cells)
+    return float(np.average([n.variance for n in cells], weights=[n.df for n in cells]))
+
+
+def _shared_variance(cells: dict[str, "CellNoise"]) -> float:
+    """The pooled variance of every cell that is not much noisier than the others (each tested
+    against the pooled variance of the rest at NOISIER_LEVEL): the least noise any cell of the
+    run is taken to have."""
+    shared = []
+    for c, n in cells.items():
+        others = [m for k, m in cells.items() if k != c]
+        if n.variance <= _pooled(others) * f_quantile(n.df, sum(m.df for m in others), NOISIER_LEVEL):
+            shared.append(n)
+    return _pooled(shared or cells.values())
 
 
 def _positive(v: object) -> bool:
