@@ -16,8 +16,10 @@ a step of many short parallel ops with it (docs/verdicts.md, "The host's states"
 
 The machine also moves *during* the steps, within a second: on a CPU the workload runs again
 between measured steps, once PROBE_INTERVAL_S of steps ran since the last probe, outside every
-step's clock, and `probe_mean_s` (the geometric mean of every probe of the repetition) says
-what state the steps ran in (docs/verdicts.md has what it removes on real runs).
+step's clock. `probe_mean_s` is the geometric mean of every probe of the repetition, and
+`probe_steps_s` the probe the steps' median ran at, each step in the state of the two probes
+around it (`MachineState.at_steps_s`): the state can switch inside a repetition (docs/verdicts.md
+has what each removes on real runs).
 
 On this project's 2-core machine, idle, two probes a moment apart stay below twice the host's
 best; with another process busy on the cores they go well above it (docs/measurements.md,
