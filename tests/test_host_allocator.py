@@ -144,14 +144,32 @@ def test_a_cache_cell_that_cannot_have_its_policy_is_skipped_with_the_reason(tmp
 
 
 
-TRAINING_WINDOW = r"""
-import json, sys
+TOUCHED = r"""
+import json
 from txsuite.measure.memory import TrainingWindow, host_current_rss_bytes
 def touched(n):  # n bytes, every page written
     buf = bytearray(n)
     for i in range(0, n, 4096):
         buf[i] = 1
     return buf
+"""
+
+
+def _in_a_fresh_process(script: str) -> dict:
+    """Run TOUCHED + script in a new interpreter and read the JSON it prints; skip where the
+    kernel cannot reset the peak resident set."""
+    out = subprocess.run([sys.executable, "-c", TOUCHED + script], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    if not got["reset"]:
+        pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+    return got
+
+
+def test_the_training_window_counts_what_training_adds_not_what_the_build_left():
+    """Memory the build freed stays resident in glibc's heap and in the high-water mark; the
+    window hands it back and resets the mark, so peak - before is the 40 MiB training touched,
+    not 40 MiB less whatever the build left behind."""
+    got = _in_a_fresh_process(r"""
 build = [touched(64 << 10) for _ in range(1920)]  # 120 MiB in heap-sized blocks the build frees
 pin = build[-1]  # the last block stays: glibc cannot shrink its heap's top past it by itself
 del build
@@ -159,43 +177,20 @@ held = host_current_rss_bytes()
 window = TrainingWindow().open()
 steps = touched(40 << 20)  # 40 MiB the training steps touch
 print(json.dumps({"held": held, "before": window.before, "peak": window.peak(), "reset": window.reset}))
-"""
-
-
-def test_the_training_window_counts_what_training_adds_not_what_the_build_left():
-    """Memory the build freed stays resident in glibc's heap and in the high-water mark; the
-    window hands it back and resets the mark, so peak - before is the 40 MiB training touched,
-    not 40 MiB less whatever the build left behind."""
-    out = subprocess.run([sys.executable, "-c", TRAINING_WINDOW], capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout)
-    if not got["reset"]:
-        pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+""")
     assert got["before"] < got["held"] - (60 << 20)  # the freed build memory went back
     assert 38 << 20 <= got["peak"] - got["before"] <= 60 << 20
 
 
-EXCLUDED_PART = r"""
-import json
-from txsuite.measure.memory import TrainingWindow
-def touched(n):  # n bytes, every page written
-    buf = bytearray(n)
-    for i in range(0, n, 4096):
-        buf[i] = 1
-    return buf
+def test_a_part_excluded_from_the_training_window_adds_nothing_to_its_peak():
+    """The probe between the steps runs inside the window; its own memory (here 96 MiB) must not
+    count as training's, and the mark the steps reached before it (40 MiB) is kept."""
+    got = _in_a_fresh_process(r"""
 window = TrainingWindow().open()
 steps = touched(40 << 20)  # 40 MiB the training steps touch, and hold
 with window.excluded():
     probe = touched(96 << 20)  # what a probe between the steps touches, and frees
     del probe
 print(json.dumps({"before": window.before, "peak": window.peak(), "reset": window.reset}))
-"""
-
-
-def test_a_part_excluded_from_the_training_window_adds_nothing_to_its_peak():
-    """The probe between the steps runs inside the window; its own memory (here 96 MiB) must not
-    count as training's, and the mark the steps reached before it (40 MiB) is kept."""
-    out = subprocess.run([sys.executable, "-c", EXCLUDED_PART], capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout)
-    if not got["reset"]:
-        pytest.skip(reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+""")
     assert 38 << 20 <= got["peak"] - got["before"] <= 60 << 20
