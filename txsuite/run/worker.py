@@ -280,18 +280,15 @@ def _machine_probe(torch, window, during: bool):
 
     def around(moment: str) -> None:
         with window.excluded():
-            _around(moment)
-
-    def _around(moment: str) -> None:
-        t0 = time.perf_counter()
-        if moment == "start":
-            state.before_s = probe(torch)
-            state.faults_at_start = minor_page_faults()  # after the probe: only the steps count
-        else:
-            state.page_faults = minor_page_faults() - state.faults_at_start - faults_in_probes
-            state.after_s = probe(torch)
-            state.best_s = record_best(torch, state.probes())
-        state.wall_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if moment == "start":
+                state.before_s = probe(torch)
+                state.faults_at_start = minor_page_faults()  # after the probe: only the steps count
+            else:
+                state.page_faults = minor_page_faults() - state.faults_at_start - faults_in_probes
+                state.after_s = probe(torch)
+                state.best_s = record_best(torch, state.probes())
+            state.wall_s += time.perf_counter() - t0
 
     def between(step_s: float) -> None:
         nonlocal faults_in_probes
