@@ -134,3 +134,24 @@ def test_the_machine_state_knows_how_many_steps_ran_before_each_probe_between_th
     assert machine.during_at == [4, 8]  # 1.2 intervals of steps each time
     assert machine.at_steps_s([0.1] * 3) is None  # fewer steps than the probes' places: not these steps
     assert machine.metrics([0.1] * 9)["probe_steps_s"] == pytest.approx(0.0110, rel=0.05)
+
+
+def test_the_probe_workload_allocates_nothing_while_it_is_timed():
+    """What malloc does with a freed block depends on the process's history (a block above the
+    mmap threshold is mapped afresh, page by page, or reused), so a timed pass that allocated its
+    result would time that history; only the scalars' few bytes may be allocated."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from txsuite.measure import probe
+    buffers = (torch.randn(256, 256), torch.randn(256, 256), torch.zeros(256, 256), torch.randn(1 << 16),
+               torch.zeros(1 << 16), torch.randn(1 << 18), torch.zeros(1 << 18))
+    before = [t.clone() for t in buffers]
+    probe._workload_passes(torch, *buffers, matmuls=1, short=2, long=2)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as timed:
+        a, small, v = probe._workload_passes(torch, *buffers, matmuls=3, short=4, long=2)
+    allocated = [(e.name, e.cpu_memory_usage) for e in timed.events() if e.cpu_memory_usage >= 1024]
+    assert allocated == []
+    # the passes did their work: every result moved, and the last of each lies in one of its buffers
+    assert all(not torch.equal(t, b) for t, b in zip((a, small, v), (before[0], before[3], before[5])))
+    assert any(small.data_ptr() == t.data_ptr() for t in buffers[3:5])
+    assert probe.probe_workload(torch) > 0

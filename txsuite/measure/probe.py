@@ -25,7 +25,8 @@ On this project's 2-core machine, idle, two probes a moment apart stay below twi
 best; with another process busy on the cores they go well above it (docs/measurements.md,
 "Regression guard"). The guard's default line for a slow state is 2x.
 
-The workload is deterministic; only its duration varies, and only with the machine.
+The workload is deterministic and allocates nothing while it is timed; only its duration varies,
+and only with the machine.
 """
 from __future__ import annotations
 
@@ -42,21 +43,43 @@ PROBE_INTERVAL_S = 0.25
 
 
 def probe_workload(torch) -> float:
-    """Seconds for one run of the fixed calibration workload on the current device (CPU)."""
+    """Seconds for one run of the fixed calibration workload on the current device (CPU).
+
+    Nothing is allocated while the clock runs: every pass writes into a buffer made before it.
+    A pass that allocated its result would take its memory from malloc, which maps blocks above
+    its mmap threshold afresh (a page fault per 4 KiB) or reuses freed ones, depending on what
+    the process freed before; two processes doing the same work then timed the workload apart by
+    an offset of their own that had nothing to do with the machine (docs/verdicts.md, "A probe
+    that allocates nothing")."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(256, 256, generator=gen)
     b = torch.randn(256, 256, generator=gen)
+    product = torch.zeros(256, 256)
     small = torch.randn(1 << 16, generator=gen)  # [65536]: 256 KiB, split over the threads
+    small_out = torch.zeros(1 << 16)
     v = torch.randn(1 << 18, generator=gen)
+    v_out = torch.zeros(1 << 18)
+    buffers = (a, b, product, small, small_out, v, v_out)
+    _workload_passes(torch, *buffers, matmuls=1, short=2, long=2)  # untimed: pages and caches warm
     start = time.perf_counter()
-    for _ in range(20):
-        a = torch.tanh(a @ b * 0.05)  # compute-bound, through the cell's OpenMP threads
-    for _ in range(200):
-        small = small * 0.999 + 0.001  # parallel regions too short to hide the threads' meeting cost
-    for _ in range(8):
-        v = v * 0.999 + 0.001  # memory-bound
+    a, small, v = _workload_passes(torch, *buffers, matmuls=20, short=200, long=8)
     float(a.sum() + small.sum() + v.sum())  # use the results
     return time.perf_counter() - start
+
+
+def _workload_passes(torch, a, b, product, small, small_out, v, v_out, matmuls: int, short: int, long: int):
+    """The workload's passes, each into its own buffer (two alternate per element-wise pass);
+    returns (a, the last short result, the last long result)."""
+    for _ in range(matmuls):
+        torch.mm(a, b, out=product)
+        torch.tanh(product.mul_(0.05), out=a)  # compute-bound, through the cell's OpenMP threads
+    for _ in range(short):
+        torch.mul(small, 0.999, out=small_out).add_(0.001)  # regions too short to hide the threads' meeting cost
+        small, small_out = small_out, small
+    for _ in range(long):
+        torch.mul(v, 0.999, out=v_out).add_(0.001)  # memory-bound
+        v, v_out = v_out, v
+    return a, small, v
 
 
 def probe(torch) -> float:
@@ -140,7 +163,7 @@ class MachineState:
 
 def host_key(torch) -> str:
     from txsuite.measure.env import cpu_model
-    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v3"
+    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|probe v4"
 
 
 def record_best(torch, seconds: list[float]) -> float:
