@@ -83,7 +83,9 @@ def measure(out: Path, runs: int, equal: int, spin: bool) -> None:
                     for lr, fraction in SPINS.items()) if spin else ""
     (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins))
     code = spin_clone(out / "code") if spin else REPO
-    for i in range(runs):
+    # runs are added after those already in `out`: two trees' runs can then alternate, one each
+    done = len(list((out / "results" / "verdicts").glob("run*")))
+    for i in range(done, done + runs):
         run_id = f"run{i + 1:02d}"
         txsuite_run(out, "verdicts.yaml", run_id, code)
 
