@@ -31,6 +31,8 @@ spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's
 around the steps only (`probe_mean_s` dropped too), to compare the state factors on the same
 runs. `--ends-only` is `--state-from ends`.
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
+Runs are added after those already in `--out` (run05 follows run04), so that two checkouts can
+take turns a run at a time, each into its own folder.
 """
 from __future__ import annotations
 
