@@ -292,10 +292,9 @@ def _shared_variance(cells: dict[str, "CellNoise"]) -> float:
     df = np.array([n.df for n in cells.values()])
     rest_df = df.sum() - df
     rest_pooled = ((variance * df).sum() - variance * df) / rest_df
-    shared = variance <= rest_pooled * np.array([f_quantile(d, r, NOISIER_LEVEL) for d, r in zip(df, rest_df)])
-    if not shared.any():
-        shared[:] = True
-    return float(np.average(variance[shared], weights=df[shared]))
+    alike = variance <= rest_pooled * np.array([f_quantile(d, r, NOISIER_LEVEL) for d, r in zip(df, rest_df)])
+    shared = [n for n, keep in zip(cells.values(), alike) if keep]
+    return _pooled(shared or cells.values())
 
 
 def _positive(v: object) -> bool:
