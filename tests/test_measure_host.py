@@ -143,7 +143,12 @@ def test_the_overhead_and_an_optimizer_step_are_measured_once_cached_and_found_b
     monkeypatch.setenv("TXSUITE_CACHE", str(tmp_path))
     cell = replace(_cell(), measure=MeasureSpec(threads=torch.get_num_threads()))
     first = step_costs.overhead(torch, CPU, "Some CPU", cell)
-    assert first["layer_s"] > 0 and first["micro_batch_s"] > 0 and not first["overhead_cached"]
+    assert first["layer_s"] >= 0 and first["micro_batch_s"] >= 0 and not first["overhead_cached"]
+    entry = json.loads((tmp_path / "peaks.json").read_text())[first["overhead_key"]]
+    shallow, deep = entry["step_s"]  # the parts add up to the steps they came from (unless noise clamped one)
+    assert shallow > 0 and deep > 0 and step_costs.OVERHEAD_ROUNDS <= entry["rounds"] <= step_costs.OVERHEAD_MAX_ROUNDS
+    if step_costs._both_parts_positive(shallow, deep):
+        assert first["micro_batch_s"] + first["layer_s"] * step_costs.OVERHEAD_LAYERS[1] == pytest.approx(deep)
     again = step_costs.overhead(torch, CPU, "Some CPU", replace(cell, train=replace(cell.train, micro_batch=8)))
     assert again["overhead_cached"] and again["layer_s"] == first["layer_s"]  # one per precision, not per shape
     assert step_costs.overhead(torch, CPU, "Some CPU", replace(cell, precision="bf16"))["overhead_cached"] is False
@@ -319,3 +324,20 @@ def test_the_sweep_says_what_its_host_setup_took_and_which_group_measures_for_it
     out = capsys.readouterr().out
     assert out.count("host setup") == 1 and "host setup 3.2 s" in out
     assert "cuda: exit 1; its log: host_setup/cuda.log.txt, its cells measure for themselves" in out
+
+
+def test_the_overhead_runs_more_rounds_while_noise_leaves_a_part_at_zero(monkeypatch):
+    """A round whose deep model was slowed more than three times its shallow one would give the
+    micro-batch no time at all; the rounds go on until both parts are above zero, and stop at
+    OVERHEAD_MAX_ROUNDS with the parts clamped at zero where they never are."""
+    from dataclasses import replace
+    from txsuite.config.spec import MeasureSpec
+    cell = replace(_cell(), measure=MeasureSpec(threads=1))
+    noisy = iter([[0.002, 0.010]] * 4 + [[0.001, 0.003]] + [[0.002, 0.010]] * 20)
+    monkeypatch.setattr(step_costs, "_alternated_medians", lambda trainings, sync: next(noisy))
+    measured = step_costs.measure_overhead(torch, CPU, cell)
+    assert measured["rounds"] == 5 and measured["step_s"] == [0.001, 0.003]
+    assert measured["layer_s"] == pytest.approx(0.002 / 3) and measured["micro_batch_s"] == pytest.approx(0.001 / 3)
+    noisy = iter([[0.002, 0.010]] * 20)
+    measured = step_costs.measure_overhead(torch, CPU, cell)
+    assert measured["rounds"] == step_costs.OVERHEAD_MAX_ROUNDS and measured["micro_batch_s"] == 0.0

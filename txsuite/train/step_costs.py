@@ -30,9 +30,10 @@ from txsuite.measure.predict import cost_kind
 OVERHEAD_LAYERS = (1, 4)  # the shallow and the deep tiny model: their difference is the layers' overhead
 OVERHEAD_WIDTH = 32  # d_model of the tiny model (2 heads): its matmuls take microseconds
 OVERHEAD_TOKENS = 16  # sequence length, at micro-batch 1
-OVERHEAD_STEPS = 20  # timed steps per model after OVERHEAD_WARMUP; the median is its step time
+OVERHEAD_STEPS = 20  # timed steps per model and round, after OVERHEAD_WARMUP; the median is its step time
 OVERHEAD_WARMUP = 5
-OVERHEAD_ROUNDS = 3  # the two models alternate this many times; the fastest round of each is kept
+OVERHEAD_ROUNDS = 3  # rounds of alternated steps; the fastest round of each model is kept
+OVERHEAD_MAX_ROUNDS = 9  # while a part comes out at or below zero (noise), rounds go on up to this many
 OPTIMIZER_STEPS = 5  # timed optimizer steps after OPTIMIZER_WARMUP (torchao's low-bit optimizers compile at first)
 OPTIMIZER_WARMUP = 2
 
@@ -61,9 +62,12 @@ def measures_optimizer(cell: CellConfig) -> bool:
 
 
 def measure_overhead(torch, device, cell: CellConfig) -> dict:
-    """Median step times of the tiny shallow and deep models in the cell's precision, the two
-    alternated OVERHEAD_ROUNDS times (a moment of noise hits one round), the fastest round of each
-    kept: -> {"layer_s", "micro_batch_s", "step_s": [shallow, deep]}."""
+    """Median step times of the tiny shallow and deep models in the cell's precision, their steps
+    alternated one by one (a moment of noise, or a neighbour on the cores, falls on both alike)
+    for OVERHEAD_ROUNDS rounds, the fastest round of each kept; more rounds, up to
+    OVERHEAD_MAX_ROUNDS, while the deep model's extra time per layer and what remains of the
+    shallow step are not both above zero (a real step has both):
+    -> {"layer_s", "micro_batch_s", "step_s": [shallow, deep], "rounds"}."""
     from txsuite.data import build_dataset
     from txsuite.train.build import build_training
 
@@ -71,14 +75,42 @@ def measure_overhead(torch, device, cell: CellConfig) -> dict:
     dataset = build_dataset(tiny[0].data, seed=tiny[0].train.seed)  # one for both: its tokens are most of the build
     trainings = [build_training(c, device, dataset=dataset) for c in tiny]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for training in trainings:
+        for _ in range(OVERHEAD_WARMUP):
+            training.trainer.step(training.batches)
     best = [float("inf")] * len(trainings)
-    for _ in range(OVERHEAD_ROUNDS):
-        for i, training in enumerate(trainings):
-            best[i] = min(best[i], _median_step(training, sync))
+    rounds = 0
+    while rounds < OVERHEAD_ROUNDS or (rounds < OVERHEAD_MAX_ROUNDS and not _both_parts_positive(*best)):
+        best = [min(b, m) for b, m in zip(best, _alternated_medians(trainings, sync))]
+        rounds += 1
     shallow, deep = best
-    layer_s = max(0.0, (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0]))
+    layer_s = max(0.0, _per_layer(shallow, deep))
     return {"layer_s": layer_s, "micro_batch_s": max(0.0, shallow - OVERHEAD_LAYERS[0] * layer_s),
-            "step_s": [shallow, deep]}
+            "step_s": [shallow, deep], "rounds": rounds}
+
+
+def _per_layer(shallow: float, deep: float) -> float:
+    return (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0])
+
+
+def _both_parts_positive(shallow: float, deep: float) -> bool:
+    layer_s = _per_layer(shallow, deep)
+    return layer_s > 0 and shallow - OVERHEAD_LAYERS[0] * layer_s > 0
+
+
+def _alternated_medians(trainings, sync) -> list[float]:
+    """OVERHEAD_STEPS steps of each training, one of each in turn (the first of a pair alternates,
+    so neither always follows the other): -> the median step time of each."""
+    times = [[] for _ in trainings]
+    for pair in range(OVERHEAD_STEPS):
+        order = range(len(trainings)) if pair % 2 == 0 else reversed(range(len(trainings)))
+        for i in order:
+            sync()
+            start = time.perf_counter()
+            trainings[i].trainer.step(trainings[i].batches)
+            sync()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def measure_optimizer_step(torch, device, cell: CellConfig) -> float:
@@ -116,16 +148,3 @@ def _tiny(cell: CellConfig, layers: int) -> CellConfig:
                                                    tokenizer="byte", vocab_size=None, symbols=None, augment="none"),
                    train=replace(cell.train, micro_batch=1, grad_accum=1, init="scratch"),
                    parallel=type(cell.parallel)(), memory=type(cell.memory)(), compile=type(cell.compile)())
-
-
-def _median_step(training, sync) -> float:
-    for _ in range(OVERHEAD_WARMUP):
-        training.trainer.step(training.batches)
-    sync()
-    times = []
-    for _ in range(OVERHEAD_STEPS):
-        start = time.perf_counter()
-        training.trainer.step(training.batches)
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
