@@ -3,7 +3,7 @@
 matrices/smoke.yaml --base HEAD`, alternating --lockstep and --no-lockstep (the default).
 
     python bench/ab_lockstep_evidence.py --trials 10 --out /tmp/ab-lockstep [--load]
-        [--variants same,spin10,spin5,slow10] [--modes lockstep,no-lockstep] [--max-rounds N]
+        [--variants same,spin10,spin5,slow10] [--modes lockstep,no-lockstep] [--max-rounds N] [--min-rounds N]
 
 For every variant it clones this checkout's HEAD into a scratch folder and edits the clone's
 working tree (bench/ab_evidence.py's `prepare`; `same` edits nothing), then runs `txsuite ab`
@@ -122,8 +122,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=CHANGE",
                         help="passed to every txsuite ab, e.g. tokens_per_s=-3%% (repeatable)")
     parser.add_argument("--max-rounds", type=int, help="passed to every txsuite ab (its default otherwise)")
+    parser.add_argument("--min-rounds", type=int, help="passed to every txsuite ab; with --max-rounds the same, "
+                        "every A/B runs that many rounds (for bench/ab_between.py)")
     args = parser.parse_args(argv)
     extra = ["--max-rounds", str(args.max_rounds)] if args.max_rounds else []
+    extra += ["--min-rounds", str(args.min_rounds)] if args.min_rounds else []
     args.out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {}
