@@ -269,21 +269,43 @@ def test_speedup_and_memory_ratio_against_the_named_reference(tmp_path):
     run = write_run(tmp_path / "run", records, meta={"name": "m", "baseline": "precision=bf16"})
     cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
     assert cells.loc["b", "is_reference"] and not cells.loc["a", "is_reference"]
-    assert cells.loc["a", "speedup"] == pytest.approx(110 / 55)
-    assert cells.loc["a", "speedup_lo"] == pytest.approx(100 / 55)
-    assert cells.loc["a", "speedup_hi"] == pytest.approx(130 / 55)
+    # the engine's estimate: the geometric mean of the rounds' ratios, with its 95 % interval
+    rounds = [100 / 50, 130 / 55, 110 / 60]
+    assert cells.loc["a", "speedup"] == pytest.approx(math.prod(rounds) ** (1 / 3))
+    assert cells.loc["a", "speedup_lo"] < min(rounds) and cells.loc["a", "speedup_hi"] > max(rounds)
+    assert cells.loc["a", "speed_verdict"] == "faster" and cells.loc["a", "speedup_lo"] > 1
     assert cells.loc["a", "mem_ratio"] == pytest.approx(2.0)
     assert cells.loc["b", "speedup"] == pytest.approx(1.0)
     html = html_of(run, tmp_path)
-    assert "2.00×" in html
+    assert "2.05×" in html
 
     # By cell id as well; an unknown baseline falls back to the first cell and says so.
     by_id = build_cell_table(RunFolder(run).records(), reference="b").cells.set_index("cell_id")
-    assert by_id.loc["a", "speedup"] == pytest.approx(2.0)
+    assert by_id.loc["a", "speedup"] == pytest.approx(math.prod(rounds) ** (1 / 3))
     RunFolder(run).write_json("matrix.json", {"name": "m", "baseline": "precision=tf32"})
     fallback = table_for(RunFolder(run).load())
     assert fallback.reference == "a" and "matches no cell" in fallback.reference_note
     assert "matches no cell" in summary_part(html_of(run, tmp_path))
+
+
+def test_a_ratio_and_its_colour_come_from_one_comparison(tmp_path):
+    """The reference ran in slow states of the machine (its probes 1.25x their best), the other
+    cell in good ones: as measured the cell's median is 5 % above the reference's, brought to the
+    best state it is 16 % below. The ratio shown is the one the verdict is about, below 1 and
+    called slower, not 1.05x coloured slower; a cell with one round keeps the measured ratio."""
+    records = []
+    for repeat, (tok_a, tok_b) in enumerate([(105, 100), (104, 99), (106, 101)]):
+        records.append(record("a", "precision=fp32", config("fp32"), repeat, tokens_per_s=tok_a,
+                              probe_steps_s=0.010, probe_best_s=0.010))
+        records.append(record("b", "precision=bf16", config("bf16"), repeat, tokens_per_s=tok_b,
+                              probe_steps_s=0.0125, probe_best_s=0.010))
+    records.append(record("c", "precision=fp16", config("fp16"), 0, tokens_per_s=80))
+    run = write_run(tmp_path / "run", records, meta={"name": "m", "baseline": "precision=bf16"})
+    cells = table_for(RunFolder(run).load()).cells.set_index("cell_id")
+    assert cells.loc["a", "tokens_per_s"] / cells.loc["b", "tokens_per_s"] == pytest.approx(105 / 100)
+    assert cells.loc["a", "speedup"] == pytest.approx(1.05 / 1.25, rel=0.01)
+    assert cells.loc["a", "speed_verdict"] == "slower" and cells.loc["a", "speedup_hi"] < 1
+    assert cells.loc["c", "speedup"] == pytest.approx(80 / 100) and cells.loc["c", "speed_verdict"] == "untested"
 
 
 @pytest.mark.parametrize("axes, drawn", [

@@ -198,6 +198,14 @@ def reference_table(records: list[Record]) -> pd.DataFrame:
         cells[f"{col}_lo"], cells[f"{col}_hi"] = cells[f"{metric}_min"] / base, cells[f"{metric}_max"] / base
         cells[verdict_col] = [None if cid == base_id or pd.isna(v) else verdicts.worded(cid, base_id, metric)
                               for cid, v in zip(cells["cell_id"], cells[col])]
+        for i in cells.index:  # the engine's ratio and interval where it paired rounds
+            cid = cells.at[i, "cell_id"]
+            if cid == base_id or pd.isna(cells.at[i, col]):
+                continue
+            engine = verdicts.compare(cid, base_id, metric)
+            if engine.low is not None and engine.high is not None:
+                cells.at[i, col], cells.at[i, f"{col}_lo"], cells.at[i, f"{col}_hi"] = (
+                    engine.ratio, engine.low, engine.high)
     add_compression_columns(cells, repeats)
     reference_quality(cells, repeats, base_id)
     cells["front"] = reference_front(cells, verdicts, memory)

@@ -118,7 +118,9 @@ def ratios_vs_reference(table: CellTable, enc: Encoding) -> Chart:
     chart = Chart("ratios", "Speed-up and memory against the reference",
                   f"Each cell's tokens/s and {MEMORY_TITLES[table.memory_metric]} divided by the reference's "
                   f"({base_label}). "
-                  "Right of 1× is faster / uses more memory. Whiskers span the repeats.")
+                  "Right of 1× is faster / uses more memory. Each ratio is the one its verdict is about: the "
+                  "rounds paired, time brought to the machine's best state; whiskers are its 95 % interval "
+                  "(a cell with no round to pair: the medians' ratio, whiskers over its repeats).")
     if table.reference is None:
         chart.note = table.reference_note or "no reference cell with a throughput"
         return chart

@@ -228,10 +228,13 @@ def _front_with_noise(cells: pd.DataFrame, verdicts: RunVerdicts, memory: str) -
 
 
 def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None, memory: str) -> None:
-    """Speed-up (tokens/s) and memory ratio (`memory`) against the reference cell's median. The
-    error bar is the range of the cell's own repeats divided by that same median; `speed_verdict`
-    (faster / slower) and `memory_verdict` (lighter / heavier) say whether the cell differs from
-    the reference beyond noise (or within noise, untested), None for the reference itself."""
+    """Speed-up (tokens/s) and memory ratio (`memory`) against the reference cell, as the verdict
+    engine compares them: the geometric mean of the rounds' ratios, time brought to the machine's
+    best state (report/verdicts.py), with its 95 % interval as `_lo`/`_hi`; `speed_verdict`
+    (faster / slower) and `memory_verdict` (lighter / heavier) say whether that interval leaves
+    1, so a ratio and its colour never disagree. Where the engine has no paired rounds to
+    compare (one round, or every round in a slow state), the ratio of the medians as measured
+    and the range of the cell's repeats instead. None for the reference itself."""
     for col, verdict_col, metric in (("speedup", "speed_verdict", "tokens_per_s"),
                                      ("mem_ratio", "memory_verdict", memory)):
         base = np.nan
@@ -248,6 +251,13 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
         judged = [cid for cid, ask in zip(cells["cell_id"], asked) if ask]
         words = iter(verdicts.worded_many(judged, [base_id] * len(judged), metric))
         cells[verdict_col] = [next(words) if ask else None for ask in asked]
+        columns = [cells[name].tolist() for name in (col, f"{col}_lo", f"{col}_hi")]
+        for i, (cid, ask) in enumerate(zip(cells["cell_id"], asked)):
+            engine = verdicts.compare(cid, base_id, metric) if ask else None
+            if engine is not None and engine.low is not None and engine.high is not None:
+                for column, value in zip(columns, (engine.ratio, engine.low, engine.high)):
+                    column[i] = value
+        cells[col], cells[f"{col}_lo"], cells[f"{col}_hi"] = columns
 
 
 def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:

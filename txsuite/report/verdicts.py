@@ -5,7 +5,9 @@ pooled noise stands behind every one of them.
 
 Time metrics are judged as the machine at its best would have given them (txsuite/verdict/
 state.py): each repetition brought to the best state by its probe, and a repetition measured
-in a slow state left out. The table and charts show the values as measured.
+in a slow state left out. The table and charts show the values as measured, but for the ratios
+against the reference, which are the comparison's own (report/frame.py), so that a ratio and its
+colour say the same.
 """
 from __future__ import annotations
 
