@@ -306,6 +306,10 @@ def test_a_ratio_and_its_colour_come_from_one_comparison(tmp_path):
     assert cells.loc["a", "speedup"] == pytest.approx(1.05 / 1.25, rel=0.01)
     assert cells.loc["a", "speed_verdict"] == "slower" and cells.loc["a", "speedup_hi"] < 1
     assert cells.loc["c", "speedup"] == pytest.approx(80 / 100) and cells.loc["c", "speed_verdict"] == "untested"
+    # the Fastest card leads with the cell the comparisons are about: b, brought to the best state
+    card = fastest_finding(table_for(RunFolder(run).load()))
+    assert card.cell_id == "b" and card.what == "Fastest: not separated"  # c's one round is untested
+    assert "the other reaches 0.64×" in card.detail  # c's one round: 80 / (100 x 1.25); a is slower beyond noise
 
 
 @pytest.mark.parametrize("axes, drawn", [

@@ -7,6 +7,7 @@ string (labels, reasons) and decides the markup.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -162,7 +163,7 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     ok = table.ok
     if not ok[metric].notna().any():
         return None
-    row = ok.loc[ok[metric].idxmax() if highest else ok[metric].idxmin()]
+    row = ok.loc[_leader_index(table, ok, metric, highest)]
     label, text = row["label"] or row["short_label"], detail(row)
     others = ok[(ok["cell_id"] != row["cell_id"]) & ok[metric].notna()]
     if others.empty:
@@ -179,12 +180,35 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
                        cell_id=row["cell_id"])
     names = ", ".join(tied[:MAX_LISTED]) + (f" and {len(tied) - MAX_LISTED} more" if len(tied) > MAX_LISTED else "")
     tied_names = set(tied)
-    ratios = [float(value) / float(row[metric]) for name, value in zip(other_names, others[metric]) if name in tied_names]
+    ratios = [_ratio_to(table, cell_id, row, metric) for cell_id, name in zip(others["cell_id"], other_names)
+              if name in tied_names]
     span = f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×"
     return Finding(f"{what}: not separated", f"{label}, {names}",
                    text + f"; {'these reach' if len(tied) > 1 else 'the other reaches'} {span} of it, within noise: "
                           f"no single leader" + _rounds_hint(table, row, others, tied_names, metric),
                    cell_id=row["cell_id"])
+
+
+def _leader_index(table: CellTable, ok: pd.DataFrame, metric: str, highest: bool):
+    """The leading row: on the engine's values (each cell's mean over its rounds, time brought to
+    the machine's best state) where every cell has them, so that the leader is the cell the
+    comparisons are about; else on the medians as measured."""
+    logs = table.verdicts.noise(metric).logs
+    candidates = ok[ok[metric].notna()]
+    if all(cell_id in logs for cell_id in candidates["cell_id"]):
+        centres = pd.Series([statistics.fmean(logs[c].values()) for c in candidates["cell_id"]], index=candidates.index)
+        return centres.idxmax() if highest else centres.idxmin()
+    return ok[metric].idxmax() if highest else ok[metric].idxmin()
+
+
+def _ratio_to(table: CellTable, cell_id: str, leader: pd.Series, metric: str) -> float:
+    """A tied cell's value over the leader's: the comparison's ratio (rounds paired, time at the
+    machine's best state), else the medians' ratio (no round to pair)."""
+    ratio = table.verdicts.compare(cell_id, leader["cell_id"], metric).ratio
+    if ratio is not None and math.isfinite(ratio):
+        return ratio
+    value = table.cells.loc[table.cells["cell_id"] == cell_id, metric].iloc[0]
+    return float(value) / float(leader[metric])
 
 
 def _rounds_hint(table: CellTable, leader: pd.Series, others: pd.DataFrame, tied: set[str], metric: str) -> str:
