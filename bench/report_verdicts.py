@@ -31,6 +31,10 @@ spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's
 around the steps only (`probe_mean_s` dropped too), to compare the state factors on the same
 runs. `--ends-only` is `--state-from ends`.
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
+`--memory-resolution-mib R`: count a memory call only where the two cells differ by R MiB or
+more (what a resolution in bytes for the resident set would do). `--state-slope fitted|shrunk`:
+time brought to the best state with the state factor's power fitted on each run's own
+repetitions (within cells), or fitted and shrunk towards one; an experiment, the engine's is one.
 Runs are added after those already in `--out` (run05 follows run04), so that two checkouts can
 take turns a run at a time, each into its own folder.
 """
@@ -38,9 +42,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,6 +57,7 @@ from txsuite.report.compare import compare_findings, compare_tables  # noqa: E40
 from txsuite.report.frame import build_cell_table  # noqa: E402
 from txsuite.report.summary import fastest_finding  # noqa: E402
 from txsuite.results import RunFolder  # noqa: E402
+from txsuite.verdict import state  # noqa: E402
 
 MATRIX = """\
 name: verdicts
@@ -109,7 +117,13 @@ def kind_of(config: dict) -> str:
 DROPPED = {"steps": (), "mean": ("probe_steps_s",), "ends": ("probe_steps_s", "probe_mean_s")}
 
 
-def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[str] = frozenset()) -> None:
+MEMORY = ("train_mem_bytes", "peak_mem_bytes")
+
+
+def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[str] = frozenset(),
+            memory_resolution: float = 0.0) -> None:
+    """`memory_resolution` (bytes): a memory call counts only where the two cells' difference is at
+    least that large (what a resolution in bytes for the resident set would do)."""
     folders = sorted(p for p in (out / "results" / "verdicts").iterdir()
                      if (p / "records.jsonl").exists() and p.name not in skip)
     calls, power, compared = Counter(), Counter(), Counter()
@@ -129,7 +143,7 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
         for a, b in itertools.combinations(equal, 2):
             for metric in ("tokens_per_s", "train_mem_bytes", "peak_mem_bytes"):
                 calls[f"{metric}: pairs"] += 1
-                calls[f"{metric}: called"] += table.verdicts.compare(a, b, metric).separated
+                calls[f"{metric}: called"] += _called(table, a, b, metric, memory_resolution)
         fastest = fastest_finding(table)
         calls["Fastest card beyond noise (an equal cell leads)"] += "beyond noise" in fastest.detail
         calls["equal cells marked dominated"] += int((cells.loc[equal, "front"] == "dominated").sum())
@@ -144,7 +158,11 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
                 continue
             row = cells.loc[cid]
             power[(kind, "speed", row["speed_verdict"])] += 1
-            power[(kind, "memory", row["memory_verdict"])] += 1
+            memory_verdict = row["memory_verdict"]
+            if memory_verdict in ("lighter", "heavier") and not _called(table, cid, reference, table.memory_metric,
+                                                                          memory_resolution):
+                memory_verdict = "within noise"
+            power[(kind, "memory", memory_verdict)] += 1
             power[(kind, "front", row["front"])] += 1
             line.append(f"{kind} {row['speedup']:.2f}x ({row['speed_verdict']}), memory {row['mem_ratio']:.3f}x "
                         f"({row['memory_verdict']})")
@@ -169,6 +187,53 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
           f"'no change beyond noise'")
 
 
+def _called(table, a: str, b: str, metric: str, memory_resolution: float) -> bool:
+    comparison = table.verdicts.compare(a, b, metric)
+    if not comparison.separated or metric not in MEMORY or not memory_resolution:
+        return comparison.separated
+    level = float(table.cells.set_index("cell_id").loc[b, metric])
+    return abs(math.log(comparison.ratio)) >= math.log1p(memory_resolution / level)
+
+
+def fitted_state_slope(shrink_sd: float | None):
+    """txsuite.verdict.state.adjusted with the power of the state factor fitted on the run's own
+    repetitions (a regression of log value on log state factor within each cell) instead of the
+    registry's one; `shrink_sd`: shrunk towards one with a prior of that sd. An experiment: the
+    engine keeps the fixed power (docs/verdicts.md, "The card on the engine's values")."""
+    fixed = state.adjusted
+
+    def adjusted(rows, metric):
+        rows = list(rows)
+        if metric not in state.POWER:
+            return fixed(rows, metric)
+        kept = [(cell, r, v, state.of(m)) for cell, r, v, m in rows]
+        slow = sum(s.slow for *_, s in kept)
+        kept = [(cell, r, v, s.factor) for cell, r, v, s in kept if not s.slow]
+        by_cell: dict = {}
+        for cell, _, v, f in kept:
+            if f:
+                by_cell.setdefault(cell, []).append((math.log(v), math.log(f)))
+        x, y = [], []
+        for points in by_cell.values():
+            if len(points) >= 2:
+                ys, xs = np.array(points).T
+                x += list(xs - xs.mean())
+                y += list(ys - ys.mean())
+        x, y = np.array(x), np.array(y)
+        power = state.POWER[metric]  # value x factor ** power: +1 for a rate, -1 for a duration
+        free = len(x) - len(by_cell) - 1
+        if free > 0 and x @ x > 0:
+            slope = float(x @ y) / float(x @ x)  # log value on log factor: -power if one for one
+            se = math.sqrt(float(((y - slope * x) ** 2).sum()) / free / float(x @ x))
+            weight = 1.0 if shrink_sd is None else (1 / se ** 2) / (1 / se ** 2 + 1 / shrink_sd ** 2)
+            power = weight * -slope + (1 - weight) * power
+        values: dict = {}
+        for cell, r, v, f in kept:
+            values.setdefault(cell, {})[r] = v * f ** power if f else v
+        return state.StateAdjusted(values, slow)
+    return adjusted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
@@ -183,12 +248,19 @@ def main() -> None:
                              "every probe, or the two around the steps")
     parser.add_argument("--ends-only", action="store_true", help="--state-from ends")
     parser.add_argument("--skip", default="", help="runs to leave out of the analysis, e.g. run01,run04")
+    parser.add_argument("--memory-resolution-mib", type=float, default=0.0,
+                        help="count a memory call only where the difference is at least this many MiB")
+    parser.add_argument("--state-slope", choices=("fixed", "fitted", "shrunk"), default="fixed",
+                        help="the state factor's power: the engine's (fixed), fitted per run, or fitted and "
+                             "shrunk towards one (prior sd 0.2)")
     args = parser.parse_args()
+    if args.state_slope != "fixed":
+        state.adjusted = fitted_state_slope(None if args.state_slope == "fitted" else 0.2)
     if not args.analyse_only:
         with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal, args.spin)
     analyse(args.out, args.rounds, "ends" if args.ends_only else args.state_from,
-            set(filter(None, args.skip.split(","))))
+            set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20)
 
 
 if __name__ == "__main__":
