@@ -200,7 +200,10 @@ def reference_table(records: list[Record]) -> pd.DataFrame:
                               for cid, v in zip(cells["cell_id"], cells[col])]
         for i in cells.index:  # the engine's ratio and interval where it paired rounds
             cid = cells.at[i, "cell_id"]
-            if cid == base_id or pd.isna(cells.at[i, col]):
+            if cid == base_id:
+                cells.at[i, col] = cells.at[i, f"{col}_lo"] = cells.at[i, f"{col}_hi"] = 1.0
+                continue
+            if pd.isna(cells.at[i, col]):
                 continue
             engine = verdicts.compare(cid, base_id, metric)
             if engine.low is not None and engine.high is not None:

@@ -234,7 +234,7 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
     (faster / slower) and `memory_verdict` (lighter / heavier) say whether that interval leaves
     1, so a ratio and its colour never disagree. Where the engine has no paired rounds to
     compare (one round, or every round in a slow state), the ratio of the medians as measured
-    and the range of the cell's repeats instead. None for the reference itself."""
+    and the range of the cell's repeats instead. The reference itself: 1 (no whisker), no verdict."""
     for col, verdict_col, metric in (("speedup", "speed_verdict", "tokens_per_s"),
                                      ("mem_ratio", "memory_verdict", memory)):
         base = np.nan
@@ -257,6 +257,9 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
             if engine is not None and engine.low is not None and engine.high is not None:
                 for column, value in zip(columns, (engine.ratio, engine.low, engine.high)):
                     column[i] = value
+            elif cid == base_id:  # itself: 1, no interval to draw
+                for column in columns:
+                    column[i] = 1.0
         cells[col], cells[f"{col}_lo"], cells[f"{col}_hi"] = columns
 
 
