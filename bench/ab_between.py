@@ -126,6 +126,20 @@ def between(rows: list[dict], prefix: str = "") -> dict:
             "beyond": int(np.sum(np.abs(m) > BEYOND * se)), "mean": float(m.mean())}
 
 
+def resampled_between(rows: list[dict], prefix: str = "", draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 90 % interval of the part between A/Bs, the A/Bs resampled with replacement (each with
+    all its cells: the cells of one A/B move together)."""
+    groups = list(dict.fromkeys(r["ab"] for r in rows))
+    by_ab = {ab: [r for r in rows if r["ab"] == ab] for ab in groups}
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(draws):
+        picked = [row for ab in rng.choice(groups, size=len(groups)) for row in by_ab[ab]]
+        parts.append(between(picked, prefix)["between"])
+    low, high = np.percentile(parts, [5, 95])
+    return float(low), float(high)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="folders holding A/B folders (searched below)")
@@ -141,15 +155,18 @@ def main(argv: list[str]) -> int:
         print(f"| {r['ab']} | {r['label']} | {r['rounds']} | {r['m']:+.2%} ({r['se']:.2%}) | "
               f"{r['raw_m']:+.2%} ({r['raw_se']:.2%}) | {r['probe_part']:+.2%} | "
               + (f"{r['fault_gap']:+.1f} |" if r["fault_gap"] is not None else "- |"))
-    print("\n| cells | kind | cell-trials | spread of m about 0 | rounds' part | between A/Bs | beyond 2.5 se | mean m |")
+    print("\n| cells | kind | cell-trials | spread of m about 0 | rounds' part | between A/Bs (90 % over A/Bs resampled) "
+          "| beyond 2.5 se | mean m |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     groups = {"all": rows, **{label: [r for r in rows if r["label"] == label]
                               for label in dict.fromkeys(r["label"] for r in rows)}}
     for name, group in groups.items():
         for kind, prefix in (("adjusted", ""), ("raw", "raw_"), ("probes centred", "centred_")):
             s = between(group, prefix)
-            print(f"| {name} | {kind} | {s['n']} | {s['spread']:.2%} | {s['rounds_part']:.2%} | {s['between']:.2%} | "
-                  f"{s['beyond']} | {s['mean']:+.2%} |")
+            low, high = resampled_between(group, prefix) if name == "all" else (math.nan, math.nan)
+            interval = f" ({low:.2%}–{high:.2%})" if name == "all" else ""
+            print(f"| {name} | {kind} | {s['n']} | {s['spread']:.2%} | {s['rounds_part']:.2%} | {s['between']:.2%}"
+                  f"{interval} | {s['beyond']} | {s['mean']:+.2%} |")
     for kind in ("adjusted", "raw"):
         anova = server_anova(rows, kind)
         if anova:
