@@ -22,6 +22,7 @@ from txsuite.report.pareto import FRONT, front_with_noise
 from txsuite.report.quality import EXPORT_COLUMNS as QUALITY_COLUMNS, add_quality_columns
 from txsuite.report.values import comparable
 from txsuite.report.verdicts import RunVerdicts
+from txsuite.verdict import in_words
 from txsuite.results import to_dataframe
 
 # Scalar metrics summarised per cell: (record metric, column title, formatting kind), from the
@@ -248,12 +249,12 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
         cells[f"{col}_lo"] = cells[f"{metric}_min"] / base
         cells[f"{col}_hi"] = cells[f"{metric}_max"] / base
         asked = [cid != base_id and not pd.isna(value) for cid, value in zip(cells["cell_id"], cells[col])]
-        judged = [cid for cid, ask in zip(cells["cell_id"], asked) if ask]
-        words = iter(verdicts.worded_many(judged, [base_id] * len(judged), metric))
-        cells[verdict_col] = [next(words) if ask else None for ask in asked]
         columns = [cells[name].tolist() for name in (col, f"{col}_lo", f"{col}_hi")]
+        words: list[str | None] = [None] * len(asked)
         for i, (cid, ask) in enumerate(zip(cells["cell_id"], asked)):
             engine = verdicts.compare(cid, base_id, metric) if ask else None
+            if engine is not None:
+                words[i] = in_words(engine.verdict, metric)
             if engine is not None and engine.low is not None and engine.high is not None:
                 for column, value in zip(columns, (engine.ratio, engine.low, engine.high)):
                     column[i] = value
@@ -261,6 +262,7 @@ def _add_ratios(cells: pd.DataFrame, verdicts: RunVerdicts, base_id: str | None,
                 for column in columns:
                     column[i] = 1.0
         cells[col], cells[f"{col}_lo"], cells[f"{col}_hi"] = columns
+        cells[verdict_col] = words
 
 
 def short_labels(cells: pd.DataFrame, axes: list[str], limit: int = 42) -> list[str]:

@@ -83,19 +83,19 @@ def measure_overhead(torch, device, cell: CellConfig) -> dict:
     while rounds < OVERHEAD_ROUNDS or (rounds < OVERHEAD_MAX_ROUNDS and not _both_parts_positive(*best)):
         best = [min(b, m) for b, m in zip(best, _alternated_medians(trainings, sync))]
         rounds += 1
-    shallow, deep = best
-    layer_s = max(0.0, _per_layer(shallow, deep))
-    return {"layer_s": layer_s, "micro_batch_s": max(0.0, shallow - OVERHEAD_LAYERS[0] * layer_s),
-            "step_s": [shallow, deep], "rounds": rounds}
+    layer_s, micro_batch_s = _parts(*best)
+    return {"layer_s": max(0.0, layer_s), "micro_batch_s": max(0.0, micro_batch_s), "step_s": best, "rounds": rounds}
 
 
-def _per_layer(shallow: float, deep: float) -> float:
-    return (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0])
+def _parts(shallow: float, deep: float) -> tuple[float, float]:
+    """-> (a layer pass, what remains of the shallow step), before clamping: a round of noise can
+    put either at or below zero. The micro-batch's part is taken with the layer's clamped at 0."""
+    layer_s = (deep - shallow) / (OVERHEAD_LAYERS[1] - OVERHEAD_LAYERS[0])
+    return layer_s, shallow - OVERHEAD_LAYERS[0] * max(0.0, layer_s)
 
 
 def _both_parts_positive(shallow: float, deep: float) -> bool:
-    layer_s = _per_layer(shallow, deep)
-    return layer_s > 0 and shallow - OVERHEAD_LAYERS[0] * layer_s > 0
+    return all(part > 0 for part in _parts(shallow, deep))
 
 
 def _alternated_medians(trainings, sync) -> list[float]:
