@@ -38,8 +38,9 @@ MAX_DEPTH = 64
 MEASURED = ("tokens_per_step", "samples_per_step", "flops_per_token", "peak_flops", "memory_bandwidth",
             "achieved_flops", "probe_before_s", "probe_after_s", "probe_best_s", "probe_mean_s",
             "probe_steps_s", "train_wall_s", "warmup_wall_s")
-# per-step samples: a list of finite numbers >= 0 each
-SAMPLES = ("step_times_s", "step_cpu_times_s")
+# per-step samples: a list of finite numbers >= 0 each (the probes between the steps, and how
+# many measured steps ran before each, are read with the steps' times)
+SAMPLES = ("step_times_s", "step_cpu_times_s", "probe_during_s", "probe_during_at")
 
 
 @dataclass

@@ -157,6 +157,9 @@ class MachineState:
     def metrics(self, step_times_s: list[float] | None = None) -> dict:
         return {"probe_before_s": self.before_s, "probe_after_s": self.after_s, "probe_best_s": self.best_s,
                 "probe_mean_s": self.mean_s, "probe_steps_s": self.at_steps_s(step_times_s or []),
+                # each probe between the steps and how many measured steps ran before it: with
+                # step_times_s, the state every step ran in can be read again from the record
+                "probe_during_s": list(self.during_s), "probe_during_at": list(self.during_at),
                 "probes": len(self.probes()),
                 "machine_slowdown": self.slowdown, "host_page_faults": self.page_faults}
 
