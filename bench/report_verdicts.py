@@ -30,9 +30,11 @@ spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's
 `probe_steps_s`), by the mean of every probe (`probe_steps_s` dropped), or by the two probes
 around the steps only (`probe_mean_s` dropped too), to compare the state factors on the same
 runs. `--ends-only` is `--state-from ends`.
+`--steps N`: every cell trains N steps (default 25), so a repetition spans more of the host's states.
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
 `--memory-resolution-mib R`: count a memory call only where the two cells differ by R MiB or
-more (what a resolution in bytes for the resident set would do). `--state-slope fitted|shrunk`:
+more (what a resolution in bytes for the resident set would do). `--state-statistic NAME`: a repetition's rate at the best state made another way from its steps and
+the probes between them (bench/state_statistics.py). `--state-slope fitted|shrunk`:
 time brought to the best state with the state factor's power fitted on each run's own
 repetitions (within cells), or fitted and shrunk towards one; an experiment, the engine's is one.
 Runs are added after those already in `--out` (run05 follows run04), so that two checkouts can
@@ -52,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import state_statistics  # noqa: E402
 from bench.ab_evidence import REPO, neighbour_if, txsuite_run  # noqa: E402
 from txsuite.report.compare import compare_findings, compare_tables  # noqa: E402
 from txsuite.report.frame import build_cell_table  # noqa: E402
@@ -64,7 +67,7 @@ name: verdicts
 fixed:
   model: {preset: small, n_layer: 2}
   data: {dataset: markov, seq_len: 128, symbols: 16}
-  train: {steps: 25, warmup_steps: 3, micro_batch: 4}
+  train: {steps: STEPS, warmup_steps: 3, micro_batch: 4}
 axes:
   train.lr: [LRS]   # cells that do the same work
 include:
@@ -86,12 +89,12 @@ def spin_clone(scratch: Path) -> Path:
                           f"\n_SPINS = {SPINS!r}\n")
 
 
-def measure(out: Path, runs: int, equal: int, spin: bool) -> None:
+def measure(out: Path, runs: int, equal: int, spin: bool, steps: int = 25) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lrs = ", ".join(f"{FIRST_LR * (1 + 0.1 * i):.2e}" for i in range(equal))
     spins = "".join(f"  - {{train.lr: {lr:.1e}}}   # a step exactly {fraction:.0%} slower (--spin)\n"
                     for lr, fraction in SPINS.items()) if spin else ""
-    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins))
+    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins).replace("STEPS", str(steps)))
     code = spin_clone(out / "code") if spin else REPO
     # runs are added after those already in `out`: two trees' runs can then alternate, one each
     done = len(list((out / "results" / "verdicts").glob("run*")))
@@ -121,9 +124,10 @@ MEMORY = ("train_mem_bytes", "peak_mem_bytes")
 
 
 def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[str] = frozenset(),
-            memory_resolution: float = 0.0) -> None:
+            memory_resolution: float = 0.0, state_statistic: str | None = None) -> None:
     """`memory_resolution` (bytes): a memory call counts only where the two cells' difference is at
-    least that large (what a resolution in bytes for the resident set would do)."""
+    least that large (what a resolution in bytes for the resident set would do). `state_statistic`:
+    a repetition's rate at the best state made by bench/state_statistics.py's statistic of that name."""
     folders = sorted(p for p in (out / "results" / "verdicts").iterdir()
                      if (p / "records.jsonl").exists() and p.name not in skip)
     calls, power, compared = Counter(), Counter(), Counter()
@@ -133,6 +137,8 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
         for r in records:
             for name in DROPPED[state_from]:
                 r.metrics.pop(name, None)
+            if state_statistic:
+                state_statistics.apply(r.metrics, state_statistic)
         kinds = {r.cell_id: kind_of(r.config) for r in records}
         equal = sorted(c for c, k in kinds.items() if k == "equal")
         reference = min(equal, key=lambda c: next(r.config["train"]["lr"] for r in records if r.cell_id == c))
@@ -238,6 +244,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--equal", type=int, default=4, help="cells that do the same work (default 4)")
+    parser.add_argument("--steps", type=int, default=25, help="training steps of every cell (default 25: about 1 s of "
+                                                                 "measured steps on this project's host)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
@@ -253,14 +261,18 @@ def main() -> None:
     parser.add_argument("--state-slope", choices=("fixed", "fitted", "shrunk"), default="fixed",
                         help="the state factor's power: the engine's (fixed), fitted per run, or fitted and "
                              "shrunk towards one (prior sd 0.2)")
+    parser.add_argument("--state-statistic", choices=sorted(state_statistics.STATISTICS), default=None,
+                        help="a repetition's rate at the best state from its steps and the probes between "
+                             "them by another statistic (bench/state_statistics.py); runs recorded before "
+                             "the probes were kept are judged as recorded")
     args = parser.parse_args()
     if args.state_slope != "fixed":
         state.adjusted = fitted_state_slope(None if args.state_slope == "fitted" else 0.2)
     if not args.analyse_only:
         with neighbour_if(args.load):
-            measure(args.out, args.runs, args.equal, args.spin)
+            measure(args.out, args.runs, args.equal, args.spin, args.steps)
     analyse(args.out, args.rounds, "ends" if args.ends_only else args.state_from,
-            set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20)
+            set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20, args.state_statistic)
 
 
 if __name__ == "__main__":
