@@ -22,22 +22,20 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from txsuite.measure.probe import MachineState
+
 
 def steps_and_states(metrics: Mapping) -> tuple[np.ndarray, np.ndarray] | None:
     """(each measured step's seconds, its stretch's slowdown), or None where the record lacks them."""
-    times = metrics.get("step_times_s")
-    during, at = metrics.get("probe_during_s"), metrics.get("probe_during_at")
-    before, after, best = (metrics.get(k) for k in ("probe_before_s", "probe_after_s", "probe_best_s"))
-    if not times or during is None or at is None or not (before and after and best):
+    times, best = metrics.get("step_times_s"), metrics.get("probe_best_s")
+    if not times or not best or metrics.get("probe_during_s") is None or min(times) <= 0:
         return None
-    bounds = [0, *at, len(times)]
-    if any(b > c for b, c in zip(bounds, bounds[1:])) or min(times) <= 0:
+    machine = MachineState(before_s=metrics.get("probe_before_s"), after_s=metrics.get("probe_after_s"),
+                           during_s=list(metrics["probe_during_s"]), during_at=list(metrics.get("probe_during_at") or []))
+    stretches = machine.step_probes_s(len(times))
+    if stretches is None:
         return None
-    probes = [before, *during, after]
-    states = np.empty(len(times))
-    for i, (first, end) in enumerate(zip(bounds, bounds[1:])):
-        states[first:end] = math.sqrt(probes[i] * probes[i + 1]) / best
-    return np.asarray(times, dtype=float), states
+    return np.asarray(times, dtype=float), np.asarray(stretches) / best
 
 
 def each_state_median(t: np.ndarray, s: np.ndarray) -> float:

@@ -130,21 +130,25 @@ class MachineState:
         repetition's median rate brought to the best state by it is the median of its steps
         each brought there by its own stretch's probes. None without the probes on both sides
         of every step, or positions that do not fit the steps."""
-        if self.before_s is None or self.after_s is None or not step_times_s:
+        stretches = self.step_probes_s(len(step_times_s))
+        if stretches is None or any(t <= 0 for t in step_times_s):
             return None
-        bounds = [0, *self.during_at, len(step_times_s)]
+        rates = [1.0 / t for t in step_times_s]
+        scaled = [stretch / t for stretch, t in zip(stretches, step_times_s)]
+        return statistics.median(scaled) / statistics.median(rates)
+
+    def step_probes_s(self, steps: int) -> list[float] | None:
+        """The probe time each of `steps` measured steps ran at: the geometric mean of the two
+        probes around its stretch. None without the probes on both sides of every step, or
+        positions that do not fit the steps."""
+        if self.before_s is None or self.after_s is None or not steps:
+            return None
+        bounds = [0, *self.during_at, steps]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
             return None
         probes = [self.before_s, *self.during_s, self.after_s]
-        rates, scaled = [], []
-        for i, (first, end) in enumerate(zip(bounds, bounds[1:])):
-            stretch = (probes[i] * probes[i + 1]) ** 0.5
-            for t in step_times_s[first:end]:
-                if t <= 0:
-                    return None
-                rates.append(1.0 / t)
-                scaled.append(stretch / t)
-        return statistics.median(scaled) / statistics.median(rates)
+        return [(probes[i] * probes[i + 1]) ** 0.5
+                for i, (first, end) in enumerate(zip(bounds, bounds[1:])) for _ in range(first, end)]
 
     @property
     def slowdown(self) -> float | None:
