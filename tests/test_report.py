@@ -26,7 +26,7 @@ from txsuite.report.export import with_provenance
 from txsuite.report.frame import build_cell_table, export_frame
 from txsuite.report.pareto import front_with_noise, pareto_optimal
 from txsuite.report.run_report import table_for
-from txsuite.report.summary import fastest_finding, least_memory_finding
+from txsuite.report.summary import fastest_finding, least_memory_finding, summarize
 from txsuite.report.tableview import breakable
 
 from txsuite.results import RunFolder
@@ -310,6 +310,31 @@ def test_a_ratio_and_its_colour_come_from_one_comparison(tmp_path):
     card = fastest_finding(table_for(RunFolder(run).load()))
     assert card.cell_id == "b" and card.what == "Fastest: not separated"  # c's one round is untested
     assert "the other reaches 0.64×" in card.detail  # c's one round: 80 / (100 x 1.25); a is slower beyond noise
+
+
+def test_cards_under_a_busy_machine_say_why_their_speed_is_untested(tmp_path):
+    """Every repetition ran while the machine was many times slower than its best (a neighbour on
+    the cores): the speed verdicts are untested, and the cards say that the slow states were left
+    out (not "one repetition per cell") and mark the medians' speed ratio untested, while memory,
+    which the machine's state does not move, is still compared."""
+    records = []
+    for repeat in (0, 1):
+        busy = {"probe_before_s": 0.20, "probe_after_s": 0.30, "probe_best_s": 0.010}
+        records.append(record("a", "precision=fp32", config("fp32"), repeat, tokens_per_s=50 + repeat,
+                              train_mem_bytes=(200 + repeat) * 2 ** 20, **busy))
+        records.append(record("b", "precision=bf16", config("bf16"), repeat, tokens_per_s=48 - repeat,
+                              train_mem_bytes=(100 + repeat) * 2 ** 20, **busy))
+        records.append(record("c", "precision=fp16", config("fp16"), repeat, tokens_per_s=40,
+                              train_mem_bytes=(150 + repeat) * 2 ** 20, **busy))
+    run = write_run(tmp_path / "run", records, meta={"name": "m", "baseline": "precision=fp32"})
+    summary = summarize(table_for(RunFolder(run).load()))
+    fastest = next(f for f in summary.findings if f.what.startswith("Fastest"))
+    assert "6 repetitions measured while the machine ran over 2x slower than its best left out" in fastest.detail
+    assert "one repetition per cell" not in fastest.detail
+    lightest = next(f for f in summary.findings if f.what.startswith("Least memory"))
+    assert lightest.cell_id == "b" and "lighter than every other cell beyond noise" in lightest.detail
+    assert "the reference's speed (untested) and 0.50× its memory" in lightest.detail
+    assert "its memory (untested)" not in lightest.detail
 
 
 @pytest.mark.parametrize("axes, drawn", [

@@ -80,7 +80,8 @@ def summarize(table: CellTable) -> Summary:
     def vs_base(row: pd.Series) -> str:
         if base is None or row["cell_id"] == base["cell_id"]:
             return " (the reference)" if base is not None else ""
-        return f", {fmt.ratio(row['speedup'])} the reference's speed and {fmt.ratio(row['mem_ratio'])} its memory"
+        return (f", {fmt.ratio(row['speedup'])} the reference's speed{_untested(row, 'speed_verdict')} and "
+                f"{fmt.ratio(row['mem_ratio'])} its memory{_untested(row, 'memory_verdict')}")
 
     ok = table.ok
     for finding in (fastest_finding(table), least_memory_finding(table)):
@@ -142,6 +143,12 @@ def least_memory_finding(table: CellTable) -> Finding | None:
                           detail=lambda r: f"{_memory_text(table, r)}, {fmt.si(r['tokens_per_s'])} tokens/s")
 
 
+def _untested(row: pd.Series, verdict_column: str) -> str:
+    """' (untested)' after a ratio the engine could not test (no two rounds to pair: the medians'
+    ratio as measured, which a slow machine state can move far), else nothing."""
+    return " (untested)" if row.get(verdict_column) == UNTESTED else ""
+
+
 def _labels(cells: pd.DataFrame) -> list[str]:
     """Each row's name as the summary writes it: its label, else its short label."""
     return [label or short for label, short in zip(cells["label"], cells["short_label"])]
@@ -172,8 +179,10 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     judged = table.verdicts.verdicts([row["cell_id"]] * len(others), others["cell_id"].tolist(), metric)
     verdicts = dict(zip(other_names, judged))
     if all(v == UNTESTED for v in verdicts.values()):
-        return Finding(what, label, text + " (one repetition per cell: not tested against noise)",
-                       cell_id=row["cell_id"])
+        slow = table.verdicts.slow.get(metric, 0)
+        why = (f"{slow} repetition{'s' if slow != 1 else ''} measured while the machine ran over "
+               f"{SLOW_STATE:g}x slower than its best left out" if slow else "one repetition per cell")
+        return Finding(what, label, text + f" ({why}: not tested against noise)", cell_id=row["cell_id"])
     tied = [name for name, verdict in verdicts.items() if verdict != BETTER]
     if not tied:
         return Finding(what, label, text + f"; {better} than every other cell beyond noise",
