@@ -149,7 +149,7 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
         for a, b in itertools.combinations(equal, 2):
             for metric in ("tokens_per_s", "train_mem_bytes", "peak_mem_bytes"):
                 calls[f"{metric}: pairs"] += 1
-                calls[f"{metric}: called"] += _called(table, a, b, metric, memory_resolution)
+                calls[f"{metric}: called"] += _called(table, cells, a, b, metric, memory_resolution)
         fastest = fastest_finding(table)
         calls["Fastest card beyond noise (an equal cell leads)"] += "beyond noise" in fastest.detail
         calls["equal cells marked dominated"] += int((cells.loc[equal, "front"] == "dominated").sum())
@@ -165,8 +165,8 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
             row = cells.loc[cid]
             power[(kind, "speed", row["speed_verdict"])] += 1
             memory_verdict = row["memory_verdict"]
-            if memory_verdict in ("lighter", "heavier") and not _called(table, cid, reference, table.memory_metric,
-                                                                          memory_resolution):
+            if memory_verdict in ("lighter", "heavier") and not _called(table, cells, cid, reference,
+                                                                          table.memory_metric, memory_resolution):
                 memory_verdict = "within noise"
             power[(kind, "memory", memory_verdict)] += 1
             power[(kind, "front", row["front"])] += 1
@@ -193,11 +193,13 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
           f"'no change beyond noise'")
 
 
-def _called(table, a: str, b: str, metric: str, memory_resolution: float) -> bool:
+def _called(table, cells, a: str, b: str, metric: str, memory_resolution: float) -> bool:
+    """Whether the engine separates a from b on `metric`, a memory difference counted only from
+    `memory_resolution` bytes; `cells`: the table's cells indexed by cell id."""
     comparison = table.verdicts.compare(a, b, metric)
     if not comparison.separated or metric not in MEMORY or not memory_resolution:
         return comparison.separated
-    level = float(table.cells.set_index("cell_id").loc[b, metric])
+    level = float(cells.loc[b, metric])
     return abs(math.log(comparison.ratio)) >= math.log1p(memory_resolution / level)
 
 

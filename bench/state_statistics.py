@@ -95,6 +95,18 @@ def apply(metrics: dict, name: str) -> None:
     metrics["probe_steps_s"] = metrics["probe_best_s"] * rate / statistics.median((1 / t).tolist())
 
 
+def residual_sd(logs: np.ndarray) -> tuple[float, int, int] | None:
+    """logs [cells, rounds], NaN where a cell lacks a round: the sd (in %) of a value once the
+    cells' and the rounds' effects are taken out, over the rounds every cell completed, with the
+    cells and rounds it used; None below two of either."""
+    logs = logs[:, ~np.isnan(logs).any(axis=0)]
+    cells, rounds = logs.shape
+    if cells < 2 or rounds < 2:
+        return None
+    centred = logs - logs.mean(axis=1, keepdims=True) - logs.mean(axis=0, keepdims=True) + logs.mean()
+    return 100 * math.sqrt(float((centred ** 2).sum()) / ((cells - 1) * (rounds - 1))), cells, rounds
+
+
 def spreads(root: Path, rounds: int | None) -> None:
     """Per statistic, the sd of a repetition's log rate once cells and rounds are taken out (the
     runs' two-thread cells, the rounds they all completed), median and range over the runs."""
@@ -113,12 +125,9 @@ def spreads(root: Path, rounds: int | None) -> None:
                     rows[(r.cell_id, r.repeat)] = math.log(STATISTICS[name](*read))
             cells = sorted({c for c, _ in rows})
             repeats = sorted({k for _, k in rows})
-            logs = np.array([[rows.get((c, k), np.nan) for k in repeats] for c in cells])
-            logs = logs[:, ~np.isnan(logs).any(axis=0)]
-            if logs.shape[0] < 2 or logs.shape[1] < 2:
-                continue
-            centred = logs - logs.mean(axis=1, keepdims=True) - logs.mean(axis=0, keepdims=True) + logs.mean()
-            sds.append(100 * math.sqrt((centred ** 2).sum() / ((logs.shape[0] - 1) * (logs.shape[1] - 1))))
+            spread = residual_sd(np.array([[rows.get((c, k), np.nan) for k in repeats] for c in cells]))
+            if spread is not None:
+                sds.append(spread[0])
         if sds:
             print(f"{name:20s} residual sd median {statistics.median(sds):4.1f} % "
                   f"({min(sds):.1f}-{max(sds):.1f} %, {len(sds)} runs)")

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report_verdicts import kind_of  # noqa: E402
+from bench.state_statistics import residual_sd  # noqa: E402
 from txsuite.results import RunFolder  # noqa: E402
 from txsuite.verdict.rounds import RoundNoise  # noqa: E402
 from txsuite.verdict.state import slowdown, state_factor  # noqa: E402
@@ -96,11 +97,12 @@ def spreads(run_dirs: list[Path]) -> None:
                 value = statistic(r.metrics)
                 if value:
                     logs[cells.index(r.cell_id), r.repeat] = math.log(value)
-            logs = logs[:, ~np.isnan(logs).any(axis=0)]  # the rounds every cell completed
-            centred = logs - logs.mean(axis=1, keepdims=True) - logs.mean(axis=0, keepdims=True) + logs.mean()
-            df = (logs.shape[0] - 1) * (logs.shape[1] - 1)
-            print(f"  {name:13s} residual sd {100 * math.sqrt((centred ** 2).sum() / df):4.1f} % "
-                  f"({logs.shape[0]} cells x {logs.shape[1]} rounds)")
+            spread = residual_sd(logs)  # over the rounds every cell completed
+            if spread is None:
+                print(f"  {name:13s} too few cells or rounds")
+                continue
+            sd, kept_cells, kept_rounds = spread
+            print(f"  {name:13s} residual sd {sd:4.1f} % ({kept_cells} cells x {kept_rounds} rounds)")
 
 
 def main() -> None:

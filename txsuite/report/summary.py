@@ -124,8 +124,7 @@ def verdict_note(table: CellTable) -> str:
     """How the verdicts between cells were reached: the noise they used, what was left out."""
     noise = table.verdicts.noise("tokens_per_s")
     slow = table.verdicts.slow.get("tokens_per_s", 0)
-    left = (f"; {slow} repetition{'s' if slow != 1 else ''} measured while the machine ran over "
-            f"{SLOW_STATE:g}x slower than its best left out") if slow else ""
+    left = f"; {_slow_left_out(slow)}" if slow else ""
     return (f"Verdicts between cells: paired by round, 95 % intervals; throughput noise: {noise.describe()}; "
             f"time brought to the machine's best state by each repetition's probe{left}.")
 
@@ -141,6 +140,12 @@ def least_memory_finding(table: CellTable) -> Finding | None:
     where the records have it, tested against every other cell (`leader_finding`)."""
     return leader_finding(table, table.memory_metric, highest=False, what="Least memory", better="lighter",
                           detail=lambda r: f"{_memory_text(table, r)}, {fmt.si(r['tokens_per_s'])} tokens/s")
+
+
+def _slow_left_out(slow: int) -> str:
+    """'N repetitions measured while the machine ran over 2x slower than its best left out'."""
+    return (f"{slow} repetition{'s' if slow != 1 else ''} measured while the machine ran over "
+            f"{SLOW_STATE:g}x slower than its best left out")
 
 
 def _untested(row: pd.Series, verdict_column: str) -> str:
@@ -180,8 +185,7 @@ def leader_finding(table: CellTable, metric: str, highest: bool, what: str, bett
     verdicts = dict(zip(other_names, judged))
     if all(v == UNTESTED for v in verdicts.values()):
         slow = table.verdicts.slow.get(metric, 0)
-        why = (f"{slow} repetition{'s' if slow != 1 else ''} measured while the machine ran over "
-               f"{SLOW_STATE:g}x slower than its best left out" if slow else "one repetition per cell")
+        why = _slow_left_out(slow) if slow else "one repetition per cell"
         return Finding(what, label, text + f" ({why}: not tested against noise)", cell_id=row["cell_id"])
     tied = [name for name, verdict in verdicts.items() if verdict != BETTER]
     if not tied:
