@@ -78,6 +78,11 @@ class SweepProgress:
                 self.bar.update(self.task, description=info["label"][:40])
                 self.log = Path(info["run_dir"]) / "cells" / info["cell_id"] / f"r{info['repeat']}" / "log.txt"
                 self.label = info["label"][:40]
+        elif kind == "more_rounds":
+            console.print(f"round {info['round']} of at most {info['most']}: {info['why']}; {info['cells']} more "
+                          f"cell repetitions", markup=False, emoji=False, soft_wrap=True)
+            if self.bar is not None:
+                self.bar.update(self.task, total=self.bar.tasks[0].total + info["cells"])
         elif kind in ("cell_end", "follower_cell_end"):
             self.ran += 1
             if kind == "cell_end":

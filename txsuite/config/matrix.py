@@ -35,7 +35,8 @@ TOP_LEVEL_KEYS = {
     "axes": "dotted key -> list of values; cells are their cartesian product",
     "exclude": "list of mappings; drops cells matching every key of an entry",
     "include": "list of mappings; each adds one cell (overrides of fixed)",
-    "repeats": "timing repetitions of each cell (integer >= 1)",
+    "repeats": "timing repetitions of each cell: an integer >= 1, or {min: 2, max: 4, detect: 15%} to add rounds "
+               "(up to max) while the rounds so far cannot detect that tokens/s gap against the reference cell",
     "seeds": "training seeds per cell, each changing initialisation and data order (integer >= 1; a seed's run "
              "is also a timing repetition)",
     "guard": "metric -> allowed change, e.g. {tokens_per_s: -5%}",
@@ -124,8 +125,10 @@ class Matrix:
     cells: list[PlannedCell]
     axes: dict[str, list[Any]]
     fixed: dict[str, Any]
-    repeats: int = 1
+    repeats: int = 1  # with `detect`: the rounds always run, the first stage
     seeds: int = 1
+    max_repeats: int | None = None  # with `detect`: the most rounds the runner adds up to
+    detect: float | None = None  # the tokens/s gap to the reference the rounds must detect (0.15: 15 %)
     guard: dict[str, str] = field(default_factory=dict)
     reference: str | None = None  # cell id of the report's reference cell
     timeout_s: float | None = None
@@ -139,6 +142,7 @@ class Matrix:
             "overrides": self.overrides,
             "axes": self.axes, "fixed": self.fixed, "repeats": self.repeats, "seeds": self.seeds,
             "repetitions": self.repetitions, "guard": self.guard,
+            **({"max_repeats": self.max_repeats, "detect": self.detect} if self.detect is not None else {}),
             "reference": self.reference, "timeout_s": self.timeout_s, "notes": self.notes,
             "search": self.search,
             "cells": [{"cell_id": c.cell_id, "label": c.label, "origin": c.origin,
@@ -151,13 +155,19 @@ class Matrix:
         trains with seed r % seeds)."""
         return max(self.repeats, self.seeds)
 
+    @property
+    def most_repetitions(self) -> int:
+        """The most runs of a cell: `repetitions`, or with `detect` the rounds the runner may add."""
+        return max(self.max_repeats or self.repeats, self.repetitions)
+
     def fingerprint(self) -> str:
         """Changes whenever the set of cells, repeats, seeds or the search changes (decides whether
         to resume). A grid sweep hashes what it always did, so runs written before `search:`
         existed resume as before."""
         import hashlib
         ids = sorted(c.cell_id for c in self.cells)
-        shape = [ids, self.repeats, self.seeds] + ([self.search] if self.search != "grid" else [])
+        shape = ([ids, self.repeats, self.seeds] + ([self.search] if self.search != "grid" else [])
+                 + ([self.max_repeats, self.detect] if self.detect is not None else []))
         return hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:12]
 
 
@@ -465,7 +475,7 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
             if not set(values[0][1]) <= set(command_line)]
     def repetitions_of(value: Any) -> int:
         return numbers.integer(value, 1, numbers.MAX_REPETITIONS, "the most repetitions of a cell (each is a process)")
-    repeats = _top_level_number(src, "repeats", repetitions_of, 1)
+    repeats, max_repeats, detect = _read_repeats(src, repetitions_of)
     seeds = _top_level_number(src, "seeds", repetitions_of, 1)
     guard = _read_guard(src, data.get("guard"))
     timeout_s = _top_level_number(src, "timeout_s", _timeout, None)
@@ -484,12 +494,13 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
         raise MatrixTooLarge(file, src.locate("axes")[1], "axes",
                              f"the matrix expands to {n_product + len(includes)} cells (more than "
                              f"{max_cells}); pass --yes to run it anyway.")
-    repetitions = (n_product + len(includes)) * max(repeats, seeds)
+    most = max_repeats or repeats  # the most rounds that may run
+    repetitions = (n_product + len(includes)) * max(most, seeds)
     if max_cells is not None and repetitions > DEFAULT_MAX_REPETITIONS:
-        raise MatrixTooLarge(file, src.locate("repeats" if repeats >= seeds else "seeds")[1],
-                             "repeats" if repeats >= seeds else "seeds",
-                             f"{n_product + len(includes)} cells x {max(repeats, seeds)} "
-                             f"{'repeats' if repeats >= seeds else 'seeds'} are {repetitions:,} cell "
+        raise MatrixTooLarge(file, src.locate("repeats" if most >= seeds else "seeds")[1],
+                             "repeats" if most >= seeds else "seeds",
+                             f"{n_product + len(includes)} cells x {max(most, seeds)} "
+                             f"{'repeats' if most >= seeds else 'seeds'} are {repetitions:,} cell "
                              f"repetitions (more than {DEFAULT_MAX_REPETITIONS:,}), each a process; pass --yes to "
                              f"run them anyway.")
 
@@ -546,7 +557,8 @@ def load_matrix(path: Path | str, host: Host | None = None, device_override: str
     reference = _read_reference(src, data.get("reference"), cells)
     return Matrix(name=name, description=description, source=file, cells=cells,
                   axes={k: [_compact(v) for v, _ in vals] for k, vals in axes},
-                  fixed=fixed, repeats=repeats, seeds=seeds, guard=guard, reference=reference,
+                  fixed=fixed, repeats=repeats, seeds=seeds, max_repeats=max_repeats, detect=detect, guard=guard,
+                  reference=reference,
                   timeout_s=float(timeout_s) if timeout_s else None, notes=notes, overrides=list(overrides),
                   search=search)
 
@@ -579,6 +591,44 @@ def _top_level_number(src: _Source, key: str, check: Callable[[Any], Any], defau
         return check(src.data.get(key, default))
     except numbers.NumberProblem as exc:
         raise src.error((key,), exc.problem, exc.allowed) from None
+
+
+REPEATS_KEYS = ("min", "max", "detect")
+REPEATS_ALLOWED = ("an integer >= 1, or a mapping {min: 2, max: 4, detect: 15%}: at least min rounds, and more, up "
+                   "to max, while the rounds so far cannot detect a tokens/s gap of `detect` against the reference "
+                   "cell (min >= 2, max >= min, detect a percentage above 0% and below 100%)")
+
+
+def _read_repeats(src: _Source, repetitions_of: Callable[[Any], int]) -> tuple[int, int | None, float | None]:
+    """`repeats:` -> (the rounds that always run, the most with `detect` or None, the gap to
+    detect or None): an integer, or {min, max, detect} (txsuite/run/more_rounds.py)."""
+    value = src.data.get("repeats", 1)
+    if not isinstance(value, dict):
+        return _top_level_number(src, "repeats", repetitions_of, 1), None, None
+    unknown = [k for k in value if k not in REPEATS_KEYS]
+    missing = [k for k in REPEATS_KEYS if k not in value]
+    if unknown or missing:
+        problem = (f"unknown key '{unknown[0]}'" if unknown else f"'{missing[0]}' is missing")
+        raise src.error(("repeats",), f"{problem} in the mapping form of repeats.", REPEATS_ALLOWED)
+    try:
+        least = numbers.integer(value["min"], 2, numbers.MAX_REPETITIONS,
+                                "the most repetitions of a cell (each is a process)")
+    except numbers.NumberProblem as exc:
+        why = " (one round cannot measure the noise that decides whether to add one)" if (
+            isinstance(value["min"], int) and not isinstance(value["min"], bool) and value["min"] < 2) else ""
+        raise src.error(("repeats", "min"), exc.problem.rstrip(".") + why + ".", REPEATS_ALLOWED) from None
+    try:
+        most = numbers.integer(value["max"], least, numbers.MAX_REPETITIONS,
+                               "the most repetitions of a cell (each is a process)")
+    except numbers.NumberProblem as exc:
+        raise src.error(("repeats", "max"), exc.problem, REPEATS_ALLOWED) from None
+    text = value["detect"]
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text) if isinstance(text, str) else None
+    gap = float(match.group(1)) / 100.0 if match else None
+    if gap is None or not 0.0 < gap < 1.0:
+        raise src.error(("repeats", "detect"), f"expected a percentage above 0% and below 100%, got "
+                        f"{numbers.shown(text)}.", REPEATS_ALLOWED)
+    return least, most, gap
 
 
 COMMAND_LINE = "<command line>"  # the section of the document that overrides come from

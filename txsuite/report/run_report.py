@@ -48,7 +48,7 @@ def render_run(run_dir: Path, out_path: Path, on_progress: Callable[[str], None]
     stage(f"read {len(run.records):,} records")
     table = table_for(run)
     stage(f"summarised {len(table.cells):,} cells")
-    summary = summarize(table)
+    summary = summarize(table, run.meta)
     stage("verdicts and the Pareto front")
     charts = build_charts(table)
     stage(f"{len(charts)} charts drawn")

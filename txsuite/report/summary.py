@@ -17,6 +17,7 @@ import pandas as pd
 from txsuite.report import formatting as fmt
 from txsuite.report.frame import CellTable
 from txsuite.report.pareto import DOMINATED, NEAR_FRONT, UNTESTED_OFF_FRONT
+from txsuite.results import RunMeta
 from txsuite.verdict import BETTER, UNTESTED, WITHIN_NOISE
 from txsuite.verdict.state import SLOW_STATE
 
@@ -68,7 +69,8 @@ class Summary:
     status_counts: dict[str, int] = field(default_factory=dict)
 
 
-def summarize(table: CellTable) -> Summary:
+def summarize(table: CellTable, meta: RunMeta | None = None) -> Summary:
+    """The report's first screen; `meta`: the run's matrix.json (how many rounds it ran and why)."""
     cells, reps = table.cells, table.repeats
     counts = Counter(reps["status"]) if len(reps) else Counter()
     summary = Summary(overview=_overview(table, counts), status_counts=dict(counts))
@@ -116,7 +118,7 @@ def summarize(table: CellTable) -> Summary:
     summary.noisy = [f"{name} (±{spread / 2:.0f}%)"
                      for name, spread in zip(_labels(noisy), noisy["tokens_per_s_spread_pct"])][:MAX_LISTED]
     summary.problems = problems(table)
-    summary.method = verdict_note(table)
+    summary.method = verdict_note(table) + rounds_note(meta)
     return summary
 
 
@@ -127,6 +129,14 @@ def verdict_note(table: CellTable) -> str:
     left = f"; {_slow_left_out(slow)}" if slow else ""
     return (f"Verdicts between cells: paired by round, 95 % intervals; throughput noise: {noise.describe()}; "
             f"time brought to the machine's best state by each repetition's probe{left}.")
+
+
+def rounds_note(meta: RunMeta | None) -> str:
+    """' Rounds: ...' for a run with `repeats: {min, max, detect}`: what the rounds it ran detect."""
+    if meta is None or meta.detect is None or not meta.detected:
+        return ""
+    return (f" Rounds: {meta.repeats} and more, up to {meta.max_repeats}, while a {meta.detect:.0%} tokens/s gap "
+            f"to the reference was not detectable; {meta.detected}.")
 
 
 def fastest_finding(table: CellTable) -> Finding | None:

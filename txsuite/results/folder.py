@@ -189,8 +189,11 @@ class RunMeta:
     overrides: list[str] = field(default_factory=list)  # `key=value` settings given on the command line
     axes: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    repeats: int | None = None
+    repeats: int | None = None  # with `detect`, the rounds that always ran
     seeds: int | None = None
+    max_repeats: int | None = None  # `repeats: {min, max, detect}`: the most rounds the runner could add
+    detect: float | None = None  # ... while the rounds could not detect this tokens/s gap (0.15: 15 %)
+    detected: str | None = None  # ... and what the rounds run detect, in words
     guard: dict[str, str] = field(default_factory=dict)
     reference: Any = None  # the report's reference cell (a cell id); `baseline` in older runs
     timeout_s: float | None = None

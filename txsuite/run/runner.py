@@ -30,7 +30,7 @@ from txsuite.measure.env import host_fingerprint
 from txsuite.measure.oomkills import oom_kill_count
 from txsuite.measure.peak import cell_openmp_env
 from txsuite.results import RunFolder, RunLock, RunMeta
-from txsuite.run import observed, search
+from txsuite.run import more_rounds, observed, search
 from txsuite.run.executors import LocalExecutor
 from txsuite.run.host_setup import prepare_host
 
@@ -192,9 +192,9 @@ def _records_change(records: list[Record], matrix: Matrix) -> list[str]:
             strangers.setdefault(r.cell_id, r)
             continue
         configs.setdefault((r.cell_id, json.dumps(r.config, sort_keys=True, default=str)), r)
-        if r.repeat >= matrix.repetitions:
+        if r.repeat >= matrix.most_repetitions:
             problems.append(f"cell {r.label or r.cell_id} has repetition {r.repeat + 1}, this matrix "
-                            f"{matrix.repetitions}")
+                            f"{matrix.most_repetitions}")
     if strangers:
         stored = RunMeta(cells=[{"cell_id": r.cell_id, "label": r.label or r.cell_id, "config": r.config}
                                 for r in strangers.values()])
@@ -316,54 +316,85 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                 stop.set()
 
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=executor.slots) as pool, _closing(executor):
-        for index, (cell, repeat) in enumerate(todo):
-            if (cell.cell_id, repeat) in finished:
-                summary.resumed += 1
-                status = finished[(cell.cell_id, repeat)]
-                summary.counts[status] = summary.counts.get(status, 0) + 1
-                continue
-            if not executor.concurrent(cell.uses_one_gpu):
-                for future in pending:  # a cell that must run alone waits for the others
-                    future.result()
-                pending.clear()
-            if stop.is_set():
-                break
-            if transfers.depends(cell) and pending:
-                for future in pending:  # its start must have finished (concurrent executors)
-                    future.result()
-                pending.clear()
-            with lock:
-                if deadline is not None and not cell.skip_reason and time.monotonic() >= deadline:
-                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=budget_reason(budget_s))
-                start_reason = transfers.missing_start(cell, repeat)
-                if start_reason is not None:
-                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=start_reason)
-                beyond = predictor.beyond_limit(cell.config, memory_limit_bytes) if (
-                    predict_skip and memory_limit_bytes and not cell.skip_reason) else None
-                if beyond:
-                    cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=beyond)
-                bigger_than = _needs_more_than_an_oom(cell, ooms)
-                if bigger_than is not None:
-                    cell = PlannedCell(cell.config, cell.label, cell.origin,
-                                skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
-                                            f"which ran out of memory: larger micro-batch or sequence, all else equal")
-                emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
-                                    "cell_id": cell.cell_id, "repeat": repeat, "run_dir": str(run_dir)})
 
-            def task(index=index, cell=cell, repeat=repeat) -> None:
-                finish(index, cell, run_one(matrix, folder, cell, repeat, host_env, timeout, worker_cmd,
-                                            memory_limit_bytes, executor, nodes,
-                                            target_loss=targets.for_cell(cell),
-                                            init_path=transfers.start_of(cell, repeat),
-                                            checkpoint_dir=transfers.checkpoint_dir(cell, repeat)))
+    def run_item(index: int, cell: PlannedCell, repeat: int, pool: ThreadPoolExecutor) -> bool:
+        """Run (or count as resumed) one repetition; False when the sweep stops before it."""
+        if (cell.cell_id, repeat) in finished:
+            summary.resumed += 1
+            status = finished[(cell.cell_id, repeat)]
+            summary.counts[status] = summary.counts.get(status, 0) + 1
+            return True
+        if not executor.concurrent(cell.uses_one_gpu):
+            wait_for_pending()  # a cell that must run alone waits for the others
+        if stop.is_set():
+            return False
+        if transfers.depends(cell) and pending:
+            wait_for_pending()  # its start must have finished (concurrent executors)
+        with lock:
+            if deadline is not None and not cell.skip_reason and time.monotonic() >= deadline:
+                cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=budget_reason(budget_s))
+            start_reason = transfers.missing_start(cell, repeat)
+            if start_reason is not None:
+                cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=start_reason)
+            beyond = predictor.beyond_limit(cell.config, memory_limit_bytes) if (
+                predict_skip and memory_limit_bytes and not cell.skip_reason) else None
+            if beyond:
+                cell = PlannedCell(cell.config, cell.label, cell.origin, skip_reason=beyond)
+            bigger_than = _needs_more_than_an_oom(cell, ooms)
+            if bigger_than is not None:
+                cell = PlannedCell(cell.config, cell.label, cell.origin,
+                            skip_reason=f"needs more memory than cell {bigger_than.cell_id} ({bigger_than.label}), "
+                                        f"which ran out of memory: larger micro-batch or sequence, all else equal")
+            emit("cell_start", {"index": index, "total": len(todo), "label": cell.label,
+                                "cell_id": cell.cell_id, "repeat": repeat, "run_dir": str(run_dir)})
 
-            if executor.concurrent(cell.uses_one_gpu):
-                pending.append(pool.submit(task))
-            else:
-                task()
+        def task(index=index, cell=cell, repeat=repeat) -> None:
+            finish(index, cell, run_one(matrix, folder, cell, repeat, host_env, timeout, worker_cmd,
+                                        memory_limit_bytes, executor, nodes,
+                                        target_loss=targets.for_cell(cell),
+                                        init_path=transfers.start_of(cell, repeat),
+                                        checkpoint_dir=transfers.checkpoint_dir(cell, repeat)))
+
+        if executor.concurrent(cell.uses_one_gpu):
+            pending.append(pool.submit(task))
+        else:
+            task()
+        return True
+
+    def wait_for_pending() -> None:
         for future in pending:
             future.result()
+        pending.clear()
+
+    with ThreadPoolExecutor(max_workers=executor.slots) as pool, _closing(executor):
+        for index, (cell, repeat) in enumerate(todo):
+            if not run_item(index, cell, repeat, pool):
+                break
+        wait_for_pending()
+        if matrix.detect is not None and only is None and not summary.stopped_early:
+            # `repeats: {min, max, detect}`: one more round of every cell that measured something,
+            # while the rounds so far cannot detect the asked gap (txsuite/run/more_rounds.py).
+            # The decision reads only the noise, so it is the same on a resumed run.
+            round_cells = [c for c, r in todo if r == 0]
+            labels = {c.cell_id: c.label for c in round_cells}
+            for repeat in range(matrix.repetitions, matrix.most_repetitions):
+                records = folder.records()
+                judged = more_rounds.judge(matrix, [r for r in records if r.repeat < repeat])
+                if judged.enough or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                measured = {r.cell_id for r in records if r.status == "ok"}
+                again = [c for c in round_cells if c.cell_id in measured]
+                emit("more_rounds", {"round": repeat + 1, "most": matrix.most_repetitions, "cells": len(again),
+                                     "why": judged.describe(matrix.detect, labels)})
+                first = len(todo)
+                todo.extend((c, repeat) for c in again)
+                for offset, cell in enumerate(again):
+                    if not run_item(first + offset, cell, repeat, pool):
+                        break
+                wait_for_pending()
+                if summary.stopped_early:
+                    break
+            meta["detected"] = more_rounds.judge(matrix, folder.records()).describe(matrix.detect, labels)
     if summary.stopped_early:
         return summary
     if only is None:

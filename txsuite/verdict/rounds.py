@@ -101,15 +101,27 @@ class RoundNoise:
         n = len(d)
         if n < 2:
             return Comparison(UNTESTED, ratio=math.exp(d[0]) if n else None, samples=n)
+        se, df, pooled = self.standard_error(a, b, d)
+        return Comparison.of_log_ratio(float(d.mean()), se, df, level, higher_is_better,
+                                       resolution, samples=n, pooled=pooled)
+
+    def standard_error(self, a: str, b: str, d: "np.ndarray | None" = None) -> tuple[float, float, bool]:
+        """(the standard error of the mean log ratio of a to b, its degrees of freedom, whether the
+        noise is the run's) over the rounds both completed: what compare() judges with, and what
+        a planner may read without looking at the ratio itself (txsuite.verdict.detectable).
+        `d`: those rounds' log differences, when the caller has them. Fewer than two rounds: an
+        infinite error with 0 degrees of freedom."""
+        if d is None:
+            d = _differences(self.logs.get(a, {}), self.logs.get(b, {}))
+        n = len(d)
+        if n < 2:
+            return math.inf, 0.0, False
         if a in self.cells and b in self.cells:
             na, nb = self.cells[a], self.cells[b]
             # both variances lean on the same prior, so their sum is worth no more degrees of
             # freedom than the better-informed of the two (Welch would count the prior twice)
-            variance, df, pooled = na.variance + nb.variance, min(_welch_df(na, nb), max(na.df, nb.df)), True
-        else:
-            variance, df, pooled = float(d.var(ddof=1)), n - 1.0, False
-        return Comparison.of_log_ratio(float(d.mean()), math.sqrt(variance / n), df, level, higher_is_better,
-                                       resolution, samples=n, pooled=pooled)
+            return math.sqrt((na.variance + nb.variance) / n), min(_welch_df(na, nb), max(na.df, nb.df)), True
+        return math.sqrt(float(d.var(ddof=1)) / n), n - 1.0, False
 
     def verdicts(self, a: Sequence[str], b: Sequence[str], higher_is_better: bool,
                  level: "float | np.ndarray" = 0.95, resolution: float = 0.0) -> list[str]:
