@@ -31,6 +31,9 @@ spin), so that "cells 15 % apart" is exactly that; the runs then use the clone's
 around the steps only (`probe_mean_s` dropped too), to compare the state factors on the same
 runs. `--ends-only` is `--state-from ends`.
 `--steps N`: every cell trains N steps (default 25), so a repetition spans more of the host's states.
+`--repeats '{min: 2, max: 4, detect: 15%}'`: the runs add rounds while their own noise cannot
+detect that gap (the runner decides, as for a user; without `--rounds` the analysis reads every
+round each run ran, with `--rounds 2` its first stage).
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
 `--memory-resolution-mib R`: count a memory call only where the two cells differ by R MiB or
 more (what a resolution in bytes for the resident set would do). `--state-statistic NAME`: a repetition's rate at the best state made another way from its steps and
@@ -75,7 +78,7 @@ include:
   - {train.lr: 1.0e-3, memory.activation_checkpointing: full}     # slower, lighter
   - {train.lr: 1.0e-3, memory.activation_checkpointing: every_k, memory.checkpoint_every: 2}  # ~15 % slower
 SPIN_CELLS
-repeats: 5
+repeats: REPEATS
 """
 FIRST_LR = 1.0e-3
 # --spin: learning rate -> the fraction by which the patched clone's step is slower
@@ -89,12 +92,13 @@ def spin_clone(scratch: Path) -> Path:
                           f"\n_SPINS = {SPINS!r}\n")
 
 
-def measure(out: Path, runs: int, equal: int, spin: bool, steps: int = 25) -> None:
+def measure(out: Path, runs: int, equal: int, spin: bool, steps: int = 25, repeats: str = "5") -> None:
     out.mkdir(parents=True, exist_ok=True)
     lrs = ", ".join(f"{FIRST_LR * (1 + 0.1 * i):.2e}" for i in range(equal))
     spins = "".join(f"  - {{train.lr: {lr:.1e}}}   # a step exactly {fraction:.0%} slower (--spin)\n"
                     for lr, fraction in SPINS.items()) if spin else ""
-    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins).replace("STEPS", str(steps)))
+    (out / "verdicts.yaml").write_text(MATRIX.replace("LRS", lrs).replace("SPIN_CELLS\n", spins).replace("STEPS", str(steps))
+                                       .replace("REPEATS", repeats))
     code = spin_clone(out / "code") if spin else REPO
     # runs are added after those already in `out`: two trees' runs can then alternate, one each
     done = len(list((out / "results" / "verdicts").glob("run*")))
@@ -146,6 +150,7 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
         tables.append((folder.name, table))
         cells = table.cells.set_index("cell_id")
         calls["runs"] += 1
+        calls["rounds run"] += max(r.repeat for r in records) + 1
         for a, b in itertools.combinations(equal, 2):
             for metric in ("tokens_per_s", "train_mem_bytes", "peak_mem_bytes"):
                 calls[f"{metric}: pairs"] += 1
@@ -252,6 +257,8 @@ def main() -> None:
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--rounds", type=int, default=None, help="analyse the first K rounds of each run only")
+    parser.add_argument("--repeats", default="5", help="the matrix's repeats: 5 (default), or the mapping form, "
+                        "e.g. '{min: 2, max: 4, detect: 15%%}', whose runs stop when their noise allows")
     parser.add_argument("--spin", action="store_true", help="two more cells, their steps exactly 15 %% and 10 %% slower")
     parser.add_argument("--state-from", choices=sorted(DROPPED), default="steps",
                         help="the probes time is judged by: each step's own (as recorded), the mean of "
@@ -272,7 +279,7 @@ def main() -> None:
         state.adjusted = fitted_state_slope(None if args.state_slope == "fitted" else 0.2)
     if not args.analyse_only:
         with neighbour_if(args.load):
-            measure(args.out, args.runs, args.equal, args.spin, args.steps)
+            measure(args.out, args.runs, args.equal, args.spin, args.steps, args.repeats)
     analyse(args.out, args.rounds, "ends" if args.ends_only else args.state_from,
             set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20, args.state_statistic)
 
