@@ -10,6 +10,7 @@ from rich.table import Table
 from txsuite.cli.common import (OVERRIDES_HELP, UsageProblem, console, device_option, load, matrix_argument,
                                 only_option, overrides_argument, this_host, yes_option)
 from txsuite.config.matrix import Matrix
+from txsuite.run.observed import duration_text
 
 BIG_VOCAB = 65536  # above this, the plan checks what BPE can learn from the corpus at all
 
@@ -56,7 +57,11 @@ def show_plan(matrix: Matrix) -> None:
               else "memory: the estimate, with the reference host's heap prior for CPU cells (nothing measured "
                    "here yet)")
     console.print(f"predictions: {speed}; {memory} (txsuite/measure/predict.py)", markup=False)
-    console.print(predictor.sweep(matrix.cells, matrix.repetitions).describe(), markup=False)
+    estimate = predictor.sweep(matrix.cells, matrix.repetitions)
+    most = predictor.sweep(matrix.cells, matrix.most_repetitions) if matrix.detect is not None else None
+    console.print(estimate.describe() + (f"; about {duration_text(most.seconds)} if every round up to "
+                                         f"{matrix.most_repetitions} is added" if most and most.seconds else ""),
+                  markup=False)
     if matrix.search == "pareto":
         from txsuite.run.search import describe_probe
         console.print(describe_probe(matrix), markup=False, soft_wrap=True)
@@ -89,6 +94,9 @@ def _bpe_limit(cell, limits: dict[str, int]) -> int | None:
 def plan_table(matrix: Matrix, predictor) -> Table:
     runs = (f"{matrix.repetitions} runs each ({matrix.seeds} seeds, {matrix.repeats} repeats: repetition r "
             f"trains with seed r mod {matrix.seeds})" if matrix.seeds > 1 else f"{matrix.repeats} repeats")
+    if matrix.detect is not None:
+        runs += (f", up to {matrix.most_repetitions} while the rounds cannot detect a {matrix.detect:.0%} "
+                 f"tokens/s gap to the reference")
     table = Table(title=f"{matrix.name}: {len(matrix.cells)} cells x {runs}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("cell id")

@@ -5,6 +5,7 @@ figures serve the run report, `compare`, the quality verdicts, `guard` and `ab`.
     distributions   Student's t and the inverse trigamma (scipy.special only)
     moderated       a prior fitted to many groups' variances; each moderated towards it (limma)
     rounds          two cells of one run, paired by round, with the run's pooled noise
+    detectable      whether a run's rounds so far can detect a gap against its reference
     seeds           two cells' final losses, paired by seed, with the run's training noise
     runs            one cell in two runs: repetitions and the level of a whole run
     run_noise       how much a whole run moves, and where that figure comes from
