@@ -76,7 +76,11 @@ def test_a_cell_with_one_round_in_common_asks_for_another():
     values["c3"] = {1: values["c3"][1]}  # its first repetition left out (a slow state)
     judged = detectability(values, "c0", 0.15)
     assert not judged.enough and judged.worst_cell == "c3" and math.isinf(judged.detectable)
-    assert "fewer than two rounds" in judged.describe(0.15)
+    assert "fewer than two rounds in common" in judged.describe(0.15)
+    values["c0"] = {1: values["c0"][1]}  # the reference's own first repetition left out
+    judged = detectability(values, "c0", 0.15)
+    assert not judged.enough and judged.worst_cell == "c0"
+    assert judged.describe(0.15, {"c0": "fp32"}).startswith("the reference (fp32) has fewer than two repetitions")
 
 
 def test_cells_without_values_are_not_waited_for():

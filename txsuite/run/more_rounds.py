@@ -26,7 +26,7 @@ def judge(matrix: Matrix, records: Iterable[Record]) -> Detectability:
     with_values = [c.cell_id for c in matrix.cells if values.get(c.cell_id)]
     reference = matrix.reference if matrix.reference in with_values else (with_values[0] if with_values else None)
     if reference is None:
-        return Detectability(0, True, None, math.inf)
+        return Detectability(0, True, None, math.inf, None)
     return detectability(values, reference, matrix.detect or 0.0)
 
 

@@ -39,14 +39,19 @@ class Detectability:
     enough: bool                 # every cell's comparison detects the asked gap
     worst_cell: str | None       # the cell whose comparison detects least (None: none compared)
     detectable: float            # the smallest ratio that cell's comparison detects, e.g. 1.21 (inf: none)
+    reference: str | None = None
 
     def describe(self, gap: float, names: Mapping[str, str] | None = None) -> str:
         """In words; `names`: cell id -> the label to call it by."""
         if self.worst_cell is None:
             return "no cell to compare with the reference"
         cell = (names or {}).get(self.worst_cell) or f"cell {self.worst_cell}"
+        if math.isinf(self.detectable) and self.worst_cell == self.reference:
+            return (f"the reference ({cell}) has fewer than two repetitions to judge (one failed or was measured "
+                    f"in a slow state of the machine); {gap:.0%} asked")
         if math.isinf(self.detectable):
-            return f"{cell} has fewer than two rounds in common with the reference; {gap:.0%} asked"
+            return (f"{cell} has fewer than two rounds in common with the reference (a repetition failed or was "
+                    f"measured in a slow state of the machine); {gap:.0%} asked")
         what = "detect" if self.enough else "detect only"
         return f"{self.rounds} rounds {what} a gap of {self.detectable - 1:.0%} or more ({cell}); {gap:.0%} asked"
 
@@ -69,7 +74,9 @@ def detectability(values: Mapping[str, Mapping[int, float]], reference: str, gap
     rounds = max((len(by) for by in values.values()), default=0)
     others = [c for c, by in values.items() if by and c != reference]
     if not values.get(reference) or not others:
-        return Detectability(rounds, True, None, math.inf)
+        return Detectability(rounds, True, None, math.inf, reference)
+    if len(values[reference]) < 2:  # no cell can be paired over two rounds with it
+        return Detectability(rounds, False, reference, math.inf, reference)
     worst, worst_gap = None, -1.0
     for cell in others:
         se, df, _ = noise.standard_error(cell, reference)
@@ -77,4 +84,4 @@ def detectability(values: Mapping[str, Mapping[int, float]], reference: str, gap
         if log_gap > worst_gap:
             worst, worst_gap = cell, log_gap
     enough = worst_gap <= math.log1p(gap)
-    return Detectability(rounds, enough, worst, math.exp(worst_gap))
+    return Detectability(rounds, enough, worst, math.exp(worst_gap), reference)
