@@ -33,7 +33,9 @@ runs. `--ends-only` is `--state-from ends`.
 `--steps N`: every cell trains N steps (default 25), so a repetition spans more of the host's states.
 `--repeats '{min: 2, max: 4, detect: 15%}'`: the runs add rounds while their own noise cannot
 detect that gap (the runner decides, as for a user; without `--rounds` the analysis reads every
-round each run ran, with `--rounds 2` its first stage).
+round each run ran, with `--rounds 2` its first stage). `--analyse-only --replay '{min: 2, max:
+4, detect: 15%}'` judges runs recorded with more rounds on the rounds the runner would have run
+with that setting: rounds run in order, so a run's first k rounds are the run that stopped after k.
 `--skip RUN,...`: leave runs out of the analysis (one disturbed while it was measured).
 `--memory-resolution-mib R`: count a memory call only where the two cells differ by R MiB or
 more (what a resolution in bytes for the resident set would do). `--state-statistic NAME`: a repetition's rate at the best state made another way from its steps and
@@ -62,7 +64,9 @@ from bench.ab_evidence import REPO, neighbour_if, txsuite_run  # noqa: E402
 from txsuite.report.compare import compare_findings, compare_tables  # noqa: E402
 from txsuite.report.frame import build_cell_table  # noqa: E402
 from txsuite.report.summary import fastest_finding  # noqa: E402
+from txsuite.config.matrix import load_matrix  # noqa: E402
 from txsuite.results import RunFolder  # noqa: E402
+from txsuite.run import more_rounds  # noqa: E402
 from txsuite.verdict import state  # noqa: E402
 
 MATRIX = """\
@@ -128,16 +132,21 @@ MEMORY = ("train_mem_bytes", "peak_mem_bytes")
 
 
 def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[str] = frozenset(),
-            memory_resolution: float = 0.0, state_statistic: str | None = None) -> None:
+            memory_resolution: float = 0.0, state_statistic: str | None = None, replay: str | None = None) -> None:
     """`memory_resolution` (bytes): a memory call counts only where the two cells' difference is at
     least that large (what a resolution in bytes for the resident set would do). `state_statistic`:
-    a repetition's rate at the best state made by bench/state_statistics.py's statistic of that name."""
+    a repetition's rate at the best state made by bench/state_statistics.py's statistic of that name.
+    `replay`: a mapping form of repeats ('{min: 2, max: 4, detect: 15%}'); each run is judged on
+    the rounds the runner would have run with it (`replayed_rounds`)."""
+    matrix = load_matrix(out / "verdicts.yaml", overrides=[f"repeats={replay}"]) if replay else None
     folders = sorted(p for p in (out / "results" / "verdicts").iterdir()
                      if (p / "records.jsonl").exists() and p.name not in skip)
     calls, power, compared = Counter(), Counter(), Counter()
     tables = []
     for folder in folders:
-        records = [r for r in RunFolder(folder).records() if rounds is None or r.repeat < rounds]
+        records = list(RunFolder(folder).records())
+        limit = replayed_rounds(matrix, records) if matrix else rounds
+        records = [r for r in records if limit is None or r.repeat < limit]
         for r in records:
             for name in DROPPED[state_from]:
                 r.metrics.pop(name, None)
@@ -196,6 +205,20 @@ def analyse(out: Path, rounds: int | None, state_from: str = "steps", skip: set[
         print(f"  {name}, {what}: {verdict} {n}")
     print(f"compare, consecutive runs of the same code: {compared['no change beyond noise']} of {compared['pairs']} "
           f"'no change beyond noise'")
+
+
+def replayed_rounds(matrix, records) -> int:
+    """The rounds the runner would have run of a run recorded with more (rounds run in order, so
+    its first k rounds are what a run stopped after k measured): the runner's own decision
+    (txsuite/run/more_rounds.py) after each round from `min`, on the rounds before it."""
+    recorded = max(r.repeat for r in records) + 1
+    unplanned = {r.cell_id for r in records} - {c.cell_id for c in matrix.cells}
+    if unplanned:  # the cell ids of another version of the settings: the decision would see no cell
+        raise SystemExit(f"--replay: records of cells today's verdicts.yaml does not plan: {sorted(unplanned)[:3]}")
+    for k in range(matrix.repeats, min(matrix.most_repetitions, recorded)):
+        if more_rounds.judge(matrix, [r for r in records if r.repeat < k]).enough:
+            return k
+    return min(matrix.most_repetitions, recorded)
 
 
 def _called(table, cells, a: str, b: str, metric: str, memory_resolution: float) -> bool:
@@ -257,6 +280,9 @@ def main() -> None:
     parser.add_argument("--load", action="store_true", help="another process busy 40 s of every 100 s")
     parser.add_argument("--analyse-only", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--rounds", type=int, default=None, help="analyse the first K rounds of each run only")
+    parser.add_argument("--replay", default=None, help="judge each run on the rounds the runner would have run "
+                        "with this mapping form of repeats, e.g. '{min: 2, max: 4, detect: 15%%}' (its recorded "
+                        "rounds run in order: the first k are a run stopped after k)")
     parser.add_argument("--repeats", default="5", help="the matrix's repeats: 5 (default), or the mapping form, "
                         "e.g. '{min: 2, max: 4, detect: 15%%}', whose runs stop when their noise allows")
     parser.add_argument("--spin", action="store_true", help="two more cells, their steps exactly 15 %% and 10 %% slower")
@@ -281,7 +307,8 @@ def main() -> None:
         with neighbour_if(args.load):
             measure(args.out, args.runs, args.equal, args.spin, args.steps, args.repeats)
     analyse(args.out, args.rounds, "ends" if args.ends_only else args.state_from,
-            set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20, args.state_statistic)
+            set(filter(None, args.skip.split(","))), args.memory_resolution_mib * 2 ** 20, args.state_statistic,
+            args.replay)
 
 
 if __name__ == "__main__":
