@@ -179,3 +179,13 @@ def test_the_report_says_how_many_rounds_ran_and_why(tmp_path, write_matrix):
     html = render_report(tmp_path / "run", tmp_path / "report.html").read_text()
     assert "Rounds: 2 and more, up to 4, while a 15% tokens/s gap to the reference was not detectable; " \
            "4 rounds detect only" in html
+
+
+def test_several_nodes_need_a_fixed_count(tmp_path):
+    from cli_helpers import txsuite
+    (tmp_path / "m.yaml").write_text("name: x\nfixed: {parallel: {engine: ddp, dp: 2}}\n"
+                                     "repeats: {min: 2, max: 4, detect: 15%}\n")
+    out = txsuite("run", "m.yaml", "--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "127.0.0.1:29500",
+                  "--run-id", "r", cwd=tmp_path)
+    assert out.returncode == 2 and "decides its rounds on one node" in out.stderr + out.stdout
+    assert "repeats=2" in out.stderr + out.stdout and not (tmp_path / "results").exists()

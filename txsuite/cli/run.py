@@ -75,6 +75,10 @@ def run(matrix_path: str, overrides: tuple[str, ...], results_dir: str, reports_
     if matrix.search == "pareto" and nodes.count > 1:  # the followers join full repetitions only
         raise UsageProblem(f"{matrix.source}: search: pareto probes and prunes on one node; with --nnodes "
                            f"{nodes.count} run it with --search grid (the followers join every distributed cell).")
+    if matrix.detect is not None and nodes.count > 1:  # the followers could not know which rounds node 0 adds
+        raise UsageProblem(f"{matrix.source}: repeats: {{min, max, detect}} decides its rounds on one node; with "
+                           f"--nnodes {nodes.count} give a fixed count (the override repeats={matrix.repeats}, or "
+                           f"repeats={matrix.max_repeats}).")
     if not select(matrix.cells, only):  # a dry run too: `plan` and `run` answer the same
         raise UsageProblem(f"--only {only!r} matches no cell of {matrix.source}.")
     if dry_run:
