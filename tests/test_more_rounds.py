@@ -170,7 +170,7 @@ def test_a_noisy_run_adds_rounds_up_to_its_most_and_says_why(tmp_path, write_mat
     kinds: list = []
     never = [sys.executable, "-c", "raise SystemExit('no repetition should run again')"]
     run_matrix(matrix, tmp_path / "run", worker_cmd=never, on_event=lambda kind, info: kinds.append(kind))
-    assert "cell_start" not in kinds and rounds_run(folder) == [4, 4, 4]
+    assert "cell_start" not in kinds and "more_rounds" not in kinds and rounds_run(folder) == [4, 4, 4]
 
 
 def test_the_report_says_how_many_rounds_ran_and_why(tmp_path, write_matrix):
@@ -189,3 +189,11 @@ def test_several_nodes_need_a_fixed_count(tmp_path):
                   "--run-id", "r", cwd=tmp_path)
     assert out.returncode == 2 and "decides its rounds on one node" in out.stderr + out.stdout
     assert "repeats=2" in out.stderr + out.stdout and not (tmp_path / "results").exists()
+
+
+def test_resuming_with_other_repeats_is_refused_and_says_which(tmp_path, write_matrix):
+    from txsuite.run.runner import RunMismatch
+    sweep(tmp_path, write_matrix, noise=0.002)
+    fixed = load_matrix(write_matrix(MATRIX.format(repeats=2), "fixed.yaml"))
+    with pytest.raises(RunMismatch, match=r"repeats \{min: 2, max: 4, detect: 15%\} -> 2"):
+        run_matrix(fixed, tmp_path / "run", worker_cmd=[sys.executable, str(tmp_path / "fake.py")])

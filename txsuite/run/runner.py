@@ -229,11 +229,18 @@ def describe_change(old: RunMeta, matrix: Matrix, removed_only: bool = False) ->
         diffs = _config_diff(old_config, after[label].config.to_dict())
         if diffs:
             changes.append(f"{label}: {', '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}")
-    if old.repeats is not None and old.repeats != matrix.repeats:
-        changes.append(f"repeats {old.repeats} -> {matrix.repeats}")
+    if old.repeats is not None and (old.repeats, old.max_repeats, old.detect) != (
+            matrix.repeats, matrix.max_repeats, matrix.detect):
+        changes.append(f"repeats {_repeats_text(old.repeats, old.max_repeats, old.detect)} -> "
+                       f"{_repeats_text(matrix.repeats, matrix.max_repeats, matrix.detect)}")
     if (old.seeds or 1) != matrix.seeds:
         changes.append(f"seeds {old.seeds or 1} -> {matrix.seeds}")
     return changes
+
+
+def _repeats_text(repeats: int, most: int | None, detect: float | None) -> str:
+    """`2`, or `{min: 2, max: 4, detect: 15%}` as a matrix file writes it."""
+    return str(repeats) if detect is None else f"{{min: {repeats}, max: {most}, detect: {detect * 100:g}%}}"
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -384,8 +391,9 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                     break
                 measured = {r.cell_id for r in records if r.status == "ok"}
                 again = [c for c in round_cells if c.cell_id in measured]
-                emit("more_rounds", {"round": repeat + 1, "most": matrix.most_repetitions, "cells": len(again),
-                                     "why": judged.describe(matrix.detect, labels)})
+                if any((c.cell_id, repeat) not in finished for c in again):  # resumed rounds pass silently
+                    emit("more_rounds", {"round": repeat + 1, "most": matrix.most_repetitions, "cells": len(again),
+                                         "why": judged.describe(matrix.detect, labels)})
                 first = len(todo)
                 todo.extend((c, repeat) for c in again)
                 for offset, cell in enumerate(again):

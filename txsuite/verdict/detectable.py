@@ -35,7 +35,7 @@ POWER = 0.9  # how often a gap of exactly the asked size should be separated
 @dataclass(frozen=True)
 class Detectability:
     """What the rounds so far can detect against the reference."""
-    rounds: int                  # the rounds measured (the most any cell completed)
+    rounds: int                  # the rounds measured (those any cell has a value in)
     enough: bool                 # every cell's comparison detects the asked gap
     worst_cell: str | None       # the cell whose comparison detects least (None: none compared)
     detectable: float            # the smallest ratio that cell's comparison detects, e.g. 1.21 (inf: none)
@@ -71,7 +71,7 @@ def detectability(values: Mapping[str, Mapping[int, float]], reference: str, gap
     detect, 0.15 for cells 15 % apart. Cells without any value (failed, skipped) are not asked:
     more rounds would not give them one."""
     noise = RoundNoise.fit(values)
-    rounds = max((len(by) for by in values.values()), default=0)
+    rounds = len({r for by in values.values() for r in by})
     others = [c for c, by in values.items() if by and c != reference]
     if not values.get(reference) or not others:
         return Detectability(rounds, True, None, math.inf, reference)
