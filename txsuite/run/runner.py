@@ -384,10 +384,11 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
             # The decision reads only the noise, so it is the same on a resumed run.
             round_cells = [c for c, r in todo if r == 0]
             labels = {c.cell_id: c.label for c in round_cells}
-            for repeat in range(matrix.repetitions, matrix.most_repetitions):
+            for repeat in range(matrix.repetitions, matrix.most_repetitions + 1):
                 records = folder.records()
                 judged = more_rounds.judge(matrix, [r for r in records if r.repeat < repeat])
-                if judged.enough or (deadline is not None and time.monotonic() >= deadline):
+                if (judged.enough or repeat == matrix.most_repetitions
+                        or (deadline is not None and time.monotonic() >= deadline)):
                     break
                 measured = {r.cell_id for r in records if r.status == "ok"}
                 again = [c for c in round_cells if c.cell_id in measured]
@@ -402,7 +403,7 @@ def _run_matrix(matrix: Matrix, folder: RunFolder, only, timeout_s, on_event, wo
                 wait_for_pending()
                 if summary.stopped_early:
                     break
-            meta["detected"] = more_rounds.judge(matrix, folder.records()).describe(matrix.detect, labels)
+            meta["detected"] = judged.describe(matrix.detect, labels)  # what the rounds run detect
     if summary.stopped_early:
         return summary
     if only is None:

@@ -17,8 +17,10 @@ The decision reads only the noise (the standard errors and their degrees of free
 ratios themselves: a run does not go on because a difference is "nearly" separated, which
 would call differences where there are none more often than the level says (optional
 stopping). Sizing the rest of a study by its first stage's variance is Stein's two-stage
-design (1945); its false-call rate stays at the level asked (docs/verdicts.md has it measured
-on real runs of this design).
+design (1945). Stein judges with the first stage's variance alone; here every round's is used,
+so a run that stops because its noise happened to look small keeps that estimate, and equal
+cells are called apart a little more often than with a fixed count (docs/verdicts.md measures
+it on real runs).
 """
 from __future__ import annotations
 
